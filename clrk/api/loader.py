@@ -1,0 +1,325 @@
+"""Multi-document YAML manifests -> validated resources, with every finding together.
+
+Nothing here raises on bad input: YAML syntax, schema and duplicate errors all become
+findings, so one run reports everything an operator has to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from clrk.api.findings import Finding, Scope, Severity, field_path
+from clrk.api.resources import (
+    AGENT_KINDS,
+    API_VERSION,
+    SPEC_MODELS,
+    ObjectMeta,
+    Resource,
+    Source,
+)
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+_TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+UNKNOWN = "?"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    resources: tuple[Resource, ...]
+    findings: tuple[Finding, ...]
+    files: int = 0
+    documents: int = 0
+    # (kind, namespace, name) of documents that failed validation, where known: a
+    # reference to one of them is reported as "invalid", not "does not exist".
+    rejected: frozenset[tuple[str, str, str]] = frozenset()
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.is_error)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and aliases.
+
+    A duplicated `ports:` key silently drops one list in plain YAML; aliases let a small
+    file expand into an enormous object graph.  Both are refused for policy files.
+    """
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                None, None, "YAML aliases (*name) are not allowed in policy files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: let the base class report it
+                break
+            if duplicate:
+                raise yaml.MarkedYAMLError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return f"invalid YAML: {where}{exc.problem or exc.context}"
+    return f"invalid YAML: {exc}"
+
+
+def parse_yaml(text: str, file: str) -> tuple[list[tuple[Source, object]], list[Finding]]:
+    """Split a YAML stream into (source, document) pairs; empty documents are skipped."""
+    docs: list[tuple[Source, object]] = []
+    index = 0
+    try:
+        for index, data in enumerate(yaml.load_all(text, Loader=_StrictLoader), start=1):
+            if data is not None:
+                docs.append((Source(file, index), data))
+    except yaml.YAMLError as exc:
+        return docs, [Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", _yaml_message(exc))]
+    except (RecursionError, ValueError, TypeError) as exc:  # pathological nesting/scalars
+        return docs, [
+            Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", f"invalid YAML: {exc}")
+        ]
+    return docs, []
+
+
+def _pydantic_message(err: dict) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("too_short", "too_long"):
+        ctx = err.get("ctx", {})
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return f"needs {'at least' if kind == 'too_short' else 'at most'} {bound} item(s)"
+    msg: str = err["msg"]
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, ") :]
+    if msg.startswith("Assertion failed, "):
+        return msg[len("Assertion failed, ") :]
+    got = repr(err.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{msg[:1].lower()}{msg[1:]} (got {got})"
+
+
+def _validation_findings(exc: ValidationError, prefix: str, src: Source, kind: str, name: str):
+    for err in exc.errors():
+        yield Finding(
+            src.file,
+            src.document,
+            kind,
+            name,
+            field_path((prefix, *err["loc"])),
+            _pydantic_message(err),
+        )
+
+
+def validate_document(src: Source, data: object) -> tuple[Resource | None, list[Finding]]:
+    """One decoded document -> a resource, or the findings that explain why not."""
+
+    def fail(kind: str, name: str, path: str, message: str) -> tuple[None, list[Finding]]:
+        return None, [Finding(src.file, src.document, kind, name, path, message)]
+
+    if not isinstance(data, dict):
+        return fail(
+            UNKNOWN, UNKNOWN, "<document>", f"expected a mapping, got {type(data).__name__}"
+        )
+    meta_raw = data.get("metadata")
+    name = meta_raw.get("name") if isinstance(meta_raw, dict) else None
+    name = name if isinstance(name, str) and name else UNKNOWN
+    kind = data.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return fail(UNKNOWN, name, "kind", "required field is missing")
+    if kind not in SPEC_MODELS:
+        known = ", ".join(sorted(SPEC_MODELS))
+        return fail(kind, name, "kind", f"unknown kind {kind!r}; expected one of {known}")
+    findings: list[Finding] = []
+    api_version = data.get("apiVersion")
+    if api_version != API_VERSION:
+        findings.append(
+            Finding(
+                src.file,
+                src.document,
+                kind,
+                name,
+                "apiVersion",
+                f"must be {API_VERSION!r}, not {api_version!r}",
+            )
+        )
+    for key in data:
+        if key not in _TOP_LEVEL:
+            findings.append(Finding(src.file, src.document, kind, name, str(key), "unknown field"))
+    meta = None
+    if meta_raw is None:
+        findings.append(
+            Finding(src.file, src.document, kind, name, "metadata", "required field is missing")
+        )
+    else:
+        try:
+            meta = ObjectMeta.model_validate(meta_raw)
+        except ValidationError as exc:
+            findings.extend(_validation_findings(exc, "metadata", src, kind, name))
+    spec_raw = data.get("spec")
+    spec = None
+    if spec_raw is None and kind in AGENT_KINDS:
+        spec_raw = {}
+    if spec_raw is None:
+        findings.append(
+            Finding(src.file, src.document, kind, name, "spec", "required field is missing")
+        )
+    else:
+        try:
+            spec = SPEC_MODELS[kind].model_validate(spec_raw)
+        except ValidationError as exc:
+            findings.extend(_validation_findings(exc, "spec", src, kind, name))
+    if findings or meta is None or spec is None:
+        return None, findings
+    return Resource(kind, meta, spec, src), []
+
+
+def _identity(res: Resource) -> tuple[str, str, str]:
+    # DaemonAgent and TaskAgent both name an agent: one identity space for the two kinds.
+    group = "Agent" if res.kind in AGENT_KINDS else res.kind
+    return (group, res.namespace, res.name)
+
+
+def _claimed_identity(data: object) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) a rejected document meant to define, if it says."""
+    if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
+        return None
+    meta = data["metadata"]
+    kind, name, namespace = data.get("kind"), meta.get("name"), meta.get("namespace", "default")
+    if all(isinstance(v, str) for v in (kind, name, namespace)):
+        return (kind, namespace, name)
+    return None
+
+
+@dataclass
+class _Validated:
+    resources: list[Resource] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    rejected: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+def validate_documents(docs: Iterable[tuple[Source, object]]) -> _Validated:
+    out = _Validated()
+    resources, findings = out.resources, out.findings
+    first_seen: dict[tuple[str, str, str], Resource] = {}
+    for src, data in docs:
+        res, problems = validate_document(src, data)
+        findings.extend(problems)
+        if res is None:
+            if (claimed := _claimed_identity(data)) is not None:
+                out.rejected.add(claimed)
+            continue
+        key = _identity(res)
+        if key in first_seen:
+            prev = first_seen[key]
+            findings.append(
+                Finding(
+                    src.file,
+                    src.document,
+                    res.kind,
+                    res.name,
+                    "metadata.name",
+                    f"{res.ref} is already defined by {prev.kind} in "
+                    f"{prev.source.file} document {prev.source.document}",
+                )
+            )
+            continue
+        first_seen[key] = res
+        resources.append(res)
+    return out
+
+
+def _result(
+    validated: _Validated, parse_findings: list[Finding], files: int, docs: int
+) -> LoadResult:
+    findings = sorted(parse_findings + validated.findings, key=lambda f: (f.file, f.document))
+    return LoadResult(
+        tuple(validated.resources), tuple(findings), files, docs, frozenset(validated.rejected)
+    )
+
+
+def manifest_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+    return [path]
+
+
+def load_paths(paths: Sequence[str | Path]) -> LoadResult:
+    """Files and directories (recursively, *.yaml|*.yml|*.json, in name order)."""
+    docs: list[tuple[Source, object]] = []
+    findings: list[Finding] = []
+    files = 0
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            findings.append(
+                Finding(str(path), 0, UNKNOWN, UNKNOWN, "<file>", "no such file or directory")
+            )
+            continue
+        listed = manifest_files(path)
+        if not listed:
+            findings.append(
+                Finding(
+                    str(path),
+                    0,
+                    UNKNOWN,
+                    UNKNOWN,
+                    "<file>",
+                    "directory holds no *.yaml, *.yml or *.json manifests",
+                )
+            )
+        for file in listed:
+            files += 1
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                findings.append(
+                    Finding(str(file), 0, UNKNOWN, UNKNOWN, "<file>", f"cannot read: {exc}")
+                )
+                continue
+            file_docs, problems = parse_yaml(text, str(file))
+            docs.extend(file_docs)
+            findings.extend(problems)
+    return _result(validate_documents(docs), findings, files, len(docs))
+
+
+def load_text(text: str, file: str = "<input>") -> LoadResult:
+    docs, findings = parse_yaml(text, file)
+    return _result(validate_documents(docs), findings, 1, len(docs))
+
+
+def load_objects(objects: Iterable[object], file: str = "<objects>") -> LoadResult:
+    """Already-decoded documents (from a Kubernetes API, tests): same validation."""
+    docs = [(Source(file, i), obj) for i, obj in enumerate(objects, start=1)]
+    return _result(validate_documents(docs), [], 1, len(docs))
+
+
+__all__ = [
+    "LoadResult",
+    "Scope",
+    "Severity",
+    "load_objects",
+    "load_paths",
+    "load_text",
+    "validate_document",
+]

@@ -1,0 +1,232 @@
+"""Cross-object resolution of a validated resource set.
+
+References that point nowhere are not fatal for the set (SPEC 3): the object that holds
+them is reported Accepted=False and contributes nothing.  The one exception fails
+closed the other way: a deny route whose listener section is missing still denies on
+its gateway, because dropping it would open what the operator meant to close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from clrk.api.findings import Finding, Scope, Severity
+from clrk.api.resources import AGENT_KINDS, Resource
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A route attached to one gateway through the listed listeners (gateway order)."""
+
+    route: Resource
+    listeners: tuple[str, ...]
+    deny_policy: Resource | None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    gateways: dict[Key, Resource]
+    attachments: dict[Key, tuple[Attachment, ...]]
+    agents: dict[Key, Resource]
+    conditions: dict[tuple[str, str, str], tuple[Condition, ...]]
+    findings: tuple[Finding, ...]
+
+
+def _key(res: Resource) -> Key:
+    return (res.namespace, res.name)
+
+
+@dataclass
+class _Resolver:
+    resources: Sequence[Resource]
+    rejected: frozenset[tuple[str, str, str]] = frozenset()
+    findings: list[Finding] = field(default_factory=list)
+    conditions: dict[tuple[str, str, str], list[Condition]] = field(default_factory=dict)
+
+    def report(self, res: Resource, path: str, message: str, *, warning: bool = False) -> None:
+        self.findings.append(
+            Finding(
+                res.source.file,
+                res.source.document,
+                res.kind,
+                res.name,
+                path,
+                message,
+                Severity.WARNING if warning else Severity.ERROR,
+                Scope.OBJECT,
+            )
+        )
+
+    def missing(self, kind: str, key: Key) -> str:
+        if (kind, *key) in self.rejected:
+            return f"{kind} {key[0]}/{key[1]} is invalid (see its own errors)"
+        return f"{kind} {key[0]}/{key[1]} does not exist"
+
+    def condition(self, res: Resource, cond: Condition) -> None:
+        self.conditions.setdefault((res.kind, res.namespace, res.name), []).append(cond)
+
+    def of_kind(self, kind: str) -> dict[Key, Resource]:
+        return {_key(r): r for r in self.resources if r.kind == kind}
+
+    def deny_targets(self, routes: dict[Key, Resource]) -> dict[Key, Resource]:
+        targets: dict[Key, Resource] = {}
+        policies = sorted(self.of_kind("EgressDenyPolicy").values(), key=_key)
+        for policy in policies:
+            spec = policy.spec
+            refs = [("spec.targetRef", spec.target_ref)] if spec.target_ref else []
+            refs += [(f"spec.targetRefs[{i}]", t) for i, t in enumerate(spec.target_refs)]
+            found = 0
+            for path, ref in refs:
+                key = (policy.namespace, ref.name)
+                if key not in routes:
+                    self.report(
+                        policy,
+                        f"{path}.name",
+                        self.missing("EgressL4Route", key)
+                        + " (a deny policy targets routes in its own namespace)",
+                    )
+                    continue
+                found += 1
+                if key in targets:
+                    self.report(
+                        policy,
+                        f"{path}.name",
+                        f"route {key[0]}/{key[1]} is already targeted by deny policy "
+                        f"{targets[key].ref}, whose denyResponse is used",
+                        warning=True,
+                    )
+                    continue
+                targets[key] = policy
+            accepted = found > 0
+            self.condition(
+                policy,
+                Condition("Accepted", accepted, "Accepted" if accepted else "TargetNotFound"),
+            )
+        return targets
+
+    def attach(
+        self,
+        gateways: dict[Key, Resource],
+        routes: dict[Key, Resource],
+        denied: dict[Key, Resource],
+    ) -> dict[Key, tuple[Attachment, ...]]:
+        per_gateway: dict[Key, list[Attachment]] = {}
+        for rkey in sorted(routes):
+            route = routes[rkey]
+            deny_policy = denied.get(rkey)
+            wanted: dict[Key, set[str]] = {}
+            for i, ref in enumerate(route.spec.parent_refs):
+                gkey = (ref.namespace or route.namespace, ref.name)
+                gateway = gateways.get(gkey)
+                if gateway is None:
+                    self.report(
+                        route,
+                        f"spec.parentRefs[{i}].name",
+                        self.missing("EgressGateway", gkey),
+                    )
+                    continue
+                names = [lst.name for lst in gateway.spec.listeners]
+                if ref.section_name is None:
+                    wanted.setdefault(gkey, set()).update(names)
+                elif ref.section_name in names:
+                    wanted.setdefault(gkey, set()).add(ref.section_name)
+                else:
+                    note = (
+                        "; as a deny policy target it still denies on the whole gateway"
+                        if deny_policy
+                        else ""
+                    )
+                    self.report(
+                        route,
+                        f"spec.parentRefs[{i}].sectionName",
+                        f"EgressGateway {gateway.ref} has no listener {ref.section_name!r} "
+                        f"(it has {', '.join(names)}){note}",
+                    )
+                    if deny_policy:
+                        wanted.setdefault(gkey, set()).update(names)
+            for gkey, chosen in wanted.items():
+                order = [lst.name for lst in gateways[gkey].spec.listeners]
+                listeners = tuple(n for n in order if n in chosen)
+                per_gateway.setdefault(gkey, []).append(Attachment(route, listeners, deny_policy))
+            accepted = bool(wanted)
+            self.condition(
+                route,
+                Condition("Accepted", accepted, "Accepted" if accepted else "NoMatchingParent"),
+            )
+            self.lint_matches(route)
+        return {k: tuple(v) for k, v in per_gateway.items()}
+
+    def lint_matches(self, route: Resource) -> None:
+        for r, rule in enumerate(route.spec.rules):
+            for m, match in enumerate(rule.matches):
+                path = f"spec.rules[{r}].matches[{m}]"
+                if not match.destination_hostnames and not match.destination_cidrs:
+                    self.report(
+                        route,
+                        path,
+                        "no destinationHostnames or destinationCIDRs: matches every destination",
+                        warning=True,
+                    )
+                for h, name in enumerate(match.destination_hostnames):
+                    if name.startswith("*.") and "." not in name[2:]:
+                        self.report(
+                            route,
+                            f"{path}.destinationHostnames[{h}]",
+                            f"{name!r} matches every name directly under a top-level domain",
+                            warning=True,
+                        )
+
+    def agents(self, gateways: dict[Key, Resource]) -> dict[Key, Resource]:
+        agents: dict[Key, Resource] = {}
+        for res in self.resources:
+            if res.kind not in AGENT_KINDS:
+                continue
+            agents[_key(res)] = res
+            for i, ref in enumerate(res.spec.egress_refs):
+                namespace, _, name = ref.gateway_ref.rpartition("/")
+                if (namespace or res.namespace, name) not in gateways:
+                    self.report(
+                        res,
+                        f"spec.egressRefs[{i}].gatewayRef",
+                        self.missing("EgressGateway", (namespace or res.namespace, name)),
+                    )
+        return agents
+
+
+def resolve(
+    resources: Sequence[Resource], rejected: frozenset[tuple[str, str, str]] = frozenset()
+) -> Resolution:
+    """`rejected`: (kind, namespace, name) of documents that failed validation."""
+    r = _Resolver(resources, rejected)
+    gateways = r.of_kind("EgressGateway")
+    routes = r.of_kind("EgressL4Route")
+    denied = r.deny_targets(routes)
+    attachments = r.attach(gateways, routes, denied)
+    agents = r.agents(gateways)
+    return Resolution(
+        gateways=gateways,
+        attachments=attachments,
+        agents=agents,
+        conditions={k: tuple(v) for k, v in r.conditions.items()},
+        findings=tuple(r.findings),
+    )
+
+
+def agent_gateways(agent: Resource) -> list[Key]:
+    """The gateways an agent declares in spec.egressRefs."""
+    out = []
+    for ref in agent.spec.egress_refs:
+        namespace, _, name = ref.gateway_ref.rpartition("/")
+        out.append((namespace or agent.namespace, name))
+    return out

@@ -1,0 +1,167 @@
+"""decide(): SPEC 4, the one decision function of clrk (dialer, CLI, admin API, tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from clrk.policy.addresses import blocked_ranges, normalise_name, parse_ip, within
+from clrk.policy.compiled import CompiledListener, GatewayPolicy, MatchEntry, ProtocolIndex
+from clrk.policy.model import Agent, Connection, Decision, Reason
+from clrk.policy.selectors import selects
+
+# A hit: (sort key, entry, hostname).  The key ranks exact names over wildcards over
+# CIDRs (longest prefix first) over match-everything entries, then route order.
+Hit = tuple[tuple, MatchEntry, str | None]
+_EXACT, _WILDCARD, _CIDR, _ANYWHERE = 0, 1, 2, 3
+
+
+def _admits(entry: MatchEntry, port: int, labels: Mapping[str, str]) -> bool:
+    ports = entry.ports
+    if ports is not None:
+        for low, high in ports:
+            if low <= port <= high:
+                break
+        else:
+            return False
+    return entry.selector is None or selects(entry.selector, labels)
+
+
+def _cidr_hits(
+    ix: ProtocolIndex, version: int, ip: int, port: int, labels: Mapping[str, str], inside=()
+) -> list[Hit]:
+    """CIDR hits; with `inside` (blocked ranges), only CIDRs that lie within one of them."""
+    cidrs = ix.cidr4 if version == 4 else ix.cidr6
+    return [
+        ((_CIDR, -plen, entry.order, ""), entry, None)
+        for entry, net, plen in cidrs.lookup(ip)
+        if (not inside or within(version, net, plen, inside)) and _admits(entry, port, labels)
+    ]
+
+
+def _hits(
+    ix: ProtocolIndex,
+    version: int,
+    ip: int,
+    port: int,
+    labels: Mapping[str, str],
+    evidence: Collection[str],
+) -> list[Hit]:
+    out = _cidr_hits(ix, version, ip, port, labels)
+    for name in evidence:
+        for entry in ix.exact.get(name, ()):
+            if _admits(entry, port, labels):
+                out.append(((_EXACT, 0, entry.order, name), entry, name))
+        dot = name.find(".")
+        if dot > 0:
+            for entry in ix.wildcard.get(name[dot + 1 :], ()):
+                if _admits(entry, port, labels):
+                    out.append(((_WILDCARD, 0, entry.order, name), entry, name))
+    for entry in ix.anywhere.lookup(port):
+        if entry.selector is None or selects(entry.selector, labels):
+            out.append(((_ANYWHERE, 0, entry.order, ""), entry, None))
+    return out
+
+
+def _first(hits: list[Hit]) -> Hit:
+    return min(hits, key=lambda h: h[0])
+
+
+def _choose(hits: list[Hit], port: int) -> tuple[CompiledListener | None, Hit]:
+    """The listener (SPEC 4 preference) and the best hit that reaches it."""
+    best: CompiledListener | None = None
+    best_key: tuple = ()
+    for _key, entry, _name in hits:
+        for lst in entry.listeners:
+            if lst.port is None or lst.port == port:
+                key = (lst.port is None, lst.route_rank, lst.index)
+                if best is None or key < best_key:
+                    best, best_key = lst, key
+    if best is None:
+        return None, _first(hits)
+    return best, _first([h for h in hits if best in h[1].listeners])
+
+
+def default_listener(policy: GatewayPolicy, transport: str, port: int) -> CompiledListener | None:
+    fitting = [
+        lst
+        for lst in policy.listeners
+        if lst.transport == transport and (lst.port is None or lst.port == port)
+    ]
+    return min(fitting, key=lambda x: (x.port is None, x.default_rank, x.index), default=None)
+
+
+def decide(policy: GatewayPolicy, agent: Agent | None, conn: Connection) -> Decision:
+    version, ip = parse_ip(conn.dst_ip)
+    port = conn.dst_port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    transport = conn.protocol
+    if transport not in policy.allow:
+        raise ValueError(f"protocol must be TCP or UDP, not {transport!r}")
+    gateway, default = policy.ref, policy.default_policy
+
+    blocked = blocked_ranges(version, ip, policy.own4, policy.own6)
+    if agent is None:
+        return Decision(
+            Reason.BLOCKED_ADDRESS if blocked else Reason.UNKNOWN_AGENT, gateway, None, default
+        )
+    agent_ref = f"{agent.namespace}/{agent.name}"
+    labels = agent.labels
+    allow_ix = policy.allow[transport]
+
+    hits: list[Hit] = []
+    if blocked:
+        # Only an explicit CIDR inside the blocked range opens it; names never do.
+        hits = _cidr_hits(allow_ix, version, ip, port, labels, inside=blocked)
+        if not hits:
+            return Decision(Reason.BLOCKED_ADDRESS, gateway, agent_ref, default)
+
+    names = frozenset(normalise_name(n) for n in conn.names) if conn.names else frozenset()
+    sni = normalise_name(conn.sni) if conn.sni else None
+    if sni is not None and names and sni not in names:
+        return Decision(Reason.SNI_MISMATCH, gateway, agent_ref, default, hostname=sni)
+    evidence = (sni,) if sni is not None else names
+
+    deny_hits = _hits(policy.deny[transport], version, ip, port, labels, evidence)
+    if deny_hits:
+        listener, (_k, entry, name) = _choose(deny_hits, port)
+        return Decision(
+            Reason.DENY_POLICY,
+            gateway,
+            agent_ref,
+            default,
+            entry.route,
+            entry.rule,
+            listener.name if listener else None,
+            name,
+            entry.deny_policy,
+        )
+
+    if not blocked:
+        hits = _hits(allow_ix, version, ip, port, labels, evidence)
+    if hits:
+        listener, (_k, entry, name) = _choose(hits, port)
+        if listener is not None:
+            return Decision(
+                Reason.ALLOWED,
+                gateway,
+                agent_ref,
+                default,
+                entry.route,
+                entry.rule,
+                listener.name,
+                name,
+            )
+    if default == "allow-all" and not blocked:
+        listener = default_listener(policy, transport, port)
+        if listener is not None:
+            return Decision(
+                Reason.ALLOWED_DEFAULT, gateway, agent_ref, default, listener=listener.name
+            )
+        return Decision(Reason.NO_LISTENER, gateway, agent_ref, default)
+    if hits:
+        _k, entry, name = _first(hits)
+        return Decision(
+            Reason.NO_LISTENER, gateway, agent_ref, default, entry.route, entry.rule, hostname=name
+        )
+    return Decision(Reason.POLICY, gateway, agent_ref, default)

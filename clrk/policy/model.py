@@ -1,0 +1,81 @@
+"""Plain data in and out of decide(): the connection, the agent and the decision."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Reason(enum.StrEnum):
+    ALLOWED = "allowed"
+    ALLOWED_DEFAULT = "allowed_default"
+    POLICY = "policy"
+    DENY_POLICY = "deny_policy"
+    BLOCKED_ADDRESS = "blocked_address"
+    SNI_MISMATCH = "sni_mismatch"
+    UNKNOWN_AGENT = "unknown_agent"
+    NO_LISTENER = "no_listener"
+    DNS_FILTERED = "dns_filtered"
+
+    @property
+    def allows(self) -> bool:
+        return self in (Reason.ALLOWED, Reason.ALLOWED_DEFAULT)
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What the dialer knows when it decides.
+
+    `names` is D of SPEC 4: the names this agent's own DNS answers bound to `dst_ip`.
+    `sni` is the TLS server name, when a ClientHello was read.
+    """
+
+    protocol: str  # "TCP" | "UDP"
+    dst_ip: str
+    dst_port: int
+    names: frozenset[str] = frozenset()
+    sni: str | None = None
+
+
+class Decision(NamedTuple):
+    # A NamedTuple, not a dataclass: decide() builds one per connection on the hot path.
+    reason: Reason
+    gateway: str
+    agent: str | None
+    default_policy: str
+    route: str | None = None
+    rule: int | None = None
+    listener: str | None = None
+    hostname: str | None = None
+    deny_policy: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason.allows
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "decision": "allow" if self.allowed else "deny",
+            "reason": str(self.reason),
+            "gateway": self.gateway,
+            "agent": self.agent,
+            "route": self.route,
+            "rule": self.rule,
+            "listener": self.listener,
+            "hostname": self.hostname,
+            "defaultPolicy": self.default_policy,
+            "denyPolicy": self.deny_policy,
+        }
