@@ -7,9 +7,14 @@ operator can act on (it names the form to write instead where there is one).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# fullmatch everywhere: `$` would also match before a trailing newline.
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+# A last label of digits or 0x-hex makes inet_aton-style resolvers read an address
+# ('127.1', '0x7f000001'); no real top-level domain looks like that.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 _MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
@@ -54,7 +59,7 @@ def normalise_hostname(raw: object) -> str:
     if len(name) > 253:
         raise ValueError(f"is {len(name)} characters long; at most 253 are allowed")
     labels = name.split(".")
-    if labels[-1].isdigit():
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
         # '127.1' or '10.0.1' are IPv4 shorthand to inet_aton-based resolvers.
         raise ValueError(f"{raw!r} looks like an IP address; put addresses in destinationCIDRs")
     wildcard = labels[0] == "*"
@@ -71,7 +76,7 @@ def normalise_hostname(raw: object) -> str:
             )
         if len(label) > 63:
             raise ValueError(f"{raw!r} has a label of {len(label)} characters; at most 63")
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise ValueError(
                 f"{raw!r}: label {label!r} must be lower-case letters, digits and '-',"
                 " starting and ending with a letter or digit"
@@ -106,14 +111,14 @@ def parse_cidr(raw: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return net
 
 
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def check_object_name(raw: object) -> str:
     """metadata.name: an RFC 1123 DNS subdomain (lower case, at most 253 characters)."""
     if not isinstance(raw, str):
         raise ValueError(f"must be a string, not {type(raw).__name__}")
-    if not raw or len(raw) > 253 or not _DNS_SUBDOMAIN.match(raw):
+    if not raw or len(raw) > 253 or not _DNS_SUBDOMAIN.fullmatch(raw):
         raise ValueError(
             f"{raw!r} is not a DNS subdomain name (lower-case letters, digits, '-' and '.',"
             " at most 253 characters)"
@@ -125,24 +130,24 @@ def check_dns_label(raw: object) -> str:
     """metadata.namespace, listener names: an RFC 1123 DNS label (at most 63 characters)."""
     if not isinstance(raw, str):
         raise ValueError(f"must be a string, not {type(raw).__name__}")
-    if not raw or len(raw) > 63 or not _LABEL.match(raw):
+    if not raw or len(raw) > 63 or not _LABEL.fullmatch(raw):
         raise ValueError(
             f"{raw!r} is not a DNS label (lower-case letters, digits and '-', at most 63)"
         )
     return raw
 
 
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 
 def check_label_key(raw: object) -> str:
     """Kubernetes label key: optional DNS-subdomain prefix and '/', then a name of <= 63."""
     if not isinstance(raw, str):
         raise ValueError(f"label key must be a string, not {type(raw).__name__}")
-    prefix, _, name = raw.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    prefix, slash, name = raw.rpartition("/")
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         raise ValueError(f"label key {raw!r} has an invalid prefix {prefix!r}")
-    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
         raise ValueError(
             f"label key {raw!r} is invalid (letters, digits, '-', '_' and '.', at most 63)"
         )
@@ -154,7 +159,7 @@ def check_label_value(raw: object) -> str:
         raise ValueError(
             f"label value must be a string, not {type(raw).__name__} (quote it: '{raw}')"
         )
-    if raw and (len(raw) > 63 or not _LABEL_NAME.match(raw)):
+    if raw and (len(raw) > 63 or not _LABEL_NAME.fullmatch(raw)):
         raise ValueError(
             f"label value {raw!r} is invalid (letters, digits, '-', '_' and '.', at most 63)"
         )
@@ -170,9 +175,13 @@ def parse_duration(raw: object) -> float:
     if isinstance(raw, bool):
         raise ValueError("must be a duration such as '5s'")
     if isinstance(raw, int | float):
-        if raw < 0:
-            raise ValueError("must not be negative")
-        return float(raw)
+        try:
+            seconds = float(raw)
+        except OverflowError:
+            raise ValueError(f"{raw} seconds is too large") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("must be a finite, non-negative number of seconds")
+        return seconds
     if not isinstance(raw, str) or not raw:
         raise ValueError("must be a duration such as '5s', '1m30s' or '1h'")
     pos, total = 0, 0.0
@@ -183,6 +192,8 @@ def parse_duration(raw: object) -> float:
         pos = m.end()
     if pos != len(raw):
         raise ValueError(f"{raw!r} is not a duration such as '5s', '1m30s' or '1h'")
+    if not math.isfinite(total):
+        raise ValueError(f"{raw!r} is too large")
     return total
 
 

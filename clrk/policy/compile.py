@@ -72,12 +72,14 @@ class _IndexBuilder:
 
     def build(self) -> ProtocolIndex:
         by_cidr = lambda item: (-item[2], item[0].order)  # noqa: E731
+        empty = not (self.exact or self.wildcard or self.cidr[4] or self.cidr[6] or self.anywhere)
         return ProtocolIndex(
             exact={k: tuple(v) for k, v in self.exact.items()},
             wildcard={k: tuple(v) for k, v in self.wildcard.items()},
             cidr4=IntervalMap(self.cidr[4], by_cidr),
             cidr6=IntervalMap(self.cidr[6], by_cidr),
             anywhere=IntervalMap(self.anywhere, lambda e: e.order),
+            empty=empty,
         )
 
 

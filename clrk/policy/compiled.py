@@ -54,6 +54,7 @@ class ProtocolIndex:
     cidr4: IntervalMap[tuple[MatchEntry, int, int]]  # (entry, network, prefix length)
     cidr6: IntervalMap[tuple[MatchEntry, int, int]]
     anywhere: IntervalMap[MatchEntry]  # matches without hostnames or CIDRs, by port
+    empty: bool = False  # nothing to look up: decide() skips the index entirely
 
 
 @dataclass(frozen=True)

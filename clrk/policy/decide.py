@@ -46,14 +46,17 @@ def _hits(
     labels: Mapping[str, str],
     evidence: Collection[str],
 ) -> list[Hit]:
+    if ix.empty:
+        return []
     out = _cidr_hits(ix, version, ip, port, labels)
+    exact, wildcard = ix.exact, ix.wildcard
     for name in evidence:
-        for entry in ix.exact.get(name, ()):
+        for entry in exact.get(name, ()):
             if _admits(entry, port, labels):
                 out.append(((_EXACT, 0, entry.order, name), entry, name))
         dot = name.find(".")
         if dot > 0:
-            for entry in ix.wildcard.get(name[dot + 1 :], ()):
+            for entry in wildcard.get(name[dot + 1 :], ()):
                 if _admits(entry, port, labels):
                     out.append(((_WILDCARD, 0, entry.order, name), entry, name))
     for entry in ix.anywhere.lookup(port):
@@ -116,7 +119,7 @@ def decide(policy: GatewayPolicy, agent: Agent | None, conn: Connection) -> Deci
         if not hits:
             return Decision(Reason.BLOCKED_ADDRESS, gateway, agent_ref, default)
 
-    names = frozenset(normalise_name(n) for n in conn.names) if conn.names else frozenset()
+    names = {normalise_name(n) for n in conn.names} if conn.names else ()
     sni = normalise_name(conn.sni) if conn.sni else None
     if sni is not None and names and sni not in names:
         return Decision(Reason.SNI_MISMATCH, gateway, agent_ref, default, hostname=sni)

@@ -125,12 +125,28 @@ def _attachments(resources, gw):
     return out
 
 
+class NaivePolicy:
+    """The attachments worked out once; every decision is then a plain loop over them."""
+
+    def __init__(self, resources, gateway_key, own=()):
+        self.own = [ipaddress.ip_address(a) for a in own]
+        self.gw = next(
+            r
+            for r in resources
+            if r.kind == "EgressGateway" and (r.namespace, r.name) == gateway_key
+        )
+        self.attachments = _attachments(resources, self.gw)
+
+    def decide(self, agent, conn) -> Outcome:
+        return _decide(self.gw, self.attachments, self.own, agent, conn)
+
+
 def naive_decide(resources, gateway_key, agent, conn, own=()) -> Outcome:
     """agent: (namespace, name, labels) or None; conn: clrk.policy.Connection."""
-    own = [ipaddress.ip_address(a) for a in own]
-    gw = next(
-        r for r in resources if r.kind == "EgressGateway" and (r.namespace, r.name) == gateway_key
-    )
+    return NaivePolicy(resources, gateway_key, own).decide(agent, conn)
+
+
+def _decide(gw, attachments, own, agent, conn) -> Outcome:
     addr = ipaddress.ip_address(conn.dst_ip)
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
@@ -145,7 +161,7 @@ def naive_decide(resources, gateway_key, agent, conn, own=()) -> Outcome:
         return (listener.protocol == "UDP") == (match_protocol == "UDP")
 
     allow_hits, deny_hits = [], []
-    for order, (route, listeners, deny_ref) in enumerate(_attachments(resources, gw)):
+    for order, (route, listeners, deny_ref) in enumerate(attachments):
         for r, rule in enumerate(route.spec.rules):
             for m, match in enumerate(rule.matches):
                 if match.protocol != conn.protocol:

@@ -1,0 +1,34 @@
+"""Normal forms of the hostname and address evidence the dialer collects (SPEC 4, step 1).
+
+Names are lower-cased without a trailing dot; IPv4-mapped IPv6 addresses become IPv4.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+# Evidence is lenient where policy patterns are strict: '_' occurs in real DNS names and
+# can never match a pattern, so accepting it only avoids refusing odd but honest names.
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+MAX_NAME_LENGTH = 253
+
+
+def normalise_name(raw: str) -> str | None:
+    """'API.Example.COM.' -> 'api.example.com'; None when it is not a plain hostname."""
+    name = raw.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isascii():
+        return None
+    if all(_LABEL.fullmatch(label) for label in name.split(".")):
+        return name
+    return None
+
+
+def normalise_ip(raw: str) -> str:
+    """Canonical text of an address; '::ffff:192.0.2.1' -> '192.0.2.1'. ValueError if invalid."""
+    addr = ipaddress.ip_address(raw)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)

@@ -1,0 +1,119 @@
+"""Loading manifests: files, directories, multi-document YAML, and every error at once."""
+
+from __future__ import annotations
+
+from clrk.api import Scope, load_paths, load_text
+
+GW = """apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: gw}
+spec:
+  listeners: [{name: tcp-out, protocol: TCP}]
+"""
+
+
+def test_a_multi_document_stream_yields_one_resource_per_document():
+    loaded = load_text(GW + "---\n" + GW.replace("name: gw", "name: gw2") + "---\n")
+    assert [r.name for r in loaded.resources] == ["gw", "gw2"]
+    assert [r.source.document for r in loaded.resources] == [1, 2]
+    assert loaded.findings == ()
+
+
+def test_directories_are_read_recursively_in_name_order(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.yml").write_text(GW.replace("name: gw", "name: second"))
+    (tmp_path / "a.yaml").write_text(GW)
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    loaded = load_paths([tmp_path])
+    assert [r.name for r in loaded.resources] == ["gw", "second"]
+    assert loaded.files == 2
+
+
+def test_every_error_of_every_document_is_reported_together():
+    text = GW.replace("protocol: TCP", "protocol: SCTP") + "---\n" + GW.replace("kind:", "knd:")
+    lines = [f.line() for f in load_text(text, "p.yaml").findings]
+    assert lines == [
+        "p.yaml: document 1: EgressGateway/gw: spec.listeners[0].protocol: "
+        "input should be 'TCP', 'TLS', 'HTTP' or 'UDP' (got 'SCTP')",
+        "p.yaml: document 2: ?/gw: kind: required field is missing",
+    ]
+
+
+def test_a_duplicate_key_is_an_error_not_a_silent_overwrite():
+    text = GW + "  defaultPolicy: allow-all\n  defaultPolicy: deny-all\n"
+    (finding,) = load_text(text, "p.yaml").findings
+    assert "duplicate key 'defaultPolicy'" in finding.message and "line 7" in finding.message
+
+
+def test_yaml_aliases_are_refused():
+    text = "a: &x [1, 2]\nb: *x\n"
+    (finding,) = load_text(text).findings
+    assert "aliases" in finding.message
+
+
+def test_deeply_nested_yaml_is_a_finding_not_a_crash():
+    (finding,) = load_text("[" * 20000 + "]" * 20000).findings
+    assert finding.message.startswith("invalid YAML")
+
+
+def test_a_second_object_with_the_same_identity_is_a_duplicate():
+    loaded = load_text(GW + "---\n" + GW, "p.yaml")
+    (finding,) = loaded.findings
+    assert finding.document == 2 and "already defined by EgressGateway in p.yaml document 1" in (
+        finding.message
+    )
+    assert finding.scope is Scope.SET
+
+
+def test_a_daemon_agent_and_a_task_agent_cannot_share_a_name():
+    agent = "apiVersion: clrk.apoxy.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: bot}}\n"
+    loaded = load_text(agent.format(kind="DaemonAgent") + "---\n" + agent.format(kind="TaskAgent"))
+    assert [f.field for f in loaded.findings] == ["metadata.name"]
+
+
+def test_the_same_name_in_another_namespace_is_another_object():
+    other = GW.replace("metadata: {name: gw}", "metadata: {name: gw, namespace: team-a}")
+    loaded = load_text(GW + "---\n" + other)
+    assert [r.ref for r in loaded.resources] == ["default/gw", "team-a/gw"]
+
+
+def test_unknown_top_level_fields_are_errors_but_status_is_ignored():
+    loaded = load_text(GW + "status: {conditions: []}\nspecs: {}\n")
+    assert [(f.field, f.message) for f in loaded.findings] == [("specs", "unknown field")]
+
+
+def test_kubernetes_managed_metadata_is_ignored():
+    text = GW.replace(
+        "metadata: {name: gw}", "metadata: {name: gw, uid: abc, resourceVersion: '7'}"
+    )
+    assert load_text(text).findings == ()
+
+
+def test_a_label_value_that_yaml_reads_as_a_number_must_be_quoted():
+    text = GW.replace("metadata: {name: gw}", "metadata: {name: gw, labels: {tier: 1}}")
+    (finding,) = load_text(text).findings
+    assert finding.field == "metadata.labels.tier" and "quote it" in finding.message
+
+
+def test_documents_that_are_not_mappings_are_errors():
+    (finding,) = load_text("- a\n- b\n").findings
+    assert finding.message == "expected a mapping, got list"
+
+
+def test_a_missing_spec_is_an_error_for_egress_kinds_but_not_for_agents():
+    text = "apiVersion: clrk.apoxy.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: x}}\n"
+    assert [f.field for f in load_text(text.format(kind="EgressL4Route")).findings] == ["spec"]
+    assert load_text(text.format(kind="TaskAgent")).findings == ()
+
+
+def test_unreadable_and_missing_paths_are_findings(tmp_path):
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe\x00")
+    loaded = load_paths([tmp_path / "bad.yaml", tmp_path / "missing.yaml", tmp_path / "empty"])
+    messages = [f.message for f in loaded.findings]
+    assert any(m.startswith("cannot read") for m in messages)
+    assert "no such file or directory" in messages
+
+
+def test_a_rejected_document_is_remembered_for_clearer_reference_errors():
+    loaded = load_text(GW.replace("protocol: TCP", "protocol: SCTP"))
+    assert loaded.rejected == {("EgressGateway", "default", "gw")}

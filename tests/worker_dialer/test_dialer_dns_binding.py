@@ -1,0 +1,674 @@
+import itertools
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rrset
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clrk_worker_dialer.dns_binding import (
+    MAX_CNAME_HOPS,
+    Binding,
+    BindingCache,
+    DnsQuery,
+    bindings_from_answer,
+    parse_query,
+)
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def make_query(name: str, rdtype: str = "A", qid: int = 4242) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype)
+    query.id = qid
+    return query
+
+
+def rr(owner: str, ttl: int, rdtype: str, *values: str) -> dns.rrset.RRset:
+    return dns.rrset.from_text(owner, ttl, "IN", rdtype, *values)
+
+
+def answer(query: dns.message.Message, *rrsets: dns.rrset.RRset, **changes) -> bytes:
+    response = dns.message.make_response(query)
+    response.answer.extend(rrsets)
+    for attribute, value in changes.items():
+        setattr(response, attribute, value)
+    return response.to_wire()
+
+
+def pairs(bindings: list[Binding]) -> set[tuple[str, str]]:
+    return {(b.ip, b.name) for b in bindings}
+
+
+def cname_chain(length: int) -> list[dns.rrset.RRset]:
+    """start.test -> hop1.test -> ... -> hop{length}.test"""
+    names = ["start.test.", *(f"hop{i}.test." for i in range(1, length + 1))]
+    return [rr(a, 300, "CNAME", b) for a, b in itertools.pairwise(names)]
+
+
+Q = make_query("www.example.com")
+
+
+# --- examples: what an answer binds ------------------------------------------------------
+
+
+def test_an_a_record_for_the_question_name_binds_it():
+    got = bindings_from_answer(
+        Q.to_wire(), answer(Q, rr("www.example.com.", 120, "A", "192.0.2.1"))
+    )
+    assert got == [Binding("192.0.2.1", "www.example.com", 120)]
+
+
+def test_every_address_of_the_rrset_is_bound():
+    wire = answer(Q, rr("www.example.com.", 60, "A", "192.0.2.1", "192.0.2.2"))
+    assert pairs(bindings_from_answer(Q.to_wire(), wire)) == {
+        ("192.0.2.1", "www.example.com"),
+        ("192.0.2.2", "www.example.com"),
+    }
+
+
+def test_an_aaaa_record_binds_for_an_aaaa_question():
+    q = make_query("v6.example.com", "AAAA")
+    wire = answer(q, rr("v6.example.com.", 60, "AAAA", "2001:DB8::0:1"))
+    assert bindings_from_answer(q.to_wire(), wire) == [Binding("2001:db8::1", "v6.example.com", 60)]
+
+
+def test_an_ipv4_mapped_aaaa_record_binds_the_ipv4_address():
+    q = make_query("m.example.com", "AAAA")
+    wire = answer(q, rr("m.example.com.", 60, "AAAA", "::ffff:192.0.2.7"))
+    assert pairs(bindings_from_answer(q.to_wire(), wire)) == {("192.0.2.7", "m.example.com")}
+
+
+def test_the_query_may_be_given_parsed_or_as_wire_bytes():
+    wire = answer(Q, rr("www.example.com.", 60, "A", "192.0.2.1"))
+    assert bindings_from_answer(parse_query(Q.to_wire()), wire) == bindings_from_answer(
+        Q.to_wire(), wire
+    )
+
+
+def test_a_cname_chain_binds_the_address_to_every_name_on_it():
+    q = make_query("www.example.com")
+    wire = answer(
+        q,
+        rr("www.example.com.", 300, "CNAME", "edge.cdn.net."),
+        rr("edge.cdn.net.", 200, "CNAME", "a1.edge.cdn.net."),
+        rr("a1.edge.cdn.net.", 100, "A", "198.51.100.10"),
+    )
+    assert set(bindings_from_answer(q.to_wire(), wire)) == {
+        Binding("198.51.100.10", "www.example.com", 100),
+        Binding("198.51.100.10", "edge.cdn.net", 100),
+        Binding("198.51.100.10", "a1.edge.cdn.net", 100),
+    }
+
+
+def test_a_binding_lives_no_longer_than_the_cname_links_behind_it():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 30, "CNAME", "edge.cdn.net."),
+        rr("edge.cdn.net.", 600, "CNAME", "a1.edge.cdn.net."),
+        rr("a1.edge.cdn.net.", 900, "A", "198.51.100.10"),
+    )
+    ttls = {b.name: b.ttl for b in bindings_from_answer(Q.to_wire(), wire)}
+    assert ttls == {"www.example.com": 30, "edge.cdn.net": 600, "a1.edge.cdn.net": 900}
+
+
+def test_an_address_midway_on_the_chain_binds_only_the_names_up_to_it():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 300, "CNAME", "mid.example.net."),
+        rr("mid.example.net.", 300, "A", "192.0.2.5"),
+        rr("mid.example.net.", 300, "CNAME", "end.example.org."),
+    )
+    assert pairs(bindings_from_answer(Q.to_wire(), wire)) == {
+        ("192.0.2.5", "www.example.com"),
+        ("192.0.2.5", "mid.example.net"),
+    }
+
+
+def test_the_same_address_at_two_chain_owners_is_bound_once_with_the_longer_ttl():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 50, "A", "192.0.2.5"),
+        rr("www.example.com.", 300, "CNAME", "b.example.net."),
+        rr("b.example.net.", 300, "A", "192.0.2.5"),
+    )
+    got = bindings_from_answer(Q.to_wire(), wire)
+    assert sorted(got) == [
+        Binding("192.0.2.5", "b.example.net", 300),
+        Binding("192.0.2.5", "www.example.com", 300),
+    ]
+
+
+def test_a_chain_of_exactly_16_hops_binds_its_last_owner():
+    q = make_query("start.test")
+    wire = answer(q, *cname_chain(MAX_CNAME_HOPS), rr("hop16.test.", 60, "A", "192.0.2.16"))
+    got = pairs(bindings_from_answer(q.to_wire(), wire))
+    assert len(got) == MAX_CNAME_HOPS + 1
+    assert ("192.0.2.16", "start.test") in got and ("192.0.2.16", "hop16.test") in got
+
+
+def test_a_chain_longer_than_16_hops_stops_and_binds_nothing_beyond():
+    q = make_query("start.test")
+    wire = answer(
+        q,
+        *cname_chain(MAX_CNAME_HOPS + 1),
+        rr("hop17.test.", 60, "A", "192.0.2.17"),
+        rr("hop3.test.", 60, "A", "192.0.2.3"),
+    )
+    got = pairs(bindings_from_answer(q.to_wire(), wire))
+    assert {ip for ip, _ in got} == {"192.0.2.3"}
+
+
+def test_records_for_unrelated_owners_are_never_bound():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 60, "A", "192.0.2.1"),
+        rr("api.anthropic.com.", 60, "A", "203.0.113.66"),
+        rr("other.example.com.", 60, "CNAME", "www.example.com."),
+    )
+    assert pairs(bindings_from_answer(Q.to_wire(), wire)) == {("192.0.2.1", "www.example.com")}
+
+
+def test_a_cname_target_of_an_unrelated_owner_is_not_followed():
+    wire = answer(
+        Q,
+        rr("decoy.example.com.", 60, "CNAME", "api.anthropic.com."),
+        rr("api.anthropic.com.", 60, "A", "203.0.113.66"),
+    )
+    assert bindings_from_answer(Q.to_wire(), wire) == []
+
+
+def test_records_outside_the_answer_section_are_never_bound():
+    response = dns.message.make_response(Q)
+    response.additional.append(rr("www.example.com.", 60, "A", "192.0.2.1"))
+    response.authority.append(rr("www.example.com.", 60, "A", "192.0.2.2"))
+    assert bindings_from_answer(Q.to_wire(), response.to_wire()) == []
+
+
+def test_addresses_of_a_type_the_question_did_not_ask_for_are_not_bound():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 60, "A", "192.0.2.1"),
+        rr("www.example.com.", 60, "AAAA", "2001:db8::1"),
+    )
+    assert pairs(bindings_from_answer(Q.to_wire(), wire)) == {("192.0.2.1", "www.example.com")}
+
+
+def test_an_any_question_binds_both_address_types():
+    q = make_query("www.example.com", "ANY")
+    wire = answer(
+        q,
+        rr("www.example.com.", 60, "A", "192.0.2.1"),
+        rr("www.example.com.", 60, "AAAA", "2001:db8::1"),
+    )
+    assert {ip for ip, _ in pairs(bindings_from_answer(q.to_wire(), wire))} == {
+        "192.0.2.1",
+        "2001:db8::1",
+    }
+
+
+def test_a_question_for_another_type_binds_nothing():
+    q = make_query("www.example.com", "TXT")
+    wire = answer(q, rr("www.example.com.", 60, "A", "192.0.2.1"))
+    assert bindings_from_answer(q.to_wire(), wire) == []
+
+
+def test_names_are_lower_cased_and_the_question_matches_case_insensitively():
+    q = make_query("WwW.ExAmple.COM")
+    response = dns.message.make_response(make_query("www.example.com"))
+    response.answer.append(rr("WWW.EXAMPLE.COM.", 60, "A", "192.0.2.1"))
+    assert pairs(bindings_from_answer(q.to_wire(), response.to_wire())) == {
+        ("192.0.2.1", "www.example.com")
+    }
+
+
+def test_a_cname_loop_ends_the_walk():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 60, "CNAME", "a.loop.test."),
+        rr("a.loop.test.", 60, "CNAME", "www.example.com."),
+        rr("a.loop.test.", 60, "A", "192.0.2.9"),
+    )
+    assert pairs(bindings_from_answer(Q.to_wire(), wire)) == {
+        ("192.0.2.9", "www.example.com"),
+        ("192.0.2.9", "a.loop.test"),
+    }
+
+
+def test_an_owner_with_two_cname_targets_is_not_followed():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 60, "CNAME", "a.test."),
+        rr("www.example.com.", 60, "CNAME", "b.test."),
+        rr("a.test.", 60, "A", "192.0.2.1"),
+        rr("b.test.", 60, "A", "192.0.2.2"),
+    )
+    assert bindings_from_answer(Q.to_wire(), wire) == []
+
+
+def test_a_repeated_identical_cname_is_still_one_link():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 90, "CNAME", "a.test."),
+        rr("www.example.com.", 30, "CNAME", "a.test."),
+        rr("a.test.", 60, "A", "192.0.2.1"),
+    )
+    assert set(bindings_from_answer(Q.to_wire(), wire)) == {
+        Binding("192.0.2.1", "www.example.com", 30),
+        Binding("192.0.2.1", "a.test", 60),
+    }
+
+
+def test_a_question_name_that_is_not_a_hostname_binds_nothing():
+    name = dns.name.Name([b"a.b", b"test", b""])  # a label with a dot in it
+    q = make_query(name)
+    wire = answer(q, dns.rrset.from_text(name, 60, "IN", "A", "192.0.2.1"))
+    assert parse_query(q.to_wire()).name == "a\\.b.test"
+    assert bindings_from_answer(q.to_wire(), wire) == []
+
+
+def test_a_chain_stops_at_a_name_that_is_not_a_hostname():
+    odd = dns.name.Name([b"x\x00y", b"test", b""])
+    wire = answer(
+        Q,
+        rr("www.example.com.", 60, "CNAME", odd.to_text()),
+        dns.rrset.from_text(odd, 60, "IN", "A", "192.0.2.1"),
+    )
+    assert bindings_from_answer(Q.to_wire(), wire) == []
+
+
+# --- examples: answers that bind nothing -------------------------------------------------
+
+A_RECORD = rr("www.example.com.", 60, "A", "192.0.2.1")
+
+
+def test_an_answer_with_another_id_is_ignored():
+    assert (
+        bindings_from_answer(Q.to_wire(), answer(make_query("www.example.com", qid=1), A_RECORD))
+        == []
+    )
+
+
+def test_an_answer_to_another_question_name_is_ignored():
+    other = make_query("evil.example.com")
+    wire = answer(other, rr("evil.example.com.", 60, "A", "192.0.2.1"), A_RECORD)
+    assert bindings_from_answer(Q.to_wire(), wire) == []
+
+
+def test_an_answer_to_another_question_type_is_ignored():
+    assert (
+        bindings_from_answer(Q.to_wire(), answer(make_query("www.example.com", "AAAA"), A_RECORD))
+        == []
+    )
+
+
+def test_an_answer_in_another_class_is_ignored():
+    q = dns.message.make_query("www.example.com", "A", "CH")
+    response = dns.message.make_response(q)
+    response.answer.append(dns.rrset.from_text("www.example.com.", 60, "CH", "A", "ns.test. 1"))
+    assert bindings_from_answer(q.to_wire(), response.to_wire()) == []
+
+
+def test_a_message_without_the_response_flag_is_ignored():
+    assert bindings_from_answer(Q.to_wire(), answer(Q, A_RECORD, flags=dns.flags.RD)) == []
+
+
+@pytest.mark.parametrize("rcode", [dns.rcode.NXDOMAIN, dns.rcode.SERVFAIL, dns.rcode.REFUSED])
+def test_an_error_response_binds_nothing(rcode):
+    response = dns.message.make_response(Q)
+    response.set_rcode(rcode)
+    response.answer.append(A_RECORD)
+    assert bindings_from_answer(Q.to_wire(), response.to_wire()) == []
+
+
+def test_a_response_with_another_opcode_is_ignored():
+    response = dns.message.make_response(Q)
+    response.set_opcode(dns.opcode.NOTIFY)
+    response.answer.append(A_RECORD)
+    assert bindings_from_answer(Q.to_wire(), response.to_wire()) == []
+
+
+def test_a_response_with_two_questions_is_ignored():
+    response = dns.message.make_response(Q)
+    response.question.append(rr("evil.example.com.", 0, "A", "192.0.2.9"))
+    response.answer.append(A_RECORD)
+    assert bindings_from_answer(Q.to_wire(), response.to_wire()) == []
+
+
+GOOD_ANSWER = answer(Q, A_RECORD)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"",
+        b"\x10\x92",
+        GOOD_ANSWER[:11],
+        GOOD_ANSWER[:-1],
+        GOOD_ANSWER + b"\x00",
+        GOOD_ANSWER[:12] + b"\xff" * 40,
+        b"\x00" * 512,
+    ],
+    ids=["empty", "two bytes", "short header", "truncated", "trailing junk", "garbage", "zeros"],
+)
+def test_a_malformed_answer_binds_nothing(wire):
+    assert bindings_from_answer(Q.to_wire(), wire) == []
+
+
+def test_a_malformed_query_binds_nothing():
+    assert bindings_from_answer(b"\x00\x01garbage", GOOD_ANSWER) == []
+
+
+# --- examples: parse_query ---------------------------------------------------------------
+
+
+def test_parse_query_gives_id_lower_cased_name_type_and_class():
+    assert parse_query(make_query("API.Example.COM.", "AAAA", qid=7).to_wire()) == DnsQuery(
+        7, "api.example.com", 28, 1
+    )
+
+
+def test_parse_query_rejects_responses_and_garbage():
+    assert parse_query(GOOD_ANSWER) is None
+    assert parse_query(b"\x01\x02\x03") is None
+    assert parse_query(b"") is None
+
+
+def test_parse_query_rejects_a_query_without_a_question():
+    query = make_query("www.example.com")
+    query.question.clear()
+    assert parse_query(query.to_wire()) is None
+
+
+# --- examples: the binding cache ---------------------------------------------------------
+
+AGENT = ("agents", "summariser")
+OTHER = ("agents", "crawler")
+
+
+def test_a_bound_name_is_returned_for_its_ip():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "www.example.com", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=1) == {"www.example.com"}
+    assert cache.names_for(AGENT, "192.0.2.2", now=1) == frozenset()
+
+
+def test_several_names_for_one_ip_are_all_returned():
+    cache = BindingCache()
+    cache.add(
+        AGENT,
+        [Binding("192.0.2.1", "a.test", 60), Binding("192.0.2.1", "b.test", 60)],
+        now=0,
+    )
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == {"a.test", "b.test"}
+
+
+def test_bindings_are_per_agent():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "api.anthropic.com", 60, now=0)
+    assert cache.names_for(OTHER, "192.0.2.1", now=0) == frozenset()
+    cache.bind(OTHER, "192.0.2.1", "paste.test", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == {"api.anthropic.com"}
+    assert cache.names_for(OTHER, "192.0.2.1", now=0) == {"paste.test"}
+
+
+def test_a_binding_is_valid_until_its_ttl_runs_out():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "a.test", 60, now=100)
+    assert cache.names_for(AGENT, "192.0.2.1", now=159.9) == {"a.test"}
+    assert cache.names_for(AGENT, "192.0.2.1", now=160) == frozenset()
+
+
+def test_a_ttl_of_zero_lives_the_minimum_ttl():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "a.test", 0, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=4.9) == {"a.test"}
+    assert cache.names_for(AGENT, "192.0.2.1", now=5) == frozenset()
+
+
+def test_a_huge_ttl_is_capped_at_the_maximum_ttl():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "a.test", 2**31 - 1, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=3599) == {"a.test"}
+    assert cache.names_for(AGENT, "192.0.2.1", now=3600) == frozenset()
+
+
+def test_the_ttl_bounds_are_configurable():
+    cache = BindingCache(min_ttl=30, max_ttl=60)
+    cache.bind(AGENT, "192.0.2.1", "short.test", 1, now=0)
+    cache.bind(AGENT, "192.0.2.2", "long.test", 86400, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=29) == {"short.test"}
+    assert cache.names_for(AGENT, "192.0.2.2", now=60) == frozenset()
+
+
+def test_rebinding_a_name_takes_the_latest_answers_ttl():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "a.test", 600, now=0)
+    cache.bind(AGENT, "192.0.2.1", "a.test", 10, now=100)
+    assert cache.names_for(AGENT, "192.0.2.1", now=109) == {"a.test"}
+    assert cache.names_for(AGENT, "192.0.2.1", now=110) == frozenset()
+
+
+def test_names_expire_independently():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "short.test", 10, now=0)
+    cache.bind(AGENT, "192.0.2.1", "long.test", 100, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=50) == {"long.test"}
+
+
+def test_the_least_recently_used_ip_is_evicted_beyond_the_bound():
+    cache = BindingCache(max_ips=3)
+    for i in range(1, 5):
+        cache.bind(AGENT, f"192.0.2.{i}", f"h{i}.test", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == frozenset()
+    assert all(cache.names_for(AGENT, f"192.0.2.{i}", now=0) for i in (2, 3, 4))
+
+
+def test_a_lookup_counts_as_a_use_for_the_lru():
+    cache = BindingCache(max_ips=2)
+    cache.bind(AGENT, "192.0.2.1", "a.test", 60, now=0)
+    cache.bind(AGENT, "192.0.2.2", "b.test", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0)
+    cache.bind(AGENT, "192.0.2.3", "c.test", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == {"a.test"}
+    assert cache.names_for(AGENT, "192.0.2.2", now=0) == frozenset()
+
+
+def test_the_ip_bound_is_per_agent():
+    cache = BindingCache(max_ips=1)
+    cache.bind(AGENT, "192.0.2.1", "a.test", 60, now=0)
+    cache.bind(OTHER, "192.0.2.2", "b.test", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == {"a.test"}
+
+
+def test_the_default_bound_is_4096_ips_per_agent():
+    cache = BindingCache()
+    for i in range(4097):
+        cache.bind(AGENT, f"10.0.{i // 256}.{i % 256}", "a.test", 60, now=0)
+    assert cache.names_for(AGENT, "10.0.0.0", now=0) == frozenset()
+    assert cache.names_for(AGENT, "10.0.0.1", now=0) == {"a.test"}
+    assert cache.names_for(AGENT, "10.0.16.0", now=0) == {"a.test"}
+
+
+def test_the_oldest_name_is_evicted_beyond_the_names_per_ip_bound():
+    cache = BindingCache()
+    for i in range(17):
+        cache.bind(AGENT, "192.0.2.1", f"n{i}.test", 60, now=0)
+    names = cache.names_for(AGENT, "192.0.2.1", now=0)
+    assert len(names) == 16 and "n0.test" not in names and "n16.test" in names
+
+
+def test_rebinding_a_name_makes_it_the_newest():
+    cache = BindingCache(max_names_per_ip=2)
+    cache.bind(AGENT, "192.0.2.1", "a.test", 60, now=0)
+    cache.bind(AGENT, "192.0.2.1", "b.test", 60, now=0)
+    cache.bind(AGENT, "192.0.2.1", "a.test", 60, now=0)
+    cache.bind(AGENT, "192.0.2.1", "c.test", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == {"a.test", "c.test"}
+
+
+def test_expired_names_never_push_out_live_ones():
+    cache = BindingCache(max_names_per_ip=2)
+    cache.bind(AGENT, "192.0.2.1", "live.test", 600, now=0)
+    cache.bind(AGENT, "192.0.2.1", "dead.test", 5, now=0)
+    cache.bind(AGENT, "192.0.2.1", "new.test", 600, now=10)
+    assert cache.names_for(AGENT, "192.0.2.1", now=10) == {"live.test", "new.test"}
+
+
+def test_ips_are_normalised_on_bind_and_lookup():
+    cache = BindingCache()
+    cache.bind(AGENT, "::ffff:192.0.2.1", "a.test", 60, now=0)
+    cache.bind(AGENT, "2001:DB8:0::1", "b.test", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == {"a.test"}
+    assert cache.names_for(AGENT, "::ffff:c000:201", now=0) == {"a.test"}
+    assert cache.names_for(AGENT, "2001:db8::1", now=0) == {"b.test"}
+
+
+def test_names_are_normalised_on_bind():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "API.Example.COM.", 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == {"api.example.com"}
+
+
+@pytest.mark.parametrize(("ip", "name"), [("not-an-ip", "a.test"), ("192.0.2.1", "a b.test")])
+def test_an_invalid_ip_or_name_binds_nothing(ip, name):
+    cache = BindingCache()
+    cache.bind(AGENT, ip, name, 60, now=0)
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == frozenset()
+    assert cache.names_for(AGENT, ip, now=0) == frozenset()
+
+
+def test_forgetting_an_agent_drops_its_bindings_only():
+    cache = BindingCache()
+    cache.bind(AGENT, "192.0.2.1", "a.test", 60, now=0)
+    cache.bind(OTHER, "192.0.2.1", "b.test", 60, now=0)
+    cache.forget(AGENT)
+    cache.forget(("nobody", "here"))
+    assert cache.names_for(AGENT, "192.0.2.1", now=0) == frozenset()
+    assert cache.names_for(OTHER, "192.0.2.1", now=0) == {"b.test"}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_ips": 0}, {"max_names_per_ip": 0}, {"min_ttl": -1}, {"min_ttl": 10, "max_ttl": 5}],
+)
+def test_the_cache_rejects_nonsense_bounds(kwargs):
+    with pytest.raises(ValueError):
+        BindingCache(**kwargs)
+
+
+def test_an_answer_snooped_into_the_cache_serves_the_decision():
+    wire = answer(
+        Q,
+        rr("www.example.com.", 300, "CNAME", "edge.cdn.net."),
+        rr("edge.cdn.net.", 20, "A", "198.51.100.10"),
+    )
+    cache = BindingCache()
+    cache.add(AGENT, bindings_from_answer(Q.to_wire(), wire), now=1000)
+    assert cache.names_for(AGENT, "198.51.100.10", now=1010) == {"www.example.com", "edge.cdn.net"}
+    assert cache.names_for(AGENT, "198.51.100.10", now=1020) == frozenset()
+
+
+# --- properties --------------------------------------------------------------------------
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300))
+def test_random_bytes_as_an_answer_never_raise_and_never_bind(data):
+    assert bindings_from_answer(Q.to_wire(), data) == []
+    assert bindings_from_answer(data, GOOD_ANSWER) in ([], bindings_from_answer(Q, GOOD_ANSWER))
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300))
+def test_random_bytes_behind_the_expected_header_never_raise(data):
+    # The same ID, flags and counts as the real answer: the parser has to dig in.
+    wire = GOOD_ANSWER[:12] + data
+    for binding in bindings_from_answer(Q.to_wire(), wire):
+        assert binding.name == "www.example.com"
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_mutated_answers_never_raise_and_bind_only_the_question_name(data):
+    wire = bytearray(GOOD_ANSWER)
+    for _ in range(data.draw(st.integers(1, 6))):
+        wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+    for binding in bindings_from_answer(Q.to_wire(), bytes(wire)):
+        assert binding.name == "www.example.com"
+
+
+labels = st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)
+names = st.builds(lambda a, b: f"{a}.{b}.test", labels, labels)
+ipv4 = st.ip_addresses(v=4).map(str)
+
+
+@st.composite
+def answers(draw):
+    """A NOERROR answer: a random CNAME graph (one target per owner, loops possible) over
+    a small pool of names, and addresses scattered over the pool."""
+    pool = draw(st.lists(names, min_size=1, max_size=25, unique=True))
+    qname = pool[0]
+    targets = draw(st.dictionaries(st.sampled_from(pool), st.sampled_from(pool), max_size=25))
+    addresses = draw(st.lists(st.tuples(st.sampled_from(pool), ipv4), max_size=20))
+    q = make_query(qname)
+    rrsets = [rr(f"{a}.", 60, "CNAME", f"{b}.") for a, b in targets.items()]
+    rrsets += [rr(f"{owner}.", 60, "A", ip) for owner, ip in addresses]
+    order = draw(st.permutations(range(len(rrsets))))
+    return q, answer(q, *(rrsets[i] for i in order)), qname, targets, addresses
+
+
+def chain_of(qname: str, targets: dict[str, str]) -> list[str]:
+    chain = [qname]
+    while qname in targets and len(chain) <= MAX_CNAME_HOPS and targets[qname] not in chain:
+        qname = targets[qname]
+        chain.append(qname)
+    return chain
+
+
+@settings(max_examples=300)
+@given(answers())
+def test_random_valid_answers_bind_exactly_the_chain_names_up_to_each_owner(case):
+    q, wire, qname, targets, addresses = case
+    chain = chain_of(qname, targets)
+    got = pairs(bindings_from_answer(q.to_wire(), wire))
+    assert {name for _, name in got} <= set(chain)
+    expected = {
+        (ip, name)
+        for owner, ip in addresses
+        if owner in chain
+        for name in chain[: chain.index(owner) + 1]
+    }
+    assert got == expected
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]), ipv4, names, st.integers(0, 5000), st.floats(0, 1e4)
+        ),
+        max_size=60,
+    ),
+    st.floats(0, 2e4),
+)
+def test_the_cache_never_exceeds_its_bounds_nor_returns_expired_or_foreign_names(ops, probe):
+    cache = BindingCache(max_ips=4, max_names_per_ip=3)
+    ops.sort(key=lambda op: op[4])  # time moves forward
+    live: dict[tuple[str, str, str], float] = {}
+    for agent, ip, name, ttl, now in ops:
+        cache.bind(agent, ip, name, ttl, now)
+        live[agent, ip, name] = now + min(max(ttl, 5), 3600)
+    probe_at = max([probe, *(op[4] for op in ops)])
+    for agent in ("a", "b"):
+        ips = {ip for a, ip, _ in live if a == agent}
+        found = {ip: cache.names_for(agent, ip, probe_at) for ip in ips}
+        assert sum(1 for names in found.values() if names) <= 4
+        for ip, bound in found.items():
+            assert len(bound) <= 3
+            for name in bound:
+                assert live[agent, ip, name] > probe_at
