@@ -95,6 +95,11 @@ def parse_cidr(raw: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         except ValueError:
             raise ValueError(f"{raw!r} is not a CIDR such as '10.0.0.0/8'") from None
         raise ValueError(f"{raw!r} has no prefix length; write '{addr}/{addr.max_prefixlen}'")
+    address, _, prefix = text.partition("/")
+    if not (prefix.isascii() and prefix.isdigit()) or "%" in address:
+        # ipaddress also takes netmasks ('/255.0.0.0') and scoped IPv6 ('%eth0'):
+        # neither belongs in a policy, and a netmask typo would pass silently.
+        raise ValueError(f"{raw!r} is not a CIDR such as '10.0.0.0/8' (prefix length in bits)")
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError:
@@ -166,7 +171,7 @@ def check_label_value(raw: object) -> str:
     return raw
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -215,7 +220,7 @@ def parse_host_port(raw: object, default_port: int) -> tuple[str, int]:
         raise ValueError(f"{raw!r}: {host!r} is not an IP address (resolvers are IPs)") from None
     port = default_port
     if port_text is not None:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise ValueError(f"{raw!r}: port must be 1..65535")
         port = int(port_text)
     return str(addr), port
