@@ -8,17 +8,17 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from clrk.policy.addresses import normalise_name
+
 # Evidence is lenient where policy patterns are strict: '_' occurs in real DNS names and
 # can never match a pattern, so accepting it only avoids refusing odd but honest names.
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 MAX_NAME_LENGTH = 253
 
 
-def normalise_name(raw: str) -> str | None:
+def evidence_name(raw: str) -> str | None:
     """'API.Example.COM.' -> 'api.example.com'; None when it is not a plain hostname."""
-    name = raw.lower()
-    if name.endswith("."):
-        name = name[:-1]
+    name = normalise_name(raw)
     if not name or len(name) > MAX_NAME_LENGTH or not name.isascii():
         return None
     if all(_LABEL.fullmatch(label) for label in name.split(".")):

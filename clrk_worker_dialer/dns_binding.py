@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from clrk_worker_dialer._normalise import normalise_ip, normalise_name
+from clrk_worker_dialer._normalise import evidence_name, normalise_ip
 
 MAX_CNAME_HOPS = 16
 _ADDRESS_TYPES = {
@@ -106,7 +106,7 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
     chain, link_ttls, seen = [_name_text(owner)], [], {owner}
     found: dict[tuple[str, str], int] = {}
     for hop in range(MAX_CNAME_HOPS + 1):
-        if normalise_name(chain[-1]) is None:
+        if evidence_name(chain[-1]) is None:
             break  # not a hostname: it could never match a pattern, so bind nothing
         for rdtype in wanted:
             for ttl, rdata in records.get((owner, rdtype), ()):
@@ -157,7 +157,7 @@ class BindingCache:
             ip = normalise_ip(ip)
         except ValueError:
             return
-        normal = normalise_name(name)
+        normal = evidence_name(name)
         if normal is None:
             return
         ips = self._agents.setdefault(agent, OrderedDict())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from clrk_worker_dialer._normalise import normalise_name
+from clrk_worker_dialer._normalise import evidence_name
 
 MAX_CLIENT_HELLO_BYTES = 16 * 1024  # what the dialer is willing to buffer before deciding
 _RECORD_HEADER = 5
@@ -119,7 +119,7 @@ def _server_name(extension: _Reader) -> str | None:
         if name_type == _HOST_NAME:
             if host_name is not None:
                 raise _Malformed  # two host_names: which one would the server use?
-            host_name = normalise_name(name.decode("ascii", "replace"))
+            host_name = evidence_name(name.decode("ascii", "replace"))
             if host_name is None:
                 raise _Malformed
     return host_name

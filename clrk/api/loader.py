@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from clrk.api.findings import Finding, Scope, Severity, field_path
+from clrk.api.findings import Finding, field_path
 from clrk.api.resources import (
     AGENT_KINDS,
     API_VERSION,
@@ -316,8 +316,6 @@ def load_objects(objects: Iterable[object], file: str = "<objects>") -> LoadResu
 
 __all__ = [
     "LoadResult",
-    "Scope",
-    "Severity",
     "load_objects",
     "load_paths",
     "load_text",

@@ -144,9 +144,6 @@ class EgressGatewaySpec(Model):
     otlp: OTLP | None = None
     upstream_tls: UpstreamTLS | None = Field(default=None, alias="upstreamTLS")
 
-    def listener(self, name: str) -> Listener | None:
-        return next((lst for lst in self.listeners if lst.name == name), None)
-
 
 # --- EgressL4Route -------------------------------------------------------------------
 

@@ -175,5 +175,4 @@ def compile_policies(
         agent_gateways={k: tuple(agent_gateways(r)) for k, r in resolution.agents.items()},
         conditions=resolution.conditions,
         findings=tuple(findings),
-        resolution=resolution,
     )

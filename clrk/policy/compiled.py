@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from clrk.api.findings import Finding
-from clrk.api.resolve import Condition, Resolution
+from clrk.api.resolve import Condition
 from clrk.api.resources import DenyResponse, GatewayDNS, Resource
 from clrk.policy.index import IntervalMap
 from clrk.policy.model import Agent
@@ -80,4 +80,3 @@ class PolicySet:
     agent_gateways: dict[tuple[str, str], tuple[tuple[str, str], ...]]
     conditions: dict[tuple[str, str, str], tuple[Condition, ...]]
     findings: tuple[Finding, ...]
-    resolution: Resolution = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
