@@ -5,8 +5,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint clean
 
+# As root, the system tools the network tests and the transparent dialer use.  Not
+# root: nothing is installed and those tests skip, saying why.
+SYSTEM_TOOLS := iptables dnsmasq dig nc curl openssl ip
+SYSTEM_PKGS := iptables dnsmasq-base bind9-dnsutils netcat-openbsd curl openssl iproute2
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	  if [ $$missing = 1 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PKGS); \
+	  fi; \
+	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
