@@ -8,6 +8,7 @@ import click
 
 from clrk import __version__
 from clrk.cli.check import check
+from clrk.cli.dialer import dialer
 from clrk.cli.validate import validate
 
 
@@ -24,6 +25,7 @@ def version() -> None:
 
 cli.add_command(validate)
 cli.add_command(check)
+cli.add_command(dialer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,10 @@ class IntervalMap(Generic[T]):
         i = bisect_right(self._starts, key) - 1
         return self._values[i] if i >= 0 else ()
 
+    def values(self) -> set[T]:
+        """Every item stored, once."""
+        return {item for chunk in self._values for item in chunk}
+
     def __len__(self) -> int:
         return len(self._starts)
 

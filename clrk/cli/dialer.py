@@ -1,0 +1,92 @@
+"""`clrk dialer`: run the worker dialer (also `python -m clrk_worker_dialer`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from clrk.cli.manifests import manifest_option
+
+
+def _addresses(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    from clrk_worker_dialer.config import address
+
+    try:
+        return [address(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _sources(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        ip, sep, ref = value.partition("=")
+        if not sep or not ref:
+            raise click.BadParameter(f"{value!r}: expected ADDRESS=NAMESPACE/AGENT")
+        out[ip] = ref
+    return out
+
+
+@click.command()
+@manifest_option
+@click.option("--gateway", required=True, help="EgressGateway to enforce: NAMESPACE/NAME.")
+@click.option("--agent-source", "sources", multiple=True, help="ADDRESS=NAMESPACE/AGENT.")
+@click.option("--default-agent", help="The one agent of a sidecar: NAMESPACE/AGENT.")
+@click.option("--transparent-tcp", multiple=True, help="Where REDIRECTed TCP arrives.")
+@click.option("--transparent-udp", multiple=True, help="Where TPROXYed UDP arrives.")
+@click.option("--dns", multiple=True, help="Where DNS (UDP TPROXY and TCP REDIRECT) arrives.")
+@click.option("--socks5", help="Explicit SOCKS5 listener, e.g. 127.0.0.1:1080.")
+@click.option("--http-connect", help="Explicit HTTP CONNECT listener, e.g. 127.0.0.1:3128.")
+@click.option("--next-hop-host", default="127.0.0.1", show_default=True)
+@click.option("--next-hop-base-port", default=15100, show_default=True, type=int)
+@click.option("--resolver", "resolvers", multiple=True, help="Override the gateway's dns.")
+@click.option("--own-address", "own", multiple=True, help="This host's addresses (blocked).")
+@click.option("--records", "records_path", default="clrk-records.jsonl", show_default=True)
+@click.option("--otlp-endpoint", help="Export records over OTLP/gRPC instead of the file.")
+@click.option("--client-hello-wait", default=1.0, show_default=True, type=float)
+@click.option("--udp-idle-timeout", default=60.0, show_default=True, type=float)
+@click.option("--no-watch", is_flag=True, help="Do not reload the manifests on change.")
+@click.option("--ready-file", help="Written once every listener is up.")
+@click.option("--log-level", default="info", show_default=True)
+def dialer(paths, gateway, sources, default_agent, transparent_tcp, transparent_udp, dns,
+           socks5, http_connect, next_hop_host, next_hop_base_port, resolvers, own,
+           records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
+           ready_file, log_level) -> None:  # fmt: skip
+    """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
+    from clrk import logs
+    from clrk_worker_dialer.config import DialerConfig
+    from clrk_worker_dialer.server import Dialer
+    from clrk_worker_dialer.state import PolicyError
+
+    logs.setup(log_level)
+    config = DialerConfig(
+        manifests=list(paths),
+        gateway=gateway,
+        sources=_sources(sources),
+        default_agent=default_agent,
+        transparent_tcp=_addresses(transparent_tcp),
+        transparent_udp=_addresses(transparent_udp),
+        dns=_addresses(dns),
+        socks5=_addresses((socks5,))[0] if socks5 else None,
+        http_connect=_addresses((http_connect,))[0] if http_connect else None,
+        next_hop_host=next_hop_host,
+        next_hop_base_port=next_hop_base_port,
+        records_path=None if otlp_endpoint else records_path,
+        otlp_endpoint=otlp_endpoint,
+        own_addresses=list(own),
+        resolvers=_addresses(resolvers),
+        client_hello_wait=client_hello_wait,
+        udp_idle_timeout=udp_idle_timeout,
+        watch=not no_watch,
+    )
+
+    async def run() -> None:
+        await Dialer(config).run_until_signalled(ready_file)
+
+    try:
+        asyncio.run(run())
+    except PolicyError as exc:
+        for line in exc.errors:
+            click.echo(line, err=True)
+        raise click.ClickException("the policy is invalid; nothing to enforce") from None

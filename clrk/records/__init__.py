@@ -1,0 +1,21 @@
+"""Decision records (SPEC 8): build them (schema), export them (writer), read them (query)."""
+
+from clrk.records.query import FlatRecord, iter_records, select
+from clrk.records.schema import (
+    Record,
+    dial_denied,
+    dns_denied,
+    http_allowed,
+    tcp_allowed,
+)
+
+__all__ = [
+    "FlatRecord",
+    "Record",
+    "dial_denied",
+    "dns_denied",
+    "http_allowed",
+    "iter_records",
+    "select",
+    "tcp_allowed",
+]

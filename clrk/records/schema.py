@@ -1,0 +1,241 @@
+"""What one decision record says (SPEC 8), as plain data: no OpenTelemetry here.
+
+A Record becomes one span and one log record (see writer.py).  The builders own the
+attribute names, so the dialer, the ext_proc service and `clrk records` agree on them.
+Attribute names follow OpenTelemetry semantic conventions where one exists
+(`network.peer.*`, `dns.question.name`, `http.request.method`, ...) and use the
+`clrk.` prefix otherwise.  Optional facts are left out rather than written empty,
+except the ones SPEC 8 lists for a denial, which are always present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from clrk.policy.model import Agent, Decision, Reason
+
+AttrValue = str | int | bool
+Severity = Literal["WARN", "INFO"]
+
+DIAL_DENIED = "egress.dial.denied"
+DNS_DENIED = "egress.dns.denied"
+TCP_ALLOWED = "egress.tcp"
+HTTP_ALLOWED = "egress.http"
+
+DENY_REASON = "clrk.egress.deny_reason"
+REASON = "clrk.egress.reason"
+GATEWAY = "clrk.egress.gateway"
+ROUTE = "clrk.egress.route"
+RULE = "clrk.egress.rule"
+LISTENER = "clrk.egress.listener"
+DENY_POLICY = "clrk.egress.deny_policy"
+DEFAULT_POLICY = "clrk.egress.policy.default"
+AGENT_NAME = "agent.name"
+AGENT_NAMESPACE = "agent.namespace"
+DST_NAME = "clrk.dst.name"
+CONNECTION_ID = "clrk.connection.id"
+CLIENT_ADDRESS = "client.address"
+PEER_ADDRESS = "network.peer.address"
+PEER_PORT = "network.peer.port"
+TRANSPORT = "network.transport"
+SNI = "tls.client.server_name"
+BYTES_UP = "clrk.egress.bytes_up"
+BYTES_DOWN = "clrk.egress.bytes_down"
+DURATION_MS = "clrk.egress.duration_ms"
+DNS_QUESTION_NAME = "dns.question.name"
+DNS_QUESTION_TYPE = "clrk.dns.question.type"
+HTTP_METHOD = "http.request.method"
+HTTP_AUTHORITY = "clrk.http.authority"
+HTTP_PATH = "url.path"
+HTTP_STATUS = "http.response.status_code"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decision, ready to export.  Times are Unix nanoseconds; None means "now"."""
+
+    name: str
+    attributes: Mapping[str, AttrValue] = field(default_factory=dict)
+    severity: Severity = "INFO"
+    error: bool = False
+    start_ns: int | None = None
+    end_ns: int | None = None
+
+
+def _transport(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in ("tcp", "udp"):
+        raise ValueError(f"transport must be tcp or udp, not {value!r}")
+    return lowered
+
+
+def _agent_attrs(agent: Agent | None) -> dict[str, AttrValue]:
+    # SPEC 8 wants both keys on every denial; an unknown agent is the empty string.
+    if agent is None:
+        return {AGENT_NAME: "", AGENT_NAMESPACE: ""}
+    return {AGENT_NAME: agent.name, AGENT_NAMESPACE: agent.namespace}
+
+
+def _route_attrs(decision: Decision) -> dict[str, AttrValue]:
+    out: dict[str, AttrValue] = {}
+    if decision.route is not None:
+        out[ROUTE] = decision.route
+        if decision.rule is not None:
+            out[RULE] = decision.rule
+    if decision.listener is not None:
+        out[LISTENER] = decision.listener
+    if decision.deny_policy is not None:
+        out[DENY_POLICY] = decision.deny_policy
+    return out
+
+
+def _optional(out: dict[str, AttrValue], key: str, value: AttrValue | None) -> None:
+    if value is not None:
+        out[key] = value
+
+
+def _dns_name(name: str) -> str:
+    name = name.lower()
+    return name[:-1] if name.endswith(".") else name
+
+
+def dial_denied(
+    decision: Decision,
+    *,
+    agent: Agent | None,
+    dst_ip: str,
+    dst_port: int,
+    transport: str,
+    dst_name: str | None,
+    connection_id: str | None = None,
+    src: str | None = None,
+    sni: str | None = None,
+    time_ns: int | None = None,
+) -> Record:
+    """`egress.dial.denied` for a refused TCP connection or dropped UDP flow (SPEC 5.3).
+
+    `dst_name` is the best name known without the decision (a DNS-bound name, the SNI,
+    the proxy target); the name the decision matched wins over it.
+    """
+    if decision.allowed:
+        raise ValueError(f"dial_denied() needs a denial, got reason {decision.reason}")
+    attrs: dict[str, AttrValue] = {
+        DENY_REASON: str(decision.reason),
+        GATEWAY: decision.gateway,
+        **_agent_attrs(agent),
+        DST_NAME: decision.hostname or dst_name or "",
+        PEER_ADDRESS: dst_ip,
+        PEER_PORT: dst_port,
+        TRANSPORT: _transport(transport),
+        DEFAULT_POLICY: decision.default_policy,
+        **_route_attrs(decision),
+    }
+    _optional(attrs, CONNECTION_ID, connection_id)
+    _optional(attrs, CLIENT_ADDRESS, src)
+    _optional(attrs, SNI, sni)
+    return Record(DIAL_DENIED, attrs, "WARN", True, time_ns, time_ns)
+
+
+def dns_denied(
+    decision: Decision,
+    *,
+    agent: Agent | None,
+    query_name: str,
+    query_type: str | int,
+    peer_address: str,
+    peer_port: int,
+    transport: str = "udp",
+    src: str | None = None,
+    time_ns: int | None = None,
+) -> Record:
+    """`egress.dns.denied`: a query answered NXDOMAIN locally under `dns.mode: Filtered`.
+
+    `decision` supplies the gateway and default policy (build one with
+    Reason.DNS_FILTERED); the reason is always `dns_filtered`.  The peer is the DNS
+    server the agent addressed.  The query name is also `clrk.dst.name`, so one query by
+    name finds both dial and DNS denials.
+    """
+    name = _dns_name(query_name)
+    attrs: dict[str, AttrValue] = {
+        DENY_REASON: str(Reason.DNS_FILTERED),
+        GATEWAY: decision.gateway,
+        **_agent_attrs(agent),
+        DNS_QUESTION_NAME: name,
+        DNS_QUESTION_TYPE: query_type,
+        DST_NAME: name,
+        PEER_ADDRESS: peer_address,
+        PEER_PORT: peer_port,
+        TRANSPORT: _transport(transport),
+        DEFAULT_POLICY: decision.default_policy,
+    }
+    _optional(attrs, CLIENT_ADDRESS, src)
+    return Record(DNS_DENIED, attrs, "WARN", True, time_ns, time_ns)
+
+
+def tcp_allowed(
+    decision: Decision,
+    *,
+    agent: Agent | None,
+    dst_ip: str,
+    dst_port: int,
+    dst_name: str | None,
+    bytes_up: int,
+    bytes_down: int,
+    start_ns: int,
+    end_ns: int,
+    transport: str = "tcp",
+    connection_id: str | None = None,
+    src: str | None = None,
+    sni: str | None = None,
+) -> Record:
+    """`egress.tcp`: an allowed L4 connection (or UDP flow), written when it closes."""
+    if not decision.allowed:
+        raise ValueError(f"tcp_allowed() needs an allow, got reason {decision.reason}")
+    attrs: dict[str, AttrValue] = {
+        REASON: str(decision.reason),
+        GATEWAY: decision.gateway,
+        **_agent_attrs(agent),
+        DST_NAME: decision.hostname or dst_name or "",
+        PEER_ADDRESS: dst_ip,
+        PEER_PORT: dst_port,
+        TRANSPORT: _transport(transport),
+        DEFAULT_POLICY: decision.default_policy,
+        **_route_attrs(decision),
+        BYTES_UP: bytes_up,
+        BYTES_DOWN: bytes_down,
+        DURATION_MS: max(0, end_ns - start_ns) // 1_000_000,
+    }
+    _optional(attrs, CONNECTION_ID, connection_id)
+    _optional(attrs, CLIENT_ADDRESS, src)
+    _optional(attrs, SNI, sni)
+    return Record(TCP_ALLOWED, attrs, "INFO", False, start_ns, end_ns)
+
+
+def http_allowed(
+    *,
+    gateway: str,
+    route: str | None,
+    agent: Agent | None,
+    method: str,
+    authority: str,
+    path: str,
+    status: int,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    connection_id: str | None = None,
+) -> Record:
+    """`egress.http`: one L7 request through Envoy.  A 5xx marks the span as an error."""
+    attrs: dict[str, AttrValue] = {
+        GATEWAY: gateway,
+        **_agent_attrs(agent),
+        HTTP_METHOD: method,
+        HTTP_AUTHORITY: authority,
+        DST_NAME: _dns_name(authority.rsplit(":", 1)[0]) if authority else "",
+        HTTP_PATH: path,
+        HTTP_STATUS: status,
+    }
+    _optional(attrs, ROUTE, route)
+    _optional(attrs, CONNECTION_ID, connection_id)
+    return Record(HTTP_ALLOWED, attrs, "INFO", status >= 500, start_ns, end_ns)

@@ -1,0 +1,188 @@
+"""The DNS forwarder shell (SPEC 5.2): agent queries on UDP/53 and TCP/53, whatever
+address they were sent to, go to the gateway's upstream resolvers; answers are relayed
+and snooped into the agent's bindings.  dns_policy decides; this module does the I/O.
+
+Each forwarded UDP query uses its own connected upstream socket, so only the resolver
+can answer it and only the answer to that query (ID and question, checked again by
+bindings_from_answer) is bound: unsolicited answers bind nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+
+import dns.flags
+import dns.message
+import dns.rdatatype
+
+from clrk.logs import fields
+from clrk.policy import Agent
+from clrk_worker_dialer.dns_binding import DnsQuery, bindings_from_answer
+from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
+from clrk_worker_dialer.state import DialerState, agent_key
+
+log = logging.getLogger("clrk.dialer.dns")
+
+MAX_TCP_MESSAGE = 65535
+
+
+def _truncated(answer: bytes) -> bool:
+    return len(answer) >= 3 and bool(answer[2] & 0x02)
+
+
+async def _udp_exchange(wire: bytes, server: tuple[str, int], timeout: float) -> bytes | None:
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(server)
+        sock.send(wire)
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                answer = await asyncio.wait_for(loop.sock_recv(sock, 65535), remaining)
+            except (TimeoutError, OSError):
+                return None
+            if answer[:2] == wire[:2]:  # anything else is not the answer to this query
+                return answer
+
+
+async def _tcp_exchange(wire: bytes, server: tuple[str, int], timeout: float) -> bytes | None:
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(server[0], server[1])
+            try:
+                writer.write(struct.pack("!H", len(wire)) + wire)
+                length = struct.unpack("!H", await reader.readexactly(2))[0]
+                return await reader.readexactly(length)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return None
+
+
+async def exchange(
+    wire: bytes, servers: list[tuple[str, int]], timeout: float, tcp: bool = False
+) -> bytes | None:
+    """Ask the upstream resolvers in turn; UDP, retried over TCP when truncated."""
+    for server in servers:
+        answer = None
+        if not tcp:
+            answer = await _udp_exchange(wire, server, timeout)
+        if answer is None or _truncated(answer):
+            answer = await _tcp_exchange(wire, server, timeout) or answer
+        if answer is not None:
+            return answer
+    return None
+
+
+class Forwarder:
+    def __init__(self, state: DialerState) -> None:
+        self.state = state
+
+    async def handle(
+        self, wire: bytes, src: tuple[str, int], agent: Agent | None, tcp: bool
+    ) -> bytes | None:
+        """The answer for the agent, or None to send nothing."""
+        state = self.state
+        if state.policy is None:
+            return None
+        verdict = on_query(state.policy, agent, wire)
+        if isinstance(verdict, Drop):
+            log.debug("dropped query", extra=fields(src=src[0], why=verdict.why))
+            return None
+        if isinstance(verdict, Answer):
+            state.record_dns_denied(
+                verdict.decision,
+                agent=agent,
+                query=verdict.query.name,
+                qtype=verdict.query.rdtype,
+                src=src,
+            )
+            return verdict.wire
+        assert isinstance(verdict, Forward)
+        answer = await exchange(wire, state.resolvers, state.config.dns_timeout, tcp)
+        if answer is None:
+            return None
+        self.snoop(agent, verdict.query, answer)
+        return answer
+
+    def snoop(self, agent: Agent | None, query: DnsQuery, answer: bytes) -> list:
+        key = agent_key(agent)
+        if key is None:
+            return []
+        bindings = bindings_from_answer(query, answer)
+        self.state.bindings.add(key, bindings, time.monotonic())
+        return bindings
+
+    async def resolve(self, agent: Agent | None, name: str) -> tuple[list[str], Answer | None]:
+        """Explicit mode: resolve `name` for `agent` through the same policy and snoop.
+
+        Returns the bound addresses (IPv4 first) and, when the query was answered
+        locally (filtered), that Answer.
+        """
+        addresses: list[str] = []
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            query = dns.message.make_query(name, rdtype)
+            query.flags |= dns.flags.RD
+            wire = query.to_wire()
+            verdict = on_query(self.state.policy, agent, wire)
+            if isinstance(verdict, Answer):
+                return [], verdict
+            if not isinstance(verdict, Forward):
+                continue
+            answer = await exchange(wire, self.state.resolvers, self.state.config.dns_timeout)
+            if answer is None:
+                continue
+            for binding in self.snoop(agent, verdict.query, answer):
+                if binding.ip not in addresses:
+                    addresses.append(binding.ip)
+        return addresses, None
+
+
+class DnsTcp(asyncio.Protocol):
+    """TCP/53 (RFC 1035 4.2.2 framing): each message answered in order of arrival."""
+
+    def __init__(self, state: DialerState, forwarder: Forwarder) -> None:
+        self.state = state
+        self.forwarder = forwarder
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.src = (peer[0], peer[1])
+        self.agent = self.state.agent_for_source(peer[0]) if self.state.policies else None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            length = struct.unpack_from("!H", self.buffer)[0]
+            if len(self.buffer) < 2 + length:
+                break
+            wire, self.buffer = self.buffer[2 : 2 + length], self.buffer[2 + length :]
+            task = asyncio.get_running_loop().create_task(self._answer(wire))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, wire: bytes) -> None:
+        try:
+            answer = await self.forwarder.handle(wire, self.src, self.agent, tcp=True)
+        except Exception:
+            log.exception("dns over tcp failed")
+            answer = None
+        if answer is not None and self.transport and not self.transport.is_closing():
+            self.transport.write(struct.pack("!H", len(answer)) + answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in self.tasks:
+            task.cancel()

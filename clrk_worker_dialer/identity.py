@@ -1,0 +1,69 @@
+"""Who is connecting (SPEC 5.1): by the sandbox source address, by the proxy username,
+or the one agent configured for a sidecar.  Pure lookups over the compiled policy.
+
+An agent is known to a gateway only if it is declared (DaemonAgent/TaskAgent) and its
+`egressRefs` name that gateway; anything else is no agent, and is denied
+`unknown_agent` by decide().
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from clrk.policy import Agent, PolicySet
+
+GatewayKey = tuple[str, str]
+
+
+def find_agent(policies: PolicySet, gateway: GatewayKey, ref: str | None) -> Agent | None:
+    """`ref` is `namespace/name`, or a bare name that only one agent of the gateway has."""
+    if not ref:
+        return None
+    if "/" in ref:
+        namespace, _, name = ref.partition("/")
+        candidates = [(namespace, name)]
+    else:
+        candidates = [key for key in policies.agents if key[1] == ref]
+    attached = [k for k in candidates if gateway in policies.agent_gateways.get(k, ())]
+    if len(attached) != 1:
+        return None  # unknown, not attached to this gateway, or ambiguous
+    return policies.agents.get(attached[0])
+
+
+def _ip_key(ip: str) -> str:
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+@dataclass
+class Identity:
+    by_source: dict[str, str] = field(default_factory=dict)  # sandbox address -> agent ref
+    default: str | None = None  # the sidecar's single agent
+
+    @classmethod
+    def of(cls, by_source: Mapping[str, str], default: str | None = None) -> Identity:
+        return cls({_ip_key(ip): ref for ip, ref in by_source.items()}, default)
+
+    def register(self, ip: str, ref: str) -> None:
+        self.by_source[_ip_key(ip)] = ref
+
+    def unregister(self, ip: str) -> None:
+        self.by_source.pop(_ip_key(ip), None)
+
+    def source_ref(self, ip: str) -> str | None:
+        try:
+            return self.by_source.get(_ip_key(ip), self.default)
+        except ValueError:
+            return self.default
+
+    def for_source(self, policies: PolicySet, gateway: GatewayKey, ip: str) -> Agent | None:
+        return find_agent(policies, gateway, self.source_ref(ip))
+
+    def for_username(
+        self, policies: PolicySet, gateway: GatewayKey, username: str | None
+    ) -> Agent | None:
+        return find_agent(policies, gateway, username or self.default)

@@ -1,0 +1,128 @@
+"""Assembles one dialer: policy, listeners (transparent TCP/UDP, DNS, SOCKS5, HTTP
+CONNECT), the manifest watcher and the record writer; starts and stops them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from pathlib import Path
+
+from clrk.logs import fields
+from clrk_worker_dialer.config import Address, DialerConfig
+from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
+from clrk_worker_dialer.state import DialerState, PolicyError
+from clrk_worker_dialer.tcp_front import TransparentTcp
+from clrk_worker_dialer.udp_front import UdpFront
+
+log = logging.getLogger("clrk.dialer")
+
+
+def tcp_listen_socket(addr: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Dialer:
+    def __init__(self, config: DialerConfig, writer=None) -> None:
+        if writer is None:
+            from clrk.records.writer import RecordWriter
+
+            writer = RecordWriter(
+                "clrk-dialer", otlp_endpoint=config.otlp_endpoint, path=config.records_path
+            )
+        self.config = config
+        self.writer = writer
+        self.state = DialerState(config, writer)
+        self.forwarder = Forwarder(self.state)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.udp: UdpFront | None = None
+        self.bound: dict[str, list[Address]] = {}
+        self._watcher: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        self.state.load()  # an invalid policy at start-up is fatal: nothing to enforce
+        loop = asyncio.get_running_loop()
+        state, cfg = self.state, self.config
+        for addr in cfg.transparent_tcp:
+            await self._serve("transparent_tcp", addr, lambda: TransparentTcp(state))
+        for addr in cfg.dns:
+            await self._serve("dns_tcp", addr, lambda: DnsTcp(state, self.forwarder))
+        if cfg.transparent_udp or cfg.dns:
+            self.udp = UdpFront(state, self.forwarder)
+            for addr in cfg.transparent_udp:
+                self.udp.listen(addr[0], addr[1], dns_port=False)
+            for addr in cfg.dns:
+                self.udp.listen(addr[0], addr[1], dns_port=True)
+        if cfg.socks5 is not None or cfg.http_connect is not None:
+            from clrk_worker_dialer.explicit import HttpConnectFront, Socks5Front
+
+            if cfg.socks5 is not None:
+                await self._serve("socks5", cfg.socks5, lambda: Socks5Front(state, self.forwarder))
+            if cfg.http_connect is not None:
+                await self._serve(
+                    "http_connect",
+                    cfg.http_connect,
+                    lambda: HttpConnectFront(state, self.forwarder),
+                )
+        if cfg.watch:
+            self._watcher = loop.create_task(self._watch())
+        log.info("dialer ready", extra=fields(gateway=cfg.gateway, listening=self.bound))
+
+    async def _serve(self, kind: str, addr: Address, factory) -> None:
+        sock = tcp_listen_socket(addr)
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        self.servers.append(server)
+        self.bound.setdefault(kind, []).append(sock.getsockname()[:2])
+
+    async def _watch(self) -> None:
+        import watchfiles
+
+        paths = [p for p in self.config.manifests if Path(p).exists()]
+        async for _changes in watchfiles.awatch(*paths, debounce=50, step=25):
+            try:
+                self.state.load()
+            except PolicyError as exc:
+                log.error(
+                    "policy rejected; the last good policy stays in force",
+                    extra=fields(errors=exc.errors),
+                )
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for server in self.servers:
+            server.close()
+        if self.udp is not None:
+            self.udp.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self.writer.shutdown()
+
+    async def run_until_signalled(self, ready_file: str | None = None) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        if ready_file:
+            Path(ready_file).write_text(repr(self.bound))
+        await self._stop.wait()
+        log.info("dialer stopping")
+        await self.stop()

@@ -1,0 +1,210 @@
+"""One agent TCP connection, sans-io: events in, one action out.
+
+The asyncio shell accepts the connection, builds a `Flow` from what the kernel told it
+(source, original destination) and what the dialer knows (agent, DNS-bound names), and
+then only carries out the actions this class returns:
+
+- `Refuse`: reset the agent's connection now (no upstream connect is ever attempted) and
+  emit the deny record;
+- `Wait`: read the agent's first bytes (a TLS ClientHello) until `deadline`;
+- `Dial`: connect to the Envoy listener of the decision, write `preamble` (the PROXY v2
+  header, then any bytes already read from the agent) and splice both ways.
+
+Why wait for a ClientHello at all: SPEC 4 matches the SNI on TLS listeners (and rejects
+an SNI that contradicts the agent's own DNS answers), and a hard-coded IP without any
+DNS binding can only be matched by name through the SNI.  Nothing else waits, so a
+plain-TCP denial is decided at accept time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from clrk.policy import Agent, Connection, Decision, GatewayPolicy, Reason, decide
+from clrk_worker_dialer import proxy_v2, tls_sni
+
+DEFAULT_CLIENT_HELLO_WAIT = 1.0  # seconds; SPEC 5.5 "bounded wait"
+L7_LISTENERS = {("HTTP", None), ("TLS", "Terminate")}
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    agent: Agent | None
+    names: frozenset[str]  # this agent's DNS bindings for dst_ip (SPEC 5.2)
+    connection_id: str
+    requested_name: str | None = None  # explicit mode: the hostname the agent asked for
+
+
+class Refuse(NamedTuple):
+    decision: Decision
+    dst_name: str
+
+
+class Wait(NamedTuple):
+    deadline: float
+
+
+class Dial(NamedTuple):
+    decision: Decision
+    host: str
+    port: int
+    preamble: bytes
+
+
+Action = Refuse | Wait | Dial
+Decide = Callable[[GatewayPolicy, Agent | None, Connection], Decision]
+
+
+def best_name(decision: Decision, flow: Flow, sni: str | None) -> str:
+    """The name a record shows: the one that matched, else the best evidence we have."""
+    if decision.hostname:
+        return decision.hostname
+    if sni:
+        return sni
+    if flow.requested_name:
+        return flow.requested_name
+    return min(flow.names) if flow.names else ""
+
+
+def proxy_header(flow: Flow, decision: Decision) -> bytes:
+    """SPEC 6: source = the agent, destination = the original destination, clrk TLVs."""
+    src_ip = flow.src_ip
+    if (":" in src_ip) != (":" in flow.dst_ip):
+        # v2 carries one address family; explicit mode may see a v4 client ask for a v6
+        # destination.  A v4 source maps into v6; a v6 source cannot map into v4.
+        src_ip = f"::ffff:{src_ip}" if ":" in flow.dst_ip else "0.0.0.0"
+    agent = flow.agent
+    header = proxy_v2.ProxyHeader(
+        source_ip=src_ip,
+        source_port=flow.src_port,
+        destination_ip=flow.dst_ip,
+        destination_port=flow.dst_port,
+        tlvs=proxy_v2.clrk_tlvs(
+            authority=decision.hostname,
+            agent_namespace=agent.namespace if agent else None,
+            agent_name=agent.name if agent else None,
+            route=decision.route,
+            deny_policy=decision.deny_policy,
+            connection_id=flow.connection_id,
+        ),
+    )
+    return proxy_v2.encode(header)
+
+
+class TcpSession:
+    """Decide one connection; at most one terminal action (Refuse or Dial) is returned."""
+
+    __slots__ = (
+        "_buffer",
+        "_decide",
+        "_first",
+        "_listeners",
+        "_wait",
+        "done",
+        "flow",
+        "next_hops",
+        "policy",
+        "sni",
+    )
+
+    def __init__(
+        self,
+        policy: GatewayPolicy,
+        flow: Flow,
+        next_hops: Mapping[str, tuple[str, int]],
+        *,
+        client_hello_wait: float = DEFAULT_CLIENT_HELLO_WAIT,
+        decide_fn: Decide = decide,
+    ) -> None:
+        self.policy = policy
+        self.flow = flow
+        self.next_hops = next_hops
+        self._wait = client_hello_wait
+        self._decide = decide_fn
+        self._listeners = {lst.name: lst for lst in policy.listeners}
+        self._buffer = b""
+        self._first: Decision | None = None
+        self.sni: str | None = None
+        self.done = False
+
+    # --- events ----------------------------------------------------------------------
+
+    def start(self, now: float) -> Action:
+        flow = self.flow
+        conn = Connection("TCP", flow.dst_ip, flow.dst_port, flow.names)
+        first = self._decide(self.policy, flow.agent, conn)
+        if self._needs_client_hello(first):
+            self._first = first
+            return Wait(now + self._wait)
+        return self._finish(first)
+
+    def data(self, chunk: bytes) -> Action | None:
+        """Bytes from the agent before the decision; None means keep waiting."""
+        if self.done:
+            raise RuntimeError("data after the session decided")
+        self._buffer += chunk
+        result = tls_sni.parse_client_hello(self._buffer)
+        if result.outcome is tls_sni.SniOutcome.NEED_MORE:
+            return None
+        if result.outcome is tls_sni.SniOutcome.FOUND:
+            self.sni = result.sni
+            flow = self.flow
+            conn = Connection("TCP", flow.dst_ip, flow.dst_port, flow.names, self.sni)
+            return self._finish(self._decide(self.policy, flow.agent, conn))
+        return self._finish(self._pending())
+
+    def timeout(self) -> Action:
+        """The agent sent no (complete) ClientHello in time: decide without an SNI."""
+        return self._finish(self._pending())
+
+    def eof(self) -> Action:
+        """The agent closed before the decision: what was decided so far stands."""
+        return self._finish(self._pending())
+
+    # --- internals -------------------------------------------------------------------
+
+    def _pending(self) -> Decision:
+        if self._first is None:
+            raise RuntimeError("the session has not started")
+        return self._first
+
+    def _tls_listener_for(self, port: int) -> bool:
+        return any(
+            lst.protocol == "TLS" and (lst.port is None or lst.port == port)
+            for lst in self.policy.listeners
+        )
+
+    def _needs_client_hello(self, first: Decision) -> bool:
+        if first.allowed:
+            listener = self._listeners.get(first.listener or "")
+            return listener is not None and listener.protocol == "TLS"
+        # Only a connection without any DNS binding can be opened by its SNI (SPEC 4).
+        return (
+            first.reason in (Reason.POLICY, Reason.NO_LISTENER)
+            and not self.flow.names
+            and self._tls_listener_for(self.flow.dst_port)
+        )
+
+    def _forwarded_deny(self, decision: Decision) -> bool:
+        # SPEC 4 step 4: on L7 listeners a deny-policy hit is forwarded so that Envoy
+        # answers it with the policy's HTTP response.
+        if decision.reason is not Reason.DENY_POLICY or decision.listener is None:
+            return False
+        lst = self._listeners.get(decision.listener)
+        return lst is not None and (lst.protocol, lst.tls_mode) in L7_LISTENERS
+
+    def _finish(self, decision: Decision) -> Action:
+        self.done = True
+        if decision.allowed or self._forwarded_deny(decision):
+            hop = self.next_hops.get(decision.listener or "")
+            if hop is not None:
+                preamble = proxy_header(self.flow, decision) + self._buffer
+                return Dial(decision, hop[0], hop[1], preamble)
+            decision = decision._replace(reason=Reason.NO_LISTENER)
+        return Refuse(decision, best_name(decision, self.flow, self.sni))

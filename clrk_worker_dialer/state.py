@@ -1,0 +1,176 @@
+"""What every interception path of one dialer shares: the policy in force, the per-agent
+DNS bindings, agent identity, next hops and the record writer.
+
+The policy is swapped whole: a reload that fails validation leaves the last good policy
+in force (fail closed, never half-apply); connections being decided keep the policy
+they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+
+from clrk.api import load_paths
+from clrk.api.findings import Scope
+from clrk.logs import fields
+from clrk.nexthops import envoy_listener_addresses
+from clrk.policy import Agent, Decision, GatewayPolicy, PolicySet, compile_policies
+from clrk.records.schema import dial_denied, dns_denied
+from clrk_worker_dialer.config import DialerConfig, system_resolvers
+from clrk_worker_dialer.dns_binding import BindingCache
+from clrk_worker_dialer.identity import Identity
+from clrk_worker_dialer.session import Flow
+
+log = logging.getLogger("clrk.dialer")
+
+
+class PolicyError(Exception):
+    def __init__(self, errors: Sequence[str]):
+        super().__init__("; ".join(errors))
+        self.errors = list(errors)
+
+
+def agent_key(agent: Agent | None) -> str | None:
+    return None if agent is None else f"{agent.namespace}/{agent.name}"
+
+
+class DialerState:
+    def __init__(self, config: DialerConfig, writer) -> None:
+        self.config = config
+        self.writer = writer
+        self.identity = Identity.of(config.sources, config.default_agent)
+        self.bindings = BindingCache()
+        self.policies: PolicySet | None = None
+        self.policy: GatewayPolicy | None = None
+        self.next_hops: dict[str, tuple[str, int]] = {}
+        self.version = 0
+        self.errors: list[str] = []
+        self.denials = 0
+
+    # --- policy ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load and compile the manifests; raise PolicyError and keep the last good."""
+        loaded = load_paths(self.config.manifests)
+        errors = [f.line() for f in loaded.findings if f.is_error and f.scope is Scope.SET]
+        # Own addresses are always-blocked destinations (SPEC 4).
+        policies = compile_policies(
+            loaded.resources, self.config.own_addresses, rejected=loaded.rejected
+        )
+        if policies is not None and self.config.gateway_key not in policies.gateways:
+            errors.append(f"gateway {self.config.gateway} is not defined or not accepted")
+        if errors:
+            self.errors = errors or ["the manifests could not be applied"]
+            raise PolicyError(self.errors)
+        self.apply(policies)
+
+    def apply(self, policies: PolicySet) -> None:
+        policy = policies.gateways[self.config.gateway_key]
+        listeners = [(lst.name, lst.protocol) for lst in policy.listeners]
+        self.next_hops = envoy_listener_addresses(
+            listeners, self.config.next_hop_host, self.config.next_hop_base_port
+        )
+        dns = policy.dns
+        self.bindings.min_ttl, self.bindings.max_ttl = dns.min_ttl, dns.max_ttl
+        self.policies, self.policy = policies, policy
+        self.errors = []
+        self.version += 1
+        log.info("policy applied", extra=fields(version=self.version, gateway=policy.ref))
+
+    @property
+    def resolvers(self) -> list[tuple[str, int]]:
+        if self.config.resolvers:
+            return list(self.config.resolvers)
+        assert self.policy is not None
+        return list(self.policy.dns.upstream) or system_resolvers()
+
+    # --- identity and evidence -------------------------------------------------------
+
+    def agent_for_source(self, ip: str) -> Agent | None:
+        assert self.policies is not None
+        return self.identity.for_source(self.policies, self.config.gateway_key, ip)
+
+    def agent_for_user(self, username: str | None) -> Agent | None:
+        assert self.policies is not None
+        return self.identity.for_username(self.policies, self.config.gateway_key, username)
+
+    def names(self, agent: Agent | None, ip: str) -> frozenset[str]:
+        key = agent_key(agent)
+        if key is None:
+            return frozenset()
+        return self.bindings.names_for(key, ip, time.monotonic())
+
+    def flow(
+        self,
+        src: tuple[str, int],
+        dst: tuple[str, int],
+        agent: Agent | None,
+        requested_name: str | None = None,
+    ) -> Flow:
+        return Flow(
+            src[0],
+            src[1],
+            dst[0],
+            dst[1],
+            agent,
+            self.names(agent, dst[0]),
+            secrets.token_hex(8),
+            requested_name,
+        )
+
+    # --- records ---------------------------------------------------------------------
+
+    def record_dial_denied(
+        self,
+        decision: Decision,
+        *,
+        agent: Agent | None,
+        dst: tuple[str, int],
+        transport: str,
+        dst_name: str,
+        src: tuple[str, int],
+        connection_id: str | None = None,
+    ) -> None:
+        self.denials += 1
+        record = dial_denied(
+            decision,
+            agent=agent,
+            dst_ip=dst[0],
+            dst_port=dst[1],
+            transport=transport,
+            dst_name=dst_name,
+            connection_id=connection_id,
+            src=f"{src[0]}:{src[1]}",
+        )
+        self.writer.emit(record)
+        log.info(
+            "egress.dial.denied",
+            extra=fields(
+                reason=str(decision.reason),
+                agent=decision.agent,
+                dst=f"{dst[0]}:{dst[1]}",
+                name=dst_name,
+                transport=transport,
+            ),
+        )
+
+    def record_dns_denied(
+        self, decision: Decision, *, agent: Agent | None, query: str, qtype: int, src
+    ) -> None:
+        self.denials += 1
+        record = dns_denied(
+            decision,
+            agent=agent,
+            query_name=query,
+            query_type=qtype,
+            peer_address=src[0],
+            peer_port=src[1],
+        )
+        self.writer.emit(record)
+        log.info(
+            "egress.dns.denied",
+            extra=fields(reason=str(decision.reason), agent=decision.agent, query=query),
+        )

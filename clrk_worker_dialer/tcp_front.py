@@ -1,0 +1,195 @@
+"""The asyncio shell of one agent TCP connection: transparent (the kernel redirected
+it; SO_ORIGINAL_DST says where it was going) or explicit (SOCKS5 / HTTP CONNECT told us).
+
+It carries out a TcpSession's actions and nothing else decides here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+
+from clrk.logs import fields
+from clrk.policy import Agent
+from clrk_worker_dialer.relay import UpstreamSide
+from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait
+from clrk_worker_dialer.sockopts import original_destination, reset_on_close
+from clrk_worker_dialer.state import DialerState
+
+log = logging.getLogger("clrk.dialer")
+
+UPSTREAM_CONNECT_TIMEOUT = 5.0
+
+
+class AgentSide(asyncio.Protocol):
+    """Decide, then relay.  Subclasses supply the flow (transparent or explicit)."""
+
+    def __init__(self, state: DialerState) -> None:
+        self.state = state
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.session: TcpSession | None = None
+        self.upstream: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: list[bytes] = []  # bytes read while dialing
+        self._closed = False
+        # explicit mode: tell the client the outcome (success=True/False) before relaying
+        self.on_outcome: Callable[[bool, Refuse | None], None] | None = None
+
+    # --- the session -----------------------------------------------------------------
+
+    def begin(self, flow: Flow) -> None:
+        assert self.state.policy is not None
+        self.session = TcpSession(
+            self.state.policy,
+            flow,
+            self.state.next_hops,
+            client_hello_wait=self.state.config.client_hello_wait,
+        )
+        self.act(self.session.start(self.loop.time()))
+
+    def act(self, action) -> None:
+        if isinstance(action, Refuse):
+            self.refuse(action)
+        elif isinstance(action, Wait):
+            self.waiting_for_hello()
+            self._timer = self.loop.call_at(action.deadline, self._hello_timeout)
+        elif isinstance(action, Dial):
+            self._cancel_timer()
+            self.transport.pause_reading()
+            self.loop.create_task(self._dial(action))
+
+    def waiting_for_hello(self) -> None:
+        """Explicit mode must answer the proxy handshake before a ClientHello can come."""
+
+    def _hello_timeout(self) -> None:
+        self._timer = None
+        if self.session is not None and not self.session.done and not self._closed:
+            self.act(self.session.timeout())
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def refuse(self, action: Refuse) -> None:
+        self._cancel_timer()
+        flow = self.session.flow
+        self.state.record_dial_denied(
+            action.decision,
+            agent=flow.agent,
+            dst=(flow.dst_ip, flow.dst_port),
+            transport="tcp",
+            dst_name=action.dst_name,
+            src=(flow.src_ip, flow.src_port),
+            connection_id=flow.connection_id,
+        )
+        if self.on_outcome is not None:
+            self.on_outcome(False, action)
+        self.reset()
+
+    def reset(self) -> None:
+        """SPEC 5.3: an RST right after the decision."""
+        self._closed = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                reset_on_close(sock)
+        transport.abort()
+
+    async def _dial(self, action: Dial) -> None:
+        try:
+            upstream, _ = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: UpstreamSide(self.transport), action.host, action.port
+                ),
+                UPSTREAM_CONNECT_TIMEOUT,
+            )
+        except (TimeoutError, OSError) as exc:
+            log.warning(
+                "next hop unreachable",
+                extra=fields(next_hop=f"{action.host}:{action.port}", error=str(exc)),
+            )
+            if self.on_outcome is not None:
+                self.on_outcome(False, None)
+            self.reset()
+            return
+        if self._closed or self.transport.is_closing():
+            upstream.close()
+            return
+        self.upstream = upstream
+        upstream.write(action.preamble)
+        if self.on_outcome is not None:
+            self.on_outcome(True, None)
+        for chunk in self._pending:
+            upstream.write(chunk)
+        self._pending.clear()
+        self.transport.resume_reading()
+
+    # --- asyncio callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.write(data)
+        elif self.session is not None and not self.session.done:
+            action = self.session.data(data)
+            if action is not None:
+                self.act(action)
+        elif self.session is not None:
+            self._pending.append(data)  # dialing; normally reading is paused meanwhile
+        else:
+            self.before_session(data)
+
+    def before_session(self, data: bytes) -> None:
+        """Explicit mode: the proxy handshake.  Transparent connections never get here."""
+
+    def eof_received(self) -> bool:
+        if self.upstream is not None:
+            if self.upstream.can_write_eof() and not self.upstream.is_closing():
+                self.upstream.write_eof()
+            return True
+        if self.session is not None and not self.session.done:
+            self.act(self.session.eof())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_timer()
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.close()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.resume_reading()
+
+
+class TransparentTcp(AgentSide):
+    """A connection the kernel REDIRECTed to the dialer."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock: socket.socket = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        dst = original_destination(sock)
+        local = transport.get_extra_info("sockname")
+        if dst is None or dst == (local[0], local[1]) or self.state.policy is None:
+            # Not redirected: someone connected to the dialer's port directly.
+            self.reset()
+            return
+        src = (peer[0], peer[1])
+        agent: Agent | None = self.state.agent_for_source(src[0])
+        self.begin(self.state.flow(src, dst, agent))

@@ -1,0 +1,90 @@
+"""What the forwarder does with one query: forward, answer locally, or drop."""
+
+from __future__ import annotations
+
+import dns.message
+import dns.rcode
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clrk.policy import Agent, Reason
+from clrk.policy.dnsfilter import name_could_match
+from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
+from tests.conftest import compile_yaml
+from tests.worker_dialer.dialer_policy import POLICY_YAML, gateway_policy
+
+POLICY = gateway_policy()
+A = Agent("default", "agent-a", {"team": "a"})
+
+
+def query(name: str, rdtype: str = "A") -> bytes:
+    return dns.message.make_query(name, rdtype).to_wire()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["api.example.com", "API.Example.com.", "x.example.org", "time.example.com",
+     "paste.example.net"],
+)  # fmt: skip
+def test_names_some_pattern_of_the_agent_could_match_are_forwarded(name):
+    assert isinstance(on_query(POLICY, A, query(name)), Forward)
+
+
+@pytest.mark.parametrize(
+    "name", ["evil.example.com", "example.org", "a.b.example.org", "secret.attacker.test"]
+)
+def test_filtered_mode_answers_nxdomain_locally_for_unlisted_names(name):
+    wire = query(name)
+    verdict = on_query(POLICY, A, wire)
+    assert isinstance(verdict, Answer)
+    assert verdict.decision.reason is Reason.DNS_FILTERED
+    assert verdict.decision.hostname == name
+    answer = dns.message.from_wire(verdict.wire)
+    assert answer.rcode() == dns.rcode.NXDOMAIN
+    assert answer.id == dns.message.from_wire(wire).id
+
+
+def test_an_unknown_source_gets_refused_locally():
+    verdict = on_query(POLICY, None, query("api.example.com"))
+    assert isinstance(verdict, Answer) and verdict.decision.reason is Reason.UNKNOWN_AGENT
+    assert dns.message.from_wire(verdict.wire).rcode() == dns.rcode.REFUSED
+
+
+def test_forward_mode_forwards_every_name():
+    policy = compile_yaml(POLICY_YAML.replace("mode: Filtered", "mode: Forward")).gateways[
+        ("default", "gw")
+    ]
+    assert isinstance(on_query(policy, A, query("evil.example.com")), Forward)
+
+
+def test_a_malformed_query_is_dropped():
+    assert isinstance(on_query(POLICY, A, b"\x00\x01garbage"), Drop)
+
+
+def test_allow_all_and_match_everything_rules_filter_nothing():
+    allow_all = compile_yaml(
+        POLICY_YAML.replace("listeners:", "defaultPolicy: allow-all\n  listeners:")
+    )
+    assert name_could_match(allow_all.gateways[("default", "gw")], A, "anything.test")
+    open_route = POLICY_YAML.replace(
+        "[{destinationCIDRs: [203.0.113.0/24], ports: [{startPort: 5432, endPort: 5439}]}]",
+        "[{ports: [{port: 22}]}]",
+    )
+    assert name_could_match(compile_yaml(open_route).gateways[("default", "gw")], A, "x.test")
+
+
+def test_selectors_limit_the_names_an_agent_may_resolve():
+    text = POLICY_YAML.replace(
+        "[{destinationHostnames: [time.example.com], protocol: UDP,",
+        "[{destinationHostnames: [time.example.com], sourceAgents: {matchLabels: {team: b}},"
+        " protocol: UDP,",
+    )
+    policy = compile_yaml(text).gateways[("default", "gw")]
+    assert not name_could_match(policy, A, "time.example.com")
+    assert name_could_match(policy, Agent("default", "x", {"team": "b"}), "time.example.com")
+
+
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_never_raise(wire):
+    on_query(POLICY, A, wire)
