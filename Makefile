@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint golden clean
 
 # As root, the system tools the network tests and the transparent dialer use.  Not
 # root: nothing is installed and those tests skip, saying why.
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	  fi; \
 	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m clrk_xds.policy_proto
 	@touch $@
 
 # Until the embedded stack lands, `run` validates the example policies and walks
@@ -32,6 +33,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Regenerate the translator's golden files; review the diff like code.
+golden: $(STAMP)
+	CLRK_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/xds -k golden
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

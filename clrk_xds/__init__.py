@@ -1,0 +1,1 @@
+"""Control plane: providers, translator, snapshot cache, ADS and policy stream servers."""

@@ -1,0 +1,33 @@
+"""`python -m clrk_xds --manifests PATH --listen HOST:PORT`: the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from clrk.logs import setup
+from clrk_xds.server import main
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m clrk_xds", description=__doc__)
+    parser.add_argument(
+        "--manifests", action="append", required=True, help="file or directory (repeatable)"
+    )
+    parser.add_argument("--listen", default="127.0.0.1:18000", help="gRPC address (ADS, policy)")
+    parser.add_argument(
+        "--envoy-host", default=None, help="address the Envoy listeners bind (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--envoy-base-port", type=int, default=None, help="first Envoy listener port"
+    )
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    setup(args.log_level)
+    options = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
+    options = {k: v for k, v in options.items() if v is not None}
+    asyncio.run(main(args.manifests, args.listen, **options))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,155 @@
+"""Consistency of one Envoy snapshot, checked before it is sent (pure).
+
+A snapshot that names a cluster or secret it does not carry, or binds two listeners on
+one address, would be rejected by Envoy (or worse, half-applied: the listener warms
+forever waiting for a cluster).  Checking first keeps the last good snapshot in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterator, Mapping
+
+import betterproto2
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster
+from envoy_data_plane.envoy.config.listener.v3 import Listener
+from envoy_data_plane.envoy.config.route.v3 import RouteAction
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import SdsSecretConfig, Secret
+from envoy_data_plane.google.protobuf import Any
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+MESSAGE_TYPES: dict[str, type[betterproto2.Message]] = {
+    LISTENER: Listener,
+    CLUSTER: Cluster,
+    SECRET: Secret,
+}
+
+Resources = Mapping[str, Mapping[str, bytes]]  # type_url -> name -> serialized message
+
+
+def _walk(value: object) -> Iterator[betterproto2.Message]:
+    """Every message nested in `value`, with google.protobuf.Any unpacked where known."""
+    if isinstance(value, Any):
+        try:
+            inner = value.unpack()
+        except Exception:  # unknown type_url: nothing we can reference-check inside
+            return
+        if inner is not None:
+            yield from _walk(inner)
+    elif isinstance(value, betterproto2.Message):
+        yield value
+        for f in dataclasses.fields(value):
+            yield from _walk(getattr(value, f.name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _walk(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+
+
+def referenced_clusters(msg: betterproto2.Message) -> set[str]:
+    """Clusters named by tcp_proxy filters and HTTP route actions inside `msg`."""
+    names: set[str] = set()
+    for m in _walk(msg):
+        if isinstance(m, TcpProxy | RouteAction):
+            if m.cluster:
+                names.add(m.cluster)
+            if m.weighted_clusters is not None:
+                names.update(c.name for c in m.weighted_clusters.clusters)
+    return names
+
+
+def referenced_secrets(msg: betterproto2.Message) -> set[str]:
+    """Secrets fetched over xDS (an SdsSecretConfig with an sds_config) inside `msg`.
+
+    An SdsSecretConfig without sds_config names a static bootstrap secret, which the
+    snapshot need not carry.
+    """
+    return {
+        m.name for m in _walk(msg) if isinstance(m, SdsSecretConfig) and m.sds_config is not None
+    }
+
+
+def _bind_key(listener: Listener) -> tuple[int, str, int, int] | None:
+    """(ip version, address, port, protocol) a listener binds, or None (pipe, internal)."""
+    address = listener.address
+    sock = address.socket_address if address is not None else None
+    if sock is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(sock.address)
+    except ValueError:
+        return (0, sock.address, sock.port_value or 0, int(sock.protocol))
+    return (ip.version, str(ip), sock.port_value or 0, int(sock.protocol))
+
+
+def _clash(a: tuple[int, str, int, int], b: tuple[int, str, int, int]) -> bool:
+    """Same port and protocol on the same address, or one of them the family wildcard."""
+    if a[0] != b[0] or a[2:] != b[2:] or a[2] == 0:
+        return False
+    wildcard = {"0.0.0.0", "::"}
+    return a[1] == b[1] or a[1] in wildcard or b[1] in wildcard
+
+
+def check(resources: Resources) -> list[str]:
+    """Every reason `resources` cannot be sent as one snapshot; empty when consistent."""
+    problems: list[str] = []
+    decoded: dict[str, dict[str, betterproto2.Message]] = {}
+    for type_url, named in sorted(resources.items()):
+        cls = MESSAGE_TYPES.get(type_url)
+        if cls is None:
+            problems.append(f"unknown resource type {type_url}")
+            continue
+        decoded[type_url] = {}
+        for name, raw in sorted(named.items()):
+            try:
+                msg = cls.parse(raw)
+            except Exception as exc:
+                problems.append(f"{cls.__name__} {name!r}: does not parse: {exc}")
+                continue
+            # The map key is the name the cache serves it under; Envoy uses the embedded one.
+            if msg.name != name:
+                problems.append(
+                    f"{cls.__name__} {name!r}: stored under a different name than its own "
+                    f"({msg.name!r})"
+                )
+            decoded[type_url][name] = msg
+    listeners = decoded.get(LISTENER, {})
+    clusters = decoded.get(CLUSTER, {})
+    secrets = decoded.get(SECRET, {})
+    for name, lst in listeners.items():
+        for missing in sorted(referenced_clusters(lst) - clusters.keys()):
+            problems.append(f"Listener {name!r}: references missing cluster {missing!r}")
+    for kind, owners in (("Listener", listeners), ("Cluster", clusters)):
+        for name, msg in owners.items():
+            for missing in sorted(referenced_secrets(msg) - secrets.keys()):
+                problems.append(f"{kind} {name!r}: references missing secret {missing!r}")
+    bound: list[tuple[tuple[int, str, int, int], str]] = []
+    for name, lst in listeners.items():
+        key = _bind_key(lst)
+        if key is None:
+            continue
+        for other_key, other in bound:
+            if _clash(key, other_key):
+                problems.append(
+                    f"Listener {name!r}: address {key[1]}:{key[2]} is also bound by "
+                    f"listener {other!r}"
+                )
+        bound.append((key, name))
+    return problems
+
+
+def duplicate_names(names: list[str]) -> list[str]:
+    """Names that occur more than once, in first-seen order."""
+    seen: set[str] = set()
+    dups: list[str] = []
+    for n in names:
+        if n in seen and n not in dups:
+            dups.append(n)
+        seen.add(n)
+    return dups

@@ -1,0 +1,81 @@
+"""The control plane process: ADS + policy stream on one gRPC port, fed by the files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from clrk.logs import fields
+from clrk_xds.ads import AdsServer
+from clrk_xds.policy_stream import PolicyHub, PolicyStreamServer
+from clrk_xds.provider import FileProvider, Translator, default_translator
+from clrk_xds.snapshot import SnapshotCache
+
+log = logging.getLogger("clrk_xds.server")
+
+
+@dataclass
+class ControlPlane:
+    manifests: Sequence[str | Path]
+    listen: str = "127.0.0.1:18000"
+    translator: Translator | None = None
+    debounce_ms: int = 50
+    cache: SnapshotCache = field(default_factory=SnapshotCache)
+    hub: PolicyHub = field(default_factory=PolicyHub)
+    port: int = 0  # bound port, once started
+
+    def __post_init__(self) -> None:
+        self.ads = AdsServer(self.cache)
+        self.policy = PolicyStreamServer(self.hub)
+        self.provider = FileProvider(
+            self.manifests, self.cache, self.hub, self.translator, self.debounce_ms
+        )
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then stop accepting and close open streams."""
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((self.ads.handler(), self.policy.handler()))
+        self.port = server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.listen}")
+        # Load before serving so that the first Envoy request already finds a snapshot.
+        await self.provider.reload()
+        await server.start()
+        host = self.listen.rsplit(":", 1)[0]
+        log.info("server.listening", extra=fields(address=f"{host}:{self.port}"))
+        watcher = asyncio.create_task(self._watch(stop))
+        try:
+            await stop.wait()
+        finally:
+            log.info("server.stopping")
+            # Streams never end by themselves: a short grace, then they are cancelled.
+            await server.stop(grace=1.0)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            log.info("server.stopped")
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        try:
+            await self.provider.run(stop)
+        except Exception:
+            # Without the watcher the last good set stays served; say so loudly.
+            log.exception("provider.watch_failed")
+
+
+async def main(manifests: Sequence[str], listen: str, **translate_options: object) -> None:
+    """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    translator = functools.partial(default_translator(), **translate_options)
+    await ControlPlane(manifests, listen, translator).serve(stop)

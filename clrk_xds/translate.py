@@ -1,0 +1,378 @@
+"""The translator (SPEC 2, 7): validated resources -> Envoy resources per gateway.
+
+Pure: no sockets, no files.  One Envoy listener per TCP or TLS (Passthrough) gateway
+listener, bound where `clrk.nexthops` says the dialer will dial.  Each route rule that
+reaches the listener becomes one named filter chain; the listener's filter-chain matcher
+picks it from the PROXY TLVs and the restored destination.  A connection nothing picks is
+closed by Envoy, so Envoy re-checks what the dialer decided (defence in depth).
+
+Order of the matcher mirrors `clrk.policy.decide`: deny routes first, then allow routes,
+each by (namespace, name), rule, match.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    Cluster,
+    ClusterDiscoveryType,
+    ClusterLbPolicy,
+)
+from envoy_data_plane.envoy.config.core.v3 import Address, SocketAddress
+from envoy_data_plane.envoy.config.listener.v3 import (
+    Filter,
+    FilterChain,
+    Listener,
+    ListenerFilter,
+)
+from envoy_data_plane.envoy.extensions.filters.listener.proxy_protocol.v3 import (
+    ProxyProtocol,
+    ProxyProtocolKeyValuePair,
+    ProxyProtocolRule,
+    ProxyProtocolTlvLocation,
+)
+from envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3 import TlsInspector
+from envoy_data_plane.envoy.extensions.filters.network.direct_response.v3 import (
+    Config as DirectResponse,
+)
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
+from envoy_data_plane.google.protobuf import Any
+from envoy_data_plane.xds.type.matcher.v3 import Matcher, MatcherMatcherList
+
+from clrk.api.findings import Finding, Scope, Severity
+from clrk.api.resolve import Attachment, resolve
+from clrk.api.resources import Listener as GatewayListener
+from clrk.api.resources import Resource, RouteMatch
+from clrk.nexthops import DEFAULT_BASE_PORT, DEFAULT_HOST, envoy_listener_addresses
+from clrk.policy.selectors import compile_selector, selects
+from clrk_xds import translate_matchers as tm
+from clrk_xds.translate_blocked import Network, always_blocked_networks, split_by_blocked
+from clrk_xds.translate_regex import MAX_PORT, intersect_ranges, merge_ranges, port_regex
+
+__all__ = [
+    "DEFAULT_BASE_PORT",
+    "ORIGINAL_DST_CLUSTER",
+    "TYPE_URLS",
+    "GatewayResources",
+    "serialize",
+    "to_plain",
+    "translate",
+]
+
+ORIGINAL_DST_CLUSTER = "original_dst"
+LISTENER_FILTERS_TIMEOUT = datetime.timedelta(seconds=2)
+CONNECT_TIMEOUT = datetime.timedelta(seconds=5)
+ALL_PORTS = ((1, MAX_PORT),)
+BLOCKED_CHAIN = "blocked_address"
+
+TYPE_URLS: dict[str, str] = {
+    "listener": "type.googleapis.com/envoy.config.listener.v3.Listener",
+    "cluster": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    "secret": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+}
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class GatewayResources:
+    gateway: str  # "namespace/name" = Envoy node id
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...]
+    secrets: tuple[Secret, ...] = ()  # TLS Terminate comes later
+    findings: tuple[Finding, ...] = ()
+
+
+def serialize(msg) -> bytes:
+    """Protobuf wire bytes of one resource (what goes into a DiscoveryResponse Any)."""
+    return bytes(msg)
+
+
+def to_plain(res: GatewayResources) -> dict:
+    """JSON-able dict with proto3 JSON names; stable for golden files."""
+    return {
+        "gateway": res.gateway,
+        "listeners": [m.to_dict() for m in res.listeners],
+        "clusters": [m.to_dict() for m in res.clusters],
+        "secrets": [m.to_dict() for m in res.secrets],
+        "findings": [
+            f"{f.severity}: {f.kind}/{f.name}: {f.field}: {f.message}" for f in res.findings
+        ],
+    }
+
+
+# --- filters --------------------------------------------------------------------------
+
+
+def _filter(name: str, message) -> Filter:
+    return Filter(name=name, typed_config=Any.pack(message))
+
+
+def _stat_name(chain: str) -> str:
+    return chain.replace("/", ".")
+
+
+def _proxy_chain(name: str) -> FilterChain:
+    proxy = TcpProxy(stat_prefix=_stat_name(name), cluster=ORIGINAL_DST_CLUSTER)
+    return FilterChain(name=name, filters=[_filter("envoy.filters.network.tcp_proxy", proxy)])
+
+
+def _closing_chain(name: str) -> FilterChain:
+    # direct_response with no body: accept, then close at once without any upstream.
+    return FilterChain(
+        name=name, filters=[_filter("envoy.filters.network.direct_response", DirectResponse())]
+    )
+
+
+def _listener_filters(tls: bool) -> list[ListenerFilter]:
+    rules = [
+        ProxyProtocolRule(tlv_type=t, on_tlv_present=ProxyProtocolKeyValuePair(key=field))
+        for t, field in tm.TLV_FIELDS.items()
+    ]
+    proxy_protocol = ProxyProtocol(rules=rules, tlv_location=ProxyProtocolTlvLocation.FILTER_STATE)
+    out = [
+        ListenerFilter(
+            name="envoy.filters.listener.proxy_protocol", typed_config=Any.pack(proxy_protocol)
+        )
+    ]
+    if tls:
+        out.append(
+            ListenerFilter(
+                name="envoy.filters.listener.tls_inspector", typed_config=Any.pack(TlsInspector())
+            )
+        )
+    return out
+
+
+def original_dst_cluster() -> Cluster:
+    return Cluster(
+        name=ORIGINAL_DST_CLUSTER,
+        type=ClusterDiscoveryType.ORIGINAL_DST,
+        lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
+        connect_timeout=CONNECT_TIMEOUT,
+    )
+
+
+# --- matches --------------------------------------------------------------------------
+
+
+def _selected_agents(match: RouteMatch, agents: Sequence[Resource]) -> list[Key] | None:
+    """None: every agent.  Otherwise the (namespace, name) of the agents it selects,
+    evaluated exactly as `clrk.policy.decide` does, since Envoy sees no labels."""
+    selector = compile_selector(match.source_agents)
+    if selector is None:
+        return None
+    return sorted((a.namespace, a.name) for a in agents if selects(selector, a.metadata.labels))
+
+
+def _constraints(
+    match: RouteMatch, listener: GatewayListener, agents: Sequence[Resource]
+) -> list[tm.Predicate] | None:
+    """Port and agent predicates of a match; None when it can never hold here."""
+    ports = merge_ranges(p.interval for p in match.ports) if match.ports else ALL_PORTS
+    if listener.port is not None:  # the listener serves only this destination port
+        ports = intersect_ranges(ports, [(listener.port, listener.port)])
+    if not ports:
+        return None
+    selected = _selected_agents(match, agents)
+    if selected is not None and not selected:
+        return None
+    parts = [] if ports == ALL_PORTS else [tm.port_matches(port_regex(ports))]
+    if selected is not None:
+        parts.append(tm.agent_in(selected))
+    return parts
+
+
+def _destination(
+    hostnames: Sequence[str], networks: Sequence[Network], tls: bool, stat_prefix: str
+) -> tm.Predicate | None:
+    """hostname OR CIDR; None when the match names neither (any destination)."""
+    options = []
+    if hostnames:
+        by_name = [tm.authority_in(hostnames)]
+        if tls:
+            by_name.append(tm.sni_absent_or_in(hostnames))
+        options.append(tm.all_of(by_name))
+    if networks:
+        options.append(tm.destination_in(networks, f"{stat_prefix}.cidr"))
+    return tm.any_of(options) if options else None
+
+
+def _conjunction(parts: list[tm.Predicate]) -> tm.Predicate:
+    # A match without any constraint still needs a predicate: any port string.
+    return tm.all_of(parts) if parts else tm.port_matches("^[0-9]+$")
+
+
+def chain_name(route: Resource, rule: int, deny: bool) -> str:
+    kind = "deny" if deny else "route"
+    return f"{kind}/{route.namespace}/{route.name}/rule/{rule}"
+
+
+# --- listeners ------------------------------------------------------------------------
+
+
+@dataclass
+class _Entries:
+    """Matcher entries in evaluation order (see _gateway_listener)."""
+
+    deny: list = field(default_factory=list)
+    opened: list = field(default_factory=list)  # allow by CIDRs inside blocked ranges
+    allow: list = field(default_factory=list)
+
+
+def _rule_entries(
+    att: Attachment,
+    listener: GatewayListener,
+    agents: Sequence[Resource],
+    blocked: Sequence[Network],
+    entries: _Entries,
+) -> list[FilterChain]:
+    deny = att.deny_policy is not None
+    tls = listener.tls_mode == "Passthrough"
+    chains = []
+    for r, rule in enumerate(att.route.spec.rules):
+        name = chain_name(att.route, r, deny)
+        used = False
+        for m, match in enumerate(rule.matches):
+            if match.protocol != "TCP":  # UDP never reaches Envoy
+                continue
+            parts = _constraints(match, listener, agents)
+            if parts is None:
+                continue
+            stat = f"{_stat_name(name)}.match.{m}"
+            hostnames = list(dict.fromkeys(match.destination_hostnames))
+            networks = list(dict.fromkeys(match.destination_cidrs))
+            if deny:  # closing is always safe: no blocked-address split needed
+                dest = _destination(hostnames, networks, tls, stat)
+                entries.deny.append(
+                    tm.field_matcher(_conjunction([*filter(None, [dest]), *parts]), name)
+                )
+                used = True
+                continue
+            ordinary, inside = split_by_blocked(networks, blocked)
+            if inside:
+                dest = tm.destination_in(inside, f"{stat}.opened")
+                entries.opened.append(tm.field_matcher(_conjunction([dest, *parts]), name))
+                used = True
+            if hostnames or ordinary or not networks:
+                dest = _destination(hostnames, ordinary, tls, stat)
+                entries.allow.append(
+                    tm.field_matcher(_conjunction([*filter(None, [dest]), *parts]), name)
+                )
+                used = True
+        if used:
+            chains.append(_closing_chain(name) if deny else _proxy_chain(name))
+    return chains
+
+
+def _gateway_listener(
+    gateway: Resource,
+    listener: GatewayListener,
+    address: tuple[str, int],
+    attachments: Sequence[Attachment],
+    agents: Sequence[Resource],
+    blocked: Sequence[Network],
+) -> Listener:
+    """Matcher order mirrors `clrk.policy.decide`: deny routes; allow routes' CIDRs that
+    explicitly open an always-blocked range; any other always-blocked destination is
+    closed; then allow routes; then the default (allow-all proxies, deny-all closes)."""
+    ordered = sorted(
+        (a for a in attachments if listener.name in a.listeners),
+        key=lambda a: (a.deny_policy is None, a.route.namespace, a.route.name),
+    )
+    entries = _Entries()
+    chains: list[FilterChain] = []
+    for att in ordered:
+        chains += _rule_entries(att, listener, agents, blocked, entries)
+    allow_all = gateway.spec.default_policy == "allow-all"
+    guard = []
+    if blocked and (entries.allow or allow_all):
+        chains.append(_closing_chain(BLOCKED_CHAIN))
+        guard = [tm.field_matcher(tm.destination_in(blocked, "blocked_address"), BLOCKED_CHAIN)]
+    matchers = [*entries.deny, *entries.opened, *guard, *entries.allow]
+
+    default = None
+    if allow_all:
+        default = _proxy_chain("default/allow-all")
+    elif not chains:
+        # Envoy refuses a listener without filter chains; this one only closes.
+        default = _closing_chain("default/deny-all")
+    host, port = address
+    return Listener(
+        name=listener.name,
+        stat_prefix=listener.name,
+        address=Address(socket_address=SocketAddress(address=host, port_value=port)),
+        listener_filters=_listener_filters(tls=listener.tls_mode == "Passthrough"),
+        # A client that never completes the PROXY header is closed, not passed on.
+        listener_filters_timeout=LISTENER_FILTERS_TIMEOUT,
+        continue_on_listener_filters_timeout=False,
+        filter_chains=chains,
+        filter_chain_matcher=(
+            Matcher(matcher_list=MatcherMatcherList(matchers=matchers)) if matchers else None
+        ),
+        default_filter_chain=default,
+    )
+
+
+def _not_programmed(gateway: Resource, index: int, listener: GatewayListener) -> Finding:
+    what = listener.protocol if listener.protocol != "TLS" else f"TLS {listener.tls_mode}"
+    return Finding(
+        gateway.source.file,
+        gateway.source.document,
+        gateway.kind,
+        gateway.name,
+        f"spec.listeners[{index}]",
+        f"listener {listener.name!r} ({what}): not yet programmed",
+        Severity.WARNING,
+        Scope.OBJECT,
+    )
+
+
+def translate(
+    resources: Sequence[Resource],
+    *,
+    rejected: frozenset[tuple[str, str, str]] = frozenset(),
+    envoy_host: str = DEFAULT_HOST,
+    base_port: int = DEFAULT_BASE_PORT,
+    own_addresses: Iterable[str] = (),
+    always_blocked: Sequence[Network] | None = None,
+) -> dict[str, GatewayResources]:
+    """Envoy resources for every gateway, keyed by "namespace/name" (the node id).
+
+    `own_addresses`: the gateway host's addresses, always blocked like in
+    `compile_policies`.  `always_blocked` replaces the SPEC 4 list (tests only: they can
+    reach nothing but loopback, which that list blocks).
+    """
+    blocked = always_blocked_networks(own_addresses) if always_blocked is None else always_blocked
+    resolution = resolve(resources, rejected)
+    agents = [resolution.agents[k] for k in sorted(resolution.agents)]
+    out: dict[str, GatewayResources] = {}
+    for key in sorted(resolution.gateways):
+        gateway = resolution.gateways[key]
+        spec_listeners = gateway.spec.listeners
+        addresses = envoy_listener_addresses(
+            [(lst.name, lst.protocol) for lst in spec_listeners], envoy_host, base_port
+        )
+        attachments = resolution.attachments.get(key, ())
+        listeners: list[Listener] = []
+        findings: list[Finding] = []
+        for index, lst in enumerate(spec_listeners):
+            if lst.protocol == "UDP":
+                continue  # the dialer relays UDP itself
+            if lst.protocol == "HTTP" or lst.tls_mode == "Terminate":
+                findings.append(_not_programmed(gateway, index, lst))
+                continue
+            listeners.append(
+                _gateway_listener(gateway, lst, addresses[lst.name], attachments, agents, blocked)
+            )
+        out[gateway.ref] = GatewayResources(
+            gateway=gateway.ref,
+            listeners=tuple(listeners),
+            clusters=(original_dst_cluster(),),
+            findings=tuple(findings),
+        )
+    return out

@@ -1,0 +1,140 @@
+"""Predicates of the listener's filter-chain matcher (xds matcher API), one per route match.
+
+Inputs, as Envoy sees a connection after the `proxy_protocol` listener filter:
+- the PROXY TLVs, stored as fields of one filter-state object (tlv_location FILTER_STATE);
+- the destination IP and port, which the PROXY header restored to the original ones;
+- the TLS SNI from `tls_inspector` (TLS Passthrough listeners only).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from envoy_data_plane.envoy.config.core.v3 import CidrRange
+from envoy_data_plane.envoy.extensions.matching.common_inputs.network.v3 import (
+    DestinationIpInput,
+    DestinationPortInput,
+    FilterStateInput,
+    ServerNameInput,
+)
+from envoy_data_plane.envoy.extensions.matching.input_matchers.ip.v3 import Ip
+from envoy_data_plane.google.protobuf import Any, StringValue
+from envoy_data_plane.xds.core.v3 import TypedExtensionConfig
+from envoy_data_plane.xds.type.matcher.v3 import (
+    MatcherMatcherListFieldMatcher,
+    MatcherMatcherListPredicate,
+    MatcherMatcherListPredicatePredicateList,
+    MatcherMatcherListPredicateSinglePredicate,
+    MatcherOnMatch,
+    RegexMatcher,
+    RegexMatcherGoogleRe2,
+    StringMatcher,
+)
+
+from clrk_xds.translate_regex import hostname_regex
+
+# Where the proxy_protocol filter keeps the TLVs, and the field name of each (SPEC 6).
+TLV_FILTER_STATE_KEY = "envoy.network.proxy_protocol.tlv"
+TLV_FIELDS: dict[int, str] = {
+    0x02: "authority",
+    0xE1: "agent_namespace",
+    0xE2: "agent_name",
+    0xE3: "route",
+    0xE4: "deny_policy",
+    0xE5: "connection_id",
+}
+
+Predicate = MatcherMatcherListPredicate
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _input(name: str, message) -> TypedExtensionConfig:
+    return TypedExtensionConfig(name=name, typed_config=Any.pack(message))
+
+
+def _tlv_input(field: str) -> TypedExtensionConfig:
+    return _input(f"tlv.{field}", FilterStateInput(key=TLV_FILTER_STATE_KEY, field=field))
+
+
+def _regex(pattern: str) -> StringMatcher:
+    return StringMatcher(safe_regex=RegexMatcher(google_re2=RegexMatcherGoogleRe2(), regex=pattern))
+
+
+def _single(input_: TypedExtensionConfig, value: StringMatcher) -> Predicate:
+    return Predicate(
+        single_predicate=MatcherMatcherListPredicateSinglePredicate(input=input_, value_match=value)
+    )
+
+
+def all_of(predicates: Sequence[Predicate]) -> Predicate:
+    """AND; a single predicate stays as it is (the API wants 2+ in a list)."""
+    if len(predicates) == 1:
+        return predicates[0]
+    return Predicate(and_matcher=MatcherMatcherListPredicatePredicateList(list(predicates)))
+
+
+def any_of(predicates: Sequence[Predicate]) -> Predicate:
+    if len(predicates) == 1:
+        return predicates[0]
+    return Predicate(or_matcher=MatcherMatcherListPredicatePredicateList(list(predicates)))
+
+
+def authority_in(hostnames: Sequence[str]) -> Predicate:
+    """The hostname TLV the dialer sent matches one of the route's patterns."""
+    return _single(_tlv_input("authority"), _regex(hostname_regex(hostnames)))
+
+
+def sni_absent_or_in(hostnames: Sequence[str]) -> Predicate:
+    """No SNI, or an SNI that matches the patterns (a TLS client naming another host is
+    refused even when the dialer's hostname evidence matched)."""
+    sni = _input("sni", ServerNameInput())
+    present = _single(sni, _regex(".+"))
+    return any_of([Predicate(not_matcher=present), _single(sni, _regex(hostname_regex(hostnames)))])
+
+
+def destination_in(networks: Sequence[Network], stat_prefix: str) -> Predicate:
+    ranges = [
+        CidrRange(address_prefix=str(net.network_address), prefix_len=net.prefixlen)
+        for net in networks
+    ]
+    return Predicate(
+        single_predicate=MatcherMatcherListPredicateSinglePredicate(
+            input=_input("destination_ip", DestinationIpInput()),
+            custom_match=_input("ip", Ip(cidr_ranges=ranges, stat_prefix=stat_prefix)),
+        )
+    )
+
+
+def port_matches(pattern: str) -> Predicate:
+    return _single(_input("destination_port", DestinationPortInput()), _regex(pattern))
+
+
+def agent_in(agents: Sequence[tuple[str, str]]) -> Predicate:
+    """The agent TLVs name one of `agents` ((namespace, name), non-empty), grouped by
+    namespace so that each namespace costs one name pattern."""
+    by_namespace: dict[str, list[str]] = {}
+    for namespace, name in agents:
+        by_namespace.setdefault(namespace, []).append(name)
+    options = []
+    for namespace in sorted(by_namespace):
+        names = sorted(set(by_namespace[namespace]))
+        alternation = "|".join(n.replace(".", r"\.") for n in names)
+        pattern = f"^{alternation}$" if len(names) == 1 else f"^(?:{alternation})$"
+        options.append(
+            all_of(
+                [
+                    _single(_tlv_input("agent_namespace"), StringMatcher(exact=namespace)),
+                    _single(_tlv_input("agent_name"), _regex(pattern)),
+                ]
+            )
+        )
+    return any_of(options)
+
+
+def field_matcher(predicate: Predicate, chain: str) -> MatcherMatcherListFieldMatcher:
+    """On match, use the filter chain named `chain`."""
+    action = TypedExtensionConfig(name=chain, typed_config=Any.pack(StringValue(value=chain)))
+    return MatcherMatcherListFieldMatcher(
+        predicate=predicate, on_match=MatcherOnMatch(action=action)
+    )

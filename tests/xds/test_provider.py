@@ -1,0 +1,206 @@
+"""File provider: real files in a tmp dir, the real loader, compiler and translator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from clrk_xds.consistency import LISTENER
+from clrk_xds.policy_stream import PolicyHub
+from clrk_xds.provider import FileProvider, prepare, read_manifests
+from clrk_xds.snapshot import EMPTY, SnapshotCache
+from clrk_xds.translate import translate
+
+GATEWAY = """\
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {{name: {name}}}
+spec:
+  listeners:
+  - {{name: tcp-out, protocol: TCP}}
+"""
+ROUTE = """\
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: {gateway}}}]
+  rules:
+  - matches:
+    - destinationHostnames: [{host}]
+      ports: [{{port: 443}}]
+"""
+AGENT = """\
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: TaskAgent
+metadata: {name: coder, labels: {team: a}}
+spec:
+  egressRefs: [{gatewayRef: gw}]
+"""
+
+
+def write_set(tmp_path, host="api.example.com", *, extra=""):
+    (tmp_path / "gw.yaml").write_text(GATEWAY.format(name="gw"))
+    (tmp_path / "route.yaml").write_text(
+        ROUTE.format(name="r1", gateway="gw", host=host) + "---\n" + AGENT + extra
+    )
+
+
+def provider(tmp_path, **kw):
+    cache, hub = SnapshotCache(), PolicyHub()
+    return FileProvider([tmp_path], cache, hub, translate, **kw), cache, hub
+
+
+def test_read_manifests_keeps_documents_as_written(tmp_path):
+    write_set(tmp_path)
+    m = read_manifests([tmp_path])
+    assert not m.load.errors
+    assert sorted(r.kind for r in m.load.resources) == [
+        "EgressGateway",
+        "EgressL4Route",
+        "TaskAgent",
+    ]
+    for res in m.load.resources:
+        assert m.raw[res.source]["metadata"]["name"] == res.name
+
+
+def test_valid_set_installs_snapshot_and_publishes_policy(tmp_path):
+    write_set(tmp_path)
+
+    async def go():
+        p, cache, hub = provider(tmp_path)
+        assert await p.reload()
+        st = p.status()
+        assert st.version and st.errors == () and not st.blocked
+        assert st.gateways == ("default/gw",)
+        snap = cache.get("default/gw")
+        assert snap is not None and snap.named(LISTENER)
+        docs = hub.current("default/gw")
+        assert [d.kind for d in docs.documents] == ["EgressGateway", "EgressL4Route", "TaskAgent"]
+        # an unchanged reload is not a new version
+        assert not await p.reload()
+        assert p.status().version == st.version
+        # a real change is
+        write_set(tmp_path, host="other.example.com")
+        assert await p.reload()
+        assert p.status().version != st.version
+        assert cache.get("default/gw").version != snap.version
+
+    asyncio.run(go())
+
+
+def test_invalid_set_keeps_last_good_and_reports_every_error(tmp_path):
+    write_set(tmp_path)
+
+    async def go():
+        p, cache, hub = provider(tmp_path)
+        await p.reload()
+        good, snap, docs = p.status().version, cache.get("default/gw"), hub.current("default/gw")
+        write_set(tmp_path, host="bad*host.example.com")
+        (tmp_path / "broken.yaml").write_text("kind: [unclosed\n")
+        assert not await p.reload()
+        st = p.status()
+        assert st.blocked and st.version == good
+        assert len(st.errors) == 2
+        assert any(
+            "route.yaml: document 1: EgressL4Route/r1: spec.rules[0]" in e for e in st.errors
+        )
+        assert any("broken.yaml: document 1" in e and "invalid YAML" in e for e in st.errors)
+        assert cache.get("default/gw") is snap
+        assert hub.current("default/gw") is docs
+
+    asyncio.run(go())
+
+
+def test_object_scope_error_is_reported_but_the_rest_applies(tmp_path):
+    write_set(tmp_path, extra="---\n" + ROUTE.format(name="r2", gateway="nowhere", host="x.com"))
+
+    async def go():
+        p, _, _ = provider(tmp_path)
+        assert await p.reload()
+        st = p.status()
+        assert not st.blocked
+        assert [e for e in st.errors if "EgressGateway default/nowhere does not exist" in e]
+
+    asyncio.run(go())
+
+
+def test_removed_gateway_gets_an_empty_snapshot(tmp_path):
+    write_set(tmp_path)
+
+    async def go():
+        p, cache, _ = provider(tmp_path)
+        await p.reload()
+        (tmp_path / "gw.yaml").write_text(GATEWAY.format(name="gw2"))
+        assert await p.reload()
+        assert cache.get("default/gw") is EMPTY
+        assert cache.get("default/gw2") is not None
+
+    asyncio.run(go())
+
+
+def test_translator_failure_keeps_last_good(tmp_path):
+    write_set(tmp_path)
+
+    def broken(resources, **kw):
+        raise RuntimeError("boom")
+
+    plan = prepare([tmp_path], broken)
+    assert plan.blocked and plan.errors == ("translation failed: boom",)
+
+
+def test_inconsistent_translation_is_refused_whole(tmp_path):
+    """Two gateways translated onto one port of one Envoy would be rejected by it."""
+    write_set(tmp_path)
+
+    def clashing(resources, **kw):
+        out = translate(resources, **kw)
+        res = out["default/gw"]
+        twice = res.listeners + tuple(
+            type(lst)(name=lst.name + "-copy", address=lst.address) for lst in res.listeners
+        )
+        return {"default/gw": type(res)(res.gateway, twice, res.clusters)}
+
+    plan = prepare([tmp_path], clashing)
+    assert plan.blocked and any("is also bound by listener" in e for e in plan.errors)
+
+
+@pytest.mark.timeout(30)
+def test_watch_reloads_on_change_and_debounces_bursts(tmp_path):
+    write_set(tmp_path)
+
+    async def go():
+        p, cache, _ = provider(tmp_path, debounce_ms=50)
+        stop = asyncio.Event()
+        task = asyncio.create_task(p.run(stop))
+        try:
+            await until(lambda: p.status().version is not None)
+            first = p.status().version
+            await asyncio.sleep(0.2)  # let the watcher start
+            reloads = p.reloads
+            for i in range(5):  # a burst of writes: one (or very few) reloads
+                write_set(tmp_path, host=f"h{i}.example.com")
+            await until(lambda: p.status().version != first)
+            await asyncio.sleep(0.3)
+            assert p.reloads - reloads < 5
+            final = read_manifests([tmp_path]).raw
+            assert any("h4.example.com" in str(v) for v in final.values())
+            assert [d for d in p.hub.current("default/gw").documents if "h4.example.com" in d.json]
+            write_set(tmp_path, host="bad*")
+            await until(lambda: p.status().blocked)
+            assert cache.get("default/gw") is not None
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(go())
+
+
+async def until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s")
+        await asyncio.sleep(0.02)
