@@ -47,6 +47,7 @@ class DialerConfig:
     udp_idle_timeout: float = 60.0
     dns_timeout: float = 2.0
     watch: bool = True
+    control_plane: str | None = None  # host:port of the policy stream, instead of files
 
     @property
     def gateway_key(self) -> tuple[str, str]:

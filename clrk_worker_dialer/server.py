@@ -19,6 +19,8 @@ from clrk_worker_dialer.udp_front import UdpFront
 
 log = logging.getLogger("clrk.dialer")
 
+CONTROL_PLANE_FIRST_UPDATE = 10.0  # seconds to wait for a policy before giving up
+
 
 def tcp_listen_socket(addr: Address) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
@@ -55,8 +57,13 @@ class Dialer:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        self.state.load()  # an invalid policy at start-up is fatal: nothing to enforce
         loop = asyncio.get_running_loop()
+        if self.config.control_plane:
+            first = loop.create_future()
+            self._watcher = loop.create_task(self._follow_control_plane(first))
+            await asyncio.wait_for(first, CONTROL_PLANE_FIRST_UPDATE)
+        else:
+            self.state.load()  # an invalid policy at start-up is fatal: nothing to enforce
         state, cfg = self.state, self.config
         for addr in cfg.transparent_tcp:
             await self._serve("transparent_tcp", addr, lambda: TransparentTcp(state))
@@ -79,7 +86,7 @@ class Dialer:
                     cfg.http_connect,
                     lambda: HttpConnectFront(state, self.forwarder),
                 )
-        if cfg.watch:
+        if cfg.watch and self._watcher is None:
             self._watcher = loop.create_task(self._watch())
         log.info("dialer ready", extra=fields(gateway=cfg.gateway, listening=self.bound))
 
@@ -101,6 +108,33 @@ class Dialer:
                     "policy rejected; the last good policy stays in force",
                     extra=fields(errors=exc.errors),
                 )
+
+    async def _follow_control_plane(self, first: asyncio.Future) -> None:
+        """Apply every policy update of our gateway; reconnect when the stream breaks,
+        keeping the last good policy in force meanwhile."""
+        import grpc
+
+        from clrk_xds.policy_stream import load_update, watch_policy
+
+        target, gateway = self.config.control_plane, self.config.gateway
+        while True:
+            try:
+                async for update in watch_policy(target, gateway):
+                    try:
+                        self.state.load_result(load_update(update))
+                    except PolicyError as exc:
+                        log.error(
+                            "policy update rejected; the last good policy stays in force",
+                            extra=fields(version=update.version, errors=exc.errors),
+                        )
+                        if not first.done():
+                            first.set_exception(exc)
+                        continue
+                    if not first.done():
+                        first.set_result(None)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("policy stream broken", extra=fields(error=exc.code().name))
+            await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
         if self._watcher is not None:

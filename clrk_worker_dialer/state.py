@@ -54,7 +54,10 @@ class DialerState:
 
     def load(self) -> None:
         """Load and compile the manifests; raise PolicyError and keep the last good."""
-        loaded = load_paths(self.config.manifests)
+        self.load_result(load_paths(self.config.manifests))
+
+    def load_result(self, loaded) -> None:
+        """Apply a validated resource set (from files or the control plane's stream)."""
         errors = [f.line() for f in loaded.findings if f.is_error and f.scope is Scope.SET]
         # Own addresses are always-blocked destinations (SPEC 4).
         policies = compile_policies(

@@ -41,7 +41,11 @@ from envoy_data_plane.envoy.extensions.filters.network.direct_response.v3 import
 from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
 from envoy_data_plane.google.protobuf import Any
-from envoy_data_plane.xds.type.matcher.v3 import Matcher, MatcherMatcherList
+from envoy_data_plane.xds.type.matcher.v3 import (
+    Matcher,
+    MatcherMatcherList,
+    MatcherMatcherListFieldMatcher,
+)
 
 from clrk.api.findings import Finding, Scope, Severity
 from clrk.api.resolve import Attachment, resolve
@@ -76,6 +80,7 @@ TYPE_URLS: dict[str, str] = {
 }
 
 Key = tuple[str, str]
+Entry = MatcherMatcherListFieldMatcher
 
 
 @dataclass(frozen=True)
@@ -202,9 +207,12 @@ def _destination(
     return tm.any_of(options) if options else None
 
 
-def _conjunction(parts: list[tm.Predicate]) -> tm.Predicate:
+def _entry(destination: tm.Predicate | None, parts: list[tm.Predicate], chain: str) -> Entry:
+    """destination AND parts -> `chain`."""
+    both = ([destination] if destination is not None else []) + parts
     # A match without any constraint still needs a predicate: any port string.
-    return tm.all_of(parts) if parts else tm.port_matches("^[0-9]+$")
+    predicate = tm.all_of(both) if both else tm.port_matches("^[0-9]+$")
+    return tm.field_matcher(predicate, chain)
 
 
 def chain_name(route: Resource, rule: int, deny: bool) -> str:
@@ -219,9 +227,9 @@ def chain_name(route: Resource, rule: int, deny: bool) -> str:
 class _Entries:
     """Matcher entries in evaluation order (see _gateway_listener)."""
 
-    deny: list = field(default_factory=list)
-    opened: list = field(default_factory=list)  # allow by CIDRs inside blocked ranges
-    allow: list = field(default_factory=list)
+    deny: list[Entry] = field(default_factory=list)
+    opened: list[Entry] = field(default_factory=list)  # CIDRs inside blocked ranges
+    allow: list[Entry] = field(default_factory=list)
 
 
 def _rule_entries(
@@ -247,21 +255,20 @@ def _rule_entries(
             hostnames = list(dict.fromkeys(match.destination_hostnames))
             networks = list(dict.fromkeys(match.destination_cidrs))
             if deny:  # closing is always safe: no blocked-address split needed
-                dest = _destination(hostnames, networks, tls, stat)
                 entries.deny.append(
-                    tm.field_matcher(_conjunction([*filter(None, [dest]), *parts]), name)
+                    _entry(_destination(hostnames, networks, tls, stat), parts, name)
                 )
                 used = True
                 continue
             ordinary, inside = split_by_blocked(networks, blocked)
             if inside:
-                dest = tm.destination_in(inside, f"{stat}.opened")
-                entries.opened.append(tm.field_matcher(_conjunction([dest, *parts]), name))
+                entries.opened.append(
+                    _entry(tm.destination_in(inside, f"{stat}.opened"), parts, name)
+                )
                 used = True
             if hostnames or ordinary or not networks:
-                dest = _destination(hostnames, ordinary, tls, stat)
                 entries.allow.append(
-                    tm.field_matcher(_conjunction([*filter(None, [dest]), *parts]), name)
+                    _entry(_destination(hostnames, ordinary, tls, stat), parts, name)
                 )
                 used = True
         if used:

@@ -6,8 +6,6 @@ import asyncio
 
 import click
 
-from clrk.cli.manifests import manifest_option
-
 
 def _addresses(values: tuple[str, ...]) -> list[tuple[str, int]]:
     from clrk_worker_dialer.config import address
@@ -29,7 +27,15 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
-@manifest_option
+@click.option(
+    "-f",
+    "--filename",
+    "paths",
+    multiple=True,
+    type=click.Path(),
+    help="Manifests (or use --control-plane).",
+)
+@click.option("--control-plane", help="Follow the control plane's policy stream (host:port).")
 @click.option("--gateway", required=True, help="EgressGateway to enforce: NAMESPACE/NAME.")
 @click.option("--agent-source", "sources", multiple=True, help="ADDRESS=NAMESPACE/AGENT.")
 @click.option("--default-agent", help="The one agent of a sidecar: NAMESPACE/AGENT.")
@@ -49,7 +55,8 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--no-watch", is_flag=True, help="Do not reload the manifests on change.")
 @click.option("--ready-file", help="Written once every listener is up.")
 @click.option("--log-level", default="info", show_default=True)
-def dialer(paths, gateway, sources, default_agent, transparent_tcp, transparent_udp, dns,
+def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tcp,
+           transparent_udp, dns,
            socks5, http_connect, next_hop_host, next_hop_base_port, resolvers, own,
            records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
            ready_file, log_level) -> None:  # fmt: skip
@@ -79,7 +86,10 @@ def dialer(paths, gateway, sources, default_agent, transparent_tcp, transparent_
         client_hello_wait=client_hello_wait,
         udp_idle_timeout=udp_idle_timeout,
         watch=not no_watch,
+        control_plane=control_plane,
     )
+    if not paths and not control_plane:
+        raise click.UsageError("give manifests (-f) or --control-plane")
 
     async def run() -> None:
         await Dialer(config).run_until_signalled(ready_file)

@@ -1,7 +1,11 @@
 """The translated listeners in the real Envoy: real PROXY v2 headers (the dialer's codec),
 real TCP upstreams on loopback.  A chain that proxies reaches the upstream named by the
 PROXY destination; a miss or a deny chain closes the connection and the upstream never
-sees a connection."""
+sees a connection.
+
+Loopback is always blocked (SPEC 4), and loopback is all a unit test may reach, so the
+gateways `gw` and `open` are translated with an empty blocked list; `guarded` keeps the
+real list and shows that only an explicit CIDR inside it opens a blocked address."""
 
 from __future__ import annotations
 
@@ -104,6 +108,24 @@ spec:
   - {{name: tcp-out, protocol: TCP}}
 ---
 {api}
+kind: EgressGateway
+metadata: {{name: guarded}}
+spec:
+  defaultPolicy: allow-all
+  listeners:
+  - {{name: tcp-out, protocol: TCP}}
+---
+{api}
+kind: EgressL4Route
+metadata: {{name: loopback-2}}
+spec:
+  parentRefs: [{{name: guarded}}]
+  rules:
+  - matches:
+    - destinationHostnames: ["names-never-open.example.com"]
+      destinationCIDRs: ["127.0.0.2/32", "0.0.0.0/0"]
+---
+{api}
 kind: EgressL4Route
 metadata: {{name: names}}
 spec:
@@ -177,7 +199,8 @@ spec: {{egressRefs: [{{gatewayRef: default/gw}}]}}
 
 @pytest.fixture(scope="module")
 def gateways(upstreams) -> Iterator[dict[str, dict[str, tuple[str, int]]]]:
-    """Two Envoys (deny-all `gw`, allow-all `open`): listener name -> address, per gateway."""
+    """Three Envoys (deny-all `gw`, allow-all `open` and `guarded`): listener name ->
+    address, per gateway."""
     p = upstreams["v4"].server_address[1]
     p6 = upstreams["v6"].server_address[1]
     q = upstreams["v4b"].server_address[1]
@@ -186,8 +209,10 @@ def gateways(upstreams) -> Iterator[dict[str, dict[str, tuple[str, int]]]]:
     out: dict[str, dict[str, tuple[str, int]]] = {}
     envoys = []
     try:
-        for ref in ("default/gw", "default/open"):
-            res = translate(loaded.resources, base_port=_free_port_block(2))[ref]
+        for ref in ("default/gw", "default/open", "default/guarded"):
+            blocked = None if ref == "default/guarded" else ()
+            res = translate(loaded.resources, base_port=_free_port_block(2), always_blocked=blocked)
+            res = res[ref]
             envoys.append(EnvoyProcess(static_bootstrap(to_plain(res)), log_level="warning"))
             envoys[-1].start()
             out[ref] = {
@@ -323,3 +348,15 @@ def test_connection_without_proxy_header_is_closed(upstreams, gateways) -> None:
         with contextlib.suppress(ConnectionResetError):
             assert conn.recv(4096) == b""
     assert upstreams[V4].accepted == before
+
+
+def test_blocked_addresses_need_an_explicit_cidr_inside_them(upstreams, gateways) -> None:
+    listener = gateways["default/guarded"]["tcp-out"]
+    up, up2, up6 = upstreams[V4], upstreams["v4b"], upstreams["v6"]
+    _check(up2, listener, up2.server_address, True)  # 127.0.0.2/32 opens it
+    # Neither the default allow-all, nor 0.0.0.0/0, nor a matching hostname opens these.
+    _check(up, listener, up.server_address, False)
+    _check(up, listener, up.server_address, False, authority="names-never-open.example.com")
+    _check(up6, listener, up6.server_address[:2], False)
+    mapped = ("::ffff:127.0.0.1", up.server_address[1])
+    _check(up, listener, mapped, False, authority="names-never-open.example.com")

@@ -139,8 +139,10 @@ def test_deny_all_with_routes_has_no_default_chain() -> None:
     text = _gateway("[{name: a, protocol: TCP}]") + _route("r", '[{destinationHostnames: ["x.y"]}]')
     (lst,) = _translate(text)["default/gw"].listeners
     assert lst.default_filter_chain is None
-    assert _chain_names(lst) == _actions(lst) == ["route/default/r/rule/0"]
+    assert _chain_names(lst) == ["route/default/r/rule/0", "blocked_address"]
+    assert _actions(lst) == ["blocked_address", "route/default/r/rule/0"]
     assert _filter_names(lst.filter_chains[0]) == ["envoy.filters.network.tcp_proxy"]
+    assert _filter_names(lst.filter_chains[1]) == ["envoy.filters.network.direct_response"]
     proxy = lst.filter_chains[0].filters[0].typed_config.unpack()
     assert proxy.cluster == ORIGINAL_DST_CLUSTER
     assert proxy.stat_prefix == "route.default.r.rule.0"
@@ -156,7 +158,11 @@ def test_allow_all_proxies_by_default_and_deny_chains_come_first() -> None:
     (lst,) = _translate(text)["default/gw"].listeners
     assert lst.default_filter_chain.name == "default/allow-all"
     assert _filter_names(lst.default_filter_chain) == ["envoy.filters.network.tcp_proxy"]
-    assert _actions(lst) == ["deny/default/paste/rule/0", "route/default/aaa-allowed/rule/0"]
+    assert _actions(lst) == [
+        "deny/default/paste/rule/0",
+        "blocked_address",
+        "route/default/aaa-allowed/rule/0",
+    ]
     by_name = {c.name: c for c in lst.filter_chains}
     assert _filter_names(by_name["deny/default/paste/rule/0"]) == [
         "envoy.filters.network.direct_response"
@@ -283,9 +289,58 @@ def test_generated_route_sets_translate_consistently(routes, policy, listener_po
     for lst in res.listeners:
         actions = _actions(lst)
         assert set(actions) == set(_chain_names(lst))
-        # Deny chains strictly before allow chains (decide() checks deny routes first).
+        # Deny routes first (like decide()); the blocked-address guard before any allow
+        # entry that is not an explicit CIDR inside a blocked range.
         kinds = [a.split("/")[0] for a in actions]
-        assert kinds == sorted(kinds)
+        assert kinds == sorted(kinds, key=lambda k: k != "deny")
         assert (lst.default_filter_chain is not None) == (
             policy == "allow-all" or not lst.filter_chains
         )
+
+
+def _cidr_ranges(field_matcher) -> list[str]:
+    """The CIDRs of the first destination-IP predicate found in a matcher entry."""
+    stack = [field_matcher.predicate]
+    while stack:
+        p = stack.pop()
+        if p.single_predicate is not None and p.single_predicate.custom_match is not None:
+            ip = p.single_predicate.custom_match.typed_config.unpack()
+            return [f"{c.address_prefix}/{c.prefix_len}" for c in ip.cidr_ranges]
+        for group in (p.and_matcher, p.or_matcher):
+            if group is not None:
+                stack.extend(reversed(group.predicate))
+        if p.not_matcher is not None:
+            stack.append(p.not_matcher)
+    return []
+
+
+def test_blocked_addresses_open_only_by_explicit_cidrs_inside_them() -> None:
+    text = _gateway("[{name: a, protocol: TCP}]", policy="allow-all") + _route(
+        "meta",
+        '[{destinationCIDRs: ["169.254.169.254/32", "0.0.0.0/0"]},'
+        ' {destinationHostnames: ["metadata.internal"]}]',
+    )
+    (lst,) = _translate(text)["default/gw"].listeners
+    entries = lst.filter_chain_matcher.matcher_list.matchers
+    assert _actions(lst) == [
+        "route/default/meta/rule/0",  # 169.254.169.254/32 opens the blocked range
+        "blocked_address",
+        "route/default/meta/rule/0",  # 0.0.0.0/0: never opens a blocked address
+        "route/default/meta/rule/0",  # a hostname never does either
+    ]
+    assert _cidr_ranges(entries[0]) == ["169.254.169.254/32"]
+    assert "127.0.0.0/8" in _cidr_ranges(entries[1])
+    assert _cidr_ranges(entries[2]) == ["0.0.0.0/0"]
+
+
+def test_own_addresses_join_the_blocked_list() -> None:
+    text = _gateway("[{name: a, protocol: TCP}]", policy="allow-all")
+    (lst,) = _translate(text, own_addresses=["192.0.2.10"])["default/gw"].listeners
+    (guard,) = lst.filter_chain_matcher.matcher_list.matchers
+    assert "192.0.2.10/32" in _cidr_ranges(guard)
+
+
+def test_without_blocked_list_no_guard_chain() -> None:
+    text = _gateway("[{name: a, protocol: TCP}]") + _route("r", '[{destinationHostnames: ["x.y"]}]')
+    (lst,) = _translate(text, always_blocked=())["default/gw"].listeners
+    assert _chain_names(lst) == _actions(lst) == ["route/default/r/rule/0"]

@@ -1,0 +1,141 @@
+"""sandbox: creating and removing a real agent sandbox in a throw-away host namespace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from clrk_worker_dialer.redirect_rules import spec_for_index
+from clrk_worker_dialer.sandbox import SandboxError, create_sandbox
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
+]
+
+RUN = f"p{os.getpid()}"
+
+
+def _out(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def _netns() -> set[str]:
+    return {line.split()[0] for line in _out("ip", "netns", "list").splitlines() if line}
+
+
+@pytest.fixture
+def host_ns() -> Iterator[str]:
+    name = f"clrk-sbt-{RUN}-host"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _spec(host: str, index: int = 1):
+    return spec_for_index(
+        index, f"clrk-sbt-{RUN}-a{index}", tcp_port=15001, udp_port=15002, dns_port=15053,
+        host_netns=host,
+    )  # fmt: skip
+
+
+def _host_state(host: str) -> dict[str, str]:
+    """What a sandbox may change in its host namespace, without counters and timestamps."""
+
+    def save(binary: str) -> str:
+        # Rules and user chains only: nf_tables keeps emptied tables, which is harmless.
+        text = _out("ip", "netns", "exec", host, binary)
+        return "\n".join(
+            line
+            for line in text.splitlines()
+            if line.startswith(("-A", "-I")) or (line.startswith(":") and line.split()[1] == "-")
+        )
+
+    return {
+        "links": _out("ip", "-n", host, "-o", "link", "show"),
+        "addrs": _out("ip", "-n", host, "-o", "addr", "show"),
+        "rules4": _out("ip", "-n", host, "-4", "rule", "show"),
+        "rules6": _out("ip", "-n", host, "-6", "rule", "show"),
+        "table4": _out("ip", "-n", host, "-4", "route", "show", "table", "all"),
+        "table6": _out("ip", "-n", host, "-6", "route", "show", "table", "all"),
+        "iptables": save("iptables-save"),
+        "ip6tables": save("ip6tables-save"),
+    }
+
+
+def test_create_then_teardown_leaves_nothing(host_ns):
+    before, netns_before = _host_state(host_ns), _netns()
+    spec = _spec(host_ns)
+    sandbox = create_sandbox(spec)
+    try:
+        assert spec.name in _netns()
+        nat = _out("ip", "netns", "exec", host_ns, "iptables", "-t", "nat", "-S", spec.chain)
+        assert f"-A {spec.chain} -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053" in nat
+        assert f"-A {spec.chain} -p tcp -j REDIRECT --to-ports 15001" in nat
+        mangle6 = _out("ip", "netns", "exec", host_ns, "ip6tables", "-t", "mangle", "-S")
+        assert f"-A PREROUTING -i {spec.host_if} -j {spec.chain}" in mangle6
+        assert "--on-port 15002 --on-ip :: --tproxy-mark 0x1/0x1" in mangle6
+        assert "fwmark 0x1/0x1 lookup 100" in _out("ip", "-n", host_ns, "-6", "rule")
+        assert "local default dev lo" in _out("ip", "-n", host_ns, "route", "show", "table", "100")
+        agent_addrs = _out("ip", "-n", spec.name, "-o", "addr", "show", "dev", spec.agent_if)
+        assert f"{spec.agent_v4}/30" in agent_addrs and f"{spec.agent_v6}/64" in agent_addrs
+        assert "tentative" not in agent_addrs.split("scope global")[-1].split("\n")[0]
+        assert f"default via {spec.host_v4}" in _out("ip", "-n", spec.name, "route")
+        assert f"default via {spec.host_v6}" in _out("ip", "-n", spec.name, "-6", "route")
+        lo = _out("ip", "-n", spec.name, "link", "show", "lo")
+        assert "UP" in lo
+        assert sandbox.exec_argv(["true"]) == ["ip", "netns", "exec", spec.name, "true"]
+        subprocess.run(sandbox.exec_argv(["true"]), check=True)
+    finally:
+        assert sandbox.teardown() == []
+    assert _host_state(host_ns) == before
+    assert _netns() == netns_before
+    assert sandbox.teardown() == []  # idempotent
+
+
+def test_policy_routing_is_shared_and_goes_with_the_last_sandbox(host_ns):
+    before = _host_state(host_ns)
+    with create_sandbox(_spec(host_ns, 1)), create_sandbox(_spec(host_ns, 2)) as second:
+        rules = _out("ip", "-n", host_ns, "-4", "rule")
+        assert rules.count("fwmark 0x1/0x1 lookup 100") == 1
+        second.teardown()
+        assert "fwmark 0x1/0x1 lookup 100" in _out("ip", "-n", host_ns, "-4", "rule")
+        assert "local default" in _out("ip", "-n", host_ns, "-6", "route", "show", "table", "100")
+    assert _host_state(host_ns) == before
+
+
+def test_failure_half_way_removes_what_was_created(host_ns):
+    """A chain of the same name already exists late in the sequence: create must fail
+    with a clear error and leave the host namespace as it found it."""
+    spec = _spec(host_ns)
+    subprocess.run(
+        ["ip", "netns", "exec", host_ns, "ip6tables", "-t", "mangle", "-N", spec.chain],
+        check=True,
+    )
+    before, netns_before = _host_state(host_ns), _netns()
+    with pytest.raises(SandboxError, match="ipv6 mangle chain"):
+        create_sandbox(spec)
+    assert _host_state(host_ns) == before
+    assert _netns() == netns_before
+
+
+def test_teardown_continues_past_a_failing_step(host_ns):
+    spec = _spec(host_ns)
+    sandbox = create_sandbox(spec)
+    # Someone removed the v4 nat jump already: that undo fails, the rest still runs.
+    subprocess.run(
+        ["ip", "netns", "exec", host_ns, "iptables", "-t", "nat", "-D", "PREROUTING", "-i",
+         spec.host_if, "-j", spec.chain],
+        check=True,
+    )  # fmt: skip
+    failures = sandbox.teardown()
+    assert len(failures) == 1 and "PREROUTING" in failures[0]
+    assert spec.name not in _netns()
+    assert spec.chain not in _out("ip", "netns", "exec", host_ns, "iptables-save")
+    assert "fwmark" not in _out("ip", "-n", host_ns, "rule")
