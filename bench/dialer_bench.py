@@ -1,0 +1,309 @@
+"""The worker dialer in transparent mode against the same paths without it, same run.
+
+Topology (removed at the end, also on failure or Ctrl-C):
+
+    sandbox a1 (agent) --veth--+                         +-- sink 127.0.0.1:15100 (the
+      TCP REDIRECT -> :15001   |  host namespace gw:     |   Envoy listener; PROXY v2)
+      UDP TPROXY   -> :15002   +-- dialer :15001/2/53 ---+-- dnsmasq 127.0.0.53:53
+    sandbox a2 (direct) -veth--+-- TCP REDIRECT -> sink :15201 (no dialer)
+
+Measured with one client program (`_client.py`) run inside the namespaces:
+1. denial latency: connect() to a denied destination until the reset, p50/p99;
+2. connections/s (connect, 1-byte echo, close; a few at once): agent -> dialer -> sink
+   vs agent -> sink (same veth + REDIRECT, no dialer) vs loopback inside gw;
+3. bulk MB/s on one connection, same three paths;
+4. DNS queries/s: agent -> TPROXY -> dialer -> dnsmasq vs gw -> dnsmasq.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench._netns import Topology, needs_root
+from clrk.nexthops import envoy_listener_addresses
+from clrk_worker_dialer.redirect_rules import spec_for_index
+
+HERE = Path(__file__).resolve().parent
+CLIENT = str(HERE / "_client.py")
+SINK = str(HERE / "_sink.py")
+
+TCP_PORT, UDP_PORT, DNS_PORT = 15001, 15002, 15053
+NEXT_HOP_BASE_PORT = 15100
+DIRECT_PORT = 15201  # the sink without the dialer in front
+RESOLVER = ("127.0.0.53", 53)  # dnsmasq on gw's loopback
+ALLOWED = ("203.0.113.10", 8080)
+DENIED = ("203.0.113.20", 8080)
+ANY_DNS_SERVER = ("192.0.2.53", 53)  # the agent may ask anyone: TPROXY takes it
+START_TIMEOUT = 15.0
+
+MANIFEST = """\
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: bench}
+spec:
+  listeners:
+  - {name: tcp-out, protocol: TCP}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: bench}
+spec:
+  parentRefs: [{name: bench}]
+  rules:
+  - matches:
+    - destinationCIDRs: ["%s/32"]
+      ports: [{port: %d}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: bot, labels: {team: bench}}
+spec:
+  egressRefs: [{gatewayRef: bench}]
+""" % ALLOWED  # noqa: UP031 - braces of the YAML flow style would need doubling
+
+FULL = {"deny": 400, "cps_s": 3.0, "threads": 4, "bulk_mib": 256, "dns": 6000, "window": 32}
+QUICK = {"deny": 100, "cps_s": 0.5, "threads": 4, "bulk_mib": 32, "dns": 600, "window": 32}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _client(netns: str, *args: object, timeout: float = 120.0) -> dict:
+    argv = ["ip", "netns", "exec", netns, sys.executable, CLIENT, *map(str, args)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"client {args[0]} in {netns} failed: {result.stderr.strip()[-800:]}")
+    return json.loads(result.stdout)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_ready(proc: subprocess.Popen, ready, what: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited {proc.returncode}:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} not ready within {START_TIMEOUT:g}s:\n{_tail(log)}")
+        time.sleep(0.02)
+
+
+def _line_ready(proc: subprocess.Popen):
+    def ready() -> bool:
+        readable, _, _ = select.select([proc.stdout], [], [], 0.05)
+        return bool(readable) and proc.stdout.readline().strip() == b"ready"
+
+    return ready
+
+
+def build(top: Topology, work: Path) -> dict:
+    """Namespaces, sandboxes and processes; returns the names the clients need."""
+    gw = top.create_host()
+    prefix = top.prefix
+    agent = top.add_sandbox(
+        spec_for_index(
+            1, f"{prefix}-a1", tcp_port=TCP_PORT, udp_port=UDP_PORT, dns_port=DNS_PORT,
+            host_netns=gw,
+        )  # fmt: skip
+    )
+    # Same interception, but TCP lands on the sink itself: the path minus the dialer.
+    direct = top.add_sandbox(
+        spec_for_index(
+            2, f"{prefix}-a2", tcp_port=DIRECT_PORT, udp_port=UDP_PORT, dns_port=DNS_PORT,
+            host_netns=gw,
+        )  # fmt: skip
+    )
+    next_hop = envoy_listener_addresses([("tcp-out", "TCP")], base_port=NEXT_HOP_BASE_PORT)
+    host, port = next_hop["tcp-out"]
+    sink_log = work / "sink.log"
+    sink = top.start(
+        gw,
+        [sys.executable, SINK, f"{host}:{port}", f"0.0.0.0:{DIRECT_PORT}"],
+        log=sink_log,
+        stdout=subprocess.PIPE,
+    )
+    dns_log = work / "dnsmasq.log"
+    dnsmasq = top.start(
+        gw,
+        [
+            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+            "--no-hosts", "--no-poll", "--bind-interfaces", f"--listen-address={RESOLVER[0]}",
+            f"--port={RESOLVER[1]}", f"--address=/bench.example/{ALLOWED[0]}", "--pid-file=",
+            "--log-facility=-",
+        ],  # fmt: skip
+        log=dns_log,
+    )
+    manifest = work / "bench.yaml"
+    manifest.write_text(MANIFEST)
+    ready_file = work / "dialer.ready"
+    dialer_log = work / "dialer.log"
+    dialer = top.start(
+        gw,
+        [
+            sys.executable, "-m", "clrk_worker_dialer", "-f", str(manifest),
+            "--gateway", "default/bench", "--agent-source", f"{agent.spec.agent_v4}=default/bot",
+            "--transparent-tcp", f"0.0.0.0:{TCP_PORT}", "--transparent-udp", f"0.0.0.0:{UDP_PORT}",
+            "--dns", f"0.0.0.0:{DNS_PORT}", "--resolver", f"{RESOLVER[0]}:{RESOLVER[1]}",
+            "--next-hop-base-port", str(NEXT_HOP_BASE_PORT), "--records", str(work / "records.jsonl"),
+            "--ready-file", str(ready_file), "--no-watch",
+        ],  # fmt: skip
+        log=dialer_log,
+    )
+    _wait_ready(sink, _line_ready(sink), "sink", sink_log)
+    _wait_ready(dialer, ready_file.exists, "dialer", dialer_log)
+    if dnsmasq.poll() is not None:
+        raise BenchError(f"dnsmasq exited {dnsmasq.returncode}:\n{_tail(dns_log)}")
+    return {"gw": gw, "agent": agent.name, "direct": direct.name, "dialer_log": dialer_log}
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(names: dict, p: dict) -> list[dict]:
+    gw, agent, direct = names["gw"], names["agent"], names["direct"]
+    rows: list[dict] = []
+
+    deny = _client(agent, "deny", *DENIED, p["deny"])
+    if deny["not_refused"]:
+        raise BenchError(f"{deny['not_refused']} denied connections were not refused")
+    us = deny["samples_us"]
+    rows.append(
+        {
+            "measure": "deny", "path": "dialer", "unit": "ms", "samples": len(us),
+            "value": _percentile(us, 0.5) / 1000, "p99": _percentile(us, 0.99) / 1000,
+        }  # fmt: skip
+    )
+
+    tcp_paths = (
+        ("dialer", agent, ALLOWED),
+        ("direct-veth", direct, ALLOWED),
+        ("direct-loopback", gw, ("127.0.0.1", DIRECT_PORT)),
+    )
+    for path, netns, (host, port) in tcp_paths:
+        got = _client(netns, "cps", host, port, p["cps_s"], p["threads"])
+        if got["errors"] or not got["connections"]:
+            raise BenchError(f"cps {path}: {got}")
+        rows.append(
+            {
+                "measure": "cps", "path": path, "unit": "conn/s",
+                "samples": got["connections"], "value": got["connections"] / got["seconds"],
+            }  # fmt: skip
+        )
+    for path, netns, (host, port) in tcp_paths:
+        got = _client(netns, "bulk", host, port, p["bulk_mib"])
+        if got["counted"] != got["bytes"]:
+            raise BenchError(f"bulk {path}: sent {got['bytes']} bytes, sink counted {got}")
+        rows.append(
+            {
+                "measure": "bulk", "path": path, "unit": "MB/s", "samples": 1,
+                "value": got["bytes"] / got["seconds"] / 1e6,
+            }  # fmt: skip
+        )
+    for path, netns, (host, port) in (
+        ("dialer", agent, ANY_DNS_SERVER),
+        ("direct", gw, RESOLVER),
+    ):
+        got = _client(netns, "dns", host, port, p["dns"], p["window"])
+        if not got["answered"]:
+            raise BenchError(f"dns {path}: no answers: {got}")
+        rows.append(
+            {
+                "measure": "dns", "path": path, "unit": "queries/s",
+                "samples": got["answered"], "lost": got["lost"],
+                "value": got["answered"] / got["seconds"],
+            }  # fmt: skip
+        )
+    base = {r["measure"]: r["value"] for r in rows if r["path"] in ("direct-veth", "direct")}
+    for r in rows:
+        r["ratio"] = r["value"] / base[r["measure"]] if r["measure"] in base else None
+    return rows
+
+
+def main(quick: bool = False) -> list[dict]:
+    reason = needs_root()
+    if reason is not None:
+        print(f"worker dialer benchmark skipped: {reason}")
+        return []
+    params = QUICK if quick else FULL
+    with tempfile.TemporaryDirectory(prefix="clrk-bench-") as tmp:
+        top = Topology(f"clrkb{os.getpid()}")
+        try:
+            names = build(top, Path(tmp))
+            rows = measure(names, params)
+        finally:
+            top.close()
+            if top.failures:
+                print("cleanup problems: " + "; ".join(top.failures), file=sys.stderr)
+    print_table(rows, params)
+    return rows
+
+
+LABELS = {
+    ("deny", "dialer"): ("denial latency", "agent -> dialer, reset"),
+    ("cps", "dialer"): ("connections/s", "agent -> dialer -> sink"),
+    ("cps", "direct-veth"): ("", "agent -> sink (veth+REDIRECT)"),
+    ("cps", "direct-loopback"): ("", "gw loopback -> sink"),
+    ("bulk", "dialer"): ("bulk, 1 connection", "agent -> dialer -> sink"),
+    ("bulk", "direct-veth"): ("", "agent -> sink (veth+REDIRECT)"),
+    ("bulk", "direct-loopback"): ("", "gw loopback -> sink"),
+    ("dns", "dialer"): ("DNS queries/s", "agent -> TPROXY -> dialer -> dnsmasq"),
+    ("dns", "direct"): ("", "gw -> dnsmasq"),
+}
+
+
+def _verdict(r: dict) -> str:
+    if r["measure"] == "deny":
+        return f"p50 < 1 ms: {'met' if r['value'] < 1.0 else 'MISSED'}"
+    if r["measure"] == "bulk" and r["path"] == "dialer":
+        return f">= 0.5x direct: {'met' if r['ratio'] >= 0.5 else 'MISSED'}"
+    return ""
+
+
+def print_table(rows: list[dict], params: dict) -> None:
+    print(
+        f"worker dialer (transparent) vs the same path without it; {os.cpu_count()} CPUs; "
+        f"{params['threads']} cps threads, {params['bulk_mib']} MiB bulk, "
+        f"{params['window']} DNS queries in flight"
+    )
+    header = (
+        f"{'measure':<19} {'path':<37} {'value':>15} {'unit':<10} {'n':>6} "
+        f"{'vs direct':>9}  target"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        measure, path = LABELS[(r["measure"], r["path"])]
+        if r["measure"] == "deny":
+            value, unit = f"{r['value']:.3f} / {r['p99']:.3f}", "ms p50/p99"
+        else:
+            value, unit = f"{r['value']:,.0f}", r["unit"]
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        print(
+            f"{measure:<19} {path:<37} {value:>15} {unit:<10} {r['samples']:>6,} "
+            f"{ratio:>9}  {_verdict(r)}"
+        )
+    lost = sum(r.get("lost", 0) for r in rows)
+    print(
+        "vs direct: value / the same measure without the dialer (veth+REDIRECT for TCP, "
+        f"gw -> dnsmasq for DNS); DNS queries lost: {lost}"
+    )
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
