@@ -88,7 +88,7 @@ class Topology:
             proc, out = self._processes.pop()
             try:
                 self.stop(proc)
-            except Exception as exc:  # noqa: BLE001 - the rest must still be removed
+            except Exception as exc:  # the rest must still be removed
                 self.failures.append(f"process {proc.pid}: {exc}")
             if proc.stdout is not None and proc.stdout is not out:
                 with contextlib.suppress(OSError):

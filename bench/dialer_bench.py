@@ -59,18 +59,34 @@ spec:
   parentRefs: [{name: bench}]
   rules:
   - matches:
-    - destinationCIDRs: ["%s/32"]
-      ports: [{port: %d}]
+    - destinationCIDRs: ["ALLOWED_IP/32"]
+      ports: [{port: ALLOWED_PORT}]
 ---
 apiVersion: clrk.apoxy.dev/v1alpha1
 kind: DaemonAgent
 metadata: {name: bot, labels: {team: bench}}
 spec:
   egressRefs: [{gatewayRef: bench}]
-""" % ALLOWED  # noqa: UP031 - braces of the YAML flow style would need doubling
+"""
 
-FULL = {"deny": 400, "cps_s": 3.0, "threads": 4, "bulk_mib": 256, "dns": 6000, "window": 32}
-QUICK = {"deny": 100, "cps_s": 0.5, "threads": 4, "bulk_mib": 32, "dns": 600, "window": 32}
+FULL = {
+    "deny": 400,
+    "cps_s": 3.0,
+    "threads": 4,
+    "bulk_mib": 1024,
+    "bulk_runs": 3,
+    "dns": 6000,
+    "window": 32,
+}
+QUICK = {
+    "deny": 100,
+    "cps_s": 0.5,
+    "threads": 4,
+    "bulk_mib": 32,
+    "bulk_runs": 1,
+    "dns": 600,
+    "window": 32,
+}
 
 
 class BenchError(RuntimeError):
@@ -116,16 +132,24 @@ def build(top: Topology, work: Path) -> dict:
     prefix = top.prefix
     agent = top.add_sandbox(
         spec_for_index(
-            1, f"{prefix}-a1", tcp_port=TCP_PORT, udp_port=UDP_PORT, dns_port=DNS_PORT,
+            1,
+            f"{prefix}-a1",
+            tcp_port=TCP_PORT,
+            udp_port=UDP_PORT,
+            dns_port=DNS_PORT,
             host_netns=gw,
-        )  # fmt: skip
+        )
     )
     # Same interception, but TCP lands on the sink itself: the path minus the dialer.
     direct = top.add_sandbox(
         spec_for_index(
-            2, f"{prefix}-a2", tcp_port=DIRECT_PORT, udp_port=UDP_PORT, dns_port=DNS_PORT,
+            2,
+            f"{prefix}-a2",
+            tcp_port=DIRECT_PORT,
+            udp_port=UDP_PORT,
+            dns_port=DNS_PORT,
             host_netns=gw,
-        )  # fmt: skip
+        )
     )
     next_hop = envoy_listener_addresses([("tcp-out", "TCP")], base_port=NEXT_HOP_BASE_PORT)
     host, port = next_hop["tcp-out"]
@@ -140,27 +164,36 @@ def build(top: Topology, work: Path) -> dict:
     dnsmasq = top.start(
         gw,
         [
-            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-            "--no-hosts", "--no-poll", "--bind-interfaces", f"--listen-address={RESOLVER[0]}",
-            f"--port={RESOLVER[1]}", f"--address=/bench.example/{ALLOWED[0]}", "--pid-file=",
-            "--log-facility=-",
-        ],  # fmt: skip
+            "dnsmasq",
+            *("--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"),
+            *("--no-poll", "--bind-interfaces", "--pid-file=", "--log-facility=-"),
+            f"--listen-address={RESOLVER[0]}",
+            f"--port={RESOLVER[1]}",
+            f"--address=/bench.example/{ALLOWED[0]}",
+        ],
         log=dns_log,
     )
     manifest = work / "bench.yaml"
-    manifest.write_text(MANIFEST)
+    manifest.write_text(
+        MANIFEST.replace("ALLOWED_IP", ALLOWED[0]).replace("ALLOWED_PORT", str(ALLOWED[1]))
+    )
     ready_file = work / "dialer.ready"
     dialer_log = work / "dialer.log"
     dialer = top.start(
         gw,
         [
-            sys.executable, "-m", "clrk_worker_dialer", "-f", str(manifest),
-            "--gateway", "default/bench", "--agent-source", f"{agent.spec.agent_v4}=default/bot",
-            "--transparent-tcp", f"0.0.0.0:{TCP_PORT}", "--transparent-udp", f"0.0.0.0:{UDP_PORT}",
-            "--dns", f"0.0.0.0:{DNS_PORT}", "--resolver", f"{RESOLVER[0]}:{RESOLVER[1]}",
-            "--next-hop-base-port", str(NEXT_HOP_BASE_PORT), "--records", str(work / "records.jsonl"),
-            "--ready-file", str(ready_file), "--no-watch",
-        ],  # fmt: skip
+            *(sys.executable, "-m", "clrk_worker_dialer", "--no-watch", "-f", str(manifest)),
+            *("--gateway", "default/bench", "--agent-source", f"{agent.spec.agent_v4}=default/bot"),
+            *(
+                "--transparent-tcp",
+                f"0.0.0.0:{TCP_PORT}",
+                "--transparent-udp",
+                f"0.0.0.0:{UDP_PORT}",
+            ),
+            *("--dns", f"0.0.0.0:{DNS_PORT}", "--resolver", f"{RESOLVER[0]}:{RESOLVER[1]}"),
+            *("--next-hop-base-port", str(NEXT_HOP_BASE_PORT)),
+            *("--records", str(work / "records.jsonl"), "--ready-file", str(ready_file)),
+        ],
         log=dialer_log,
     )
     _wait_ready(sink, _line_ready(sink), "sink", sink_log)
@@ -185,9 +218,13 @@ def measure(names: dict, p: dict) -> list[dict]:
     us = deny["samples_us"]
     rows.append(
         {
-            "measure": "deny", "path": "dialer", "unit": "ms", "samples": len(us),
-            "value": _percentile(us, 0.5) / 1000, "p99": _percentile(us, 0.99) / 1000,
-        }  # fmt: skip
+            "measure": "deny",
+            "path": "dialer",
+            "unit": "ms",
+            "samples": len(us),
+            "value": _percentile(us, 0.5) / 1000,
+            "p99": _percentile(us, 0.99) / 1000,
+        }
     )
 
     tcp_paths = (
@@ -201,19 +238,29 @@ def measure(names: dict, p: dict) -> list[dict]:
             raise BenchError(f"cps {path}: {got}")
         rows.append(
             {
-                "measure": "cps", "path": path, "unit": "conn/s",
-                "samples": got["connections"], "value": got["connections"] / got["seconds"],
-            }  # fmt: skip
+                "measure": "cps",
+                "path": path,
+                "unit": "conn/s",
+                "samples": got["connections"],
+                "value": got["connections"] / got["seconds"],
+            }
         )
-    for path, netns, (host, port) in tcp_paths:
-        got = _client(netns, "bulk", host, port, p["bulk_mib"])
-        if got["counted"] != got["bytes"]:
-            raise BenchError(f"bulk {path}: sent {got['bytes']} bytes, sink counted {got}")
+    rates: dict[str, list[float]] = {path: [] for path, _, _ in tcp_paths}
+    for _ in range(p["bulk_runs"]):  # interleaved, so a noisy moment hits every path alike
+        for path, netns, (host, port) in tcp_paths:
+            got = _client(netns, "bulk", host, port, p["bulk_mib"])
+            if got["counted"] != got["bytes"]:
+                raise BenchError(f"bulk {path}: sent {got['bytes']} bytes, sink counted {got}")
+            rates[path].append(got["bytes"] / got["seconds"] / 1e6)
+    for path, values in rates.items():
         rows.append(
             {
-                "measure": "bulk", "path": path, "unit": "MB/s", "samples": 1,
-                "value": got["bytes"] / got["seconds"] / 1e6,
-            }  # fmt: skip
+                "measure": "bulk",
+                "path": path,
+                "unit": "MB/s",
+                "samples": len(values),
+                "value": statistics.median(values),
+            }
         )
     for path, netns, (host, port) in (
         ("dialer", agent, ANY_DNS_SERVER),
@@ -224,10 +271,13 @@ def measure(names: dict, p: dict) -> list[dict]:
             raise BenchError(f"dns {path}: no answers: {got}")
         rows.append(
             {
-                "measure": "dns", "path": path, "unit": "queries/s",
-                "samples": got["answered"], "lost": got["lost"],
+                "measure": "dns",
+                "path": path,
+                "unit": "queries/s",
+                "samples": got["answered"],
+                "lost": got["lost"],
                 "value": got["answered"] / got["seconds"],
-            }  # fmt: skip
+            }
         )
     base = {r["measure"]: r["value"] for r in rows if r["path"] in ("direct-veth", "direct")}
     for r in rows:
@@ -278,12 +328,12 @@ def _verdict(r: dict) -> str:
 def print_table(rows: list[dict], params: dict) -> None:
     print(
         f"worker dialer (transparent) vs the same path without it; {os.cpu_count()} CPUs; "
-        f"{params['threads']} cps threads, {params['bulk_mib']} MiB bulk, "
+        f"{params['threads']} cps threads, bulk: median of {params['bulk_runs']} x "
+        f"{params['bulk_mib']} MiB, "
         f"{params['window']} DNS queries in flight"
     )
     header = (
-        f"{'measure':<19} {'path':<37} {'value':>15} {'unit':<10} {'n':>6} "
-        f"{'vs direct':>9}  target"
+        f"{'measure':<19} {'path':<37} {'value':>15} {'unit':<10} {'n':>6} {'vs direct':>9}  target"
     )
     print(header)
     print("-" * len(header))

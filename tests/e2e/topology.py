@@ -577,7 +577,7 @@ class Topology:
 
     def start_next_hop(self, listens: Sequence[str], log: Path | None = None):
         """The PROXY v2 stand-in for Envoy in gw; returns (process, its JsonLog)."""
-        log = log or self.workdir / f"next-hop-{len(self.processes._procs)}.jsonl"
+        log = log or self.workdir / f"next-hop-{self.processes._started}.jsonl"
         args = ["--log", str(log)]
         for listen in listens:
             args += ["--listen", listen]
