@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from clrk.api import load_paths
+from clrk.api.loader import ManifestCache
 from clrk.api.findings import Scope
 from clrk.logs import fields
 from clrk.nexthops import envoy_listener_addresses
@@ -49,12 +50,13 @@ class DialerState:
         self.version = 0
         self.errors: list[str] = []
         self.denials = 0
+        self._manifests = ManifestCache()  # a reload re-parses only the files that changed
 
     # --- policy ----------------------------------------------------------------------
 
     def load(self) -> None:
         """Load and compile the manifests; raise PolicyError and keep the last good."""
-        self.load_result(load_paths(self.config.manifests))
+        self.load_result(load_paths(self.config.manifests, self._manifests))
 
     def load_result(self, loaded) -> None:
         """Apply a validated resource set (from files or the control plane's stream)."""

@@ -22,6 +22,7 @@ from clrk_worker_dialer.state import DialerState
 log = logging.getLogger("clrk.dialer")
 
 UPSTREAM_CONNECT_TIMEOUT = 5.0
+RELAY_HIGH_WATER = 4 * 1024 * 1024
 
 
 class AgentSide(asyncio.Protocol):
@@ -124,6 +125,10 @@ class AgentSide(asyncio.Protocol):
             upstream.close()
             return
         self.upstream = upstream
+        # asyncio reads up to 256 KiB at a time; with its 64 KiB default high-water mark
+        # nearly every read of a bulk transfer would pause and resume the other side.
+        for side in (upstream, self.transport):
+            side.set_write_buffer_limits(high=RELAY_HIGH_WATER)
         upstream.write(action.preamble)
         if self.on_outcome is not None:
             self.on_outcome(True, None)

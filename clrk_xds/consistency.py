@@ -55,7 +55,7 @@ def _walk(value: object) -> Iterator[betterproto2.Message]:
 def referenced_clusters(msg: betterproto2.Message) -> set[str]:
     """Clusters named by tcp_proxy filters and HTTP route actions inside `msg`."""
     names: set[str] = set()
-    for m in _walk(msg):
+    for m in _walk(_reference_holders(msg)):
         if isinstance(m, TcpProxy | RouteAction):
             if m.cluster:
                 names.add(m.cluster)
@@ -71,7 +71,9 @@ def referenced_secrets(msg: betterproto2.Message) -> set[str]:
     snapshot need not carry.
     """
     return {
-        m.name for m in _walk(msg) if isinstance(m, SdsSecretConfig) and m.sds_config is not None
+        m.name
+        for m in _walk(_reference_holders(msg))
+        if isinstance(m, SdsSecretConfig) and m.sds_config is not None
     }
 
 
@@ -96,11 +98,28 @@ def _clash(a: tuple[int, str, int, int], b: tuple[int, str, int, int]) -> bool:
     return a[1] == b[1] or a[1] in wildcard or b[1] in wildcard
 
 
-def check(resources: Resources) -> list[str]:
-    """Every reason `resources` cannot be sent as one snapshot; empty when consistent."""
+def _reference_holders(msg: betterproto2.Message) -> list[object]:
+    """The parts of a resource that can name a cluster or secret.  A listener's filter
+    chain matcher (the bulk of a large listener) names neither, so it is not walked."""
+    if isinstance(msg, Listener):
+        return [msg.filter_chains, msg.default_filter_chain, msg.access_log]
+    return [msg]
+
+
+def check(
+    resources: Resources,
+    messages: Mapping[str, Mapping[str, betterproto2.Message]] | None = None,
+) -> list[str]:
+    """Every reason `resources` cannot be sent as one snapshot; empty when consistent.
+
+    `messages`: the objects `resources` were serialized from, when the caller has them;
+    they are checked instead of parsing the bytes back.
+    """
     problems: list[str] = []
     decoded: dict[str, dict[str, betterproto2.Message]] = {}
-    for type_url, named in sorted(resources.items()):
+    if messages is not None:
+        decoded = {t: dict(named) for t, named in messages.items()}
+    for type_url, named in sorted(resources.items()) if messages is None else ():
         cls = MESSAGE_TYPES.get(type_url)
         if cls is None:
             problems.append(f"unknown resource type {type_url}")

@@ -103,6 +103,22 @@ def validate_config(config: dict, *, timeout: float = 60.0) -> tuple[bool, str]:
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
+def _admin_get_in_netns(netns: str, url: str, timeout: float) -> tuple[int, str]:
+    """A GET made from inside netns (the admin listener is only reachable there); curl
+    starts in milliseconds, which matters for the ready and stats polls."""
+    argv = ["ip", "netns", "exec", netns, "curl", "-sS", "--max-time", f"{timeout:g}",
+            "-o", "-", "-w", "\n%{http_code}", url]  # fmt: skip
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout + 5, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise OSError(f"admin GET {url} in {netns} timed out") from exc
+    if proc.returncode != 0:
+        # Connection refused and the like: the same family of error as without netns.
+        raise OSError(f"admin GET {url} in {netns}: {proc.stderr.decode(errors='replace')}")
+    body, _, status = proc.stdout.rpartition(b"\n")
+    return int(status), body.decode(errors="replace")
+
+
 class EnvoyProcess:
     """One Envoy child process; `with EnvoyProcess(config) as envoy:` starts it, waits
     for the admin `/ready` and stops it (SIGTERM, then SIGKILL) on exit."""
@@ -115,8 +131,12 @@ class EnvoyProcess:
         wait_ready: bool = True,
         log_level: str = "info",
         extra_args: tuple[str, ...] = (),
+        netns: str | None = None,
     ) -> None:
         self.config = config
+        # Run inside this network namespace (`ip netns exec`): listeners, admin and
+        # upstream connections all live there, so admin requests must be made there too.
+        self.netns = netns
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
         self.log_level = log_level
@@ -156,6 +176,9 @@ class EnvoyProcess:
             str(self.workdir / "admin-address"),
             *self.extra_args,
         ]
+        if self.netns is not None:
+            # `ip netns exec` execs the program: the PID stays Envoy's own.
+            args = ["ip", "netns", "exec", self.netns, *args]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
@@ -193,6 +216,8 @@ class EnvoyProcess:
     def admin_get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
         """(status, body) of a GET on the admin API."""
         url = f"http://{self.admin_address}{path}"
+        if self.netns is not None:
+            return _admin_get_in_netns(self.netns, url, timeout)
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
                 return resp.status, resp.read().decode(errors="replace")

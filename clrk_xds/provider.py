@@ -9,8 +9,6 @@ stays in force and the errors are logged and kept for `status()`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,18 +16,12 @@ from pathlib import Path
 
 import watchfiles
 
-from clrk.api import Finding, LoadResult, Scope
-from clrk.api.loader import (
-    MANIFEST_SUFFIXES,
-    UNKNOWN,
-    manifest_files,
-    parse_yaml,
-    validate_documents,
-)
+from clrk.api import LoadResult, Scope
+from clrk.api.loader import MANIFEST_SUFFIXES, ManifestCache, load_paths
 from clrk.api.resources import Source
 from clrk.logs import fields
 from clrk.policy import compile_policies
-from clrk_xds.consistency import check
+from clrk_xds.consistency import CLUSTER, LISTENER, SECRET, check
 from clrk_xds.policy_stream import PolicyHub
 from clrk_xds.snapshot import EMPTY, InconsistentSnapshot, Snapshot, SnapshotCache
 
@@ -47,52 +39,11 @@ class Manifests:
     raw: Mapping[Source, object]
 
 
-def read_manifests(paths: Sequence[str | Path]) -> Manifests:
-    """Like clrk.api.load_paths, but keeps each document as written (for the policy
-    stream) from the same single read of each file."""
-    docs: list[tuple[Source, object]] = []
-    findings: list[Finding] = []
-    files = 0
-    for given in paths:
-        path = Path(given)
-        if not path.exists():
-            findings.append(
-                Finding(str(path), 0, UNKNOWN, UNKNOWN, "<file>", "no such file or directory")
-            )
-            continue
-        listed = manifest_files(path)
-        if not listed:
-            findings.append(Finding(str(path), 0, UNKNOWN, UNKNOWN, "<file>", "holds no manifests"))
-        for file in listed:
-            files += 1
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                findings.append(
-                    Finding(str(file), 0, UNKNOWN, UNKNOWN, "<file>", f"cannot read: {exc}")
-                )
-                continue
-            file_docs, problems = parse_yaml(text, str(file))
-            docs.extend(file_docs)
-            findings.extend(problems)
-    validated = validate_documents(docs)
-    findings = sorted(findings + validated.findings, key=lambda f: (f.file, f.document))
-    load = LoadResult(
-        tuple(validated.resources),
-        tuple(findings),
-        files,
-        len(docs),
-        frozenset(validated.rejected),
-    )
-    return Manifests(load, dict(docs))
-
-
-def set_version(raw: Mapping[Source, object]) -> str:
-    h = hashlib.sha256()
-    for src in sorted(raw, key=lambda s: (s.file, s.document)):
-        h.update(f"{src.file}\0{src.document}\0".encode())
-        h.update(json.dumps(raw[src], sort_keys=True, default=str).encode() + b"\0")
-    return h.hexdigest()[:16]
+def read_manifests(paths: Sequence[str | Path], cache: ManifestCache | None = None) -> Manifests:
+    """One read of the files: validated, and each document as written (for the policy
+    stream).  With a cache, unchanged files are neither parsed nor validated again."""
+    load = load_paths(paths, cache)
+    return Manifests(load, dict(load.raw))
 
 
 @dataclass(frozen=True)
@@ -106,11 +57,13 @@ class Plan:
     blocked: bool
 
 
-def prepare(paths: Sequence[str | Path], translator: Translator) -> Plan:
-    """Load, validate, translate and consistency-check: no side effects."""
-    manifests = read_manifests(paths)
+def prepare(
+    paths: Sequence[str | Path], translator: Translator, cache: ManifestCache | None = None
+) -> Plan:
+    """Load, validate, translate and consistency-check: no side effects (but the cache)."""
+    manifests = read_manifests(paths, cache)
     load = manifests.load
-    version = set_version(manifests.raw)
+    version = load.digest
     compiled = compile_policies(load.resources, rejected=load.rejected)
     findings = list(load.findings) + list(compiled.findings)
     errors = [f.line() for f in findings if f.is_error]
@@ -131,7 +84,12 @@ def prepare(paths: Sequence[str | Path], translator: Translator) -> Plan:
                 errors += [f"gateway {node}: {p}" for p in exc.problems]
                 blocked = True
                 continue
-            problems = check(snap.resources)
+            messages = {
+                LISTENER: {m.name: m for m in res.listeners},
+                CLUSTER: {m.name: m for m in res.clusters},
+                SECRET: {m.name: m for m in res.secrets},
+            }
+            problems = check(snap.resources, messages)
             if problems:
                 errors += [f"gateway {node}: {p}" for p in problems]
                 blocked = True
@@ -165,6 +123,7 @@ class FileProvider:
     _blocked: bool = False
     _nodes: set[str] = field(default_factory=set)
     reloads: int = 0
+    _manifests: ManifestCache = field(default_factory=ManifestCache)
 
     def status(self) -> ProviderStatus:
         return ProviderStatus(
@@ -174,7 +133,7 @@ class FileProvider:
     async def reload(self) -> bool:
         """Read the files and install them if valid; True if a new set is in force."""
         translator = self.translator or default_translator()
-        plan = await asyncio.to_thread(prepare, self.paths, translator)
+        plan = await asyncio.to_thread(prepare, self.paths, translator, self._manifests)
         return self.apply(plan)
 
     def apply(self, plan: Plan) -> bool:

@@ -18,6 +18,7 @@ from clrk_xds.ads import AdsServer
 from clrk_xds.policy_stream import PolicyHub, PolicyStreamServer
 from clrk_xds.provider import FileProvider, Translator, default_translator
 from clrk_xds.snapshot import SnapshotCache
+from clrk_xds.status_http import serve_status, status_document
 
 log = logging.getLogger("clrk_xds.server")
 
@@ -31,6 +32,8 @@ class ControlPlane:
     cache: SnapshotCache = field(default_factory=SnapshotCache)
     hub: PolicyHub = field(default_factory=PolicyHub)
     port: int = 0  # bound port, once started
+    status_listen: str | None = None  # loopback HTTP status page (`GET /status`)
+    status_port: int = 0  # its bound port, once started
 
     def __post_init__(self) -> None:
         self.ads = AdsServer(self.cache)
@@ -38,6 +41,11 @@ class ControlPlane:
         self.provider = FileProvider(
             self.manifests, self.cache, self.hub, self.translator, self.debounce_ms
         )
+
+    def status(self) -> dict:
+        """What `GET /status` shows: the provider's state and each gateway's ADS state."""
+        provider = self.provider.status()
+        return status_document(provider, {n: self.ads.status(n) for n in provider.gateways})
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then stop accepting and close open streams."""
@@ -48,6 +56,11 @@ class ControlPlane:
             raise OSError(f"cannot listen on {self.listen}")
         # Load before serving so that the first Envoy request already finds a snapshot.
         await self.provider.reload()
+        status_server = None
+        if self.status_listen is not None:  # bound before serving: a busy port fails early
+            status_server = await serve_status(self.status_listen, self.status)
+            self.status_port = status_server.sockets[0].getsockname()[1]
+            log.info("status.listening", extra=fields(port=self.status_port))
         await server.start()
         host = self.listen.rsplit(":", 1)[0]
         log.info("server.listening", extra=fields(address=f"{host}:{self.port}"))
@@ -58,6 +71,10 @@ class ControlPlane:
             log.info("server.stopping")
             # Streams never end by themselves: a short grace, then they are cancelled.
             await server.stop(grace=1.0)
+            if status_server is not None:
+                status_server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(status_server.wait_closed(), 1.0)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -71,11 +88,16 @@ class ControlPlane:
             log.exception("provider.watch_failed")
 
 
-async def main(manifests: Sequence[str], listen: str, **translate_options: object) -> None:
+async def main(
+    manifests: Sequence[str],
+    listen: str,
+    status_listen: str | None = None,
+    **translate_options: object,
+) -> None:
     """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     translator = functools.partial(default_translator(), **translate_options)
-    await ControlPlane(manifests, listen, translator).serve(stop)
+    await ControlPlane(manifests, listen, translator, status_listen=status_listen).serve(stop)

@@ -13,6 +13,7 @@ each by (namespace, name), rule, match.
 from __future__ import annotations
 
 import datetime
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +54,7 @@ from clrk.api.resources import Listener as GatewayListener
 from clrk.api.resources import Resource, RouteMatch
 from clrk.nexthops import DEFAULT_BASE_PORT, DEFAULT_HOST, envoy_listener_addresses
 from clrk.policy.selectors import compile_selector, selects
+from clrk_xds import betterproto_speed
 from clrk_xds import translate_matchers as tm
 from clrk_xds.translate_blocked import Network, always_blocked_networks, split_by_blocked
 from clrk_xds.translate_regex import MAX_PORT, intersect_ranges, merge_ranges, port_regex
@@ -66,6 +68,9 @@ __all__ = [
     "to_plain",
     "translate",
 ]
+
+betterproto_speed.install()
+betterproto_speed.install_wire_memo()
 
 ORIGINAL_DST_CLUSTER = "original_dst"
 LISTENER_FILTERS_TIMEOUT = datetime.timedelta(seconds=2)
@@ -276,6 +281,37 @@ def _rule_entries(
     return chains
 
 
+class _RuleMemo:
+    """The entries and chains of one (route, listener) pair from earlier translations.
+
+    Keyed by object identity: with `clrk.api.loader.ManifestCache`, a reload keeps the
+    Resource objects of unchanged files, so only edited routes are rebuilt.  The value
+    holds the key objects too, so an id is never reused while its entry lives.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self._memo: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def entries(self, att, listener, agents, blocked) -> tuple[_Entries, list[FilterChain]]:
+        key = (id(att.route), id(att.deny_policy), id(listener), tuple(map(id, agents)), blocked)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is att.route and hit[1] is listener:
+            self._memo.move_to_end(key)
+            return hit[3], hit[4]
+        entries = _Entries()
+        chains = _rule_entries(att, listener, agents, blocked, entries)
+        for message in (*entries.deny, *entries.opened, *entries.allow, *chains):
+            betterproto_speed.freeze(message)
+        self._memo[key] = (att.route, listener, (tuple(agents), att.deny_policy), entries, chains)
+        while len(self._memo) > self.limit:
+            self._memo.popitem(last=False)
+        return entries, chains
+
+
+_MEMO = _RuleMemo()
+
+
 def _gateway_listener(
     gateway: Resource,
     listener: GatewayListener,
@@ -293,8 +329,13 @@ def _gateway_listener(
     )
     entries = _Entries()
     chains: list[FilterChain] = []
+    blocked = tuple(blocked)
     for att in ordered:
-        chains += _rule_entries(att, listener, agents, blocked, entries)
+        part, part_chains = _MEMO.entries(att, listener, agents, blocked)
+        entries.deny += part.deny
+        entries.opened += part.opened
+        entries.allow += part.allow
+        chains += part_chains
     allow_all = gateway.spec.default_policy == "allow-all"
     guard = []
     if blocked and (entries.allow or allow_all):

@@ -6,6 +6,7 @@ findings, so one run reports everything an operator has to fix.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class LoadResult:
     # (kind, namespace, name) of documents that failed validation, where known: a
     # reference to one of them is reported as "invalid", not "does not exist".
     rejected: frozenset[tuple[str, str, str]] = frozenset()
+    raw: tuple[tuple[Source, object], ...] = ()  # every decoded document, as written
+    digest: str = ""  # content hash of the files read (load_paths only)
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -220,12 +223,22 @@ class _Validated:
     rejected: set[tuple[str, str, str]] = field(default_factory=set)
 
 
-def validate_documents(docs: Iterable[tuple[Source, object]]) -> _Validated:
+# One document after validation: (source, data, resource or None, its findings).
+Checked = tuple[Source, object, "Resource | None", list[Finding]]
+
+
+def check_documents(docs: Iterable[tuple[Source, object]]) -> list[Checked]:
+    return [(src, data, *validate_document(src, data)) for src, data in docs]
+
+
+def validate_documents(
+    docs: Iterable[tuple[Source, object]], checked: Iterable[Checked] | None = None
+) -> _Validated:
+    """Validate each document, then the set (one definition per identity)."""
     out = _Validated()
     resources, findings = out.resources, out.findings
     first_seen: dict[tuple[str, str, str], Resource] = {}
-    for src, data in docs:
-        res, problems = validate_document(src, data)
+    for src, data, res, problems in check_documents(docs) if checked is None else checked:
         findings.extend(problems)
         if res is None:
             if (claimed := _claimed_identity(data)) is not None:
@@ -252,12 +265,52 @@ def validate_documents(docs: Iterable[tuple[Source, object]]) -> _Validated:
 
 
 def _result(
-    validated: _Validated, parse_findings: list[Finding], files: int, docs: int
+    validated: _Validated,
+    parse_findings: list[Finding],
+    files: int,
+    docs: int,
+    raw: tuple[tuple[Source, object], ...] = (),
+    digest: str = "",
 ) -> LoadResult:
     findings = sorted(parse_findings + validated.findings, key=lambda f: (f.file, f.document))
     return LoadResult(
-        tuple(validated.resources), tuple(findings), files, docs, frozenset(validated.rejected)
+        tuple(validated.resources),
+        tuple(findings),
+        files,
+        docs,
+        frozenset(validated.rejected),
+        raw,
+        digest,
     )
+
+
+@dataclass
+class _FileEntry:
+    text: str
+    checked: list[Checked]
+    problems: list[Finding]
+
+
+class ManifestCache:
+    """Parsed and validated documents per file, reused while a file's text is unchanged.
+
+    A reload after editing one file of many re-parses only that file, and the Resource
+    objects of the others stay the same objects (the translator memoizes on them).
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, _FileEntry] = {}
+
+    def file(self, name: str, text: str) -> _FileEntry:
+        entry = self._files.get(name)
+        if entry is None or entry.text != text:
+            docs, problems = parse_yaml(text, name)
+            entry = self._files[name] = _FileEntry(text, check_documents(docs), problems)
+        return entry
+
+    def retain(self, names: set[str]) -> None:
+        for name in set(self._files) - names:
+            del self._files[name]
 
 
 def manifest_files(path: Path) -> list[Path]:
@@ -266,10 +319,13 @@ def manifest_files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_paths(paths: Sequence[str | Path]) -> LoadResult:
+def load_paths(paths: Sequence[str | Path], cache: ManifestCache | None = None) -> LoadResult:
     """Files and directories (recursively, *.yaml|*.yml|*.json, in name order)."""
-    docs: list[tuple[Source, object]] = []
+    cache = cache if cache is not None else ManifestCache()
+    checked: list[Checked] = []
     findings: list[Finding] = []
+    digest = hashlib.sha256()
+    seen: set[str] = set()
     files = 0
     for given in paths:
         path = Path(given)
@@ -299,10 +355,16 @@ def load_paths(paths: Sequence[str | Path]) -> LoadResult:
                     Finding(str(file), 0, UNKNOWN, UNKNOWN, "<file>", f"cannot read: {exc}")
                 )
                 continue
-            file_docs, problems = parse_yaml(text, str(file))
-            docs.extend(file_docs)
-            findings.extend(problems)
-    return _result(validate_documents(docs), findings, files, len(docs))
+            name = str(file)
+            seen.add(name)
+            digest.update(f"{name}\0{len(text)}\0".encode() + text.encode() + b"\0")
+            entry = cache.file(name, text)
+            checked.extend(entry.checked)
+            findings.extend(entry.problems)
+    cache.retain(seen)
+    raw = tuple((src, data) for src, data, _res, _problems in checked)
+    validated = validate_documents((), checked)
+    return _result(validated, findings, files, len(raw), raw, digest.hexdigest()[:16])
 
 
 def load_text(text: str, file: str = "<input>") -> LoadResult:
@@ -318,6 +380,7 @@ def load_objects(objects: Iterable[object], file: str = "<objects>") -> LoadResu
 
 __all__ = [
     "LoadResult",
+    "ManifestCache",
     "load_objects",
     "load_paths",
     "load_text",
