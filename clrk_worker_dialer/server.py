@@ -100,7 +100,7 @@ class Dialer:
         import watchfiles
 
         paths = [p for p in self.config.manifests if Path(p).exists()]
-        async for _changes in watchfiles.awatch(*paths, debounce=50, step=25):
+        async for _changes in watchfiles.awatch(*paths, debounce=50, step=10):
             try:
                 self.state.load()
             except PolicyError as exc:
@@ -117,11 +117,12 @@ class Dialer:
         from clrk_xds.policy_stream import load_update, watch_policy
 
         target, gateway = self.config.control_plane, self.config.gateway
+        documents: dict = {}  # validation of unchanged documents is reused
         while True:
             try:
                 async for update in watch_policy(target, gateway):
                     try:
-                        self.state.load_result(load_update(update))
+                        self.state.load_result(load_update(update, documents))
                     except PolicyError as exc:
                         log.error(
                             "policy update rejected; the last good policy stays in force",

@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 
 from clrk.api import load_paths
-from clrk.api.loader import ManifestCache
 from clrk.api.findings import Scope
+from clrk.api.loader import ManifestCache
 from clrk.logs import fields
 from clrk.nexthops import envoy_listener_addresses
 from clrk.policy import Agent, Decision, GatewayPolicy, PolicySet, compile_policies

@@ -54,3 +54,8 @@ def freeze(message) -> None:
 def install_wire_memo() -> None:
     if betterproto2.Message.__bytes__ is not _bytes_with_memo:
         betterproto2.Message.__bytes__ = _bytes_with_memo  # type: ignore[method-assign]
+
+
+def is_frozen(message) -> bool:
+    """True for a message `freeze` marked: it will not change while it lives."""
+    return _WIRE in getattr(message, "__dict__", {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
 import betterproto2
@@ -18,6 +19,8 @@ from envoy_data_plane.envoy.config.route.v3 import RouteAction
 from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import SdsSecretConfig, Secret
 from envoy_data_plane.google.protobuf import Any
+
+from clrk_xds import betterproto_speed
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -31,13 +34,30 @@ MESSAGE_TYPES: dict[str, type[betterproto2.Message]] = {
 Resources = Mapping[str, Mapping[str, bytes]]  # type_url -> name -> serialized message
 
 
+_UNPACKED: OrderedDict[tuple[str, bytes], betterproto2.Message | None] = OrderedDict()
+_UNPACKED_LIMIT = 100_000
+
+
+def _unpack(value: Any) -> betterproto2.Message | None:
+    """Any.unpack, remembered by content: a reload re-checks the same filter configs."""
+    key = (value.type_url, bytes(value.value))
+    if key in _UNPACKED:
+        _UNPACKED.move_to_end(key)
+        return _UNPACKED[key]
+    try:
+        inner = value.unpack()
+    except Exception:  # unknown type_url: nothing we can reference-check inside
+        inner = None
+    _UNPACKED[key] = inner
+    if len(_UNPACKED) > _UNPACKED_LIMIT:
+        _UNPACKED.popitem(last=False)
+    return inner
+
+
 def _walk(value: object) -> Iterator[betterproto2.Message]:
     """Every message nested in `value`, with google.protobuf.Any unpacked where known."""
     if isinstance(value, Any):
-        try:
-            inner = value.unpack()
-        except Exception:  # unknown type_url: nothing we can reference-check inside
-            return
+        inner = _unpack(value)
         if inner is not None:
             yield from _walk(inner)
     elif isinstance(value, betterproto2.Message):
@@ -55,7 +75,7 @@ def _walk(value: object) -> Iterator[betterproto2.Message]:
 def referenced_clusters(msg: betterproto2.Message) -> set[str]:
     """Clusters named by tcp_proxy filters and HTTP route actions inside `msg`."""
     names: set[str] = set()
-    for m in _walk(_reference_holders(msg)):
+    for m in _nested(_reference_holders(msg)):
         if isinstance(m, TcpProxy | RouteAction):
             if m.cluster:
                 names.add(m.cluster)
@@ -72,7 +92,7 @@ def referenced_secrets(msg: betterproto2.Message) -> set[str]:
     """
     return {
         m.name
-        for m in _walk(_reference_holders(msg))
+        for m in _nested(_reference_holders(msg))
         if isinstance(m, SdsSecretConfig) and m.sds_config is not None
     }
 
@@ -102,8 +122,26 @@ def _reference_holders(msg: betterproto2.Message) -> list[object]:
     """The parts of a resource that can name a cluster or secret.  A listener's filter
     chain matcher (the bulk of a large listener) names neither, so it is not walked."""
     if isinstance(msg, Listener):
-        return [msg.filter_chains, msg.default_filter_chain, msg.access_log]
+        return [*msg.filter_chains, msg.default_filter_chain, msg.access_log]
     return [msg]
+
+
+# id -> (message, its nested messages): only for messages the translator froze (they
+# never change), so a reload walks just the filter chains of the routes it rebuilt.
+_NESTED: OrderedDict[int, tuple[object, list[betterproto2.Message]]] = OrderedDict()
+
+
+def _nested(holders: list[object]) -> Iterator[betterproto2.Message]:
+    for holder in holders:
+        if not betterproto_speed.is_frozen(holder):
+            yield from _walk(holder)
+            continue
+        hit = _NESTED.get(id(holder))
+        if hit is None or hit[0] is not holder:
+            hit = _NESTED[id(holder)] = (holder, list(_walk(holder)))
+            if len(_NESTED) > _UNPACKED_LIMIT:
+                _NESTED.popitem(last=False)
+        yield from hit[1]
 
 
 def check(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from clrk.api import LoadResult, Resource, resolve
-from clrk.api.loader import validate_documents
+from clrk.api.loader import check_documents, validate_documents
 from clrk.api.resources import AGENT_KINDS, Source
 from clrk.logs import fields
 from clrk_xds.policy_proto import load as _load_pb2
@@ -95,23 +95,36 @@ def _api_version(raw: object) -> str:
     return str(raw.get("apiVersion", "")) if isinstance(raw, dict) else ""
 
 
-def load_update(update: pb2.PolicyUpdate) -> LoadResult:
+def load_update(update: pb2.PolicyUpdate, cache: dict | None = None) -> LoadResult:
     """A received update -> validated resources, as `clrk.api.load_paths` returns them;
-    pass `.resources` and `.rejected` to `clrk.policy.compile_policies`."""
-    docs: list[tuple[Source, object]] = []
+    pass `.resources` and `.rejected` to `clrk.policy.compile_policies`.
+
+    `cache` (a dict the caller keeps between updates) reuses the validation of documents
+    whose JSON did not change, so an update that adds one route validates one document.
+    """
+    seen: dict = {}
+    checked = []
     for d in update.documents:
-        try:
-            data = json.loads(d.json)
-        except ValueError:
-            data = None  # validation reports it as a bad document
-        docs.append((Source(d.source_file, d.source_document), data))
-    validated = validate_documents(docs)
+        key = (d.source_file, d.source_document, d.json)
+        hit = (cache or {}).get(key)
+        if hit is None:
+            try:
+                data = json.loads(d.json)
+            except ValueError:
+                data = None  # validation reports it as a bad document
+            (hit,) = check_documents([(Source(d.source_file, d.source_document), data)])
+        seen[key] = hit
+        checked.append(hit)
+    if cache is not None:
+        cache.clear()
+        cache.update(seen)
+    validated = validate_documents((), checked)
     findings = sorted(validated.findings, key=lambda f: (f.file, f.document))
     return LoadResult(
         tuple(validated.resources),
         tuple(findings),
         len({d.source_file for d in update.documents}),
-        len(docs),
+        len(checked),
         frozenset(validated.rejected),
     )
 

@@ -150,7 +150,7 @@ class FileProvider:
         if plan.version == self._version:
             return False
         for node, snap in plan.snapshots.items():
-            self.cache.set_snapshot(node, snap)  # checked in prepare: cannot raise here
+            self.cache.set_snapshot(node, snap, verified=True)  # checked in prepare
         for gone in self._nodes - plan.snapshots.keys():
             self.cache.set_snapshot(gone, EMPTY)  # a removed gateway loses its listeners
         self._nodes = set(plan.snapshots)
@@ -180,7 +180,7 @@ class FileProvider:
             *self._watch_roots(),
             watch_filter=self._relevant,
             debounce=self.debounce_ms,
-            step=min(50, self.debounce_ms),
+            step=min(10, self.debounce_ms),  # yield 10 ms after the last change
             stop_event=stop,
             recursive=True,
         ):

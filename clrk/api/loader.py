@@ -7,6 +7,7 @@ findings, so one run reports everything an operator has to fix.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,26 +292,77 @@ class _FileEntry:
     problems: list[Finding]
 
 
-class ManifestCache:
-    """Parsed and validated documents per file, reused while a file's text is unchanged.
+_DOCUMENT_MARKER = re.compile(r"^(?:---|\.\.\.)(?=[ \t\r\n]|$)", re.MULTILINE)
 
-    A reload after editing one file of many re-parses only that file, and the Resource
-    objects of the others stay the same objects (the translator memoizes on them).
+
+def split_documents(text: str) -> list[str]:
+    """The YAML stream cut before every document marker (`---` or `...` at column 0).
+
+    YAML forbids such a line inside any content (c-forbidden), so each piece parses on
+    its own to exactly the documents it holds in the whole stream.
+    """
+    starts = [m.start() for m in _DOCUMENT_MARKER.finditer(text)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+class ManifestCache:
+    """Parsed and validated documents, reused while their text is unchanged.
+
+    Kept per file and, inside a rewritten file, per document: a reload after appending
+    a route to a file of a thousand re-parses one document, and every other Resource
+    stays the same object (the translator memoizes on that).
     """
 
     def __init__(self) -> None:
         self._files: dict[str, _FileEntry] = {}
+        # (file, first document index, piece text) -> its checked documents
+        self._pieces: dict[tuple[str, int, str], tuple[list[Checked], int]] = {}
 
     def file(self, name: str, text: str) -> _FileEntry:
         entry = self._files.get(name)
         if entry is None or entry.text != text:
-            docs, problems = parse_yaml(text, name)
-            entry = self._files[name] = _FileEntry(text, check_documents(docs), problems)
+            entry = self._files[name] = self._parse(name, text)
         return entry
+
+    def _parse(self, name: str, text: str) -> _FileEntry:
+        pieces: dict[tuple[str, int, str], tuple[list[Checked], int]] = {}
+        checked: list[Checked] = []
+        index = 0
+        for piece in split_documents(text):
+            key = (name, index, piece)
+            hit = self._pieces.get(key) or _parse_piece(piece, name, index)
+            if hit is None:
+                # Report errors exactly as a whole-file parse does (line numbers).
+                whole, problems = parse_yaml(text, name)
+                return _FileEntry(text, check_documents(whole), problems)
+            pieces[key] = hit
+            checked.extend(hit[0])
+            index += hit[1]
+        for key in [k for k in self._pieces if k[0] == name]:
+            del self._pieces[key]
+        self._pieces.update(pieces)
+        return _FileEntry(text, checked, [])
 
     def retain(self, names: set[str]) -> None:
         for name in set(self._files) - names:
             del self._files[name]
+        for key in [k for k in self._pieces if k[0] not in names]:
+            del self._pieces[key]
+
+
+def _parse_piece(piece: str, name: str, first: int) -> tuple[list[Checked], int] | None:
+    """(checked documents, how many documents including empty ones), None on any error."""
+    docs: list[tuple[Source, object]] = []
+    count = 0
+    try:
+        for count, data in enumerate(yaml.load_all(piece, Loader=_StrictLoader), start=1):
+            if data is not None:
+                docs.append((Source(name, first + count), data))
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError):
+        return None
+    return check_documents(docs), count
 
 
 def manifest_files(path: Path) -> list[Path]:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from clrk import __version__
+from clrk.cli.ca import ca
 from clrk.cli.check import check
 from clrk.cli.dialer import dialer
 from clrk.cli.validate import validate
@@ -25,6 +26,7 @@ def version() -> None:
 
 cli.add_command(validate)
 cli.add_command(check)
+cli.add_command(ca)
 cli.add_command(dialer)
 
 
