@@ -26,12 +26,25 @@ def cli(argv: list[str] | None = None) -> None:
         default=None,
         help="serve GET /status (JSON) here, e.g. 127.0.0.1:18001 (keep it on loopback)",
     )
+    parser.add_argument(
+        "--applied-dir", default=None, help="where resources applied through the admin API live"
+    )
+    parser.add_argument("--records", default=None, help="records file the admin API streams")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup(args.log_level)
     options = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
     options = {k: v for k, v in options.items() if v is not None}
-    asyncio.run(main(args.manifests, args.listen, args.status_listen, **options))
+    asyncio.run(
+        main(
+            args.manifests,
+            args.listen,
+            args.status_listen,
+            args.applied_dir,
+            args.records,
+            **options,
+        )
+    )
 
 
 if __name__ == "__main__":

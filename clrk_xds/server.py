@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from clrk.logs import fields
+from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.ads import AdsServer
 from clrk_xds.policy_stream import PolicyHub, PolicyStreamServer
 from clrk_xds.provider import FileProvider, Translator, default_translator
@@ -34,12 +35,22 @@ class ControlPlane:
     port: int = 0  # bound port, once started
     status_listen: str | None = None  # loopback HTTP status page (`GET /status`)
     status_port: int = 0  # its bound port, once started
+    applied_dir: str | None = None  # where `clrk apply` (admin API) stores resources
+    records_path: str | None = None  # the records file the admin API streams from
 
     def __post_init__(self) -> None:
+        if self.applied_dir is not None:
+            self.manifests = with_applied_dir(self.manifests, self.applied_dir)
         self.ads = AdsServer(self.cache)
         self.policy = PolicyStreamServer(self.hub)
         self.provider = FileProvider(
             self.manifests, self.cache, self.hub, self.translator, self.debounce_ms
+        )
+        # The admin API needs somewhere to store what it applies.
+        self.admin = (
+            AdminServer(self.provider, self.applied_dir, self.records_path)
+            if self.applied_dir is not None
+            else None
         )
 
     def status(self) -> dict:
@@ -50,7 +61,10 @@ class ControlPlane:
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then stop accepting and close open streams."""
         server = grpc.aio.server()
-        server.add_generic_rpc_handlers((self.ads.handler(), self.policy.handler()))
+        handlers = [self.ads.handler(), self.policy.handler()]
+        if self.admin is not None:
+            handlers.append(self.admin.handler())
+        server.add_generic_rpc_handlers(tuple(handlers))
         self.port = server.add_insecure_port(self.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen}")
@@ -92,6 +106,8 @@ async def main(
     manifests: Sequence[str],
     listen: str,
     status_listen: str | None = None,
+    applied_dir: str | None = None,
+    records_path: str | None = None,
     **translate_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate."""
@@ -100,4 +116,12 @@ async def main(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     translator = functools.partial(default_translator(), **translate_options)
-    await ControlPlane(manifests, listen, translator, status_listen=status_listen).serve(stop)
+    plane = ControlPlane(
+        manifests,
+        listen,
+        translator,
+        status_listen=status_listen,
+        applied_dir=applied_dir,
+        records_path=records_path,
+    )
+    await plane.serve(stop)

@@ -7,9 +7,12 @@ import sys
 import click
 
 from clrk import __version__
+from clrk.cli.apply import apply
 from clrk.cli.ca import ca
 from clrk.cli.check import check
 from clrk.cli.dialer import dialer
+from clrk.cli.get import get
+from clrk.cli.records import records
 from clrk.cli.validate import validate
 
 
@@ -27,6 +30,9 @@ def version() -> None:
 cli.add_command(validate)
 cli.add_command(check)
 cli.add_command(ca)
+cli.add_command(apply)
+cli.add_command(get)
+cli.add_command(records)
 cli.add_command(dialer)
 
 
