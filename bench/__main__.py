@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from bench import decide_bench, dialer_bench, reload_bench, xds_bench
+from bench import decide_bench, dialer_bench, envoy_bench, reload_bench, xds_bench
 
 BENCHMARKS = {
     "decide": decide_bench,
     "xds": xds_bench,
     "reload": reload_bench,
     "dialer": dialer_bench,
+    "envoy": envoy_bench,
 }
 
 
