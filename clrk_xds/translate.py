@@ -1,10 +1,14 @@
 """The translator (SPEC 2, 7): validated resources -> Envoy resources per gateway.
 
-Pure: no sockets, no files.  One Envoy listener per TCP or TLS (Passthrough) gateway
-listener, bound where `clrk.nexthops` says the dialer will dial.  Each route rule that
-reaches the listener becomes one named filter chain; the listener's filter-chain matcher
-picks it from the PROXY TLVs and the restored destination.  A connection nothing picks is
-closed by Envoy, so Envoy re-checks what the dialer decided (defence in depth).
+Pure: no sockets, no files.  One Envoy listener per TCP, TLS or HTTP gateway listener,
+bound where `clrk.nexthops` says the dialer will dial.  Each route rule that reaches the
+listener becomes one named filter chain; the listener's filter-chain matcher picks it from
+the PROXY TLVs and the restored destination.  A connection nothing picks is closed by
+Envoy, so Envoy re-checks what the dialer decided (defence in depth).
+
+TCP and TLS Passthrough chains run `tcp_proxy` (with a gRPC access log for the L4 allow
+record); HTTP and TLS Terminate chains run the L7 stack of `translate_l7`, deny-policy
+routes included: clrk_extproc answers those with the policy's HTTP response.
 
 Order of the matcher mirrors `clrk.policy.decide`: deny routes first, then allow routes,
 each by (namespace, name), rule, match.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import datetime
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from envoy_data_plane.envoy.config.cluster.v3 import (
@@ -39,7 +43,10 @@ from envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3 import 
 from envoy_data_plane.envoy.extensions.filters.network.direct_response.v3 import (
     Config as DirectResponse,
 )
-from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import (
+    TcpProxy,
+    TcpProxyTcpAccessLogOptions,
+)
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
 from envoy_data_plane.google.protobuf import Any
 from envoy_data_plane.xds.type.matcher.v3 import (
@@ -48,13 +55,14 @@ from envoy_data_plane.xds.type.matcher.v3 import (
     MatcherMatcherListFieldMatcher,
 )
 
-from clrk.api.findings import Finding, Scope, Severity
+from clrk.api.findings import Finding
 from clrk.api.resolve import Attachment, resolve
 from clrk.api.resources import Listener as GatewayListener
 from clrk.api.resources import Resource, RouteMatch
 from clrk.nexthops import DEFAULT_BASE_PORT, DEFAULT_HOST, envoy_listener_addresses
 from clrk.policy.selectors import compile_selector, selects
 from clrk_xds import betterproto_speed
+from clrk_xds import translate_l7 as l7
 from clrk_xds import translate_matchers as tm
 from clrk_xds.translate_blocked import Network, always_blocked_networks, split_by_blocked
 from clrk_xds.translate_regex import MAX_PORT, intersect_ranges, merge_ranges, port_regex
@@ -85,6 +93,8 @@ TYPE_URLS: dict[str, str] = {
 }
 
 Key = tuple[str, str]
+# (secret name, the route's hostname patterns) -> the Secret with its leaf certificate.
+LeafSecret = Callable[[str, tuple[str, ...]], Secret]
 Entry = MatcherMatcherListFieldMatcher
 
 
@@ -93,7 +103,7 @@ class GatewayResources:
     gateway: str  # "namespace/name" = Envoy node id
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
-    secrets: tuple[Secret, ...] = ()  # TLS Terminate comes later
+    secrets: tuple[Secret, ...] = ()  # leaf certificates of TLS Terminate routes
     findings: tuple[Finding, ...] = ()
 
 
@@ -127,7 +137,14 @@ def _stat_name(chain: str) -> str:
 
 
 def _proxy_chain(name: str) -> FilterChain:
-    proxy = TcpProxy(stat_prefix=_stat_name(name), cluster=ORIGINAL_DST_CLUSTER)
+    proxy = TcpProxy(
+        stat_prefix=_stat_name(name),
+        cluster=ORIGINAL_DST_CLUSTER,
+        access_log=[l7.tcp_access_log()],
+        # One entry when the upstream connects and one when the connection ends (the
+        # record is written from the end entry, with the byte counts and duration).
+        access_log_options=TcpProxyTcpAccessLogOptions(flush_access_log_on_connected=True),
+    )
     return FilterChain(name=name, filters=[_filter("envoy.filters.network.tcp_proxy", proxy)])
 
 
@@ -237,7 +254,39 @@ class _Entries:
     allow: list[Entry] = field(default_factory=list)
 
 
+def is_l7(listener: GatewayListener) -> bool:
+    return listener.protocol == "HTTP" or listener.tls_mode == "Terminate"
+
+
+def _has_tls(listener: GatewayListener) -> bool:
+    return listener.protocol == "TLS"
+
+
+def _l7_rule_chain(
+    gateway: str, att: Attachment, listener: GatewayListener, rule: int, name: str
+) -> FilterChain:
+    route = f"{att.route.namespace}/{att.route.name}"
+    facts = l7.ChainFacts(gateway=gateway, listener=listener.name, route=route, rule=rule)
+    if att.deny_policy is not None:
+        response = att.deny_policy.spec.deny_response
+        facts = l7.ChainFacts(
+            gateway=gateway,
+            listener=listener.name,
+            route=route,
+            rule=rule,
+            deny_policy=f"{att.deny_policy.namespace}/{att.deny_policy.name}",
+            status=response.status_code,
+            message=response.message,
+        )
+    matches = [m for m in att.route.spec.rules[rule].matches if m.protocol == "TCP"]
+    any_name = any(not m.destination_hostnames for m in matches)
+    names = [] if any_name else [h for m in matches for h in m.destination_hostnames]
+    secret = l7.leaf_secret_name(route) if listener.tls_mode == "Terminate" else None
+    return l7.l7_chain(name, facts, domains=l7.domains_for(names), terminate_secret=secret)
+
+
 def _rule_entries(
+    gateway: str,
     att: Attachment,
     listener: GatewayListener,
     agents: Sequence[Resource],
@@ -245,7 +294,7 @@ def _rule_entries(
     entries: _Entries,
 ) -> list[FilterChain]:
     deny = att.deny_policy is not None
-    tls = listener.tls_mode == "Passthrough"
+    tls = _has_tls(listener)
     chains = []
     for r, rule in enumerate(att.route.spec.rules):
         name = chain_name(att.route, r, deny)
@@ -259,7 +308,7 @@ def _rule_entries(
             stat = f"{_stat_name(name)}.match.{m}"
             hostnames = list(dict.fromkeys(match.destination_hostnames))
             networks = list(dict.fromkeys(match.destination_cidrs))
-            if deny:  # closing is always safe: no blocked-address split needed
+            if deny:  # closing (or the L7 deny answer) is safe: no blocked-address split
                 entries.deny.append(
                     _entry(_destination(hostnames, networks, tls, stat), parts, name)
                 )
@@ -276,7 +325,11 @@ def _rule_entries(
                     _entry(_destination(hostnames, ordinary, tls, stat), parts, name)
                 )
                 used = True
-        if used:
+        if not used:
+            continue
+        if is_l7(listener):
+            chains.append(_l7_rule_chain(gateway, att, listener, r, name))
+        else:
             chains.append(_closing_chain(name) if deny else _proxy_chain(name))
     return chains
 
@@ -293,14 +346,23 @@ class _RuleMemo:
         self.limit = limit
         self._memo: OrderedDict[tuple, tuple] = OrderedDict()
 
-    def entries(self, att, listener, agents, blocked) -> tuple[_Entries, list[FilterChain]]:
-        key = (id(att.route), id(att.deny_policy), id(listener), tuple(map(id, agents)), blocked)
+    def entries(
+        self, gateway, att, listener, agents, blocked
+    ) -> tuple[_Entries, list[FilterChain]]:
+        key = (
+            gateway,
+            id(att.route),
+            id(att.deny_policy),
+            id(listener),
+            tuple(map(id, agents)),
+            blocked,
+        )
         hit = self._memo.get(key)
         if hit is not None and hit[0] is att.route and hit[1] is listener:
             self._memo.move_to_end(key)
             return hit[3], hit[4]
         entries = _Entries()
-        chains = _rule_entries(att, listener, agents, blocked, entries)
+        chains = _rule_entries(gateway, att, listener, agents, blocked, entries)
         for message in (*entries.deny, *entries.opened, *entries.allow, *chains):
             betterproto_speed.freeze(message)
         self._memo[key] = (att.route, listener, (tuple(agents), att.deny_policy), entries, chains)
@@ -331,7 +393,7 @@ def _gateway_listener(
     chains: list[FilterChain] = []
     blocked = tuple(blocked)
     for att in ordered:
-        part, part_chains = _MEMO.entries(att, listener, agents, blocked)
+        part, part_chains = _MEMO.entries(gateway.ref, att, listener, agents, blocked)
         entries.deny += part.deny
         entries.opened += part.opened
         entries.allow += part.allow
@@ -344,7 +406,12 @@ def _gateway_listener(
     matchers = [*entries.deny, *entries.opened, *guard, *entries.allow]
 
     default = None
-    if allow_all:
+    if allow_all and listener.protocol == "HTTP":
+        facts = l7.ChainFacts(gateway=gateway.ref, listener=listener.name)
+        default = l7.l7_chain("default/allow-all", facts, domains=["*"], terminate_secret=None)
+    elif allow_all:
+        # TLS Terminate too: no one certificate can cover every name, so traffic that no
+        # route names passes through (still re-checked and logged as L4).
         default = _proxy_chain("default/allow-all")
     elif not chains:
         # Envoy refuses a listener without filter chains; this one only closes.
@@ -354,7 +421,7 @@ def _gateway_listener(
         name=listener.name,
         stat_prefix=listener.name,
         address=Address(socket_address=SocketAddress(address=host, port_value=port)),
-        listener_filters=_listener_filters(tls=listener.tls_mode == "Passthrough"),
+        listener_filters=_listener_filters(tls=_has_tls(listener)),
         # A client that never completes the PROXY header is closed, not passed on.
         listener_filters_timeout=LISTENER_FILTERS_TIMEOUT,
         continue_on_listener_filters_timeout=False,
@@ -366,20 +433,6 @@ def _gateway_listener(
     )
 
 
-def _not_programmed(gateway: Resource, index: int, listener: GatewayListener) -> Finding:
-    what = listener.protocol if listener.protocol != "TLS" else f"TLS {listener.tls_mode}"
-    return Finding(
-        gateway.source.file,
-        gateway.source.document,
-        gateway.kind,
-        gateway.name,
-        f"spec.listeners[{index}]",
-        f"listener {listener.name!r} ({what}): not yet programmed",
-        Severity.WARNING,
-        Scope.OBJECT,
-    )
-
-
 def translate(
     resources: Sequence[Resource],
     *,
@@ -388,12 +441,17 @@ def translate(
     base_port: int = DEFAULT_BASE_PORT,
     own_addresses: Iterable[str] = (),
     always_blocked: Sequence[Network] | None = None,
+    extproc_address: tuple[str, int] = l7.DEFAULT_EXTPROC_ADDRESS,
+    leaf_secret: LeafSecret | None = None,
 ) -> dict[str, GatewayResources]:
     """Envoy resources for every gateway, keyed by "namespace/name" (the node id).
 
     `own_addresses`: the gateway host's addresses, always blocked like in
     `compile_policies`.  `always_blocked` replaces the SPEC 4 list (tests only: they can
-    reach nothing but loopback, which that list blocks).
+    reach nothing but loopback, which that list blocks).  `extproc_address`: where
+    clrk_extproc listens (ext_proc and access logs).  `leaf_secret(name, hostnames)`:
+    the Secret of a TLS Terminate route's leaf certificate (minting is not pure, so the
+    caller supplies it); without it, chains name secrets the caller must serve.
     """
     blocked = always_blocked_networks(own_addresses) if always_blocked is None else always_blocked
     resolution = resolve(resources, rejected)
@@ -408,19 +466,49 @@ def translate(
         attachments = resolution.attachments.get(key, ())
         listeners: list[Listener] = []
         findings: list[Finding] = []
-        for index, lst in enumerate(spec_listeners):
+        for lst in spec_listeners:
             if lst.protocol == "UDP":
                 continue  # the dialer relays UDP itself
-            if lst.protocol == "HTTP" or lst.tls_mode == "Terminate":
-                findings.append(_not_programmed(gateway, index, lst))
-                continue
             listeners.append(
                 _gateway_listener(gateway, lst, addresses[lst.name], attachments, agents, blocked)
             )
+        clusters = [original_dst_cluster(), l7.extproc_cluster(extproc_address)]
+        terminating = [lst for lst in spec_listeners if lst.tls_mode == "Terminate"]
+        if terminating:
+            bundle = gateway.spec.upstream_tls.ca_bundle if gateway.spec.upstream_tls else None
+            clusters.append(l7.original_dst_tls_cluster(bundle))
+        secrets = _leaf_secrets(terminating, attachments, leaf_secret) if leaf_secret else ()
         out[gateway.ref] = GatewayResources(
             gateway=gateway.ref,
             listeners=tuple(listeners),
-            clusters=(original_dst_cluster(),),
+            clusters=tuple(clusters),
+            secrets=secrets,
             findings=tuple(findings),
         )
     return out
+
+
+def route_hostnames(route: Resource) -> tuple[str, ...]:
+    """Every hostname pattern of a route's TCP matches, in order, once each."""
+    names = (
+        h
+        for rule in route.spec.rules
+        for m in rule.matches
+        if m.protocol == "TCP"
+        for h in m.destination_hostnames
+    )
+    return tuple(dict.fromkeys(names))
+
+
+def _leaf_secrets(
+    terminating: Sequence[GatewayListener],
+    attachments: Sequence[Attachment],
+    leaf_secret: LeafSecret,
+) -> tuple[Secret, ...]:
+    names = {lst.name for lst in terminating}
+    wanted: dict[str, tuple[str, ...]] = {}
+    for att in attachments:
+        if names.intersection(att.listeners):
+            route = f"{att.route.namespace}/{att.route.name}"
+            wanted[l7.leaf_secret_name(route)] = route_hostnames(att.route)
+    return tuple(leaf_secret(name, hosts) for name, hosts in sorted(wanted.items()))

@@ -186,20 +186,17 @@ def test_listener_port_drops_matches_that_miss_it() -> None:
     assert lst.default_filter_chain.name == "default/deny-all"
 
 
-def test_http_and_tls_terminate_are_findings_not_listeners() -> None:
+def test_http_and_tls_terminate_are_programmed() -> None:
     listeners = "[{name: web, protocol: HTTP}, {name: term, protocol: TLS, tls: {mode: Terminate}}]"
     res = _translate(_gateway(listeners))["default/gw"]
-    assert res.listeners == ()
-    assert [f.message for f in res.findings] == [
-        "listener 'web' (HTTP): not yet programmed",
-        "listener 'term' (TLS Terminate): not yet programmed",
-    ]
-    assert [f.field for f in res.findings] == ["spec.listeners[0]", "spec.listeners[1]"]
-    assert all(not f.is_error for f in res.findings)
+    assert [lst.name for lst in res.listeners] == ["web", "term"]
+    assert res.findings == ()
+    assert [c.name for c in res.clusters] == ["original_dst", "clrk_extproc", "original_dst_tls"]
 
 
 def test_cluster_is_original_dst() -> None:
-    (cluster,) = _translate(_gateway("[{name: a, protocol: TCP}]"))["default/gw"].clusters
+    cluster, extproc = _translate(_gateway("[{name: a, protocol: TCP}]"))["default/gw"].clusters
+    assert extproc.name == "clrk_extproc"  # the access logs of tcp_proxy go there
     plain = cluster.to_dict()
     assert plain == {
         "name": ORIGINAL_DST_CLUSTER,
@@ -213,7 +210,7 @@ def test_serialize_round_trips_and_type_urls_match_the_messages() -> None:
     res = _translate(
         _gateway("[{name: a, protocol: TCP}]") + _route("r", '[{destinationHostnames: ["x.y"]}]')
     )["default/gw"]
-    (lst,), (cluster,) = res.listeners, res.clusters
+    (lst,), (cluster, _extproc) = res.listeners, res.clusters
     assert Listener.parse(serialize(lst)) == lst
     assert Cluster.parse(serialize(cluster)) == cluster
     assert Any.pack(lst).type_url == TYPE_URLS["listener"]

@@ -1,0 +1,128 @@
+"""One ext_proc stream = one HTTP request/response exchange, as a pure state machine.
+
+`Exchange.request(headers, facts)` decides: the deny answer (and the deny record) for a
+deny-policy chain, else continue.  `Exchange.response(headers)` gives the allow record
+once the upstream's status is known.  Headers are (name, value) pairs as Envoy sends
+them (pseudo-headers included); the `x-clrk-*` ones carry the connection's PROXY TLVs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from clrk.records.schema import (
+    AGENT_NAME,
+    AGENT_NAMESPACE,
+    CONNECTION_ID,
+    DENY_POLICY,
+    DENY_REASON,
+    DST_NAME,
+    GATEWAY,
+    HTTP_ALLOWED,
+    HTTP_AUTHORITY,
+    HTTP_METHOD,
+    HTTP_PATH,
+    HTTP_STATUS,
+    LISTENER,
+    REASON,
+    ROUTE,
+    RULE,
+    AttrValue,
+    Record,
+)
+from clrk_extproc.deny import DENY_REASON as DENY_POLICY_REASON
+from clrk_extproc.deny import DenyAnswer, deny_answer
+from clrk_xds.translate_l7 import ChainFacts
+
+MAX_VALUE = 4096  # longer header values are cut in records (a path can be huge)
+
+
+def tlv(headers: dict[str, str], name: str) -> str | None:
+    """A TLV header's value; the formatter writes "-" (or nothing) for an absent TLV."""
+    value = headers.get(name, "")
+    return None if value in ("", "-") else value
+
+
+def _host_name(authority: str) -> str:
+    host = authority.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return host[:-1] if host.endswith(".") else host
+
+
+@dataclass
+class Exchange:
+    facts: ChainFacts | None = None
+    method: str = ""
+    authority: str = ""
+    path: str = ""
+    tlvs: dict[str, str] = field(default_factory=dict)
+    start_ns: int = 0
+    denied: bool = False
+    recorded: bool = False
+
+    def request(
+        self, headers: Iterable[tuple[str, str]], facts: ChainFacts, now_ns: int | None = None
+    ) -> tuple[DenyAnswer | None, Record | None]:
+        """(answer, record): an answer and the deny record for a deny-policy chain,
+        (None, None) to let the request go on."""
+        plain = {k.lower(): v for k, v in headers}
+        self.facts = facts
+        self.method = plain.get(":method", "")[:MAX_VALUE]
+        self.authority = plain.get(":authority", plain.get("host", ""))[:MAX_VALUE]
+        self.path = plain.get(":path", "")[:MAX_VALUE]
+        self.tlvs = {k: v for k, v in plain.items() if k.startswith("x-clrk-")}
+        self.start_ns = now_ns if now_ns is not None else time.time_ns()
+        tagged = tlv(self.tlvs, "x-clrk-tlv-deny-policy")
+        if facts.deny_policy is None and tagged:
+            # The dialer tagged the connection with a deny policy (TLV 0xE4) but Envoy
+            # chose an allow chain (its policy may lag the dialer's): the denial wins.
+            facts = replace(facts, deny_policy=tagged, status=None, message=None)
+            self.facts = facts
+        answer = deny_answer(facts)
+        if answer is None:
+            return None, None
+        self.denied = self.recorded = True
+        return answer, self._record(answer.status, self.start_ns, denied=True)
+
+    def response(self, headers: Iterable[tuple[str, str]], now_ns: int | None = None):
+        """The allow record, once; None when there is nothing (left) to record."""
+        if self.facts is None or self.recorded:
+            return None
+        status_text = dict((k.lower(), v) for k, v in headers).get(":status", "")
+        status = int(status_text) if status_text.isdigit() and len(status_text) == 3 else 0
+        self.recorded = True
+        end = now_ns if now_ns is not None else time.time_ns()
+        return self._record(status, end)
+
+    def _record(self, status: int, end_ns: int, denied: bool = False) -> Record:
+        facts = self.facts
+        assert facts is not None
+        attrs: dict[str, AttrValue] = {
+            GATEWAY: facts.gateway,
+            AGENT_NAME: tlv(self.tlvs, "x-clrk-agent-name") or "",
+            AGENT_NAMESPACE: tlv(self.tlvs, "x-clrk-agent-namespace") or "",
+            HTTP_METHOD: self.method,
+            HTTP_AUTHORITY: self.authority,
+            DST_NAME: tlv(self.tlvs, "x-clrk-authority") or _host_name(self.authority),
+            HTTP_PATH: self.path,
+            HTTP_STATUS: status,
+        }
+        if facts.listener:
+            attrs[LISTENER] = facts.listener
+        if facts.route:
+            attrs[ROUTE] = facts.route
+            if facts.rule is not None:
+                attrs[RULE] = facts.rule
+        connection = tlv(self.tlvs, "x-clrk-connection-id")
+        if connection:
+            attrs[CONNECTION_ID] = connection
+        if denied:
+            attrs[DENY_REASON] = DENY_POLICY_REASON
+            attrs[DENY_POLICY] = facts.deny_policy or ""
+            return Record(HTTP_ALLOWED, attrs, "WARN", True, self.start_ns, end_ns)
+        attrs[REASON] = "allowed" if facts.route else "allowed_default"
+        return Record(HTTP_ALLOWED, attrs, "INFO", status >= 500, self.start_ns, end_ns)

@@ -1,0 +1,384 @@
+"""L7 filter chains (SPEC 7): HTTP and TLS Terminate listeners, and the L4 access log.
+
+Pure: builds Envoy messages only.  An L7 chain runs `http_connection_manager` with
+
+1. `header_mutation`: drops any `x-clrk-*` header the agent sent, then copies the
+   connection's PROXY TLVs (agent, connection id, matched name) into `x-clrk-*` request
+   headers, read from the proxy_protocol filter state with the FILTER_STATE formatter;
+2. `ext_proc` (fail closed) to the `clrk_extproc` cluster; facts fixed per chain
+   (gateway, listener, route, deny policy and its response) ride in the gRPC initial
+   metadata of each ext_proc stream;
+3. `header_mutation`: drops every `x-clrk-*` header again, so none reaches the upstream;
+4. the router to an ORIGINAL_DST cluster: plain for HTTP, TLS re-originated for Terminate
+   (SNI and SAN check from the request's host, trust from the system or gateway bundle).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    Cluster,
+    ClusterDiscoveryType,
+    ClusterLbPolicy,
+)
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import (
+    HeaderMutation as Mutation,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    AggregatedConfigSource,
+    ApiVersion,
+    ConfigSource,
+    DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+    Http1ProtocolOptions,
+    Http2ProtocolOptions,
+    SocketAddress,
+    TransportSocket,
+    UpstreamHttpProtocolOptions,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain
+from envoy_data_plane.envoy.config.route.v3 import (
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
+    CommonGrpcAccessLogConfig,
+    TcpGrpcAccessLogConfig,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
+    ExternalProcessor,
+    ProcessingMode,
+    ProcessingModeBodySendMode,
+    ProcessingModeHeaderSendMode,
+)
+from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import (
+    HeaderMutation,
+    Mutations,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    DownstreamTlsContext,
+    SdsSecretConfig,
+    UpstreamTlsContext,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.tracing.v3 import CustomTag
+from envoy_data_plane.google.protobuf import Any
+
+from clrk_xds.translate_matchers import TLV_FILTER_STATE_KEY
+
+EXTPROC_CLUSTER = "clrk_extproc"
+ORIGINAL_DST_TLS_CLUSTER = "original_dst_tls"
+DEFAULT_EXTPROC_ADDRESS = ("127.0.0.1", 18002)
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+ACCESS_LOG_NAME = "clrk.tcp"
+EXTPROC_TIMEOUT = datetime.timedelta(seconds=2)
+CONNECT_TIMEOUT = datetime.timedelta(seconds=5)
+ACCESS_LOG_FLUSH = datetime.timedelta(seconds=1)
+
+# Request header <- PROXY TLV field (the names clrk_extproc reads).
+TLV_HEADERS: dict[str, str] = {
+    "x-clrk-agent-namespace": "agent_namespace",
+    "x-clrk-agent-name": "agent_name",
+    "x-clrk-authority": "authority",
+    "x-clrk-connection-id": "connection_id",
+    "x-clrk-tlv-route": "route",
+    "x-clrk-tlv-deny-policy": "deny_policy",
+}
+# Access-log custom tag <- PROXY TLV field.
+TLV_TAGS: dict[str, str] = {
+    "agent_namespace": "agent_namespace",
+    "agent_name": "agent_name",
+    "authority": "authority",
+    "connection_id": "connection_id",
+    "route": "route",
+}
+
+
+def tlv_format(field: str) -> str:
+    return f"%FILTER_STATE({TLV_FILTER_STATE_KEY}:FIELD:{field})%"
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What ext_proc must know about a chain that Envoy cannot tell it per request.
+
+    Sent as gRPC initial metadata, one `x-clrk-*` key per fact; metadata values must be
+    printable ASCII, so the message is percent-encoded (UTF-8).
+    """
+
+    gateway: str
+    listener: str
+    route: str | None = None  # "namespace/name"
+    rule: int | None = None
+    deny_policy: str | None = None  # "namespace/name"
+    status: int | None = None
+    message: str | None = None
+
+    def metadata(self) -> list[tuple[str, str]]:
+        out = []
+        for name in FACT_KEYS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            text = quote(value, safe=_SAFE) if name == "message" else str(value)
+            out.append((FACT_PREFIX + name.replace("_", "-"), text))
+        return out
+
+    @classmethod
+    def from_metadata(cls, pairs: Iterable[tuple[str, str | bytes]]) -> ChainFacts:
+        """ValueError when the gateway is missing or a number is not one."""
+        raw: dict[str, str] = {}
+        for key, value in pairs:
+            if isinstance(value, bytes):
+                value = value.decode("ascii", errors="replace")
+            if key.startswith(FACT_PREFIX):
+                raw[key[len(FACT_PREFIX) :].replace("-", "_")] = value
+        if not raw.get("gateway"):
+            raise ValueError("no chain metadata (x-clrk-gateway)")
+        values: dict[str, object] = {"gateway": raw["gateway"], "listener": raw.get("listener", "")}
+        for name in ("route", "deny_policy"):
+            if raw.get(name):
+                values[name] = raw[name]
+        for name in ("rule", "status"):
+            if name in raw:
+                if not raw[name].isdigit() or len(raw[name]) > 6:
+                    raise ValueError(f"chain metadata {name}: not a number: {raw[name]!r}")
+                values[name] = int(raw[name])
+        if "message" in raw:
+            values["message"] = unquote(raw["message"], errors="replace")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+FACT_PREFIX = "x-clrk-"
+FACT_KEYS = ("gateway", "listener", "route", "rule", "deny_policy", "status", "message")
+_SAFE = " !\"#$&'()*+,-./:;<=>?@[]^_`{|}~"
+
+
+def _pack(name: str, message) -> Filter:
+    return Filter(name=name, typed_config=Any.pack(message))
+
+
+def _http_filter(name: str, message) -> HttpFilter:
+    return HttpFilter(name=name, typed_config=Any.pack(message))
+
+
+def _envoy_grpc(initial_metadata: Sequence[HeaderValue] = ()) -> GrpcService:
+    return GrpcService(
+        envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=EXTPROC_CLUSTER),
+        timeout=EXTPROC_TIMEOUT,
+        initial_metadata=list(initial_metadata),
+    )
+
+
+def _tlv_headers_in() -> HeaderMutation:
+    removes = [Mutation(remove=h) for h in TLV_HEADERS]
+    sets = [
+        Mutation(
+            append=HeaderValueOption(
+                header=HeaderValue(key=h, value=tlv_format(f)),
+                append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        )
+        for h, f in TLV_HEADERS.items()
+    ]
+    return HeaderMutation(mutations=Mutations(request_mutations=[*removes, *sets]))
+
+
+def _tlv_headers_out() -> HeaderMutation:
+    return HeaderMutation(
+        mutations=Mutations(request_mutations=[Mutation(remove=h) for h in TLV_HEADERS])
+    )
+
+
+def _ext_proc(facts: ChainFacts) -> ExternalProcessor:
+    send, skip = ProcessingModeHeaderSendMode.SEND, ProcessingModeHeaderSendMode.SKIP
+    return ExternalProcessor(
+        grpc_service=_envoy_grpc([HeaderValue(key=k, value=v) for k, v in facts.metadata()]),
+        failure_mode_allow=False,  # fail closed: no answer from clrk_extproc, no request
+        processing_mode=ProcessingMode(
+            request_header_mode=send,
+            response_header_mode=send,
+            request_body_mode=ProcessingModeBodySendMode.NONE,
+            response_body_mode=ProcessingModeBodySendMode.NONE,
+            request_trailer_mode=skip,
+            response_trailer_mode=skip,
+        ),
+        message_timeout=EXTPROC_TIMEOUT,
+    )
+
+
+def _sds(name: str) -> SdsSecretConfig:
+    return SdsSecretConfig(
+        name=name,
+        sds_config=ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3),
+    )
+
+
+def leaf_secret_name(route: str) -> str:
+    """The SDS name of a route's leaf certificate ("namespace/name" -> leaf/ns/name)."""
+    return f"leaf/{route}"
+
+
+def _downstream_tls(secret: str) -> TransportSocket:
+    context = DownstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            tls_certificate_sds_secret_configs=[_sds(secret)],
+            alpn_protocols=["http/1.1"],
+        )
+    )
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
+
+
+def l7_chain(
+    name: str,
+    facts: ChainFacts,
+    *,
+    domains: Sequence[str],
+    terminate_secret: str | None,
+) -> FilterChain:
+    """One L7 filter chain; `terminate_secret` set means TLS Terminate with that leaf."""
+    stat = name.replace("/", ".")
+    cluster = ORIGINAL_DST_TLS_CLUSTER if terminate_secret else "original_dst"
+    route_config = RouteConfiguration(
+        name=name,
+        virtual_hosts=[
+            VirtualHost(
+                name=stat,
+                domains=list(domains) or ["*"],
+                routes=[Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=cluster))],
+            )
+        ],
+    )
+    hcm = HttpConnectionManager(
+        stat_prefix=stat,
+        route_config=route_config,
+        strip_any_host_port=True,
+        http_filters=[
+            _http_filter("clrk.tlv_headers", _tlv_headers_in()),
+            _http_filter("envoy.filters.http.ext_proc", _ext_proc(facts)),
+            _http_filter("clrk.strip_tlv_headers", _tlv_headers_out()),
+            _http_filter("envoy.filters.http.router", Router()),
+        ],
+    )
+    return FilterChain(
+        name=name,
+        filters=[_pack("envoy.filters.network.http_connection_manager", hcm)],
+        transport_socket=_downstream_tls(terminate_secret) if terminate_secret else None,
+    )
+
+
+def domains_for(hostnames: Sequence[str] | None) -> list[str]:
+    """Virtual-host domains: the route's names (Host must name one of them), or any
+    host when a match of the chain admits any name (CIDR-only or no destination)."""
+    if not hostnames:
+        return ["*"]
+    return sorted(set(hostnames))
+
+
+# --- L4 access log -------------------------------------------------------------------
+
+
+def tcp_access_log() -> AccessLog:
+    """gRPC access log to clrk_extproc; the TLVs travel as custom tags."""
+    config = TcpGrpcAccessLogConfig(
+        common_config=CommonGrpcAccessLogConfig(
+            log_name=ACCESS_LOG_NAME,
+            grpc_service=_envoy_grpc(),
+            transport_api_version=ApiVersion.V3,
+            buffer_flush_interval=ACCESS_LOG_FLUSH,
+            custom_tags=[CustomTag(tag=t, value=tlv_format(f)) for t, f in TLV_TAGS.items()],
+        )
+    )
+    return AccessLog(name="envoy.access_loggers.tcp_grpc", typed_config=Any.pack(config))
+
+
+# --- clusters ------------------------------------------------------------------------
+
+
+def _protocol_options(message) -> dict[str, Any]:
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(message)}
+
+
+def extproc_cluster(address: tuple[str, int]) -> Cluster:
+    host, port = address
+    endpoint = LbEndpoint(
+        endpoint=Endpoint(
+            address=Address(socket_address=SocketAddress(address=host, port_value=port))
+        )
+    )
+    return Cluster(
+        name=EXTPROC_CLUSTER,
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=datetime.timedelta(seconds=1),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=EXTPROC_CLUSTER, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        ),
+        typed_extension_protocol_options=_protocol_options(
+            HttpProtocolOptions(
+                explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                    http2_protocol_options=Http2ProtocolOptions()
+                )
+            )
+        ),
+    )
+
+
+def original_dst_tls_cluster(ca_bundle: str | None) -> Cluster:
+    """Re-originated TLS: SNI = the request's host, its certificate must name that host
+    and chain to the trust bundle, else the request fails (502-class), never passes."""
+    context = UpstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=ca_bundle or SYSTEM_CA_BUNDLE)
+            ),
+            alpn_protocols=["http/1.1"],
+        )
+    )
+    return Cluster(
+        name=ORIGINAL_DST_TLS_CLUSTER,
+        type=ClusterDiscoveryType.ORIGINAL_DST,
+        lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
+        connect_timeout=CONNECT_TIMEOUT,
+        transport_socket=TransportSocket(
+            name="envoy.transport_sockets.tls", typed_config=Any.pack(context)
+        ),
+        typed_extension_protocol_options=_protocol_options(
+            HttpProtocolOptions(
+                upstream_http_protocol_options=UpstreamHttpProtocolOptions(
+                    auto_sni=True, auto_san_validation=True
+                ),
+                explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                    http_protocol_options=Http1ProtocolOptions()
+                ),
+            )
+        ),
+    )

@@ -1,0 +1,148 @@
+"""The gRPC shell over real sockets on loopback: a grpc.aio client speaks the Envoy
+protocols (ext_proc Process, AccessLogService StreamAccessLogs) as Envoy would."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from envoy_data_plane.envoy.config.core.v3 import HeaderMap, HeaderValue, Node
+from envoy_data_plane.envoy.data.accesslog.v3 import AccessLogCommon, AccessLogType
+from envoy_data_plane.envoy.data.accesslog.v3 import TcpAccessLogEntry as Entry
+from envoy_data_plane.envoy.service.accesslog.v3 import (
+    StreamAccessLogsMessage,
+    StreamAccessLogsMessageIdentifier,
+    StreamAccessLogsMessageTcpAccessLogEntries,
+)
+from envoy_data_plane.envoy.service.ext_proc.v3 import (
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
+
+from clrk_extproc.server import ACCESS_LOG_SERVICE, EXT_PROC_SERVICE, ExtProcService
+from clrk_xds.translate_l7 import ChainFacts
+
+PROCESS = f"/{EXT_PROC_SERVICE}/Process"
+ACCESS_LOGS = f"/{ACCESS_LOG_SERVICE}/StreamAccessLogs"
+TRUNCATED = b"\x12\x03\x0a\x09x"  # a field that claims more bytes than there are
+
+
+def headers(pairs) -> HttpHeaders:
+    values = [HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]
+    return HttpHeaders(headers=HeaderMap(headers=values), end_of_stream=True)
+
+
+REQUEST = ProcessingRequest(
+    request_headers=headers([(":method", "GET"), (":authority", "a.test"), (":path", "/x")])
+)
+RESPONSE = ProcessingRequest(response_headers=headers([(":status", "200")]))
+
+
+async def _with_server(body):
+    records = []
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(ExtProcService(records.append).handlers())
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            return await body(channel), records
+    finally:
+        await server.stop(None)
+
+
+def run(body):
+    return asyncio.run(_with_server(body))
+
+
+async def process(channel, messages, metadata) -> list[ProcessingResponse] | grpc.StatusCode:
+    call = channel.stream_stream(PROCESS, request_serializer=bytes, response_deserializer=None)
+    stream = call(iter(messages), metadata=metadata)
+    try:
+        return [ProcessingResponse.parse(raw) async for raw in stream]
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+
+
+def test_deny_chain_gets_an_immediate_response() -> None:
+    facts = ChainFacts("default/gw", "web", "default/p", 0, "default/no", 451, "gone ✓")
+
+    async def body(channel):
+        return await process(channel, [REQUEST], facts.metadata())
+
+    (answer,), records = run(body)
+    immediate = answer.immediate_response
+    assert immediate is not None
+    assert int(immediate.status.code) == 451
+    assert immediate.body == "gone ✓".encode()
+    got = {h.header.key: h.header.raw_value for h in immediate.headers.set_headers}
+    assert got["x-clrk-deny-reason"] == b"deny_policy"
+    (record,) = records
+    assert record.attributes["clrk.egress.deny_reason"] == "deny_policy"
+
+
+def test_allowed_request_continues_and_records_once() -> None:
+    facts = ChainFacts("default/gw", "web", "default/r", 0)
+
+    async def body(channel):
+        return await process(channel, [REQUEST, RESPONSE], facts.metadata())
+
+    answers, records = run(body)
+    assert [a.request_headers is not None for a in answers] == [True, False]
+    assert answers[1].response_headers is not None
+    (record,) = records
+    assert record.attributes["http.response.status_code"] == 200
+    assert record.attributes["url.path"] == "/x"
+
+
+def test_missing_metadata_or_bad_bytes_end_the_stream_not_the_server() -> None:
+    facts = ChainFacts("default/gw", "web")
+
+    async def body(channel):
+        no_metadata = await process(channel, [REQUEST], ())
+        garbage = await process(channel, [TRUNCATED], facts.metadata())
+        empty = await process(channel, [ProcessingRequest()], facts.metadata())
+        still = await process(channel, [REQUEST, RESPONSE], facts.metadata())
+        return no_metadata, garbage, empty, still
+
+    (no_metadata, garbage, empty, still), records = run(body)
+    assert no_metadata == garbage == empty == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(still) == 2 and len(records) == 1
+
+
+def _bytes(message):
+    return message if isinstance(message, bytes) else bytes(message)
+
+
+def test_access_log_stream_end_entries_become_records() -> None:
+    def tcp(kind) -> Entry:
+        return Entry(
+            common_properties=AccessLogCommon(access_log_type=kind, custom_tags={"route": "a/b"})
+        )
+
+    first = StreamAccessLogsMessage(
+        identifier=StreamAccessLogsMessageIdentifier(node=Node(id="team/gw"), log_name="clrk.tcp"),
+        tcp_logs=StreamAccessLogsMessageTcpAccessLogEntries(
+            log_entry=[tcp(AccessLogType.TcpUpstreamConnected), tcp(AccessLogType.TcpConnectionEnd)]
+        ),
+    )
+    second = StreamAccessLogsMessage(
+        tcp_logs=StreamAccessLogsMessageTcpAccessLogEntries(
+            log_entry=[tcp(AccessLogType.TcpConnectionEnd)]
+        )
+    )
+
+    async def body(channel):
+        call = channel.stream_unary(ACCESS_LOGS, request_serializer=_bytes)
+        ok = await call(iter([first, second]))
+        try:
+            await call(iter([TRUNCATED]))
+            bad = None
+        except grpc.aio.AioRpcError as err:
+            bad = err.code()
+        return ok, bad
+
+    (ok, bad), records = run(body)
+    assert ok == b"" and bad == grpc.StatusCode.INVALID_ARGUMENT
+    assert [r.attributes["clrk.egress.gateway"] for r in records] == ["team/gw", "team/gw"]

@@ -1,0 +1,81 @@
+"""`egress.tcp` records from TCP access-log entries (pure)."""
+
+from __future__ import annotations
+
+import datetime
+
+from envoy_data_plane.envoy.config.core.v3 import Address, SocketAddress
+from envoy_data_plane.envoy.data.accesslog.v3 import (
+    AccessLogCommon,
+    AccessLogType,
+    ConnectionProperties,
+    TcpAccessLogEntry,
+)
+
+from clrk.records.schema import TCP_ALLOWED
+from clrk_extproc.tcp_log import is_end, tcp_record
+
+START = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+
+
+def addr(ip: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=ip, port_value=port))
+
+
+def entry(kind=AccessLogType.TcpConnectionEnd, tags=None, **props) -> TcpAccessLogEntry:
+    return TcpAccessLogEntry(
+        common_properties=AccessLogCommon(
+            access_log_type=kind,
+            downstream_remote_address=addr("198.18.1.2", 40000),
+            downstream_local_address=addr("203.0.113.5", 7),
+            start_time=START,
+            duration=datetime.timedelta(milliseconds=1500),
+            custom_tags=tags if tags is not None else {
+                "agent_namespace": "team", "agent_name": "bot", "authority": "db.test",
+                "connection_id": "c-9", "route": "team/db",
+            },
+        ),
+        connection_properties=ConnectionProperties(**props),
+    )  # fmt: skip
+
+
+def test_end_entry_makes_the_record() -> None:
+    record = tcp_record(entry(received_bytes=10, sent_bytes=20), "default/gw")
+    assert record is not None
+    assert record.name == TCP_ALLOWED and record.severity == "INFO" and not record.error
+    start = int(START.timestamp()) * 1_000_000_000
+    assert (record.start_ns, record.end_ns) == (start, start + 1_500_000_000)
+    assert dict(record.attributes) == {
+        "clrk.egress.reason": "allowed",
+        "clrk.egress.gateway": "default/gw",
+        "agent.name": "bot",
+        "agent.namespace": "team",
+        "clrk.dst.name": "db.test",
+        "network.peer.address": "203.0.113.5",
+        "network.peer.port": 7,
+        "network.transport": "tcp",
+        "clrk.egress.bytes_up": 10,
+        "clrk.egress.bytes_down": 20,
+        "clrk.egress.duration_ms": 1500,
+        "clrk.egress.route": "team/db",
+        "clrk.connection.id": "c-9",
+        "client.address": "198.18.1.2",
+    }
+
+
+def test_connected_and_periodic_entries_make_none() -> None:
+    for kind in (AccessLogType.TcpUpstreamConnected, AccessLogType.TcpPeriodic):
+        assert not is_end(entry(kind))
+        assert tcp_record(entry(kind), "default/gw") is None
+    assert tcp_record(TcpAccessLogEntry(), "default/gw") is None
+
+
+def test_absent_tlvs_are_dashes() -> None:
+    tags = {"agent_namespace": "-", "agent_name": "-", "authority": "-", "route": "-"}
+    record = tcp_record(entry(tags=tags), "default/gw")
+    assert record is not None
+    attrs = record.attributes
+    assert attrs["clrk.egress.reason"] == "allowed_default"
+    assert attrs["agent.name"] == "" and attrs["clrk.dst.name"] == ""
+    assert "clrk.egress.route" not in attrs and "clrk.connection.id" not in attrs
+    assert attrs["clrk.egress.bytes_up"] == 0

@@ -1,0 +1,218 @@
+"""L7 chains (HTTP, TLS Terminate), their ext_proc facts, leaf secrets, access logs."""
+
+from __future__ import annotations
+
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExternalProcessor
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+)
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clrk.api import load_text
+from clrk_xds import translate_l7 as l7
+from clrk_xds.translate import translate
+
+API = "apiVersion: clrk.apoxy.dev/v1alpha1"
+GATEWAY = f"""{API}
+kind: EgressGateway
+metadata: {{name: gw}}
+spec:
+  defaultPolicy: POLICY
+  listeners:
+  - {{name: web, protocol: HTTP}}
+  - {{name: term, protocol: TLS, tls: {{mode: Terminate}}}}
+  - {{name: tcp, protocol: TCP}}
+"""
+ROUTES = f"""---
+{API}
+kind: EgressL4Route
+metadata: {{name: llm}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{destinationHostnames: [api.anthropic.com, "*.openai.com"]}}]
+  - matches: [{{destinationCIDRs: [203.0.113.0/24]}}]
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: paste}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{destinationHostnames: [pastebin.com]}}]
+---
+{API}
+kind: EgressDenyPolicy
+metadata: {{name: no-paste}}
+spec:
+  targetRef: {{group: clrk.apoxy.dev, kind: EgressL4Route, name: paste}}
+  denyResponse: {{statusCode: 451, message: "nope"}}
+"""
+
+
+def _translate(policy: str = "deny-all", **kw):
+    loaded = load_text(GATEWAY.replace("POLICY", policy) + ROUTES, "t.yaml")
+    assert not loaded.errors, [f.line() for f in loaded.errors]
+    return translate(loaded.resources, rejected=loaded.rejected, **kw)["default/gw"]
+
+
+def _chains(res, listener: str) -> dict:
+    (lst,) = [x for x in res.listeners if x.name == listener]
+    return {c.name: c for c in lst.filter_chains}, lst
+
+
+def _hcm(chain) -> HttpConnectionManager:
+    (f,) = chain.filters
+    assert f.name == "envoy.filters.network.http_connection_manager"
+    return f.typed_config.unpack()
+
+
+def test_http_chain_runs_tlv_headers_ext_proc_strip_router() -> None:
+    chains, _ = _chains(_translate(), "web")
+    hcm = _hcm(chains["route/default/llm/rule/0"])
+    assert [f.name for f in hcm.http_filters] == [
+        "clrk.tlv_headers",
+        "envoy.filters.http.ext_proc",
+        "clrk.strip_tlv_headers",
+        "envoy.filters.http.router",
+    ]
+    ext = hcm.http_filters[1].typed_config.unpack()
+    assert isinstance(ext, ExternalProcessor)
+    assert ext.failure_mode_allow is False
+    assert ext.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
+    facts = l7.ChainFacts.from_metadata((h.key, h.value) for h in ext.grpc_service.initial_metadata)
+    assert facts == l7.ChainFacts("default/gw", "web", "default/llm", 0)
+    (vhost,) = hcm.route_config.virtual_hosts
+    assert vhost.domains == ["*.openai.com", "api.anthropic.com"]
+    assert vhost.routes[0].route.cluster == "original_dst"
+    # every TLV header the first filter sets, the third removes
+    strip = hcm.http_filters[2].typed_config.unpack().mutations.request_mutations
+    assert {m.remove for m in strip} == set(l7.TLV_HEADERS)
+
+
+def test_cidr_rule_accepts_any_host() -> None:
+    chains, _ = _chains(_translate(), "web")
+    (vhost,) = _hcm(chains["route/default/llm/rule/1"]).route_config.virtual_hosts
+    assert vhost.domains == ["*"]
+
+
+def test_deny_policy_chain_on_l7_carries_status_and_message() -> None:
+    chains, _ = _chains(_translate(), "term")
+    hcm = _hcm(chains["deny/default/paste/rule/0"])
+    ext = hcm.http_filters[1].typed_config.unpack()
+    facts = l7.ChainFacts.from_metadata((h.key, h.value) for h in ext.grpc_service.initial_metadata)
+    assert (facts.deny_policy, facts.status, facts.message) == ("default/no-paste", 451, "nope")
+
+
+def test_deny_policy_on_tcp_listener_still_closes() -> None:
+    chains, _ = _chains(_translate(), "tcp")
+    (f,) = chains["deny/default/paste/rule/0"].filters
+    assert f.name == "envoy.filters.network.direct_response"
+
+
+def test_terminate_chain_uses_the_route_leaf_and_tls_upstream() -> None:
+    res = _translate()
+    chains, lst = _chains(res, "term")
+    chain = chains["route/default/llm/rule/0"]
+    tls = chain.transport_socket.typed_config.unpack()
+    (sds,) = tls.common_tls_context.tls_certificate_sds_secret_configs
+    assert sds.name == "leaf/default/llm" and sds.sds_config.ads is not None
+    assert _hcm(chain).route_config.virtual_hosts[0].routes[0].route.cluster == "original_dst_tls"
+    assert [f.name for f in lst.listener_filters] == [
+        "envoy.filters.listener.proxy_protocol",
+        "envoy.filters.listener.tls_inspector",
+    ]
+    (cluster,) = [c for c in res.clusters if c.name == l7.ORIGINAL_DST_TLS_CLUSTER]
+    upstream = cluster.transport_socket.typed_config.unpack()
+    trusted = upstream.common_tls_context.validation_context.trusted_ca.filename
+    assert trusted == l7.SYSTEM_CA_BUNDLE
+    options = cluster.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].unpack()
+    assert options.upstream_http_protocol_options.auto_sni
+    assert options.upstream_http_protocol_options.auto_san_validation
+
+
+def test_leaf_secrets_come_from_the_callback_per_terminate_route() -> None:
+    asked = []
+
+    def leaf(name: str, hostnames: tuple[str, ...]) -> Secret:
+        asked.append((name, hostnames))
+        return Secret(name=name)
+
+    res = _translate(leaf_secret=leaf)
+    assert asked == [
+        ("leaf/default/llm", ("api.anthropic.com", "*.openai.com")),
+        ("leaf/default/paste", ("pastebin.com",)),
+    ]
+    assert [s.name for s in res.secrets] == ["leaf/default/llm", "leaf/default/paste"]
+    assert _translate().secrets == ()  # no callback: the caller serves them
+
+
+def test_defaults_under_allow_all() -> None:
+    res = _translate("allow-all")
+    _, web = _chains(res, "web")
+    assert _hcm(web.default_filter_chain).route_config.virtual_hosts[0].domains == ["*"]
+    _, term = _chains(res, "term")
+    # no certificate can name every host: unnamed traffic on Terminate passes through
+    (f,) = term.default_filter_chain.filters
+    assert f.name == "envoy.filters.network.tcp_proxy"
+
+
+def test_every_tcp_proxy_logs_to_extproc_on_connect_and_close() -> None:
+    res = _translate("allow-all")
+    chains, tcp = _chains(res, "tcp")
+    for chain in [*chains.values(), tcp.default_filter_chain]:
+        for f in chain.filters:
+            if f.name != "envoy.filters.network.tcp_proxy":
+                continue
+            proxy = f.typed_config.unpack()
+            assert isinstance(proxy, TcpProxy)
+            (log,) = proxy.access_log
+            assert log.name == "envoy.access_loggers.tcp_grpc"
+            common = log.typed_config.unpack().common_config
+            assert common.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
+            assert {t.tag for t in common.custom_tags} == set(l7.TLV_TAGS)
+            assert proxy.access_log_options.flush_access_log_on_connected
+
+
+def test_extproc_address_option() -> None:
+    res = _translate(extproc_address=("10.0.0.1", 9000))
+    (cluster,) = [c for c in res.clusters if c.name == l7.EXTPROC_CLUSTER]
+    socket = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (socket.address, socket.port_value) == ("10.0.0.1", 9000)
+
+
+names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30)
+
+
+@given(
+    names,
+    names,
+    st.none() | names,
+    st.none() | st.integers(0, 99),
+    st.none() | names,
+    st.none() | st.integers(400, 599),
+    st.none() | st.text(min_size=1, max_size=80),
+)
+def test_facts_round_trip_through_ascii_metadata(gw, lst, route, rule, policy, status, msg):
+    facts = l7.ChainFacts(gw, lst, route, rule, policy, status, msg)
+    pairs = facts.metadata()
+    assert all(v.isascii() and v.isprintable() for _, v in pairs)
+    back = l7.ChainFacts.from_metadata(pairs)
+    assert (back.gateway, back.listener, back.route, back.rule) == (gw, lst, route, rule)
+    assert (back.deny_policy, back.status, back.message) == (policy, status, msg)
+
+
+def test_facts_without_gateway_or_with_bad_numbers_are_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        l7.ChainFacts.from_metadata([("x-clrk-route", "a/b")])
+    with pytest.raises(ValueError):
+        l7.ChainFacts.from_metadata([("x-clrk-gateway", "a/b"), ("x-clrk-status", "4x3")])
+    facts = l7.ChainFacts.from_metadata([("x-clrk-gateway", b"a/b"), ("other", "1")])
+    assert facts == l7.ChainFacts("a/b", "")
