@@ -30,10 +30,17 @@ def cli(argv: list[str] | None = None) -> None:
         "--applied-dir", default=None, help="where resources applied through the admin API live"
     )
     parser.add_argument("--records", default=None, help="records file the admin API streams")
+    parser.add_argument(
+        "--state-dir", default=None, help="keeps the gateway CA (TLS Terminate needs it)"
+    )
+    parser.add_argument("--extproc", default=None, help="clrk_extproc address, host:port")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup(args.log_level)
-    options = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
+    options: dict[str, object] = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
+    if args.extproc:
+        host, _, port = args.extproc.rpartition(":")
+        options["extproc_address"] = (host.strip("[]"), int(port))
     options = {k: v for k, v in options.items() if v is not None}
     asyncio.run(
         main(
@@ -42,6 +49,7 @@ def cli(argv: list[str] | None = None) -> None:
             args.status_listen,
             args.applied_dir,
             args.records,
+            args.state_dir,
             **options,
         )
     )

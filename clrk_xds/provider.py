@@ -147,8 +147,11 @@ class FileProvider:
                 extra=fields(kept_version=self._version, errors=len(plan.errors)),
             )
             return False
-        if plan.version == self._version:
-            return False
+        if plan.version == self._version and all(
+            (current := self.cache.get(node)) is not None and current.version == snap.version
+            for node, snap in plan.snapshots.items()
+        ):
+            return False  # same files and same output (a renewed certificate is output)
         for node, snap in plan.snapshots.items():
             self.cache.set_snapshot(node, snap, verified=True)  # checked in prepare
         for gone in self._nodes - plan.snapshots.keys():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +17,16 @@ import grpc
 from clrk.logs import fields
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.ads import AdsServer
+from clrk_xds.ca import GatewayCA
+from clrk_xds.certs import SECRET_PREFIX, LeafCertificates, to_envoy_secret
 from clrk_xds.policy_stream import PolicyHub, PolicyStreamServer
 from clrk_xds.provider import FileProvider, Translator, default_translator
 from clrk_xds.snapshot import SnapshotCache
 from clrk_xds.status_http import serve_status, status_document
 
 log = logging.getLogger("clrk_xds.server")
+
+LEAF_CHECK_MIN, LEAF_CHECK_MAX = 60.0, 3600.0  # seconds between renewal checks
 
 
 @dataclass
@@ -36,6 +41,7 @@ class ControlPlane:
     status_listen: str | None = None  # loopback HTTP status page (`GET /status`)
     status_port: int = 0  # its bound port, once started
     applied_dir: str | None = None  # where `clrk apply` (admin API) stores resources
+    leaves: LeafCertificates | None = None  # TLS Terminate leaves, renewed before expiry
     records_path: str | None = None  # the records file the admin API streams from
 
     def __post_init__(self) -> None:
@@ -79,6 +85,7 @@ class ControlPlane:
         host = self.listen.rsplit(":", 1)[0]
         log.info("server.listening", extra=fields(address=f"{host}:{self.port}"))
         watcher = asyncio.create_task(self._watch(stop))
+        renewer = asyncio.create_task(self._renew_leaves()) if self.leaves else None
         try:
             await stop.wait()
         finally:
@@ -89,10 +96,25 @@ class ControlPlane:
                 status_server.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(status_server.wait_closed(), 1.0)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, renewer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             log.info("server.stopped")
+
+    async def _renew_leaves(self) -> None:
+        """Reload when the first leaf certificate is due: the translator mints its
+        successor, and Envoy gets it over SDS before the old one expires."""
+        while True:
+            due = self.leaves.next_renewal() if self.leaves else None
+            wait = LEAF_CHECK_MAX
+            if due is not None:
+                wait = (due - datetime.datetime.now(datetime.UTC)).total_seconds()
+            await asyncio.sleep(min(max(wait, LEAF_CHECK_MIN), LEAF_CHECK_MAX))
+            if due is not None and datetime.datetime.now(datetime.UTC) >= due:
+                log.info("leaves.renewing")
+                await self.provider.reload()
 
     async def _watch(self, stop: asyncio.Event) -> None:
         try:
@@ -102,12 +124,25 @@ class ControlPlane:
             log.exception("provider.watch_failed")
 
 
+def leaf_secrets(state_dir: str | Path) -> tuple[Callable, LeafCertificates]:
+    """The translator's `leaf_secret` over the gateway CA kept in `state_dir`."""
+    leaves = LeafCertificates(GatewayCA.load_or_create(Path(state_dir)))
+
+    def leaf_secret(name: str, hostnames) -> object:
+        namespace, _, route = name.removeprefix(SECRET_PREFIX).partition("/")
+        now = datetime.datetime.now(datetime.UTC)
+        return to_envoy_secret(leaves.mint((namespace, route), hostnames, now))
+
+    return leaf_secret, leaves
+
+
 async def main(
     manifests: Sequence[str],
     listen: str,
     status_listen: str | None = None,
     applied_dir: str | None = None,
     records_path: str | None = None,
+    state_dir: str | None = None,
     **translate_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate."""
@@ -115,6 +150,9 @@ async def main(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    leaves = None
+    if state_dir is not None:
+        translate_options["leaf_secret"], leaves = leaf_secrets(state_dir)
     translator = functools.partial(default_translator(), **translate_options)
     plane = ControlPlane(
         manifests,
@@ -123,5 +161,6 @@ async def main(
         status_listen=status_listen,
         applied_dir=applied_dir,
         records_path=records_path,
+        leaves=leaves,
     )
     await plane.serve(stop)
