@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clrk.policy import Agent, Reason
-from clrk.policy.dnsfilter import name_could_match
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
 from tests.conftest import compile_yaml
 from tests.worker_dialer.dialer_policy import POLICY_YAML, gateway_policy
@@ -60,29 +59,6 @@ def test_forward_mode_forwards_every_name():
 
 def test_a_malformed_query_is_dropped():
     assert isinstance(on_query(POLICY, A, b"\x00\x01garbage"), Drop)
-
-
-def test_allow_all_and_match_everything_rules_filter_nothing():
-    allow_all = compile_yaml(
-        POLICY_YAML.replace("listeners:", "defaultPolicy: allow-all\n  listeners:")
-    )
-    assert name_could_match(allow_all.gateways[("default", "gw")], A, "anything.test")
-    open_route = POLICY_YAML.replace(
-        "[{destinationCIDRs: [203.0.113.0/24], ports: [{startPort: 5432, endPort: 5439}]}]",
-        "[{ports: [{port: 22}]}]",
-    )
-    assert name_could_match(compile_yaml(open_route).gateways[("default", "gw")], A, "x.test")
-
-
-def test_selectors_limit_the_names_an_agent_may_resolve():
-    text = POLICY_YAML.replace(
-        "[{destinationHostnames: [time.example.com], protocol: UDP,",
-        "[{destinationHostnames: [time.example.com], sourceAgents: {matchLabels: {team: b}},"
-        " protocol: UDP,",
-    )
-    policy = compile_yaml(text).gateways[("default", "gw")]
-    assert not name_could_match(policy, A, "time.example.com")
-    assert name_could_match(policy, Agent("default", "x", {"team": "b"}), "time.example.com")
 
 
 @given(st.binary(max_size=600))

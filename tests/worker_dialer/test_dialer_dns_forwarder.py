@@ -1,0 +1,71 @@
+"""The forwarder's upstream exchange and snooping against a real dnsmasq on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+
+import dns.flags
+import dns.message
+import pytest
+
+from clrk_worker_dialer.dns_binding import parse_query
+from clrk_worker_dialer.dns_forwarder import exchange
+from tests.e2e.topology import dnsmasq_args
+
+pytestmark = pytest.mark.skipif(not shutil.which("dnsmasq"), reason="needs dnsmasq")
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    zone = {"a.test": {"A": ["192.0.2.10"], "ttl": 30}, "c.test": {"CNAME": "a.test"}}
+    zone |= {"big.test": {"A": [f"192.0.2.{i}" for i in range(1, 60)]}}
+    argv = dnsmasq_args(zone, "127.0.0.1", str(tmp_path_factory.mktemp("dns") / "log"))
+    proc = subprocess.Popen(
+        [a if a != "--port=53" else f"--port={port}" for a in argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.3)
+    yield ("127.0.0.1", port)
+    proc.terminate()
+    proc.wait(5)
+
+
+def ask(name: str, resolver, **kw) -> tuple[bytes, bytes | None]:
+    query = dns.message.make_query(name, "A")
+    query.flags |= dns.flags.RD
+    wire = query.to_wire()
+    return wire, asyncio.run(exchange(wire, [resolver], 2.0, **kw))
+
+
+def test_an_answer_comes_back_for_the_same_query_id(resolver):
+    wire, answer = ask("a.test", resolver)
+    assert answer[:2] == wire[:2]
+    assert "192.0.2.10" in dns.message.from_wire(answer).to_text()
+
+
+def test_tcp_works_too(resolver):
+    _wire, answer = ask("c.test", resolver, tcp=True)
+    text = dns.message.from_wire(answer).to_text()
+    assert "a.test" in text and "192.0.2.10" in text
+
+
+def test_a_truncated_udp_answer_is_retried_over_tcp(resolver):
+    _wire, answer = ask("big.test", resolver)
+    message = dns.message.from_wire(answer)
+    assert not message.flags & dns.flags.TC
+    assert sum(len(rrset) for rrset in message.answer) == 59
+
+
+def test_a_resolver_that_does_not_answer_gives_none_then_the_next_is_asked(resolver):
+    dead = ("127.0.0.1", 9)  # discard: nothing answers
+    wire = dns.message.make_query("a.test", "A").to_wire()
+    answer = asyncio.run(exchange(wire, [dead, resolver], 0.3))
+    assert answer is not None and parse_query(wire).name == "a.test"
