@@ -22,11 +22,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m clrk_xds.policy_proto
 	@touch $@
 
-# Until the embedded stack lands, `run` validates the example policies and walks
-# through what they decide.
+# The whole gateway on the example policy, with a demo that needs no internet: it
+# builds its own network namespaces (needs root), runs a scripted agent against local
+# upstreams, prints what was allowed and denied, and keeps running until Ctrl-C.
 run: $(STAMP)
 	$(VENV)/bin/clrk validate -f examples/
-	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh examples/tour.sh
+	$(PY) -m clrk.demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -48,6 +48,7 @@ class DialerConfig:
     dns_timeout: float = 2.0
     watch: bool = True
     control_plane: str | None = None  # host:port of the policy stream, instead of files
+    sandboxes_dir: str | None = None  # `clrk run` registers sandbox address -> agent here
 
     @property
     def gateway_key(self) -> tuple[str, str]:

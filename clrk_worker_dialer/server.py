@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 from clrk.logs import fields
+from clrk_worker_dialer import registry
 from clrk_worker_dialer.config import Address, DialerConfig
 from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
 from clrk_worker_dialer.state import DialerState, PolicyError
@@ -54,6 +55,7 @@ class Dialer:
         self.udp: UdpFront | None = None
         self.bound: dict[str, list[Address]] = {}
         self._watcher: asyncio.Task | None = None
+        self._registry: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -65,6 +67,13 @@ class Dialer:
         else:
             self.state.load()  # an invalid policy at start-up is fatal: nothing to enforce
         state, cfg = self.state, self.config
+        if cfg.sandboxes_dir:
+            # Read every registered sandbox before serving, so a restarted dialer still
+            # knows the agents of sandboxes that kept running; then follow the directory.
+            known = registry.sync(Path(cfg.sandboxes_dir), state.identity, {})
+            self._registry = loop.create_task(
+                registry.follow(cfg.sandboxes_dir, state.identity, known=known)
+            )
         for addr in cfg.transparent_tcp:
             await self._serve("transparent_tcp", addr, lambda: TransparentTcp(state))
         for addr in cfg.dns:
@@ -138,10 +147,11 @@ class Dialer:
             await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._registry):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for server in self.servers:
             server.close()
         if self.udp is not None:

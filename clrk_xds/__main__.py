@@ -34,10 +34,15 @@ def cli(argv: list[str] | None = None) -> None:
         "--state-dir", default=None, help="keeps the gateway CA (TLS Terminate needs it)"
     )
     parser.add_argument("--extproc", default=None, help="clrk_extproc address, host:port")
+    parser.add_argument(
+        "--upstream-ca", default=None, help="trust bundle for re-originated TLS (default: system)"
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup(args.log_level)
     options: dict[str, object] = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
+    if args.upstream_ca:
+        options["upstream_ca"] = args.upstream_ca
     if args.extproc:
         host, _, port = args.extproc.rpartition(":")
         options["extproc_address"] = (host.strip("[]"), int(port))

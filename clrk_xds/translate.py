@@ -443,6 +443,7 @@ def translate(
     always_blocked: Sequence[Network] | None = None,
     extproc_address: tuple[str, int] = l7.DEFAULT_EXTPROC_ADDRESS,
     leaf_secret: LeafSecret | None = None,
+    upstream_ca: str | None = None,
 ) -> dict[str, GatewayResources]:
     """Envoy resources for every gateway, keyed by "namespace/name" (the node id).
 
@@ -452,6 +453,8 @@ def translate(
     clrk_extproc listens (ext_proc and access logs).  `leaf_secret(name, hostnames)`:
     the Secret of a TLS Terminate route's leaf certificate (minting is not pure, so the
     caller supplies it); without it, chains name secrets the caller must serve.
+    `upstream_ca`: the trust bundle for re-originated TLS of gateways that set no
+    `upstreamTLS.caBundle` (default: the system bundle).
     """
     blocked = always_blocked_networks(own_addresses) if always_blocked is None else always_blocked
     resolution = resolve(resources, rejected)
@@ -476,6 +479,7 @@ def translate(
         terminating = [lst for lst in spec_listeners if lst.tls_mode == "Terminate"]
         if terminating:
             bundle = gateway.spec.upstream_tls.ca_bundle if gateway.spec.upstream_tls else None
+            bundle = bundle or upstream_ca
             clusters.append(l7.original_dst_tls_cluster(bundle))
         secrets = _leaf_secrets(terminating, attachments, leaf_secret) if leaf_secret else ()
         out[gateway.ref] = GatewayResources(

@@ -13,6 +13,8 @@ from clrk.cli.check import check
 from clrk.cli.dialer import dialer
 from clrk.cli.get import get
 from clrk.cli.records import records
+from clrk.cli.run import run
+from clrk.cli.up import up
 from clrk.cli.validate import validate
 
 
@@ -33,6 +35,8 @@ cli.add_command(ca)
 cli.add_command(apply)
 cli.add_command(get)
 cli.add_command(records)
+cli.add_command(up)
+cli.add_command(run)
 cli.add_command(dialer)
 
 

@@ -53,13 +53,14 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--client-hello-wait", default=1.0, show_default=True, type=float)
 @click.option("--udp-idle-timeout", default=60.0, show_default=True, type=float)
 @click.option("--no-watch", is_flag=True, help="Do not reload the manifests on change.")
+@click.option("--sandboxes", help="Directory where `clrk run` registers its sandboxes.")
 @click.option("--ready-file", help="Written once every listener is up.")
 @click.option("--log-level", default="info", show_default=True)
 def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tcp,
            transparent_udp, dns,
            socks5, http_connect, next_hop_host, next_hop_base_port, resolvers, own,
            records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
-           ready_file, log_level) -> None:  # fmt: skip
+           sandboxes, ready_file, log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk import logs
     from clrk_worker_dialer.config import DialerConfig
@@ -87,6 +88,7 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
         udp_idle_timeout=udp_idle_timeout,
         watch=not no_watch,
         control_plane=control_plane,
+        sandboxes_dir=sandboxes,
     )
     if not paths and not control_plane:
         raise click.UsageError("give manifests (-f) or --control-plane")

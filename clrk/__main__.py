@@ -1,0 +1,7 @@
+"""`python -m clrk ...` is the `clrk` command."""
+
+import sys
+
+from clrk.cli import main
+
+sys.exit(main())

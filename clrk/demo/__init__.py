@@ -1,0 +1,1 @@
+"""`make run`: the embedded gateway on the example policy, shown doing its job offline."""

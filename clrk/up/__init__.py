@@ -1,0 +1,1 @@
+"""The embedded stack (`clrk up`): layout (pure), supervisor, metrics, sandboxes."""

@@ -1,0 +1,146 @@
+"""The shell of `clrk run` as root: a slot, a sandbox behind the running stack, its
+registration with the dialer, and the removal of all of it (also on failure)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from clrk.up.agent_env import MAX_SLOTS, sandbox_name, slot_path
+from clrk_worker_dialer import registry
+from clrk_worker_dialer.redirect_rules import spec_for_index
+from clrk_worker_dialer.sandbox import Sandbox, create_sandbox
+
+NETNS_ETC = Path("/etc/netns")
+REGISTER_TIMEOUT = 5.0
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def take_slot(directory: Path) -> int:
+    """The lowest free slot (an O_EXCL lock file holding our PID); a slot whose owner is
+    gone is taken over."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for slot in range(1, MAX_SLOTS):
+        path = slot_path(directory, slot)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                continue
+            if owner and not _pid_alive(owner):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # the next pass of a concurrent run may take it
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return slot
+    raise RunError(f"no free sandbox slot in {directory}")
+
+
+@dataclass
+class Registration:
+    directory: Path
+    name: str
+
+    @property
+    def entry(self) -> Path:
+        return self.directory / f"{self.name}{registry.ENTRY}"
+
+    @property
+    def ack(self) -> Path:
+        return self.directory / f"{self.name}{registry.ACK}"
+
+    def register(self, agent: str, addresses: list[str], timeout: float = REGISTER_TIMEOUT) -> None:
+        """Write the entry and wait until the dialer has applied it: a connection made
+        before that would be denied as an unknown agent."""
+        self.ack.unlink(missing_ok=True)
+        tmp = self.entry.with_suffix(".tmp")
+        tmp.write_text(registry.entry_text(agent, addresses))
+        os.replace(tmp, self.entry)  # the dialer never reads half an entry
+        deadline = time.monotonic() + timeout
+        while not self.ack.exists():
+            if time.monotonic() > deadline:
+                raise RunError("the dialer did not pick up the sandbox (is `clrk up` running?)")
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        self.entry.unlink(missing_ok=True)
+        self.ack.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def agent_sandbox(
+    sandboxes: Path, agent: str, ports: dict, host_netns: str | None
+) -> Iterator[Sandbox]:
+    """A sandbox whose egress the running stack intercepts, registered as `agent`;
+    everything is removed on exit."""
+    slot = take_slot(sandboxes)
+    name = sandbox_name(os.getpid(), slot)
+    etc = NETNS_ETC / name
+    sandbox = registration = None
+    try:
+        spec = spec_for_index(
+            slot,
+            name,
+            tcp_port=ports["tcp"],
+            udp_port=ports["udp"],
+            dns_port=ports["dns"],
+            host_netns=host_netns,
+        )
+        etc.mkdir(parents=True, exist_ok=True)
+        # Any resolver address works (all DNS is intercepted), but it must be one whose
+        # packets leave the sandbox: not a loopback stub from the host's resolv.conf.
+        (etc / "resolv.conf").write_text(f"nameserver {spec.host_v4}\noptions timeout:2\n")
+        sandbox = create_sandbox(spec)
+        registration = Registration(sandboxes, name)
+        registration.register(agent, [spec.agent_v4, spec.agent_v6])
+        yield sandbox
+    finally:
+        failures = []
+        if registration is not None:
+            registration.remove()
+        if sandbox is not None:
+            failures = sandbox.teardown()
+        shutil.rmtree(etc, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            NETNS_ETC.rmdir()  # only when empty
+        slot_path(sandboxes, slot).unlink(missing_ok=True)
+        if failures:
+            raise RunError("sandbox teardown: " + "; ".join(failures))
+
+
+def read_info(path: Path) -> dict:
+    """The running stack's up.json; RunError when there is none or its process is gone."""
+    try:
+        info = json.loads(path.read_text())
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise RunError(f"no running `clrk up` for this state directory ({path})") from None
+        raise RunError(f"{path}: {exc}") from None
+    except ValueError as exc:
+        raise RunError(f"{path}: {exc}") from None
+    if not isinstance(info, dict) or not _pid_alive(int(info.get("pid") or 0)):
+        raise RunError(f"the `clrk up` recorded in {path} is not running")
+    return info
