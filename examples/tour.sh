@@ -1,6 +1,6 @@
 #!/bin/sh
-# A walk through what the example policies decide (`make run` until the embedded
-# stack exists).  Each line is one `clrk check`; --hostname is what the agent's own
+# A walk through what the example policies decide, offline (no gateway running):
+# each line is one `clrk check`; --hostname is what the agent's own
 # DNS answer bound to the destination IP.
 set -eu
 cd "$(dirname "$0")"
