@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import decide_bench, dialer_bench, envoy_bench, reload_bench, xds_bench
+from bench import decide_bench, dialer_bench, envoy_bench, l7_bench, reload_bench, xds_bench
 
 BENCHMARKS = {
     "decide": decide_bench,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "reload": reload_bench,
     "dialer": dialer_bench,
     "envoy": envoy_bench,
+    "l7": l7_bench,
 }
 
 

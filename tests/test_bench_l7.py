@@ -1,0 +1,99 @@
+"""The HTTPS benchmark (`python -m bench.l7_bench --quick`): the real dialer, Envoy (TLS
+Terminate with and without ext_proc, TLS Passthrough), clrk_extproc and an HTTPS upstream
+in a throw-away topology.  Checks that every path is reported and that nothing is left
+behind, also when the bench fails midway; never the timings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import l7_bench
+from bench.dialer_bench import BenchError
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: network namespaces and iptables"
+)
+
+
+def _our_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    prefix = f"clrkl{os.getpid()}-"
+    return {line.split()[0] for line in out.stdout.splitlines() if line.startswith(prefix)}
+
+
+def _children() -> set[int]:
+    """PIDs whose parent is this process (read from /proc: no helper process of its own)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == os.getpid():
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.timeout(120)
+def test_quick_l7_bench_reports_every_path_and_cleans_up(capsys):
+    children = _children()
+    rows = l7_bench.main(quick=True)
+    assert [r["path"] for r in rows] == list(l7_bench.PATHS)
+    assert all(r["rps"] > 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
+    assert [r["ratio"] for r in rows if r["path"] == "passthrough"] == [1.0]
+    out = capsys.readouterr().out
+    for label in l7_bench.LABELS.values():
+        assert label in out
+    assert _our_namespaces() == set()
+    assert _children() <= children  # the dialer, Envoy, extproc and upstream are gone
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.timeout(120)
+def test_failure_midway_still_removes_everything(monkeypatch):
+    children = _children()
+
+    def fail(rig, params):
+        assert rig.envoy is not None  # built: there is something to remove
+        raise BenchError("injected")
+
+    monkeypatch.setattr(l7_bench, "measure", fail)
+    with pytest.raises(BenchError, match="injected"):
+        l7_bench.main(quick=True)
+    assert _our_namespaces() == set()
+    assert _children() <= children
+
+
+def test_without_extproc_drops_only_the_extproc_filter(tmp_path):
+    config, _ca = l7_bench.envoy_config(l7_bench.manifest_text(tmp_path / "ca.pem"), tmp_path)
+    listeners = {lst["name"]: lst for lst in config["static_resources"]["listeners"]}
+
+    def http_filters(listener: str) -> list[str]:
+        return [
+            f["name"]
+            for chain in listeners[listener]["filterChains"]
+            for nf in chain["filters"]
+            for f in nf.get("typedConfig", {}).get("httpFilters", [])
+        ]
+
+    with_ext, without = http_filters("tls-term"), http_filters("tls-bare")
+    assert l7_bench.EXTPROC_FILTER in with_ext
+    assert without == [f for f in with_ext if f != l7_bench.EXTPROC_FILTER]
+    assert http_filters("tls-pass") == []  # tcp_proxy, no HTTP at all
+    assert {s["name"] for s in config["static_resources"]["secrets"]} == {
+        "leaf/default/term",
+        "leaf/default/bare",
+    }
+
+
+def test_paths_use_documentation_addresses_and_distinct_names():
+    assert l7_bench.UPSTREAM[0].startswith("192.0.2.")
+    names = [name for _listener, _route, name in l7_bench.PATHS.values()]
+    assert len(set(names)) == len(names)
