@@ -17,17 +17,14 @@ Measured with one client program (`_client.py`) run inside the namespaces:
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from bench._netns import Topology, needs_root
+from bench._rig import BenchError, in_topology, line_ready, run_json, tail, wait_ready
 from clrk.nexthops import envoy_listener_addresses
 from clrk_worker_dialer.redirect_rules import spec_for_index
 
@@ -42,7 +39,6 @@ RESOLVER = ("127.0.0.53", 53)  # dnsmasq on gw's loopback
 ALLOWED = ("203.0.113.10", 8080)
 DENIED = ("203.0.113.20", 8080)
 ANY_DNS_SERVER = ("192.0.2.53", 53)  # the agent may ask anyone: TPROXY takes it
-START_TIMEOUT = 15.0
 
 MANIFEST = """\
 apiVersion: clrk.apoxy.dev/v1alpha1
@@ -89,41 +85,9 @@ QUICK = {
 }
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 def _client(netns: str, *args: object, timeout: float = 120.0) -> dict:
     argv = ["ip", "netns", "exec", netns, sys.executable, CLIENT, *map(str, args)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if result.returncode != 0:
-        raise BenchError(f"client {args[0]} in {netns} failed: {result.stderr.strip()[-800:]}")
-    return json.loads(result.stdout)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _wait_ready(proc: subprocess.Popen, ready, what: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while not ready():
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited {proc.returncode}:\n{_tail(log)}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} not ready within {START_TIMEOUT:g}s:\n{_tail(log)}")
-        time.sleep(0.02)
-
-
-def _line_ready(proc: subprocess.Popen):
-    def ready() -> bool:
-        readable, _, _ = select.select([proc.stdout], [], [], 0.05)
-        return bool(readable) and proc.stdout.readline().strip() == b"ready"
-
-    return ready
+    return run_json(argv, f"client {args[0]} in {netns}", timeout)
 
 
 def build(top: Topology, work: Path) -> dict:
@@ -196,10 +160,10 @@ def build(top: Topology, work: Path) -> dict:
         ],
         log=dialer_log,
     )
-    _wait_ready(sink, _line_ready(sink), "sink", sink_log)
-    _wait_ready(dialer, ready_file.exists, "dialer", dialer_log)
+    wait_ready(sink, line_ready(sink), "sink", sink_log)
+    wait_ready(dialer, ready_file.exists, "dialer", dialer_log)
     if dnsmasq.poll() is not None:
-        raise BenchError(f"dnsmasq exited {dnsmasq.returncode}:\n{_tail(dns_log)}")
+        raise BenchError(f"dnsmasq exited {dnsmasq.returncode}:\n{tail(dns_log)}")
     return {"gw": gw, "agent": agent.name, "direct": direct.name, "dialer_log": dialer_log}
 
 
@@ -291,15 +255,9 @@ def main(quick: bool = False) -> list[dict]:
         print(f"worker dialer benchmark skipped: {reason}")
         return []
     params = QUICK if quick else FULL
-    with tempfile.TemporaryDirectory(prefix="clrk-bench-") as tmp:
-        top = Topology(f"clrkb{os.getpid()}")
-        try:
-            names = build(top, Path(tmp))
-            rows = measure(names, params)
-        finally:
-            top.close()
-            if top.failures:
-                print("cleanup problems: " + "; ".join(top.failures), file=sys.stderr)
+    rows = in_topology(
+        f"clrkb{os.getpid()}", "clrk-bench-", lambda top, work: measure(build(top, work), params)
+    )
     print_table(rows, params)
     return rows
 

@@ -24,31 +24,35 @@ noisy moment hits every path alike.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench._netns import Topology, needs_root
-from bench.dialer_bench import MANIFEST, BenchError, _line_ready, _tail, _wait_ready
-from bench.reload_bench import _env
-from clrk_worker_dialer.redirect_rules import spec_for_index
+from bench._netns import needs_root
+from bench._rig import (
+    BenchError,
+    GatewayRig,
+    child_env,
+    line_ready,
+    rotated,
+    run_json,
+    run_rig,
+    wait_ready,
+)
+from bench.dialer_bench import MANIFEST
 
 HERE = Path(__file__).resolve().parent
 SINK = str(HERE / "_sink.py")
 
 UPSTREAM = ("192.0.2.10", 8080)
-TCP_PORT, UDP_PORT, DNS_PORT = 15001, 15002, 15053  # only TCP is served here
 ENVOY_BASE_PORT = 15100  # the gateway's one listener, tcp-out
 EXTPROC = ("127.0.0.1", 18002)
 GATEWAY = "default/bench"
 AGENT = "default/bot"
 ROUTE = "default/bench"
-START_TIMEOUT = 20.0
 
 FULL = {"cps_s": 1.5, "cps_runs": 5, "threads": 4, "bulk_mib": 512, "bulk_runs": 5}
 QUICK = {"cps_s": 0.5, "cps_runs": 1, "threads": 4, "bulk_mib": 64, "bulk_runs": 1}
@@ -89,57 +93,27 @@ def _tune_for_many_connections(netns: str) -> None:
     )  # fmt: skip
 
 
-def _start_envoy(config: dict, netns: str):
-    from clrk_xds.envoy_process import EnvoyProcess
-
-    return EnvoyProcess(config, netns=netns, log_level="warning", ready_timeout=START_TIMEOUT)
-
-
-class Rig:
+class Rig(GatewayRig):
     """The namespaces and processes; `close()` removes all of it (idempotent)."""
-
-    def __init__(self, top: Topology, work: Path) -> None:
-        self.top, self.work, self.envoy = top, work, None
 
     def build(self) -> None:
         top, work = self.top, self.work
-        gw = self.gw = top.create_host()
-        subprocess.run(["ip", "-n", gw, "addr", "add", f"{UPSTREAM[0]}/32", "dev", "lo"],
-                       check=True, capture_output=True)  # fmt: skip
-        agent = top.add_sandbox(
-            spec_for_index(1, f"{top.prefix}-a1", tcp_port=TCP_PORT, udp_port=UDP_PORT,
-                           dns_port=DNS_PORT, host_netns=gw)
-        )  # fmt: skip
-        self.agent = agent.name
-        for netns in (gw, agent.name):
+        self.add_namespaces(UPSTREAM[0])
+        gw = self.gw
+        for netns in (gw, self.agent):
             _tune_for_many_connections(netns)
         manifest = work / "bench.yaml"
         manifest.write_text(manifest_text())
-        env = _env()
+        env = child_env()
         sink_log = work / "sink.log"
         sink = top.start(gw, [sys.executable, SINK, f"{UPSTREAM[0]}:{UPSTREAM[1]}"], log=sink_log,
                          stdout=subprocess.PIPE)  # fmt: skip
-        extproc_log = work / "extproc.log"
-        extproc = top.start(gw, [
-            sys.executable, "-m", "clrk_extproc", "--listen", f"{EXTPROC[0]}:{EXTPROC[1]}",
-            "--records", str(work / "envoy-records.jsonl"), "--log-level", "warning",
-        ], log=extproc_log, env=env)  # fmt: skip
-        ready_file, dialer_log = work / "dialer.ready", work / "dialer.log"
-        dialer = top.start(gw, [
-            sys.executable, "-m", "clrk_worker_dialer", "--no-watch", "-f", str(manifest),
-            "--gateway", GATEWAY, "--agent-source", f"{agent.spec.agent_v4}={AGENT}",
-            "--transparent-tcp", f"0.0.0.0:{TCP_PORT}",
-            "--next-hop-base-port", str(ENVOY_BASE_PORT),
-            "--records", str(work / "dialer-records.jsonl"), "--ready-file", str(ready_file),
-            "--log-level", "warning",
-        ], log=dialer_log, env=env)  # fmt: skip
+        gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
+                                     envoy_base_port=ENVOY_BASE_PORT, env=env)  # fmt: skip
         # Translating in this process overlaps with the children starting up.
-        self.envoy = _start_envoy(envoy_config(manifest.read_text()), gw)
-        self.envoy.start()
-        _wait_ready(sink, _line_ready(sink), "sink", sink_log)
-        _wait_ready(dialer, ready_file.exists, "dialer", dialer_log)
-        if extproc.poll() is not None:
-            raise BenchError(f"clrk_extproc exited {extproc.returncode}:\n{_tail(extproc_log)}")
+        self.start_envoy(envoy_config(manifest.read_text()))
+        wait_ready(sink, line_ready(sink), "sink", sink_log)
+        gateway.wait_ready()
 
     def client(self, path: str, *args: object, timeout: float = 120.0) -> dict:
         """Run the one client program for this path, inside its namespace."""
@@ -152,12 +126,7 @@ class Rig:
         mode, *rest = args
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "bench._envoy_client",
                 *header, mode, host, str(port), *map(str, rest)]  # fmt: skip
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False, env=_env()
-        )
-        if result.returncode != 0:
-            raise BenchError(f"client {mode} on {path} failed: {result.stderr.strip()[-800:]}")
-        return json.loads(result.stdout)
+        return run_json(argv, f"client {mode} on {path}", timeout, child_env())
 
     def envoy_proxied(self) -> int:
         """Connections Envoy's tcp_proxy chains took (proves paths 1 and 2 went through a
@@ -167,18 +136,6 @@ class Rig:
             raise BenchError(f"Envoy admin /stats answered {status}")
         return sum(int(line.rpartition(": ")[2]) for line in body.splitlines() if ": " in line)
 
-    def close(self) -> None:
-        if self.envoy is not None:
-            self.envoy.stop()
-            self.envoy = None
-        self.top.close()
-
-
-def _rotated(run: int) -> tuple[str, ...]:
-    """The paths in a different order each run: none is always the first or the last."""
-    k = run % len(PATHS)
-    return PATHS[k:] + PATHS[:k]
-
 
 def measure(rig: Rig, p: dict) -> list[dict]:
     rows: list[dict] = []
@@ -186,7 +143,7 @@ def measure(rig: Rig, p: dict) -> list[dict]:
     per_s: dict[str, list[float]] = {path: [] for path in PATHS}
     made: dict[str, int] = dict.fromkeys(PATHS, 0)
     for run in range(p["cps_runs"]):  # interleaved: a noisy moment hits every path alike
-        for path in _rotated(run):
+        for path in rotated(PATHS, run):
             got = rig.client(path, "cps", p["cps_s"], p["threads"])
             if got["errors"] or not got["connections"]:
                 raise BenchError(f"cps {path}: {got}")
@@ -205,7 +162,7 @@ def measure(rig: Rig, p: dict) -> list[dict]:
         )
     rates: dict[str, list[float]] = {path: [] for path in PATHS}
     for run in range(p["bulk_runs"]):
-        for path in _rotated(run):
+        for path in rotated(PATHS, run):
             got = rig.client(path, "bulk", p["bulk_mib"])
             if got["counted"] != got["bytes"]:
                 raise BenchError(f"bulk {path}: sent {got['bytes']} bytes, upstream counted {got}")
@@ -236,16 +193,9 @@ def main(quick: bool = False) -> list[dict]:
         return []
     params = QUICK if quick else FULL
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="clrk-bench-envoy-") as tmp:
-        top = Topology(f"clrke{os.getpid()}")
-        rig = Rig(top, Path(tmp))
-        try:
-            rig.build()
-            rows = measure(rig, params)
-        finally:
-            rig.close()
-            if top.failures:
-                print("cleanup problems: " + "; ".join(top.failures), file=sys.stderr)
+    rows = run_rig(
+        Rig, measure, params, prefix=f"clrke{os.getpid()}", tmp_prefix="clrk-bench-envoy-"
+    )
     print_table(rows, params, time.monotonic() - started)
     return rows
 

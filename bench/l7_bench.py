@@ -29,27 +29,30 @@ hits every path alike.  requests/s is the median of the runs; latencies are pool
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench._netns import Topology, needs_root
-from bench.dialer_bench import BenchError, _line_ready, _tail, _wait_ready
-from bench.envoy_bench import _start_envoy
-from bench.reload_bench import _env
-from clrk_worker_dialer.redirect_rules import spec_for_index
+from bench._netns import needs_root
+from bench._rig import (
+    BenchError,
+    GatewayRig,
+    child_env,
+    line_ready,
+    rotated,
+    run_json,
+    run_rig,
+    wait_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 CLIENT = str(HERE / "_l7_client.py")
 UPSTREAM_SERVER = str(HERE / "_l7_upstream.py")
 
 UPSTREAM = ("192.0.2.10", 443)
-TCP_PORT, UDP_PORT, DNS_PORT = 15001, 15002, 15053  # only TCP is served here
 ENVOY_BASE_PORT = 15100
 EXTPROC = ("127.0.0.1", 18002)
 GATEWAY = "default/bench"
@@ -155,18 +158,6 @@ def upstream_certificates(directory: Path) -> tuple[Path, Path, Path]:
 # --- Envoy's configuration -------------------------------------------------------------
 
 
-def _static_secrets(node) -> None:
-    """SDS-over-ADS references -> references to static bootstrap secrets (no ADS here)."""
-    if isinstance(node, dict):
-        for entry in node.get("tlsCertificateSdsSecretConfigs", []):
-            entry.pop("sdsConfig", None)
-        for value in node.values():
-            _static_secrets(value)
-    elif isinstance(node, list):
-        for value in node:
-            _static_secrets(value)
-
-
 def without_extproc(listener: dict) -> int:
     """Drop the ext_proc HTTP filter from every chain of this (plain) listener; how many
     were dropped.  Everything else of the chain stays as translated."""
@@ -188,7 +179,7 @@ def envoy_config(text: str, state_dir: Path) -> tuple[dict, Path]:
     ext_proc filter removed from the "terminate" path's listener; and the CA's file."""
     from clrk.api import load_text
     from clrk_xds.ca import default_cert_path
-    from clrk_xds.envoy_process import static_bootstrap
+    from clrk_xds.envoy_process import static_bootstrap_with_secrets
     from clrk_xds.server import leaf_secrets
     from clrk_xds.translate import to_plain, translate
 
@@ -204,65 +195,38 @@ def envoy_config(text: str, state_dir: Path) -> tuple[dict, Path]:
         leaf_secret=leaf_secret,
     )
     plain = to_plain(gateways[GATEWAY])
-    _static_secrets(plain)
     (bare,) = [lst for lst in plain["listeners"] if lst["name"] == NO_EXTPROC_LISTENER]
     if without_extproc(bare) != 1:
         raise BenchError(f"expected one ext_proc filter on {NO_EXTPROC_LISTENER}")
-    config = static_bootstrap(plain)
-    config["static_resources"]["secrets"] = plain["secrets"]
-    return config, default_cert_path(state_dir)
+    return static_bootstrap_with_secrets(plain), default_cert_path(state_dir)
 
 
 # --- the rig ---------------------------------------------------------------------------
 
 
-class Rig:
+class Rig(GatewayRig):
     """The namespaces and processes; `close()` removes all of it (idempotent)."""
-
-    def __init__(self, top: Topology, work: Path) -> None:
-        self.top, self.work, self.envoy = top, work, None
 
     def build(self) -> None:
         top, work = self.top, self.work
-        gw = self.gw = top.create_host()
-        subprocess.run(["ip", "-n", gw, "addr", "add", f"{UPSTREAM[0]}/32", "dev", "lo"],
-                       check=True, capture_output=True)  # fmt: skip
-        agent = top.add_sandbox(
-            spec_for_index(1, f"{top.prefix}-a1", tcp_port=TCP_PORT, udp_port=UDP_PORT,
-                           dns_port=DNS_PORT, host_netns=gw)
-        )  # fmt: skip
-        self.agent = agent.name
+        self.add_namespaces(UPSTREAM[0])
+        gw = self.gw
         self.upstream_ca, cert, key = upstream_certificates(work)
         manifest = work / "bench.yaml"
         manifest.write_text(manifest_text(self.upstream_ca))
-        env = _env()
+        env = child_env()
         upstream_log = work / "upstream.log"
         upstream = top.start(
             gw, [sys.executable, UPSTREAM_SERVER, f"{UPSTREAM[0]}:{UPSTREAM[1]}", str(cert),
                  str(key)], log=upstream_log, stdout=subprocess.PIPE,
         )  # fmt: skip
-        extproc_log = work / "extproc.log"
-        extproc = top.start(gw, [
-            sys.executable, "-m", "clrk_extproc", "--listen", f"{EXTPROC[0]}:{EXTPROC[1]}",
-            "--records", str(work / "envoy-records.jsonl"), "--log-level", "warning",
-        ], log=extproc_log, env=env)  # fmt: skip
-        ready_file, dialer_log = work / "dialer.ready", work / "dialer.log"
-        dialer = top.start(gw, [
-            sys.executable, "-m", "clrk_worker_dialer", "--no-watch", "-f", str(manifest),
-            "--gateway", GATEWAY, "--agent-source", f"{agent.spec.agent_v4}={AGENT}",
-            "--transparent-tcp", f"0.0.0.0:{TCP_PORT}",
-            "--next-hop-base-port", str(ENVOY_BASE_PORT),
-            "--records", str(work / "dialer-records.jsonl"), "--ready-file", str(ready_file),
-            "--log-level", "warning",
-        ], log=dialer_log, env=env)  # fmt: skip
+        gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
+                                     envoy_base_port=ENVOY_BASE_PORT, env=env)  # fmt: skip
         # Translating (and minting) in this process overlaps with the children starting.
         config, self.gateway_ca = envoy_config(manifest.read_text(), work / "state")
-        self.envoy = _start_envoy(config, gw)
-        self.envoy.start()
-        _wait_ready(upstream, _line_ready(upstream), "upstream", upstream_log)
-        _wait_ready(dialer, ready_file.exists, "dialer", dialer_log)
-        if extproc.poll() is not None:
-            raise BenchError(f"clrk_extproc exited {extproc.returncode}:\n{_tail(extproc_log)}")
+        self.start_envoy(config)
+        wait_ready(upstream, line_ready(upstream), "upstream", upstream_log)
+        gateway.wait_ready()
 
     def client(self, path: str, seconds: float, connections: int) -> dict:
         """The one client program, in the agent, against the upstream's address: the
@@ -272,12 +236,7 @@ class Rig:
         cafile = self.upstream_ca if path == "passthrough" else self.gateway_ca
         argv = ["ip", "netns", "exec", self.agent, sys.executable, CLIENT, UPSTREAM[0],
                 str(UPSTREAM[1]), name, str(cafile), str(seconds), str(connections)]  # fmt: skip
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=seconds + 60, check=False, env=_env()
-        )
-        if result.returncode != 0:
-            raise BenchError(f"client on {path} failed: {result.stderr.strip()[-800:]}")
-        got = json.loads(result.stdout)
+        got = run_json(argv, f"client on {path}", seconds + 60, child_env())
         if got["errors"] or not got["requests"]:
             raise BenchError(f"client on {path}: {got['errors'][:3]}, {got['requests']} requests")
         return got
@@ -292,19 +251,6 @@ class Rig:
             if value.isdigit():
                 out[stat] = int(value)
         return out
-
-    def close(self) -> None:
-        if self.envoy is not None:
-            self.envoy.stop()
-            self.envoy = None
-        self.top.close()
-
-
-def _rotated(run: int) -> tuple[str, ...]:
-    """The paths in a different order each run: none is always the first or the last."""
-    paths = tuple(PATHS)
-    k = run % len(paths)
-    return paths[k:] + paths[:k]
 
 
 def _percentile(sorted_samples: list[int], q: float) -> float:
@@ -337,7 +283,7 @@ def measure(rig: Rig, p: dict) -> list[dict]:
     requests = dict.fromkeys(PATHS, 0)
     opened = dict.fromkeys(PATHS, 0)
     for run in range(p["runs"]):  # interleaved: a noisy moment hits every path alike
-        for path in _rotated(run):
+        for path in rotated(PATHS, run):
             got = rig.client(path, p["seconds"], p["connections"])
             per_s[path].append(got["requests"] / got["seconds"])
             samples[path] += got["latency_us"]
@@ -369,16 +315,7 @@ def main(quick: bool = False) -> list[dict]:
         return []
     params = QUICK if quick else FULL
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="clrk-bench-l7-") as tmp:
-        top = Topology(f"clrkl{os.getpid()}")
-        rig = Rig(top, Path(tmp))
-        try:
-            rig.build()
-            rows = measure(rig, params)
-        finally:
-            rig.close()
-            if top.failures:
-                print("cleanup problems: " + "; ".join(top.failures), file=sys.stderr)
+    rows = run_rig(Rig, measure, params, prefix=f"clrkl{os.getpid()}", tmp_prefix="clrk-bench-l7-")
     print_table(rows, params, time.monotonic() - started)
     return rows
 

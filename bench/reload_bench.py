@@ -30,8 +30,8 @@ import yaml
 
 from bench import xds_bench
 from bench._netns import Topology, needs_root
+from bench._rig import child_env
 
-REPO = Path(__file__).resolve().parent.parent
 GATEWAY = "default/bench"
 AGENT = "bot"
 ADS = "127.0.0.1:18000"
@@ -70,10 +70,6 @@ def probe_route(run: int) -> dict:
 
 def probe_ip(run: int) -> str:
     return f"192.0.2.{run + 1}"
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 
 def _parse_ts(text: str) -> float:
@@ -127,7 +123,7 @@ class Rig:
                        check=True, capture_output=True)  # fmt: skip
         self.cp_log, self.dialer_log = work / "control-plane.log", work / "dialer.log"
         self.cp = top.start(ns, [sys.executable, "-m", "clrk_xds", "--manifests", str(self.dir),
-                                 "--listen", ADS], log=self.cp_log, env=_env())  # fmt: skip
+                                 "--listen", ADS], log=self.cp_log, env=child_env())  # fmt: skip
         _wait_for(lambda: "server.listening" in self.cp_log.read_text(), "control plane")
         self.envoy = EnvoyProcess(
             render_bootstrap(GATEWAY, *ADS.split(":"), admin_port=0),
@@ -140,13 +136,13 @@ class Rig:
             sys.executable, "-m", "clrk_worker_dialer", "--control-plane", ADS,
             "--gateway", GATEWAY, "--socks5", SOCKS, "--records", str(work / "records.jsonl"),
             "--ready-file", str(ready),
-        ], log=self.dialer_log, env=_env())  # fmt: skip
+        ], log=self.dialer_log, env=child_env())  # fmt: skip
         _wait_for(ready.exists, "dialer")
         self.prober = top.start(
             ns,
             [sys.executable, "-m", "bench._reload_probe", "--socks", SOCKS, "--user", AGENT,
              "--agent", f"default/{AGENT}", "--envoy", ENVOY_TCP],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(),
         )  # fmt: skip
         if self.prober.stdout.readline().strip() != "ready":
             raise RuntimeError("the prober did not start")

@@ -251,80 +251,69 @@ def host_steps(spec: SandboxSpec) -> list[Step]:
     return steps
 
 
+def _redirect_tcp(dns_port: int, tcp_port: int) -> tuple[tuple[str, ...], ...]:
+    """nat rules: DNS over TCP to the DNS port, any other TCP to the TCP port."""
+    return (
+        ("-p", "tcp", "--dport", "53", "-j", "REDIRECT", "--to-ports", str(dns_port)),
+        ("-p", "tcp", "-j", "REDIRECT", "--to-ports", str(tcp_port)),
+    )
+
+
+def _tproxy_udp(dns_port: int, udp_port: int, mark: str) -> tuple[tuple[str, ...], ...]:
+    """mangle rules: DNS over UDP to the DNS port, any other UDP to the UDP port."""
+    return (
+        ("-p", "udp", "--dport", "53", "-j", "TPROXY", "--on-port", str(dns_port),
+         "--tproxy-mark", mark),
+        ("-p", "udp", "-j", "TPROXY", "--on-port", str(udp_port), "--tproxy-mark", mark),
+    )  # fmt: skip
+
+
+def _chain_steps(
+    netns: str | None,
+    family: int,
+    table: str,
+    chain: str,
+    rules: tuple[tuple[str, ...], ...],
+    jump: tuple[str, ...],
+    chain_label: str,
+    jump_label: str,
+) -> list[Step]:
+    """Create `chain` with `rules`, then hook it in with `jump`; undone in reverse."""
+    steps = [
+        Step(
+            f"ipv{family} {table} {chain_label}",
+            _tables(netns, family, "-t", table, "-N", chain),
+            (
+                _tables(netns, family, "-t", table, "-F", chain),
+                _tables(netns, family, "-t", table, "-X", chain),
+            ),
+        )
+    ]
+    steps += [
+        Step(f"ipv{family} {table} rule", _tables(netns, family, "-t", table, "-A", chain, *rule))
+        for rule in rules
+    ]
+    steps.append(
+        Step(
+            f"ipv{family} {table} {jump_label}",
+            _tables(netns, family, "-t", table, "-A", *jump),
+            (_tables(netns, family, "-t", table, "-D", *jump),),
+        )
+    )
+    return steps
+
+
 def interception_steps(spec: SandboxSpec) -> list[Step]:
     """The per-sandbox chains in the host namespace, v4 then v6, nat then mangle."""
     h, chain, mark = spec.host_netns, spec.chain, _mark(spec.fwmark)
     steps: list[Step] = []
     for family in (4, 6):
         for table, rules in (
-            (
-                "nat",
-                (
-                    (
-                        "-p",
-                        "tcp",
-                        "--dport",
-                        "53",
-                        "-j",
-                        "REDIRECT",
-                        "--to-ports",
-                        str(spec.dns_port),
-                    ),
-                    ("-p", "tcp", "-j", "REDIRECT", "--to-ports", str(spec.tcp_port)),
-                ),
-            ),
-            (
-                "mangle",
-                (
-                    (
-                        "-p",
-                        "udp",
-                        "--dport",
-                        "53",
-                        "-j",
-                        "TPROXY",
-                        "--on-port",
-                        str(spec.dns_port),
-                        "--tproxy-mark",
-                        mark,
-                    ),
-                    (
-                        "-p",
-                        "udp",
-                        "-j",
-                        "TPROXY",
-                        "--on-port",
-                        str(spec.udp_port),
-                        "--tproxy-mark",
-                        mark,
-                    ),
-                ),
-            ),
+            ("nat", _redirect_tcp(spec.dns_port, spec.tcp_port)),
+            ("mangle", _tproxy_udp(spec.dns_port, spec.udp_port, mark)),
         ):
-            steps.append(
-                Step(
-                    f"ipv{family} {table} chain",
-                    _tables(h, family, "-t", table, "-N", chain),
-                    (
-                        _tables(h, family, "-t", table, "-F", chain),
-                        _tables(h, family, "-t", table, "-X", chain),
-                    ),
-                )
-            )
-            steps += [
-                Step(
-                    f"ipv{family} {table} rule", _tables(h, family, "-t", table, "-A", chain, *rule)
-                )
-                for rule in rules
-            ]
             jump = ("PREROUTING", "-i", spec.host_if, "-j", chain)
-            steps.append(
-                Step(
-                    f"ipv{family} {table} jump",
-                    _tables(h, family, "-t", table, "-A", *jump),
-                    (_tables(h, family, "-t", table, "-D", *jump),),
-                )
-            )
+            steps += _chain_steps(h, family, table, chain, rules, jump, "chain", "jump")
     return steps
 
 
@@ -464,94 +453,17 @@ def sidecar_steps(spec: SidecarSpec) -> list[Step]:
         if spec.exclude_mark is not None:
             exempt.append(("-m", "mark", "--mark", _mark(spec.exclude_mark), "-j", "RETURN"))
         chains = (
-            (
-                "nat",
-                out,
-                "OUTPUT",
-                (
-                    *exempt,
-                    (
-                        "-p",
-                        "tcp",
-                        "--dport",
-                        "53",
-                        "-j",
-                        "REDIRECT",
-                        "--to-ports",
-                        str(spec.dns_port),
-                    ),
-                    ("-p", "tcp", "-j", "REDIRECT", "--to-ports", str(spec.tcp_port)),
-                ),
-            ),
-            (
-                "mangle",
-                out,
-                "OUTPUT",
-                (
-                    *exempt,
-                    ("-p", "udp", "-j", "MARK", "--set-xmark", mark),
-                ),
-            ),
+            ("nat", out, "OUTPUT", (*exempt, *_redirect_tcp(spec.dns_port, spec.tcp_port))),
+            ("mangle", out, "OUTPUT", (*exempt, ("-p", "udp", "-j", "MARK", "--set-xmark", mark))),
             # The marked datagram re-enters on lo; only marked ones are intercepted, so
             # ordinary loopback UDP passes untouched.
-            (
-                "mangle",
-                inbound,
-                "PREROUTING",
-                (
-                    (
-                        "-p",
-                        "udp",
-                        "--dport",
-                        "53",
-                        "-j",
-                        "TPROXY",
-                        "--on-port",
-                        str(spec.dns_port),
-                        "--tproxy-mark",
-                        mark,
-                    ),
-                    (
-                        "-p",
-                        "udp",
-                        "-j",
-                        "TPROXY",
-                        "--on-port",
-                        str(spec.udp_port),
-                        "--tproxy-mark",
-                        mark,
-                    ),
-                ),
-            ),
+            ("mangle", inbound, "PREROUTING", _tproxy_udp(spec.dns_port, spec.udp_port, mark)),
         )
         for table, chain, hook, rules in chains:
-            steps.append(
-                Step(
-                    f"ipv{family} {table} {chain}",
-                    _tables(None, family, "-t", table, "-N", chain),
-                    (
-                        _tables(None, family, "-t", table, "-F", chain),
-                        _tables(None, family, "-t", table, "-X", chain),
-                    ),
-                )
-            )
-            steps += [
-                Step(
-                    f"ipv{family} {table} rule",
-                    _tables(None, family, "-t", table, "-A", chain, *rule),
-                )
-                for rule in rules
-            ]
             if hook == "PREROUTING":
                 jump = (hook, "-i", "lo", "-p", "udp", "-m", "mark", "--mark", mark, "-j", chain)
             else:
                 jump = (hook, "-j", chain)
-            steps.append(
-                Step(
-                    f"ipv{family} {table} {hook} jump",
-                    _tables(None, family, "-t", table, "-A", *jump),
-                    (_tables(None, family, "-t", table, "-D", *jump),),
-                )
-            )
+            steps += _chain_steps(None, family, table, chain, rules, jump, chain, f"{hook} jump")
     steps += policy_routing_steps(spec.fwmark, spec.route_table)
     return steps

@@ -85,6 +85,27 @@ def static_bootstrap(plain: dict, *, admin_port: int = 0, admin_host: str = "127
     }
 
 
+def static_bootstrap_with_secrets(plain: dict) -> dict:
+    """`static_bootstrap`, with the gateway's TLS secrets served statically too: the
+    listeners' SDS-over-ADS references become references to the bootstrap's secrets (no
+    ADS here).  Edits `plain` in place."""
+    _static_secret_refs(plain)
+    config = static_bootstrap(plain)
+    config["static_resources"]["secrets"] = plain["secrets"]
+    return config
+
+
+def _static_secret_refs(node) -> None:
+    if isinstance(node, dict):
+        for entry in node.get("tlsCertificateSdsSecretConfigs", []):
+            entry.pop("sdsConfig", None)
+        for value in node.values():
+            _static_secret_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _static_secret_refs(value)
+
+
 def validate_config(config: dict, *, timeout: float = 60.0) -> tuple[bool, str]:
     """Run `envoy --mode validate` on config: (ok, Envoy's output)."""
     with tempfile.TemporaryDirectory(prefix="clrk-envoy-validate-") as work:

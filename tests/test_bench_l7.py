@@ -6,13 +6,12 @@ behind, also when the bench fails midway; never the timings."""
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from bench import l7_bench
-from bench.dialer_bench import BenchError
+from bench._rig import BenchError
+from tests.netns_helpers import child_pids, namespaces_with_prefix
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: network namespaces and iptables"
@@ -20,29 +19,14 @@ needs_root = pytest.mark.skipif(
 
 
 def _our_namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    prefix = f"clrkl{os.getpid()}-"
-    return {line.split()[0] for line in out.stdout.splitlines() if line.startswith(prefix)}
-
-
-def _children() -> set[int]:
-    """PIDs whose parent is this process (read from /proc: no helper process of its own)."""
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == os.getpid():
-            out.add(int(stat.parent.name))
-    return out
+    return namespaces_with_prefix(f"clrkl{os.getpid()}-")
 
 
 @pytest.mark.root
 @needs_root
 @pytest.mark.timeout(120)
 def test_quick_l7_bench_reports_every_path_and_cleans_up(capsys):
-    children = _children()
+    before = child_pids()
     rows = l7_bench.main(quick=True)
     assert [r["path"] for r in rows] == list(l7_bench.PATHS)
     assert all(r["rps"] > 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
@@ -51,14 +35,14 @@ def test_quick_l7_bench_reports_every_path_and_cleans_up(capsys):
     for label in l7_bench.LABELS.values():
         assert label in out
     assert _our_namespaces() == set()
-    assert _children() <= children  # the dialer, Envoy, extproc and upstream are gone
+    assert child_pids() <= before  # the dialer, Envoy, extproc and upstream are gone
 
 
 @pytest.mark.root
 @needs_root
 @pytest.mark.timeout(120)
 def test_failure_midway_still_removes_everything(monkeypatch):
-    children = _children()
+    before = child_pids()
 
     def fail(rig, params):
         assert rig.envoy is not None  # built: there is something to remove
@@ -68,7 +52,7 @@ def test_failure_midway_still_removes_everything(monkeypatch):
     with pytest.raises(BenchError, match="injected"):
         l7_bench.main(quick=True)
     assert _our_namespaces() == set()
-    assert _children() <= children
+    assert child_pids() <= before
 
 
 def test_without_extproc_drops_only_the_extproc_filter(tmp_path):

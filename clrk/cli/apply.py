@@ -9,18 +9,11 @@ from google.protobuf.json_format import MessageToDict
 
 from clrk.cli import admin_client
 from clrk.cli.admin_client import server_option
+from clrk.cli.manifests import manifest_option
 
 
 @click.command()
-@click.option(
-    "-f",
-    "--filename",
-    "paths",
-    multiple=True,
-    required=True,
-    type=click.Path(),
-    help="Manifest file or directory (repeatable).",
-)
+@manifest_option
 @server_option
 @click.option("--dry-run", is_flag=True, help="Validate against the set in force; store nothing.")
 @click.option(

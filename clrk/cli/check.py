@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import click
 
 from clrk.api import grammar
-from clrk.cli.manifests import load_and_compile
+from clrk.cli.manifests import filename_option, load_and_compile
 from clrk.policy import Agent, Connection, Decision, PolicySet, decide
 from clrk.policy.addresses import parse_ip
 
@@ -170,14 +170,7 @@ def _remote(server: str, query: CheckQuery) -> tuple[dict, tuple[str, ...]]:
 
 
 @click.command()
-@click.option(
-    "-f",
-    "--filename",
-    "paths",
-    multiple=True,
-    type=click.Path(),
-    help="Manifest file or directory (repeatable); or use --server.",
-)
+@filename_option(required=False, help="Manifest file or directory (repeatable); or use --server.")
 @click.option(
     "--server",
     help="Ask the control plane's admin API (HOST:PORT) with the policy in force instead.",

@@ -6,6 +6,8 @@ import asyncio
 
 import click
 
+from clrk.cli.manifests import filename_option
+
 
 def _addresses(values: tuple[str, ...]) -> list[tuple[str, int]]:
     from clrk_worker_dialer.config import address
@@ -27,14 +29,7 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
-@click.option(
-    "-f",
-    "--filename",
-    "paths",
-    multiple=True,
-    type=click.Path(),
-    help="Manifests (or use --control-plane).",
-)
+@filename_option(required=False, help="Manifests (or use --control-plane).")
 @click.option("--control-plane", help="Follow the control plane's policy stream (host:port).")
 @click.option("--gateway", required=True, help="EgressGateway to enforce: NAMESPACE/NAME.")
 @click.option("--agent-source", "sources", multiple=True, help="ADDRESS=NAMESPACE/AGENT.")

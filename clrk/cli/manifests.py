@@ -11,15 +11,17 @@ from clrk.api import LoadResult, load_paths
 from clrk.api.findings import Finding, Scope
 from clrk.policy import PolicySet, compile_policies
 
-manifest_option = click.option(
-    "-f",
-    "--filename",
-    "paths",
-    multiple=True,
-    required=True,
-    type=click.Path(),
-    help="Manifest file or directory (repeatable).",
-)
+
+def filename_option(
+    *, required: bool = True, help: str = "Manifest file or directory (repeatable)."
+):
+    """`-f/--filename PATH` (repeatable) into the command's `paths`."""
+    return click.option(
+        "-f", "--filename", "paths", multiple=True, required=required, type=click.Path(), help=help
+    )
+
+
+manifest_option = filename_option()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Pieces of the demo network shared with the end-to-end harness (tests/e2e/topology.py):
 dnsmasq as an authoritative server for a zone, and a throwaway CA with one server
-certificate.  Pure argv/PEM builders; nothing here starts a process.
+certificate (pure argv/PEM builders: nothing here starts a process); and the context
+manager protocol both networks follow.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import datetime
 import ipaddress
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 def dnsmasq_args(
@@ -106,3 +107,26 @@ def make_certificates(directory: Path, names: Sequence[str], ips: Sequence[str])
 def zone_names(zone: Mapping[str, Any]) -> list[str]:
     """Certificate names for a zone: every name, and a wildcard's base name too."""
     return [*zone, *(name[2:] for name in zone if name.startswith("*."))]
+
+
+class BuiltOnEnter:
+    """A network that `_build()`s on enter and `close()`s on exit; a build that fails
+    midway is closed before the error goes on, so nothing it made is left behind.
+    `close()` must be idempotent."""
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -10,15 +10,15 @@ import contextlib
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from clrk.demo.netlab import dnsmasq_args, make_certificates, zone_names
+from clrk.demo.netlab import BuiltOnEnter, dnsmasq_args, make_certificates, zone_names
 from clrk.records.query import FlatRecord, iter_records
+from clrk.up.processes import stop_process
 
 READY_TIMEOUT = 90.0
 STOP_GRACE = 10.0
@@ -43,7 +43,7 @@ def _run(argv: Sequence[str]) -> None:
         raise RuntimeError(f"`{' '.join(argv)}`: {result.stderr.strip()}")
 
 
-class World:
+class World(BuiltOnEnter):
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         run = f"p{os.getpid()}"
@@ -51,17 +51,6 @@ class World:
         self.inet = f"clrk-demo-{run}-inet"
         self._namespaces: list[str] = []
         self._procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> World:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _build(self) -> None:
         host, inet = self.host, self.inet
@@ -163,13 +152,7 @@ class World:
 
     def close(self) -> None:
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(STOP_GRACE)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, STOP_GRACE)
             if proc.stdout:
                 proc.stdout.close()
         self._procs.clear()

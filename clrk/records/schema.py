@@ -101,6 +101,38 @@ def _dns_name(name: str) -> str:
     return name[:-1] if name.endswith(".") else name
 
 
+def _connection_attrs(
+    reason_key: str,
+    decision: Decision,
+    agent: Agent | None,
+    dst_ip: str,
+    dst_port: int,
+    transport: str,
+    dst_name: str | None,
+) -> dict[str, AttrValue]:
+    """What an L4 record (allowed or denied) says of its decision and destination.  The
+    name the decision matched wins over `dst_name`."""
+    return {
+        reason_key: str(decision.reason),
+        GATEWAY: decision.gateway,
+        **_agent_attrs(agent),
+        DST_NAME: decision.hostname or dst_name or "",
+        PEER_ADDRESS: dst_ip,
+        PEER_PORT: dst_port,
+        TRANSPORT: _transport(transport),
+        DEFAULT_POLICY: decision.default_policy,
+        **_route_attrs(decision),
+    }
+
+
+def _connection_optionals(
+    attrs: dict[str, AttrValue], connection_id: str | None, src: str | None, sni: str | None
+) -> None:
+    _optional(attrs, CONNECTION_ID, connection_id)
+    _optional(attrs, CLIENT_ADDRESS, src)
+    _optional(attrs, SNI, sni)
+
+
 def dial_denied(
     decision: Decision,
     *,
@@ -121,20 +153,8 @@ def dial_denied(
     """
     if decision.allowed:
         raise ValueError(f"dial_denied() needs a denial, got reason {decision.reason}")
-    attrs: dict[str, AttrValue] = {
-        DENY_REASON: str(decision.reason),
-        GATEWAY: decision.gateway,
-        **_agent_attrs(agent),
-        DST_NAME: decision.hostname or dst_name or "",
-        PEER_ADDRESS: dst_ip,
-        PEER_PORT: dst_port,
-        TRANSPORT: _transport(transport),
-        DEFAULT_POLICY: decision.default_policy,
-        **_route_attrs(decision),
-    }
-    _optional(attrs, CONNECTION_ID, connection_id)
-    _optional(attrs, CLIENT_ADDRESS, src)
-    _optional(attrs, SNI, sni)
+    attrs = _connection_attrs(DENY_REASON, decision, agent, dst_ip, dst_port, transport, dst_name)
+    _connection_optionals(attrs, connection_id, src, sni)
     return Record(DIAL_DENIED, attrs, "WARN", True, time_ns, time_ns)
 
 
@@ -193,23 +213,11 @@ def tcp_allowed(
     """`egress.tcp`: an allowed L4 connection (or UDP flow), written when it closes."""
     if not decision.allowed:
         raise ValueError(f"tcp_allowed() needs an allow, got reason {decision.reason}")
-    attrs: dict[str, AttrValue] = {
-        REASON: str(decision.reason),
-        GATEWAY: decision.gateway,
-        **_agent_attrs(agent),
-        DST_NAME: decision.hostname or dst_name or "",
-        PEER_ADDRESS: dst_ip,
-        PEER_PORT: dst_port,
-        TRANSPORT: _transport(transport),
-        DEFAULT_POLICY: decision.default_policy,
-        **_route_attrs(decision),
-        BYTES_UP: bytes_up,
-        BYTES_DOWN: bytes_down,
-        DURATION_MS: max(0, end_ns - start_ns) // 1_000_000,
-    }
-    _optional(attrs, CONNECTION_ID, connection_id)
-    _optional(attrs, CLIENT_ADDRESS, src)
-    _optional(attrs, SNI, sni)
+    attrs = _connection_attrs(REASON, decision, agent, dst_ip, dst_port, transport, dst_name)
+    attrs[BYTES_UP] = bytes_up
+    attrs[BYTES_DOWN] = bytes_down
+    attrs[DURATION_MS] = max(0, end_ns - start_ns) // 1_000_000
+    _connection_optionals(attrs, connection_id, src, sni)
     return Record(TCP_ALLOWED, attrs, "INFO", False, start_ns, end_ns)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clrk.up.agent_env import MAX_SLOTS, sandbox_name, slot_path
+from clrk.up.processes import pid_alive
 from clrk_worker_dialer import registry
 from clrk_worker_dialer.redirect_rules import spec_for_index
 from clrk_worker_dialer.sandbox import Sandbox, create_sandbox
@@ -24,16 +25,6 @@ REGISTER_TIMEOUT = 5.0
 
 class RunError(RuntimeError):
     pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def take_slot(directory: Path) -> int:
@@ -49,7 +40,7 @@ def take_slot(directory: Path) -> int:
                 owner = int(path.read_text().strip() or 0)
             except (OSError, ValueError):
                 continue
-            if owner and not _pid_alive(owner):
+            if owner and not pid_alive(owner):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # the next pass of a concurrent run may take it
             continue
@@ -141,6 +132,6 @@ def read_info(path: Path) -> dict:
         raise RunError(f"{path}: {exc}") from None
     except ValueError as exc:
         raise RunError(f"{path}: {exc}") from None
-    if not isinstance(info, dict) or not _pid_alive(int(info.get("pid") or 0)):
+    if not isinstance(info, dict) or not pid_alive(int(info.get("pid") or 0)):
         raise RunError(f"the `clrk up` recorded in {path} is not running")
     return info

@@ -34,24 +34,24 @@ def _check_leaks(before: dict) -> None:
         pytest.fail(f"left behind: {left}", pytrace=False)
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _package_leak_check() -> Iterator[None]:
+def _leak_checked() -> Iterator[None]:
+    """Around a yield: nothing new is left behind (as root; without root nothing is made)."""
     if os.geteuid() != 0:
         yield
         return
     before = snapshot()
     yield
     _check_leaks(before)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _package_leak_check() -> Iterator[None]:
+    yield from _leak_checked()
 
 
 @pytest.fixture(autouse=True)
 def _leak_check(_package_leak_check) -> Iterator[None]:
-    if os.geteuid() != 0:
-        yield
-        return
-    before = snapshot()
-    yield
-    _check_leaks(before)
+    yield from _leak_checked()
 
 
 @pytest.fixture(scope="package")

@@ -12,9 +12,8 @@ import time
 import pytest
 
 from clrk.nexthops import DEFAULT_BASE_PORT
-from clrk_worker_dialer.redirect_rules import spec_for_index
 from tests.e2e.dialer_proc import DialerProcess
-from tests.e2e.topology import DEFAULT_ZONE, Topology
+from tests.e2e.topology import DEFAULT_ZONE, Topology, sources
 
 A_INDEX, B_INDEX = 40, 41
 ZONE = {
@@ -74,11 +73,6 @@ spec: {egressRefs: [{gatewayRef: egress}]}
 
 DENIED = "egress.dial.denied"
 CURL = ["curl", "-sS", "--max-time", "5"]
-
-
-def sources(index: int, ref: str) -> dict[str, str]:
-    spec = spec_for_index(index, "x", tcp_port=1, udp_port=2, dns_port=3)
-    return {spec.agent_v4: ref, spec.agent_v6: ref}
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,9 @@ import pytest
 
 from clrk.nexthops import DEFAULT_BASE_PORT
 from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
-from clrk_worker_dialer.redirect_rules import spec_for_index
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 from tests.e2e.dialer_proc import DialerProcess
-from tests.e2e.topology import Topology, TopologyError, python_module
+from tests.e2e.topology import Topology, TopologyError, python_module, sources, wait_until
 
 AGENT_INDEX = 60
 ADS = "127.0.0.1:18000"
@@ -28,7 +27,6 @@ STATUS = "127.0.0.1:18001"
 TCP_LISTENER = ("127.0.0.1", DEFAULT_BASE_PORT)  # listener 0 ("tcp")
 TLS_LISTENER = ("127.0.0.1", DEFAULT_BASE_PORT + 1)  # listener 1 ("tls")
 CURL = ["curl", "-sS", "--max-time", "5"]
-RELOAD_WAIT = 10.0
 
 POLICY = """\
 apiVersion: clrk.apoxy.dev/v1alpha1
@@ -116,20 +114,6 @@ BULK_CLIENT = textwrap.dedent("""
     t.join()
     print(json.dumps({"sent": sent.hexdigest(), "received": got.hexdigest(), "bytes": n}))
 """)
-
-
-def sources(index: int, ref: str) -> dict[str, str]:
-    spec = spec_for_index(index, "x", tcp_port=1, udp_port=2, dns_port=3)
-    return {spec.agent_v4: ref, spec.agent_v6: ref}
-
-
-def wait_until(predicate, timeout: float = RELOAD_WAIT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 class ControlPlaneProcess:

@@ -20,7 +20,7 @@ import pytest
 
 from clrk.api import load_text
 from clrk.records.query import iter_records, select
-from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap
+from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap_with_secrets
 from clrk_xds.translate import to_plain, translate
 from tests.e2e.dialer_proc import DialerProcess
 from tests.e2e.topology import (
@@ -31,6 +31,7 @@ from tests.e2e.topology import (
     make_certificates,
     python_module,
     run,
+    wait_until,
 )
 from tests.extproc.gateway_ca import GATEWAY_CA_NAME, GatewayCA
 
@@ -138,39 +139,14 @@ BULK_CLIENT = textwrap.dedent("""
 # --- Envoy's configuration ------------------------------------------------------------------
 
 
-def _static_secrets(node) -> None:
-    """SDS-over-ADS references -> references to static bootstrap secrets (no ADS here)."""
-    if isinstance(node, dict):
-        for entry in node.get("tlsCertificateSdsSecretConfigs", []):
-            entry.pop("sdsConfig", None)
-        for value in node.values():
-            _static_secrets(value)
-    elif isinstance(node, list):
-        for value in node:
-            _static_secrets(value)
-
-
 def envoy_config(manifest: str, ca: GatewayCA) -> dict:
     loaded = load_text(manifest, "policy.yaml")
     assert not [f for f in loaded.findings if f.is_error], [f.line() for f in loaded.findings]
     res = translate(loaded.resources, rejected=loaded.rejected, leaf_secret=ca.leaf_secret)
-    plain = to_plain(res["default/egress"])
-    _static_secrets(plain)
-    config = static_bootstrap(plain)
-    config["static_resources"]["secrets"] = plain["secrets"]
-    return config
+    return static_bootstrap_with_secrets(to_plain(res["default/egress"]))
 
 
 # --- processes --------------------------------------------------------------------------------
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 class ExtProc:

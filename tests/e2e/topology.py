@@ -18,7 +18,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clrk.demo.netlab import dnsmasq_args, make_certificates, zone_names
+from clrk.demo.netlab import BuiltOnEnter, dnsmasq_args, make_certificates, zone_names
+from clrk.up.processes import pid_alive, stop_process
 from clrk_worker_dialer.redirect_rules import spec_for_index
 from clrk_worker_dialer.sandbox import Sandbox, create_sandbox
 
@@ -152,29 +152,19 @@ def leaks(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, 
     return {key: sorted(after[key] - before[key]) for key in after if after[key] - before[key]}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_namespaces() -> list[str]:
     """Delete namespaces (and their /etc/netns files) of runs whose PID is gone."""
     removed = []
     for line in run(["ip", "netns", "list"]).splitlines():
         name = line.split()[0] if line.split() else ""
         match = _STALE.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             run(["ip", "netns", "del", name], check=False)
             removed.append(name)
     if NETNS_ETC.is_dir():
         for path in NETNS_ETC.iterdir():
             match = _STALE.match(path.name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
     return removed
 
@@ -240,13 +230,7 @@ class Processes:
             )
 
     def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, STOP_GRACE)
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
@@ -256,6 +240,22 @@ class Processes:
     def stop_all(self) -> None:
         for proc in list(reversed(self._procs)):
             self.stop(proc)
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+    """The first truthy result of `predicate()`, polled; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def sources(index: int, ref: str) -> dict[str, str]:
+    """The dialer's agent sources for the sandbox of `index`: both its addresses -> ref."""
+    spec = spec_for_index(index, "x", tcp_port=1, udp_port=2, dns_port=3)
+    return {spec.agent_v4: ref, spec.agent_v6: ref}
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> str | None:
@@ -361,7 +361,7 @@ class Agent:
 # --- the topology ------------------------------------------------------------------------
 
 
-class Topology:
+class Topology(BuiltOnEnter):
     """gw + internet + servers; agents on demand. A context manager; close() is idempotent."""
 
     def __init__(self, workdir: Path, zone: Mapping[str, Mapping[str, Any]] = DEFAULT_ZONE):
@@ -379,17 +379,6 @@ class Topology:
         self.certs: dict[str, Path] = {}
 
     # lifecycle
-    def __enter__(self) -> Topology:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _add_netns(self, name: str) -> None:
         run(["ip", "netns", "add", name])
         self._namespaces.append(name)

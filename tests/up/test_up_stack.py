@@ -169,36 +169,14 @@ def test_run_injects_the_gateway_ca(stack):
 
 def test_run_explicit_proxy_names_the_agent(stack):
     # Inside gw the proxies are on loopback; run as a non-sandboxed agent would.
-    out = stack.topology.run_in_gw(
-        clrk(
-            "run",
-            "--explicit",
-            "--agent",
-            "bot",
-            "--state-dir",
-            str(stack.state),
-            "--",
-            *CURL,
-            "http://example.test/",
-        ),
-        timeout=30,
-    )
+    def curl(url: str) -> subprocess.CompletedProcess[str]:
+        argv = clrk("run", "--explicit", "--agent", "bot", "--state-dir", str(stack.state),
+                    "--", *CURL, url)  # fmt: skip
+        return stack.topology.run_in_gw(argv, timeout=30)
+
+    out = curl("http://example.test/")
     assert out.returncode == 0 and "hello" in out.stdout, out.stderr
-    denied = stack.topology.run_in_gw(
-        clrk(
-            "run",
-            "--explicit",
-            "--agent",
-            "bot",
-            "--state-dir",
-            str(stack.state),
-            "--",
-            *CURL,
-            "http://other.test/",
-        ),
-        timeout=30,
-    )
-    assert denied.returncode != 0
+    assert curl("http://other.test/").returncode != 0
 
 
 def test_run_without_a_stack_fails(tmp_path):

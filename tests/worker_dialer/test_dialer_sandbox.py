@@ -10,6 +10,7 @@ import pytest
 
 from clrk_worker_dialer.redirect_rules import spec_for_index
 from clrk_worker_dialer.sandbox import SandboxError, create_sandbox
+from tests.netns_helpers import scratch_netns
 
 pytestmark = [
     pytest.mark.root,
@@ -29,13 +30,8 @@ def _netns() -> set[str]:
 
 @pytest.fixture
 def host_ns() -> Iterator[str]:
-    name = f"clrk-sbt-{RUN}-host"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    with scratch_netns(f"clrk-sbt-{RUN}-host") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _spec(host: str, index: int = 1):

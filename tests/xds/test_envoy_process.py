@@ -15,6 +15,7 @@ from clrk_xds.envoy_process import (
     envoy_binary,
     render_bootstrap,
     static_bootstrap,
+    static_bootstrap_with_secrets,
     validate_config,
 )
 
@@ -58,6 +59,19 @@ def test_render_bootstrap_values_cannot_change_the_document() -> None:
 def test_rendered_bootstrap_is_valid_envoy_config() -> None:
     ok, output = validate_config(render_bootstrap("default/gw", "127.0.0.1", 18000, 0))
     assert ok, output
+
+
+def test_static_bootstrap_with_secrets_refers_to_its_own_secrets() -> None:
+    ref = {"name": "leaf/default/term", "sdsConfig": {"ads": {}}}
+    chain = {"transportSocket": {"typedConfig": {"commonTlsContext": {
+        "tlsCertificateSdsSecretConfigs": [ref]}}}}  # fmt: skip
+    secrets = [{"name": "leaf/default/term", "tlsCertificate": {}}]
+    plain = {"listeners": [{"name": "l", "filterChains": [chain]}], "clusters": [],
+             "secrets": secrets}  # fmt: skip
+    config = static_bootstrap_with_secrets(plain)
+    assert ref == {"name": "leaf/default/term"}  # no sdsConfig: the bootstrap's secret
+    assert config["static_resources"]["secrets"] == secrets
+    assert config["static_resources"]["listeners"][0]["filterChains"] == [chain]
 
 
 def test_validate_config_reports_envoy_error() -> None:

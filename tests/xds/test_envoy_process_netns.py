@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap
+from tests.netns_helpers import scratch_netns
 
 pytestmark = [
     pytest.mark.root,
@@ -19,13 +20,8 @@ pytestmark = [
 
 @pytest.fixture
 def netns():
-    name = f"clrk-envoyns-p{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    with scratch_netns(f"clrk-envoyns-p{os.getpid()}") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _netns_of(pid: int) -> str:
