@@ -1,13 +1,20 @@
 """Pieces of the demo network shared with the end-to-end harness (tests/e2e/topology.py):
 dnsmasq as an authoritative server for a zone, and a throwaway CA with one server
-certificate (pure argv/PEM builders: nothing here starts a process); and the context
-manager protocol both networks follow.
+certificate (pure argv/PEM builders); the context manager protocol both networks
+follow; and the sweeper of namespaces a killed run left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -130,3 +137,53 @@ class BuiltOnEnter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+NETNS_ETC = Path("/etc/netns")
+
+
+def sweep_stale(pattern: re.Pattern[str], grace: float = 2.0) -> list[str]:
+    """Remove the namespaces an earlier run left behind when it was killed.
+
+    A name matching `pattern` carries its creator's PID (group 1); only namespaces whose
+    creator is gone are touched.  The processes still running inside them were started
+    by that run (a SIGKILLed parent leaves its children), so they are ended first: a
+    deleted namespace would otherwise hide them, still running.
+    """
+    from clrk.up.processes import pid_alive
+
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    stale = [
+        name
+        for line in listed.splitlines()
+        if (name := (line.split() or [""])[0]) and (m := pattern.match(name))
+        and not pid_alive(int(m.group(1)))
+    ]  # fmt: skip
+    for name in stale:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        _end([int(p) for p in pids.stdout.split() if p.isdigit()], grace)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    if NETNS_ETC.is_dir():
+        for path in NETNS_ETC.iterdir():
+            m = pattern.match(path.name)
+            if m and not pid_alive(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def _end(pids: list[int], grace: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_exists(p) for p in pids):
+            time.sleep(0.05)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -16,13 +17,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from clrk.demo.netlab import BuiltOnEnter, dnsmasq_args, make_certificates, zone_names
+from clrk.demo.netlab import BuiltOnEnter, dnsmasq_args, make_certificates, sweep_stale, zone_names
 from clrk.records.query import FlatRecord, iter_records
 from clrk.up.processes import stop_process
 
 READY_TIMEOUT = 90.0
 STOP_GRACE = 10.0
 NETNS_ETC = Path("/etc/netns")
+STALE = re.compile(r"^clrk-demo-p(\d+)-")
 UPLINK = ("198.19.0.1", "198.19.0.2")  # host, internet (/30)
 DNS_SERVER = "198.51.100.53"
 ROUTES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
@@ -53,6 +55,7 @@ class World(BuiltOnEnter):
         self._procs: list[subprocess.Popen] = []
 
     def _build(self) -> None:
+        sweep_stale(STALE)  # what a killed demo left: its namespaces and processes
         host, inet = self.host, self.inet
         for name in (host, inet):
             _run(["ip", "netns", "add", name])

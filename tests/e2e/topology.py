@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clrk.demo.netlab import BuiltOnEnter, dnsmasq_args, make_certificates, zone_names
-from clrk.up.processes import pid_alive, stop_process
+from clrk.demo.netlab import BuiltOnEnter, dnsmasq_args, make_certificates, sweep_stale, zone_names
+from clrk.up.processes import stop_process
 from clrk_worker_dialer.redirect_rules import spec_for_index
 from clrk_worker_dialer.sandbox import Sandbox, create_sandbox
 
@@ -153,20 +153,9 @@ def leaks(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, 
 
 
 def sweep_stale_namespaces() -> list[str]:
-    """Delete namespaces (and their /etc/netns files) of runs whose PID is gone."""
-    removed = []
-    for line in run(["ip", "netns", "list"]).splitlines():
-        name = line.split()[0] if line.split() else ""
-        match = _STALE.match(name)
-        if match and not pid_alive(int(match.group(1))):
-            run(["ip", "netns", "del", name], check=False)
-            removed.append(name)
-    if NETNS_ETC.is_dir():
-        for path in NETNS_ETC.iterdir():
-            match = _STALE.match(path.name)
-            if match and not pid_alive(int(match.group(1))):
-                shutil.rmtree(path, ignore_errors=True)
-    return removed
+    """Delete namespaces (with their processes and /etc/netns files) of runs whose PID
+    is gone."""
+    return sweep_stale(_STALE)
 
 
 # --- processes ---------------------------------------------------------------------------
