@@ -90,10 +90,8 @@ class ExplicitFront(AgentSide):
                 return
             if agent is None:
                 # Nothing is resolved for a stranger: refuse on identity alone.
-                self.session = TcpSession(policy, state.flow(self.src, ("", port), None, host), {})
-                self.session.done = True
                 unknown = Decision(Reason.UNKNOWN_AGENT, policy.ref, None, policy.default_policy)
-                self.refuse(Refuse(unknown, host))
+                self.refuse(Refuse(unknown, host), state.flow(self.src, ("", port), None, host))
                 return
             if not addresses:
                 self._fail_unreachable()

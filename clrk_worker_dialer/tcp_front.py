@@ -76,9 +76,10 @@ class AgentSide(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def refuse(self, action: Refuse) -> None:
+    def refuse(self, action: Refuse, flow: Flow | None = None) -> None:
+        """Record the denial and reset; `flow` when there is no session to take it from."""
         self._cancel_timer()
-        flow = self.session.flow
+        flow = flow or self.session.flow
         self.state.record_dial_denied(
             action.decision,
             agent=flow.agent,
