@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from clrk.api import load_paths
+from clrk.api import LoadResult, load_paths
 from clrk.api.findings import Scope
 from clrk.api.loader import ManifestCache
 from clrk.logs import fields
@@ -58,18 +58,18 @@ class DialerState:
         """Load and compile the manifests; raise PolicyError and keep the last good."""
         self.load_result(load_paths(self.config.manifests, self._manifests))
 
-    def load_result(self, loaded) -> None:
+    def load_result(self, loaded: LoadResult) -> None:
         """Apply a validated resource set (from files or the control plane's stream)."""
         errors = [f.line() for f in loaded.findings if f.is_error and f.scope is Scope.SET]
         # Own addresses are always-blocked destinations (SPEC 4).
         policies = compile_policies(
             loaded.resources, self.config.own_addresses, rejected=loaded.rejected
         )
-        if policies is not None and self.config.gateway_key not in policies.gateways:
+        if self.config.gateway_key not in policies.gateways:
             errors.append(f"gateway {self.config.gateway} is not defined or not accepted")
         if errors:
-            self.errors = errors or ["the manifests could not be applied"]
-            raise PolicyError(self.errors)
+            self.errors = errors
+            raise PolicyError(errors)
         self.apply(policies)
 
     def apply(self, policies: PolicySet) -> None:
