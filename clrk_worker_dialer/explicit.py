@@ -18,7 +18,7 @@ from clrk.policy import Connection, Decision, Reason, decide
 from clrk_worker_dialer import http_connect, socks5
 from clrk_worker_dialer.dns_forwarder import Forwarder
 from clrk_worker_dialer.flows import FlowTable
-from clrk_worker_dialer.session import Refuse, TcpSession
+from clrk_worker_dialer.session import Refuse, TcpSession, best_name
 from clrk_worker_dialer.state import DialerState
 from clrk_worker_dialer.tcp_front import AgentSide
 
@@ -286,7 +286,7 @@ class UdpAssociation:
                     agent=agent,
                     dst=dst,
                     transport="udp",
-                    dst_name=flow.decision.hostname or name or (min(names) if names else ""),
+                    dst_name=best_name(flow.decision, names, requested_name=name),
                     src=self.front.src,
                 )
             return

@@ -6,16 +6,6 @@ from __future__ import annotations
 import asyncio
 
 
-class Pipe:
-    """The relay state of one side: where its bytes go and who to pause."""
-
-    __slots__ = ("peer", "transport")
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.peer: asyncio.Transport | None = None
-
-
 class UpstreamSide(asyncio.Protocol):
     """The dialer's connection to the next hop; the agent side owns the relay."""
 

@@ -61,15 +61,15 @@ Action = Refuse | Wait | Dial
 Decide = Callable[[GatewayPolicy, Agent | None, Connection], Decision]
 
 
-def best_name(decision: Decision, flow: Flow, sni: str | None) -> str:
-    """The name a record shows: the one that matched, else the best evidence we have."""
-    if decision.hostname:
-        return decision.hostname
-    if sni:
-        return sni
-    if flow.requested_name:
-        return flow.requested_name
-    return min(flow.names) if flow.names else ""
+def best_name(
+    decision: Decision,
+    names: frozenset[str],
+    sni: str | None = None,
+    requested_name: str | None = None,
+) -> str:
+    """The name a record shows: the one that matched, else the best evidence we have
+    (the SNI, the name an explicit-mode client asked for, a DNS-bound name)."""
+    return decision.hostname or sni or requested_name or (min(names) if names else "")
 
 
 def proxy_header(flow: Flow, decision: Decision) -> bytes:
@@ -207,4 +207,5 @@ class TcpSession:
                 preamble = proxy_header(self.flow, decision) + self._buffer
                 return Dial(decision, hop[0], hop[1], preamble)
             decision = decision._replace(reason=Reason.NO_LISTENER)
-        return Refuse(decision, best_name(decision, self.flow, self.sni))
+        flow = self.flow
+        return Refuse(decision, best_name(decision, flow.names, self.sni, flow.requested_name))

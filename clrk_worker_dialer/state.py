@@ -48,8 +48,6 @@ class DialerState:
         self.policy: GatewayPolicy | None = None
         self.next_hops: dict[str, tuple[str, int]] = {}
         self.version = 0
-        self.errors: list[str] = []
-        self.denials = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
 
     # --- policy ----------------------------------------------------------------------
@@ -68,7 +66,6 @@ class DialerState:
         if self.config.gateway_key not in policies.gateways:
             errors.append(f"gateway {self.config.gateway} is not defined or not accepted")
         if errors:
-            self.errors = errors
             raise PolicyError(errors)
         self.apply(policies)
 
@@ -81,7 +78,6 @@ class DialerState:
         dns = policy.dns
         self.bindings.min_ttl, self.bindings.max_ttl = dns.min_ttl, dns.max_ttl
         self.policies, self.policy = policies, policy
-        self.errors = []
         self.version += 1
         log.info("policy applied", extra=fields(version=self.version, gateway=policy.ref))
 
@@ -139,7 +135,6 @@ class DialerState:
         src: tuple[str, int],
         connection_id: str | None = None,
     ) -> None:
-        self.denials += 1
         record = dial_denied(
             decision,
             agent=agent,
@@ -165,7 +160,6 @@ class DialerState:
     def record_dns_denied(
         self, decision: Decision, *, agent: Agent | None, query: str, qtype: int, src
     ) -> None:
-        self.denials += 1
         record = dns_denied(
             decision,
             agent=agent,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from clrk.policy import Connection, decide
 from clrk_worker_dialer.dns_forwarder import Forwarder
 from clrk_worker_dialer.flows import FlowTable, UdpFlow
+from clrk_worker_dialer.session import best_name
 from clrk_worker_dialer.sockopts import (
     CMSG_SPACE,
     enable_orig_dst,
@@ -164,7 +165,7 @@ class UdpFront:
                     agent=agent,
                     dst=dst,
                     transport="udp",
-                    dst_name=flow.decision.hostname or (min(names) if names else ""),
+                    dst_name=best_name(flow.decision, names),
                     src=src,
                 )
             return

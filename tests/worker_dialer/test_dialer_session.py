@@ -139,3 +139,16 @@ def test_data_after_the_decision_is_a_bug():
     s.start(now=0.0)
     with pytest.raises(RuntimeError):
         s.data(b"x")
+
+
+def test_a_record_names_the_match_then_the_sni_then_the_asked_name_then_a_bound_name():
+    from clrk.policy import Decision
+    from clrk_worker_dialer.session import best_name
+
+    base = Decision(Reason.POLICY, "default/gw", "default/a", "deny-all")
+    names = frozenset({"b.test", "a.test"})
+    assert best_name(base._replace(hostname="m.test"), names, "s.test", "q.test") == "m.test"
+    assert best_name(base, names, "s.test", "q.test") == "s.test"
+    assert best_name(base, names, None, "q.test") == "q.test"
+    assert best_name(base, names) == "a.test"
+    assert best_name(base, frozenset()) == ""
