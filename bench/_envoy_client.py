@@ -5,8 +5,10 @@
 MODE and its arguments are `_client.py`'s (`cps`, `bulk`).  With `--proxy`, every
 connection starts with the PROXY v2 header the dialer would send for an allowed
 connection (source = this socket, destination and TLVs as given), so the client can
-talk to Envoy's listener directly: the "Envoy alone" path.  Without it, this is
-`_client.py` itself, so all paths run the same measuring code.
+talk to Envoy's listener directly: the "Envoy alone" path.  A HOST that is a path is
+Envoy's Unix socket listener (PORT is then ignored; the header's source is the agent
+address of sandbox 1).  Without `--proxy`, this is `_client.py` itself, so all paths run
+the same measuring code.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import socket
 import sys
 
 from bench import _client
+
+UNIX_SOURCE = ("198.18.0.2", 0)  # what the dialer would name for sandbox 1's agent
 
 
 def proxy_connect(agent: str, route: str, destination: str):
@@ -27,8 +31,14 @@ def proxy_connect(agent: str, route: str, destination: str):
     plain_connect = _client._connect
 
     def connect(host: str, port: int, timeout: float = 5.0) -> socket.socket:
-        sock = plain_connect(host, port, timeout)
-        src_ip, src_port = sock.getsockname()[:2]
+        if host.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(timeout)
+            sock.connect(host)
+            src_ip, src_port = UNIX_SOURCE[0], int.from_bytes(os.urandom(2), "big") | 1024
+        else:
+            sock = plain_connect(host, port, timeout)
+            src_ip, src_port = sock.getsockname()[:2]
         header = ProxyHeader(
             source_ip=src_ip,
             source_port=src_port,

@@ -115,6 +115,8 @@ class GatewayRig:
 
     def __init__(self, top: Topology, work: Path) -> None:
         self.top, self.work, self.envoy = top, work, None
+        self.sockets = work / "sockets"  # Envoy's Unix socket listeners (a short path)
+        self.sockets.mkdir(mode=0o700, exist_ok=True)
 
     def add_namespaces(self, upstream_ip: str) -> None:
         """Host namespace gw with the upstream's (documentation) address on its loopback,
@@ -136,9 +138,11 @@ class GatewayRig:
         gateway: str,
         agent: str,
         extproc: tuple[str, int],
-        envoy_base_port: int,
+        sockets: Path,
         env: dict,
     ) -> Gateway:
+        """clrk_extproc and the dialer, whose next hop is Envoy's Unix socket listener in
+        `sockets`, as `clrk up` lays it out."""
         top, work, gw = self.top, self.work, self.gw
         extproc_log = work / "extproc.log"
         extproc_proc = top.start(gw, [
@@ -151,7 +155,7 @@ class GatewayRig:
             "--gateway", gateway,
             "--agent-source", f"{self.agent_sandbox.spec.agent_v4}={agent}",
             "--transparent-tcp", f"0.0.0.0:{TCP_PORT}",
-            "--next-hop-base-port", str(envoy_base_port),
+            "--next-hop-socket-dir", str(sockets),
             "--records", str(work / "dialer-records.jsonl"), "--ready-file", str(ready_file),
             "--log-level", "warning",
         ], log=dialer_log, env=env)  # fmt: skip

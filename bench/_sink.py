@@ -4,8 +4,9 @@ header, then serves one command per connection.
 - `e...`: echo every byte (the command byte included) until the client closes.
 - `b...`: bulk: count the bytes until EOF, answer the count as 8 big-endian bytes.
 
-Stdlib only, so it runs as `ip netns exec NS python _sink.py HOST:PORT...`; it prints
-`ready` once every port listens and stops on SIGTERM.
+Stdlib only, so it runs as `ip netns exec NS python _sink.py HOST:PORT|/PATH...` (a path
+is a Unix socket, like an Envoy listener under --envoy-socket-dir); it prints `ready`
+once every address listens and stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Sink(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view
@@ -87,7 +89,9 @@ def _address(text: str) -> tuple[str, int]:
 async def serve(addresses: list[str]) -> None:
     loop = asyncio.get_running_loop()
     servers = [
-        await loop.create_server(Sink, *_address(a), reuse_address=True, backlog=1024)
+        await loop.create_unix_server(Sink, a, backlog=1024)
+        if a.startswith("/")
+        else await loop.create_server(Sink, *_address(a), reuse_address=True, backlog=1024)
         for a in addresses
     ]
     stop = asyncio.Event()

@@ -2,16 +2,20 @@
 
 Topology (removed at the end, also on failure or Ctrl-C):
 
-    sandbox a1 (agent) --veth--+                         +-- sink 127.0.0.1:15100 (the
-      TCP REDIRECT -> :15001   |  host namespace gw:     |   Envoy listener; PROXY v2)
-      UDP TPROXY   -> :15002   +-- dialer :15001/2/53 ---+-- dnsmasq 127.0.0.53:53
+    sandbox a1 (agent) --veth--+                         +-- sink WORK/sockets/tcp-out.sock
+      TCP REDIRECT -> :15001   |  host namespace gw:     |   (the Envoy listener, as
+      UDP TPROXY   -> :15002   +-- dialer :15001/2/53 ---+   `clrk up` lays it out; PROXY v2)
+                               |                         +-- dnsmasq 127.0.0.53:53
+    sandbox a3 (agent) --veth--+-- dialer2 :15011 -------+-- sink 127.0.0.1:15100 (a
+      TCP REDIRECT -> :15011   |                             loopback-port Envoy listener)
     sandbox a2 (direct) -veth--+-- TCP REDIRECT -> sink :15201 (no dialer)
 
 Measured with one client program (`_client.py`) run inside the namespaces:
 1. denial latency: connect() to a denied destination until the reset, p50/p99;
 2. connections/s (connect, 1-byte echo, close; a few at once): agent -> dialer -> sink
-   vs agent -> sink (same veth + REDIRECT, no dialer) vs loopback inside gw;
-3. bulk MB/s on one connection, same three paths;
+   (next hop a Unix socket; and a loopback port) vs agent -> sink (same veth + REDIRECT,
+   no dialer) vs loopback inside gw;
+3. bulk MB/s on one connection, same four paths;
 4. DNS queries/s: agent -> TPROXY -> dialer -> dnsmasq vs gw -> dnsmasq.
 """
 
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from bench._netns import Topology, needs_root
 from bench._rig import BenchError, in_topology, line_ready, run_json, tail, wait_ready
-from clrk.nexthops import envoy_listener_addresses
+from clrk.nexthops import describe, envoy_listener_addresses
 from clrk_worker_dialer.redirect_rules import spec_for_index
 
 HERE = Path(__file__).resolve().parent
@@ -33,6 +37,7 @@ CLIENT = str(HERE / "_client.py")
 SINK = str(HERE / "_sink.py")
 
 TCP_PORT, UDP_PORT, DNS_PORT = 15001, 15002, 15053
+TCP_PORT_2 = 15011  # the second dialer's, whose next hop is a loopback port
 NEXT_HOP_BASE_PORT = 15100
 DIRECT_PORT = 15201  # the sink without the dialer in front
 RESOLVER = ("127.0.0.53", 53)  # dnsmasq on gw's loopback
@@ -90,37 +95,50 @@ def _client(netns: str, *args: object, timeout: float = 120.0) -> dict:
     return run_json(argv, f"client {args[0]} in {netns}", timeout)
 
 
+def _sandbox(top: Topology, gw: str, index: int, tcp_port: int):
+    spec = spec_for_index(
+        index,
+        f"{top.prefix}-a{index}",
+        tcp_port=tcp_port,
+        udp_port=UDP_PORT,
+        dns_port=DNS_PORT,
+        host_netns=gw,
+    )
+    return top.add_sandbox(spec)
+
+
+def _start_dialer(top: Topology, gw: str, work: Path, name: str, argv: list[str]):
+    ready_file = work / f"{name}.ready"
+    log = work / f"{name}.log"
+    proc = top.start(
+        gw,
+        [
+            *(sys.executable, "-m", "clrk_worker_dialer", "--no-watch"),
+            *("-f", str(work / "bench.yaml"), "--gateway", "default/bench"),
+            *argv,
+            *("--records", str(work / f"{name}-records.jsonl"), "--ready-file", str(ready_file)),
+        ],
+        log=log,
+    )
+    return proc, ready_file, log
+
+
 def build(top: Topology, work: Path) -> dict:
     """Namespaces, sandboxes and processes; returns the names the clients need."""
     gw = top.create_host()
-    prefix = top.prefix
-    agent = top.add_sandbox(
-        spec_for_index(
-            1,
-            f"{prefix}-a1",
-            tcp_port=TCP_PORT,
-            udp_port=UDP_PORT,
-            dns_port=DNS_PORT,
-            host_netns=gw,
-        )
-    )
+    agent = _sandbox(top, gw, 1, TCP_PORT)
     # Same interception, but TCP lands on the sink itself: the path minus the dialer.
-    direct = top.add_sandbox(
-        spec_for_index(
-            2,
-            f"{prefix}-a2",
-            tcp_port=DIRECT_PORT,
-            udp_port=UDP_PORT,
-            dns_port=DNS_PORT,
-            host_netns=gw,
-        )
-    )
-    next_hop = envoy_listener_addresses([("tcp-out", "TCP")], base_port=NEXT_HOP_BASE_PORT)
-    host, port = next_hop["tcp-out"]
+    direct = _sandbox(top, gw, 2, DIRECT_PORT)
+    agent_tcp_hop = _sandbox(top, gw, 3, TCP_PORT_2)
+    sockets = work / "sockets"
+    sockets.mkdir()
+    listeners = [("tcp-out", "TCP")]
+    (socket_hop,) = envoy_listener_addresses(listeners, socket_dir=str(sockets)).values()
+    (tcp_hop,) = envoy_listener_addresses(listeners, base_port=NEXT_HOP_BASE_PORT).values()
     sink_log = work / "sink.log"
     sink = top.start(
         gw,
-        [sys.executable, SINK, f"{host}:{port}", f"0.0.0.0:{DIRECT_PORT}"],
+        [sys.executable, SINK, socket_hop, describe(tcp_hop), f"0.0.0.0:{DIRECT_PORT}"],
         log=sink_log,
         stdout=subprocess.PIPE,
     )
@@ -137,34 +155,46 @@ def build(top: Topology, work: Path) -> dict:
         ],
         log=dns_log,
     )
-    manifest = work / "bench.yaml"
-    manifest.write_text(
+    (work / "bench.yaml").write_text(
         MANIFEST.replace("ALLOWED_IP", ALLOWED[0]).replace("ALLOWED_PORT", str(ALLOWED[1]))
     )
-    ready_file = work / "dialer.ready"
-    dialer_log = work / "dialer.log"
-    dialer = top.start(
-        gw,
-        [
-            *(sys.executable, "-m", "clrk_worker_dialer", "--no-watch", "-f", str(manifest)),
-            *("--gateway", "default/bench", "--agent-source", f"{agent.spec.agent_v4}=default/bot"),
-            *(
-                "--transparent-tcp",
-                f"0.0.0.0:{TCP_PORT}",
-                "--transparent-udp",
-                f"0.0.0.0:{UDP_PORT}",
-            ),
-            *("--dns", f"0.0.0.0:{DNS_PORT}", "--resolver", f"{RESOLVER[0]}:{RESOLVER[1]}"),
-            *("--next-hop-base-port", str(NEXT_HOP_BASE_PORT)),
-            *("--records", str(work / "records.jsonl"), "--ready-file", str(ready_file)),
-        ],
-        log=dialer_log,
-    )
+    dialers = [
+        _start_dialer(
+            top,
+            gw,
+            work,
+            "dialer",
+            [
+                *("--agent-source", f"{agent.spec.agent_v4}=default/bot"),
+                *("--transparent-tcp", f"0.0.0.0:{TCP_PORT}"),
+                *("--transparent-udp", f"0.0.0.0:{UDP_PORT}"),
+                *("--dns", f"0.0.0.0:{DNS_PORT}", "--resolver", f"{RESOLVER[0]}:{RESOLVER[1]}"),
+                *("--next-hop-socket-dir", str(sockets)),
+            ],
+        ),
+        _start_dialer(
+            top,
+            gw,
+            work,
+            "dialer-tcp-hop",
+            [
+                *("--agent-source", f"{agent_tcp_hop.spec.agent_v4}=default/bot"),
+                *("--transparent-tcp", f"0.0.0.0:{TCP_PORT_2}"),
+                *("--next-hop-base-port", str(NEXT_HOP_BASE_PORT)),
+            ],
+        ),
+    ]
     wait_ready(sink, line_ready(sink), "sink", sink_log)
-    wait_ready(dialer, ready_file.exists, "dialer", dialer_log)
+    for proc, ready_file, log in dialers:
+        wait_ready(proc, ready_file.exists, log.stem, log)
     if dnsmasq.poll() is not None:
         raise BenchError(f"dnsmasq exited {dnsmasq.returncode}:\n{tail(dns_log)}")
-    return {"gw": gw, "agent": agent.name, "direct": direct.name, "dialer_log": dialer_log}
+    return {
+        "gw": gw,
+        "agent": agent.name,
+        "agent_tcp_hop": agent_tcp_hop.name,
+        "direct": direct.name,
+    }
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -193,6 +223,7 @@ def measure(names: dict, p: dict) -> list[dict]:
 
     tcp_paths = (
         ("dialer", agent, ALLOWED),
+        ("dialer-tcp-hop", names["agent_tcp_hop"], ALLOWED),
         ("direct-veth", direct, ALLOWED),
         ("direct-loopback", gw, ("127.0.0.1", DIRECT_PORT)),
     )
@@ -264,10 +295,12 @@ def main(quick: bool = False) -> list[dict]:
 
 LABELS = {
     ("deny", "dialer"): ("denial latency", "agent -> dialer, reset"),
-    ("cps", "dialer"): ("connections/s", "agent -> dialer -> sink"),
+    ("cps", "dialer"): ("connections/s", "agent -> dialer -> sink (Unix socket)"),
+    ("cps", "dialer-tcp-hop"): ("", "agent -> dialer -> sink (loopback port)"),
     ("cps", "direct-veth"): ("", "agent -> sink (veth+REDIRECT)"),
     ("cps", "direct-loopback"): ("", "gw loopback -> sink"),
-    ("bulk", "dialer"): ("bulk, 1 connection", "agent -> dialer -> sink"),
+    ("bulk", "dialer"): ("bulk, 1 connection", "agent -> dialer -> sink (Unix socket)"),
+    ("bulk", "dialer-tcp-hop"): ("", "agent -> dialer -> sink (loopback port)"),
     ("bulk", "direct-veth"): ("", "agent -> sink (veth+REDIRECT)"),
     ("bulk", "direct-loopback"): ("", "gw loopback -> sink"),
     ("dns", "dialer"): ("DNS queries/s", "agent -> TPROXY -> dialer -> dnsmasq"),
@@ -310,6 +343,10 @@ def print_table(rows: list[dict], params: dict) -> None:
     print(
         "vs direct: value / the same measure without the dialer (veth+REDIRECT for TCP, "
         f"gw -> dnsmasq for DNS); DNS queries lost: {lost}"
+    )
+    print(
+        "the dialer's next hop (the sink stands in for Envoy) is a Unix socket as `clrk up` "
+        "lays it out (--next-hop-socket-dir); a loopback port for comparison"
     )
 
 

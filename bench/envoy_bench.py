@@ -6,7 +6,7 @@ Topology (removed at the end, also on failure or Ctrl-C):
     sandbox a1 (agent) --veth--+  host namespace gw:
       TCP REDIRECT -> :15001   +-- dialer :15001 (real, -f manifest)
                                     |  PROXY v2
-                                   Envoy 127.0.0.1:15100 (real; static bootstrap from
+                                   Envoy WORK/sockets/tcp-out.sock (real; static bootstrap from
                                     |  the translator)   --gRPC access log--> clrk_extproc
                                    upstream echo/sink 192.0.2.10:8080 (on gw's lo)
 
@@ -43,12 +43,13 @@ from bench._rig import (
     wait_ready,
 )
 from bench.dialer_bench import MANIFEST
+from clrk.nexthops import listener_socket_path
 
 HERE = Path(__file__).resolve().parent
 SINK = str(HERE / "_sink.py")
 
 UPSTREAM = ("192.0.2.10", 8080)
-ENVOY_BASE_PORT = 15100  # the gateway's one listener, tcp-out
+LISTENER = "tcp-out"  # the gateway's one listener
 EXTPROC = ("127.0.0.1", 18002)
 GATEWAY = "default/bench"
 AGENT = "default/bot"
@@ -64,7 +65,7 @@ def manifest_text() -> str:
     return MANIFEST.replace("ALLOWED_IP", UPSTREAM[0]).replace("ALLOWED_PORT", str(UPSTREAM[1]))
 
 
-def envoy_config(text: str) -> dict:
+def envoy_config(text: str, sockets: Path) -> dict:
     """The static bootstrap of what the control plane would serve for this manifest."""
     from clrk.api import load_text
     from clrk_xds.envoy_process import static_bootstrap
@@ -76,7 +77,7 @@ def envoy_config(text: str) -> dict:
     gateways = translate(
         load.resources,
         rejected=load.rejected,
-        base_port=ENVOY_BASE_PORT,
+        socket_dir=str(sockets),
         extproc_address=EXTPROC,
     )
     return static_bootstrap(to_plain(gateways[GATEWAY]))
@@ -109,15 +110,15 @@ class Rig(GatewayRig):
         sink = top.start(gw, [sys.executable, SINK, f"{UPSTREAM[0]}:{UPSTREAM[1]}"], log=sink_log,
                          stdout=subprocess.PIPE)  # fmt: skip
         gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
-                                     envoy_base_port=ENVOY_BASE_PORT, env=env)  # fmt: skip
+                                     sockets=self.sockets, env=env)  # fmt: skip
         # Translating in this process overlaps with the children starting up.
-        self.start_envoy(envoy_config(manifest.read_text()))
+        self.start_envoy(envoy_config(manifest.read_text(), self.sockets))
         wait_ready(sink, line_ready(sink), "sink", sink_log)
         gateway.wait_ready()
 
     def client(self, path: str, *args: object, timeout: float = 120.0) -> dict:
         """Run the one client program for this path, inside its namespace."""
-        listener = ("127.0.0.1", ENVOY_BASE_PORT)
+        listener = (listener_socket_path(str(self.sockets), LISTENER), 0)
         netns, header, (host, port) = {
             "dialer+envoy": (self.agent, [], UPSTREAM),
             "envoy": (self.gw, ["--proxy", AGENT, ROUTE, f"{UPSTREAM[0]}:{UPSTREAM[1]}"], listener),
@@ -228,7 +229,8 @@ def print_table(rows: list[dict], params: dict, seconds: float) -> None:
         )
     print(
         "vs direct: value / the same measure on client -> upstream (gw loopback, no dialer, "
-        "no Envoy); the agent path also crosses the sandbox veth and its REDIRECT"
+        "no Envoy); the agent path also crosses the sandbox veth and its REDIRECT; Envoy "
+        "listens on a Unix socket, as `clrk up` lays it out"
     )
 
 

@@ -6,7 +6,7 @@ Topology (removed at the end, also on failure or Ctrl-C):
     sandbox a1 (agent) --veth--+  host namespace gw:
       TCP REDIRECT -> :15001   +-- dialer :15001 (real, -f manifest; picks the route by SNI)
                                     |  PROXY v2
-                                   Envoy 127.0.0.1:15100-15102 (real, --concurrency 1; static
+                                   Envoy WORK/sockets/*.sock (real, --concurrency 1; static
                                     |  bootstrap from the translator, leaves from a real
                                     |  gateway CA)     --ext_proc / access log--> clrk_extproc
                                    HTTPS upstream 192.0.2.10:443 (on gw's lo; its certificate
@@ -53,7 +53,6 @@ CLIENT = str(HERE / "_l7_client.py")
 UPSTREAM_SERVER = str(HERE / "_l7_upstream.py")
 
 UPSTREAM = ("192.0.2.10", 443)
-ENVOY_BASE_PORT = 15100
 EXTPROC = ("127.0.0.1", 18002)
 GATEWAY = "default/bench"
 AGENT = "default/bot"
@@ -173,7 +172,7 @@ def without_extproc(listener: dict) -> int:
     return dropped
 
 
-def envoy_config(text: str, state_dir: Path) -> tuple[dict, Path]:
+def envoy_config(text: str, state_dir: Path, sockets: Path) -> tuple[dict, Path]:
     """The static bootstrap of what the control plane would serve for this manifest (its
     leaves minted from a gateway CA in `state_dir`, as the control plane does), with the
     ext_proc filter removed from the "terminate" path's listener; and the CA's file."""
@@ -190,7 +189,7 @@ def envoy_config(text: str, state_dir: Path) -> tuple[dict, Path]:
     gateways = translate(
         load.resources,
         rejected=load.rejected,
-        base_port=ENVOY_BASE_PORT,
+        socket_dir=str(sockets),
         extproc_address=EXTPROC,
         leaf_secret=leaf_secret,
     )
@@ -221,9 +220,9 @@ class Rig(GatewayRig):
                  str(key)], log=upstream_log, stdout=subprocess.PIPE,
         )  # fmt: skip
         gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
-                                     envoy_base_port=ENVOY_BASE_PORT, env=env)  # fmt: skip
+                                     sockets=self.sockets, env=env)  # fmt: skip
         # Translating (and minting) in this process overlaps with the children starting.
-        config, self.gateway_ca = envoy_config(manifest.read_text(), work / "state")
+        config, self.gateway_ca = envoy_config(manifest.read_text(), work / "state", self.sockets)
         self.start_envoy(config)
         wait_ready(upstream, line_ready(upstream), "upstream", upstream_log)
         gateway.wait_ready()

@@ -39,6 +39,7 @@ class DialerConfig:
     http_connect: Address | None = None
     next_hop_host: str = DEFAULT_HOST
     next_hop_base_port: int = DEFAULT_BASE_PORT
+    next_hop_socket_dir: str | None = None  # Envoy listens on DIR/<listener>.sock instead
     records_path: str | None = "clrk-records.jsonl"
     otlp_endpoint: str | None = None
     own_addresses: list[str] = field(default_factory=list)

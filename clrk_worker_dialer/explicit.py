@@ -33,7 +33,6 @@ class ExplicitFront(AgentSide):
         self.forwarder = forwarder
         self.replied = False
         self.promised = False
-        self.on_outcome = self._outcome
         self.task: asyncio.Task | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -51,9 +50,20 @@ class ExplicitFront(AgentSide):
     def _outcome(self, ok: bool, refuse: Refuse | None) -> None:
         if self.replied or self.transport is None or self.transport.is_closing():
             return
+        self.transport.write(self._reply(ok, refuse))
+
+    def _reply(self, ok: bool, refuse: Refuse | None) -> bytes:
+        if self.replied:
+            return b""
         self.replied = True
         self.promised = ok
-        self.transport.write(self.success() if ok else self.failure(refuse))
+        return self.success() if ok else self.failure(refuse)
+
+    def tell_refused(self, refuse: Refuse | None) -> None:
+        self._outcome(False, refuse)
+
+    def tunnel_reply(self) -> bytes:
+        return self._reply(True, None)
 
     def reset(self) -> None:
         # Before the tunnel was promised, the refusal is the proxy's own reply, which the

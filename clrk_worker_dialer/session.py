@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from clrk.nexthops import NextHop
 from clrk.policy import Agent, Connection, Decision, GatewayPolicy, Reason, decide
 from clrk_worker_dialer import proxy_v2, tls_sni
 
@@ -52,8 +53,7 @@ class Wait(NamedTuple):
 
 class Dial(NamedTuple):
     decision: Decision
-    host: str
-    port: int
+    next_hop: NextHop
     preamble: bytes
 
 
@@ -117,7 +117,7 @@ class TcpSession:
         self,
         policy: GatewayPolicy,
         flow: Flow,
-        next_hops: Mapping[str, tuple[str, int]],
+        next_hops: Mapping[str, NextHop],
         *,
         client_hello_wait: float = DEFAULT_CLIENT_HELLO_WAIT,
         decide_fn: Decide = decide,
@@ -205,7 +205,7 @@ class TcpSession:
             hop = self.next_hops.get(decision.listener or "")
             if hop is not None:
                 preamble = proxy_header(self.flow, decision) + self._buffer
-                return Dial(decision, hop[0], hop[1], preamble)
+                return Dial(decision, hop, preamble)
             decision = decision._replace(reason=Reason.NO_LISTENER)
         flow = self.flow
         return Refuse(decision, best_name(decision, flow.names, self.sni, flow.requested_name))

@@ -17,7 +17,7 @@ from clrk.api import LoadResult, load_paths
 from clrk.api.findings import Scope
 from clrk.api.loader import ManifestCache
 from clrk.logs import fields
-from clrk.nexthops import envoy_listener_addresses
+from clrk.nexthops import NextHop, envoy_listener_addresses
 from clrk.policy import Agent, Decision, GatewayPolicy, PolicySet, compile_policies
 from clrk.records.schema import dial_denied, dns_denied
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
@@ -46,7 +46,7 @@ class DialerState:
         self.bindings = BindingCache()
         self.policies: PolicySet | None = None
         self.policy: GatewayPolicy | None = None
-        self.next_hops: dict[str, tuple[str, int]] = {}
+        self.next_hops: dict[str, NextHop] = {}
         self.version = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
 
@@ -72,8 +72,9 @@ class DialerState:
     def apply(self, policies: PolicySet) -> None:
         policy = policies.gateways[self.config.gateway_key]
         listeners = [(lst.name, lst.protocol) for lst in policy.listeners]
+        config = self.config
         self.next_hops = envoy_listener_addresses(
-            listeners, self.config.next_hop_host, self.config.next_hop_base_port
+            listeners, config.next_hop_host, config.next_hop_base_port, config.next_hop_socket_dir
         )
         dns = policy.dns
         self.bindings.min_ttl, self.bindings.max_ttl = dns.min_ttl, dns.max_ttl

@@ -9,20 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
-from collections.abc import Callable
 
 from clrk.logs import fields
+from clrk.nexthops import describe
 from clrk.policy import Agent
-from clrk_worker_dialer.relay import UpstreamSide
 from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
+from clrk_worker_dialer.splice_relay import SpliceRelay, connect
 from clrk_worker_dialer.state import DialerState
 
 log = logging.getLogger("clrk.dialer")
 
 UPSTREAM_CONNECT_TIMEOUT = 5.0
-RELAY_HIGH_WATER = 4 * 1024 * 1024
 
 
 class AgentSide(asyncio.Protocol):
@@ -33,12 +33,9 @@ class AgentSide(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.session: TcpSession | None = None
-        self.upstream: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pending: list[bytes] = []  # bytes read while dialing
         self._closed = False
-        # explicit mode: tell the client the outcome (success=True/False) before relaying
-        self.on_outcome: Callable[[bool, Refuse | None], None] | None = None
 
     # --- the session -----------------------------------------------------------------
 
@@ -89,8 +86,7 @@ class AgentSide(asyncio.Protocol):
             src=(flow.src_ip, flow.src_port),
             connection_id=flow.connection_id,
         )
-        if self.on_outcome is not None:
-            self.on_outcome(False, action)
+        self.tell_refused(action)
         self.reset()
 
     def reset(self) -> None:
@@ -107,36 +103,51 @@ class AgentSide(asyncio.Protocol):
 
     async def _dial(self, action: Dial) -> None:
         try:
-            upstream, _ = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: UpstreamSide(self.transport), action.host, action.port
-                ),
-                UPSTREAM_CONNECT_TIMEOUT,
+            upstream = await asyncio.wait_for(
+                connect(self.loop, action.next_hop), UPSTREAM_CONNECT_TIMEOUT
             )
         except (TimeoutError, OSError) as exc:
             log.warning(
                 "next hop unreachable",
-                extra=fields(next_hop=f"{action.host}:{action.port}", error=str(exc)),
+                extra=fields(next_hop=describe(action.next_hop), error=str(exc)),
             )
-            if self.on_outcome is not None:
-                self.on_outcome(False, None)
+            self.tell_refused(None)
             self.reset()
             return
         if self._closed or self.transport.is_closing():
             upstream.close()
             return
-        self.upstream = upstream
-        # asyncio reads up to 256 KiB at a time; with its 64 KiB default high-water mark
-        # nearly every read of a bulk transfer would pause and resume the other side.
-        for side in (upstream, self.transport):
-            side.set_write_buffer_limits(high=RELAY_HIGH_WATER)
-        upstream.write(action.preamble)
-        if self.on_outcome is not None:
-            self.on_outcome(True, None)
-        for chunk in self._pending:
-            upstream.write(chunk)
+        reply = self.tunnel_reply()
+        to_upstream = action.preamble + b"".join(self._pending)
         self._pending.clear()
-        self.transport.resume_reading()
+        agent = await self._take_socket()
+        if agent is None:
+            upstream.close()
+            return
+        SpliceRelay(agent, upstream, to_upstream=to_upstream, to_agent=reply).start()
+
+    def tell_refused(self, refuse: Refuse | None) -> None:
+        """Explicit mode answers the proxy request (`None`: the next hop was unreachable)."""
+
+    def tunnel_reply(self) -> bytes:
+        """What the agent is told once the next hop answered (explicit mode's success)."""
+        return b""
+
+    async def _take_socket(self) -> socket.socket | None:
+        """Take the agent's socket from its asyncio transport for the splice relay.
+
+        The transport is paused, so the kernel holds any unread bytes; once its write
+        buffer is empty (it practically always is: at most a proxy reply was written),
+        a duplicate of the descriptor outlives the transport's close.
+        """
+        transport = self.transport
+        while transport.get_write_buffer_size() and not transport.is_closing():
+            await asyncio.sleep(0.001)
+        if self._closed or transport.is_closing():
+            return None
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        transport.abort()
+        return socket.socket(fileno=fd)
 
     # --- asyncio callbacks -----------------------------------------------------------
 
@@ -144,10 +155,7 @@ class AgentSide(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        upstream = self.upstream
-        if upstream is not None:
-            upstream.write(data)
-        elif self.session is not None and not self.session.done:
+        if self.session is not None and not self.session.done:
             action = self.session.data(data)
             if action is not None:
                 self.act(action)
@@ -160,10 +168,6 @@ class AgentSide(asyncio.Protocol):
         """Explicit mode: the proxy handshake.  Transparent connections never get here."""
 
     def eof_received(self) -> bool:
-        if self.upstream is not None:
-            if self.upstream.can_write_eof() and not self.upstream.is_closing():
-                self.upstream.write_eof()
-            return True
         if self.session is not None and not self.session.done:
             self.act(self.session.eof())
         return False
@@ -171,16 +175,6 @@ class AgentSide(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_timer()
-        if self.upstream is not None and not self.upstream.is_closing():
-            self.upstream.close()
-
-    def pause_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None and not self.upstream.is_closing():
-            self.upstream.resume_reading()
 
 
 class TransparentTcp(AgentSide):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from clrk.logs import setup
+from clrk.nexthops import check_socket_dir
 from clrk_xds.server import main
 
 
@@ -20,6 +21,12 @@ def cli(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--envoy-base-port", type=int, default=None, help="first Envoy listener port"
+    )
+    parser.add_argument(
+        "--envoy-socket-dir",
+        default=None,
+        help="Envoy listens on Unix sockets DIR/LISTENER.sock instead of ports (the dialer's "
+        "--next-hop-socket-dir)",
     )
     parser.add_argument(
         "--status-listen",
@@ -41,6 +48,12 @@ def cli(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup(args.log_level)
     options: dict[str, object] = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
+    if args.envoy_socket_dir:
+        try:
+            check_socket_dir(args.envoy_socket_dir)
+        except ValueError as exc:
+            parser.error(f"--envoy-socket-dir: {exc}")
+        options["socket_dir"] = args.envoy_socket_dir
     if args.upstream_ca:
         options["upstream_ca"] = args.upstream_ca
     if args.extproc:

@@ -26,7 +26,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
     ClusterDiscoveryType,
     ClusterLbPolicy,
 )
-from envoy_data_plane.envoy.config.core.v3 import Address, SocketAddress
+from envoy_data_plane.envoy.config.core.v3 import Address, Pipe, SocketAddress
 from envoy_data_plane.envoy.config.listener.v3 import (
     Filter,
     FilterChain,
@@ -59,7 +59,13 @@ from clrk.api.findings import Finding
 from clrk.api.resolve import Attachment, resolve
 from clrk.api.resources import Listener as GatewayListener
 from clrk.api.resources import Resource, RouteMatch
-from clrk.nexthops import DEFAULT_BASE_PORT, DEFAULT_HOST, envoy_listener_addresses
+from clrk.nexthops import (
+    DEFAULT_BASE_PORT,
+    DEFAULT_HOST,
+    SOCKET_MODE,
+    NextHop,
+    envoy_listener_addresses,
+)
 from clrk.policy.selectors import compile_selector, selects
 from clrk_xds import betterproto_speed
 from clrk_xds import translate_l7 as l7
@@ -374,10 +380,16 @@ class _RuleMemo:
 _MEMO = _RuleMemo()
 
 
+def _listener_address(hop: NextHop) -> Address:
+    if isinstance(hop, str):
+        return Address(pipe=Pipe(path=hop, mode=SOCKET_MODE))
+    return Address(socket_address=SocketAddress(address=hop[0], port_value=hop[1]))
+
+
 def _gateway_listener(
     gateway: Resource,
     listener: GatewayListener,
-    address: tuple[str, int],
+    address: NextHop,
     attachments: Sequence[Attachment],
     agents: Sequence[Resource],
     blocked: Sequence[Network],
@@ -416,11 +428,10 @@ def _gateway_listener(
     elif not chains:
         # Envoy refuses a listener without filter chains; this one only closes.
         default = _closing_chain("default/deny-all")
-    host, port = address
     return Listener(
         name=listener.name,
         stat_prefix=listener.name,
-        address=Address(socket_address=SocketAddress(address=host, port_value=port)),
+        address=_listener_address(address),
         listener_filters=_listener_filters(tls=_has_tls(listener)),
         # A client that never completes the PROXY header is closed, not passed on.
         listener_filters_timeout=LISTENER_FILTERS_TIMEOUT,
@@ -439,6 +450,7 @@ def translate(
     rejected: frozenset[tuple[str, str, str]] = frozenset(),
     envoy_host: str = DEFAULT_HOST,
     base_port: int = DEFAULT_BASE_PORT,
+    socket_dir: str | None = None,
     own_addresses: Iterable[str] = (),
     always_blocked: Sequence[Network] | None = None,
     extproc_address: tuple[str, int] = l7.DEFAULT_EXTPROC_ADDRESS,
@@ -447,7 +459,8 @@ def translate(
 ) -> dict[str, GatewayResources]:
     """Envoy resources for every gateway, keyed by "namespace/name" (the node id).
 
-    `own_addresses`: the gateway host's addresses, always blocked like in
+    `socket_dir`: Envoy listens on Unix sockets there (clrk.nexthops) instead of
+    `envoy_host` ports.  `own_addresses`: the gateway host's addresses, always blocked like in
     `compile_policies`.  `always_blocked` replaces the SPEC 4 list (tests only: they can
     reach nothing but loopback, which that list blocks).  `extproc_address`: where
     clrk_extproc listens (ext_proc and access logs).  `leaf_secret(name, hostnames)`:
@@ -464,7 +477,10 @@ def translate(
         gateway = resolution.gateways[key]
         spec_listeners = gateway.spec.listeners
         addresses = envoy_listener_addresses(
-            [(lst.name, lst.protocol) for lst in spec_listeners], envoy_host, base_port
+            [(lst.name, lst.protocol) for lst in spec_listeners],
+            envoy_host,
+            base_port,
+            socket_dir,
         )
         attachments = resolution.attachments.get(key, ())
         listeners: list[Listener] = []

@@ -41,6 +41,11 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--http-connect", help="Explicit HTTP CONNECT listener, e.g. 127.0.0.1:3128.")
 @click.option("--next-hop-host", default="127.0.0.1", show_default=True)
 @click.option("--next-hop-base-port", default=15100, show_default=True, type=int)
+@click.option(
+    "--next-hop-socket-dir",
+    help="Envoy listens on Unix sockets DIR/LISTENER.sock (the control plane's "
+    "--envoy-socket-dir) instead of loopback ports.",
+)
 @click.option("--resolver", "resolvers", multiple=True, help="Override the gateway's dns.")
 @click.option("--own-address", "own", multiple=True, help="This host's addresses (blocked).")
 @click.option("--records", "records_path", default="clrk-records.jsonl", show_default=True)
@@ -53,11 +58,13 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--log-level", default="info", show_default=True)
 def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tcp,
            transparent_udp, dns,
-           socks5, http_connect, next_hop_host, next_hop_base_port, resolvers, own,
+           socks5, http_connect, next_hop_host, next_hop_base_port, next_hop_socket_dir,
+           resolvers, own,
            records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
            sandboxes, ready_file, log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk import logs
+    from clrk.nexthops import check_socket_dir
     from clrk_worker_dialer.config import DialerConfig
     from clrk_worker_dialer.server import Dialer
     from clrk_worker_dialer.state import PolicyError
@@ -75,6 +82,7 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
         http_connect=_addresses((http_connect,))[0] if http_connect else None,
         next_hop_host=next_hop_host,
         next_hop_base_port=next_hop_base_port,
+        next_hop_socket_dir=next_hop_socket_dir,
         records_path=None if otlp_endpoint else records_path,
         otlp_endpoint=otlp_endpoint,
         own_addresses=list(own),
@@ -87,6 +95,11 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
     )
     if not paths and not control_plane:
         raise click.UsageError("give manifests (-f) or --control-plane")
+    if next_hop_socket_dir:
+        try:
+            check_socket_dir(next_hop_socket_dir)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--next-hop-socket-dir") from None
 
     async def run() -> None:
         await Dialer(config).run_until_signalled(ready_file)

@@ -71,7 +71,7 @@ def up(paths, state_dir, gateway, metrics_listen, otlp_endpoint, upstream_ca, lo
     from clrk.cli.manifests import load_and_compile
     from clrk.up.layout import LayoutError, Ports, StateDir, choose_gateway, stack
     from clrk.up.netns import current_netns
-    from clrk.up.supervisor import Supervisor
+    from clrk.up.supervisor import Supervisor, private_directory
     from clrk_xds.envoy_process import EnvoyError, envoy_binary
 
     logs.setup(log_level)
@@ -91,6 +91,10 @@ def up(paths, state_dir, gateway, metrics_listen, otlp_endpoint, upstream_ca, lo
         click.echo("warning: clrk_extproc has no entry point yet; running without it", err=True)
     state = StateDir(Path(state_dir).resolve())
     state.root.mkdir(parents=True, exist_ok=True)
+    try:
+        private_directory(state.envoy_sockets)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     _ensure_ca(state.root)
     ports = Ports()
     children = stack(

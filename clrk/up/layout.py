@@ -5,12 +5,15 @@ supervisor carries this out; tests check it without starting anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clrk.nexthops import check_socket_dir
 from clrk.policy import PolicySet
 
 
@@ -55,6 +58,19 @@ class StateDir:
     @property
     def run(self) -> Path:
         return self.root / "run"  # ready files, rendered configs
+
+    @property
+    def envoy_sockets(self) -> Path:
+        """Where Envoy's listeners are Unix sockets (clrk.nexthops): run/envoy, or, when
+        that path is too long for a socket address, a directory in the system temp
+        directory named after the state directory (so a restart finds the same one)."""
+        preferred = self.run / "envoy"
+        try:
+            check_socket_dir(str(preferred))
+        except ValueError:
+            digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+            return Path(tempfile.gettempdir()) / f"clrk-{digest}"
+        return preferred
 
     @property
     def ca_cert(self) -> Path:
@@ -149,6 +165,7 @@ def stack(
     ]
     plane += ["--state-dir", str(state.root), "--applied-dir", str(state.root / "applied")]
     plane += ["--extproc", f"{lo}:{ports.extproc}"]
+    plane += ["--envoy-socket-dir", str(state.envoy_sockets)]
     if upstream_ca:
         plane += ["--upstream-ca", str(upstream_ca)]
     for path in manifests:
@@ -212,6 +229,8 @@ def stack(
         f"{lo}:{ports.socks5}",
         "--http-connect",
         f"{lo}:{ports.http_connect}",
+        "--next-hop-socket-dir",
+        str(state.envoy_sockets),
         "--ready-file",
         str(ready),
     ]

@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +35,19 @@ HEALTH_INTERVAL = 1.0  # probes of running children (for /healthz)
 STABLE_AFTER = 10.0  # a child up this long has its backoff reset
 STOP_GRACE = 5.0
 READY_LINE = "clrk ready"
+
+
+def private_directory(path: Path) -> None:
+    """Create `path` for Envoy's listener sockets, or accept it only if it is a real
+    directory of ours that no one else may write: whoever could replace a socket file
+    there would receive the connections the dialer hands on (the fallback lives in the
+    shared temp directory under a predictable name)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise ValueError(
+            f"{path} must be a directory owned by this user and writable by no one else"
+        )
 
 
 async def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
@@ -236,8 +251,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
-        for path in (self.state_dir.logs, self.state_dir.run, self.state_dir.sandboxes):
+        state = self.state_dir
+        for path in (state.logs, state.run, state.sandboxes):
             path.mkdir(parents=True, exist_ok=True)
+        private_directory(state.envoy_sockets)
         server = None
         if self.metrics_listen is not None:
             server = await http_endpoint.serve(*self.metrics_listen, self.health, self.metrics)
@@ -273,6 +290,8 @@ class Supervisor:
             await asyncio.gather(*tasks, return_exceptions=True)
             for child in self.children:
                 await child.stop()  # one a _keep task may have started meanwhile
+            if not state.envoy_sockets.is_relative_to(state.root):
+                shutil.rmtree(state.envoy_sockets, ignore_errors=True)  # the temp fallback
             if server is not None:
                 server.close()
                 with contextlib.suppress(Exception):

@@ -9,13 +9,16 @@ what no route allows is closed by Envoy itself.
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from clrk.nexthops import DEFAULT_BASE_PORT
 from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 from tests.e2e.dialer_proc import DialerProcess
@@ -24,8 +27,6 @@ from tests.e2e.topology import Topology, TopologyError, python_module, sources, 
 AGENT_INDEX = 60
 ADS = "127.0.0.1:18000"
 STATUS = "127.0.0.1:18001"
-TCP_LISTENER = ("127.0.0.1", DEFAULT_BASE_PORT)  # listener 0 ("tcp")
-TLS_LISTENER = ("127.0.0.1", DEFAULT_BASE_PORT + 1)  # listener 1 ("tls")
 CURL = ["curl", "-sS", "--max-time", "5"]
 
 POLICY = """\
@@ -76,8 +77,10 @@ spec:
 # what came back before the close (or a timeout).
 PROXY_CLIENT = textwrap.dedent("""
     import json, socket, sys
-    host, port, header, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    s = socket.create_connection((host, port), timeout=3)
+    path, header, payload = sys.argv[1], sys.argv[2], sys.argv[3]
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect(path)
     s.sendall(bytes.fromhex(header) + payload.encode())
     got, closed = b"", False
     try:
@@ -119,7 +122,7 @@ BULK_CLIENT = textwrap.dedent("""
 class ControlPlaneProcess:
     """`python -m clrk_xds` in gw, with its status page."""
 
-    def __init__(self, topology: Topology, manifests) -> None:
+    def __init__(self, topology: Topology, manifests, sockets: str) -> None:
         self.topology = topology
         self.proc = topology.start_in_gw(
             python_module(
@@ -130,6 +133,8 @@ class ControlPlaneProcess:
                 ADS,
                 "--status-listen",
                 STATUS,
+                "--envoy-socket-dir",
+                sockets,
             )
         )
         try:
@@ -158,9 +163,13 @@ def world(topology: Topology, tmp_path_factory):
     manifests = directory / "policy.yaml"
     manifests.write_text(POLICY)
     agent = topology.add_agent(AGENT_INDEX)
+    # Envoy's listeners are Unix sockets here, as `clrk up` lays them out (test_l7 keeps
+    # loopback ports, so both kinds of next hop run end to end).  A short directory: a
+    # socket path must fit in 107 bytes.
+    sockets = tempfile.mkdtemp(prefix="clrk-e2e-")
     plane = envoy = dialer = None
     try:
-        plane = ControlPlaneProcess(topology, manifests)
+        plane = ControlPlaneProcess(topology, manifests, sockets)
         envoy = EnvoyProcess(
             render_bootstrap("default/egress", *ADS.split(":"), admin_port=0),
             netns=topology.gw,
@@ -172,11 +181,11 @@ def world(topology: Topology, tmp_path_factory):
             manifests,  # ignored: --control-plane wins; DialerProcess always passes -f
             gateway="default/egress",
             sources=sources(AGENT_INDEX, "default/agent-a"),
-            extra=["--control-plane", ADS],
+            extra=["--control-plane", ADS, "--next-hop-socket-dir", sockets],
             name="envoy-e2e-dialer",
         )
         yield {"agent": agent, "plane": plane, "envoy": envoy, "dialer": dialer,
-               "manifests": manifests}  # fmt: skip
+               "manifests": manifests, "sockets": Path(sockets)}  # fmt: skip
     finally:
         if dialer is not None:
             dialer.stop()
@@ -185,6 +194,15 @@ def world(topology: Topology, tmp_path_factory):
         if plane is not None:
             plane.stop()
         topology.remove_agent(agent)
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def tcp_listener(world) -> str:
+    return str(world["sockets"] / "tcp.sock")
+
+
+def tls_listener(world) -> str:
+    return str(world["sockets"] / "tls.sock")
 
 
 def listener_names(envoy: EnvoyProcess) -> set[str]:
@@ -203,14 +221,13 @@ def downstream_total(envoy: EnvoyProcess, listener: str) -> int:
     return int(line.split(": ")[1])
 
 
-def proxied(topology: Topology, listener, header: ProxyHeader, payload: str) -> dict:
+def proxied(topology: Topology, listener: str, header: ProxyHeader, payload: str) -> dict:
     out = topology.run_in_gw(
         [
             sys.executable,
             "-c",
             PROXY_CLIENT,
-            listener[0],
-            str(listener[1]),
+            listener,
             encode(header).hex(),
             payload,
         ]
@@ -228,8 +245,9 @@ def header(dst: tuple[str, int], authority: str | None = None) -> ProxyHeader:
 HTTP_GET = "GET / HTTP/1.0\r\nHost: x\r\n\r\n"
 
 
-def envoy_allows_third(topology: Topology) -> bool:
-    got = proxied(topology, TCP_LISTENER, header(("192.0.2.12", 80), "third.test"), HTTP_GET)
+def envoy_allows_third(world, topology: Topology) -> bool:
+    third = header(("192.0.2.12", 80), "third.test")
+    got = proxied(topology, tcp_listener(world), third, HTTP_GET)
     return got["data"].startswith("HTTP/1.1 200")
 
 
@@ -257,6 +275,12 @@ def test_an_allowed_hostname_goes_through_envoy_to_the_server(
     assert downstream_total(world["envoy"], "tcp") == before + 1
     (seen,) = upstream_saw(topology, mark, server)
     assert seen["peer"][0] == envoy_source  # Envoy's own connection, from gw's uplink
+
+
+def test_envoys_listeners_are_unix_sockets_only_its_user_and_group_may_use(world):
+    for path in (tcp_listener(world), tls_listener(world)):
+        mode = Path(path).stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660, (path, oct(mode))
 
 
 def test_an_allowed_cidr_reaches_the_echo_server(world):
@@ -304,18 +328,19 @@ def test_tls_passes_through_envoy_untouched(world, topology):
 )
 def test_envoy_closes_a_proxy_header_outside_the_routes(world, topology, dst, authority):
     mark = topology.server_log.mark()
-    got = proxied(topology, TCP_LISTENER, header(dst, authority), HTTP_GET)
+    got = proxied(topology, tcp_listener(world), header(dst, authority), HTTP_GET)
     assert got == {"closed": True, "data": ""}
     time.sleep(0.2)  # a connection Envoy made would be logged by now
     assert upstream_saw(topology, mark, dst[0]) == []
     # The control: the same path with an allowed destination is proxied.
-    ok = proxied(topology, TCP_LISTENER, header(("192.0.2.10", 80), "example.test"), HTTP_GET)
+    allowed = header(("192.0.2.10", 80), "example.test")
+    ok = proxied(topology, tcp_listener(world), allowed, HTTP_GET)
     assert ok["data"].startswith("HTTP/1.1 200"), ok
 
 
 def test_envoy_closes_a_tls_listener_header_naming_another_hostname(world, topology):
     mark = topology.server_log.mark()
-    got = proxied(topology, TLS_LISTENER, header(("203.0.113.5", 443), "evil.test"), "x")
+    got = proxied(topology, tls_listener(world), header(("203.0.113.5", 443), "evil.test"), "x")
     assert got["closed"] and got["data"] == ""
     time.sleep(0.2)
     assert upstream_saw(topology, mark, "203.0.113.5") == []
@@ -336,7 +361,7 @@ def test_hot_reload_opens_and_closes_a_route_in_the_dialer_and_envoy(world, topo
     version = world["plane"].status()["version"]
     manifests.write_text(POLICY + EXTRA_ROUTE)
     try:
-        wait_until(lambda: envoy_allows_third(topology), what="Envoy opens third.test")
+        wait_until(lambda: envoy_allows_third(world, topology), what="Envoy opens third.test")
         wait_until(lambda: curl_code(agent, "http://third.test/") == "200", what="dialer opens")
         status = world["plane"].status()
         assert status["version"] != version and status["errors"] == []
@@ -344,7 +369,7 @@ def test_hot_reload_opens_and_closes_a_route_in_the_dialer_and_envoy(world, topo
         assert acked is not None
     finally:
         manifests.write_text(POLICY)
-    wait_until(lambda: not envoy_allows_third(topology), what="Envoy closes third.test")
+    wait_until(lambda: not envoy_allows_third(world, topology), what="Envoy closes third.test")
     wait_until(lambda: curl_code(agent, "http://third.test/") != "200", what="dialer closes")
     assert world["plane"].status()["version"] == version  # same content, same version
 
@@ -368,7 +393,7 @@ def test_an_invalid_edit_keeps_the_previous_policy_everywhere(world, topology):
         # The previous policy is in force in the dialer and in Envoy.
         assert curl_code(agent, "http://example.test/") == "200"
         assert curl_code(agent, "http://third.test/").startswith("exit")
-        assert not envoy_allows_third(topology)
+        assert not envoy_allows_third(world, topology)
         assert dialer.log().count("policy applied") == applied
         acked = status["nodes"]["default/egress"]["Listener"]
         assert (

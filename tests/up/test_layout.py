@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clrk.nexthops import check_socket_dir
 from clrk.up.layout import (
     LayoutError,
     Ports,
@@ -71,6 +73,22 @@ def test_stack_order_probes_and_paths():
     assert dialer.probe.kind == "file" and dialer.remove_before_start == (dialer.probe.target,)
     assert specs["extproc"].argv[-1] == "/state/records.jsonl"
     assert plane.argv[plane.argv.index("--records") + 1] == "/state/records.jsonl"
+
+
+def test_envoy_and_the_dialer_meet_on_the_same_unix_socket_directory():
+    specs = children()
+    plane, dialer = specs["control-plane"].argv, specs["dialer"].argv
+    assert plane[plane.index("--envoy-socket-dir") + 1] == "/state/run/envoy"
+    assert dialer[dialer.index("--next-hop-socket-dir") + 1] == "/state/run/envoy"
+
+
+def test_a_state_directory_too_deep_for_socket_paths_puts_them_in_a_stable_temp_directory():
+    deep = StateDir(Path("/" + "d" * 80))
+    sockets = deep.envoy_sockets
+    assert sockets.parent == Path(tempfile.gettempdir()) and sockets.name.startswith("clrk-")
+    assert sockets == StateDir(Path("/" + "d" * 80)).envoy_sockets
+    assert sockets != StateDir(Path("/" + "e" * 80)).envoy_sockets
+    check_socket_dir(str(sockets))
 
 
 def test_optional_extproc_and_otlp():

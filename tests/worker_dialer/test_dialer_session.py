@@ -35,7 +35,7 @@ def session(dst_ip, dst_port, names=(), agent=AGENT, **kw) -> TcpSession:
 def test_a_cidr_rule_dials_the_tcp_listener_with_a_proxy_header():
     action = session("203.0.113.9", 5433).start(now=10.0)
     assert isinstance(action, Dial)
-    assert (action.host, action.port) == HOPS["tcp"]
+    assert action.next_hop == HOPS["tcp"]
     header, used = proxy_v2.decode(action.preamble)
     assert used == len(action.preamble)
     assert (header.source_ip, header.source_port) == ("198.18.0.2", 40000)
@@ -69,7 +69,7 @@ def test_an_allowed_name_on_the_tls_listener_waits_for_the_client_hello():
     hello = client_hello("api.example.com")
     assert s.data(hello[:7]) is None  # fragmented: keep reading
     action = s.data(hello[7:])
-    assert isinstance(action, Dial) and (action.host, action.port) == HOPS["tls"]
+    assert isinstance(action, Dial) and action.next_hop == HOPS["tls"]
     header, used = proxy_v2.decode(action.preamble)
     assert header.authority == "api.example.com"
     assert action.preamble[used:] == hello  # the bytes read are forwarded unchanged
@@ -113,7 +113,7 @@ def test_an_agent_closing_before_the_decision_still_gets_its_denial():
 
 def test_a_deny_policy_on_an_http_listener_is_forwarded_with_the_policy_tlv():
     action = session("192.0.2.20", 80, names={"paste.example.net"}).start(now=0.0)
-    assert isinstance(action, Dial) and (action.host, action.port) == HOPS["web"]
+    assert isinstance(action, Dial) and action.next_hop == HOPS["web"]
     header, _ = proxy_v2.decode(action.preamble)
     assert header.deny_policy == "default/no-paste"
     assert action.decision.reason is Reason.DENY_POLICY

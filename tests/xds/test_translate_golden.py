@@ -1,6 +1,7 @@
 """Golden files: tests/golden/<case>/input.yaml -> expected.yaml (the translation of every
-gateway, as `to_plain` gives it).  CLRK_UPDATE_GOLDEN=1 rewrites the expected files
-instead of comparing; review the diff before committing it.
+gateway, as `to_plain` gives it), with the keyword arguments of `translate` in an
+optional options.yaml.  CLRK_UPDATE_GOLDEN=1 rewrites the expected files instead of
+comparing; review the diff before committing it.
 
 Every expected output is also run through the real `envoy --mode validate`.
 """
@@ -27,7 +28,9 @@ def render(case: str) -> str:
     assert not [f for f in loaded.findings if f.is_error and f.scope == "set"], [
         f.line() for f in loaded.findings
     ]
-    out = translate(loaded.resources, rejected=loaded.rejected)
+    options_file = GOLDEN / case / "options.yaml"
+    options = yaml.safe_load(options_file.read_text()) if options_file.is_file() else {}
+    out = translate(loaded.resources, rejected=loaded.rejected, **options)
     plain = {ref: to_plain(res) for ref, res in sorted(out.items())}
     return yaml.safe_dump(plain, sort_keys=True, default_flow_style=False, width=100)
 
