@@ -180,7 +180,11 @@ class SpliceRelay:
         self.closed = False
         self.error: OSError | None = None
         self.outbound = Pump(self.loop, agent, upstream, to_upstream, self._done, self._failed)
-        self.inbound = Pump(self.loop, upstream, agent, to_agent, self._done, self._failed)
+        try:
+            self.inbound = Pump(self.loop, upstream, agent, to_agent, self._done, self._failed)
+        except BaseException:  # no second pipe (EMFILE, pipe quota): give back the first
+            self.outbound.stop()
+            raise
 
     def start(self) -> None:
         self.outbound.start()

@@ -120,11 +120,26 @@ class AgentSide(asyncio.Protocol):
         reply = self.tunnel_reply()
         to_upstream = action.preamble + b"".join(self._pending)
         self._pending.clear()
-        agent = await self._take_socket()
+        try:
+            agent = await self._take_socket()
+        except OSError as exc:  # no descriptor left for the duplicate
+            log.error("cannot relay", extra=fields(error=str(exc)))
+            upstream.close()
+            self.reset()
+            return
         if agent is None:
             upstream.close()
             return
-        SpliceRelay(agent, upstream, to_upstream=to_upstream, to_agent=reply).start()
+        try:
+            relay = SpliceRelay(agent, upstream, to_upstream=to_upstream, to_agent=reply)
+        except OSError as exc:  # out of descriptors or of the pipe quota: reset, loudly
+            log.error("cannot relay", extra=fields(error=str(exc)))
+            upstream.close()
+            with contextlib.suppress(OSError):
+                reset_on_close(agent)
+            agent.close()
+            return
+        relay.start()
 
     def tell_refused(self, refuse: Refuse | None) -> None:
         """Explicit mode answers the proxy request (`None`: the next hop was unreachable)."""

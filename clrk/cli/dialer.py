@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import click
 
@@ -104,9 +105,22 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
     async def run() -> None:
         await Dialer(config).run_until_signalled(ready_file)
 
+    _raise_open_files_limit()
+
     try:
         asyncio.run(run())
     except PolicyError as exc:
         for line in exc.errors:
             click.echo(line, err=True)
         raise click.ClickException("the policy is invalid; nothing to enforce") from None
+
+
+def _raise_open_files_limit() -> None:
+    """A relayed connection holds six descriptors (two sockets, a pipe each way): take
+    the whole hard limit rather than the often much lower soft one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit: keep soft
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

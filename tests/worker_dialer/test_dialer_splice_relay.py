@@ -1,0 +1,539 @@
+"""The splice relay on real loopback sockets: the agent and the next hop are sockets the
+test drives from the same event loop as the relay, so every byte really goes through
+socket -> pipe -> socket in the kernel.  No mocks, no sleeps that decide an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import hashlib
+import os
+import resource
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clrk_worker_dialer.splice_relay import BULK_PIPE_SIZE, SpliceRelay, connect
+
+pytestmark = pytest.mark.timeout(30)
+
+TIMEOUT = 10.0  # each test's coroutine; pytest-timeout above is the outer safety
+LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class Wiring:
+    """agent_peer <-> relay_agent [relay] relay_upstream <-> upstream_peer"""
+
+    agent_peer: socket.socket
+    relay_agent: socket.socket
+    relay_upstream: socket.socket
+    upstream_peer: socket.socket
+
+    def close_peers(self) -> None:
+        self.agent_peer.close()
+        self.upstream_peer.close()
+
+
+async def listen_and_connect(hop, listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """`connect()` to `hop` (where `listener` listens): (the connected socket, the accepted)."""
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    listener.listen()
+    with listener:
+        ours = await connect(loop, hop)
+        theirs, _ = await loop.sock_accept(listener)
+    theirs.setblocking(False)
+    return ours, theirs
+
+
+def tcp_listener(host: str = "127.0.0.1") -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    return sock
+
+
+def unix_listener(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    return sock
+
+
+async def wire(upstream: str, tmp_path: Path | None = None) -> Wiring:
+    """The agent side is always TCP (it is an accepted connection in the dialer); the
+    upstream side is TCP or a Unix socket, as next hops are."""
+    agent_listener = tcp_listener()
+    relay_agent, agent_peer = await listen_and_connect(
+        agent_listener.getsockname()[:2], agent_listener
+    )
+    if upstream == "unix":
+        assert tmp_path is not None
+        path = tmp_path / "up.sock"
+        relay_upstream, upstream_peer = await listen_and_connect(str(path), unix_listener(path))
+    else:
+        up_listener = tcp_listener()
+        relay_upstream, upstream_peer = await listen_and_connect(
+            up_listener.getsockname()[:2], up_listener
+        )
+    return Wiring(agent_peer, relay_agent, relay_upstream, upstream_peer)
+
+
+def start(w: Wiring, **kw) -> tuple[SpliceRelay, asyncio.Future]:
+    """Start a relay; the future resolves (once: a second call would raise) on close."""
+    closed = asyncio.get_running_loop().create_future()
+    relay = SpliceRelay(w.relay_agent, w.relay_upstream, on_close=closed.set_result, **kw)
+    relay.start()
+    return relay, closed
+
+
+async def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        assert chunk, f"EOF after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+async def recv_until_eof(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    while chunk := await loop.sock_recv(sock, 1 << 18):
+        buf += chunk
+    return bytes(buf)
+
+
+async def send_and_finish(sock: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+    sock.shutdown(socket.SHUT_WR)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- bytes both ways ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_megabytes_both_ways_at_once_arrive_intact_and_in_order_after_the_heads(upstream, tmp_path):
+    """Both pumps run at the same time on the same two sockets (each socket is one pump's
+    source and the other's destination); the heads (the proxy preamble and the tunnel
+    reply) must come before anything spliced."""
+    up_payload, down_payload = os.urandom(6 << 20), os.urandom(5 << 20)
+    to_upstream, to_agent = b"PROXY-PREAMBLE\r\n", b"HTTP/1.1 200 OK\r\n\r\n"
+
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            relay, closed = start(w, to_upstream=to_upstream, to_agent=to_agent)
+            at_upstream, at_agent, _, _ = await asyncio.gather(
+                recv_until_eof(w.upstream_peer),
+                recv_until_eof(w.agent_peer),
+                send_and_finish(w.agent_peer, up_payload),
+                send_and_finish(w.upstream_peer, down_payload),
+            )
+            assert await closed is relay
+            return relay, at_upstream, at_agent
+        finally:
+            w.close_peers()
+
+    relay, at_upstream, at_agent = run(main())
+    assert at_upstream[: len(to_upstream)] == to_upstream
+    assert at_agent[: len(to_agent)] == to_agent
+    assert sha(at_upstream[len(to_upstream) :]) == sha(up_payload)
+    assert sha(at_agent[len(to_agent) :]) == sha(down_payload)
+    assert relay.outbound.moved == len(to_upstream) + len(up_payload)
+    assert relay.inbound.moved == len(to_agent) + len(down_payload)
+    assert relay.error is None
+
+
+def test_the_heads_are_sent_even_if_neither_peer_ever_sends_a_byte(tmp_path):
+    """A server-speaks-first protocol behind the tunnel: the reply and preamble must not
+    wait for agent bytes to wake the relay up."""
+
+    async def main():
+        w = await wire("tcp", tmp_path)
+        try:
+            relay, _ = start(w, to_upstream=b"pre", to_agent=b"reply")
+            assert await recv_exactly(w.upstream_peer, 3) == b"pre"
+            assert await recv_exactly(w.agent_peer, 5) == b"reply"
+            assert not relay.closed
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+# --- half-close -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+@pytest.mark.parametrize("first", ["agent", "upstream"])
+def test_a_half_close_is_carried_over_and_the_other_direction_keeps_going(
+    first, upstream, tmp_path
+):
+    """EOF from one peer becomes a FIN to the other, which may still answer (an HTTP/1.0
+    client that shuts down after its request does exactly this).  Only when both
+    directions are finished does the relay close both sockets and its two pipes."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w = await wire(upstream, tmp_path)
+        try:
+            finisher, other = (
+                (w.agent_peer, w.upstream_peer)
+                if first == "agent"
+                else (w.upstream_peer, w.agent_peer)
+            )
+            before = open_fds()
+            relay, closed = start(w)
+            assert open_fds() == before + 4  # a pipe per direction
+
+            await send_and_finish(finisher, b"request")
+            assert await recv_until_eof(other) == b"request"  # data, then the FIN
+            assert not relay.closed
+
+            await loop.sock_sendall(other, b"still answering")
+            assert await recv_exactly(finisher, 15) == b"still answering"
+            await loop.sock_sendall(other, b"!")
+            assert await recv_exactly(finisher, 1) == b"!"
+            assert not relay.closed
+
+            other.shutdown(socket.SHUT_WR)
+            assert await recv_until_eof(finisher) == b""
+            assert await closed is relay
+            assert relay.closed and relay.error is None
+            assert w.relay_agent.fileno() == -1 and w.relay_upstream.fileno() == -1
+            assert open_fds() == before - 2  # both relay sockets and all pipe ends gone
+            assert (relay.outbound.pipe_r, relay.inbound.pipe_w) == (-1, -1)
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+def test_an_immediate_eof_from_both_peers_closes_the_relay_cleanly(tmp_path):
+    """Nothing relayed at all: both EOFs alone finish both pumps."""
+
+    async def main():
+        w = await wire("tcp", tmp_path)
+        try:
+            w.agent_peer.shutdown(socket.SHUT_WR)
+            w.upstream_peer.shutdown(socket.SHUT_WR)
+            relay, closed = start(w)
+            assert await closed is relay
+            assert await recv_until_eof(w.agent_peer) == b""
+            assert await recv_until_eof(w.upstream_peer) == b""
+            assert relay.error is None
+            assert (relay.outbound.moved, relay.inbound.moved) == (0, 0)
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+# --- back-pressure --------------------------------------------------------------------
+
+
+async def send_until_blocked(sock: socket.socket, relay: SpliceRelay, data: bytes) -> int:
+    """Send from `data` without blocking until the agent's socket has taken nothing for
+    20 rounds of the loop in a row (the relay ran in between); return how much it took.
+    Fails if all of `data` goes in (nothing held it back)."""
+    sent, idle = 0, 0
+    while idle < 20:
+        try:
+            n = sock.send(data[sent : sent + (1 << 16)])
+        except BlockingIOError:
+            n = 0
+        sent += n
+        assert sent < len(data), "the agent could send everything: no back-pressure"
+        idle = idle + 1 if n == 0 else 0
+        await asyncio.sleep(0.005 if n == 0 else 0)
+    return sent
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_a_next_hop_that_does_not_read_stops_the_relay_reading_from_the_agent(upstream, tmp_path):
+    """The relay must not buffer without bound: with the next hop not reading, the relay
+    stops reading the agent, the agent's sends block with at most what the sockets'
+    buffers and one pipe hold in flight, and once the next hop reads everything arrives,
+    in order."""
+    payload = os.urandom(8 << 20)
+
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            socks = (w.agent_peer, w.relay_agent, w.relay_upstream, w.upstream_peer)
+            for sock in socks:  # fixed sizes: no autotuning to make the bound a moving target
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            path = ((w.agent_peer, socket.SO_SNDBUF), (w.relay_agent, socket.SO_RCVBUF))
+            path += ((w.relay_upstream, socket.SO_SNDBUF), (w.upstream_peer, socket.SO_RCVBUF))
+            on_path = sum(sock.getsockopt(socket.SOL_SOCKET, opt) for sock, opt in path)
+            relay, closed = start(w)
+
+            in_flight = await send_until_blocked(w.agent_peer, relay, payload)
+            assert not relay.outbound.reading, "the agent is blocked but the relay still reads"
+            assert relay.outbound.writing  # waiting for the next hop to take more
+            assert 0 < relay.outbound.in_pipe <= relay.outbound.pipe_size <= BULK_PIPE_SIZE
+            # the kernel counts buffers by whole segments and overshoots a little: twice
+            # the configured sizes is "roughly the buffers", far below the 8 MiB offered
+            assert in_flight <= 2 * on_path + relay.outbound.pipe_size
+            assert not relay.closed
+
+            received, _ = await asyncio.gather(
+                recv_until_eof(w.upstream_peer),
+                send_and_finish(w.agent_peer, payload[in_flight:]),
+            )
+            w.upstream_peer.shutdown(socket.SHUT_WR)
+            assert await closed is relay
+            return received
+        finally:
+            w.close_peers()
+
+    assert sha(run(main())) == sha(payload)
+
+
+# --- resets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resetter", ["agent", "upstream"])
+def test_a_reset_by_one_peer_resets_the_other_and_closes_the_relay_with_the_error(
+    resetter, tmp_path
+):
+    """A reset must not turn into a clean FIN on the other side: the other peer would
+    take a truncated response for a complete one."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w = await wire("tcp", tmp_path)
+        try:
+            relay, closed = start(w)
+            await loop.sock_sendall(w.agent_peer, b"hello")
+            assert await recv_exactly(w.upstream_peer, 5) == b"hello"
+            await loop.sock_sendall(w.upstream_peer, b"world")
+            assert await recv_exactly(w.agent_peer, 5) == b"world"
+
+            gone, other = (
+                (w.agent_peer, w.upstream_peer)
+                if resetter == "agent"
+                else (w.upstream_peer, w.agent_peer)
+            )
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+            gone.close()
+            assert await closed is relay
+            with pytest.raises(ConnectionResetError):
+                await loop.sock_recv(other, 10)
+            assert relay.closed
+            assert isinstance(relay.error, ConnectionResetError)
+            assert w.relay_agent.fileno() == -1 and w.relay_upstream.fileno() == -1
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+def test_a_reset_by_the_agent_reaches_a_unix_socket_next_hop_as_a_plain_eof(tmp_path):
+    """Unix sockets have no RST: SO_LINGER 0 on the relay's side is a plain close, so
+    the next hop sees an ordinary EOF (it cannot tell an aborted request from a complete
+    one by the transport alone).  The relay itself still records the agent's reset."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w = await wire("unix", tmp_path)
+        try:
+            relay, closed = start(w)
+            await loop.sock_sendall(w.agent_peer, b"partial")
+            assert await recv_exactly(w.upstream_peer, 7) == b"partial"
+            w.agent_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+            w.agent_peer.close()
+            assert await closed is relay
+            assert isinstance(relay.error, ConnectionResetError)
+            assert await loop.sock_recv(w.upstream_peer, 10) == b""
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+def test_a_relay_that_cannot_get_its_second_pipe_gives_back_the_first(tmp_path):
+    """Out of descriptors (or over the pipe quota) the constructor raises; the pipe it
+    already made must not leak, or a dialer at its limit would stay there.  The limit
+    is set so that exactly one more pipe fits: descriptors are allocated lowest first."""
+
+    async def main():
+        w = await wire("tcp", tmp_path)
+        try:
+            gc.collect()  # no socket closed behind our back while the limit is low
+            probe = os.pipe()
+            for fd in probe:
+                os.close(fd)
+            before = open_fds()
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(probe) + 1, hard))
+            try:
+                with pytest.raises(OSError) as raised:
+                    SpliceRelay(w.relay_agent, w.relay_upstream)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            assert raised.value.errno == errno.EMFILE
+            assert open_fds() == before
+            # the sockets stay the caller's: still open, still usable
+            assert w.relay_agent.fileno() != -1 and w.relay_upstream.fileno() != -1
+        finally:
+            w.close_peers()
+            w.relay_agent.close()
+            w.relay_upstream.close()
+
+    run(main())
+
+
+# --- connect() ------------------------------------------------------------------------
+
+
+async def connect_and_echo(hop, listener: socket.socket) -> tuple[int, object]:
+    """`connect()`, prove the connection carries a byte, return (family, peer name)."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = await listen_and_connect(hop, listener)
+    with ours, theirs:
+        assert not ours.getblocking()
+        await loop.sock_sendall(ours, b"x")
+        assert await recv_exactly(theirs, 1) == b"x"
+        return ours.family, ours.getpeername()
+
+
+def test_connect_reaches_a_unix_socket_path(tmp_path):
+    path = tmp_path / "hop.sock"
+    family, peer = run(connect_and_echo(str(path), unix_listener(path)))
+    assert family == socket.AF_UNIX
+    assert peer == str(path)
+
+
+def test_connect_reaches_an_ipv4_literal():
+    listener = tcp_listener("127.0.0.1")
+    hop = listener.getsockname()[:2]
+    family, peer = run(connect_and_echo(hop, listener))
+    assert family == socket.AF_INET
+    assert peer == hop
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+def test_connect_reaches_an_ipv6_literal():
+    listener = tcp_listener("::1")
+    hop = listener.getsockname()[:2]
+    family, peer = run(connect_and_echo(hop, listener))
+    assert family == socket.AF_INET6
+    assert peer[:2] == hop
+
+
+def test_a_refused_connection_raises_oserror_and_leaks_no_descriptor(tmp_path):
+    """Bound but not listening: the kernel refuses at once, for TCP as for Unix sockets;
+    a missing socket file fails too.  Each failure closes the socket it made."""
+    tcp = tcp_listener()  # kept bound, so nobody else can start listening on the port
+    hole = tmp_path / "nobody.sock"
+    unix = unix_listener(hole)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = open_fds()
+        for hop in (tcp.getsockname()[:2], str(hole), str(tmp_path / "missing.sock")):
+            with pytest.raises(OSError):
+                await connect(loop, hop)
+        assert open_fds() == before
+
+    with tcp, unix:
+        run(main())
+
+
+# --- chatty connections ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_many_small_messages_ping_pong_through_the_relay(upstream, tmp_path):
+    """A chatty protocol: each few-byte message must go through on its own (nothing
+    waits for a pipe to fill), 200 times each way."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w = await wire(upstream, tmp_path)
+        try:
+            relay, closed = start(w)
+            for i in range(200):
+                ping, pong = b"ping %d" % i, b"pong %d" % i
+                await loop.sock_sendall(w.agent_peer, ping)
+                assert await recv_exactly(w.upstream_peer, len(ping)) == ping
+                await loop.sock_sendall(w.upstream_peer, pong)
+                assert await recv_exactly(w.agent_peer, len(pong)) == pong
+            w.agent_peer.shutdown(socket.SHUT_WR)
+            w.upstream_peer.shutdown(socket.SHUT_WR)
+            assert await closed is relay
+            # small reads never fill the default pipe, so it never grew
+            assert relay.outbound.pipe_size < BULK_PIPE_SIZE
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+# --- arbitrary chunkings --------------------------------------------------------------
+
+chunks = st.lists(st.binary(min_size=1, max_size=3000), max_size=12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(up=chunks, down=chunks, to_upstream=st.binary(max_size=64), to_agent=st.binary(max_size=64))
+def test_any_chunking_of_the_traffic_arrives_as_the_same_bytes(up, down, to_upstream, to_agent):
+    """However the peers cut their writes, each side gets its head then the other
+    peer's bytes, concatenated."""
+
+    async def send_chunks(sock: socket.socket, parts: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        for part in parts:
+            await loop.sock_sendall(sock, part)
+            await asyncio.sleep(0)  # let the relay run between writes
+        sock.shutdown(socket.SHUT_WR)
+
+    async def main():
+        w = await wire("tcp")
+        try:
+            relay, closed = start(w, to_upstream=to_upstream, to_agent=to_agent)
+            at_upstream, at_agent, _, _ = await asyncio.gather(
+                recv_until_eof(w.upstream_peer),
+                recv_until_eof(w.agent_peer),
+                send_chunks(w.agent_peer, up),
+                send_chunks(w.upstream_peer, down),
+            )
+            assert await closed is relay
+            return at_upstream, at_agent
+        finally:
+            w.close_peers()
+
+    at_upstream, at_agent = run(main())
+    assert at_upstream == to_upstream + b"".join(up)
+    assert at_agent == to_agent + b"".join(down)
