@@ -6,6 +6,7 @@ behind, also when the bench fails midway; never the timings."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,8 @@ def test_failure_midway_still_removes_everything(monkeypatch):
 
 
 def test_without_extproc_drops_only_the_extproc_filter(tmp_path):
-    config, _ca = l7_bench.envoy_config(l7_bench.manifest_text(tmp_path / "ca.pem"), tmp_path)
+    text = l7_bench.manifest_text(tmp_path / "ca.pem")
+    config, _ca = l7_bench.envoy_config(text, tmp_path, Path("/run/clrk-bench"))
     listeners = {lst["name"]: lst for lst in config["static_resources"]["listeners"]}
 
     def http_filters(listener: str) -> list[str]:
