@@ -57,11 +57,32 @@ def parse_entry(text: str) -> Sources | None:
     return out
 
 
+def claims(entries: Mapping[str, Sources]) -> Sources:
+    """address -> agent over all entries, without the addresses that entries claim for
+    different agents: with two claims (a killed run's entry left behind, a new sandbox
+    given the same addresses) the source could be either agent, so it is neither's and
+    its connections are denied `unknown_agent` until one claim goes."""
+    out: Sources = {}
+    disputed: set[str] = set()
+    for entry in entries.values():
+        for ip, ref in entry.items():
+            if out.setdefault(ip, ref) != ref:
+                disputed.add(ip)
+    for ip in disputed:
+        del out[ip]
+    return out
+
+
+def disputed(entries: Mapping[str, Sources]) -> list[str]:
+    """The addresses `claims` leaves out."""
+    every = {ip for entry in entries.values() for ip in entry}
+    return sorted(every - claims(entries).keys())
+
+
 def changes(old: Mapping[str, Sources], new: Mapping[str, Sources]) -> tuple[Sources, list[str]]:
     """(address -> agent to register, addresses to unregister) going from old to new;
     per-sandbox maps keyed by entry name."""
-    before = {ip: ref for entry in old.values() for ip, ref in entry.items()}
-    after = {ip: ref for entry in new.values() for ip, ref in entry.items()}
+    before, after = claims(old), claims(new)
     register = {ip: ref for ip, ref in after.items() if before.get(ip) != ref}
     unregister = sorted(ip for ip in before if ip not in after)
     return register, unregister
@@ -104,10 +125,17 @@ def sync(directory: Path, identity, known: dict[str, Sources]) -> dict[str, Sour
         identity.unregister(ip)
     for ip, ref in register.items():
         identity.register(ip, ref)
+    contested = set(disputed(current))
     for name in current:
         if name not in known or known[name] != current[name]:
             log.info("sandbox registered", extra={"sandbox": name, "sources": current[name]})
             _ack(directory, name)
+        clash = sorted(contested.intersection(current[name]))
+        if clash and set(clash) - set(disputed(known)):
+            log.error(
+                "sandbox addresses claimed for another agent too; denied as unknown",
+                extra={"sandbox": name, "addresses": clash},
+            )
     for name in known.keys() - current.keys():
         log.info("sandbox unregistered", extra={"sandbox": name})
     return current

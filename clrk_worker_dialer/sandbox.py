@@ -154,3 +154,23 @@ def create_sandbox(spec: SandboxSpec, runner: Runner = run_command) -> Sandbox:
             raise SandboxError(f"{error}; cleanup also failed: {'; '.join(failures)}") from error
         raise
     return sandbox
+
+
+# What a command prints when the thing it would remove is already gone.
+_ALREADY_GONE = (
+    "no such",
+    "not exist",
+    "cannot find device",
+    "does a matching rule exist",
+    "no chain/target/match",
+)
+
+
+def remove_leftovers(spec: SandboxSpec, runner: Runner = run_command) -> list[str]:
+    """Remove whatever a sandbox with this spec left behind when its creator died (how
+    far it got is unknown): every undo of its steps, in reverse.  Idempotent; returns
+    only real failures, not "already gone"."""
+    sandbox = Sandbox(spec, runner)
+    sandbox._done = list(host_steps(spec))
+    sandbox._uses_policy_routing = True
+    return [f for f in sandbox.teardown() if not any(g in f.lower() for g in _ALREADY_GONE)]

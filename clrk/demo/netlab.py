@@ -6,15 +6,11 @@ follow; and the sweeper of namespaces a killed run left behind.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
-import os
 import re
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -150,7 +146,7 @@ def sweep_stale(pattern: re.Pattern[str], grace: float = 2.0) -> list[str]:
     by that run (a SIGKILLed parent leaves its children), so they are ended first: a
     deleted namespace would otherwise hide them, still running.
     """
-    from clrk.up.processes import pid_alive
+    from clrk.up.processes import end_processes_in_netns, pid_alive
 
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     stale = [
@@ -160,8 +156,7 @@ def sweep_stale(pattern: re.Pattern[str], grace: float = 2.0) -> list[str]:
         and not pid_alive(int(m.group(1)))
     ]  # fmt: skip
     for name in stale:
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-        _end([int(p) for p in pids.stdout.split() if p.isdigit()], grace)
+        end_processes_in_netns(name, grace)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
     if NETNS_ETC.is_dir():
         for path in NETNS_ETC.iterdir():
@@ -169,21 +164,3 @@ def sweep_stale(pattern: re.Pattern[str], grace: float = 2.0) -> list[str]:
             if m and not pid_alive(int(m.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
     return stale
-
-
-def _end(pids: list[int], grace: float) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_exists(p) for p in pids):
-            time.sleep(0.05)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

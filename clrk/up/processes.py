@@ -3,9 +3,11 @@ and test runs name their owner by PID), and stopping a child politely, then firm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import time
 
 
 def pid_alive(pid: int) -> bool:
@@ -28,3 +30,22 @@ def stop_process(proc: subprocess.Popen, grace: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def end_pids(pids: list[int], grace: float) -> None:
+    """SIGTERM, then SIGKILL what is left after `grace` seconds (processes that are not
+    our children, so there is nothing to reap)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.05)
+
+
+def end_processes_in_netns(netns: str, grace: float) -> None:
+    """End whatever still runs in a network namespace that is about to be deleted: the
+    deletion would only hide those processes, still running."""
+    listed = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    end_pids([int(p) for p in listed.stdout.split() if p.isdigit()], grace)

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from clrk.up.agent_env import MAX_SLOTS, sandbox_name, slot_path
-from clrk.up.processes import pid_alive
+from clrk.up.processes import end_processes_in_netns, pid_alive
 from clrk_worker_dialer import registry
 from clrk_worker_dialer.redirect_rules import spec_for_index
-from clrk_worker_dialer.sandbox import Sandbox, create_sandbox
+from clrk_worker_dialer.sandbox import Sandbox, create_sandbox, remove_leftovers
 
 NETNS_ETC = Path("/etc/netns")
 REGISTER_TIMEOUT = 5.0
@@ -27,27 +28,43 @@ class RunError(RuntimeError):
     pass
 
 
-def take_slot(directory: Path) -> int:
-    """The lowest free slot (an O_EXCL lock file holding our PID); a slot whose owner is
-    gone is taken over."""
+def take_slot(directory: Path, reclaim: Callable[[int, int], None] | None = None) -> int:
+    """The lowest free slot: a lock file holding our PID.  A slot whose owner is gone
+    (a killed run) is reclaimed first: `reclaim(slot, owner)` removes what it left.
+    Slots are taken under one directory-wide flock, so two runs never reclaim or take
+    the same slot at once (the kernel drops the flock of a killed run)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for slot in range(1, MAX_SLOTS):
-        path = slot_path(directory, slot)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    with open(directory / "slots.lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        for slot in range(1, MAX_SLOTS):
+            path = slot_path(directory, slot)
             try:
                 owner = int(path.read_text().strip() or 0)
+            except FileNotFoundError:
+                owner = None
             except (OSError, ValueError):
+                continue  # not a lock file we wrote: leave that slot alone
+            if owner is not None and (owner == 0 or pid_alive(owner)):
                 continue
-            if owner and not pid_alive(owner):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # the next pass of a concurrent run may take it
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return slot
+            if owner is not None and reclaim is not None:
+                reclaim(slot, owner)
+            path.write_text(str(os.getpid()))
+            return slot
     raise RunError(f"no free sandbox slot in {directory}")
+
+
+def reclaim_slot(sandboxes: Path, slot: int, owner: int, host_netns: str | None) -> None:
+    """Remove what the dead run `owner` left in `slot`: the processes still in its
+    sandbox, the sandbox (namespace, veth, interception chains), its registration with
+    the dialer (whose addresses the new sandbox is about to claim) and its resolv.conf."""
+    name = sandbox_name(owner, slot)
+    end_processes_in_netns(name, grace=2.0)
+    spec = spec_for_index(slot, name, tcp_port=1, udp_port=1, dns_port=1, host_netns=host_netns)
+    failures = remove_leftovers(spec)  # the ports play no part in what is removed
+    Registration(sandboxes, name).remove()
+    shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+    if failures:
+        raise RunError(f"cannot remove sandbox {name} of a killed run: " + "; ".join(failures))
 
 
 @dataclass
@@ -87,7 +104,9 @@ def agent_sandbox(
 ) -> Iterator[Sandbox]:
     """A sandbox whose egress the running stack intercepts, registered as `agent`;
     everything is removed on exit."""
-    slot = take_slot(sandboxes)
+    slot = take_slot(
+        sandboxes, lambda slot, owner: reclaim_slot(sandboxes, slot, owner, host_netns)
+    )
     name = sandbox_name(os.getpid(), slot)
     etc = NETNS_ETC / name
     sandbox = registration = None

@@ -49,6 +49,35 @@ def test_changes():
     assert registry.changes(new, new) == ({}, [])
 
 
+def test_an_address_two_entries_claim_for_different_agents_is_nobodys():
+    stale = {"clrk-r-p1-3": {"198.18.0.14": "default/old", "fd00::e": "default/old"}}
+    fresh = {"clrk-r-p2-3": {"198.18.0.14": "default/new"}}
+    both = {**stale, **fresh}
+    assert registry.claims(both) == {"fd00::e": "default/old"}
+    assert registry.disputed(both) == ["198.18.0.14"]
+    register, unregister = registry.changes(stale, both)
+    assert register == {} and unregister == ["198.18.0.14"]
+    # Once the stale entry goes, the address is the new sandbox's.
+    assert registry.changes(both, fresh) == ({"198.18.0.14": "default/new"}, ["fd00::e"])
+
+
+def test_the_same_agent_claimed_twice_is_no_dispute():
+    entries = {"a": {"198.18.0.2": "default/bot"}, "b": {"198.18.0.2": "default/bot"}}
+    assert registry.claims(entries) == {"198.18.0.2": "default/bot"}
+    assert registry.disputed(entries) == []
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c"]),
+        st.dictionaries(st.sampled_from(["198.18.0.2", "198.18.0.6"]), st.sampled_from("xy")),
+    )
+)
+def test_claims_never_name_an_agent_some_entry_contradicts(entries):
+    for ip, ref in registry.claims(entries).items():
+        assert all(entry.get(ip, ref) == ref for entry in entries.values())
+
+
 def test_sync_applies_acks_and_removes(tmp_path):
     identity = Identity.of({})
     (tmp_path / "s1.json").write_text(registry.entry_text("default/bot", ["198.18.0.6"]))

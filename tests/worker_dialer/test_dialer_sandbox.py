@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from clrk_worker_dialer.redirect_rules import spec_for_index
-from clrk_worker_dialer.sandbox import SandboxError, create_sandbox
+from clrk_worker_dialer.sandbox import SandboxError, create_sandbox, remove_leftovers
 from tests.netns_helpers import scratch_netns
 
 pytestmark = [
@@ -135,3 +135,31 @@ def test_teardown_continues_past_a_failing_step(host_ns):
     assert spec.name not in _netns()
     assert spec.chain not in _out("ip", "netns", "exec", host_ns, "iptables-save")
     assert "fwmark" not in _out("ip", "-n", host_ns, "rule")
+
+
+def test_the_leftovers_of_a_sandbox_whose_creator_died_are_removed_whole(host_ns):
+    """A complete sandbox nobody holds a handle to any more (its creator was killed):
+    remove_leftovers removes it from its spec alone, and again finds nothing to do."""
+    before, netns_before = _host_state(host_ns), _netns()
+    spec = _spec(host_ns)
+    create_sandbox(spec)  # the handle is dropped, as a killed process drops it
+    assert spec.name in _netns()
+    assert remove_leftovers(spec) == []
+    assert _host_state(host_ns) == before
+    assert _netns() == netns_before
+    assert remove_leftovers(spec) == []  # nothing left: "already gone" is no failure
+
+
+def test_the_leftovers_of_a_half_made_sandbox_are_removed_too(host_ns):
+    """Killed half way: only the namespace and the veth pair exist."""
+    before, netns_before = _host_state(host_ns), _netns()
+    spec = _spec(host_ns)
+    subprocess.run(["ip", "netns", "add", spec.name], check=True)
+    subprocess.run(
+        ["ip", "-n", host_ns, "link", "add", spec.host_if, "type", "veth", "peer", "name",
+         spec.agent_if, "netns", spec.name],
+        check=True,
+    )  # fmt: skip
+    assert remove_leftovers(spec) == []
+    assert _host_state(host_ns) == before
+    assert _netns() == netns_before
