@@ -44,6 +44,10 @@ async def connect(loop: asyncio.AbstractEventLoop, hop: NextHop) -> socket.socke
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
+        if family != socket.AF_UNIX:
+            # As asyncio does for its transports: the relay forwards what the agent
+            # wrote when it wrote it; Nagle would hold a small request back for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await loop.sock_connect(sock, address)
     except BaseException:
         sock.close()

@@ -443,6 +443,23 @@ def test_connect_reaches_an_ipv4_literal():
     assert peer == hop
 
 
+def test_connect_turns_nagle_off_on_a_tcp_next_hop():
+    """asyncio does it for its transports; the relay must too, or a small request the
+    agent wrote would wait for the next hop's delayed ACK (tens of milliseconds)."""
+    listener = tcp_listener("127.0.0.1")
+    listener.listen()
+
+    async def main():
+        sock = await connect(asyncio.get_running_loop(), listener.getsockname()[:2])
+        with sock:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    try:
+        assert run(main()) != 0
+    finally:
+        listener.close()
+
+
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
 def test_connect_reaches_an_ipv6_literal():
     listener = tcp_listener("::1")
