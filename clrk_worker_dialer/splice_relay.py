@@ -4,18 +4,22 @@ socket, so the payload never enters Python (nor user space) on its way through.
 Each direction is a `Pump` driven by the loop's readiness callbacks on non-blocking
 descriptors.  Back-pressure is the pipe itself: a pump stops reading its source while
 its pipe holds bytes the destination would not take.  Half-close is carried over (EOF
-on one side becomes shutdown(SHUT_WR) on the other, the other direction keeps going);
-an error on either side resets both, as the peer's own reset would have.
+on one side becomes shutdown(SHUT_WR) on the other, the other direction keeps going).
+A peer that resets (a read fails) resets both sides, as its reset would have; a peer
+that stops taking bytes (a write fails) ends only that direction, so what it answered
+before closing still reaches the other side.
 
-Pipes start at the kernel's default size and grow to `BULK_PIPE_SIZE` only when a read
-fills one: an idle or chatty connection does not hold a large pipe, which counts against
-the user's pipe quota (fs.pipe-user-pages-soft) for a dialer without CAP_SYS_RESOURCE.
+Pipes start at the kernel's default size, grow to `BULK_PIPE_SIZE` when a read fills
+one and shrink back when the traffic is small again: only connections moving bulk hold
+large pipes, which count against the user's pipe quota (fs.pipe-user-pages-soft) for a
+dialer without CAP_SYS_RESOURCE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import os
@@ -30,25 +34,50 @@ SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 async def connect(loop: asyncio.AbstractEventLoop, hop: NextHop) -> socket.socket:
     """A connected non-blocking socket to the next hop: a Unix socket path, or TCP (no
-    executor round trip for an IP literal)."""
+    executor round trip for an IP literal; a name's addresses tried in turn)."""
     if isinstance(hop, str):
-        family, address = socket.AF_UNIX, hop
-    else:
-        host, port = hop
-        try:
-            version = ipaddress.ip_address(host).version
-            family, address = (socket.AF_INET6 if version == 6 else socket.AF_INET), hop
-        except ValueError:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, address = infos[0][0], infos[0][4]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+        return await _connect_unix(hop)
+    host, port = hop
     try:
-        sock.setblocking(False)
-        if family != socket.AF_UNIX:
+        version = ipaddress.ip_address(host).version
+        targets = [(socket.AF_INET6 if version == 6 else socket.AF_INET, hop)]
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        targets = [(info[0], info[4]) for info in infos]
+    error: OSError | None = None
+    for family, address in targets:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
             # As asyncio does for its transports: the relay forwards what the agent
             # wrote when it wrote it; Nagle would hold a small request back for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await loop.sock_connect(sock, address)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error or OSError(f"{host} has no address")
+
+
+async def _connect_unix(path: str) -> socket.socket:
+    """A Unix stream connect never waits: with the listener's accept queue full it fails
+    with EAGAIN (where TCP would retry its SYN), and the socket then looks writable to a
+    loop that waits for the connect to complete, though it is not connected.  So retry
+    here, backing off; the caller bounds the whole attempt with its connect timeout."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        delay = 0.001
+        while (err := sock.connect_ex(path)) == errno.EAGAIN:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        if err:
+            raise OSError(err, os.strerror(err), path)
     except BaseException:
         sock.close()
         raise
@@ -62,6 +91,47 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+class Pipe:
+    """One non-blocking pipe, sized as its traffic needs (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.small = self.capacity = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+        self.may_grow = True
+
+    def after_read(self, n: int) -> None:
+        """Grow after a read that filled the pipe (unless the quota refused it once)."""
+        if n >= self.capacity and self.capacity < BULK_PIPE_SIZE and self.may_grow:
+            try:
+                self.capacity = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, BULK_PIPE_SIZE)
+            except OSError:  # over the user's pipe quota: carry on with the pipe we have
+                self.may_grow = False
+
+    def after_drain(self, last_read: int) -> None:
+        """Shrink an empty large pipe once reads are small again: give the quota back."""
+        if self.capacity > self.small and last_read < self.small:
+            with contextlib.suppress(OSError):
+                self.capacity = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, self.small)
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.r = self.w = -1
+
+
+def open_pipes() -> tuple[Pipe, Pipe]:
+    """A relay's two pipes, or none (out of descriptors or of the pipe quota): allocate
+    them before promising a connection anything."""
+    first = Pipe()
+    try:
+        return first, Pipe()
+    except BaseException:
+        first.close()
+        raise
+
+
 class Pump:
     """One direction: `src` -> pipe -> `dst`, `head` bytes first."""
 
@@ -71,19 +141,20 @@ class Pump:
         src: socket.socket,
         dst: socket.socket,
         head: bytes,
-        on_done: Callable[[], None],
-        on_error: Callable[[OSError], None],
+        pipe: Pipe,
+        on_done: Callable[[Pump], None],
+        on_error: Callable[[Pump, OSError, bool], None],
     ) -> None:
         self.loop = loop
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.head = memoryview(head) if head else None
+        self.pipe = pipe
         self.on_done, self.on_error = on_done, on_error
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
         self.in_pipe = 0  # bytes spliced into the pipe, not yet out of it
+        self.last_read = 0
         self.eof = False
-        self.done = False
+        self.done = False  # finished: EOF passed on, or its destination failed
         self.moved = 0  # bytes delivered to dst, head included
         self.reading = self.writing = False
 
@@ -94,10 +165,14 @@ class Pump:
         """Unhook from the loop and close the pipe; the sockets belong to the relay."""
         self._read(False)
         self._write(False)
-        for fd in (self.pipe_r, self.pipe_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.pipe_r = self.pipe_w = -1
+        self.pipe.close()
+
+    def abandon(self) -> None:
+        """The destination is gone: move nothing more this way (the relay decides when
+        the connection closes)."""
+        self._read(False)
+        self._write(False)
+        self.done = True
 
     def _read(self, on: bool) -> None:
         if on != self.reading:
@@ -116,25 +191,21 @@ class Pump:
                 self.loop.remove_writer(self.dst_fd)
 
     def _readable(self) -> None:
+        pipe = self.pipe
         try:
-            n = os.splice(self.src_fd, self.pipe_w, self.pipe_size, flags=SPLICE_FLAGS)
+            n = os.splice(self.src_fd, pipe.w, pipe.capacity, flags=SPLICE_FLAGS)
         except BlockingIOError:
             return
         except OSError as exc:
-            self.on_error(exc)
+            self.on_error(self, exc, False)
             return
         if n == 0:
             self.eof = True
-        elif n >= self.pipe_size and self.pipe_size < BULK_PIPE_SIZE:
-            self._grow()
+        else:
+            pipe.after_read(n)
+        self.last_read = n
         self.in_pipe += n
         self._flush()
-
-    def _grow(self) -> None:
-        try:
-            self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, BULK_PIPE_SIZE)
-        except OSError:  # over the user's pipe quota: carry on with the pipe we have
-            self.pipe_size = BULK_PIPE_SIZE  # and do not ask again
 
     def _flush(self) -> None:
         try:
@@ -143,7 +214,7 @@ class Pump:
                 self.moved += sent
                 self.head = self.head[sent:] or None
             while self.in_pipe:
-                n = os.splice(self.pipe_r, self.dst_fd, self.in_pipe, flags=SPLICE_FLAGS)
+                n = os.splice(self.pipe.r, self.dst_fd, self.in_pipe, flags=SPLICE_FLAGS)
                 self.in_pipe -= n
                 self.moved += n
         except BlockingIOError:
@@ -151,9 +222,10 @@ class Pump:
             self._write(True)
             return
         except OSError as exc:
-            self.on_error(exc)
+            self.on_error(self, exc, True)
             return
         self._write(False)
+        self.pipe.after_drain(self.last_read)
         if not self.eof:
             self._read(True)
             return
@@ -161,7 +233,7 @@ class Pump:
         with contextlib.suppress(OSError):
             self.dst.shutdown(socket.SHUT_WR)
         self.done = True
-        self.on_done()
+        self.on_done(self)
 
 
 class SpliceRelay:
@@ -174,6 +246,7 @@ class SpliceRelay:
         *,
         to_upstream: bytes = b"",
         to_agent: bytes = b"",
+        pipes: tuple[Pipe, Pipe] | None = None,
         on_close: Callable[[SpliceRelay], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -183,25 +256,29 @@ class SpliceRelay:
         self.on_close = on_close
         self.closed = False
         self.error: OSError | None = None
-        self.outbound = Pump(self.loop, agent, upstream, to_upstream, self._done, self._failed)
-        try:
-            self.inbound = Pump(self.loop, upstream, agent, to_agent, self._done, self._failed)
-        except BaseException:  # no second pipe (EMFILE, pipe quota): give back the first
-            self.outbound.stop()
-            raise
+        out_pipe, in_pipe = pipes if pipes is not None else open_pipes()
+        done, failed = self._done, self._failed
+        self.outbound = Pump(self.loop, agent, upstream, to_upstream, out_pipe, done, failed)
+        self.inbound = Pump(self.loop, upstream, agent, to_agent, in_pipe, done, failed)
 
     def start(self) -> None:
         self.outbound.start()
         if not self.closed:
             self.inbound.start()
 
-    def _done(self) -> None:
+    def _done(self, _pump: Pump) -> None:
         if self.outbound.done and self.inbound.done:
             self.close()
 
-    def _failed(self, exc: OSError) -> None:
-        self.error = exc
-        self.close(reset=True)
+    def _failed(self, pump: Pump, exc: OSError, writing: bool) -> None:
+        self.error = self.error or exc
+        other = self.inbound if pump is self.outbound else self.outbound
+        if writing and not other.done:
+            # This direction's destination stopped taking bytes (it closed, maybe after
+            # answering early): the other direction may still carry that answer.
+            pump.abandon()
+            return
+        self.close(reset=not writing)
 
     def close(self, reset: bool = False) -> None:
         if self.closed:

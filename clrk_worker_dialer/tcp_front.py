@@ -17,7 +17,7 @@ from clrk.nexthops import describe
 from clrk.policy import Agent
 from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
-from clrk_worker_dialer.splice_relay import SpliceRelay, connect
+from clrk_worker_dialer.splice_relay import SpliceRelay, connect, open_pipes
 from clrk_worker_dialer.state import DialerState
 
 log = logging.getLogger("clrk.dialer")
@@ -117,28 +117,26 @@ class AgentSide(asyncio.Protocol):
         if self._closed or self.transport.is_closing():
             upstream.close()
             return
-        reply = self.tunnel_reply()
         to_upstream = action.preamble + b"".join(self._pending)
         self._pending.clear()
+        pipes = agent = None
         try:
+            pipes = open_pipes()  # before promising anything: this is what can run out
             agent = await self._take_socket()
-        except OSError as exc:  # no descriptor left for the duplicate
+        except OSError as exc:  # out of descriptors or of the pipe quota
             log.error("cannot relay", extra=fields(error=str(exc)))
-            upstream.close()
-            self.reset()
-            return
         if agent is None:
+            if pipes is not None:
+                for pipe in pipes:
+                    pipe.close()
             upstream.close()
+            if not self._closed:
+                self.tell_refused(None)
+                self.reset()
             return
-        try:
-            relay = SpliceRelay(agent, upstream, to_upstream=to_upstream, to_agent=reply)
-        except OSError as exc:  # out of descriptors or of the pipe quota: reset, loudly
-            log.error("cannot relay", extra=fields(error=str(exc)))
-            upstream.close()
-            with contextlib.suppress(OSError):
-                reset_on_close(agent)
-            agent.close()
-            return
+        relay = SpliceRelay(
+            agent, upstream, to_upstream=to_upstream, to_agent=self.tunnel_reply(), pipes=pipes
+        )
         relay.start()
 
     def tell_refused(self, refuse: Refuse | None) -> None:

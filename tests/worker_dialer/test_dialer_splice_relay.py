@@ -5,6 +5,7 @@ socket -> pipe -> socket in the kernel.  No mocks, no sleeps that decide an outc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import hashlib
@@ -231,7 +232,7 @@ def test_a_half_close_is_carried_over_and_the_other_direction_keeps_going(
             assert relay.closed and relay.error is None
             assert w.relay_agent.fileno() == -1 and w.relay_upstream.fileno() == -1
             assert open_fds() == before - 2  # both relay sockets and all pipe ends gone
-            assert (relay.outbound.pipe_r, relay.inbound.pipe_w) == (-1, -1)
+            assert (relay.outbound.pipe.r, relay.inbound.pipe.w) == (-1, -1)
         finally:
             w.close_peers()
 
@@ -301,10 +302,10 @@ def test_a_next_hop_that_does_not_read_stops_the_relay_reading_from_the_agent(up
             in_flight = await send_until_blocked(w.agent_peer, relay, payload)
             assert not relay.outbound.reading, "the agent is blocked but the relay still reads"
             assert relay.outbound.writing  # waiting for the next hop to take more
-            assert 0 < relay.outbound.in_pipe <= relay.outbound.pipe_size <= BULK_PIPE_SIZE
+            assert 0 < relay.outbound.in_pipe <= relay.outbound.pipe.capacity <= BULK_PIPE_SIZE
             # the kernel counts buffers by whole segments and overshoots a little: twice
             # the configured sizes is "roughly the buffers", far below the 8 MiB offered
-            assert in_flight <= 2 * on_path + relay.outbound.pipe_size
+            assert in_flight <= 2 * on_path + relay.outbound.pipe.capacity
             assert not relay.closed
 
             received, _ = await asyncio.gather(
@@ -380,6 +381,44 @@ def test_a_reset_by_the_agent_reaches_a_unix_socket_next_hop_as_a_plain_eof(tmp_
             w.close_peers()
 
     run(main())
+
+
+def test_an_answer_the_next_hop_sent_before_closing_mid_upload_reaches_the_agent(tmp_path):
+    """An upstream (or Envoy) that answers an upload early and closes: writing on to it
+    fails, which ends only that direction; the answer it sent still arrives whole.  A
+    Unix socket next hop keeps it deterministic (no RST racing the answer)."""
+    upload, answer = os.urandom(8 << 20), os.urandom(200_069)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w = await wire("unix", tmp_path)
+        try:
+            relay, closed = start(w)
+
+            async def agent_uploads() -> None:
+                with contextlib.suppress(OSError):  # the upload is cut short, as it would be
+                    await loop.sock_sendall(w.agent_peer, upload)
+
+            async def next_hop_answers_early() -> None:
+                await recv_exactly(w.upstream_peer, 64 << 10)
+                await loop.sock_sendall(w.upstream_peer, answer)
+                w.upstream_peer.close()
+
+            uploading = asyncio.ensure_future(agent_uploads())
+            await next_hop_answers_early()
+            got = bytearray()
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await loop.sock_recv(w.agent_peer, 1 << 16):
+                    got += chunk
+            await uploading
+            assert await closed is relay
+            return bytes(got), relay.error
+        finally:
+            w.agent_peer.close()
+
+    got, error = run(main())
+    assert sha(got) == sha(answer)
+    assert isinstance(error, BrokenPipeError | ConnectionResetError)
 
 
 def test_a_relay_that_cannot_get_its_second_pipe_gives_back_the_first(tmp_path):
@@ -469,6 +508,66 @@ def test_connect_reaches_an_ipv6_literal():
     assert peer[:2] == hop
 
 
+def test_a_unix_next_hop_with_a_full_accept_queue_is_waited_for_not_half_connected(tmp_path):
+    """A Unix connect fails with EAGAIN while the listener's queue is full (TCP would
+    retry its SYN); connect() retries until the listener accepts, and the socket it
+    returns really is connected."""
+    path = tmp_path / "busy.sock"
+    listener = unix_listener(path)
+    listener.listen(0)
+    queued = []
+    try:
+        while True:  # fill the accept queue
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            if sock.connect_ex(str(path)) == errno.EAGAIN:
+                sock.close()
+                break
+            queued.append(sock)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            attempt = asyncio.ensure_future(connect(loop, str(path)))
+            await asyncio.sleep(0.05)
+            assert not attempt.done()  # still retrying, not "connected"
+            listener.setblocking(False)
+            while not attempt.done():
+                with contextlib.suppress(BlockingIOError):
+                    listener.accept()[0].close()
+                await asyncio.sleep(0.005)
+            sock = await attempt
+            with sock:
+                return sock.getpeername()
+
+        assert run(main()) == str(path)
+    finally:
+        for sock in queued:
+            sock.close()
+        listener.close()
+
+
+def test_a_unix_next_hop_that_never_accepts_times_out_without_leaking(tmp_path):
+    path = tmp_path / "stuck.sock"
+    listener = unix_listener(path)
+    listener.listen(0)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    filler.setblocking(False)
+    filler.connect_ex(str(path))
+    try:
+
+        async def main():
+            before = open_fds()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(connect(asyncio.get_running_loop(), str(path)), 0.1)
+            return before, open_fds()
+
+        before, after = run(main())
+        assert after == before
+    finally:
+        filler.close()
+        listener.close()
+
+
 def test_a_refused_connection_raises_oserror_and_leaks_no_descriptor(tmp_path):
     """Bound but not listening: the kernel refuses at once, for TCP as for Unix sockets;
     a missing socket file fails too.  Each failure closes the socket it made."""
@@ -511,11 +610,42 @@ def test_many_small_messages_ping_pong_through_the_relay(upstream, tmp_path):
             w.upstream_peer.shutdown(socket.SHUT_WR)
             assert await closed is relay
             # small reads never fill the default pipe, so it never grew
-            assert relay.outbound.pipe_size < BULK_PIPE_SIZE
+            assert relay.outbound.pipe.capacity < BULK_PIPE_SIZE
         finally:
             w.close_peers()
 
     run(main())
+
+
+def test_a_pipe_grown_for_bulk_shrinks_back_when_the_traffic_is_small_again(tmp_path):
+    """Large pipes count against the user's pipe quota: only a connection moving bulk
+    keeps one."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w = await wire("tcp", tmp_path)
+        try:
+            relay, closed = start(w)
+            bulk = os.urandom(8 << 20)
+            _, got = await asyncio.gather(
+                loop.sock_sendall(w.agent_peer, bulk),
+                recv_exactly(w.upstream_peer, len(bulk)),
+            )
+            assert got == bulk
+            grown = relay.outbound.pipe.may_grow and relay.outbound.pipe.capacity
+            for _ in range(3):
+                await loop.sock_sendall(w.agent_peer, b"ping")
+                assert await recv_exactly(w.upstream_peer, 4) == b"ping"
+            w.agent_peer.shutdown(socket.SHUT_WR)
+            w.upstream_peer.shutdown(socket.SHUT_WR)
+            assert await closed is relay
+            return grown, relay.outbound.pipe
+        finally:
+            w.close_peers()
+
+    grown, pipe = run(main())
+    assert grown == BULK_PIPE_SIZE  # the bulk transfer did grow it (root: no quota)
+    assert pipe.capacity == pipe.small
 
 
 # --- arbitrary chunkings --------------------------------------------------------------
