@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from clrk.cli.manifests import manifest_option
+
+if TYPE_CHECKING:
+    from clrk.up.layout import StateDir
 
 DEFAULT_STATE_DIR = ".clrk"
 
@@ -39,6 +46,47 @@ def _ensure_ca(state_dir: Path) -> None:
         GatewayCA.load_or_create(state_dir)
     except CAError as exc:
         raise click.ClickException(f"gateway CA: {exc}") from None
+
+
+def _fits_socket_paths(directory: Path) -> bool:
+    from clrk.nexthops import check_socket_dir
+
+    try:
+        check_socket_dir(str(directory))
+    except ValueError:
+        return False
+    return True
+
+
+def socket_directory(state: StateDir) -> Path:
+    """The directory of Envoy's listener sockets: STATE/run/envoy, created private, or,
+    when socket paths there would be too long, a fresh directory in the system temp
+    directory.  mkdtemp makes that one atomically, mode 0700, under a random name, so no
+    other local user can squat it beforehand; the supervisor removes it at exit."""
+    from clrk.up.supervisor import private_directory
+
+    preferred = state.envoy_sockets
+    if _fits_socket_paths(preferred):
+        try:
+            private_directory(preferred)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        return preferred
+    try:
+        fallback = Path(tempfile.mkdtemp(prefix="clrk-"))
+    except OSError as exc:
+        raise click.ClickException(
+            f"{preferred} is too long a path for Envoy's listener sockets, and no directory "
+            f"could be made in the temp directory (TMPDIR) instead: {exc}"
+        ) from None
+    if not _fits_socket_paths(fallback):
+        os.rmdir(fallback)
+        raise click.ClickException(
+            f"{preferred} and the temp directory {fallback.parent} (TMPDIR) are both too "
+            "long a path for Envoy's listener sockets: set TMPDIR to a shorter directory "
+            "(such as /tmp) or use a shorter --state-dir"
+        )
+    return fallback
 
 
 @click.command()
@@ -71,7 +119,7 @@ def up(paths, state_dir, gateway, metrics_listen, otlp_endpoint, upstream_ca, lo
     from clrk.cli.manifests import load_and_compile
     from clrk.up.layout import LayoutError, Ports, StateDir, choose_gateway, stack
     from clrk.up.netns import current_netns
-    from clrk.up.supervisor import Supervisor, private_directory
+    from clrk.up.supervisor import Supervisor
     from clrk_xds.envoy_process import EnvoyError, envoy_binary
 
     logs.setup(log_level)
@@ -91,28 +139,33 @@ def up(paths, state_dir, gateway, metrics_listen, otlp_endpoint, upstream_ca, lo
         click.echo("warning: clrk_extproc has no entry point yet; running without it", err=True)
     state = StateDir(Path(state_dir).resolve())
     state.root.mkdir(parents=True, exist_ok=True)
-    try:
-        private_directory(state.envoy_sockets)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
     _ensure_ca(state.root)
-    ports = Ports()
-    children = stack(
-        [str(Path(p).resolve()) for p in paths],
-        gateway,
-        state,
-        ports=ports,
-        envoy=envoy,
-        with_extproc=with_extproc,
-        otlp_endpoint=otlp_endpoint,
-        upstream_ca=str(Path(upstream_ca).resolve()) if upstream_ca else None,
-    )
-    supervisor = Supervisor(
-        children,
-        state,
-        gateway=gateway,
-        ports=ports,
-        netns=current_netns(),
-        metrics_listen=_listen(metrics_listen),
-    )
-    asyncio.run(supervisor.run())
+    sockets = socket_directory(state)
+    try:
+        ports = Ports()
+        children = stack(
+            [str(Path(p).resolve()) for p in paths],
+            gateway,
+            state,
+            sockets=sockets,
+            ports=ports,
+            envoy=envoy,
+            with_extproc=with_extproc,
+            otlp_endpoint=otlp_endpoint,
+            upstream_ca=str(Path(upstream_ca).resolve()) if upstream_ca else None,
+        )
+        supervisor = Supervisor(
+            children,
+            state,
+            gateway=gateway,
+            sockets=sockets,
+            ports=ports,
+            netns=current_netns(),
+            metrics_listen=_listen(metrics_listen),
+        )
+        asyncio.run(supervisor.run())
+    finally:
+        # The supervisor removes a temp directory at exit; this covers a start that
+        # failed before it ran.
+        if not sockets.is_relative_to(state.root):
+            shutil.rmtree(sockets, ignore_errors=True)

@@ -5,15 +5,12 @@ supervisor carries this out; tests check it without starting anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clrk.nexthops import check_socket_dir
 from clrk.policy import PolicySet
 
 
@@ -61,16 +58,10 @@ class StateDir:
 
     @property
     def envoy_sockets(self) -> Path:
-        """Where Envoy's listeners are Unix sockets (clrk.nexthops): run/envoy, or, when
-        that path is too long for a socket address, a directory in the system temp
-        directory named after the state directory (so a restart finds the same one)."""
-        preferred = self.run / "envoy"
-        try:
-            check_socket_dir(str(preferred))
-        except ValueError:
-            digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
-            return Path(tempfile.gettempdir()) / f"clrk-{digest}"
-        return preferred
+        """Where Envoy's listeners should be Unix sockets (clrk.nexthops): run/envoy.
+        `clrk up` uses another directory when this one is too long for a socket address
+        (clrk.cli.up.socket_directory), and hands its choice to `stack`."""
+        return self.run / "envoy"
 
     @property
     def ca_cert(self) -> Path:
@@ -144,6 +135,7 @@ def stack(
     gateway: str,
     state: StateDir,
     *,
+    sockets: Path,
     ports: Ports = Ports(),
     envoy: str = "envoy",
     with_extproc: bool = True,
@@ -152,7 +144,9 @@ def stack(
     envoy_log_level: str = "warning",
     upstream_ca: str | None = None,
 ) -> list[ChildSpec]:
-    """The children in start order: control plane, ext_proc, Envoy, dialer."""
+    """The children in start order: control plane, ext_proc, Envoy, dialer.  `sockets` is
+    the directory of Envoy's listener sockets, where the control plane binds them and the
+    dialer dials them."""
     lo = "127.0.0.1"
     plane = [
         python,
@@ -165,7 +159,7 @@ def stack(
     ]
     plane += ["--state-dir", str(state.root), "--applied-dir", str(state.root / "applied")]
     plane += ["--extproc", f"{lo}:{ports.extproc}"]
-    plane += ["--envoy-socket-dir", str(state.envoy_sockets)]
+    plane += ["--envoy-socket-dir", str(sockets)]
     if upstream_ca:
         plane += ["--upstream-ca", str(upstream_ca)]
     for path in manifests:
@@ -230,7 +224,7 @@ def stack(
         "--http-connect",
         f"{lo}:{ports.http_connect}",
         "--next-hop-socket-dir",
-        str(state.envoy_sockets),
+        str(sockets),
         "--ready-file",
         str(ready),
     ]

@@ -40,8 +40,7 @@ READY_LINE = "clrk ready"
 def private_directory(path: Path) -> None:
     """Create `path` for Envoy's listener sockets, or accept it only if it is a real
     directory of ours that no one else may write: whoever could replace a socket file
-    there would receive the connections the dialer hands on (the fallback lives in the
-    shared temp directory under a predictable name)."""
+    there would receive the connections the dialer hands on."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
@@ -146,6 +145,7 @@ class Supervisor:
         state: StateDir,
         *,
         gateway: str,
+        sockets: Path,
         ports: Ports | None = None,
         netns: str | None = None,
         metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464),
@@ -153,6 +153,9 @@ class Supervisor:
     ) -> None:
         self.state_dir = state
         self.gateway = gateway
+        # Envoy's listener sockets (clrk.cli.up.socket_directory): STATE/run/envoy, or a
+        # directory of the system temp directory, which is this run's to remove.
+        self.sockets = sockets
         self.ports = ports = ports or Ports()
         self.netns = netns
         self.metrics_listen = metrics_listen
@@ -254,7 +257,7 @@ class Supervisor:
         state = self.state_dir
         for path in (state.logs, state.run, state.sandboxes):
             path.mkdir(parents=True, exist_ok=True)
-        private_directory(state.envoy_sockets)
+        private_directory(self.sockets)
         server = None
         if self.metrics_listen is not None:
             server = await http_endpoint.serve(*self.metrics_listen, self.health, self.metrics)
@@ -290,8 +293,8 @@ class Supervisor:
             await asyncio.gather(*tasks, return_exceptions=True)
             for child in self.children:
                 await child.stop()  # one a _keep task may have started meanwhile
-            if not state.envoy_sockets.is_relative_to(state.root):
-                shutil.rmtree(state.envoy_sockets, ignore_errors=True)  # the temp fallback
+            if not self.sockets.is_relative_to(state.root):
+                shutil.rmtree(self.sockets, ignore_errors=True)  # the temp fallback
             if server is not None:
                 server.close()
                 with contextlib.suppress(Exception):

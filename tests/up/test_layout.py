@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clrk.nexthops import check_socket_dir
 from clrk.up.layout import (
     LayoutError,
     Ports,
@@ -51,9 +49,10 @@ def test_an_ambiguous_or_unknown_gateway_is_refused():
     assert choose_gateway(policies, "team/b") == "team/b"
 
 
-def children(**kw):
+def children(sockets=Path("/state/run/envoy"), **kw):
     state = StateDir(Path("/state"))
-    return {c.name: c for c in stack(["/m"], "default/gw", state, envoy="/bin/envoy", **kw)}
+    specs = stack(["/m"], "default/gw", state, sockets=sockets, envoy="/bin/envoy", **kw)
+    return {c.name: c for c in specs}
 
 
 def test_stack_order_probes_and_paths():
@@ -75,20 +74,18 @@ def test_stack_order_probes_and_paths():
     assert plane.argv[plane.argv.index("--records") + 1] == "/state/records.jsonl"
 
 
-def test_envoy_and_the_dialer_meet_on_the_same_unix_socket_directory():
-    specs = children()
-    plane, dialer = specs["control-plane"].argv, specs["dialer"].argv
-    assert plane[plane.index("--envoy-socket-dir") + 1] == "/state/run/envoy"
-    assert dialer[dialer.index("--next-hop-socket-dir") + 1] == "/state/run/envoy"
+def test_envoy_and_the_dialer_meet_on_the_socket_directory_given():
+    for sockets in ("/state/run/envoy", "/tmp/clrk-x1y2z3"):
+        specs = children(sockets=Path(sockets))
+        plane, dialer = specs["control-plane"].argv, specs["dialer"].argv
+        assert plane[plane.index("--envoy-socket-dir") + 1] == sockets
+        assert dialer[dialer.index("--next-hop-socket-dir") + 1] == sockets
 
 
-def test_a_state_directory_too_deep_for_socket_paths_puts_them_in_a_stable_temp_directory():
-    deep = StateDir(Path("/" + "d" * 80))
-    sockets = deep.envoy_sockets
-    assert sockets.parent == Path(tempfile.gettempdir()) and sockets.name.startswith("clrk-")
-    assert sockets == StateDir(Path("/" + "d" * 80)).envoy_sockets
-    assert sockets != StateDir(Path("/" + "e" * 80)).envoy_sockets
-    check_socket_dir(str(sockets))
+def test_the_preferred_socket_directory_is_in_the_state_directory_however_deep():
+    assert StateDir(Path("/state")).envoy_sockets == Path("/state/run/envoy")
+    deep = Path("/" + "d" * 80)
+    assert StateDir(deep).envoy_sockets == deep / "run" / "envoy"  # the choice is clrk up's
 
 
 def test_optional_extproc_and_otlp():
