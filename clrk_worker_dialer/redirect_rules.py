@@ -380,6 +380,18 @@ def has_local_default(ip_route_show_table: str) -> bool:
     return False
 
 
+def peer_netns(ip_link_show: str) -> str | None:
+    """The named namespace a veth's peer is in, from `ip -o link show dev X`: the word
+    after `link-netns`.  None when there is none: the peer is in the same namespace (no
+    link-netns at all), in a namespace without a name (`link-netnsid N`), or the link is
+    no veth."""
+    words = ip_link_show.split()
+    for here, word in enumerate(words[:-1]):
+        if word == "link-netns":
+            return words[here + 1]
+    return None
+
+
 def tproxy_chains_using(iptables_save: str, fwmark: int) -> set[str]:
     """Chains whose TPROXY rules set this mark (from `iptables -t mangle -S` or -save)."""
     chains = set()

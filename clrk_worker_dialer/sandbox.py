@@ -19,6 +19,7 @@ from clrk_worker_dialer.redirect_rules import (
     has_fwmark_rule,
     has_local_default,
     host_steps,
+    peer_netns,
     policy_routing_steps,
     tproxy_chains_using,
 )
@@ -166,11 +167,46 @@ _ALREADY_GONE = (
 )
 
 
+def _already_gone(failure: str) -> bool:
+    return any(g in failure.lower() for g in _ALREADY_GONE)
+
+
+def _host_link_verdict(spec: SandboxSpec, runner: Runner) -> tuple[bool, str | None]:
+    """Whether remove_leftovers may delete the host link `spec.host_if`, and the failure
+    to report if not.  That name is only the slot's: the link is this sandbox's only
+    when its veth peer is in the sandbox's namespace, else it belongs to someone else
+    (e.g. a live sandbox of another state directory sharing the host namespace)."""
+    h = spec.host_netns
+    argv = ("ip", *(("-n", h) if h is not None else ()), "-o", "link", "show", "dev", spec.host_if)
+    result = runner(argv)
+    if result.returncode != 0:
+        failure = _describe(argv, result)
+        return False, None if _already_gone(failure) else failure  # no link: nothing to delete
+    peer = peer_netns(result.stdout)
+    if peer == spec.name:
+        return True, None
+    where = f"namespace {peer}" if peer else "an unnamed or the host namespace"
+    return False, (
+        f"host link {spec.host_if} has its peer in {where}, not in {spec.name}: "
+        "left in place, it is not this sandbox's"
+    )
+
+
 def remove_leftovers(spec: SandboxSpec, runner: Runner = run_command) -> list[str]:
     """Remove whatever a sandbox with this spec left behind when its creator died (how
-    far it got is unknown): every undo of its steps, in reverse.  Idempotent; returns
-    only real failures, not "already gone"."""
+    far it got is unknown): every undo of its steps, in reverse.  The host link is
+    deleted only when its peer is in this sandbox's namespace; a link of that name with
+    its peer elsewhere is left alone and reported.  Idempotent; returns only real
+    failures, not "already gone"."""
+    delete_link, refused = _host_link_verdict(spec, runner)
+    link_del = ("link", "del", spec.host_if)
+    steps = [
+        step
+        for step in host_steps(spec)
+        if delete_link or not any(argv[-3:] == link_del for argv in step.undo)
+    ]
     sandbox = Sandbox(spec, runner)
-    sandbox._done = list(host_steps(spec))
+    sandbox._done = steps
     sandbox._uses_policy_routing = True
-    return [f for f in sandbox.teardown() if not any(g in f.lower() for g in _ALREADY_GONE)]
+    failures = [f for f in sandbox.teardown() if not _already_gone(f)]
+    return failures if refused is None else [refused, *failures]

@@ -7,8 +7,10 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from clrk_worker_dialer.sandbox import Sandbox, create_sandbox, remove_leftovers
 NETNS_ETC = Path("/etc/netns")
 REGISTER_TIMEOUT = 5.0
 
+log = logging.getLogger("clrk.run")
+
 
 class RunError(RuntimeError):
     pass
@@ -31,8 +35,11 @@ class RunError(RuntimeError):
 def take_slot(directory: Path, reclaim: Callable[[int, int], None] | None = None) -> int:
     """The lowest free slot: a lock file holding our PID.  A slot whose owner is gone
     (a killed run) is reclaimed first: `reclaim(slot, owner)` removes what it left.
-    Slots are taken under one directory-wide flock, so two runs never reclaim or take
-    the same slot at once (the kernel drops the flock of a killed run)."""
+    A slot that cannot be reclaimed is logged and skipped, its lock file left as it is,
+    so it is not reused until an operator has removed what is left in it (otherwise,
+    being the lowest, it would fail every later run).  Slots are taken under one
+    directory-wide flock, so two runs never reclaim or take the same slot at once (the
+    kernel drops the flock of a killed run)."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "slots.lock", "a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
@@ -47,7 +54,15 @@ def take_slot(directory: Path, reclaim: Callable[[int, int], None] | None = None
             if owner is not None and (owner == 0 or pid_alive(owner)):
                 continue
             if owner is not None and reclaim is not None:
-                reclaim(slot, owner)
+                try:
+                    reclaim(slot, owner)
+                except (RunError, OSError, subprocess.SubprocessError) as exc:
+                    log.warning(
+                        "sandbox slot %d of killed run %d cannot be reclaimed, skipping it "
+                        "(remove what is left, then %s): %s",
+                        slot, owner, path, exc,
+                    )  # fmt: skip
+                    continue
             path.write_text(str(os.getpid()))
             return slot
     raise RunError(f"no free sandbox slot in {directory}")

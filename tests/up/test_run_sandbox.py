@@ -3,12 +3,13 @@ test_up_stack.py and tests/worker_dialer/test_dialer_sandbox.py)."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import subprocess
 
 from clrk.up.agent_env import slot_path
-from clrk.up.run_sandbox import take_slot
+from clrk.up.run_sandbox import RunError, take_slot
 
 
 def _dead_pid() -> int:
@@ -38,6 +39,33 @@ def test_a_slot_whose_run_was_killed_is_reclaimed_before_it_is_taken(tmp_path):
     assert take_slot(tmp_path, lambda slot, owner: reclaimed.append((slot, owner))) == 1
     assert reclaimed == [(1, dead)]
     assert slot_path(tmp_path, 1).read_text() == str(os.getpid())
+
+
+def test_a_slot_that_cannot_be_reclaimed_is_skipped_with_a_warning(tmp_path, caplog):
+    """Reclaiming the lowest dead slot fails (something of it cannot be removed): that
+    slot is skipped, its lock file kept so no run reuses it before an operator cleans it,
+    and the run takes the next slot instead of failing like every later run would."""
+    dead = _dead_pid()
+    slot_path(tmp_path, 1).write_text(str(dead))
+    slot_path(tmp_path, 2).write_text(str(dead))
+    reclaimed = []
+
+    def reclaim(slot: int, owner: int) -> None:
+        reclaimed.append((slot, owner))
+        if slot == 1:
+            raise RunError("cannot remove sandbox clrk-r-p1-1: it is stuck")
+
+    with caplog.at_level(logging.WARNING, logger="clrk.run"):
+        assert take_slot(tmp_path, reclaim) == 2
+    assert reclaimed == [(1, dead), (2, dead)]
+    assert slot_path(tmp_path, 1).read_text() == str(dead)
+    assert slot_path(tmp_path, 2).read_text() == str(os.getpid())
+    (warning,) = [r for r in caplog.records if r.name == "clrk.run"]
+    assert warning.levelno == logging.WARNING
+    assert "slot 1" in warning.getMessage() and "it is stuck" in warning.getMessage()
+    # The next run skips it again and takes the next free slot.
+    assert take_slot(tmp_path, reclaim) == 3
+    assert slot_path(tmp_path, 1).read_text() == str(dead)
 
 
 def _take(directory: str, queue, done) -> None:

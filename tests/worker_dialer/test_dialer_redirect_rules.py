@@ -16,6 +16,7 @@ from clrk_worker_dialer.redirect_rules import (
     has_fwmark_rule,
     has_local_default,
     host_steps,
+    peer_netns,
     policy_routing_steps,
     setup_commands,
     sidecar_steps,
@@ -237,6 +238,28 @@ def test_tproxy_chains_using():
     assert tproxy_chains_using(MANGLE, 2) == {"CLRK-b"}
     assert tproxy_chains_using(MANGLE, 4) == set()
     assert tproxy_chains_using("garbage\n-A\n", 1) == set()
+
+
+# `ip -o link show dev X` as iproute2 6.1 prints it (`-o` joins the lines with "\\").
+_LINK_HEAD = (
+    "2: clrk7@if2: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN mode DEFAULT "
+    "group default qlen 1000\\    link/ether ea:7e:6e:b5:7c:11 brd ff:ff:ff:ff:ff:ff"
+)
+
+
+@pytest.mark.parametrize(
+    ("output", "peer"),
+    [
+        (_LINK_HEAD + " link-netns clrk-r-p41-7\n", "clrk-r-p41-7"),  # peer in a named netns
+        (_LINK_HEAD.replace("\\", "\n") + " link-netns clrk-r-p41-7\n", "clrk-r-p41-7"),  # no -o
+        (_LINK_HEAD + " link-netnsid 1\n", None),  # peer in a namespace without a name
+        (_LINK_HEAD.replace("@if2", "@eth0") + "\n", None),  # peer in the same namespace
+        ("", None),  # no such link
+        ("... brd ff:ff:ff:ff:ff:ff link-netns", None),  # cut short
+    ],
+)
+def test_peer_netns(output, peer):
+    assert peer_netns(output) == peer
 
 
 # --- sidecar ---------------------------------------------------------------------------------

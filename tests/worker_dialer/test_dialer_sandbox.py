@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -163,3 +164,60 @@ def test_the_leftovers_of_a_half_made_sandbox_are_removed_too(host_ns):
     assert remove_leftovers(spec) == []
     assert _host_state(host_ns) == before
     assert _netns() == netns_before
+
+
+@pytest.mark.parametrize("dead_netns_left", [False, True])
+def test_the_leftovers_of_a_dead_sandbox_spare_a_live_sandboxs_link_of_that_slot(
+    host_ns, dead_netns_left
+):
+    """The host link is named by slot only: a live sandbox A (another state directory's,
+    sharing the host namespace) may own `clrk1` when the leftovers of a dead sandbox of
+    slot 1 are removed.  A's link, namespace and chains stay; the refusal names the
+    link.  What is the dead one's (its namespace, if still there) is removed."""
+    before, netns_before = _host_state(host_ns), _netns()
+    dead = spec_for_index(
+        1, f"clrk-sbt-{RUN}-dead", tcp_port=15001, udp_port=15002, dns_port=15053,
+        host_netns=host_ns,
+    )  # fmt: skip
+    with contextlib.ExitStack() as cleanup:
+        teardown_failures: list[str] = []
+        live = create_sandbox(_spec(host_ns, 1))
+        cleanup.callback(lambda: teardown_failures.extend(live.teardown()))
+        if dead_netns_left:
+            cleanup.enter_context(scratch_netns(dead.name))  # deleted again if still there
+        assert live.spec.host_if == dead.host_if
+        during = _host_state(host_ns)
+        agent_during = _out("ip", "-n", live.name, "-o", "addr", "show")
+
+        failures = remove_leftovers(dead)
+
+        assert len(failures) == 1, failures
+        assert dead.host_if in failures[0] and live.name in failures[0]
+        assert _host_state(host_ns) == during
+        assert _out("ip", "-n", live.name, "-o", "addr", "show") == agent_during
+        assert _netns() == netns_before | {live.name}  # the dead namespace is gone
+        # The veth pair is whole: A's end still has its carrier (its peer, clrk1, is up).
+        agent_link = _out("ip", "-n", live.name, "-o", "link", "show", "dev", live.spec.agent_if)
+        assert "LOWER_UP" in agent_link and f"link-netns {host_ns}" in agent_link
+    assert teardown_failures == []
+    assert _host_state(host_ns) == before
+    assert _netns() == netns_before
+
+
+def test_a_host_link_that_cannot_be_looked_at_is_not_deleted():
+    """Not knowing whose the link is counts as not ours: no `link del`, a failure."""
+    spec = _spec("clrk-sbt-fake-host")
+    ran: list[tuple[str, ...]] = []
+
+    def runner(argv):
+        ran.append(tuple(argv))
+        if "show" in argv and "dev" in argv:
+            return subprocess.CompletedProcess(
+                argv, 2, "", "RTNETLINK answers: Operation not permitted"
+            )
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    failures = remove_leftovers(spec, runner)
+    assert len(failures) == 1 and "Operation not permitted" in failures[0]
+    assert not [argv for argv in ran if argv[-3:] == ("link", "del", spec.host_if)]
+    assert ("ip", "netns", "del", spec.name) in ran
