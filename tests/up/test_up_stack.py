@@ -273,8 +273,12 @@ def test_the_next_run_in_a_killed_runs_slot_removes_what_it_left(stack):
             time.sleep(0.05)
         (ack,) = sandboxes.glob("*.ack")
         name = ack.name.removesuffix(".ack")
-        sleepers = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-        (sleeper,) = [int(p) for p in sleepers.stdout.split()]
+        sleepers: list[int] = []
+        while not sleepers and time.monotonic() < deadline:  # it starts after the ack
+            listed = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+            sleepers = [int(p) for p in listed.stdout.split()]
+            time.sleep(0.02)
+        (sleeper,) = sleepers
     finally:
         killed.kill()
         killed.wait(10)
