@@ -131,7 +131,7 @@ def build(top: Topology, work: Path) -> dict:
     direct = _sandbox(top, gw, 2, DIRECT_PORT)
     agent_tcp_hop = _sandbox(top, gw, 3, TCP_PORT_2)
     sockets = work / "sockets"
-    sockets.mkdir()
+    sockets.mkdir(mode=0o700)
     listeners = [("tcp-out", "TCP")]
     (socket_hop,) = envoy_listener_addresses(listeners, socket_dir=str(sockets)).values()
     (tcp_hop,) = envoy_listener_addresses(listeners, base_port=NEXT_HOP_BASE_PORT).values()

@@ -14,6 +14,7 @@ accepts one from any local process.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 
 DEFAULT_HOST = "127.0.0.1"
@@ -50,6 +51,22 @@ def check_socket_dir(socket_dir: str) -> None:
     """Refuse, at start-up, a directory whose socket paths might not fit: failing later
     would be a policy update that cannot be applied."""
     listener_socket_path(socket_dir, "x" * LONGEST_LISTENER_NAME)
+
+
+def socket_dir_problem(socket_dir: str) -> str | None:
+    """Why a socket directory is unsafe to use, or None.  Whoever may create files there
+    could put a socket in Envoy's place before it binds and receive what the dialer
+    hands on, so only its owner may write it (Envoy's user; the dialer needs to search
+    it and write the sockets, which are 0660)."""
+    try:
+        info = os.stat(socket_dir)
+    except OSError as exc:
+        return f"{socket_dir}: {exc.strerror}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{socket_dir} is not a directory"
+    if info.st_mode & 0o022:
+        return f"{socket_dir} is writable by others than its owner (mode {info.st_mode & 0o777:o})"
+    return None
 
 
 def listener_socket_path(socket_dir: str, name: str) -> str:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from clrk.logs import setup
-from clrk.nexthops import check_socket_dir
+from clrk.nexthops import check_socket_dir, socket_dir_problem
 from clrk_xds.server import main
 
 
@@ -53,6 +53,8 @@ def cli(argv: list[str] | None = None) -> None:
             check_socket_dir(args.envoy_socket_dir)
         except ValueError as exc:
             parser.error(f"--envoy-socket-dir: {exc}")
+        if problem := socket_dir_problem(args.envoy_socket_dir):
+            parser.error(f"--envoy-socket-dir: {problem}")
         options["socket_dir"] = args.envoy_socket_dir
     if args.upstream_ca:
         options["upstream_ca"] = args.upstream_ca

@@ -2,7 +2,13 @@
 
 import pytest
 
-from clrk.nexthops import DEFAULT_BASE_PORT, check_socket_dir, describe, envoy_listener_addresses
+from clrk.nexthops import (
+    DEFAULT_BASE_PORT,
+    check_socket_dir,
+    describe,
+    envoy_listener_addresses,
+    socket_dir_problem,
+)
 
 
 def test_each_listener_gets_base_plus_its_position_and_udp_keeps_its_slot():
@@ -36,3 +42,19 @@ def test_a_socket_directory_is_checked_at_start_up_for_the_longest_listener_name
     check_socket_dir("/" + "d" * 36)  # 1 + 36 + 1 + 63 + 5 = 106 bytes
     with pytest.raises(ValueError, match="shorter socket directory"):
         check_socket_dir("/" + "d" * 38)
+
+
+def test_a_socket_directory_only_its_owner_may_write_is_accepted(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o750)
+    assert socket_dir_problem(str(private)) is None
+
+
+def test_a_socket_directory_others_may_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone could bind a socket in Envoy's place
+    assert "writable by others" in socket_dir_problem(str(shared))
+    assert "No such file" in socket_dir_problem(str(tmp_path / "missing"))
+    (tmp_path / "file").write_text("")
+    assert "not a directory" in socket_dir_problem(str(tmp_path / "file"))

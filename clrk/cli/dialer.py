@@ -65,7 +65,7 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
            sandboxes, ready_file, log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk import logs
-    from clrk.nexthops import check_socket_dir
+    from clrk.nexthops import check_socket_dir, socket_dir_problem
     from clrk_worker_dialer.config import DialerConfig
     from clrk_worker_dialer.server import Dialer
     from clrk_worker_dialer.state import PolicyError
@@ -101,6 +101,9 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
             check_socket_dir(next_hop_socket_dir)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--next-hop-socket-dir") from None
+        problem = socket_dir_problem(next_hop_socket_dir)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--next-hop-socket-dir")
 
     async def run() -> None:
         await Dialer(config).run_until_signalled(ready_file)
