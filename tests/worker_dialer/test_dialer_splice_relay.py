@@ -134,6 +134,17 @@ async def send_and_finish(sock: socket.socket, data: bytes) -> None:
     sock.shutdown(socket.SHUT_WR)
 
 
+async def both_ways(w: Wiring, agent_sends, upstream_sends, **heads):
+    """Run a relay while both peers send (the coroutines given) and read to EOF; the
+    relay and what each peer received, once the relay has closed."""
+    relay, closed = start(w, **heads)
+    at_upstream, at_agent, _, _ = await asyncio.gather(
+        recv_until_eof(w.upstream_peer), recv_until_eof(w.agent_peer), agent_sends, upstream_sends
+    )
+    assert await closed is relay
+    return relay, at_upstream, at_agent
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -152,15 +163,13 @@ def test_megabytes_both_ways_at_once_arrive_intact_and_in_order_after_the_heads(
     async def main():
         w = await wire(upstream, tmp_path)
         try:
-            relay, closed = start(w, to_upstream=to_upstream, to_agent=to_agent)
-            at_upstream, at_agent, _, _ = await asyncio.gather(
-                recv_until_eof(w.upstream_peer),
-                recv_until_eof(w.agent_peer),
+            return await both_ways(
+                w,
                 send_and_finish(w.agent_peer, up_payload),
                 send_and_finish(w.upstream_peer, down_payload),
+                to_upstream=to_upstream,
+                to_agent=to_agent,
             )
-            assert await closed is relay
-            return relay, at_upstream, at_agent
         finally:
             w.close_peers()
 
@@ -669,18 +678,16 @@ def test_any_chunking_of_the_traffic_arrives_as_the_same_bytes(up, down, to_upst
     async def main():
         w = await wire("tcp")
         try:
-            relay, closed = start(w, to_upstream=to_upstream, to_agent=to_agent)
-            at_upstream, at_agent, _, _ = await asyncio.gather(
-                recv_until_eof(w.upstream_peer),
-                recv_until_eof(w.agent_peer),
+            return await both_ways(
+                w,
                 send_chunks(w.agent_peer, up),
                 send_chunks(w.upstream_peer, down),
+                to_upstream=to_upstream,
+                to_agent=to_agent,
             )
-            assert await closed is relay
-            return at_upstream, at_agent
         finally:
             w.close_peers()
 
-    at_upstream, at_agent = run(main())
+    _, at_upstream, at_agent = run(main())
     assert at_upstream == to_upstream + b"".join(up)
     assert at_agent == to_agent + b"".join(down)
