@@ -75,7 +75,7 @@ FULL = {
     "cps_s": 3.0,
     "threads": 4,
     "bulk_mib": 1024,
-    "bulk_runs": 3,
+    "bulk_runs": 5,
     "dns": 6000,
     "window": 32,
 }

@@ -30,6 +30,7 @@ from clrk.nexthops import NextHop
 
 BULK_PIPE_SIZE = 1 << 20  # the default fs.pipe-max-size: the most an unprivileged call gets
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+SHRINK_AFTER_SMALL_READS = 16
 
 
 async def connect(loop: asyncio.AbstractEventLoop, hop: NextHop) -> socket.socket:
@@ -98,6 +99,7 @@ class Pipe:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.small = self.capacity = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
         self.may_grow = True
+        self.small_reads = 0  # in a row
 
     def after_read(self, n: int) -> None:
         """Grow after a read that filled the pipe (unless the quota refused it once)."""
@@ -108,8 +110,11 @@ class Pipe:
                 self.may_grow = False
 
     def after_drain(self, last_read: int) -> None:
-        """Shrink an empty large pipe once reads are small again: give the quota back."""
-        if self.capacity > self.small and last_read < self.small:
+        """Shrink an empty large pipe once reads have stayed small for a while: give the
+        quota back.  (A bulk transfer has small reads too, whenever the relay catches up
+        with the sender; shrinking at the first one would resize the pipe over and over.)"""
+        self.small_reads = self.small_reads + 1 if last_read < self.small else 0
+        if self.capacity > self.small and self.small_reads >= SHRINK_AFTER_SMALL_READS:
             with contextlib.suppress(OSError):
                 self.capacity = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, self.small)
 

@@ -20,7 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clrk_worker_dialer.splice_relay import BULK_PIPE_SIZE, SpliceRelay, connect
+from clrk_worker_dialer.splice_relay import (
+    BULK_PIPE_SIZE,
+    SHRINK_AFTER_SMALL_READS,
+    SpliceRelay,
+    connect,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -642,7 +647,7 @@ def test_a_pipe_grown_for_bulk_shrinks_back_when_the_traffic_is_small_again(tmp_
             )
             assert got == bulk
             grown = relay.outbound.pipe.may_grow and relay.outbound.pipe.capacity
-            for _ in range(3):
+            for _ in range(SHRINK_AFTER_SMALL_READS):
                 await loop.sock_sendall(w.agent_peer, b"ping")
                 assert await recv_exactly(w.upstream_peer, 4) == b"ping"
             w.agent_peer.shutdown(socket.SHUT_WR)
