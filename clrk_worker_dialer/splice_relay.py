@@ -5,9 +5,9 @@ Each direction is a `Pump` driven by the loop's readiness callbacks on non-block
 descriptors.  Back-pressure is the pipe itself: a pump stops reading its source while
 its pipe holds bytes the destination would not take.  Half-close is carried over (EOF
 on one side becomes shutdown(SHUT_WR) on the other, the other direction keeps going).
-A peer that resets (a read fails) resets both sides, as its reset would have; a peer
-that stops taking bytes (a write fails) ends only that direction, so what it answered
-before closing still reaches the other side.
+Any error on either side resets both.  (Ending only the failed direction, to let an
+answer the next hop sent before closing mid-upload through, needs the abandoned side
+drained and a lingering close, or it deadlocks and truncates silently: not done.)
 
 Pipes start at the kernel's default size, grow to `BULK_PIPE_SIZE` when a read fills
 one and shrink back when the traffic is small again: only connections moving bulk hold
@@ -148,7 +148,7 @@ class Pump:
         head: bytes,
         pipe: Pipe,
         on_done: Callable[[Pump], None],
-        on_error: Callable[[Pump, OSError, bool], None],
+        on_error: Callable[[OSError], None],
     ) -> None:
         self.loop = loop
         self.src, self.dst = src, dst
@@ -159,7 +159,7 @@ class Pump:
         self.in_pipe = 0  # bytes spliced into the pipe, not yet out of it
         self.last_read = 0
         self.eof = False
-        self.done = False  # finished: EOF passed on, or its destination failed
+        self.done = False  # EOF passed on
         self.moved = 0  # bytes delivered to dst, head included
         self.reading = self.writing = False
 
@@ -171,13 +171,6 @@ class Pump:
         self._read(False)
         self._write(False)
         self.pipe.close()
-
-    def abandon(self) -> None:
-        """The destination is gone: move nothing more this way (the relay decides when
-        the connection closes)."""
-        self._read(False)
-        self._write(False)
-        self.done = True
 
     def _read(self, on: bool) -> None:
         if on != self.reading:
@@ -202,7 +195,7 @@ class Pump:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.on_error(self, exc, False)
+            self.on_error(exc)
             return
         if n == 0:
             self.eof = True
@@ -227,7 +220,7 @@ class Pump:
             self._write(True)
             return
         except OSError as exc:
-            self.on_error(self, exc, True)
+            self.on_error(exc)
             return
         self._write(False)
         self.pipe.after_drain(self.last_read)
@@ -275,15 +268,9 @@ class SpliceRelay:
         if self.outbound.done and self.inbound.done:
             self.close()
 
-    def _failed(self, pump: Pump, exc: OSError, writing: bool) -> None:
-        self.error = self.error or exc
-        other = self.inbound if pump is self.outbound else self.outbound
-        if writing and not other.done:
-            # This direction's destination stopped taking bytes (it closed, maybe after
-            # answering early): the other direction may still carry that answer.
-            pump.abandon()
-            return
-        self.close(reset=not writing)
+    def _failed(self, exc: OSError) -> None:
+        self.error = exc
+        self.close(reset=True)
 
     def close(self, reset: bool = False) -> None:
         if self.closed:

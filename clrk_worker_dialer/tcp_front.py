@@ -154,13 +154,21 @@ class AgentSide(asyncio.Protocol):
         a duplicate of the descriptor outlives the transport's close.
         """
         transport = self.transport
+        deadline = self.loop.time() + UPSTREAM_CONNECT_TIMEOUT  # an agent that never reads
         while transport.get_write_buffer_size() and not transport.is_closing():
+            if self.loop.time() > deadline:
+                return None
             await asyncio.sleep(0.001)
         if self._closed or transport.is_closing():
             return None
         fd = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            agent = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise
         transport.abort()
-        return socket.socket(fileno=fd)
+        return agent
 
     # --- asyncio callbacks -----------------------------------------------------------
 
