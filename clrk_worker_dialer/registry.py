@@ -126,12 +126,13 @@ def sync(directory: Path, identity, known: dict[str, Sources]) -> dict[str, Sour
     for ip, ref in register.items():
         identity.register(ip, ref)
     contested = set(disputed(current))
+    newly_contested = contested - set(disputed(known))
     for name in current:
         if name not in known or known[name] != current[name]:
             log.info("sandbox registered", extra={"sandbox": name, "sources": current[name]})
             _ack(directory, name)
         clash = sorted(contested.intersection(current[name]))
-        if clash and set(clash) - set(disputed(known)):
+        if newly_contested.intersection(clash):
             log.error(
                 "sandbox addresses claimed for another agent too; denied as unknown",
                 extra={"sandbox": name, "addresses": clash},

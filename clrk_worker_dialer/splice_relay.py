@@ -147,7 +147,7 @@ class Pump:
         dst: socket.socket,
         head: bytes,
         pipe: Pipe,
-        on_done: Callable[[Pump], None],
+        on_done: Callable[[], None],
         on_error: Callable[[OSError], None],
     ) -> None:
         self.loop = loop
@@ -231,7 +231,7 @@ class Pump:
         with contextlib.suppress(OSError):
             self.dst.shutdown(socket.SHUT_WR)
         self.done = True
-        self.on_done(self)
+        self.on_done()
 
 
 class SpliceRelay:
@@ -264,7 +264,7 @@ class SpliceRelay:
         if not self.closed:
             self.inbound.start()
 
-    def _done(self, _pump: Pump) -> None:
+    def _done(self) -> None:
         if self.outbound.done and self.inbound.done:
             self.close()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from clrk.logs import fields
+from clrk.nexthops import socket_dir_problem
 from clrk.up import http_endpoint
 from clrk.up.layout import ChildSpec, Ports, StateDir, info_document, restart_delay
 from clrk.up.metrics import ChildState, RecordTail, XdsCounts, health_document, render
@@ -42,8 +43,8 @@ def private_directory(path: Path) -> None:
     directory of ours that no one else may write: whoever could replace a socket file
     there would receive the connections the dialer hands on."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+    info = os.lstat(path)  # a symlink in its place is refused, not followed
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid() or socket_dir_problem(str(path)):
         raise ValueError(
             f"{path} must be a directory owned by this user and writable by no one else"
         )
