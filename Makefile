@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	  fi; \
 	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PY) -m clrk_xds.policy_proto
+	$(PY) -m clrk_runtime.protos
 	@touch $@
 
 # The whole gateway on the example policy, with a demo that needs no internet: it
@@ -27,9 +27,11 @@ $(STAMP): pyproject.toml
 # upstreams, prints what was allowed and denied, and keeps running until Ctrl-C.
 run: $(STAMP)
 	$(VENV)/bin/clrk validate -f examples/
-	$(PY) -m clrk.demo
+	$(PY) -m clrk_cli.demo
 
+# The layer contracts first: an upward or sideways import fails the suite like a test.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -40,6 +42,7 @@ golden: $(STAMP)
 	CLRK_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/xds -k golden
 
 lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

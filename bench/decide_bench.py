@@ -12,9 +12,9 @@ import random
 import time
 from functools import partial
 
+from bench.naive_decide import NaivePolicy
 from clrk.api import load_objects
 from clrk.policy import Agent, Connection, compile_policies, decide
-from tests.policy.naive import NaivePolicy
 
 API = "clrk.apoxy.dev/v1alpha1"
 GATEWAY = ("default", "bench")

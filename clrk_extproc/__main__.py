@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from clrk.logs import setup
-from clrk.records.writer import RecordWriter
 from clrk_extproc.server import main
+from clrk_runtime.logs import setup
+from clrk_runtime.records_writer import RecordWriter
 
 SERVICE_NAME = "clrk-extproc"
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clrk_xds.translate_l7 import ChainFacts
+from clrk.wire import DENY_REASON_HEADER, ChainFacts
 
 DEFAULT_STATUS = 403
-DENY_REASON_HEADER = "x-clrk-deny-reason"
 DENY_REASON = "deny_policy"
 
 

@@ -32,9 +32,17 @@ from clrk.records.schema import (
     AttrValue,
     Record,
 )
+from clrk.wire import (
+    HEADER_AGENT_NAME,
+    HEADER_AGENT_NAMESPACE,
+    HEADER_AUTHORITY,
+    HEADER_CONNECTION_ID,
+    HEADER_DENY_POLICY,
+    HEADER_PREFIX,
+    ChainFacts,
+)
 from clrk_extproc.deny import DENY_REASON as DENY_POLICY_REASON
 from clrk_extproc.deny import DenyAnswer, deny_answer
-from clrk_xds.translate_l7 import ChainFacts
 
 MAX_VALUE = 4096  # longer header values are cut in records (a path can be huge)
 
@@ -74,9 +82,9 @@ class Exchange:
         self.method = plain.get(":method", "")[:MAX_VALUE]
         self.authority = plain.get(":authority", plain.get("host", ""))[:MAX_VALUE]
         self.path = plain.get(":path", "")[:MAX_VALUE]
-        self.tlvs = {k: v for k, v in plain.items() if k.startswith("x-clrk-")}
+        self.tlvs = {k: v for k, v in plain.items() if k.startswith(HEADER_PREFIX)}
         self.start_ns = now_ns if now_ns is not None else time.time_ns()
-        tagged = tlv(self.tlvs, "x-clrk-tlv-deny-policy")
+        tagged = tlv(self.tlvs, HEADER_DENY_POLICY)
         if facts.deny_policy is None and tagged:
             # The dialer tagged the connection with a deny policy (TLV 0xE4) but Envoy
             # chose an allow chain (its policy may lag the dialer's): the denial wins.
@@ -103,11 +111,11 @@ class Exchange:
         assert facts is not None
         attrs: dict[str, AttrValue] = {
             GATEWAY: facts.gateway,
-            AGENT_NAME: tlv(self.tlvs, "x-clrk-agent-name") or "",
-            AGENT_NAMESPACE: tlv(self.tlvs, "x-clrk-agent-namespace") or "",
+            AGENT_NAME: tlv(self.tlvs, HEADER_AGENT_NAME) or "",
+            AGENT_NAMESPACE: tlv(self.tlvs, HEADER_AGENT_NAMESPACE) or "",
             HTTP_METHOD: self.method,
             HTTP_AUTHORITY: self.authority,
-            DST_NAME: tlv(self.tlvs, "x-clrk-authority") or _host_name(self.authority),
+            DST_NAME: tlv(self.tlvs, HEADER_AUTHORITY) or _host_name(self.authority),
             HTTP_PATH: self.path,
             HTTP_STATUS: status,
         }
@@ -117,7 +125,7 @@ class Exchange:
             attrs[ROUTE] = facts.route
             if facts.rule is not None:
                 attrs[RULE] = facts.rule
-        connection = tlv(self.tlvs, "x-clrk-connection-id")
+        connection = tlv(self.tlvs, HEADER_CONNECTION_ID)
         if connection:
             attrs[CONNECTION_ID] = connection
         if denied:

@@ -28,12 +28,12 @@ from envoy_data_plane.envoy.service.ext_proc.v3 import (
 )
 from envoy_data_plane.envoy.type.v3 import HttpStatus
 
-from clrk.logs import fields
 from clrk.records.schema import Record
+from clrk.wire import ChainFacts
 from clrk_extproc.deny import DenyAnswer
 from clrk_extproc.exchange import Exchange
 from clrk_extproc.tcp_log import is_end, tcp_record
-from clrk_xds.translate_l7 import ChainFacts
+from clrk_runtime.logs import fields
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 ACCESS_LOG_SERVICE = "envoy.service.accesslog.v3.AccessLogService"

@@ -2,7 +2,7 @@
 
 tcp_proxy logs once when the upstream connects and once when the connection ends; only
 the end entry has the final byte counts and duration, so only it makes a record.  The
-PROXY TLVs arrive as custom tags (see `clrk_xds.translate_l7.TLV_TAGS`); Envoy writes
+PROXY TLVs arrive as custom tags (see `clrk.wire.TLV_TAGS`); Envoy writes
 "-" for a TLV the connection did not carry.
 """
 

@@ -19,8 +19,8 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 
-from clrk.logs import fields
 from clrk.policy import Agent
+from clrk_runtime.logs import fields
 from clrk_worker_dialer.dns_binding import DnsQuery, bindings_from_answer
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
 from clrk_worker_dialer.state import DialerState, agent_key

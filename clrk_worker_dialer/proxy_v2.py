@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
 
+from clrk.wire import TlvType
+
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED_LENGTH = 16  # signature, version/command, family/transport, 2-byte length
 MAX_HEADER_LENGTH = FIXED_LENGTH + 0xFFFF
@@ -32,15 +34,6 @@ class Command(IntEnum):
 class Transport(IntEnum):
     STREAM = 0x1  # TCP
     DGRAM = 0x2  # UDP
-
-
-class TlvType(IntEnum):
-    AUTHORITY = 0x02  # the hostname that matched
-    AGENT_NAMESPACE = 0xE1
-    AGENT_NAME = 0xE2
-    ROUTE = 0xE3  # 'namespace/name' of the route that allowed
-    DENY_POLICY = 0xE4  # 'namespace/name', only when an L7 deny is forwarded
-    CONNECTION_ID = 0xE5  # correlates dialer and Envoy records
 
 
 Tlv = tuple[int, bytes]

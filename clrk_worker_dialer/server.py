@@ -10,7 +10,7 @@ import signal
 import socket
 from pathlib import Path
 
-from clrk.logs import fields
+from clrk_runtime.logs import fields
 from clrk_worker_dialer import registry
 from clrk_worker_dialer.config import Address, DialerConfig
 from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
@@ -42,7 +42,7 @@ def tcp_listen_socket(addr: Address) -> socket.socket:
 class Dialer:
     def __init__(self, config: DialerConfig, writer=None) -> None:
         if writer is None:
-            from clrk.records.writer import RecordWriter
+            from clrk_runtime.records_writer import RecordWriter
 
             writer = RecordWriter(
                 "clrk-dialer", otlp_endpoint=config.otlp_endpoint, path=config.records_path
@@ -123,7 +123,8 @@ class Dialer:
         keeping the last good policy in force meanwhile."""
         import grpc
 
-        from clrk_xds.policy_stream import load_update, watch_policy
+        from clrk_runtime.policy_messages import load_update
+        from clrk_worker_dialer.policy_client import watch_policy
 
         target, gateway = self.config.control_plane, self.config.gateway
         documents: dict = {}  # validation of unchanged documents is reused

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from clrk.api import LoadResult, load_paths
 from clrk.api.findings import Scope
 from clrk.api.loader import ManifestCache
-from clrk.logs import fields
 from clrk.nexthops import NextHop, envoy_listener_addresses
 from clrk.policy import Agent, Decision, GatewayPolicy, PolicySet, compile_policies
 from clrk.records.schema import dial_denied, dns_denied
+from clrk_runtime.logs import fields
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
 from clrk_worker_dialer.dns_binding import BindingCache
 from clrk_worker_dialer.identity import Identity

@@ -12,9 +12,9 @@ import logging
 import os
 import socket
 
-from clrk.logs import fields
 from clrk.nexthops import describe
 from clrk.policy import Agent
+from clrk_runtime.logs import fields
 from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
 from clrk_worker_dialer.splice_relay import SpliceRelay, connect, open_pipes

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from clrk.logs import setup
 from clrk.nexthops import check_socket_dir, socket_dir_problem
+from clrk_runtime.logs import setup
 from clrk_xds.server import main
 
 

@@ -5,7 +5,7 @@
   written; then each file is renamed into the applied directory, which the file
   provider watches, and the call returns once the provider serves the new version.
 - List: one read of the manifests through `admin_status.object_statuses`.
-- Check: `clrk.cli.check.check_connection` over the compiled set in force.
+- Check: `clrk.policy.check.check_connection` over the compiled set in force.
 - StreamRecords: tails the records file, `admin_records.RecordFilter` selects.
 
 Wiring into a control plane (one gRPC server for ADS, policy stream and admin):
@@ -30,18 +30,18 @@ from pathlib import Path
 
 import grpc
 
-from clrk.api import Scope, load_paths
+from clrk.api import load_paths
 from clrk.api.findings import Finding
 from clrk.api.loader import ManifestCache, manifest_files
-from clrk.cli.check import CheckInputError, CheckQuery, check_connection
-from clrk.cli.manifests import Loaded
-from clrk.logs import fields
-from clrk.policy import PolicySet, compile_policies
+from clrk.policy import PolicySet
+from clrk.policy.check import CheckInputError, CheckQuery, check_connection
+from clrk.policy.loaded import Loaded, compile_loaded
 from clrk.records.query import records_from_line
+from clrk_runtime.logs import fields
+from clrk_runtime.protos import ADMIN_MODULE, load
 from clrk_xds.admin_apply import PLACEHOLDER, PLACEHOLDER_TEXT, ApplyPlan, plan_apply
 from clrk_xds.admin_records import LineBuffer, RecordFilter
 from clrk_xds.admin_status import kinds_for, object_statuses
-from clrk_xds.policy_proto import ADMIN_MODULE, load
 from clrk_xds.provider import FileProvider, default_translator, prepare
 
 pb2 = load(ADMIN_MODULE)
@@ -176,12 +176,10 @@ class AdminServer:
             load = load_paths(self.provider.paths, self._cache)
             if self._last is not None and self._last[0] == load.digest:
                 return self._last
-            blocked = any(f.is_error and f.scope is Scope.SET for f in load.findings)
-            compiled = compile_policies(load.resources, rejected=load.rejected)
-            loaded = Loaded(load, compiled, blocked)
+            loaded = compile_loaded(load)
             self._last = (load.digest, loaded)
-            if not blocked:
-                self._good[load.digest] = compiled
+            if not loaded.blocked:
+                self._good[load.digest] = loaded.compiled
                 while len(self._good) > 8:
                     del self._good[next(iter(self._good))]
             return self._last

@@ -19,12 +19,11 @@ from pathlib import PurePath
 
 import yaml
 
-from clrk.api import LoadResult, Scope
+from clrk.api import LoadResult
 from clrk.api.findings import Finding
 from clrk.api.loader import ManifestCache, validate_documents
 from clrk.api.resources import AGENT_KINDS, Resource
-from clrk.cli.manifests import Loaded
-from clrk.policy import compile_policies
+from clrk.policy.loaded import Loaded, compile_loaded
 
 # Keeps an applied directory non-empty: the loader reports an empty directory.
 PLACEHOLDER = "_applied.yaml"
@@ -71,10 +70,8 @@ def load_texts(files: Sequence[tuple[str, str]]) -> LoadResult:
 
 
 def load_and_compile_texts(files: Sequence[tuple[str, str]]) -> Loaded:
-    """`clrk.cli.manifests.load_and_compile` over texts: the same findings, in order."""
-    load = load_texts(files)
-    blocked = any(f.is_error and f.scope is Scope.SET for f in load.findings)
-    return Loaded(load, compile_policies(load.resources, rejected=load.rejected), blocked)
+    """`clrk.policy.loaded.load_and_compile` over texts: the same findings, in order."""
+    return compile_loaded(load_texts(files))
 
 
 def _document_text(data: object) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from clrk.api import resolve
 from clrk.api.findings import Finding
 from clrk.api.resources import AGENT_KINDS
-from clrk.cli.manifests import Loaded
+from clrk.policy.loaded import Loaded
 
 KIND_ALIASES = {
     "gateway": ("EgressGateway",),

@@ -17,7 +17,7 @@ import grpc
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.protobuf import Any
 
-from clrk.logs import fields
+from clrk_runtime.logs import fields
 from clrk_xds.ads_state import Kind, Request, Response, StreamState
 from clrk_xds.consistency import CLUSTER, LISTENER, SECRET
 from clrk_xds.snapshot import Snapshot, SnapshotCache

@@ -19,8 +19,8 @@ import watchfiles
 from clrk.api import LoadResult, Scope
 from clrk.api.loader import MANIFEST_SUFFIXES, ManifestCache, load_paths
 from clrk.api.resources import Source
-from clrk.logs import fields
 from clrk.policy import compile_policies
+from clrk_runtime.logs import fields
 from clrk_xds.consistency import CLUSTER, LISTENER, SECRET, check
 from clrk_xds.policy_stream import PolicyHub
 from clrk_xds.snapshot import EMPTY, InconsistentSnapshot, Snapshot, SnapshotCache

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from clrk.logs import fields
+from clrk_runtime.logs import fields
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.ads import AdsServer
 from clrk_xds.ca import GatewayCA

@@ -67,6 +67,7 @@ from clrk.nexthops import (
     envoy_listener_addresses,
 )
 from clrk.policy.selectors import compile_selector, selects
+from clrk.wire import TLV_FIELDS
 from clrk_xds import betterproto_speed
 from clrk_xds import translate_l7 as l7
 from clrk_xds import translate_matchers as tm
@@ -164,7 +165,7 @@ def _closing_chain(name: str) -> FilterChain:
 def _listener_filters(tls: bool) -> list[ListenerFilter]:
     rules = [
         ProxyProtocolRule(tlv_type=t, on_tlv_present=ProxyProtocolKeyValuePair(key=field))
-        for t, field in tm.TLV_FIELDS.items()
+        for t, field in TLV_FIELDS.items()
     ]
     proxy_protocol = ProxyProtocol(rules=rules, tlv_location=ProxyProtocolTlvLocation.FILTER_STATE)
     out = [

@@ -16,9 +16,7 @@ Pure: builds Envoy messages only.  An L7 chain runs `http_connection_manager` wi
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from collections.abc import Sequence
 
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
 from envoy_data_plane.envoy.config.cluster.v3 import (
@@ -93,7 +91,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.tracing.v3 import CustomTag
 from envoy_data_plane.google.protobuf import Any
 
-from clrk_xds.translate_matchers import TLV_FILTER_STATE_KEY
+from clrk.wire import TLV_HEADERS, TLV_TAGS, ChainFacts, tlv_format
 
 EXTPROC_CLUSTER = "clrk_extproc"
 ORIGINAL_DST_TLS_CLUSTER = "original_dst_tls"
@@ -103,84 +101,6 @@ ACCESS_LOG_NAME = "clrk.tcp"
 EXTPROC_TIMEOUT = datetime.timedelta(seconds=2)
 CONNECT_TIMEOUT = datetime.timedelta(seconds=5)
 ACCESS_LOG_FLUSH = datetime.timedelta(seconds=1)
-
-# Request header <- PROXY TLV field (the names clrk_extproc reads).
-TLV_HEADERS: dict[str, str] = {
-    "x-clrk-agent-namespace": "agent_namespace",
-    "x-clrk-agent-name": "agent_name",
-    "x-clrk-authority": "authority",
-    "x-clrk-connection-id": "connection_id",
-    "x-clrk-tlv-route": "route",
-    "x-clrk-tlv-deny-policy": "deny_policy",
-}
-# Access-log custom tag <- PROXY TLV field.
-TLV_TAGS: dict[str, str] = {
-    "agent_namespace": "agent_namespace",
-    "agent_name": "agent_name",
-    "authority": "authority",
-    "connection_id": "connection_id",
-    "route": "route",
-}
-
-
-def tlv_format(field: str) -> str:
-    return f"%FILTER_STATE({TLV_FILTER_STATE_KEY}:FIELD:{field})%"
-
-
-@dataclass(frozen=True)
-class ChainFacts:
-    """What ext_proc must know about a chain that Envoy cannot tell it per request.
-
-    Sent as gRPC initial metadata, one `x-clrk-*` key per fact; metadata values must be
-    printable ASCII, so the message is percent-encoded (UTF-8).
-    """
-
-    gateway: str
-    listener: str
-    route: str | None = None  # "namespace/name"
-    rule: int | None = None
-    deny_policy: str | None = None  # "namespace/name"
-    status: int | None = None
-    message: str | None = None
-
-    def metadata(self) -> list[tuple[str, str]]:
-        out = []
-        for name in FACT_KEYS:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            text = quote(value, safe=_SAFE) if name == "message" else str(value)
-            out.append((FACT_PREFIX + name.replace("_", "-"), text))
-        return out
-
-    @classmethod
-    def from_metadata(cls, pairs: Iterable[tuple[str, str | bytes]]) -> ChainFacts:
-        """ValueError when the gateway is missing or a number is not one."""
-        raw: dict[str, str] = {}
-        for key, value in pairs:
-            if isinstance(value, bytes):
-                value = value.decode("ascii", errors="replace")
-            if key.startswith(FACT_PREFIX):
-                raw[key[len(FACT_PREFIX) :].replace("-", "_")] = value
-        if not raw.get("gateway"):
-            raise ValueError("no chain metadata (x-clrk-gateway)")
-        values: dict[str, object] = {"gateway": raw["gateway"], "listener": raw.get("listener", "")}
-        for name in ("route", "deny_policy"):
-            if raw.get(name):
-                values[name] = raw[name]
-        for name in ("rule", "status"):
-            if name in raw:
-                if not raw[name].isdigit() or len(raw[name]) > 6:
-                    raise ValueError(f"chain metadata {name}: not a number: {raw[name]!r}")
-                values[name] = int(raw[name])
-        if "message" in raw:
-            values["message"] = unquote(raw["message"], errors="replace")
-        return cls(**values)  # type: ignore[arg-type]
-
-
-FACT_PREFIX = "x-clrk-"
-FACT_KEYS = ("gateway", "listener", "route", "rule", "deny_policy", "status", "message")
-_SAFE = " !\"#$&'()*+,-./:;<=>?@[]^_`{|}~"
 
 
 def _pack(name: str, message) -> Filter:

@@ -32,18 +32,8 @@ from envoy_data_plane.xds.type.matcher.v3 import (
     StringMatcher,
 )
 
+from clrk.wire import TLV_FILTER_STATE_KEY
 from clrk_xds.translate_regex import hostname_regex
-
-# Where the proxy_protocol filter keeps the TLVs, and the field name of each (SPEC 6).
-TLV_FILTER_STATE_KEY = "envoy.network.proxy_protocol.tlv"
-TLV_FIELDS: dict[int, str] = {
-    0x02: "authority",
-    0xE1: "agent_namespace",
-    0xE2: "agent_name",
-    0xE3: "route",
-    0xE4: "deny_policy",
-    0xE5: "connection_id",
-}
 
 Predicate = MatcherMatcherListPredicate
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

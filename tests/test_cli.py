@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clrk.cli import main
+from clrk_cli import main
 from tests.conftest import EXAMPLES, ROOT, TESTDATA
 
 INVALID = TESTDATA / "invalid"

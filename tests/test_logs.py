@@ -3,7 +3,7 @@
 import json
 import logging
 
-from clrk.logs import JsonFormatter, fields
+from clrk_runtime.logs import JsonFormatter, fields
 
 
 def test_a_record_becomes_one_json_line_with_its_fields():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clrk.cli import cli
+from clrk_cli import cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OFFLINE = {"validate", "check"}

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clrk.cli import main
+from clrk_cli import main
 from tests.cli.admin_harness import route, running_plane
 from tests.conftest import ROOT
 from tests.xds.test_admin import BAD

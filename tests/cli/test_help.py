@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from clrk.cli import cli, main
+from clrk_cli import cli, main
 
 
 def _paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

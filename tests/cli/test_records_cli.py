@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from clrk.cli import main
 from clrk.policy import Agent, Decision, Reason
 from clrk.records.schema import dial_denied, dns_denied
-from clrk.records.writer import RecordWriter
+from clrk_cli import main
+from clrk_runtime.records_writer import RecordWriter
 
 NOW = time.time_ns()
 HOUR = 3600 * 10**9

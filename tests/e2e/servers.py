@@ -1,8 +1,8 @@
-"""`python -m tests.e2e.servers`: the internet servers, now in clrk.demo.servers (the
+"""`python -m tests.e2e.servers`: the internet servers, now in clrk_cli.demo.servers (the
 `make run` demo uses them too)."""
 
-from clrk.demo.servers import *  # noqa: F403
-from clrk.demo.servers import main
+from clrk_cli.demo.servers import *  # noqa: F403
+from clrk_cli.demo.servers import main
 
 if __name__ == "__main__":
     main()

@@ -26,8 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clrk.demo.netlab import BuiltOnEnter, dnsmasq_args, make_certificates, sweep_stale, zone_names
-from clrk.up.processes import stop_process
+from clrk_cli.demo.netlab import (
+    BuiltOnEnter,
+    dnsmasq_args,
+    make_certificates,
+    sweep_stale,
+    zone_names,
+)
+from clrk_cli.embedded.processes import stop_process
 from clrk_worker_dialer.redirect_rules import spec_for_index
 from clrk_worker_dialer.sandbox import Sandbox, create_sandbox
 

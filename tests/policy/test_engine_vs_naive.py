@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.naive_decide import naive_decide
 from clrk.api import load_objects
 from clrk.policy import Agent, Connection, compile_policies, decide
-from tests.policy.naive import naive_decide
 
 API = "clrk.apoxy.dev/v1alpha1"
 NAMES = ["api.example.com", "x.api.example.com", "example.com", "pg.internal", "a.b.example.com"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from clrk.policy import Agent, Decision, Reason
 from clrk.records.query import iter_lines, iter_records, records_from_line, select
 from clrk.records.schema import dial_denied, dns_denied, http_allowed
-from clrk.records.writer import RecordWriter
+from clrk_runtime.records_writer import RecordWriter
 
 BOT = Agent("default", "bot")
 GW = "default/gw"

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from clrk.policy import Agent, Decision, Reason
 from clrk.records.query import iter_records
 from clrk.records.schema import Record, dial_denied
-from clrk.records.writer import RecordWriter
+from clrk_runtime.records_writer import RecordWriter
 
 BOT = Agent("default", "bot")
 DENY = Decision(Reason.POLICY, "default/gw", "default/bot", "deny-all")

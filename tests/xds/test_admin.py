@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from clrk.cli import admin_client, main
-from clrk.cli.admin_client import AdminError, pb2
-from clrk.cli.check import CheckInputError, CheckQuery
 from clrk.policy import Agent, Decision, Reason
+from clrk.policy.check import CheckInputError, CheckQuery
 from clrk.records.schema import dial_denied, tcp_allowed
-from clrk.records.writer import RecordWriter
+from clrk_cli import admin_client, main
+from clrk_cli.admin_client import AdminError, pb2
+from clrk_runtime.records_writer import RecordWriter
 from tests.cli.admin_harness import GATEWAY, route, running_plane
 
 BAD = """\
@@ -283,7 +283,7 @@ def test_stream_records_since_replays_earlier_records_and_filters_validate(tmp_p
 
 
 def test_every_proto_file_is_generated_together():
-    from clrk_xds.policy_proto import ADMIN_MODULE, MODULE, load, proto_files
+    from clrk_runtime.protos import ADMIN_MODULE, MODULE, load, proto_files
 
     assert {p.name for p in proto_files()} >= {"policy.proto", "admin.proto"}
     assert load(ADMIN_MODULE).DESCRIPTOR.package == "clrk.admin.v1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clrk.cli.manifests import load_and_compile
+from clrk.policy.loaded import load_and_compile
 from clrk_xds.admin_apply import PLACEHOLDER, PLACEHOLDER_TEXT, load_and_compile_texts, plan_apply
 from tests.cli.admin_harness import GATEWAY, route
 from tests.xds.test_admin import BAD

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from clrk.cli.ca import ca
+from clrk_cli.ca import ca
 from clrk_xds.ca import GatewayCA
 
 

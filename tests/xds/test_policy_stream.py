@@ -9,14 +9,9 @@ import grpc
 
 from clrk.api import load_text
 from clrk.policy import Agent, Connection, compile_policies, decide
-from clrk_xds.policy_stream import (
-    PolicyHub,
-    PolicyStreamServer,
-    gateway_documents,
-    load_update,
-    to_message,
-    watch_policy,
-)
+from clrk_runtime.policy_messages import gateway_documents, load_update, to_message
+from clrk_worker_dialer.policy_client import watch_policy
+from clrk_xds.policy_stream import PolicyHub, PolicyStreamServer
 from clrk_xds.provider import read_manifests
 
 SET = """\

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from clrk_worker_dialer.policy_client import watch_policy
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
-from clrk_xds.policy_stream import watch_policy
 from tests.xds.xds_messages import free_port
 
 GATEWAY = """\

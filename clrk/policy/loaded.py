@@ -1,0 +1,43 @@
+"""Manifests -> validated resources -> compiled policies, with the findings of both steps
+and the one answer to "may this set be applied at all?"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from clrk.api import LoadResult, load_paths
+from clrk.api.findings import Finding, Scope
+from clrk.policy.compile import compile_policies
+from clrk.policy.compiled import PolicySet
+
+
+def blocks_the_set(findings: Iterable[Finding]) -> bool:
+    """Whether any finding stops the whole set from being applied (the last good policy
+    stays); object-scoped errors only take their own object out."""
+    return any(f.is_error and f.scope is Scope.SET for f in findings)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    load: LoadResult
+    compiled: PolicySet  # of the valid documents, for their reference findings
+    blocked: bool  # errors that block the whole set: nothing may be applied
+
+    @property
+    def policies(self) -> PolicySet | None:
+        return None if self.blocked else self.compiled
+
+    @property
+    def findings(self) -> list[Finding]:
+        merged = list(self.load.findings) + list(self.compiled.findings)
+        return sorted(merged, key=lambda f: (f.file, f.document))
+
+
+def compile_loaded(load: LoadResult) -> Loaded:
+    compiled = compile_policies(load.resources, rejected=load.rejected)
+    return Loaded(load, compiled, blocks_the_set(load.findings))
+
+
+def load_and_compile(paths: Sequence[str]) -> Loaded:
+    return compile_loaded(load_paths(paths))

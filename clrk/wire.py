@@ -1,0 +1,125 @@
+"""The wire contract between the dialer, Envoy and ext_proc, in one place.
+
+- PROXY v2 TLV types (SPEC 6) and the field names Envoy's `proxy_protocol` filter
+  stores them under (filter state, `tlv_location: FILTER_STATE`);
+- the `x-clrk-*` request headers Envoy copies those TLVs into for ext_proc, and the
+  access-log tags it writes them to;
+- the chain facts the control plane gives ext_proc as gRPC initial metadata;
+- the header of a deny answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+
+class TlvType(enum.IntEnum):
+    AUTHORITY = 0x02  # the hostname that matched (PP2_TYPE_AUTHORITY)
+    AGENT_NAMESPACE = 0xE1
+    AGENT_NAME = 0xE2
+    ROUTE = 0xE3  # 'namespace/name' of the route that allowed
+    DENY_POLICY = 0xE4  # 'namespace/name', only when an L7 deny is forwarded
+    CONNECTION_ID = 0xE5  # correlates dialer and Envoy records
+
+
+# Where the proxy_protocol filter keeps the TLVs, and the field name of each.
+TLV_FILTER_STATE_KEY = "envoy.network.proxy_protocol.tlv"
+TLV_FIELDS: dict[int, str] = {
+    TlvType.AUTHORITY: "authority",
+    TlvType.AGENT_NAMESPACE: "agent_namespace",
+    TlvType.AGENT_NAME: "agent_name",
+    TlvType.ROUTE: "route",
+    TlvType.DENY_POLICY: "deny_policy",
+    TlvType.CONNECTION_ID: "connection_id",
+}
+
+# Request header <- PROXY TLV field (the names clrk_extproc reads).
+TLV_HEADERS: dict[str, str] = {
+    "x-clrk-agent-namespace": "agent_namespace",
+    "x-clrk-agent-name": "agent_name",
+    "x-clrk-authority": "authority",
+    "x-clrk-connection-id": "connection_id",
+    "x-clrk-tlv-route": "route",
+    "x-clrk-tlv-deny-policy": "deny_policy",
+}
+# Access-log custom tag <- PROXY TLV field.
+TLV_TAGS: dict[str, str] = {
+    "agent_namespace": "agent_namespace",
+    "agent_name": "agent_name",
+    "authority": "authority",
+    "connection_id": "connection_id",
+    "route": "route",
+}
+
+
+HEADER_AGENT_NAMESPACE = "x-clrk-agent-namespace"
+HEADER_AGENT_NAME = "x-clrk-agent-name"
+HEADER_AUTHORITY = "x-clrk-authority"
+HEADER_CONNECTION_ID = "x-clrk-connection-id"
+HEADER_DENY_POLICY = "x-clrk-tlv-deny-policy"
+HEADER_PREFIX = "x-clrk-"
+DENY_REASON_HEADER = "x-clrk-deny-reason"
+
+
+def tlv_format(field: str) -> str:
+    """Envoy's formatter for one TLV field (writes "-" when the connection had none)."""
+    return f"%FILTER_STATE({TLV_FILTER_STATE_KEY}:FIELD:{field})%"
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What ext_proc must know about a chain that Envoy cannot tell it per request.
+
+    Sent as gRPC initial metadata, one `x-clrk-*` key per fact; metadata values must be
+    printable ASCII, so the message is percent-encoded (UTF-8).
+    """
+
+    gateway: str
+    listener: str
+    route: str | None = None  # "namespace/name"
+    rule: int | None = None
+    deny_policy: str | None = None  # "namespace/name"
+    status: int | None = None
+    message: str | None = None
+
+    def metadata(self) -> list[tuple[str, str]]:
+        out = []
+        for name in FACT_KEYS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            text = quote(value, safe=_SAFE) if name == "message" else str(value)
+            out.append((FACT_PREFIX + name.replace("_", "-"), text))
+        return out
+
+    @classmethod
+    def from_metadata(cls, pairs: Iterable[tuple[str, str | bytes]]) -> ChainFacts:
+        """ValueError when the gateway is missing or a number is not one."""
+        raw: dict[str, str] = {}
+        for key, value in pairs:
+            if isinstance(value, bytes):
+                value = value.decode("ascii", errors="replace")
+            if key.startswith(FACT_PREFIX):
+                raw[key[len(FACT_PREFIX) :].replace("-", "_")] = value
+        if not raw.get("gateway"):
+            raise ValueError("no chain metadata (x-clrk-gateway)")
+        values: dict[str, object] = {"gateway": raw["gateway"], "listener": raw.get("listener", "")}
+        for name in ("route", "deny_policy"):
+            if raw.get(name):
+                values[name] = raw[name]
+        for name in ("rule", "status"):
+            if name in raw:
+                if not raw[name].isdigit() or len(raw[name]) > 6:
+                    raise ValueError(f"chain metadata {name}: not a number: {raw[name]!r}")
+                values[name] = int(raw[name])
+        if "message" in raw:
+            values["message"] = unquote(raw["message"], errors="replace")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+FACT_PREFIX = "x-clrk-"
+FACT_KEYS = ("gateway", "listener", "route", "rule", "deny_policy", "status", "message")
+_SAFE = " !\"#$&'()*+,-./:;<=>?@[]^_`{|}~"

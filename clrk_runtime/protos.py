@@ -1,0 +1,79 @@
+"""The generated protobuf modules of the project's own .proto files (proto/**.proto:
+the policy stream, the admin API).
+
+Generated code is not checked in: `python -m clrk_runtime.protos` writes it into
+clrk_runtime/_proto/ (git-ignored), and `load()` does the same on first use when a module
+is missing, so a clean clone works without a build step.  All files are generated
+together, so one generation serves every module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROTO_ROOT = PACKAGE_DIR.parent / "proto"
+PROTO_FILE = "clrk/policy/v1/policy.proto"
+OUT_DIR = PACKAGE_DIR / "_proto"
+MODULE = "clrk_runtime._proto.clrk.policy.v1.policy_pb2"
+ADMIN_MODULE = "clrk_runtime._proto.clrk.admin.v1.admin_pb2"
+
+
+def proto_files() -> list[Path]:
+    return sorted(PROTO_ROOT.rglob("*.proto"))
+
+
+def generate() -> None:
+    """Run protoc (from grpcio-tools) over every .proto and swap the result in whole."""
+    from grpc_tools import protoc
+
+    sources = proto_files()
+    if not (PROTO_ROOT / PROTO_FILE).is_file():
+        raise RuntimeError(f"cannot generate {MODULE}: {PROTO_ROOT / PROTO_FILE} is missing")
+    tmp = Path(tempfile.mkdtemp(prefix="_proto.", dir=PACKAGE_DIR))
+    try:
+        args = [
+            "protoc",
+            f"-I{PROTO_ROOT}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            *map(str, sources),
+        ]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {', '.join(map(str, sources))}")
+        (tmp / ".gitignore").write_text("*\n")
+        for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            (d / "__init__.py").touch()
+        # Another process may have generated it meanwhile: either copy is the same.
+        if OUT_DIR.exists():
+            shutil.rmtree(OUT_DIR, ignore_errors=True)
+        os.replace(tmp, OUT_DIR)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(module: str = MODULE) -> ModuleType:
+    """A generated module (policy_pb2 by default), generating first if this checkout
+    has none or has one from before its .proto was added."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        generate()
+        # Forget the (package) modules that looked for the missing file; generated
+        # modules already imported stay: re-executing one would register it twice.
+        for name in [m for m in sys.modules if m.startswith("clrk_runtime._proto")]:
+            if not name.endswith("_pb2"):
+                del sys.modules[name]
+        importlib.invalidate_caches()
+        return importlib.import_module(module)
+
+
+if __name__ == "__main__":
+    generate()
+    print(f"generated {', '.join(map(str, proto_files()))} into {OUT_DIR}")

@@ -1,0 +1,134 @@
+"""`python -m clrk_worker_dialer` (also `clrk dialer`): run the worker dialer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import click
+
+
+def _addresses(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    from clrk_worker_dialer.config import address
+
+    try:
+        return [address(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _sources(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        ip, sep, ref = value.partition("=")
+        if not sep or not ref:
+            raise click.BadParameter(f"{value!r}: expected ADDRESS=NAMESPACE/AGENT")
+        out[ip] = ref
+    return out
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--filename",
+    "paths",
+    multiple=True,
+    type=click.Path(),
+    help="Manifests (or use --control-plane).",
+)
+@click.option("--control-plane", help="Follow the control plane's policy stream (host:port).")
+@click.option("--gateway", required=True, help="EgressGateway to enforce: NAMESPACE/NAME.")
+@click.option("--agent-source", "sources", multiple=True, help="ADDRESS=NAMESPACE/AGENT.")
+@click.option("--default-agent", help="The one agent of a sidecar: NAMESPACE/AGENT.")
+@click.option("--transparent-tcp", multiple=True, help="Where REDIRECTed TCP arrives.")
+@click.option("--transparent-udp", multiple=True, help="Where TPROXYed UDP arrives.")
+@click.option("--dns", multiple=True, help="Where DNS (UDP TPROXY and TCP REDIRECT) arrives.")
+@click.option("--socks5", help="Explicit SOCKS5 listener, e.g. 127.0.0.1:1080.")
+@click.option("--http-connect", help="Explicit HTTP CONNECT listener, e.g. 127.0.0.1:3128.")
+@click.option("--next-hop-host", default="127.0.0.1", show_default=True)
+@click.option("--next-hop-base-port", default=15100, show_default=True, type=int)
+@click.option(
+    "--next-hop-socket-dir",
+    help="Envoy listens on Unix sockets DIR/LISTENER.sock (the control plane's "
+    "--envoy-socket-dir) instead of loopback ports.",
+)
+@click.option("--resolver", "resolvers", multiple=True, help="Override the gateway's dns.")
+@click.option("--own-address", "own", multiple=True, help="This host's addresses (blocked).")
+@click.option("--records", "records_path", default="clrk-records.jsonl", show_default=True)
+@click.option("--otlp-endpoint", help="Export records over OTLP/gRPC instead of the file.")
+@click.option("--client-hello-wait", default=1.0, show_default=True, type=float)
+@click.option("--udp-idle-timeout", default=60.0, show_default=True, type=float)
+@click.option("--no-watch", is_flag=True, help="Do not reload the manifests on change.")
+@click.option("--sandboxes", help="Directory where `clrk run` registers its sandboxes.")
+@click.option("--ready-file", help="Written once every listener is up.")
+@click.option("--log-level", default="info", show_default=True)
+def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tcp,
+           transparent_udp, dns,
+           socks5, http_connect, next_hop_host, next_hop_base_port, next_hop_socket_dir,
+           resolvers, own,
+           records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
+           sandboxes, ready_file, log_level) -> None:  # fmt: skip
+    """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
+    from clrk.nexthops import check_socket_dir, socket_dir_problem
+    from clrk_runtime import logs
+    from clrk_worker_dialer.config import DialerConfig
+    from clrk_worker_dialer.server import Dialer
+    from clrk_worker_dialer.state import PolicyError
+
+    logs.setup(log_level)
+    config = DialerConfig(
+        manifests=list(paths),
+        gateway=gateway,
+        sources=_sources(sources),
+        default_agent=default_agent,
+        transparent_tcp=_addresses(transparent_tcp),
+        transparent_udp=_addresses(transparent_udp),
+        dns=_addresses(dns),
+        socks5=_addresses((socks5,))[0] if socks5 else None,
+        http_connect=_addresses((http_connect,))[0] if http_connect else None,
+        next_hop_host=next_hop_host,
+        next_hop_base_port=next_hop_base_port,
+        next_hop_socket_dir=next_hop_socket_dir,
+        records_path=None if otlp_endpoint else records_path,
+        otlp_endpoint=otlp_endpoint,
+        own_addresses=list(own),
+        resolvers=_addresses(resolvers),
+        client_hello_wait=client_hello_wait,
+        udp_idle_timeout=udp_idle_timeout,
+        watch=not no_watch,
+        control_plane=control_plane,
+        sandboxes_dir=sandboxes,
+    )
+    if not paths and not control_plane:
+        raise click.UsageError("give manifests (-f) or --control-plane")
+    if next_hop_socket_dir:
+        try:
+            check_socket_dir(next_hop_socket_dir)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--next-hop-socket-dir") from None
+        problem = socket_dir_problem(next_hop_socket_dir)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--next-hop-socket-dir")
+
+    async def run() -> None:
+        await Dialer(config).run_until_signalled(ready_file)
+
+    _raise_open_files_limit()
+
+    try:
+        asyncio.run(run())
+    except PolicyError as exc:
+        for line in exc.errors:
+            click.echo(line, err=True)
+        raise click.ClickException("the policy is invalid; nothing to enforce") from None
+
+
+def _raise_open_files_limit() -> None:
+    """A relayed connection holds six descriptors (two sockets, a pipe each way): take
+    the whole hard limit rather than the often much lower soft one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit: keep soft
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,303 @@
+"""`clrk up` and `clrk run` end to end (issue 6): the real stack (control plane, Envoy,
+dialer; ext_proc when it exists) under the supervisor in a test namespace (never the
+root namespace), real agents via `clrk run`, real servers on documentation addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+
+from clrk.records.query import iter_records, select
+from tests.e2e.topology import Topology, leaks, python_module, read_line, snapshot
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and iptables"),
+]
+
+HERE = Path(__file__).resolve().parent
+READY_TIMEOUT = 60.0
+POLICY = """\
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: egress}
+spec:
+  listeners:
+  - {name: tcp, protocol: TCP}
+  - {name: tls, protocol: TLS, port: 443}
+  dns: {upstream: ["198.51.100.53:53"]}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: web}
+spec:
+  parentRefs: [{name: egress, sectionName: tcp}]
+  rules:
+  - matches: [{destinationHostnames: [example.test], ports: [{port: 80}]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: bot}
+spec: {egressRefs: [{gatewayRef: egress}]}
+"""
+CURL = ["curl", "-sS", "--max-time", "5"]
+
+
+def clrk(*args: str) -> list[str]:
+    return python_module("clrk_cli", *args)
+
+
+class Stack:
+    """`clrk up` in the topology's gw namespace."""
+
+    def __init__(self, topology: Topology, manifests: Path, state: Path) -> None:
+        self.topology, self.state = topology, state
+        self.proc = topology.start_in_gw(
+            clrk("up", "-f", str(manifests), "--state-dir", str(state))
+        )
+        line = read_line(self.proc, READY_TIMEOUT)
+        if line != "clrk ready\n":
+            self.stop()
+            raise AssertionError(f"not ready: {line!r}\n{self.log()}")
+
+    def log(self) -> str:
+        return self.topology.processes.stderr_text(self.proc)
+
+    def health(self) -> dict:
+        out = self.topology.run_in_gw(["curl", "-sS", "http://127.0.0.1:9464/healthz"])
+        return json.loads(out.stdout)
+
+    def metrics(self) -> str:
+        return self.topology.run_in_gw(["curl", "-sS", "http://127.0.0.1:9464/metrics"]).stdout
+
+    def run(self, *argv: str, timeout: float = 30.0, extra=()) -> subprocess.CompletedProcess:
+        """`clrk run --agent bot -- argv` from the root namespace (where a user is)."""
+        return subprocess.run(
+            clrk("run", "--agent", "bot", "--state-dir", str(self.state), *extra, "--", *argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONPATH": str(HERE.parents[1])},
+        )
+
+    def stop(self) -> int:
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        self.topology.processes.stop(self.proc)
+        return code
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory):
+    before = snapshot()
+    with Topology(tmp_path_factory.mktemp("up")) as topo:
+        yield topo
+    assert not leaks(before, snapshot()), leaks(before, snapshot())
+
+
+@pytest.fixture(scope="module")
+def stack(topology, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("up-stack")
+    manifests = directory / "policy.yaml"
+    manifests.write_text(POLICY)
+    stack = Stack(topology, manifests, directory / "state")
+    try:
+        yield stack
+    finally:
+        assert stack.stop() == 0
+
+
+def test_run_allows_denies_and_records(stack):
+    ok = stack.run(*CURL, "http://example.test/")
+    assert ok.returncode == 0, ok.stderr
+    assert "hello" in ok.stdout
+    denied = stack.run(*CURL, "http://other.test/")
+    assert denied.returncode in (7, 56), denied.stderr  # reset: connect or first recv
+    records = select(
+        iter_records(str(stack.state / "records.jsonl")),
+        {"agent.name": "bot", "clrk.dst.name": "other.test"},
+        name="egress.dial.denied",
+    )
+    spans = [r for r in records if r["signal"] == "span"]
+    assert len(spans) == 1, records
+    reason = spans[0]["attributes"]["clrk.egress.deny_reason"]
+    assert f'clrk_decisions_total{{decision="deny",reason="{reason}"}}' in stack.metrics()
+
+
+def test_run_passes_exit_codes_and_removes_its_sandbox(stack):
+    assert stack.run("sh", "-c", "exit 7").returncode == 7
+    assert stack.run("sh", "-c", "kill -TERM $$").returncode == 143
+    assert stack.run("no-such-program-xyz").returncode != 0
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "clrk-r-" not in netns
+    left = [p.name for p in (stack.state / "sandboxes").iterdir()]
+    assert left in ([], ["slots.lock"])  # the lock that slots are taken under stays
+
+
+def test_run_injects_the_gateway_ca(stack):
+    out = stack.run(
+        "sh",
+        "-c",
+        "for v in SSL_CERT_FILE REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS "
+        'CURL_CA_BUNDLE; do eval echo \\$$v; done; cat "$SSL_CERT_FILE"',
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(set(lines[:4])) == 1 and lines[0].endswith("ca-bundle.pem")
+    ca = (stack.state / "ca" / "ca.crt").read_text().strip()
+    assert ca in out.stdout
+
+
+def test_run_explicit_proxy_names_the_agent(stack):
+    # Inside gw the proxies are on loopback; run as a non-sandboxed agent would.
+    def curl(url: str) -> subprocess.CompletedProcess[str]:
+        argv = clrk("run", "--explicit", "--agent", "bot", "--state-dir", str(stack.state),
+                    "--", *CURL, url)  # fmt: skip
+        return stack.topology.run_in_gw(argv, timeout=30)
+
+    out = curl("http://example.test/")
+    assert out.returncode == 0 and "hello" in out.stdout, out.stderr
+    assert curl("http://other.test/").returncode != 0
+
+
+def test_run_without_a_stack_fails(tmp_path):
+    out = subprocess.run(
+        clrk("run", "--agent", "bot", "--state-dir", str(tmp_path), "--", "true"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1 and "no running `clrk up`" in out.stderr
+
+
+@pytest.mark.parametrize("child", ["envoy", "dialer", "extproc"])
+def test_a_killed_child_is_restarted_and_nothing_denied_gets_through(stack, child):
+    health = stack.health()
+    if child not in health["children"]:
+        pytest.skip(f"{child} is not part of the stack yet")
+    agent = subprocess.Popen(
+        clrk(
+            "run",
+            "--agent",
+            "bot",
+            "--state-dir",
+            str(stack.state),
+            "--",
+            sys.executable,
+            str(HERE / "agent_loop.py"),
+            "example.test",
+            "other.test",
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(HERE.parents[1])},
+    )
+    # A thread reads the lines: select() on a buffered pipe misses lines already buffered.
+    queue: Queue[str] = Queue()
+    reader = threading.Thread(target=lambda: [queue.put(x) for x in agent.stdout], daemon=True)
+    reader.start()
+    try:
+        lines = []
+
+        def until(predicate, timeout: float):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    line = queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+                except Empty:
+                    break
+                lines.append(json.loads(line))
+                if predicate(lines[-1]):
+                    return lines[-1]
+            raise AssertionError(f"not within {timeout}s: {lines[-5:]} {stack.log()[-2000:]}")
+
+        until(lambda e: e["kind"] == "allowed" and e["result"] == "ok", 20)
+        pid = health["children"][child]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        # The agent's clock and ours are both CLOCK_MONOTONIC.
+        back = until(
+            lambda e: e["kind"] == "allowed" and e["result"] == "ok" and e["t"] > killed, 10
+        )
+        assert back["t"] - killed < 5.0
+        assert all(e["result"] == "refused" for e in lines if e["kind"] == "denied")
+        new = stack.health()["children"][child]
+        assert new["pid"] != pid and new["restarts"] >= 1
+        assert _pid_gone(pid)
+    finally:
+        agent.stdin.close()
+        agent.wait(30)
+        reader.join(5)
+
+
+def _netns_names() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.strip()]
+
+
+def test_the_next_run_in_a_killed_runs_slot_removes_what_it_left(stack):
+    """A SIGKILLed `clrk run` leaves its sandbox, the agent still running in it and its
+    registration (whose addresses the next sandbox in that slot gets).  The next run
+    taking the slot ends that agent and removes all of it, then works as usual; the
+    module's leak check covers links and rules."""
+    sandboxes = stack.state / "sandboxes"
+    killed = subprocess.Popen(
+        clrk("run", "--agent", "bot", "--state-dir", str(stack.state), "--", "sleep", "300"),
+        env={**os.environ, "PYTHONPATH": str(HERE.parents[1])},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not list(sandboxes.glob("*.ack")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (ack,) = sandboxes.glob("*.ack")
+        name = ack.name.removesuffix(".ack")
+        sleepers: list[int] = []
+        while not sleepers and time.monotonic() < deadline:  # it starts after the ack
+            listed = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+            sleepers = [int(p) for p in listed.stdout.split()]
+            time.sleep(0.02)
+        (sleeper,) = sleepers
+    finally:
+        killed.kill()
+        killed.wait(10)
+    assert name in _netns_names() and (sandboxes / f"{name}.json").exists()
+
+    out = stack.run(*CURL, "http://example.test/")
+    assert out.returncode == 0 and "hello" in out.stdout, out.stderr
+    assert name not in _netns_names()
+    assert _pid_gone(sleeper)
+    assert not (sandboxes / f"{name}.json").exists()
+    assert not Path(f"/etc/netns/{name}").exists()
+
+
+def test_up_stops_cleanly(stack):
+    """Last in this module: SIGINT ends every child and removes up.json (the module's
+    leak check then covers namespaces, links and rules)."""
+    pids = [c["pid"] for c in stack.health()["children"].values()]
+    assert all(pids)
+    stack.proc.send_signal(signal.SIGINT)
+    assert stack.proc.wait(30) == 0
+    assert all(_pid_gone(pid) for pid in pids)
+    assert not (stack.state / "up.json").exists()
