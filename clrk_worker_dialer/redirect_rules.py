@@ -4,6 +4,9 @@ Transparent mode: the agent lives in its own network namespace joined to the hos
 namespace (where the dialer runs) by a veth pair.  Everything the agent sends arrives on
 the host side of that pair, and PREROUTING rules hand it to the dialer:
 
+- Only the sandbox's own addresses may send (raw): a packet with any other source is
+  logged over NFLOG (the dialer records it as `unknown_agent`) and dropped, so one agent
+  cannot speak as another even with an address it should never have been able to add.
 - TCP is REDIRECTed (nat): the dialer reads the original destination with
   `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`.  TCP/53 goes to the DNS port.
 - UDP is TPROXYed (mangle): the datagram keeps its destination, so the dialer's
@@ -31,7 +34,11 @@ Argv = tuple[str, ...]
 IFNAMSIZ = 15  # usable bytes of a Linux interface name
 CHAIN_NAME_MAX = 28  # xtables chain names: 29 bytes including the NUL
 IPV4_LINKS = ipaddress.ip_network("198.18.0.0/15")
-IPV6_LINKS = ipaddress.ip_network("2001:db8:ffff::/48")
+# A unique local (ULA, RFC 4193) /48 of its own, global ID "clrk" (63 6c 72 6b 00): no
+# operator allows it by accident, unlike the documentation range the links used before.
+IPV6_LINKS = ipaddress.ip_network("fd63:6c72:6b00::/48")
+# The NFLOG group of the anti-spoofing rules; the dialer of the host namespace listens.
+DEFAULT_SPOOF_LOG_GROUP = 7011
 CHAIN_PREFIX = "CLRK-"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -72,7 +79,9 @@ class SandboxSpec:
     """One agent sandbox: its namespace, veth pair, link addresses and the dialer's ports.
 
     link_v4 is a /30 inside 198.18.0.0/15 (host side .1, agent side .2); link_v6 a /64 or
-    smaller inside 2001:db8:ffff::/48 (host ::1, agent ::2).
+    smaller inside fd63:6c72:6b00::/48 (host ::1, agent ::2).  Packets from the sandbox
+    link with any other source are dropped and logged to NFLOG group `spoof_log_group`
+    (prefix: the sandbox name), where the dialer records them as `unknown_agent`.
     """
 
     name: str
@@ -86,6 +95,7 @@ class SandboxSpec:
     fwmark: int = 0x1
     route_table: int = 100
     host_netns: str | None = None
+    spoof_log_group: int = DEFAULT_SPOOF_LOG_GROUP
 
     def __post_init__(self) -> None:
         _check_name("namespace name", self.name)
@@ -100,6 +110,8 @@ class SandboxSpec:
             _check_port(kind, port)
         _check_port("dns_port", self.dns_port)
         _check_mark("fwmark", self.fwmark)
+        if not 0 < self.spoof_log_group < 65536:
+            raise SpecError(f"spoof_log_group {self.spoof_log_group} is not an NFLOG group")
         if not 0 < self.route_table < 2**32 or self.route_table in (253, 254, 255):
             raise SpecError(f"route_table {self.route_table} is reserved or out of range")
         v4 = ipaddress.ip_network(self.link_v4)
@@ -150,6 +162,7 @@ def spec_for_index(
     agent_if: str = "eth0",
     fwmark: int = 0x1,
     route_table: int = 100,
+    spoof_log_group: int = DEFAULT_SPOOF_LOG_GROUP,
 ) -> SandboxSpec:
     """The index-th sandbox of a host namespace: its own /30 and /64, veth `clrk<index>`.
 
@@ -172,6 +185,7 @@ def spec_for_index(
         fwmark=fwmark,
         route_table=route_table,
         host_netns=host_netns,
+        spoof_log_group=spoof_log_group,
     )
 
 
@@ -303,12 +317,31 @@ def _chain_steps(
     return steps
 
 
+def _anti_spoofing(spec: SandboxSpec, family: int) -> tuple[tuple[str, ...], ...]:
+    """raw rules: only the sandbox's own address may send from its link.  Anything else
+    (another sandbox's address, an address the agent made up) is logged to the dialer
+    over NFLOG, which records it as `unknown_agent`, and dropped before connection
+    tracking sees it, so it can never join a connection of the agent it claims to be."""
+    own = f"{spec.agent_v4}/32" if family == 4 else f"{spec.agent_v6}/128"
+    rules: list[tuple[str, ...]] = [("-s", own, "-j", "RETURN")]
+    if family == 6:
+        # Neighbour discovery and MLD speak from link-local or unspecified addresses.
+        rules += [("-p", "ipv6-icmp", "-s", src, "-j", "RETURN") for src in ("fe80::/10", "::/128")]
+    rules += [
+        ("-j", "NFLOG", "--nflog-group", str(spec.spoof_log_group), "--nflog-prefix", spec.name),
+        ("-j", "DROP"),
+    ]
+    return tuple(rules)
+
+
 def interception_steps(spec: SandboxSpec) -> list[Step]:
-    """The per-sandbox chains in the host namespace, v4 then v6, nat then mangle."""
+    """The per-sandbox chains in the host namespace, v4 then v6: raw (anti-spoofing),
+    nat (TCP), mangle (UDP)."""
     h, chain, mark = spec.host_netns, spec.chain, _mark(spec.fwmark)
     steps: list[Step] = []
     for family in (4, 6):
         for table, rules in (
+            ("raw", _anti_spoofing(spec, family)),
             ("nat", _redirect_tcp(spec.dns_port, spec.tcp_port)),
             ("mangle", _tproxy_udp(spec.dns_port, spec.udp_port, mark)),
         ):

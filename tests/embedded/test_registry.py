@@ -13,10 +13,10 @@ from clrk_worker_dialer.identity import Identity
 
 
 def test_entry_round_trip():
-    text = registry.entry_text("default/bot", ["198.18.0.6", "2001:db8:ffff:1::2"])
+    text = registry.entry_text("default/bot", ["198.18.0.6", "fd63:6c72:6b00:1::2"])
     assert registry.parse_entry(text) == {
         "198.18.0.6": "default/bot",
-        "2001:db8:ffff:1::2": "default/bot",
+        "fd63:6c72:6b00:1::2": "default/bot",
     }
 
 

@@ -28,8 +28,8 @@ def test_sources_are_registered_and_normalised():
     ident = Identity.of({"198.18.0.2": "default/agent-a"})
     assert ident.for_source(P, GATEWAY, "::ffff:198.18.0.2").name == "agent-a"
     assert ident.for_source(P, GATEWAY, "198.18.0.6") is None
-    ident.register("2001:db8:ffff::2", "other/agent-b")
-    assert ident.for_source(P, GATEWAY, "2001:DB8:FFFF::2").namespace == "other"
+    ident.register("fd63:6c72:6b00::2", "other/agent-b")
+    assert ident.for_source(P, GATEWAY, "FD63:6C72:6B00::2").namespace == "other"
     ident.unregister("198.18.0.2")
     assert ident.for_source(P, GATEWAY, "198.18.0.2") is None
     assert ident.source_ref("not an ip") is None

@@ -32,7 +32,7 @@ def _spec(**overrides) -> SandboxSpec:
         host_if="clrk1",
         agent_if="eth0",
         link_v4="198.18.0.4/30",
-        link_v6="2001:db8:ffff:1::/64",
+        link_v6="fd63:6c72:6b00:1::/64",
         tcp_port=15001,
         udp_port=15002,
         dns_port=15053,
@@ -50,7 +50,24 @@ CHAIN = "CLRK-clrk-a-x1"
 
 
 def _chain_commands(tables: tuple[str, ...]) -> list[tuple[str, ...]]:
+    v6 = tables[-2] == "ip6tables"
+    own = "fd63:6c72:6b00:1::2/128" if v6 else "198.18.0.6/32"
+    link_local = (
+        [
+            (*tables, "-t", "raw", "-A", CHAIN, "-p", "ipv6-icmp", "-s", src, "-j", "RETURN")
+            for src in ("fe80::/10", "::/128")
+        ]
+        if v6
+        else []
+    )
     return [
+        (*tables, "-t", "raw", "-N", CHAIN),
+        (*tables, "-t", "raw", "-A", CHAIN, "-s", own, "-j", "RETURN"),
+        *link_local,
+        (*tables, "-t", "raw", "-A", CHAIN, "-j", "NFLOG", "--nflog-group", "7011",
+         "--nflog-prefix", "clrk-a-x1"),
+        (*tables, "-t", "raw", "-A", CHAIN, "-j", "DROP"),
+        (*tables, "-t", "raw", "-A", "PREROUTING", "-i", "clrk1", "-j", CHAIN),
         (*tables, "-t", "nat", "-N", CHAIN),
         (*tables, "-t", "nat", "-A", CHAIN, "-p", "tcp", "--dport", "53", "-j", "REDIRECT",
          "--to-ports", "15053"),
@@ -70,17 +87,17 @@ EXPECTED_SETUP = [
     ("ip", "-n", "gw", "link", "add", "clrk1", "type", "veth", "peer", "name", "eth0", "netns",
      "clrk-a-x1"),
     ("ip", "-n", "gw", "addr", "add", "198.18.0.5/30", "dev", "clrk1"),
-    ("ip", "-n", "gw", "-6", "addr", "add", "2001:db8:ffff:1::1/64", "dev", "clrk1", "nodad"),
+    ("ip", "-n", "gw", "-6", "addr", "add", "fd63:6c72:6b00:1::1/64", "dev", "clrk1", "nodad"),
     *_chain_commands(IPT),
     *_chain_commands(IP6T),
     ("ip", "-n", "gw", "link", "set", "clrk1", "up"),
     ("ip", "-n", "clrk-a-x1", "link", "set", "lo", "up"),
     ("ip", "-n", "clrk-a-x1", "addr", "add", "198.18.0.6/30", "dev", "eth0"),
-    ("ip", "-n", "clrk-a-x1", "-6", "addr", "add", "2001:db8:ffff:1::2/64", "dev", "eth0",
+    ("ip", "-n", "clrk-a-x1", "-6", "addr", "add", "fd63:6c72:6b00:1::2/64", "dev", "eth0",
      "nodad"),
     ("ip", "-n", "clrk-a-x1", "link", "set", "eth0", "up"),
     ("ip", "-n", "clrk-a-x1", "route", "add", "default", "via", "198.18.0.5", "dev", "eth0"),
-    ("ip", "-n", "clrk-a-x1", "-6", "route", "add", "default", "via", "2001:db8:ffff:1::1",
+    ("ip", "-n", "clrk-a-x1", "-6", "route", "add", "default", "via", "fd63:6c72:6b00:1::1",
      "dev", "eth0"),
     ("ip", "-n", "gw", "-4", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"),
     ("ip", "-n", "gw", "-4", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100"),
@@ -102,12 +119,18 @@ def test_teardown_undoes_in_reverse_order():
         (*IP6T, "-t", "nat", "-D", "PREROUTING", "-i", "clrk1", "-j", CHAIN),
         (*IP6T, "-t", "nat", "-F", CHAIN),
         (*IP6T, "-t", "nat", "-X", CHAIN),
+        (*IP6T, "-t", "raw", "-D", "PREROUTING", "-i", "clrk1", "-j", CHAIN),
+        (*IP6T, "-t", "raw", "-F", CHAIN),
+        (*IP6T, "-t", "raw", "-X", CHAIN),
         (*IPT, "-t", "mangle", "-D", "PREROUTING", "-i", "clrk1", "-j", CHAIN),
         (*IPT, "-t", "mangle", "-F", CHAIN),
         (*IPT, "-t", "mangle", "-X", CHAIN),
         (*IPT, "-t", "nat", "-D", "PREROUTING", "-i", "clrk1", "-j", CHAIN),
         (*IPT, "-t", "nat", "-F", CHAIN),
         (*IPT, "-t", "nat", "-X", CHAIN),
+        (*IPT, "-t", "raw", "-D", "PREROUTING", "-i", "clrk1", "-j", CHAIN),
+        (*IPT, "-t", "raw", "-F", CHAIN),
+        (*IPT, "-t", "raw", "-X", CHAIN),
         ("ip", "-n", "gw", "link", "del", "clrk1"),
         ("ip", "netns", "del", "clrk-a-x1"),
     ]
@@ -154,7 +177,7 @@ def test_policy_routing_uses_mark_and_table():
 def test_addresses():
     spec = _spec()
     assert (spec.host_v4, spec.agent_v4) == ("198.18.0.5", "198.18.0.6")
-    assert (spec.host_v6, spec.agent_v6) == ("2001:db8:ffff:1::1", "2001:db8:ffff:1::2")
+    assert (spec.host_v6, spec.agent_v6) == ("fd63:6c72:6b00:1::1", "fd63:6c72:6b00:1::2")
 
 
 @pytest.mark.parametrize(
@@ -169,7 +192,10 @@ def test_addresses():
         {"link_v4": "10.0.0.0/30"},
         {"link_v4": "198.18.0.0/29"},
         {"link_v6": "2001:db8:1::/64"},
-        {"link_v6": "2001:db8:ffff::/48"},
+        {"link_v6": "fd63:6c72:6b00::/48"},
+        {"link_v6": "2001:db8:ffff:1::/64"},  # the documentation range links used before
+        {"spoof_log_group": 0},
+        {"spoof_log_group": 65536},
         {"link_v6": "198.18.0.4/30"},
         {"tcp_port": 0},
         {"udp_port": 65536},
@@ -191,7 +217,7 @@ def test_spec_for_index_gives_disjoint_valid_links(index):
     spec = spec_for_index(index, f"clrk-a-{index}", tcp_port=1, udp_port=2, dns_port=3)
     assert spec.link_v4 == f"198.18.{(4 * index) // 256}.{(4 * index) % 256}/30"
     assert ipaddress.ip_network(spec.link_v6) == ipaddress.ip_network(
-        f"2001:db8:ffff:{index:x}::/64"
+        f"fd63:6c72:6b00:{index:x}::/64"
     )
     assert len(spec.host_if) <= 15
 
