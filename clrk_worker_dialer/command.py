@@ -60,6 +60,11 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--udp-idle-timeout", default=60.0, show_default=True, type=float)
 @click.option("--no-watch", is_flag=True, help="Do not reload the manifests on change.")
 @click.option("--sandboxes", help="Directory where `clrk run` registers its sandboxes.")
+@click.option(
+    "--spoof-log-group",
+    type=click.IntRange(1, 65535),
+    help="Record what the sandboxes' anti-spoofing rules drop (their NFLOG group).",
+)
 @click.option("--ready-file", help="Written once every listener is up.")
 @click.option("--log-level", default="info", show_default=True)
 def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tcp,
@@ -67,7 +72,7 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
            socks5, http_connect, next_hop_host, next_hop_base_port, next_hop_socket_dir,
            resolvers, own,
            records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
-           sandboxes, ready_file, log_level) -> None:  # fmt: skip
+           sandboxes, spoof_log_group, ready_file, log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk.nexthops import check_socket_dir, socket_dir_problem
     from clrk_runtime import logs
@@ -98,6 +103,7 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
         watch=not no_watch,
         control_plane=control_plane,
         sandboxes_dir=sandboxes,
+        spoof_log_group=spoof_log_group,
     )
     if not paths and not control_plane:
         raise click.UsageError("give manifests (-f) or --control-plane")

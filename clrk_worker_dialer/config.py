@@ -50,6 +50,7 @@ class DialerConfig:
     watch: bool = True
     control_plane: str | None = None  # host:port of the policy stream, instead of files
     sandboxes_dir: str | None = None  # `clrk run` registers sandbox address -> agent here
+    spoof_log_group: int | None = None  # NFLOG group of the sandboxes' anti-spoofing rules
 
     @property
     def gateway_key(self) -> tuple[str, str]:

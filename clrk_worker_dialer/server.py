@@ -56,6 +56,7 @@ class Dialer:
         self.bound: dict[str, list[Address]] = {}
         self._watcher: asyncio.Task | None = None
         self._registry: asyncio.Task | None = None
+        self.spoof_log = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -67,6 +68,11 @@ class Dialer:
         else:
             self.state.load()  # an invalid policy at start-up is fatal: nothing to enforce
         state, cfg = self.state, self.config
+        if cfg.spoof_log_group is not None:
+            from clrk_worker_dialer.spoof_log import SpoofLog
+
+            self.spoof_log = SpoofLog(state, cfg.spoof_log_group, cfg.udp_idle_timeout)
+            self.spoof_log.start()  # before any sandbox is served: no spoofed flow unrecorded
         if cfg.sandboxes_dir:
             # Read every registered sandbox before serving, so a restarted dialer still
             # knows the agents of sandboxes that kept running; then follow the directory.
@@ -157,6 +163,8 @@ class Dialer:
             server.close()
         if self.udp is not None:
             self.udp.close()
+        if self.spoof_log is not None:
+            self.spoof_log.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clrk.policy import PolicySet
+from clrk_worker_dialer.redirect_rules import DEFAULT_SPOOF_LOG_GROUP
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,8 @@ def stack(
         f"{lo}:{ports.http_connect}",
         "--next-hop-socket-dir",
         str(sockets),
+        "--spoof-log-group",
+        str(DEFAULT_SPOOF_LOG_GROUP),  # what `clrk run`'s anti-spoofing rules log to
         "--ready-file",
         str(ready),
     ]
