@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := iptables dnsmasq dig nc curl openssl ip
 SYSTEM_PKGS := iptables dnsmasq-base bind9-dnsutils netcat-openbsd curl openssl iproute2
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clrk_runtime/protos.py
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing=1; done; \

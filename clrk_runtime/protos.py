@@ -29,14 +29,14 @@ def proto_files() -> list[Path]:
     return sorted(PROTO_ROOT.rglob("*.proto"))
 
 
-def generate() -> None:
+def generate(out_dir: Path = OUT_DIR) -> None:
     """Run protoc (from grpcio-tools) over every .proto and swap the result in whole."""
     from grpc_tools import protoc
 
     sources = proto_files()
     if not (PROTO_ROOT / PROTO_FILE).is_file():
         raise RuntimeError(f"cannot generate {MODULE}: {PROTO_ROOT / PROTO_FILE} is missing")
-    tmp = Path(tempfile.mkdtemp(prefix="_proto.", dir=PACKAGE_DIR))
+    tmp = Path(tempfile.mkdtemp(prefix="_proto.", dir=out_dir.parent))
     try:
         args = [
             "protoc",
@@ -50,12 +50,21 @@ def generate() -> None:
         (tmp / ".gitignore").write_text("*\n")
         for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
             (d / "__init__.py").touch()
+        readable_by_all(tmp)
         # Another process may have generated it meanwhile: either copy is the same.
-        if OUT_DIR.exists():
-            shutil.rmtree(OUT_DIR, ignore_errors=True)
-        os.replace(tmp, OUT_DIR)
+        if out_dir.exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def readable_by_all(root: Path) -> None:
+    """Generated code is no secret, and every user of the CLI (`clrk apply` need not run
+    as root) imports it: mkdtemp made the directory 0700 and the umask may be strict."""
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def load(module: str = MODULE) -> ModuleType:
