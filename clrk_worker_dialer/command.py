@@ -40,6 +40,12 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--gateway", required=True, help="EgressGateway to enforce: NAMESPACE/NAME.")
 @click.option("--agent-source", "sources", multiple=True, help="ADDRESS=NAMESPACE/AGENT.")
 @click.option("--default-agent", help="The one agent of a sidecar: NAMESPACE/AGENT.")
+@click.option(
+    "--proxy-credentials",
+    type=click.Path(file_okay=False),
+    help="Explicit mode: directory of per-agent tokens (file NAMESPACE_NAME) the proxy "
+    "password must match; without one only --default-agent may use the proxies.",
+)
 @click.option("--transparent-tcp", multiple=True, help="Where REDIRECTed TCP arrives.")
 @click.option("--transparent-udp", multiple=True, help="Where TPROXYed UDP arrives.")
 @click.option("--dns", multiple=True, help="Where DNS (UDP TPROXY and TCP REDIRECT) arrives.")
@@ -67,12 +73,11 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--ready-file", help="Written once every listener is up.")
 @click.option("--log-level", default="info", show_default=True)
-def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tcp,
-           transparent_udp, dns,
-           socks5, http_connect, next_hop_host, next_hop_base_port, next_hop_socket_dir,
-           resolvers, own,
-           records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
-           sandboxes, spoof_log_group, ready_file, log_level) -> None:  # fmt: skip
+def dialer(paths, control_plane, gateway, sources, default_agent, proxy_credentials,
+           transparent_tcp, transparent_udp, dns, socks5, http_connect, next_hop_host,
+           next_hop_base_port, next_hop_socket_dir, resolvers, own, records_path,
+           otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch, sandboxes,
+           spoof_log_group, ready_file, log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk.nexthops import check_socket_dir, socket_dir_problem
     from clrk_runtime import logs
@@ -86,6 +91,7 @@ def dialer(paths, control_plane, gateway, sources, default_agent, transparent_tc
         gateway=gateway,
         sources=_sources(sources),
         default_agent=default_agent,
+        proxy_credentials_dir=proxy_credentials,
         transparent_tcp=_addresses(transparent_tcp),
         transparent_udp=_addresses(transparent_udp),
         dns=_addresses(dns),

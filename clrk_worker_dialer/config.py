@@ -32,6 +32,8 @@ class DialerConfig:
     gateway: str  # namespace/name, or a name in `default`
     sources: dict[str, str] = field(default_factory=dict)  # sandbox address -> agent ref
     default_agent: str | None = None
+    # Explicit mode: per-agent tokens the proxy password must match (proxy_credentials)
+    proxy_credentials_dir: str | None = None
     transparent_tcp: list[Address] = field(default_factory=list)
     transparent_udp: list[Address] = field(default_factory=list)
     dns: list[Address] = field(default_factory=list)  # UDP (TPROXY) and TCP (REDIRECT)

@@ -1,6 +1,7 @@
 """Explicit mode (SPEC 5.1): SOCKS5 (CONNECT, UDP ASSOCIATE) and HTTP CONNECT on loopback.
 
-The agent is named by the proxy username (or the configured default agent).  A hostname
+The agent is named by the proxy username with its credential as the password, or is the
+configured default agent (clrk_worker_dialer.identity).  A hostname
 target is resolved by the dialer itself through the same DNS policy as transparent mode,
 bound for that agent, and the checked IP is dialed: there is no window in which the name
 could be re-resolved to somewhere else.  The decision is the same TcpSession's.
@@ -79,14 +80,13 @@ class ExplicitFront(AgentSide):
         # The ClientHello only comes once the client believes the tunnel is up.
         self._outcome(True, None)
 
-    def open(self, host: str, port: int, is_name: bool, username: str | None, leftover: bytes):
+    def open(self, host: str, port: int, is_name: bool, agent, leftover: bytes) -> None:
         self.transport.pause_reading()
-        self.task = self.loop.create_task(self._open(host, port, is_name, username, leftover))
+        self.task = self.loop.create_task(self._open(host, port, is_name, agent, leftover))
 
-    async def _open(self, host, port, is_name, username, leftover) -> None:
+    async def _open(self, host, port, is_name, agent, leftover) -> None:
         state = self.state
         policy = state.policy
-        agent = state.agent_for_user(username)
         name = host if is_name else None
         if is_name:
             addresses, filtered = ([], None)
@@ -159,7 +159,8 @@ class HttpConnectFront(ExplicitFront):
             self.transport.write(http_connect.rejection(result))
             self.transport.close()
             return
-        self.open(result.host, result.port, result.is_name, result.username, result.leftover)
+        agent = self.state.agent_for_proxy(result.username, result.password)
+        self.open(result.host, result.port, result.is_name, agent, result.leftover)
 
     def success(self) -> bytes:
         return http_connect.established()
@@ -189,14 +190,14 @@ class Socks5Front(ExplicitFront):
                 self.transport.close()
                 return
             elif isinstance(event, socks5.Request):
+                agent = self.state.agent_for_proxy(event.username, event.password)
                 if event.command is socks5.Command.UDP_ASSOCIATE:
-                    self._associate(event.username)
+                    self._associate(agent)
                 else:
-                    self.open(event.host, event.port, event.is_name, event.username, event.leftover)
+                    self.open(event.host, event.port, event.is_name, agent, event.leftover)
                 return
 
-    def _associate(self, username: str | None) -> None:
-        agent = self.state.agent_for_user(username)
+    def _associate(self, agent) -> None:
         local = self.transport.get_extra_info("sockname")
         try:
             self.association = UdpAssociation(self, agent, local[0])

@@ -5,9 +5,10 @@ ConnectRequestParser is fed the bytes the agent sends until it returns a Connect
 (the shell writes rejection(...) and closes). The head is bounded (16 KiB, 100 header
 lines) and nothing the client sends makes the parser raise.
 
-Identity: `Proxy-Authorization: Basic base64(user:pass)` names the agent; the password is
-ignored (curl sends `agent-a:` for `http://agent-a@proxy:port`). A request without it has
-username None and the shell applies its default agent or answers 407.
+Identity: `Proxy-Authorization: Basic base64(user:pass)` names the agent and carries its
+proxy credential as the password (curl sends `agent-a:` for `http://agent-a@proxy:port`);
+the shell checks both (clrk_worker_dialer.identity). A request without it has username
+and password None.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ConnectRequest:
     is_name: bool
     username: str | None
     leftover: bytes = b""
+    password: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,12 @@ def _parse_head(head: bytes, leftover: bytes, max_header_lines: int) -> ConnectR
     authority = _parse_authority(target)
     if isinstance(authority, Rejected):
         return authority
-    username = _username(headers)
-    if isinstance(username, Rejected):
-        return username
+    credentials = _credentials(headers)
+    if isinstance(credentials, Rejected):
+        return credentials
     host, port, is_name = authority
-    return ConnectRequest(host, port, is_name, username, leftover)
+    username, password = credentials
+    return ConnectRequest(host, port, is_name, username, leftover, password)
 
 
 def _parse_authority(target: str) -> tuple[str, int, bool] | Rejected:
@@ -144,7 +147,7 @@ def _parse_authority(target: str) -> tuple[str, int, bool] | Rejected:
     return host[0], port, host[1]
 
 
-def _username(headers: list[str]) -> str | Rejected | None:
+def _credentials(headers: list[str]) -> tuple[str | None, str | None] | Rejected:
     values = []
     for line in headers:
         if line[:1] in (" ", "\t"):
@@ -155,7 +158,7 @@ def _username(headers: list[str]) -> str | Rejected | None:
         if name.lower() == "proxy-authorization":
             values.append(value.strip(" \t"))
     if not values:
-        return None
+        return None, None
     if len(values) > 1:
         # Two identities in one request: which one would a log reader believe?
         return Rejected(400, "more than one Proxy-Authorization header")
@@ -166,13 +169,13 @@ def _username(headers: list[str]) -> str | Rejected | None:
         decoded = base64.b64decode(credentials.strip(" "), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
         return Rejected(400, "malformed Basic credentials")
-    user, sep, _password = decoded.partition(":")
+    user, sep, password = decoded.partition(":")
     if not sep:
         return Rejected(400, "malformed Basic credentials")
     # Usernames end up in records and logs: no empty or unprintable identities.
     if not user or not user.isprintable():
         return Rejected(407, "invalid proxy username")
-    return user
+    return user, password
 
 
 def established() -> bytes:

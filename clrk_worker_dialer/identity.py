@@ -1,5 +1,6 @@
-"""Who is connecting (SPEC 5.1): by the sandbox source address, by the proxy username,
-or the one agent configured for a sidecar.  Pure lookups over the compiled policy.
+"""Who is connecting (SPEC 5.1): by the sandbox source address, by the proxy username and
+its credential, or the one agent configured for a sidecar.  Pure lookups over the
+compiled policy (credentials come in as a lookup function).
 
 An agent is known to a gateway only if it is declared (DaemonAgent/TaskAgent) and its
 `egressRefs` name that gateway; anything else is no agent, and is denied
@@ -9,10 +10,11 @@ An agent is known to a gateway only if it is declared (DaemonAgent/TaskAgent) an
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from clrk.policy import Agent, PolicySet
+from clrk_worker_dialer.proxy_credentials import matches
 
 GatewayKey = tuple[str, str]
 
@@ -63,7 +65,25 @@ class Identity:
     def for_source(self, policies: PolicySet, gateway: GatewayKey, ip: str) -> Agent | None:
         return find_agent(policies, gateway, self.source_ref(ip))
 
-    def for_username(
-        self, policies: PolicySet, gateway: GatewayKey, username: str | None
+    def for_proxy(
+        self,
+        policies: PolicySet,
+        gateway: GatewayKey,
+        username: str | None,
+        password: str | None,
+        token_for: Callable[[str], str | None],
     ) -> Agent | None:
-        return find_agent(policies, gateway, username or self.default)
+        """Explicit mode: a username alone never selects an agent.  An agent with a
+        credential (`token_for(ref)`) is selected only with its token as the password;
+        without one, only the configured default agent may be used (no username, or its
+        name).  Anything else is no agent: denied `unknown_agent`."""
+        default = find_agent(policies, gateway, self.default)
+        if not username:
+            return default
+        agent = find_agent(policies, gateway, username)
+        if agent is None:
+            return None
+        token = token_for(agent.ref)
+        if token is not None:
+            return agent if matches(token, password) else None
+        return agent if agent == default else None

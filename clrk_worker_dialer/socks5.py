@@ -5,10 +5,12 @@ shell writes every Send, then acts on the terminal event: a Request (dial, then 
 reply(...)) or a Fail (close; any bytes the client should see came as a Send before it).
 It never raises on client input, and every message is bounded by its own length fields.
 
-Identity: the username of the RFC 1929 sub-negotiation names the agent. The constructor's
-`check_user(username) -> bool` is asked during the sub-negotiation, so an unknown agent is
-refused there (status 0x01) before it may send a request; without it every well-formed
-username is accepted and the shell can refuse later with reply(Reply.NOT_ALLOWED).
+Identity: the username of the RFC 1929 sub-negotiation names the agent and the password
+carries its proxy credential (the shell checks both: clrk_worker_dialer.identity). The
+constructor's `check_user(username) -> bool` is asked during the sub-negotiation, so an
+unknown agent is refused there (status 0x01) before it may send a request; without it
+every well-formed username is accepted and the shell can refuse later with
+reply(Reply.NOT_ALLOWED).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Request:
     domain-typed address that is an IP literal counts as an IP. For UDP ASSOCIATE host and
     port are what the client says it will send from (often 0.0.0.0:0). leftover holds the
     bytes that followed the request in the same feed (pipelining clients): they belong to
-    the tunnel. username is None when the client chose no authentication.
+    the tunnel. username and password are None when the client chose no authentication.
     """
 
     command: Command
@@ -77,6 +79,7 @@ class Request:
     is_name: bool
     username: str | None
     leftover: bytes = b""
+    password: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class Socks5Handshake:
         self._phase = _Phase.GREETING
         self._buf = b""
         self.username: str | None = None
+        self.password: str | None = None
 
     @property
     def done(self) -> bool:
@@ -230,15 +234,20 @@ class Socks5Handshake:
         ulen = buf[1]
         if len(buf) < 3 + ulen:
             return None
-        plen = buf[2 + ulen]  # the password must parse; its value is not used
+        plen = buf[2 + ulen]
         if len(buf) < 3 + ulen + plen:
             return None
-        raw_user = buf[2 : 2 + ulen]
+        raw_user, raw_password = buf[2 : 2 + ulen], buf[3 + ulen : 3 + ulen + plen]
         self._consume(3 + ulen + plen)
         try:
             username = raw_user.decode("utf-8")
         except UnicodeDecodeError:
             username = ""
+        try:
+            password: str | None = raw_password.decode("utf-8")
+        except UnicodeDecodeError:
+            password = None  # matches no token
+
         # Usernames end up in records and logs: no empty or unprintable identities.
         if not username or not username.isprintable():
             return self._finish(_fail(Reply.NOT_ALLOWED, "bad_username", _AUTH_FAILED))
@@ -249,7 +258,7 @@ class Socks5Handshake:
                 known = False  # fail closed on a broken lookup
             if not known:
                 return self._finish(_fail(Reply.NOT_ALLOWED, "unknown_user", _AUTH_FAILED))
-        self.username = username
+        self.username, self.password = username, password
         self._phase = _Phase.REQUEST
         return [Send(_AUTH_OK)]
 
@@ -274,7 +283,8 @@ class Socks5Handshake:
         if port == 0 and cmd == Command.CONNECT:
             return self._finish(_refuse(Reply.GENERAL_FAILURE, "bad_port"))
         leftover = buf[end:]
-        return self._finish([Request(Command(cmd), host, port, is_name, self.username, leftover)])
+        request = Request(Command(cmd), host, port, is_name, self.username, leftover, self.password)
+        return self._finish([request])
 
 
 def _parse_address(buf: bytes, pos: int) -> tuple[str, int, bool, int] | Fail | None:

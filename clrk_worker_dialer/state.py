@@ -23,6 +23,7 @@ from clrk_runtime.logs import fields
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
 from clrk_worker_dialer.dns_binding import BindingCache
 from clrk_worker_dialer.identity import Identity
+from clrk_worker_dialer.proxy_credentials import ProxyCredentials
 from clrk_worker_dialer.session import Flow
 
 log = logging.getLogger("clrk.dialer")
@@ -43,6 +44,7 @@ class DialerState:
         self.config = config
         self.writer = writer
         self.identity = Identity.of(config.sources, config.default_agent)
+        self.proxy_credentials = ProxyCredentials(config.proxy_credentials_dir)
         self.bindings = BindingCache()
         self.policies: PolicySet | None = None
         self.policy: GatewayPolicy | None = None
@@ -95,9 +97,15 @@ class DialerState:
         assert self.policies is not None
         return self.identity.for_source(self.policies, self.config.gateway_key, ip)
 
-    def agent_for_user(self, username: str | None) -> Agent | None:
+    def agent_for_proxy(self, username: str | None, password: str | None) -> Agent | None:
         assert self.policies is not None
-        return self.identity.for_username(self.policies, self.config.gateway_key, username)
+        return self.identity.for_proxy(
+            self.policies,
+            self.config.gateway_key,
+            username,
+            password,
+            self.proxy_credentials.token_for,
+        )
 
     def names(self, agent: Agent | None, ip: str) -> frozenset[str]:
         key = agent_key(agent)

@@ -42,11 +42,14 @@ def labels(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def proxy_env(agent: str, socks5_port: int, http_port: int, host: str = "127.0.0.1") -> dict:
-    """The explicit proxies with the agent as username (the dialer's identity for
-    explicit mode).  socks5h: the proxy resolves names, so the dialer binds them.  The
-    dialer's HTTP proxy speaks only CONNECT, so plain-HTTP clients get SOCKS5 too."""
-    user = quote(agent, safe="")
+def proxy_env(
+    agent: str, token: str, socks5_port: int, http_port: int, host: str = "127.0.0.1"
+) -> dict:
+    """The explicit proxies with the agent as username and its proxy credential as the
+    password (the dialer's identity for explicit mode).  socks5h: the proxy resolves
+    names, so the dialer binds them.  The dialer's HTTP proxy speaks only CONNECT, so
+    plain-HTTP clients get SOCKS5 too."""
+    user = f"{quote(agent, safe='')}:{quote(token, safe='')}"
     socks = f"socks5h://{user}@{host}:{socks5_port}"
     env = {
         "ALL_PROXY": socks,

@@ -26,15 +26,17 @@ def test_labels():
         agent_env.labels(["novalue"])
 
 
-def test_proxy_env_names_the_agent():
-    env = agent_env.proxy_env("default/bot", 1080, 3128)
+def test_proxy_env_names_the_agent_with_its_token_as_the_password():
+    env = agent_env.proxy_env("default/bot", "t0ken-_x", 1080, 3128)
     all_proxy = urlsplit(env["ALL_PROXY"])
     assert all_proxy.scheme == "socks5h" and all_proxy.port == 1080
     assert unquote(all_proxy.username) == "default/bot"
+    assert unquote(all_proxy.password) == "t0ken-_x"
     assert env["HTTP_PROXY"] == env["ALL_PROXY"] == env["http_proxy"]
     https = urlsplit(env["HTTPS_PROXY"])
     assert https.scheme == "http" and https.port == 3128 and env["https_proxy"] == https.geturl()
     assert unquote(https.username) == "default/bot"
+    assert unquote(https.password) == "t0ken-_x"
     assert env["NO_PROXY"] == ""
 
 

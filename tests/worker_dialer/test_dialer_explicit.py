@@ -13,12 +13,14 @@ import socket
 import subprocess
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 
 from clrk.records.query import iter_records, select
 from clrk_worker_dialer import proxy_v2
 from clrk_worker_dialer.config import DialerConfig
+from clrk_worker_dialer.proxy_credentials import ensure_token
 from clrk_worker_dialer.server import Dialer
 from tests.e2e.topology import dnsmasq_args
 
@@ -44,6 +46,11 @@ spec:
 apiVersion: clrk.apoxy.dev/v1alpha1
 kind: DaemonAgent
 metadata: {name: bot}
+spec: {egressRefs: [{gatewayRef: gw}]}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: helper}
 spec: {egressRefs: [{gatewayRef: gw}]}
 """
 
@@ -93,9 +100,12 @@ def stack(tmp_path_factory):
     hop = NextHop()
     hop.start()
     socks, http = free_port(), free_port()
+    credentials = work / "credentials"  # bot has a token; helper has none
+    token = ensure_token(credentials, "default/bot")
     config = DialerConfig(
         manifests=[str(work / "policy.yaml")],
         gateway="default/gw",
+        proxy_credentials_dir=str(credentials),
         socks5=("127.0.0.1", socks),
         http_connect=("127.0.0.1", http),
         next_hop_base_port=hop.sock.getsockname()[1],
@@ -111,7 +121,7 @@ def stack(tmp_path_factory):
     time.sleep(0.3)  # dnsmasq up
     try:
         yield {"socks": socks, "http": http, "hop": hop, "records": work / "records.jsonl",
-               "dialer": dialer}  # fmt: skip
+               "dialer": dialer, "token": token, "credentials": credentials}  # fmt: skip
     finally:
         asyncio.run_coroutine_threadsafe(dialer.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -128,10 +138,14 @@ def curl(proxy: list[str], url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def proxies(stack, user: str = "bot") -> list[list[str]]:
+def proxies(stack, user: str = "bot", password: str | None = None) -> list[list[str]]:
+    """curl's proxy options for both protocols; bot's token by default."""
+    if password is None:
+        password = stack["token"] if user == "bot" else "x"
+    who = f"{quote(user, safe='')}:{password}"
     return [
-        ["--proxy", f"socks5h://{user}@127.0.0.1:{stack['socks']}"],
-        ["--proxytunnel", "--proxy", f"http://{user}@127.0.0.1:{stack['http']}"],
+        ["--proxy", f"socks5h://{who}@127.0.0.1:{stack['socks']}"],
+        ["--proxytunnel", "--proxy", f"http://{who}@127.0.0.1:{stack['http']}"],
     ]
 
 
@@ -179,7 +193,38 @@ def test_an_unknown_username_is_refused_unknown_agent(stack):
 def test_the_http_proxy_says_why_it_refused(stack):
     out = subprocess.run(
         ["curl", "-sS", "-i", "--max-time", "5", "-p", "--proxy",
-         f"http://bot@127.0.0.1:{stack['http']}", "http://loop.test/"],
+         f"http://bot:{stack['token']}@127.0.0.1:{stack['http']}", "http://loop.test/"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert "403" in out.stdout and "x-clrk-deny-reason: blocked_address" in out.stdout
+
+
+def _refused_as_unknown(stack, proxies_: list[list[str]]) -> None:
+    before = len(stack["hop"].headers)
+    for proxy in proxies_:
+        mark = len(denials(stack, **{"clrk.egress.deny_reason": "unknown_agent"}))
+        assert curl(proxy, "http://ok.test/").returncode != 0
+        assert len(denials(stack, **{"clrk.egress.deny_reason": "unknown_agent"})) == mark + 1
+    assert len(stack["hop"].headers) == before  # nothing reached the next hop
+
+
+def test_a_username_with_a_credential_is_refused_without_its_token(stack):
+    _refused_as_unknown(stack, proxies(stack, "bot", password="not-the-token"))
+    _refused_as_unknown(stack, proxies(stack, "default/bot", password=stack["token"][:-1]))
+
+
+def test_a_declared_agent_without_a_credential_cannot_be_named(stack):
+    """No default agent is configured: a username alone selects nobody."""
+    _refused_as_unknown(stack, proxies(stack, "helper", password="anything"))
+    _refused_as_unknown(stack, proxies(stack, "helper", password=stack["token"]))
+
+
+def test_a_rotated_token_counts_from_the_next_connection(stack):
+    path = stack["credentials"] / "default_bot"
+    old = stack["token"]
+    path.write_text("rotated-token\n")
+    try:
+        assert curl(proxies(stack, "bot", "rotated-token")[0], "http://ok.test/").stdout == "ok"
+        _refused_as_unknown(stack, proxies(stack, "bot", old))
+    finally:
+        path.write_text(old + "\n")

@@ -55,7 +55,9 @@ def run(chunks: list[bytes]):
             assert parser.feed(chunk) is result, "a final result never changes"
             tail += chunk
     if isinstance(result, ConnectRequest):
-        result = ConnectRequest(result.host, result.port, result.is_name, result.username)
+        result = ConnectRequest(
+            result.host, result.port, result.is_name, result.username, password=result.password
+        )
         return result, tail
     return result, b""
 
@@ -74,7 +76,7 @@ def splits(data: bytes, cuts: list[int]) -> list[bytes]:
 CASES = {
     "curl's CONNECT names the host, port and agent": (
         CURL_HEAD,
-        ConnectRequest("example.test", 443, True, "agent-a"),
+        ConnectRequest("example.test", 443, True, "agent-a", password=""),
     ),
     "a request without Proxy-Authorization has no username": (
         head("CONNECT example.test:443 HTTP/1.1", "Host: example.test:443"),
@@ -100,17 +102,17 @@ CASES = {
         head("CONNECT [::ffff:192.0.2.1]:443 HTTP/1.1"),
         ConnectRequest("192.0.2.1", 443, False, None),
     ),
-    "the password is ignored": (
+    "the password is everything after the first colon": (
         head("CONNECT example.test:443 HTTP/1.1", "Proxy-Authorization: " + basic("agent-a:pw:x")),
-        ConnectRequest("example.test", 443, True, "agent-a"),
+        ConnectRequest("example.test", 443, True, "agent-a", password="pw:x"),
     ),
     "the header name and the Basic scheme are case-insensitive": (
         head("CONNECT example.test:443 HTTP/1.1", "proxy-authorization: basic YWdlbnQtYTo="),
-        ConnectRequest("example.test", 443, True, "agent-a"),
+        ConnectRequest("example.test", 443, True, "agent-a", password=""),
     ),
     "bare LF line ends are accepted": (
         b"CONNECT example.test:443 HTTP/1.1\nProxy-Authorization: Basic YWdlbnQtYTo=\n\n",
-        ConnectRequest("example.test", 443, True, "agent-a"),
+        ConnectRequest("example.test", 443, True, "agent-a", password=""),
     ),
     "exactly the maximum number of header lines is accepted": (
         head("CONNECT example.test:443 HTTP/1.1", *[f"X-{i}: y" for i in range(MAX_HEADER_LINES)]),
@@ -241,7 +243,7 @@ def test_parse_fed_one_byte_at_a_time_gives_the_same_result(data, expected):
 def test_bytes_after_the_head_are_returned_as_leftover():
     result = ConnectRequestParser().feed(CURL_HEAD + b"\x16\x03\x01 tls")
     assert result == ConnectRequest(
-        "example.test", 443, True, "agent-a", leftover=b"\x16\x03\x01 tls"
+        "example.test", 443, True, "agent-a", leftover=b"\x16\x03\x01 tls", password=""
     )
 
 
@@ -249,7 +251,7 @@ def test_leftover_is_the_same_however_the_bytes_are_split():
     data = CURL_HEAD + b"tunnel bytes\r\n\r\n"
     for split in range(len(data) + 1):
         assert run([data[:split], data[split:]]) == (
-            ConnectRequest("example.test", 443, True, "agent-a"),
+            ConnectRequest("example.test", 443, True, "agent-a", password=""),
             b"tunnel bytes\r\n\r\n",
         )
 
@@ -425,14 +427,14 @@ async def deny(result, reader, writer):
 @needs_curl
 def test_curl_connect_names_the_host_and_the_agent_and_sees_the_refusal():
     result, rc, _ = against_curl("https://example.test/", deny)
-    assert result == ConnectRequest("example.test", 443, True, "agent-a")
+    assert result == ConnectRequest("example.test", 443, True, "agent-a", password="")
     assert rc == 56  # curl: CONNECT tunnel failed, response 403
 
 
 @needs_curl
 def test_curl_connect_to_an_ipv6_target_sends_a_bracketed_literal():
     result, _, _ = against_curl("https://[2001:db8::1]:8443/", deny)
-    assert result == ConnectRequest("2001:db8::1", 8443, False, "agent-a")
+    assert result == ConnectRequest("2001:db8::1", 8443, False, "agent-a", password="")
 
 
 @needs_curl
@@ -458,7 +460,7 @@ def test_curl_accepts_the_established_reply_and_talks_through_the_tunnel():
 
     result, rc, out = against_curl("http://example.test:8080/", origin)
     assert (rc, out) == (0, b"hello\n")
-    assert result == ConnectRequest("example.test", 8080, True, "agent-a")
+    assert result == ConnectRequest("example.test", 8080, True, "agent-a", password="")
 
 
 @needs_curl
@@ -476,6 +478,6 @@ def test_curl_starts_tls_with_the_same_name_after_established():
         hellos.append(sni)
 
     result, rc, _ = against_curl("https://example.test/", read_hello)
-    assert result == ConnectRequest("example.test", 443, True, "agent-a")
+    assert result == ConnectRequest("example.test", 443, True, "agent-a", password="")
     assert hellos == [SniResult(SniOutcome.FOUND, "example.test")]
     assert rc == 35  # curl: TLS handshake failed (we closed)

@@ -35,8 +35,38 @@ def test_sources_are_registered_and_normalised():
     assert ident.source_ref("not an ip") is None
 
 
+def no_credentials(ref: str) -> None:
+    return None
+
+
 def test_a_sidecar_default_agent_covers_every_source_and_empty_usernames():
     ident = Identity.of({}, default="default/agent-a")
     assert ident.for_source(P, GATEWAY, "10.9.9.9").name == "agent-a"
-    assert ident.for_username(P, GATEWAY, None).name == "agent-a"
-    assert ident.for_username(P, GATEWAY, "other/agent-b").namespace == "other"
+    assert ident.for_proxy(P, GATEWAY, None, None, no_credentials).name == "agent-a"
+    assert ident.for_proxy(P, GATEWAY, "", None, no_credentials).name == "agent-a"
+
+
+def test_without_credentials_only_the_default_agent_may_be_named():
+    ident = Identity.of({}, default="default/agent-a")
+    assert ident.for_proxy(P, GATEWAY, "agent-a", "", no_credentials).name == "agent-a"
+    assert ident.for_proxy(P, GATEWAY, "default/agent-a", None, no_credentials) is not None
+    assert ident.for_proxy(P, GATEWAY, "other/agent-b", None, no_credentials) is None
+    assert ident.for_proxy(P, GATEWAY, "default/ghost", None, no_credentials) is None
+    nobody = Identity.of({})
+    assert nobody.for_proxy(P, GATEWAY, None, None, no_credentials) is None
+    assert nobody.for_proxy(P, GATEWAY, "default/agent-a", "", no_credentials) is None
+
+
+def test_an_agent_with_a_credential_needs_its_token_as_the_password():
+    tokens = {"other/agent-b": "s3cret", "default/agent-a": ""}  # an empty one matches nothing
+    ident = Identity.of({}, default="default/agent-a")
+
+    def proxy(user, password):
+        return ident.for_proxy(P, GATEWAY, user, password, tokens.get)
+
+    assert proxy("other/agent-b", "s3cret").namespace == "other"
+    assert proxy("other/agent-b", "s3cre") is None
+    assert proxy("other/agent-b", None) is None
+    # Even the default agent, once it has a credential, is named only with it.
+    assert proxy("default/agent-a", "") is None
+    assert proxy("default/agent-a", None) is None

@@ -65,7 +65,12 @@ def run(chunks: list[bytes], **kwargs) -> tuple[bytes, Request | Fail | None, by
                 if isinstance(event, Request):
                     tail += event.leftover
                     terminal = Request(
-                        event.command, event.host, event.port, event.is_name, event.username
+                        event.command,
+                        event.host,
+                        event.port,
+                        event.is_name,
+                        event.username,
+                        password=event.password,
                     )
     return sent, terminal, tail
 
@@ -85,67 +90,67 @@ CASES = {
         PREFIX + connect_name(b"example.test", 80),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "example.test", 80, True, "agent-a"),
+        Request(Command.CONNECT, "example.test", 80, True, "agent-a", password=""),
     ),
     "a hostname is lower-cased and loses its trailing dot": (
         PREFIX + connect_name(b"API.Example.TEST."),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "api.example.test", 443, True, "agent-a"),
+        Request(Command.CONNECT, "api.example.test", 443, True, "agent-a", password=""),
     ),
     "a CONNECT to an IPv4 address is not a name": (
         PREFIX + connect_v4(bytes([192, 0, 2, 1]), 8080),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "192.0.2.1", 8080, False, "agent-a"),
+        Request(Command.CONNECT, "192.0.2.1", 8080, False, "agent-a", password=""),
     ),
     "a CONNECT to an IPv6 address is not a name": (
         PREFIX + connect_v6(bytes.fromhex("20010db8000000000000000000000001")),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "2001:db8::1", 443, False, "agent-a"),
+        Request(Command.CONNECT, "2001:db8::1", 443, False, "agent-a", password=""),
     ),
     "an IPv4-mapped IPv6 address becomes the IPv4 address": (
         PREFIX + connect_v6(bytes.fromhex("00000000000000000000ffffc0000201")),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "192.0.2.1", 443, False, "agent-a"),
+        Request(Command.CONNECT, "192.0.2.1", 443, False, "agent-a", password=""),
     ),
     "a domain-typed IP literal counts as an address, not a name": (
         PREFIX + connect_name(b"192.0.2.7"),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "192.0.2.7", 443, False, "agent-a"),
+        Request(Command.CONNECT, "192.0.2.7", 443, False, "agent-a", password=""),
     ),
     "a domain-typed IPv6 literal counts as an address, not a name": (
         PREFIX + connect_name(b"2001:DB8::9"),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "2001:db8::9", 443, False, "agent-a"),
+        Request(Command.CONNECT, "2001:db8::9", 443, False, "agent-a", password=""),
     ),
     "a UDP ASSOCIATE with 0.0.0.0:0 is a request": (
         PREFIX + connect_v4(bytes(4), 0, cmd=3),
         {},
         ACCEPTED,
-        Request(Command.UDP_ASSOCIATE, "0.0.0.0", 0, False, "agent-a"),
+        Request(Command.UDP_ASSOCIATE, "0.0.0.0", 0, False, "agent-a", password=""),
     ),
     "username/password is chosen when both it and no-auth are offered": (
         b"\x05\x02\x00\x02" + AUTH_AGENT_A + connect_name(b"example.test"),
         {"allow_no_auth": True},
         ACCEPTED,
-        Request(Command.CONNECT, "example.test", 443, True, "agent-a"),
+        Request(Command.CONNECT, "example.test", 443, True, "agent-a", password=""),
     ),
-    "a password is parsed and ignored": (
+    "a password is parsed and passed on with the request": (
         GREET_USERPASS + b"\x01\x07agent-a\x06secret" + connect_name(b"example.test"),
         {},
         ACCEPTED,
-        Request(Command.CONNECT, "example.test", 443, True, "agent-a"),
+        Request(Command.CONNECT, "example.test", 443, True, "agent-a", password="secret"),
     ),
     "a known username passes check_user": (
         PREFIX + connect_name(b"example.test"),
         {"check_user": lambda user: user == "agent-a"},
         ACCEPTED,
-        Request(Command.CONNECT, "example.test", 443, True, "agent-a"),
+        Request(Command.CONNECT, "example.test", 443, True, "agent-a", password=""),
     ),
     "no-auth is accepted when allowed and leaves the username unset": (
         GREET_NO_AUTH + connect_name(b"example.test"),
@@ -302,13 +307,18 @@ def test_bytes_pipelined_after_the_request_are_returned_as_leftover():
     assert events == [
         Send(b"\x05\x02"),
         Send(b"\x01\x00"),
-        Request(Command.CONNECT, "example.test", 80, True, "agent-a", leftover=payload),
+        Request(
+            Command.CONNECT, "example.test", 80, True, "agent-a", leftover=payload, password=""
+        ),
     ]
 
 
 def test_pipelined_leftover_is_the_same_however_the_bytes_are_split():
     data = PREFIX + connect_name(b"example.test", 80) + b"hello tunnel"
-    expected = (ACCEPTED, Request(Command.CONNECT, "example.test", 80, True, "agent-a"))
+    expected = (
+        ACCEPTED,
+        Request(Command.CONNECT, "example.test", 80, True, "agent-a", password=""),
+    )
     for split in range(len(data) + 1):
         sent, terminal, tail = run([data[:split], data[split:]])
         assert (sent, terminal, tail) == (*expected, b"hello tunnel")
@@ -321,7 +331,7 @@ def test_an_incomplete_handshake_sends_only_what_it_can():
     assert machine.feed(connect_name(b"example.test")[:-1]) == []
     assert not machine.done
     events = machine.feed(connect_name(b"example.test")[-1:])
-    assert events == [Request(Command.CONNECT, "example.test", 443, True, "agent-a")]
+    assert events == [Request(Command.CONNECT, "example.test", 443, True, "agent-a", password="")]
     assert machine.done and machine.username == "agent-a"
 
 
@@ -528,20 +538,22 @@ async def refuse(request, reader, writer):
 @needs_curl
 def test_curl_socks5h_sends_the_hostname_and_the_agent_as_username():
     events, rc, _ = against_curl("socks5h", "http://example.test/", refuse)
-    assert events[-1] == Request(Command.CONNECT, "example.test", 80, True, "agent-a")
+    assert events[-1] == Request(Command.CONNECT, "example.test", 80, True, "agent-a", password="")
     assert rc == 97  # curl: the proxy handshake failed (we refused)
 
 
 @needs_curl
 def test_curl_socks5_with_an_ipv4_target_sends_the_address():
     events, _, _ = against_curl("socks5", "http://192.0.2.1:8080/", refuse)
-    assert events[-1] == Request(Command.CONNECT, "192.0.2.1", 8080, False, "agent-a")
+    assert events[-1] == Request(Command.CONNECT, "192.0.2.1", 8080, False, "agent-a", password="")
 
 
 @needs_curl
 def test_curl_socks5_with_an_ipv6_target_sends_the_address():
     events, _, _ = against_curl("socks5", "http://[2001:db8::1]:8443/", refuse)
-    assert events[-1] == Request(Command.CONNECT, "2001:db8::1", 8443, False, "agent-a")
+    assert events[-1] == Request(
+        Command.CONNECT, "2001:db8::1", 8443, False, "agent-a", password=""
+    )
 
 
 @needs_curl
@@ -557,7 +569,7 @@ def test_curl_accepts_a_success_reply_and_talks_through_the_tunnel():
 
     events, rc, out = against_curl("socks5h", "http://example.test/", origin)
     assert (rc, out) == (0, b"hello\n")
-    assert events[-1] == Request(Command.CONNECT, "example.test", 80, True, "agent-a")
+    assert events[-1] == Request(Command.CONNECT, "example.test", 80, True, "agent-a", password="")
 
 
 @needs_curl
