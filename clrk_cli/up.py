@@ -4,9 +4,11 @@ supervisor, on the manifests given."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +35,25 @@ def _has_module(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except ImportError:
         return False
+
+
+def private_state(root: Path) -> None:
+    """The state directory is the gateway's alone (issue 11): the CA key, the sandbox
+    registrations the dialer trusts, Envoy's sockets and the control plane's live there.
+    Made 0700, or tightened to it (and its CA directory too) when it is ours."""
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(root)
+    except OSError as exc:
+        raise click.ClickException(f"state directory {root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise click.ClickException(
+            f"state directory {root} must be a directory of this user (uid {os.geteuid()})"
+        )
+    for path in (root, root / "ca"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(path).st_mode & 0o077:
+                path.chmod(0o700)
 
 
 def _ensure_ca(state_dir: Path) -> None:
@@ -138,7 +159,7 @@ def up(paths, state_dir, gateway, metrics_listen, otlp_endpoint, upstream_ca, lo
     if not with_extproc:
         click.echo("warning: clrk_extproc has no entry point yet; running without it", err=True)
     state = StateDir(Path(state_dir).resolve())
-    state.root.mkdir(parents=True, exist_ok=True)
+    private_state(state.root)
     _ensure_ca(state.root)
     sockets = socket_directory(state)
     try:

@@ -1,9 +1,9 @@
 """The gateway's certificate authority: it signs the leaves Envoy serves on TLS Terminate.
 
 Agents trust this CA (``clrk ca print``), so its key must outlive restarts: it is
-generated once and kept in ``<state dir>/ca/`` (key 0600), or taken from files the
-operator configured.  The pure parts (generate, parse, check) take plain bytes and a
-clock; only ``load_or_create`` touches the disk.
+generated once and kept in ``<state dir>/ca/`` (directory 0700, key 0600), or taken
+from files the operator configured.  The pure parts (generate, parse, check) take plain
+bytes and a clock; only ``load_or_create`` touches the disk.
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ def _create(state_dir: Path, ca: GatewayCA) -> None:
     try:
         _write(tmp / KEY_FILE, ca.key_pem, 0o600)
         _write(tmp / CERT_FILE, ca.cert_pem, 0o644)
-        # Agents read the certificate; the key stays 0600 inside.
-        tmp.chmod(0o755)
+        # The directory stays 0700: agents get a copy of the certificate (`clrk run`,
+        # `clrk ca print`), never a path into the gateway's state.
         try:
             tmp.rename(state_dir / CA_DIR)
         except OSError:

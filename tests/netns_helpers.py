@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,3 +39,29 @@ def child_pids() -> set[int]:
         if int(fields[1]) == os.getpid():
             out.add(int(stat.parent.name))
     return out
+
+
+@contextlib.contextmanager
+def readable_by_agents(*files: Path) -> Iterator[list[str]]:
+    """Copies of `files` that any user may read, for an agent under `clrk run` (not
+    root, so pytest's private temp directories are closed to it); removed on exit."""
+    directory = Path(tempfile.mkdtemp(prefix="clrk-test-agent-"))
+    try:
+        directory.chmod(0o755)
+        copies = []
+        for file in files:
+            copy = directory / Path(file).name
+            shutil.copyfile(file, copy)
+            copy.chmod(0o644)
+            copies.append(str(copy))
+        yield copies
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def agent_script(path: Path, *args: str) -> list[str]:
+    """argv that runs a standard-library-only script as an unprivileged agent: an
+    interpreter other users may start, the source inline (the checkout may be private)."""
+    from clrk_cli.embedded.agent_user import agent_python
+
+    return [agent_python(), "-I", "-c", Path(path).read_text(), *args]

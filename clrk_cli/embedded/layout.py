@@ -65,6 +65,11 @@ class StateDir:
         return self.run / "envoy"
 
     @property
+    def proxy_credentials(self) -> Path:
+        """Explicit mode's per-agent tokens (clrk_worker_dialer.proxy_credentials)."""
+        return self.root / "proxy-credentials"
+
+    @property
     def ca_cert(self) -> Path:
         return self.root / "ca" / "ca.crt"
 
@@ -228,6 +233,8 @@ def stack(
         str(sockets),
         "--spoof-log-group",
         str(DEFAULT_SPOOF_LOG_GROUP),  # what `clrk run`'s anti-spoofing rules log to
+        "--proxy-credentials",
+        str(state.proxy_credentials),
         "--ready-file",
         str(ready),
     ]

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,15 @@ from queue import Empty, Queue
 import pytest
 
 from clrk.records.query import iter_records, select
-from tests.e2e.topology import Topology, leaks, python_module, read_line, snapshot
+from tests.e2e.topology import (
+    Topology,
+    leaks,
+    python_module,
+    read_line,
+    snapshot,
+    wait_until,
+)
+from tests.netns_helpers import agent_script
 
 pytestmark = [
     pytest.mark.root,
@@ -203,10 +210,7 @@ def test_a_killed_child_is_restarted_and_nothing_denied_gets_through(stack, chil
             "--state-dir",
             str(stack.state),
             "--",
-            sys.executable,
-            str(HERE / "agent_loop.py"),
-            "example.test",
-            "other.test",
+            *agent_script(HERE / "agent_loop.py", "example.test", "other.test"),
         ),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -252,6 +256,18 @@ def test_a_killed_child_is_restarted_and_nothing_denied_gets_through(stack, chil
         reader.join(5)
 
 
+def _pids_in(netns: str) -> list[int]:
+    listed = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    return [int(p) for p in listed.stdout.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _netns_names() -> list[str]:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listed.splitlines() if line.strip()]
@@ -275,13 +291,14 @@ def test_the_next_run_in_a_killed_runs_slot_removes_what_it_left(stack):
         name = ack.name.removesuffix(".ack")
         sleepers: list[int] = []
         while not sleepers and time.monotonic() < deadline:  # it starts after the ack
-            listed = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-            sleepers = [int(p) for p in listed.stdout.split()]
+            sleepers = [p for p in _pids_in(name) if _comm(p) == "sleep"]
             time.sleep(0.02)
         (sleeper,) = sleepers
     finally:
         killed.kill()
         killed.wait(10)
+    # The agent's processes end with their `clrk run`; its sandbox and registration stay.
+    wait_until(lambda: _pid_gone(sleeper), 5, "the agent ends with its clrk run")
     assert name in _netns_names() and (sandboxes / f"{name}.json").exists()
 
     out = stack.run(*CURL, "http://example.test/")

@@ -71,12 +71,12 @@ def test_first_load_creates_and_second_load_returns_the_same_ca(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca"]
 
 
-def test_key_file_is_private_and_cert_readable(tmp_path):
+def test_the_ca_directory_and_key_are_private_the_certificate_readable(tmp_path):
     GatewayCA.load_or_create(tmp_path / "state", now=NOW)
     directory = tmp_path / "state" / "ca"
     assert stat.S_IMODE((directory / "ca.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((directory / "ca.crt").stat().st_mode) & 0o044 == 0o044
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
 def test_configured_files_are_used_as_given(tmp_path):
