@@ -34,7 +34,7 @@ from bench._rig import child_env
 
 GATEWAY = "default/bench"
 AGENT = "bot"
-ADS = "127.0.0.1:18000"
+CONTROL_SOCKET = "control-plane.socket"  # in the work directory (private, short enough)
 SOCKS = "127.0.0.1:1080"
 ENVOY_TCP = "127.0.0.1:15100"  # the gateway's first listener (tcp-out)
 FULL = {"routes": 1_000, "runs": 15}
@@ -122,19 +122,21 @@ class Rig:
         subprocess.run(["ip", "-n", ns, "route", "add", "local", "192.0.2.0/24", "dev", "lo"],
                        check=True, capture_output=True)  # fmt: skip
         self.cp_log, self.dialer_log = work / "control-plane.log", work / "dialer.log"
+        ads = f"unix:{work / 'run' / CONTROL_SOCKET}"
         self.cp = top.start(ns, [sys.executable, "-m", "clrk_xds", "--manifests", str(self.dir),
-                                 "--listen", ADS], log=self.cp_log, env=child_env())  # fmt: skip
+                                 "--listen", ads], log=self.cp_log, env=child_env())  # fmt: skip
         _wait_for(lambda: "server.listening" in self.cp_log.read_text(), "control plane")
         self.envoy = EnvoyProcess(
-            render_bootstrap(GATEWAY, *ADS.split(":"), admin_port=0),
+            render_bootstrap(GATEWAY, ads, admin_port=0),
             netns=ns,
             log_level="warning",
             ready_timeout=START_TIMEOUT,
         ).start()
         ready = work / "dialer.ready"
         self.dialer = top.start(ns, [
-            sys.executable, "-m", "clrk_worker_dialer", "--control-plane", ADS,
+            sys.executable, "-m", "clrk_worker_dialer", "--control-plane", ads,
             "--gateway", GATEWAY, "--socks5", SOCKS, "--records", str(work / "records.jsonl"),
+            "--default-agent", f"default/{AGENT}",  # the prober names it: no credential
             "--ready-file", str(ready),
         ], log=self.dialer_log, env=child_env())  # fmt: skip
         _wait_for(ready.exists, "dialer")

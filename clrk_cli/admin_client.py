@@ -1,10 +1,16 @@
-"""A blocking client of the control plane's admin API (proto/clrk/admin/v1), for the CLI."""
+"""A blocking client of the control plane's admin API (proto/clrk/admin/v1), for the CLI.
+
+Where it is: `--server` (unix:PATH, or HOST:PORT with a token and/or TLS), else the Unix
+socket of the running `clrk up` of `--state-dir` (read from its up.json: only the user
+of `clrk up` may read it, as only that user may connect)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -12,19 +18,99 @@ import grpc
 
 from clrk.api.loader import manifest_files
 from clrk.policy.check import CheckInputError, CheckQuery
+from clrk_runtime import grpc_auth
+from clrk_runtime.grpc_auth import ClientAuth
 from clrk_runtime.protos import ADMIN_MODULE, load
 
 pb2 = load(ADMIN_MODULE)
 
 SERVICE = "clrk.admin.v1.Admin"
-DEFAULT_SERVER = "127.0.0.1:18000"
-server_option = click.option(
-    "--server",
-    default=DEFAULT_SERVER,
-    show_default=True,
-    envvar="CLRK_SERVER",
-    help="The control plane's admin API, HOST:PORT (env CLRK_SERVER).",
+DEFAULT_STATE_DIR = ".clrk"  # `clrk up`'s
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the admin API is and how to authenticate (from the command line)."""
+
+    server: str | None = None
+    state_dir: str = DEFAULT_STATE_DIR
+    auth: ClientAuth = field(default_factory=ClientAuth)
+
+    def address(self) -> str:
+        if self.server:
+            return self.server
+        from clrk_cli.embedded.layout import StateDir
+        from clrk_cli.embedded.run_sandbox import RunError, read_info
+
+        try:
+            info = read_info(StateDir(Path(self.state_dir).resolve()).info)
+        except RunError as exc:
+            raise AdminError(f"{exc} (or give --server)") from None
+        address = info.get("control_plane")
+        if not isinstance(address, str):
+            raise AdminError(f"the `clrk up` of {self.state_dir} names no control plane")
+        return address
+
+
+_ENDPOINT_OPTIONS = (
+    click.option(
+        "--server",
+        envvar="CLRK_SERVER",
+        help="The control plane's admin API: unix:PATH or HOST:PORT (env CLRK_SERVER). "
+        "Default: the running `clrk up` of --state-dir.",
+    ),
+    click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False),
+        envvar="CLRK_TOKEN_FILE",
+        help="TCP: the bearer token to send (env CLRK_TOKEN_FILE).",
+    ),
+    click.option(
+        "--ca-file",
+        type=click.Path(dir_okay=False),
+        envvar="CLRK_CA_FILE",
+        help="TCP: the server's CA, for TLS (env CLRK_CA_FILE).",
+    ),
+    click.option(
+        "--cert-file",
+        type=click.Path(dir_okay=False),
+        envvar="CLRK_CERT_FILE",
+        help="TCP: this client's certificate, for mTLS (env CLRK_CERT_FILE).",
+    ),
+    click.option(
+        "--key-file",
+        type=click.Path(dir_okay=False),
+        envvar="CLRK_KEY_FILE",
+        help="TCP: this client's private key, for mTLS (env CLRK_KEY_FILE).",
+    ),
 )
+STATE_DIR_OPTION = click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    envvar="CLRK_STATE_DIR",
+    type=click.Path(file_okay=False),
+    help="The state directory of the `clrk up` to ask (env CLRK_STATE_DIR).",
+)
+
+
+def endpoint_options(with_state_dir: bool = True):
+    """The options that say where the admin API is; the command gets `endpoint`."""
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, server, token_file, ca_file, cert_file, key_file, **kwargs):
+            state_dir = kwargs.pop("state_dir") if with_state_dir else None
+            auth = ClientAuth(token_file, ca_file, cert_file, key_file)
+            endpoint = Endpoint(server, state_dir or DEFAULT_STATE_DIR, auth)
+            return command(*args, endpoint=endpoint, **kwargs)
+
+        options = (*((STATE_DIR_OPTION,) if with_state_dir else ()), *_ENDPOINT_OPTIONS)
+        for option in reversed(options):  # click lists them in the order given here
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
 
 
 class AdminError(click.ClickException):
@@ -36,6 +122,8 @@ def _error(server: str, exc: grpc.RpcError) -> AdminError:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE:
         return AdminError(f"cannot reach the control plane at {server}: {details}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AdminError(f"{server} refused us: {details} (see --token-file, --cert-file)")
     name = code.name if code is not None else "ERROR"
     return AdminError(f"{server}: {name}: {details}")
 
@@ -121,6 +209,14 @@ class AdminClient:
 
 
 @contextmanager
-def connect(server: str, timeout: float = 30.0) -> Iterator[AdminClient]:
-    with grpc.insecure_channel(server) as channel:
-        yield AdminClient(server, channel, timeout)
+def connect(endpoint: Endpoint | str, timeout: float = 30.0) -> Iterator[AdminClient]:
+    """A client of the admin API at `endpoint` (or at an address, without credentials)."""
+    if isinstance(endpoint, str):
+        endpoint = Endpoint(server=endpoint)
+    address = endpoint.address()
+    try:
+        channel = grpc_auth.channel(address, endpoint.auth)
+    except grpc_auth.AuthError as exc:
+        raise AdminError(str(exc)) from None
+    with channel:
+        yield AdminClient(address, channel, timeout)

@@ -8,18 +8,18 @@ import click
 from google.protobuf.json_format import MessageToDict
 
 from clrk_cli import admin_client
-from clrk_cli.admin_client import server_option
+from clrk_cli.admin_client import endpoint_options
 from clrk_cli.manifests import manifest_option
 
 
 @click.command()
 @manifest_option
-@server_option
+@endpoint_options()
 @click.option("--dry-run", is_flag=True, help="Validate against the set in force; store nothing.")
 @click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-def apply(paths: tuple[str, ...], server: str, dry_run: bool, output: str) -> None:
+def apply(paths: tuple[str, ...], endpoint, dry_run: bool, output: str) -> None:
     """Apply manifests to the control plane: they take effect without a restart.
 
     The manifests are validated together with the set in force, exactly as `clrk
@@ -27,7 +27,7 @@ def apply(paths: tuple[str, ...], server: str, dry_run: bool, output: str) -> No
     Exit 0 when applied (or valid with --dry-run), 1 otherwise.
     """
     manifests = admin_client.read_manifests(paths)
-    with admin_client.connect(server) as client:
+    with admin_client.connect(endpoint) as client:
         response = client.apply(manifests, dry_run=dry_run)
     ok = response.valid and (response.applied or dry_run)
     if output == "json":

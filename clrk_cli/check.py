@@ -16,6 +16,7 @@ from clrk.policy.check import (
 )
 from clrk.policy.loaded import load_and_compile
 from clrk.policy.model import Connection
+from clrk_cli.admin_client import endpoint_options
 from clrk_cli.manifests import filename_option
 
 
@@ -53,19 +54,19 @@ def _local(paths: tuple[str, ...], query: CheckQuery) -> tuple[dict, tuple[str, 
     return result.to_json(), result.warnings
 
 
-def _remote(server: str, query: CheckQuery) -> tuple[dict, tuple[str, ...]]:
+def _remote(endpoint, query: CheckQuery) -> tuple[dict, tuple[str, ...]]:
     from clrk_cli import admin_client
 
-    with admin_client.connect(server) as client:
+    with admin_client.connect(endpoint) as client:
         return client.check(query)
 
 
 @click.command()
-@filename_option(required=False, help="Manifest file or directory (repeatable); or use --server.")
-@click.option(
-    "--server",
-    help="Ask the control plane's admin API (HOST:PORT) with the policy in force instead.",
+@filename_option(
+    required=False,
+    help="Manifest file or directory (repeatable); without it, the control plane is asked.",
 )
+@endpoint_options()
 @click.option("--agent", "agent_text", required=True, help="Agent as [NAMESPACE/]NAME.")
 @click.option("--agent-label", "agent_labels", multiple=True, help="Agent label K=V (repeatable).")
 @click.option("--gateway", help="Gateway as [NAMESPACE/]NAME; optional when there is one.")
@@ -84,7 +85,7 @@ def _remote(server: str, query: CheckQuery) -> tuple[dict, tuple[str, ...]]:
 )
 def check(
     paths: tuple[str, ...],
-    server: str | None,
+    endpoint,
     agent_text: str,
     agent_labels: tuple[str, ...],
     gateway: str | None,
@@ -95,18 +96,19 @@ def check(
     sni: str | None,
     output: str,
 ) -> None:
-    """Decide one connection with the policy in the manifests (-f) or in force (--server).
+    """Decide one connection with the policy in the manifests (-f) or in force (the
+    control plane of --state-dir, or --server).
 
     Exit 0 when a decision was made (allow or deny), 1 on invalid input.
     """
-    if bool(paths) == bool(server):
+    if paths and endpoint.server:
         raise click.UsageError("give the manifests with -f, or a control plane with --server")
     query = CheckQuery(
         agent_text, dst_ip, port, protocol, hostnames, sni, gateway, tuple(agent_labels)
     )
     try:
         validate_query(query)
-        decision, warnings = _remote(server, query) if server else _local(paths, query)
+        decision, warnings = _local(paths, query) if paths else _remote(endpoint, query)
     except CheckInputError as exc:
         raise _click_error(exc) from None
     for warning in warnings:

@@ -7,7 +7,7 @@ import json
 import click
 
 from clrk_cli import admin_client
-from clrk_cli.admin_client import server_option
+from clrk_cli.admin_client import endpoint_options
 
 KINDS = ("gateways", "routes", "policies", "agents", "all")
 
@@ -56,16 +56,16 @@ def _table(response) -> str:
 
 @click.command()
 @click.argument("kind", type=click.Choice(KINDS, case_sensitive=False))
-@server_option
+@endpoint_options()
 @click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-def get(kind: str, server: str, output: str) -> None:
+def get(kind: str, endpoint, output: str) -> None:
     """List gateways, routes, (deny) policies or agents with their conditions.
 
     Exit 0 when listed; 1 when the control plane cannot be asked.
     """
-    with admin_client.connect(server) as client:
+    with admin_client.connect(endpoint) as client:
         response = client.list("" if kind.lower() == "all" else kind.lower())
     if output == "json":
         doc = {

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from clrk.records.query import iter_records
+from clrk_cli.admin_client import DEFAULT_STATE_DIR, endpoint_options
 from clrk_xds.admin_records import SIGNALS, RecordFilter, parse_since, record_table
 
 RECORDS_FILE = "records.jsonl"  # inside --state-dir, as `clrk up` writes it
@@ -24,7 +26,7 @@ def _since(text: str | None) -> int:
         raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
-def _follow(server: str, flt: RecordFilter, output: str) -> None:
+def _follow(endpoint, flt: RecordFilter, output: str) -> None:
     from clrk_cli import admin_client
 
     request = admin_client.pb2.StreamRecordsRequest(
@@ -35,7 +37,7 @@ def _follow(server: str, flt: RecordFilter, output: str) -> None:
         since_unix_nano=flt.since_ns,
         signal=flt.signal,
     )
-    with admin_client.connect(server) as client:
+    with admin_client.connect(endpoint) as client:
         header = output == "table"
         for record in client.stream_records(request):
             if output == "json":
@@ -68,10 +70,11 @@ def _follow(server: str, flt: RecordFilter, output: str) -> None:
 )
 @click.option(
     "--follow",
-    "server",
-    metavar="SERVER",
-    help="Stream new records from the control plane's admin API at HOST:PORT until ^C.",
+    is_flag=True,
+    help="Stream new records from the control plane's admin API (of --state-dir, or "
+    "--server) until ^C.",
 )
+@endpoint_options(with_state_dir=False)
 @click.option(
     "-o",
     "--output",
@@ -89,7 +92,8 @@ def records(
     gateway: str | None,
     since: str | None,
     signal: str,
-    server: str | None,
+    follow: bool,
+    endpoint,
     output: str,
 ) -> None:
     """Query decision records: denials, allowed connections and requests.
@@ -105,11 +109,13 @@ def records(
         since_ns=_since(since),
         signal=signal,
     )
-    if server is not None:
-        if state_dir or file:
-            raise click.UsageError("--follow reads from the server: drop --state-dir/--file")
-        _follow(server, flt, output)
+    if follow:
+        if file:
+            raise click.UsageError("--follow reads from the control plane: drop --file")
+        _follow(replace(endpoint, state_dir=state_dir or DEFAULT_STATE_DIR), flt, output)
         return
+    if endpoint.server:
+        raise click.UsageError("--server goes with --follow")
     if bool(state_dir) == bool(file):
         raise click.UsageError("give one of --state-dir DIR or --file FILE")
     path = Path(file) if file else Path(state_dir) / RECORDS_FILE

@@ -37,6 +37,25 @@ def _has_module(name: str) -> bool:
         return False
 
 
+def _tcp_listen(address, token_file, tls_cert, tls_key, client_ca):
+    """The opt-in TCP listener, checked before anything starts (never an open one)."""
+    from clrk_cli.embedded.layout import TcpListen
+    from clrk_runtime.grpc_auth import AuthError, ServerAuth
+
+    files = (token_file, tls_cert, tls_key, client_ca)
+    if address is None:
+        if any(files):
+            raise click.UsageError("--token-file/--tls-*/--client-ca go with --listen")
+        return None
+    _listen(address)  # HOST:PORT
+    absolute = [str(Path(f).resolve()) if f else None for f in files]
+    try:
+        ServerAuth(*absolute).check(address)
+    except AuthError as exc:
+        raise click.UsageError(str(exc)) from None
+    return TcpListen(address, *absolute)
+
+
 def private_state(root: Path) -> None:
     """The state directory is the gateway's alone (issue 11): the CA key, the sandbox
     registrations the dialer trusts, Envoy's sockets and the control plane's live there.
@@ -132,18 +151,53 @@ def socket_directory(state: StateDir) -> Path:
     type=click.Path(exists=True, dir_okay=False),
     help="Trust bundle for TLS re-originated to upstreams (default: the system bundle).",
 )
+@click.option(
+    "--listen",
+    "tcp_listen",
+    metavar="HOST:PORT",
+    help="Also serve the admin API, policy stream and ADS over TCP (they are a Unix socket "
+    "in the state directory's reach only otherwise); needs --token-file or mTLS.",
+)
+@click.option("--token-file", type=click.Path(dir_okay=False), help="TCP: the bearer token.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="TCP: server certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="TCP: server private key.")
+@click.option(
+    "--client-ca",
+    type=click.Path(dir_okay=False),
+    help="TCP: clients must present a certificate of this CA (mTLS).",
+)
 @click.option("--log-level", default="info", show_default=True)
-def up(paths, state_dir, gateway, metrics_listen, otlp_endpoint, upstream_ca, log_level) -> None:
+def up(
+    paths,
+    state_dir,
+    gateway,
+    metrics_listen,
+    otlp_endpoint,
+    upstream_ca,
+    tcp_listen,
+    token_file,
+    tls_cert,
+    tls_key,
+    client_ca,
+    log_level,
+) -> None:
     """Run the whole gateway here; prints `clrk ready` when every part is healthy and
     stops everything on Ctrl-C/SIGTERM."""
     from clrk.policy.loaded import load_and_compile
-    from clrk_cli.embedded.layout import LayoutError, Ports, StateDir, choose_gateway, stack
+    from clrk_cli.embedded.layout import (
+        LayoutError,
+        Ports,
+        StateDir,
+        choose_gateway,
+        stack,
+    )
     from clrk_cli.embedded.netns import current_netns
     from clrk_cli.embedded.supervisor import Supervisor
     from clrk_runtime import logs
     from clrk_xds.envoy_process import EnvoyError, envoy_binary
 
     logs.setup(log_level)
+    listen = _tcp_listen(tcp_listen, token_file, tls_cert, tls_key, client_ca)
     loaded = load_and_compile(paths)
     errors = [f for f in loaded.findings if f.is_error]
     if errors or loaded.policies is None:
@@ -174,6 +228,7 @@ def up(paths, state_dir, gateway, metrics_listen, otlp_endpoint, upstream_ca, lo
             with_extproc=with_extproc,
             otlp_endpoint=otlp_endpoint,
             upstream_ca=str(Path(upstream_ca).resolve()) if upstream_ca else None,
+            tcp_listen=listen,
         )
         supervisor = Supervisor(
             children,

@@ -36,7 +36,15 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
     type=click.Path(),
     help="Manifests (or use --control-plane).",
 )
-@click.option("--control-plane", help="Follow the control plane's policy stream (host:port).")
+@click.option(
+    "--control-plane",
+    help="Follow the control plane's policy stream: unix:PATH, or HOST:PORT with a token "
+    "and/or TLS below.",
+)
+@click.option("--control-plane-token-file", help="TCP: the bearer token to send.")
+@click.option("--control-plane-ca", help="TCP: the control plane's CA (TLS).")
+@click.option("--control-plane-cert", help="TCP: this dialer's certificate (mTLS).")
+@click.option("--control-plane-key", help="TCP: this dialer's private key (mTLS).")
 @click.option("--gateway", required=True, help="EgressGateway to enforce: NAMESPACE/NAME.")
 @click.option("--agent-source", "sources", multiple=True, help="ADDRESS=NAMESPACE/AGENT.")
 @click.option("--default-agent", help="The one agent of a sidecar: NAMESPACE/AGENT.")
@@ -73,14 +81,16 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--ready-file", help="Written once every listener is up.")
 @click.option("--log-level", default="info", show_default=True)
-def dialer(paths, control_plane, gateway, sources, default_agent, proxy_credentials,
-           transparent_tcp, transparent_udp, dns, socks5, http_connect, next_hop_host,
-           next_hop_base_port, next_hop_socket_dir, resolvers, own, records_path,
-           otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch, sandboxes,
-           spoof_log_group, ready_file, log_level) -> None:  # fmt: skip
+def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
+           control_plane_cert, control_plane_key, gateway, sources, default_agent,
+           proxy_credentials, transparent_tcp, transparent_udp, dns, socks5, http_connect,
+           next_hop_host, next_hop_base_port, next_hop_socket_dir, resolvers, own,
+           records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
+           sandboxes, spoof_log_group, ready_file, log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk.nexthops import check_socket_dir, socket_dir_problem
     from clrk_runtime import logs
+    from clrk_runtime.grpc_auth import AuthError, ClientAuth, channel_arguments
     from clrk_worker_dialer.config import DialerConfig
     from clrk_worker_dialer.server import Dialer
     from clrk_worker_dialer.state import PolicyError
@@ -108,11 +118,19 @@ def dialer(paths, control_plane, gateway, sources, default_agent, proxy_credenti
         udp_idle_timeout=udp_idle_timeout,
         watch=not no_watch,
         control_plane=control_plane,
+        control_plane_auth=ClientAuth(
+            control_plane_token_file, control_plane_ca, control_plane_cert, control_plane_key
+        ),
         sandboxes_dir=sandboxes,
         spoof_log_group=spoof_log_group,
     )
     if not paths and not control_plane:
         raise click.UsageError("give manifests (-f) or --control-plane")
+    if control_plane:
+        try:  # the files are read now: a bad one stops the start, not the first update
+            channel_arguments(control_plane, config.control_plane_auth)
+        except AuthError as exc:
+            raise click.BadParameter(str(exc), param_hint="--control-plane") from None
     if next_hop_socket_dir:
         try:
             check_socket_dir(next_hop_socket_dir)

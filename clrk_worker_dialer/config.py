@@ -50,7 +50,8 @@ class DialerConfig:
     udp_idle_timeout: float = 60.0
     dns_timeout: float = 2.0
     watch: bool = True
-    control_plane: str | None = None  # host:port of the policy stream, instead of files
+    control_plane: str | None = None  # unix:PATH or host:port of the policy stream
+    control_plane_auth: object = None  # clrk_runtime.grpc_auth.ClientAuth for TCP
     sandboxes_dir: str | None = None  # `clrk run` registers sandbox address -> agent here
     spoof_log_group: int | None = None  # NFLOG group of the sandboxes' anti-spoofing rules
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
-
+from clrk_runtime.grpc_auth import ClientAuth, aio_channel
 from clrk_runtime.policy_messages import FULL_METHOD, pb2
 
 
-async def watch_policy(target: str, gateway: str) -> AsyncIterator[pb2.PolicyUpdate]:
-    """Updates for `gateway` from the control plane at `target` ("host:port").
+async def watch_policy(
+    target: str, gateway: str, auth: ClientAuth | None = None
+) -> AsyncIterator[pb2.PolicyUpdate]:
+    """Updates for `gateway` from the control plane at `target` ("unix:PATH" or
+    "host:port", the latter with `auth`).
 
     Ends with grpc.aio.AioRpcError when the stream breaks; reconnecting (and keeping the
     last good policy meanwhile) is the caller's choice.
     """
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with aio_channel(target, auth) as channel:
         call = channel.unary_stream(
             FULL_METHOD,
             request_serializer=pb2.WatchRequest.SerializeToString,

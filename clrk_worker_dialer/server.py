@@ -136,7 +136,8 @@ class Dialer:
         documents: dict = {}  # validation of unchanged documents is reused
         while True:
             try:
-                async for update in watch_policy(target, gateway):
+                auth = self.config.control_plane_auth
+                async for update in watch_policy(target, gateway, auth):
                     try:
                         self.state.load_result(load_update(update, documents))
                     except PolicyError as exc:

@@ -1,4 +1,8 @@
-"""`python -m clrk_xds --manifests PATH --listen HOST:PORT`: the control plane."""
+"""`python -m clrk_xds --manifests PATH --listen unix:PATH`: the control plane.
+
+`--listen` takes a Unix socket (`unix:PATH`, whose directory must be its owner's alone)
+or `HOST:PORT`; a TCP listener needs mTLS (--tls-cert, --tls-key, --client-ca) or a
+bearer token (--token-file), else the control plane refuses to start."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import asyncio
 
 from clrk.nexthops import check_socket_dir, socket_dir_problem
+from clrk_runtime.grpc_auth import AuthError, ServerAuth, is_unix
 from clrk_runtime.logs import setup
 from clrk_xds.server import main
 
@@ -15,7 +20,19 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--manifests", action="append", required=True, help="file or directory (repeatable)"
     )
-    parser.add_argument("--listen", default="127.0.0.1:18000", help="gRPC address (ADS, policy)")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        help="gRPC address of ADS, the policy stream and the admin API: unix:PATH or "
+        "HOST:PORT (repeatable)",
+    )
+    parser.add_argument("--token-file", help="TCP: clients must send this bearer token")
+    parser.add_argument("--tls-cert", help="TCP: the server's certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="TCP: the server's private key (PEM)")
+    parser.add_argument(
+        "--client-ca", help="TCP: clients must present a certificate of this CA (mTLS)"
+    )
     parser.add_argument(
         "--envoy-host", default=None, help="address the Envoy listeners bind (default 127.0.0.1)"
     )
@@ -47,6 +64,17 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup(args.log_level)
+    auth = ServerAuth(args.token_file, args.tls_cert, args.tls_key, args.client_ca)
+    try:
+        for address in args.listen:
+            if not is_unix(address):
+                auth.check(address)
+        # Read now: a missing or empty file stops the start, not the first client.
+        auth.interceptors()
+        if auth.cert_file is not None:
+            auth.credentials()
+    except AuthError as exc:
+        parser.error(str(exc))
     options: dict[str, object] = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
     if args.envoy_socket_dir:
         try:
@@ -70,6 +98,7 @@ def cli(argv: list[str] | None = None) -> None:
             args.applied_dir,
             args.records,
             args.state_dir,
+            auth,
             **options,
         )
     )

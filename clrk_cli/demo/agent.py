@@ -2,6 +2,9 @@
 the way a compromised agent would, prints one JSON line per attempt.
 
     python -m clrk_cli.demo.agent NAME:PORT[:tls] ...
+
+Standard library only: the demo runs its source with a Python any user may start, as
+the sandboxed agent is no longer root.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import ssl
 import sys
 
 TIMEOUT = 4.0
-EXTRA_CA = "CLRK_DEMO_UPSTREAM_CA"
+EXTRA_CA = "CLRK_DEMO_UPSTREAM_CA_PEM"  # the PEM itself: the agent may read no file of ours
 
 
 def attempt(host: str, port: int, tls: bool) -> dict:
@@ -28,7 +31,7 @@ def attempt(host: str, port: int, tls: bool) -> dict:
             if tls:
                 context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
                 if os.environ.get(EXTRA_CA):  # the demo upstreams' CA (TLS passthrough)
-                    context.load_verify_locations(cafile=os.environ[EXTRA_CA])
+                    context.load_verify_locations(cadata=os.environ[EXTRA_CA])
                 with context.wrap_socket(sock, server_hostname=host) as tls_sock:
                     request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                     tls_sock.sendall(request.encode())

@@ -18,9 +18,9 @@ from clrk_worker_dialer.redirect_rules import DEFAULT_SPOOF_LOG_GROUP
 @dataclass(frozen=True)
 class Ports:
     """Every port of the embedded stack, all on loopback except the transparent ones,
-    which the sandboxes' REDIRECT/TPROXY rules deliver to."""
+    which the sandboxes' REDIRECT/TPROXY rules deliver to.  (The control plane's gRPC
+    endpoints are a Unix socket: `control_plane_address`.)"""
 
-    ads: int = 18000
     status: int = 18001
     extproc: int = 18002
     envoy_admin: int = 19000
@@ -129,10 +129,44 @@ def choose_gateway(policies: PolicySet, requested: str | None) -> str:
     return candidates[0]
 
 
-def envoy_bootstrap_text(gateway: str, ports: Ports) -> str:
+CONTROL_PLANE_SOCKET = "control-plane.socket"  # never a listener's `<name>.sock`
+
+
+def control_plane_address(sockets: Path) -> str:
+    """The admin API, policy stream and ADS: a Unix socket in the private directory of
+    Envoy's listener sockets (already short enough for a socket path, and its owner's
+    alone), so only the gateway's user may connect."""
+    return f"unix:{sockets / CONTROL_PLANE_SOCKET}"
+
+
+@dataclass(frozen=True)
+class TcpListen:
+    """The opt-in TCP listener of the control plane and how clients authenticate
+    (clrk_runtime.grpc_auth.ServerAuth's files)."""
+
+    address: str
+    token_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+
+    def argv(self) -> list[str]:
+        out = ["--listen", self.address]
+        for flag, value in (
+            ("--token-file", self.token_file),
+            ("--tls-cert", self.cert_file),
+            ("--tls-key", self.key_file),
+            ("--client-ca", self.client_ca_file),
+        ):
+            if value is not None:
+                out += [flag, value]
+        return out
+
+
+def envoy_bootstrap_text(gateway: str, ports: Ports, control_plane: str) -> str:
     from clrk_xds.envoy_process import render_bootstrap
 
-    config = render_bootstrap(gateway, "127.0.0.1", ports.ads, ports.envoy_admin)
+    config = render_bootstrap(gateway, control_plane, ports.envoy_admin)
     return json.dumps(config, indent=1)
 
 
@@ -149,20 +183,17 @@ def stack(
     python: str = sys.executable,
     envoy_log_level: str = "warning",
     upstream_ca: str | None = None,
+    tcp_listen: TcpListen | None = None,
 ) -> list[ChildSpec]:
     """The children in start order: control plane, ext_proc, Envoy, dialer.  `sockets` is
     the directory of Envoy's listener sockets, where the control plane binds them and the
-    dialer dials them."""
+    dialer dials them, and of the control plane's own socket."""
     lo = "127.0.0.1"
-    plane = [
-        python,
-        "-m",
-        "clrk_xds",
-        "--listen",
-        f"{lo}:{ports.ads}",
-        "--status-listen",
-        f"{lo}:{ports.status}",
-    ]
+    control = control_plane_address(sockets)
+    plane = [python, "-m", "clrk_xds", "--listen", control]
+    if tcp_listen is not None:
+        plane += tcp_listen.argv()
+    plane += ["--status-listen", f"{lo}:{ports.status}"]
     plane += ["--state-dir", str(state.root), "--applied-dir", str(state.root / "applied")]
     plane += ["--extproc", f"{lo}:{ports.extproc}"]
     plane += ["--envoy-socket-dir", str(sockets)]
@@ -199,7 +230,7 @@ def stack(
                 envoy_log_level,
             ),
             Probe("http", f"http://{lo}:{ports.envoy_admin}/ready"),
-            files={str(bootstrap): envoy_bootstrap_text(gateway, ports)},
+            files={str(bootstrap): envoy_bootstrap_text(gateway, ports, control)},
         )
     )
     ready = state.ready_file("dialer")
@@ -210,7 +241,7 @@ def stack(
         "--sandboxes",
         str(state.sandboxes),
         "--control-plane",
-        f"{lo}:{ports.ads}",
+        control,
         "--gateway",
         gateway,
         "--transparent-tcp",
@@ -256,6 +287,14 @@ def restart_delay(quick_failures: int) -> float:
     return min(0.1 * 2 ** max(quick_failures, 0), 5.0)
 
 
-def info_document(gateway: str, ports: Ports, netns: str | None, pid: int) -> dict:
-    """What a running `clrk up` tells `clrk run` (STATE/up.json)."""
-    return {"gateway": gateway, "ports": ports.as_dict(), "netns": netns, "pid": pid}
+def info_document(
+    gateway: str, ports: Ports, netns: str | None, pid: int, control_plane: str
+) -> dict:
+    """What a running `clrk up` tells `clrk run` and the admin CLI (STATE/up.json)."""
+    return {
+        "gateway": gateway,
+        "ports": ports.as_dict(),
+        "netns": netns,
+        "pid": pid,
+        "control_plane": control_plane,
+    }

@@ -24,7 +24,14 @@ from urllib.parse import urlsplit
 
 from clrk.nexthops import socket_dir_problem
 from clrk_cli.embedded import http_endpoint
-from clrk_cli.embedded.layout import ChildSpec, Ports, StateDir, info_document, restart_delay
+from clrk_cli.embedded.layout import (
+    ChildSpec,
+    Ports,
+    StateDir,
+    control_plane_address,
+    info_document,
+    restart_delay,
+)
 from clrk_cli.embedded.metrics import ChildState, RecordTail, XdsCounts, health_document, render
 from clrk_runtime.logs import fields
 
@@ -276,9 +283,14 @@ class Supervisor:
                     break
             if not self.stopping.is_set():
                 self.ready = True
-                self.state_dir.info.write_text(
-                    json.dumps(info_document(self.gateway, self.ports, self.netns, os.getpid()))
+                info = info_document(
+                    self.gateway,
+                    self.ports,
+                    self.netns,
+                    os.getpid(),
+                    control_plane_address(self.sockets),
                 )
+                self.state_dir.info.write_text(json.dumps(info))
                 print(READY_LINE, file=self.out, flush=True)
             await self.stopping.wait()
         finally:

@@ -1,6 +1,6 @@
 """A real control plane core for admin API tests: the file provider watching the
 operator's manifests and the applied directory, and the admin servicer on a real
-grpc.aio server on loopback, in a thread of its own so that blocking clients (the CLI)
+grpc.aio server on a Unix socket, in a thread of its own so that blocking clients (the CLI)
 can call it from the test's thread."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
+from clrk_runtime import grpc_auth
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.policy_stream import PolicyHub
 from clrk_xds.provider import FileProvider
@@ -80,13 +79,14 @@ class Plane:
         paths = with_applied_dir([self.ops], self.applied)
         self.provider = FileProvider(paths, SnapshotCache(), PolicyHub(), translate, debounce_ms=20)
         self.admin = AdminServer(self.provider, self.applied, self.records, poll=0.05)
-        server = grpc.aio.server()
+        # A Unix socket in a private directory, as under `clrk up`.
+        self.address = f"unix:{self.root / 'run' / 'control-plane.socket'}"
+        server = grpc_auth.server(self.address, None)
         server.add_generic_rpc_handlers((self.admin.handler(),))
-        port = server.add_insecure_port("127.0.0.1:0")
+        grpc_auth.bind(server, self.address, None)
         await self.provider.reload()
         await server.start()
         watcher = asyncio.create_task(self.provider.run(self._stop))
-        self.address = f"127.0.0.1:{port}"
         self._ready.set()
         try:
             await self._stop.wait()

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from clrk.nexthops import DEFAULT_BASE_PORT
+from clrk_worker_dialer.proxy_credentials import ensure_token
 from tests.e2e.dialer_proc import DialerProcess
 from tests.e2e.topology import DEFAULT_ZONE, Topology, sources
 
@@ -87,6 +88,8 @@ def world(topology: Topology):
     hop, hop_log = topology.start_next_hop(
         [f"127.0.0.1:{DEFAULT_BASE_PORT}", f"127.0.0.1:{DEFAULT_BASE_PORT + 1}"]
     )
+    credentials = topology.workdir / "proxy-credentials"
+    ensure_token(credentials, "default/agent-a")  # explicit mode names agent-a with it
     dialer = None
     try:
         dialer = DialerProcess(
@@ -94,8 +97,9 @@ def world(topology: Topology):
             manifests,
             gateway="default/egress",
             sources={**sources(A_INDEX, "default/agent-a"), **sources(B_INDEX, "agent-b")},
-            extra=["--socks5", "127.0.0.1:1080", "--http-connect", "127.0.0.1:3128"],
-        )
+            extra=["--socks5", "127.0.0.1:1080", "--http-connect", "127.0.0.1:3128",
+                   "--proxy-credentials", str(credentials)],
+        )  # fmt: skip
         yield {"a": a, "b": b, "hop_log": hop_log, "dialer": dialer, "manifests": manifests}
     finally:
         if dialer is not None:
@@ -313,12 +317,14 @@ def test_an_invalid_edit_keeps_the_last_good_policy(world):
 @pytest.mark.parametrize(
     "proxy",
     [
-        ["--proxy", "socks5h://agent-a@127.0.0.1:1080"],
-        ["--proxytunnel", "--proxy", "http://agent-a@127.0.0.1:3128"],
+        ["--proxy", "socks5h://agent-a:TOKEN@127.0.0.1:1080"],
+        ["--proxytunnel", "--proxy", "http://agent-a:TOKEN@127.0.0.1:3128"],
     ],
     ids=["socks5h", "http-connect"],
 )
 def test_explicit_mode_gets_the_same_decisions(world, topology, proxy):
+    token = ensure_token(topology.workdir / "proxy-credentials", "default/agent-a")
+    proxy = [arg.replace("TOKEN", token) for arg in proxy]
     mark = world["hop_log"].mark()
     ok = topology.run_in_gw([*CURL, *proxy, "-o", "/dev/null", "-w", "%{http_code}",
                              "http://example.test/"])  # fmt: skip

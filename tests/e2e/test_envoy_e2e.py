@@ -25,7 +25,7 @@ from tests.e2e.dialer_proc import DialerProcess
 from tests.e2e.topology import Topology, TopologyError, python_module, sources, wait_until
 
 AGENT_INDEX = 60
-ADS = "127.0.0.1:18000"
+CONTROL_SOCKET = "control-plane.socket"  # beside Envoy's listener sockets, as in `clrk up`
 STATUS = "127.0.0.1:18001"
 CURL = ["curl", "-sS", "--max-time", "5"]
 
@@ -122,7 +122,7 @@ BULK_CLIENT = textwrap.dedent("""
 class ControlPlaneProcess:
     """`python -m clrk_xds` in gw, with its status page."""
 
-    def __init__(self, topology: Topology, manifests, sockets: str) -> None:
+    def __init__(self, topology: Topology, manifests, sockets: str, ads: str) -> None:
         self.topology = topology
         self.proc = topology.start_in_gw(
             python_module(
@@ -130,7 +130,7 @@ class ControlPlaneProcess:
                 "--manifests",
                 str(manifests),
                 "--listen",
-                ADS,
+                ads,
                 "--status-listen",
                 STATUS,
                 "--envoy-socket-dir",
@@ -169,9 +169,10 @@ def world(topology: Topology, tmp_path_factory):
     sockets = tempfile.mkdtemp(prefix="clrk-e2e-")
     plane = envoy = dialer = None
     try:
-        plane = ControlPlaneProcess(topology, manifests, sockets)
+        ads = f"unix:{sockets}/{CONTROL_SOCKET}"
+        plane = ControlPlaneProcess(topology, manifests, sockets, ads)
         envoy = EnvoyProcess(
-            render_bootstrap("default/egress", *ADS.split(":"), admin_port=0),
+            render_bootstrap("default/egress", ads, admin_port=0),
             netns=topology.gw,
             log_level="warning",
         ).start()
@@ -181,7 +182,7 @@ def world(topology: Topology, tmp_path_factory):
             manifests,  # ignored: --control-plane wins; DialerProcess always passes -f
             gateway="default/egress",
             sources=sources(AGENT_INDEX, "default/agent-a"),
-            extra=["--control-plane", ADS, "--next-hop-socket-dir", sockets],
+            extra=["--control-plane", ads, "--next-hop-socket-dir", sockets],
             name="envoy-e2e-dialer",
         )
         yield {"agent": agent, "plane": plane, "envoy": envoy, "dialer": dialer,

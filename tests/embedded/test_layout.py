@@ -12,6 +12,7 @@ from clrk_cli.embedded.layout import (
     LayoutError,
     Ports,
     StateDir,
+    TcpListen,
     choose_gateway,
     gateways_with_agents,
     info_document,
@@ -65,7 +66,7 @@ def test_stack_order_probes_and_paths():
     assert envoy.argv[0] == "/bin/envoy" and "--disable-hot-restart" in envoy.argv
     assert envoy.probe.target == "http://127.0.0.1:19000/ready"
     (bootstrap,) = envoy.files.values()
-    assert '"id": "default/gw"' in bootstrap and '"port_value": 18000' in bootstrap
+    assert '"id": "default/gw"' in bootstrap
     dialer = specs["dialer"]
     assert dialer.argv[dialer.argv.index("--records") + 1] == "/state/records.jsonl"
     assert dialer.argv[dialer.argv.index("--sandboxes") + 1] == "/state/sandboxes"
@@ -80,6 +81,26 @@ def test_envoy_and_the_dialer_meet_on_the_socket_directory_given():
         plane, dialer = specs["control-plane"].argv, specs["dialer"].argv
         assert plane[plane.index("--envoy-socket-dir") + 1] == sockets
         assert dialer[dialer.index("--next-hop-socket-dir") + 1] == sockets
+
+
+def test_the_control_plane_is_only_a_unix_socket_that_envoy_and_the_dialer_reach():
+    specs = children()
+    control = "unix:/state/run/envoy/control-plane.socket"
+    plane, dialer = specs["control-plane"].argv, specs["dialer"].argv
+    assert [plane[i + 1] for i, arg in enumerate(plane) if arg == "--listen"] == [control]
+    assert dialer[dialer.index("--control-plane") + 1] == control
+    (bootstrap,) = specs["envoy"].files.values()
+    assert '"path": "/state/run/envoy/control-plane.socket"' in bootstrap
+    assert "socket_address" not in bootstrap.split('"static_resources"')[1]
+
+
+def test_a_tcp_listener_is_opt_in_and_carries_its_authentication():
+    listen = TcpListen("0.0.0.0:18000", cert_file="/c.pem", key_file="/k.pem", client_ca_file="/ca")
+    plane = children(tcp_listen=listen)["control-plane"].argv
+    listens = [plane[i + 1] for i, arg in enumerate(plane) if arg == "--listen"]
+    assert listens == ["unix:/state/run/envoy/control-plane.socket", "0.0.0.0:18000"]
+    assert plane[plane.index("--client-ca") + 1] == "/ca"
+    assert "--token-file" not in plane
 
 
 def test_the_preferred_socket_directory_is_in_the_state_directory_however_deep():
@@ -108,5 +129,6 @@ def test_restart_delay_first_restart_is_fast():
 
 
 def test_info_document():
-    doc = info_document("default/gw", Ports(), "ns1", 42)
-    assert doc == {"gateway": "default/gw", "ports": Ports().as_dict(), "netns": "ns1", "pid": 42}
+    doc = info_document("default/gw", Ports(), "ns1", 42, "unix:/s/control-plane.socket")
+    assert doc == {"gateway": "default/gw", "ports": Ports().as_dict(), "netns": "ns1", "pid": 42,
+                   "control_plane": "unix:/s/control-plane.socket"}  # fmt: skip

@@ -15,6 +15,7 @@ import pytest
 
 from clrk_cli.demo.world import World
 from tests.e2e.topology import leaks, snapshot
+from tests.netns_helpers import readable_by_agents
 
 pytestmark = [
     pytest.mark.root,
@@ -88,7 +89,8 @@ spec:
 def test_apply_takes_effect_without_a_restart_and_an_invalid_one_changes_nothing(up):
     manifest = up["work"] / "route.yaml"
     manifest.write_text(ROUTE % "99999")
-    bad = in_host(up, *clrk("apply", "-f", str(manifest)))
+    state = ("--state-dir", str(up["state"]))  # its control plane's socket is in there
+    bad = in_host(up, *clrk("apply", "-f", str(manifest), *state))
     validate = subprocess.run(clrk("validate", "-f", str(manifest)), capture_output=True,
                               text=True, env=ENV)  # fmt: skip
     assert bad.returncode != 0 and validate.returncode != 0
@@ -96,14 +98,15 @@ def test_apply_takes_effect_without_a_restart_and_an_invalid_one_changes_nothing
                  if "99999" in line)  # fmt: skip
     assert error in bad.stdout + bad.stderr
     manifest.write_text(ROUTE % "443")
-    good = in_host(up, *clrk("apply", "-f", str(manifest)))
+    good = in_host(up, *clrk("apply", "-f", str(manifest), *state))
     assert good.returncode == 0, good.stdout + good.stderr
     # Opened for plain TCP on the tcp-out listener: the TLS handshake goes end to end.
     deadline = time.monotonic() + 10
-    while True:
-        out = run_as_bot(up, "curl", "-sS", "--max-time", "5", "--cacert",
-                         str(up["world"].certs["ca"]), "https://evil.example/")  # fmt: skip
-        if out.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    with readable_by_agents(up["world"].certs["ca"]) as (upstream_ca,):
+        while True:
+            out = run_as_bot(up, "curl", "-sS", "--max-time", "5", "--cacert", upstream_ca,
+                             "https://evil.example/")  # fmt: skip
+            if out.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     assert out.returncode == 0, out.stderr

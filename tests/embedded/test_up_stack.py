@@ -17,14 +17,8 @@ from queue import Empty, Queue
 import pytest
 
 from clrk.records.query import iter_records, select
-from tests.e2e.topology import (
-    Topology,
-    leaks,
-    python_module,
-    read_line,
-    snapshot,
-    wait_until,
-)
+from tests.e2e.topology import wait_until
+from tests.embedded.up_harness import CURL, clrk, pid_gone
 from tests.netns_helpers import agent_script
 
 pytestmark = [
@@ -33,105 +27,6 @@ pytestmark = [
 ]
 
 HERE = Path(__file__).resolve().parent
-READY_TIMEOUT = 60.0
-POLICY = """\
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressGateway
-metadata: {name: egress}
-spec:
-  listeners:
-  - {name: tcp, protocol: TCP}
-  - {name: tls, protocol: TLS, port: 443}
-  dns: {upstream: ["198.51.100.53:53"]}
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressL4Route
-metadata: {name: web}
-spec:
-  parentRefs: [{name: egress, sectionName: tcp}]
-  rules:
-  - matches: [{destinationHostnames: [example.test], ports: [{port: 80}]}]
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: DaemonAgent
-metadata: {name: bot}
-spec: {egressRefs: [{gatewayRef: egress}]}
-"""
-CURL = ["curl", "-sS", "--max-time", "5"]
-
-
-def clrk(*args: str) -> list[str]:
-    return python_module("clrk_cli", *args)
-
-
-class Stack:
-    """`clrk up` in the topology's gw namespace."""
-
-    def __init__(self, topology: Topology, manifests: Path, state: Path) -> None:
-        self.topology, self.state = topology, state
-        self.proc = topology.start_in_gw(
-            clrk("up", "-f", str(manifests), "--state-dir", str(state))
-        )
-        line = read_line(self.proc, READY_TIMEOUT)
-        if line != "clrk ready\n":
-            self.stop()
-            raise AssertionError(f"not ready: {line!r}\n{self.log()}")
-
-    def log(self) -> str:
-        return self.topology.processes.stderr_text(self.proc)
-
-    def health(self) -> dict:
-        out = self.topology.run_in_gw(["curl", "-sS", "http://127.0.0.1:9464/healthz"])
-        return json.loads(out.stdout)
-
-    def metrics(self) -> str:
-        return self.topology.run_in_gw(["curl", "-sS", "http://127.0.0.1:9464/metrics"]).stdout
-
-    def run(self, *argv: str, timeout: float = 30.0, extra=()) -> subprocess.CompletedProcess:
-        """`clrk run --agent bot -- argv` from the root namespace (where a user is)."""
-        return subprocess.run(
-            clrk("run", "--agent", "bot", "--state-dir", str(self.state), *extra, "--", *argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "PYTHONPATH": str(HERE.parents[1])},
-        )
-
-    def stop(self) -> int:
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self.topology.processes.stop(self.proc)
-        return code
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-
-
-@pytest.fixture(scope="module")
-def topology(tmp_path_factory):
-    before = snapshot()
-    with Topology(tmp_path_factory.mktemp("up")) as topo:
-        yield topo
-    assert not leaks(before, snapshot()), leaks(before, snapshot())
-
-
-@pytest.fixture(scope="module")
-def stack(topology, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("up-stack")
-    manifests = directory / "policy.yaml"
-    manifests.write_text(POLICY)
-    stack = Stack(topology, manifests, directory / "state")
-    try:
-        yield stack
-    finally:
-        assert stack.stop() == 0
 
 
 def test_run_allows_denies_and_records(stack):
@@ -249,7 +144,7 @@ def test_a_killed_child_is_restarted_and_nothing_denied_gets_through(stack, chil
         assert all(e["result"] == "refused" for e in lines if e["kind"] == "denied")
         new = stack.health()["children"][child]
         assert new["pid"] != pid and new["restarts"] >= 1
-        assert _pid_gone(pid)
+        assert pid_gone(pid)
     finally:
         agent.stdin.close()
         agent.wait(30)
@@ -298,13 +193,13 @@ def test_the_next_run_in_a_killed_runs_slot_removes_what_it_left(stack):
         killed.kill()
         killed.wait(10)
     # The agent's processes end with their `clrk run`; its sandbox and registration stay.
-    wait_until(lambda: _pid_gone(sleeper), 5, "the agent ends with its clrk run")
+    wait_until(lambda: pid_gone(sleeper), 5, "the agent ends with its clrk run")
     assert name in _netns_names() and (sandboxes / f"{name}.json").exists()
 
     out = stack.run(*CURL, "http://example.test/")
     assert out.returncode == 0 and "hello" in out.stdout, out.stderr
     assert name not in _netns_names()
-    assert _pid_gone(sleeper)
+    assert pid_gone(sleeper)
     assert not (sandboxes / f"{name}.json").exists()
     assert not Path(f"/etc/netns/{name}").exists()
 
@@ -316,5 +211,5 @@ def test_up_stops_cleanly(stack):
     assert all(pids)
     stack.proc.send_signal(signal.SIGINT)
     assert stack.proc.wait(30) == 0
-    assert all(_pid_gone(pid) for pid in pids)
+    assert all(pid_gone(pid) for pid in pids)
     assert not (stack.state / "up.json").exists()

@@ -56,7 +56,7 @@ async def echo_server():
 async def envoy(ads_port: int):
     base_id = str(os.getpid() % 4000 * 100 + next(_base_ids))
     proc = EnvoyProcess(
-        render_bootstrap(NODE, "127.0.0.1", ads_port, 0),
+        render_bootstrap(NODE, f"127.0.0.1:{ads_port}", 0),
         extra_args=("--base-id", base_id),
         log_level="warning",
     )

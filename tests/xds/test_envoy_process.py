@@ -35,8 +35,13 @@ def test_envoy_binary_is_executable() -> None:
     assert path.is_file() and os.access(path, os.X_OK)
 
 
+def _ads_endpoint(boot: dict) -> dict:
+    (cluster,) = boot["static_resources"]["clusters"]
+    return cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+
+
 def test_render_bootstrap_fills_node_ads_and_admin() -> None:
-    boot = render_bootstrap("team-a/prod-agents", "127.0.0.1", 18000, 19000)
+    boot = render_bootstrap("team-a/prod-agents", "127.0.0.1:18000", 19000)
     assert boot["node"] == {"id": "team-a/prod-agents", "cluster": "clrk-gateway"}
     assert boot["admin"]["address"]["socket_address"] == {
         "address": "127.0.0.1",
@@ -45,19 +50,28 @@ def test_render_bootstrap_fills_node_ads_and_admin() -> None:
     ads = boot["dynamic_resources"]
     assert ads["ads_config"]["api_type"] == "GRPC"
     assert ads["lds_config"] == ads["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
-    (cluster,) = boot["static_resources"]["clusters"]
-    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    assert endpoint["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 18000}
+    address = _ads_endpoint(boot)["address"]
+    assert address["socket_address"] == {"address": "127.0.0.1", "port_value": 18000}
+
+
+def test_render_bootstrap_reaches_ads_over_a_unix_socket() -> None:
+    boot = render_bootstrap("default/gw", "unix:/run/clrk/control-plane.socket", 0)
+    assert _ads_endpoint(boot)["address"] == {"pipe": {"path": "/run/clrk/control-plane.socket"}}
+    assert _ads_endpoint(render_bootstrap("g", "[::1]:18000", 0))["address"] == {
+        "socket_address": {"address": "::1", "port_value": 18000}
+    }
 
 
 def test_render_bootstrap_values_cannot_change_the_document() -> None:
     odd = 'x", admin: {}, "y: {z}\n  - [1]'
-    boot = render_bootstrap(odd, "::1", 1, 0, node_cluster="c#1")
+    boot = render_bootstrap(odd, 'unix:/a b", admin: {}, x: "', 0, node_cluster="c#1")
     assert boot["node"] == {"id": odd, "cluster": "c#1"}
+    assert _ads_endpoint(boot)["address"]["pipe"]["path"] == '/a b", admin: {}, x: "'
 
 
-def test_rendered_bootstrap_is_valid_envoy_config() -> None:
-    ok, output = validate_config(render_bootstrap("default/gw", "127.0.0.1", 18000, 0))
+@pytest.mark.parametrize("ads", ["127.0.0.1:18000", "unix:/run/clrk/control-plane.socket"])
+def test_rendered_bootstrap_is_valid_envoy_config(ads) -> None:
+    ok, output = validate_config(render_bootstrap("default/gw", ads, 0))
     assert ok, output
 
 
@@ -124,7 +138,7 @@ def test_bad_config_raises_with_log_and_leaves_no_process() -> None:
 def test_ads_bootstrap_waits_for_its_control_plane() -> None:
     """With no control plane listening, Envoy runs but is not ready (initial LDS/CDS
     fetch pending); stop() still ends it."""
-    with EnvoyProcess(render_bootstrap("default/gw", "127.0.0.1", 9, 0), wait_ready=False) as envoy:
+    with EnvoyProcess(render_bootstrap("default/gw", "127.0.0.1:9", 0), wait_ready=False) as envoy:
         with pytest.raises(EnvoyError, match="not ready"):
             envoy.wait_until_ready(1.0)
         assert envoy.proc.poll() is None

@@ -13,8 +13,10 @@ import time
 
 import pytest
 
+from clrk_runtime.grpc_auth import AuthError
 from clrk_worker_dialer.policy_client import watch_policy
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
+from clrk_xds.server import ControlPlane
 from tests.xds.xds_messages import free_port
 
 GATEWAY = """\
@@ -56,23 +58,24 @@ def test_control_plane_process_serves_envoy_and_dialers(tmp_path):
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "gw.yaml").write_text(GATEWAY)
-    port, base = free_port(), free_port()
+    base = free_port()
+    listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
     log = tmp_path / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "clrk_xds", "--manifests", str(manifests),
-             "--listen", f"127.0.0.1:{port}", "--envoy-base-port", str(base)],
+             "--listen", listen, "--envoy-base-port", str(base)],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     envoy = EnvoyProcess(
-        render_bootstrap("default/gw", "127.0.0.1", port, 0),
+        render_bootstrap("default/gw", listen, 0),
         extra_args=("--base-id", str(os.getpid() % 4000 * 100 + 99)),
         log_level="warning",
     )
     try:
         wait_for(lambda: "server.listening" in log.read_text())
         envoy.start()
-        update = first_update(f"127.0.0.1:{port}", "default/gw")
+        update = first_update(listen, "default/gw")
         assert [d.kind for d in update.documents] == ["EgressGateway"]
 
         def listeners() -> str:
@@ -96,3 +99,25 @@ def test_control_plane_process_serves_envoy_and_dialers(tmp_path):
     msgs = [entry["msg"] for entry in lines]
     assert "server.stopped" in msgs and "provider.applied" in msgs
     assert any(e["msg"] == "provider.error" and "gw.yaml" in e["error"] for e in lines)
+
+
+def test_an_open_tcp_listener_refuses_to_start(tmp_path):
+    """Issue 11: the admin API, policy stream and ADS are never served to anyone who
+    asks; TCP needs a token or mTLS, and without either nothing starts."""
+    (tmp_path / "gw.yaml").write_text(GATEWAY)
+    out = subprocess.run(
+        [sys.executable, "-m", "clrk_xds", "--manifests", str(tmp_path / "gw.yaml"),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "refusing to serve it open" in out.stderr
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "clrk_xds", "--manifests", str(tmp_path / "gw.yaml"),
+         "--listen", "127.0.0.1:0", "--token-file", str(empty)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and str(empty) in out.stderr
+    with pytest.raises(AuthError):
+        ControlPlane([tmp_path / "gw.yaml"], "0.0.0.0:18000")

@@ -119,7 +119,8 @@ def test_a_running_control_plane_shows_the_last_good_version_and_every_error(tmp
 
     async def go():
         stop = asyncio.Event()
-        plane = ControlPlane([manifests], "127.0.0.1:0", status_listen="127.0.0.1:0")
+        listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
+        plane = ControlPlane([manifests], listen, status_listen="127.0.0.1:0")
         task = asyncio.create_task(plane.serve(stop))
         try:
             await _until(lambda: asyncio.sleep(0, plane.status_port))
