@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
 
-from clrk_runtime.grpc_auth import AuthError
+from clrk_runtime.grpc_auth import AuthError, ClientAuth
 from clrk_worker_dialer.policy_client import watch_policy
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 from clrk_xds.server import ControlPlane
@@ -45,9 +46,9 @@ def wait_for(predicate, timeout=20.0):
     raise AssertionError(f"not within {timeout}s")
 
 
-def first_update(target: str, gateway: str):
+def first_update(target: str, gateway: str, auth=None):
     async def go():
-        async for update in watch_policy(target, gateway):
+        async for update in watch_policy(target, gateway, auth):
             return update
 
     return asyncio.run(asyncio.wait_for(go(), 10))
@@ -121,3 +122,46 @@ def test_an_open_tcp_listener_refuses_to_start(tmp_path):
     assert out.returncode == 2 and str(empty) in out.stderr
     with pytest.raises(AuthError):
         ControlPlane([tmp_path / "gw.yaml"], "0.0.0.0:18000")
+
+
+def test_a_tcp_listener_with_a_token_serves_only_clients_that_send_it(tmp_path):
+    """The opt-in TCP listener beside the Unix socket: the CLI and the dialer's policy
+    stream get in with the token file, and nothing without it."""
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "gw.yaml").write_text(GATEWAY)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    port = free_port()
+    unix = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clrk_xds", "--manifests", str(manifests),
+             "--applied-dir", str(tmp_path / "applied"), "--listen", unix,
+             "--listen", f"127.0.0.1:{port}", "--token-file", str(token)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: log.read_text().count("server.listening") == 2)
+
+        def get(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "clrk_cli", "get", "gateways", "-o", "json", *args],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+
+        tcp = ("--server", f"127.0.0.1:{port}")
+        refused = get(*tcp)
+        assert refused.returncode == 1 and "a valid bearer token is required" in refused.stderr
+        assert get(*tcp, "--token-file", str(token)).returncode == 0
+        assert get("--server", unix).returncode == 0
+        auth = ClientAuth(token_file=str(token))
+        update = first_update(f"127.0.0.1:{port}", "default/gw", auth)
+        assert [d.kind for d in update.documents] == ["EgressGateway"]
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            first_update(f"127.0.0.1:{port}", "default/gw")
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
