@@ -123,7 +123,7 @@ def _run_sandboxed(state, ref, info, env, user, privileged, command) -> int:
             if privileged:
                 argv = sandbox.exec_argv(command)
             else:
-                argv = confine.command(sandbox.name, who.uid, who.gid, who.groups, command)
+                argv = confine.command(sandbox.name, who.uid, who.gid, command)
             return _run(argv, env)
     except RunError as exc:
         raise click.ClickException(str(exc)) from None

@@ -3,12 +3,13 @@ state is out of that user's reach.
 
 The default is the user who ran `sudo clrk run` (SUDO_UID/SUDO_GID), else a uid of the
 agent's own that no account has (DEDICATED_UID).  Never root: uid 0 without a single
-capability still owns root's files, the CA key among them.
+capability still owns root's files, the CA key among them.  Only the primary group,
+never supplementary ones: a group such as docker's or libvirt's opens a socket that
+starts processes outside any sandbox.
 """
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import shutil
@@ -29,7 +30,6 @@ class UserError(ValueError):
 class AgentUser:
     uid: int
     gid: int
-    groups: tuple[int, ...] = ()
     name: str | None = None
     home: str = "/"
     why: str = field(default="", compare=False)  # how it was chosen, for messages
@@ -41,15 +41,7 @@ class AgentUser:
 
 
 def _from_passwd(entry: pwd.struct_passwd, why: str) -> AgentUser:
-    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
-    return AgentUser(
-        entry.pw_uid,
-        entry.pw_gid,
-        tuple(sorted(set(groups))),
-        entry.pw_name,
-        entry.pw_dir or "/",
-        why,
-    )
+    return AgentUser(entry.pw_uid, entry.pw_gid, entry.pw_name, entry.pw_dir or "/", why)
 
 
 def choose(user: str | None, environ: Mapping[str, str]) -> AgentUser:
@@ -63,12 +55,12 @@ def choose(user: str | None, environ: Mapping[str, str]) -> AgentUser:
             entry = pwd.getpwuid(uid)
             chosen = _from_passwd(entry, "the user who ran sudo")
             if entry.pw_gid != gid:
-                chosen = AgentUser(uid, gid, chosen.groups, chosen.name, chosen.home, chosen.why)
+                chosen = AgentUser(uid, gid, chosen.name, chosen.home, chosen.why)
         except KeyError:
             chosen = AgentUser(uid, gid, why="the user who ran sudo")
     else:
         chosen = AgentUser(DEDICATED_UID, DEDICATED_GID, why="the agents' own uid")
-    if chosen.uid == 0 or chosen.gid == 0 or 0 in chosen.groups:
+    if chosen.uid == 0 or chosen.gid == 0:
         raise UserError(
             f"the agent would run as root ({chosen.why}): root owns the gateway's files "
             "even without capabilities; give --user another user"
@@ -88,18 +80,11 @@ def _named(user: str) -> AgentUser:
         raise UserError(f"--user {user}: no such user") from None
 
 
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
 def _may_write(info: os.stat_result, user: AgentUser) -> bool:
     mode = info.st_mode
     if info.st_uid == user.uid:
         return bool(mode & stat.S_IWUSR)
-    if info.st_gid == user.gid or info.st_gid in user.groups:
+    if info.st_gid == user.gid:
         return bool(mode & stat.S_IWGRP)
     return bool(mode & stat.S_IWOTH)
 

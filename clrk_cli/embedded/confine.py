@@ -3,15 +3,17 @@ sandbox besides the network namespace.
 
 `clrk run` (root) starts, inside the sandbox's network namespace,
 
-    ip netns exec NAME PYTHON -I confine.py --uid U --gid G [--groups G,..] --parent PID -- CMD
+    ip netns exec NAME PYTHON -I confine.py --uid U --gid G --parent PID -- CMD
 
 and this script, still root, makes the rest:
 
 - a new mount, PID and IPC namespace.  Its first child is PID 1 there and mounts a
   fresh /proc, so the agent sees its own processes only: no /proc/<gateway pid>/ns/net
   to enter, no gateway process to signal or inspect.
-- PID 1 starts CMD, then both drop everything: supplementary groups, gid, uid (the
-  agent's, never 0), every capability (bounding, ambient, inheritable, permitted,
+- PID 1 hides the per-user runtime directories (/run/user: session buses, the user's
+  service manager, which would start a process outside the sandbox), starts CMD, then
+  both drop everything: supplementary groups, gid, uid (the agent's, never 0), every
+  capability (bounding, ambient, inheritable, permitted,
   effective: all empty, checked in /proc/self/status), and set no_new_privs, so no
   setuid binary or file capability can give anything back.  PID 1 passes on the
   signals it gets, reaps orphans and exits with CMD's status (128+N for signal N).
@@ -46,6 +48,7 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SETUP_FAILED = 125
+RUN_USER = "/run/user"
 FORWARDED = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -133,12 +136,12 @@ def unconfined(status: dict[str, str], uid: int, gid: int) -> list[str]:
     return problems
 
 
-def drop_privileges(uid: int, gid: int, groups: Sequence[int]) -> None:
-    """Become uid/gid with `groups`, without any capability and with no_new_privs; a
-    ConfineError when anything is left."""
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid/gid without supplementary groups, without any capability and with
+    no_new_privs; a ConfineError when anything is left."""
     if uid == 0 or gid == 0:
         raise ConfineError("the agent must not run as uid or gid 0")
-    os.setgroups(list(groups))
+    os.setgroups([])
     os.setresgid(gid, gid, gid)
     for capability in range(_last_capability() + 1):  # needs CAP_SETPCAP: before setuid
         _prctl(PR_CAPBSET_DROP, capability, f"dropping capability {capability}")
@@ -182,7 +185,7 @@ def _run_agent(args: argparse.Namespace) -> None:
     try:
         for signum in FORWARDED:
             signal.signal(signum, signal.SIG_DFL)
-        drop_privileges(args.uid, args.gid, args.groups)
+        drop_privileges(args.uid, args.gid)
         if not os.access(".", os.X_OK):
             print("clrk run: the agent's user cannot enter the current directory; "
                   "it starts in /", file=sys.stderr)  # fmt: skip
@@ -207,6 +210,8 @@ def _init(args: argparse.Namespace, outside: int) -> None:
     of a pipe only the process outside holds open: at EOF, it is gone."""
     try:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if os.path.isdir(RUN_USER):
+            _mount("tmpfs", RUN_USER, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except ConfineError as exc:
         print(f"clrk run: cannot confine the agent: {exc}", file=sys.stderr)
         os._exit(SETUP_FAILED)
@@ -215,7 +220,7 @@ def _init(args: argparse.Namespace, outside: int) -> None:
         _run_agent(args)
     _forward_to(agent)
     try:
-        drop_privileges(args.uid, args.gid, args.groups)  # nothing privileged stays inside
+        drop_privileges(args.uid, args.gid)  # nothing privileged stays inside
         # Dying with the process outside ends every process here; a change of
         # credentials clears that setting, so it comes after, and the pipe tells
         # whether that process died before.
@@ -233,7 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="confine.py")
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
-    parser.add_argument("--groups", type=lambda v: [int(g) for g in v.split(",") if g], default=[])
     parser.add_argument("--parent", type=int, required=True, help="the PID of `clrk run`")
     parser.add_argument("command", nargs="+")
     args = parser.parse_args(argv)
@@ -257,15 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _wait_for(init)
 
 
-def command(
-    netns: str, uid: int, gid: int, groups: Sequence[int], argv: Sequence[str]
-) -> list[str]:
+def command(netns: str, uid: int, gid: int, argv: Sequence[str]) -> list[str]:
     """The argv that runs `argv` confined in the sandbox `netns`, as a child of this
     process (its PID is the --parent)."""
     return [
         "ip", "netns", "exec", netns, sys.executable, "-I", os.path.abspath(__file__),
-        "--uid", str(uid), "--gid", str(gid), "--groups", ",".join(map(str, groups)),
-        "--parent", str(os.getpid()), "--", *argv,
+        "--uid", str(uid), "--gid", str(gid), "--parent", str(os.getpid()), "--", *argv,
     ]  # fmt: skip
 
 

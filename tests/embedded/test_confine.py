@@ -52,10 +52,10 @@ def test_every_capability_set_uid_and_no_new_privs_are_checked():
 
 
 def test_the_command_runs_the_script_by_path_as_a_child_of_this_process():
-    argv = confine.command("clrk-r-p1-1", 1000, 1000, (1000, 27), ["curl", "-sS", "x"])
+    argv = confine.command("clrk-r-p1-1", 1000, 1000, ["curl", "-sS", "x"])
     assert argv[:4] == ["ip", "netns", "exec", "clrk-r-p1-1"]
     assert argv[5:7] == ["-I", str(Path(confine.__file__).resolve())]
-    assert argv[argv.index("--groups") + 1] == "1000,27"
+    assert argv[argv.index("--uid") + 1] == argv[argv.index("--gid") + 1] == "1000"
     assert argv[argv.index("--parent") + 1] == str(os.getpid())
     assert argv[-4:] == ["--", "curl", "-sS", "x"]
 
@@ -68,7 +68,7 @@ def netns():
 
 def run_confined(netns: str, *argv: str, uid: int = UID, timeout: float = 20.0, **kw):
     return subprocess.run(
-        confine.command(netns, uid, uid, (), list(argv)),
+        confine.command(netns, uid, uid, list(argv)),
         capture_output=True, text=True, timeout=timeout, cwd="/", **kw,
     )  # fmt: skip
 
@@ -122,7 +122,7 @@ def test_exit_codes_and_signals_come_back_as_a_shell_reports_them(netns):
 @root_only
 def test_a_signal_to_the_outer_process_reaches_the_agent(netns):
     proc = subprocess.Popen(
-        confine.command(netns, UID, UID, (), ["sh", "-c", "trap 'exit 9' TERM; echo up; "
+        confine.command(netns, UID, UID, ["sh", "-c", "trap 'exit 9' TERM; echo up; "
                                                          "while :; do sleep 0.1; done"]),
         stdout=subprocess.PIPE, text=True, cwd="/",
     )  # fmt: skip
@@ -146,7 +146,7 @@ proc.wait()
 
 @root_only
 def test_every_process_of_the_sandbox_ends_when_clrk_run_is_killed(netns):
-    argv = confine.command(netns, UID, UID, (), ["x"])
+    argv = confine.command(netns, UID, UID, ["x"])
     before_parent = argv[: argv.index("--parent")]
     parent = subprocess.Popen(
         [sys.executable, "-c", KILLED_PARENT, *before_parent, "x"],
@@ -171,8 +171,22 @@ def test_every_process_of_the_sandbox_ends_when_clrk_run_is_killed(netns):
 
 @root_only
 def test_a_confinement_whose_clrk_run_is_gone_runs_nothing(netns):
-    argv = confine.command(netns, UID, UID, (), ["sleep", "300"])
+    argv = confine.command(netns, UID, UID, ["sleep", "300"])
     argv[argv.index("--parent") + 1] = "1"  # not its parent: as if `clrk run` had died
     assert subprocess.run(argv, cwd="/", timeout=20).returncode == confine.SETUP_FAILED
     out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
     assert out.stdout.split() == []
+
+
+@root_only
+def test_the_per_user_runtime_directories_are_hidden(netns):
+    """A session bus or the user's service manager under /run/user would start processes
+    outside the sandbox for an agent running as that user."""
+    session = Path("/run/user") / str(UID)  # as if the agent's user were logged in
+    made = [p for p in (session.parent, session) if not p.exists()]
+    session.mkdir(parents=True, exist_ok=True)
+    try:
+        assert run_confined(netns, "ls", "-A", "/run/user").stdout == ""
+    finally:
+        for path in reversed(made):
+            path.rmdir()
