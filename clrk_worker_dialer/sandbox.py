@@ -58,7 +58,10 @@ class Sandbox:
         return self.spec.name
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
-        """The argv that runs `argv` inside the agent namespace."""
+        """The argv that runs `argv` inside the agent's network namespace with the
+        caller's privileges (root: every capability, so it could leave the sandbox).
+        `clrk run` confines the agent instead (clrk_cli.embedded.confine); this is for
+        `--privileged` and test harnesses."""
         return ["ip", "netns", "exec", self.spec.name, *argv]
 
     def _host(self, argv: Argv) -> Argv:
