@@ -82,8 +82,10 @@ class ControlPlane:
             self.status_port = status_server.sockets[0].getsockname()[1]
             log.info("status.listening", extra=fields(port=self.status_port))
         await server.start()
-        host = self.listen.rsplit(":", 1)[0]
-        log.info("server.listening", extra=fields(address=f"{host}:{self.port}"))
+        address = self.listen
+        if not address.startswith("unix:"):  # a port of 0 means "any": say which one
+            address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        log.info("server.listening", extra=fields(address=address))
         watcher = asyncio.create_task(self._watch(stop))
         renewer = asyncio.create_task(self._renew_leaves()) if self.leaves else None
         try:
