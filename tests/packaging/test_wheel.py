@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns_helpers import python_for_anyone
 from tests.packaging.build_cache import ROOT, wheelhouse
 
 NOBODY = 65534
@@ -26,16 +27,6 @@ def wheels() -> Path:
     return wheelhouse()
 
 
-def _system_interpreter() -> str:
-    """A Python of this version that any user may run: the venv links to it, and a
-    personal one (say under root's home) would lock the other user out."""
-    name = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for directory in ("/usr/local/bin", "/usr/bin"):
-        if Path(directory, name).is_file():
-            return str(Path(directory, name))
-    return sys.executable
-
-
 @pytest.fixture(scope="module")
 def installed(wheels: Path) -> Iterator[Path]:
     """A fresh venv, outside the source tree, with clrk installed from the wheels only."""
@@ -43,7 +34,7 @@ def installed(wheels: Path) -> Iterator[Path]:
     try:
         home.chmod(0o755)  # another user runs it below
         venv = home / "venv"
-        python = _system_interpreter()
+        python = python_for_anyone()
         subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
         subprocess.run(
             [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
