@@ -423,8 +423,9 @@ class SidecarSpec:
     a non-exempt process would send off loopback (ICMP echo, which containers allow
     without privileges, SCTP, ...): after the redirects above, everything of theirs that
     is not a reply goes to the dialer, to this namespace's own addresses, or nowhere.
-    `ipv6=False` leaves out the IPv6 rules, for a namespace where IPv6 is disabled
-    (nothing can send it there).
+    `ipv6=False` leaves out the IPv6 interception and routes, for a namespace where IPv6
+    is disabled, but keeps the IPv6 filter chain: should a link with IPv6 be added later,
+    other users still send nothing over it.
     """
 
     tcp_port: int
@@ -463,7 +464,7 @@ def sidecar_steps(spec: SidecarSpec) -> list[Step]:
     mark = _mark(spec.fwmark)
     out, inbound = spec.chain, spec.chain + "-IN"
     steps: list[Step] = []
-    for family in (4, 6) if spec.ipv6 else (4,):
+    for family in (4, 6):
         loopback = spec.loopback_v4 if family == 4 else ("::1/128",)
         exempt_senders = [
             ("-m", "owner", "--uid-owner", str(uid), "-j", "RETURN") for uid in spec.exclude_uids
@@ -494,6 +495,8 @@ def sidecar_steps(spec: SidecarSpec) -> list[Step]:
             ("mangle", inbound, "PREROUTING", _tproxy_udp(spec.dns_port, spec.udp_port, mark)),
             ("filter", out, "OUTPUT", lock),
         )
+        if family == 6 and not spec.ipv6:
+            chains = chains[-1:]  # only the lock, should an IPv6 link appear later
         for table, chain, hook, rules in chains:
             if hook == "PREROUTING":
                 jump = (hook, "-i", "lo", "-p", "udp", "-m", "mark", "--mark", mark, "-j", chain)

@@ -33,14 +33,16 @@ pytestmark = [
     pytest.mark.timeout(900),  # a cold machine installs Docker and builds every image first
 ]
 
-ALLOWED, DENIED, LATER = "web.allowed.example", "paste.denied.example", "later.example"
-HARD_CODED = "198.51.100.10"
+ALLOWED, LATER = "web.allowed.example", "later.example"
+DENIED, EXFIL = "paste.denied.example", "exfil.denied.example"
+HARD_CODED, HARD_CODED_TOO = "198.51.100.10", "198.51.100.11"
 ZONE = {
     ALLOWED: {"A": ["203.0.113.10"], "ttl": 60},
     DENIED: {"A": ["203.0.113.20"], "ttl": 60},
+    EXFIL: {"A": ["203.0.113.21"], "ttl": 60},
     LATER: {"A": ["203.0.113.30"], "ttl": 60},
 }
-WEB = ("203.0.113.10", "203.0.113.20", "203.0.113.30", HARD_CODED)
+WEB = ("203.0.113.10", "203.0.113.20", "203.0.113.21", "203.0.113.30", HARD_CODED, HARD_CODED_TOO)
 RELOAD_WITHIN = 10.0  # seconds
 ROUTE = """apiVersion: clrk.apoxy.dev/v1alpha1
 kind: EgressL4Route
@@ -144,10 +146,11 @@ def _refused(result: subprocess.CompletedProcess) -> bool:
 
 
 def test_the_agent_reaches_an_allowed_name_through_the_dialer_and_envoy(stack):
+    before = len(_connections_to(stack.lab, "203.0.113.10"))
     result = stack.curl(f"http://{ALLOWED}/")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello from the internet\n"
-    (connection,) = _connections_to(stack.lab, "203.0.113.10")
+    (connection,) = _connections_to(stack.lab, "203.0.113.10")[before:]
     assert connection["peer"][0] == "192.0.2.1"  # from Docker's NAT: Envoy's network left
 
 
@@ -170,8 +173,10 @@ def _settled(read, expected: int, timeout: float = 15.0) -> list:
     return read()
 
 
-def test_the_collector_received_exactly_one_deny_record_per_denial(stack):
-    for peer, name in (("203.0.113.20", DENIED), (HARD_CODED, "")):
+def test_the_collector_receives_exactly_one_deny_record_per_denial(stack):
+    assert _refused(stack.curl(f"http://{EXFIL}/"))
+    assert _refused(stack.curl(f"http://{HARD_CODED_TOO}/"))
+    for peer, name in (("203.0.113.21", EXFIL), (HARD_CODED_TOO, "")):
         records = _settled(lambda peer=peer: stack.denials(peer), 2)
         assert sorted(r["signal"] for r in records) == ["log", "span"], records
         for record in records:
@@ -180,20 +185,29 @@ def test_the_collector_received_exactly_one_deny_record_per_denial(stack):
             assert attributes["clrk.egress.deny_reason"] == "policy"
             assert attributes["clrk.dst.name"] == name
             assert attributes["agent.name"] == "example-agent"
-    # ext_proc's record of the allowed request came the same way.
-    http = [r for r in stack.records() if r["name"] == "egress.http"]
-    assert {r["service"] for r in http} == {"clrk-extproc"}
-    assert {r["attributes"]["url.path"] for r in http} == {"/"}
-    logs = stack.compose("logs", "--no-color", "otel-collector").stdout
-    assert logs.count("log egress.dial.denied") == 2
+    logs = stack.compose("logs", "--no-color", "otel-collector").stdout.splitlines()
+    for peer in ("203.0.113.21", HARD_CODED_TOO):
+        printed = [line for line in logs if "log egress.dial.denied" in line and peer in line]
+        assert len(printed) == 1, printed
     # `clrk records` reads the collector's file (README).
     query = subprocess.run(
         [sys.executable, "-m", "clrk_cli", "records", "--file", str(stack.lab.workdir /
-         "records.jsonl"), "--deny-reason", "policy", "-o", "json"],
+         "records.jsonl"), "--name", "egress.dial.denied", "-o", "json"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    found = [json.loads(line)["attributes"] for line in query.stdout.splitlines()]
-    assert sorted(a["network.peer.address"] for a in found) == sorted(["203.0.113.20", HARD_CODED])
+    peers = [json.loads(line)["attributes"]["network.peer.address"] for line in
+             query.stdout.splitlines()]  # fmt: skip
+    assert peers.count("203.0.113.21") == peers.count(HARD_CODED_TOO) == 1
+
+
+def test_ext_proc_records_an_allowed_request_through_the_collector_too(stack):
+    assert stack.curl(f"http://{ALLOWED}/extproc").returncode == 0
+    records = _settled(
+        lambda: [r for r in stack.records() if r["name"] == "egress.http"
+                 and r["attributes"]["url.path"] == "/extproc"], 2)  # fmt: skip
+    assert sorted(r["signal"] for r in records) == ["log", "span"]
+    assert {r["service"] for r in records} == {"clrk-extproc"}
+    assert {r["attributes"]["clrk.http.authority"] for r in records} == {ALLOWED}
 
 
 def test_editing_the_mounted_policy_opens_a_destination_within_seconds(stack):
@@ -236,6 +250,11 @@ def test_the_agent_reaches_nothing_of_the_gateway(stack):
     (agent,) = json.loads(inspect.stdout)
     assert agent["HostConfig"]["CapDrop"] == ["ALL"] and not agent["HostConfig"]["CapAdd"]
     assert agent["Config"]["User"] == "1000:1000" and not agent["Mounts"]
+
+
+def test_the_admin_api_answers_inside_the_control_plane_container(stack):
+    result = stack.compose("exec", "-T", "control-plane", "clrk", "get", "routes")
+    assert "allowed" in result.stdout
 
 
 def test_compose_down_leaves_nothing_running(stack):

@@ -325,10 +325,11 @@ def test_the_sidecar_rejects_what_non_exempt_senders_would_send_off_loopback():
         ]  # fmt: skip
 
 
-def test_a_sidecar_without_ipv6_has_no_ipv6_rules_or_routes():
+def test_a_sidecar_without_ipv6_keeps_only_the_ipv6_lock():
     spec = SidecarSpec(tcp_port=1, udp_port=2, dns_port=3, exclude_uids=(1,), ipv6=False)
     setup = [s.setup for s in sidecar_steps(spec)]
-    assert setup and not [a for a in setup if a[0] == "ip6tables" or a[:2] == ("ip", "-6")]
+    assert {a[3] for a in setup if a[0] == "ip6tables"} == {"filter"}
+    assert not [a for a in setup if a[:2] == ("ip", "-6")]
     assert setup[-2:] == [s.setup for s in policy_routing_steps(0x1, 100)[:2]]
 
 
