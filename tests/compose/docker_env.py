@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from clrk_cli.demo.netlab import dnsmasq_args
+from clrk_cli.demo.netlab import BuiltOnEnter, dnsmasq_args
 from clrk_cli.embedded.processes import end_pids, pid_alive, stop_process
 from tests.packaging.build_cache import cache_root, cached
 
@@ -60,8 +60,10 @@ def ensure_docker() -> None:
     if all(shutil.which(tool) for tool in ("dockerd", "docker", "mmdebstrap")):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], timeout=300, env=env)
-    argv = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PACKAGES]
+    wait = "DPkg::Lock::Timeout=300"  # another apt may be running
+    run(["apt-get", "-o", wait, "update", "-qq"], timeout=600, env=env)
+    argv = ["apt-get", "-o", wait, "install", "-y", "-qq", "--no-install-recommends"]
+    argv += list(DEBIAN_PACKAGES)
     run(argv, timeout=600, env=env)
 
 
@@ -162,7 +164,7 @@ def sweep_stale() -> list[str]:
     cgroups, exec roots.  Only names of this kind, only of dead runs."""
     listed = run(["ip", "netns", "list"]).stdout.split("\n")
     names = {line.split()[0] for line in listed if line.strip()}
-    names |= {p.name for p in CGROUP_ROOT.glob(f"*/{PREFIX}*")}
+    names |= {p.name for p in (*CGROUP_ROOT.glob(f"{PREFIX}*"), *CGROUP_ROOT.glob(f"*/{PREFIX}*"))}
     names |= {p.name for p in Path("/run").glob(f"{PREFIX}*")}
     stale = sorted(n for n in names if (m := STALE.match(n)) and not pid_alive(int(m.group(1))))
     for name in stale:
@@ -175,8 +177,9 @@ def sweep_stale() -> list[str]:
 # --- the lab -----------------------------------------------------------------------------
 
 
-class DockerLab:
-    """dockerd in its own namespace with an "internet" behind it; a context manager."""
+class DockerLab(BuiltOnEnter):
+    """dockerd in its own namespace with an "internet" behind it; a context manager
+    (a build that fails midway is closed, so nothing it made is left)."""
 
     def __init__(self, workdir: Path, zone: Mapping[str, Mapping[str, object]],
                  web: Sequence[str]) -> None:  # fmt: skip
@@ -213,17 +216,6 @@ class DockerLab:
             raise RuntimeError(f"`docker {' '.join(argv)}` exited {result.returncode}:\n"
                                f"{result.stdout}\n{result.stderr}")  # fmt: skip
         return result
-
-    def __enter__(self) -> DockerLab:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _netns(self, name: str) -> None:
         run(["ip", "netns", "add", name])
