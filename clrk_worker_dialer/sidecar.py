@@ -12,8 +12,8 @@ For an agent that shares the dialer's network namespace (a pod; a compose servic
    fails.
 2. execs the dialer (`python -m clrk_worker_dialer`) as that user through setpriv(1),
    keeping CAP_NET_RAW alone, which its transparent UDP sockets need (IP_TRANSPARENT),
-   with the transparent listeners on the ports the rules send to and this namespace's
-   own addresses as always blocked.
+   with the transparent listeners on the ports the rules send to, and this namespace's
+   own addresses and default gateways (the host) as always blocked.
 
 Options after `--` go to the dialer unchanged.
 """
@@ -73,6 +73,13 @@ def own_addresses(ip_addr_json: str) -> list[str]:
             if info.get("scope") in ("global", "site") and info.get("local"):
                 out.append(info["local"])
     return out
+
+
+def gateways(ip_route_json: str) -> list[str]:
+    """The next hops of the default routes (from `ip -j route show default`): the host
+    this namespace hangs off (a container's Docker host, a pod's node), as much the
+    gateway's own as its addresses."""
+    return [r["gateway"] for r in json.loads(ip_route_json or "[]") if r.get("gateway")]
 
 
 def ipv6_enabled(path: Path = IPV6_DISABLED) -> bool:
@@ -160,9 +167,16 @@ def main(
         install(spec, runner)
     except SidecarError as exc:
         raise click.ClickException(f"cannot intercept this namespace: {exc}") from None
-    addresses = runner(("ip", "-j", "addr", "show"))
-    if addresses.returncode != 0:
-        raise click.ClickException(f"cannot list this namespace's addresses: {addresses.stderr}")
-    argv = dialer_argv((uid, gid), spec, own_addresses(addresses.stdout), dialer_args)
+    own = []
+    for argv, parse in (
+        (("ip", "-j", "addr", "show"), own_addresses),
+        (("ip", "-j", "-4", "route", "show", "default"), gateways),
+        *([(("ip", "-j", "-6", "route", "show", "default"), gateways)] if spec.ipv6 else []),
+    ):
+        listed = runner(argv)
+        if listed.returncode != 0:
+            raise click.ClickException(f"`{' '.join(argv)}` failed: {listed.stderr.strip()}")
+        own += parse(listed.stdout)
+    argv = dialer_argv((uid, gid), spec, own, dialer_args)
     click.echo(f"clrk sidecar: intercepting; running the dialer as {uid}:{gid}", err=True)
     execvp(argv[0], argv)

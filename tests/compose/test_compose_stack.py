@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from clrk.records.query import iter_records
-from tests.compose.docker_env import DockerLab, ensure_docker, root_namespace_state, with_temp_dir
+from tests.compose.docker_env import (
+    BRIDGE,
+    DockerLab,
+    ensure_docker,
+    root_namespace_state,
+    with_temp_dir,
+)
 from tests.compose.images import base_image, clrk_image
 from tests.packaging.build_cache import ROOT
 
@@ -139,10 +145,11 @@ def _connections_to(lab: DockerLab, address: str) -> list[dict]:
 
 
 def _refused(result: subprocess.CompletedProcess) -> bool:
-    """The dialer accepts, decides and resets: curl's 56 (recv failure), 52 (empty reply),
-    or 7 when the reset beats curl's own check of its connect.  That it was the dialer
-    (one deny record each) is checked below."""
-    return result.returncode in (7, 52, 56)
+    """Failed at once, with no reply: the dialer accepts, decides and resets, and curl
+    names that by where the reset caught it (7, 52, 55, 56).  A timeout (28) would be a
+    black hole, not a refusal.  That it was the dialer (one deny record each) is checked
+    below."""
+    return result.returncode not in (0, 28) and not result.stdout
 
 
 def test_the_agent_reaches_an_allowed_name_through_the_dialer_and_envoy(stack):
@@ -246,6 +253,13 @@ def test_the_agent_reaches_nothing_of_the_gateway(stack):
     rules = stack.agent("iptables", "-w", "-S")
     assert rules.returncode != 0 and "denied" in rules.stderr.lower()
     assert stack.agent("python3", "-c", PING).stdout.startswith("refused")
+    # The Docker host (the bridge's gateway) is the gateway's own: refused whatever the
+    # policy says, and recorded so.
+    host = BRIDGE.split("/")[0]
+    assert _refused(stack.curl(f"http://{host}/"))
+    (record,) = _settled(
+        lambda: [r for r in stack.denials(host) if r["signal"] == "log"], 1)  # fmt: skip
+    assert record["attributes"]["clrk.egress.deny_reason"] == "blocked_address"
     inspect = stack.lab.docker("inspect", f"{stack.project}-agent-1")
     (agent,) = json.loads(inspect.stdout)
     assert agent["HostConfig"]["CapDrop"] == ["ALL"] and not agent["HostConfig"]["CapAdd"]

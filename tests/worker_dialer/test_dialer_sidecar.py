@@ -38,7 +38,11 @@ class FakeRunner:
             code = 0 if self.chain_exists else 1
         elif self.fail and self.fail in argv:
             code = 1
-        stdout = json.dumps(IP_ADDR) if argv[:3] == ("ip", "-j", "addr") else ""
+        stdout = ""
+        if argv[:3] == ("ip", "-j", "addr"):
+            stdout = json.dumps(IP_ADDR)
+        elif argv[:4] == ("ip", "-j", "-4", "route"):
+            stdout = json.dumps([{"dst": "default", "gateway": "172.17.0.1", "dev": "eth0"}])
         return subprocess.CompletedProcess(argv, code, stdout, "boom" if code else "")
 
 
@@ -79,6 +83,12 @@ def test_rules_an_earlier_start_left_are_removed_before_installing_again():
 
 def test_own_addresses_are_the_global_ones():
     assert sidecar.own_addresses(json.dumps(IP_ADDR)) == ["172.17.0.2", "2001:db8::2"]
+
+
+def test_the_default_gateways_are_the_next_hops_of_default_routes():
+    routes = [{"dst": "default", "gateway": "fd00::1", "dev": "eth0"}, {"dst": "default",
+              "dev": "wg0"}]  # fmt: skip
+    assert sidecar.gateways(json.dumps(routes)) == ["fd00::1"]
 
 
 @pytest.mark.parametrize("text, user", [("10101", (10101, 10101)), ("10101:20", (10101, 20))])
@@ -123,7 +133,8 @@ def test_main_installs_then_execs_the_dialer(monkeypatch):
                  lambda f, a: execs.append((f, a)))  # fmt: skip
     ((file, argv),) = execs
     assert file == "setpriv" and argv[-2:] == ["--gateway", "ns/gw"]
-    assert "172.17.0.2" in argv
+    own = [argv[i + 1] for i, a in enumerate(argv) if a == "--own-address"]
+    assert set(own) >= {"172.17.0.2", "172.17.0.1"}  # its address, the Docker host
 
 
 @pytest.mark.parametrize(
