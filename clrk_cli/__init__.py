@@ -16,6 +16,7 @@ from clrk_cli.run import run
 from clrk_cli.up import up
 from clrk_cli.validate import validate
 from clrk_worker_dialer.command import dialer
+from clrk_worker_dialer.sidecar import sidecar
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +39,7 @@ cli.add_command(records)
 cli.add_command(up)
 cli.add_command(run)
 cli.add_command(dialer)
+cli.add_command(sidecar)
 
 
 def main(argv: list[str] | None = None) -> int:

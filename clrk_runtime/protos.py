@@ -1,10 +1,12 @@
 """The generated protobuf modules of the project's own .proto files (proto/**.proto:
 the policy stream, the admin API).
 
-Generated code is not checked in: `python -m clrk_runtime.protos` writes it into
-clrk_runtime/_proto/ (git-ignored), and `load()` does the same on first use when a module
-is missing, so a clean clone works without a build step.  All files are generated
-together, so one generation serves every module.
+Generated code is not checked in.  A wheel carries it (setup.py runs `generate` into
+the build), so an installed clrk never runs protoc and works from a read-only
+site-packages.  In a source checkout `python -m clrk_runtime.protos` writes it into
+clrk_runtime/_proto/ (git-ignored), and `load()` does the same on first use when a
+module is missing, so a clean clone works without a build step.  All files are
+generated together, so one generation serves every module.
 """
 
 from __future__ import annotations
@@ -25,22 +27,27 @@ MODULE = "clrk_runtime._proto.clrk.policy.v1.policy_pb2"
 ADMIN_MODULE = "clrk_runtime._proto.clrk.admin.v1.admin_pb2"
 
 
-def proto_files() -> list[Path]:
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
+    return sorted(proto_root.rglob("*.proto"))
 
 
-def generate(out_dir: Path = OUT_DIR) -> None:
-    """Run protoc (from grpcio-tools) over every .proto and swap the result in whole."""
+def generate(out_dir: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> None:
+    """Run protoc (from grpcio-tools) over every .proto under `proto_root` and swap the
+    result into `out_dir` whole."""
     from grpc_tools import protoc
 
-    sources = proto_files()
-    if not (PROTO_ROOT / PROTO_FILE).is_file():
-        raise RuntimeError(f"cannot generate {MODULE}: {PROTO_ROOT / PROTO_FILE} is missing")
+    sources = proto_files(proto_root)
+    if not (proto_root / PROTO_FILE).is_file():
+        raise RuntimeError(
+            f"cannot generate {MODULE}: {proto_root / PROTO_FILE} is missing (an installed "
+            "clrk carries its generated modules: reinstall it from a complete wheel)"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="_proto.", dir=out_dir.parent))
     try:
         args = [
             "protoc",
-            f"-I{PROTO_ROOT}",
+            f"-I{proto_root}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             *map(str, sources),

@@ -4,8 +4,9 @@ Spans and logs go through private OpenTelemetry SDK providers (never the global 
 several writers may live in one process) with batch processors, so `emit` only queues
 and the export happens on the SDK's worker threads.  Destinations:
 
-- `otlp_endpoint` ("host:port" or "http://host:port" = plaintext, "https://..." = TLS):
-  OTLP/gRPC exporters for traces and logs.
+- `otlp_endpoint` ("host:port" or "http://host:port" = plaintext, "https://..." = TLS,
+  "unix:///path" = a collector's Unix socket, plaintext): OTLP/gRPC exporters for traces
+  and logs.
 - `path`: OTLP/JSON lines appended to a local file, one `{"resourceSpans": [...]}` or
   `{"resourceLogs": [...]}` object per line (the format of the Collector's file
   exporter), which `clrk records` and a Collector's file receiver read.
@@ -118,11 +119,14 @@ def _grpc_exporters(endpoint: str, timeout_s: float) -> tuple[SpanExporter, LogR
     from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    if "://" not in endpoint:
+    insecure = None  # the exporters decide by the scheme: TLS unless http://
+    if endpoint.startswith("unix:"):
+        insecure = True  # a collector's Unix socket (unix:///path): local, plaintext
+    elif "://" not in endpoint:
         endpoint = "http://" + endpoint  # a bare host:port is a local, plaintext collector
     return (
-        OTLPSpanExporter(endpoint=endpoint, timeout=timeout_s),
-        OTLPLogExporter(endpoint=endpoint, timeout=timeout_s),
+        OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout_s),
+        OTLPLogExporter(endpoint=endpoint, insecure=insecure, timeout=timeout_s),
     )
 
 

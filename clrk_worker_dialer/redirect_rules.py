@@ -451,6 +451,14 @@ class SidecarSpec:
     exempt too, so the dialer can reach its Envoy sidecar and the agent local services.
     UDP cannot be TPROXYed on OUTPUT, so it is marked there, rerouted through `lo` by the
     policy route, and TPROXYed when it comes back in on PREROUTING.
+
+    Only TCP and UDP can be handed to the dialer, so a filter chain rejects whatever else
+    a non-exempt process would send off loopback (ICMP echo, which containers allow
+    without privileges, SCTP, ...): after the redirects above, everything of theirs that
+    is not a reply goes to the dialer, to this namespace's own addresses, or nowhere.
+    `ipv6=False` leaves out the IPv6 interception and routes, for a namespace where IPv6
+    is disabled, but keeps the IPv6 filter chain: should a link with IPv6 be added later,
+    other users still send nothing over it.
     """
 
     tcp_port: int
@@ -462,6 +470,7 @@ class SidecarSpec:
     route_table: int = 100
     chain: str = "CLRK-SIDECAR"
     loopback_v4: tuple[str, ...] = field(default=("127.0.0.0/8",))
+    ipv6: bool = True
 
     def __post_init__(self) -> None:
         for kind, port in (
@@ -490,25 +499,43 @@ def sidecar_steps(spec: SidecarSpec) -> list[Step]:
     steps: list[Step] = []
     for family in (4, 6):
         loopback = spec.loopback_v4 if family == 4 else ("::1/128",)
-        exempt: list[tuple[str, ...]] = [("-o", "lo", "-j", "RETURN")]
-        exempt += [("-d", net, "-j", "RETURN") for net in loopback]
-        exempt += [
+        exempt_senders = [
             ("-m", "owner", "--uid-owner", str(uid), "-j", "RETURN") for uid in spec.exclude_uids
         ]
         if spec.exclude_mark is not None:
-            exempt.append(("-m", "mark", "--mark", _mark(spec.exclude_mark), "-j", "RETURN"))
+            exempt_senders.append(
+                ("-m", "mark", "--mark", _mark(spec.exclude_mark), "-j", "RETURN")
+            )
+        exempt: list[tuple[str, ...]] = [("-o", "lo", "-j", "RETURN")]
+        exempt += [("-d", net, "-j", "RETURN") for net in loopback]
+        exempt += exempt_senders
+        # Filter OUTPUT still sees the device of the first route: a redirected connection
+        # shows by its loopback destination, a diverted datagram by its mark.
+        lock = (
+            *exempt_senders,
+            *(("-d", net, "-j", "RETURN") for net in loopback),
+            ("-o", "lo", "-j", "RETURN"),
+            ("-m", "mark", "--mark", mark, "-j", "RETURN"),
+            # Replies of connections made to the agent (a probe, a published port).
+            ("-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"),
+            ("-j", "REJECT"),
+        )
         chains = (
             ("nat", out, "OUTPUT", (*exempt, *_redirect_tcp(spec.dns_port, spec.tcp_port))),
             ("mangle", out, "OUTPUT", (*exempt, ("-p", "udp", "-j", "MARK", "--set-xmark", mark))),
             # The marked datagram re-enters on lo; only marked ones are intercepted, so
             # ordinary loopback UDP passes untouched.
             ("mangle", inbound, "PREROUTING", _tproxy_udp(spec.dns_port, spec.udp_port, mark)),
+            ("filter", out, "OUTPUT", lock),
         )
+        if family == 6 and not spec.ipv6:
+            chains = chains[-1:]  # only the lock, should an IPv6 link appear later
         for table, chain, hook, rules in chains:
             if hook == "PREROUTING":
                 jump = (hook, "-i", "lo", "-p", "udp", "-m", "mark", "--mark", mark, "-j", chain)
             else:
                 jump = (hook, "-j", chain)
             steps += _chain_steps(None, family, table, chain, rules, jump, chain, f"{hook} jump")
-    steps += policy_routing_steps(spec.fwmark, spec.route_table)
+    routing = policy_routing_steps(spec.fwmark, spec.route_table)
+    steps += [s for s in routing if spec.ipv6 or not s.what.startswith("ipv6")]
     return steps

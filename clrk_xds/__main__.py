@@ -15,6 +15,14 @@ from clrk_runtime.logs import setup
 from clrk_xds.server import main
 
 
+def extproc_address(text: str) -> tuple[str, int] | str:
+    """`host:port`, `[v6]:port`, or `unix:/path` (the path of a Unix socket)."""
+    if text.startswith("unix:"):
+        return text.removeprefix("unix:")
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m clrk_xds", description=__doc__)
     parser.add_argument(
@@ -57,7 +65,9 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--state-dir", default=None, help="keeps the gateway CA (TLS Terminate needs it)"
     )
-    parser.add_argument("--extproc", default=None, help="clrk_extproc address, host:port")
+    parser.add_argument(
+        "--extproc", default=None, help="clrk_extproc address: host:port or unix:/path.sock"
+    )
     parser.add_argument(
         "--upstream-ca", default=None, help="trust bundle for re-originated TLS (default: system)"
     )
@@ -87,8 +97,7 @@ def cli(argv: list[str] | None = None) -> None:
     if args.upstream_ca:
         options["upstream_ca"] = args.upstream_ca
     if args.extproc:
-        host, _, port = args.extproc.rpartition(":")
-        options["extproc_address"] = (host.strip("[]"), int(port))
+        options["extproc_address"] = extproc_address(args.extproc)
     options = {k: v for k, v in options.items() if v is not None}
     asyncio.run(
         main(

@@ -22,7 +22,10 @@ from string import Template
 
 import yaml
 
-BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+# envoy/bootstrap.yaml: in a wheel it sits in the package (setup.py puts it there).
+_PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "_envoy" / "bootstrap.yaml"
+_SOURCE_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+BOOTSTRAP_TEMPLATE = _PACKAGED_TEMPLATE if _PACKAGED_TEMPLATE.is_file() else _SOURCE_TEMPLATE
 DEFAULT_NODE_CLUSTER = "clrk-gateway"
 
 

@@ -454,7 +454,7 @@ def translate(
     socket_dir: str | None = None,
     own_addresses: Iterable[str] = (),
     always_blocked: Sequence[Network] | None = None,
-    extproc_address: tuple[str, int] = l7.DEFAULT_EXTPROC_ADDRESS,
+    extproc_address: tuple[str, int] | str = l7.DEFAULT_EXTPROC_ADDRESS,
     leaf_secret: LeafSecret | None = None,
     upstream_ca: str | None = None,
 ) -> dict[str, GatewayResources]:
@@ -464,9 +464,10 @@ def translate(
     `envoy_host` ports.  `own_addresses`: the gateway host's addresses, always blocked like in
     `compile_policies`.  `always_blocked` replaces the SPEC 4 list (tests only: they can
     reach nothing but loopback, which that list blocks).  `extproc_address`: where
-    clrk_extproc listens (ext_proc and access logs).  `leaf_secret(name, hostnames)`:
-    the Secret of a TLS Terminate route's leaf certificate (minting is not pure, so the
-    caller supplies it); without it, chains name secrets the caller must serve.
+    clrk_extproc listens (ext_proc and access logs): (host, port) or a Unix socket path.
+    `leaf_secret(name, hostnames)`: the Secret of a TLS Terminate route's leaf
+    certificate (minting is not pure, so the caller supplies it); without it, chains name
+    secrets the caller must serve.
     `upstream_ca`: the trust bundle for re-originated TLS of gateways that set no
     `upstreamTLS.caBundle` (default: the system bundle).
     """

@@ -40,6 +40,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValueOptionHeaderAppendAction,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
+    Pipe,
     SocketAddress,
     TransportSocket,
     UpstreamHttpProtocolOptions,
@@ -248,13 +249,13 @@ def _protocol_options(message) -> dict[str, Any]:
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(message)}
 
 
-def extproc_cluster(address: tuple[str, int]) -> Cluster:
-    host, port = address
-    endpoint = LbEndpoint(
-        endpoint=Endpoint(
-            address=Address(socket_address=SocketAddress(address=host, port_value=port))
-        )
-    )
+def extproc_cluster(address: tuple[str, int] | str) -> Cluster:
+    """clrk_extproc at (host, port), or at the path of a Unix socket."""
+    if isinstance(address, str):
+        where = Address(pipe=Pipe(path=address))
+    else:
+        where = Address(socket_address=SocketAddress(address=address[0], port_value=address[1]))
+    endpoint = LbEndpoint(endpoint=Endpoint(address=where))
     return Cluster(
         name=EXTPROC_CLUSTER,
         type=ClusterDiscoveryType.STATIC,

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +66,13 @@ def agent_script(path: Path, *args: str) -> list[str]:
     from clrk_cli.embedded.agent_user import agent_python
 
     return [agent_python(), "-I", "-c", Path(path).read_text(), *args]
+
+
+def python_for_anyone() -> str:
+    """A Python of this version that any user may run: tests run code as other users
+    (nobody, a gateway uid), whom a personal interpreter (say under root's home) locks out."""
+    name = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for directory in ("/usr/local/bin", "/usr/bin"):
+        if Path(directory, name).is_file():
+            return str(Path(directory, name))
+    return sys.executable

@@ -231,6 +231,22 @@ def test_with_an_endpoint_the_span_and_log_arrive_over_otlp_grpc(collector):
     assert (log.trace_id, log.span_id) == (span.trace_id, span.span_id)
 
 
+def test_a_unix_socket_endpoint_exports_in_plaintext(tmp_path):
+    servicer = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix:{tmp_path}/otlp.sock")
+    server.start()
+    try:
+        with RecordWriter("clrk-dialer", otlp_endpoint=f"unix://{tmp_path}/otlp.sock") as writer:
+            writer.emit(denial(443))
+            assert writer.flush()
+    finally:
+        server.stop(grace=None).wait()
+    assert len(servicer.traces) == len(servicer.logs) == 1
+
+
 def test_an_unreachable_endpoint_never_raises_into_the_caller(unused_tcp_port):
     writer = RecordWriter(
         "t", otlp_endpoint=f"http://127.0.0.1:{unused_tcp_port}", export_timeout_s=0.2

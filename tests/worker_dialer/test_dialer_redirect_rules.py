@@ -331,7 +331,32 @@ def test_sidecar_teardown_reverses_and_removes_every_chain():
     assert undo[0] == ("ip", "-6", "route", "del", "local", "::/0", "dev", "lo", "table", "100")
     created = {(a[0], a[3], a[5]) for a in (s.setup for s in steps) if "-N" in a}
     removed = {(a[0], a[3], a[5]) for a in undo if "-X" in a}
-    assert created == removed and len(created) == 6
+    assert created == removed and len(created) == 8
+
+
+def test_the_sidecar_rejects_what_non_exempt_senders_would_send_off_loopback():
+    spec = SidecarSpec(tcp_port=1, udp_port=2, dns_port=3, exclude_uids=(1337,))
+    setup = [s.setup for s in sidecar_steps(spec)]
+    for binary, loopback in (("iptables", "127.0.0.0/8"), ("ip6tables", "::1/128")):
+        lock = [argv[4:] for argv in setup if argv[:5] == (binary, "-w", "-t", "filter", "-A")]
+        assert lock == [
+            ("-A", "CLRK-SIDECAR", "-m", "owner", "--uid-owner", "1337", "-j", "RETURN"),
+            ("-A", "CLRK-SIDECAR", "-d", loopback, "-j", "RETURN"),
+            ("-A", "CLRK-SIDECAR", "-o", "lo", "-j", "RETURN"),
+            ("-A", "CLRK-SIDECAR", "-m", "mark", "--mark", "0x1/0x1", "-j", "RETURN"),
+            ("-A", "CLRK-SIDECAR", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j",
+             "RETURN"),
+            ("-A", "CLRK-SIDECAR", "-j", "REJECT"),
+            ("-A", "OUTPUT", "-j", "CLRK-SIDECAR"),
+        ]  # fmt: skip
+
+
+def test_a_sidecar_without_ipv6_keeps_only_the_ipv6_lock():
+    spec = SidecarSpec(tcp_port=1, udp_port=2, dns_port=3, exclude_uids=(1,), ipv6=False)
+    setup = [s.setup for s in sidecar_steps(spec)]
+    assert {a[3] for a in setup if a[0] == "ip6tables"} == {"filter"}
+    assert not [a for a in setup if a[:2] == ("ip", "-6")]
+    assert setup[-2:] == [s.setup for s in policy_routing_steps(0x1, 100)[:2]]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from clrk.api import load_text
 from clrk_xds import translate_l7 as l7
+from clrk_xds.__main__ import extproc_address
 from clrk_xds.translate import translate
 
 API = "apiVersion: clrk.apoxy.dev/v1alpha1"
@@ -184,6 +185,19 @@ def test_extproc_address_option() -> None:
     (cluster,) = [c for c in res.clusters if c.name == l7.EXTPROC_CLUSTER]
     socket = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (socket.address, socket.port_value) == ("10.0.0.1", 9000)
+
+
+def test_extproc_on_a_unix_socket() -> None:
+    res = _translate(extproc_address="/run/clrk/extproc/extproc.sock")
+    (cluster,) = [c for c in res.clusters if c.name == l7.EXTPROC_CLUSTER]
+    address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert address.pipe.path == "/run/clrk/extproc/extproc.sock"
+
+
+def test_the_control_planes_extproc_option_takes_host_port_or_a_unix_socket() -> None:
+    assert extproc_address("127.0.0.1:18002") == ("127.0.0.1", 18002)
+    assert extproc_address("[::1]:18002") == ("::1", 18002)
+    assert extproc_address("unix:/run/x.sock") == "/run/x.sock"
 
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30)
