@@ -2,8 +2,8 @@
 or the one agent configured for a sidecar.  Pure lookups over the compiled policy.
 
 An agent is known to a gateway only if it is declared (DaemonAgent/TaskAgent) and its
-`egressRefs` name that gateway; anything else is no agent, and is denied
-`unknown_agent` by decide().
+`egressRefs` name that gateway (the compiled policy lists exactly those); anything else
+is no agent, and is denied `unknown_agent` by decide().
 """
 
 from __future__ import annotations
@@ -12,24 +12,18 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from clrk.policy import Agent, PolicySet
-
-GatewayKey = tuple[str, str]
+from clrk.policy import Agent, GatewayPolicy
 
 
-def find_agent(policies: PolicySet, gateway: GatewayKey, ref: str | None) -> Agent | None:
+def find_agent(policy: GatewayPolicy, ref: str | None) -> Agent | None:
     """`ref` is `namespace/name`, or a bare name that only one agent of the gateway has."""
     if not ref:
         return None
     if "/" in ref:
         namespace, _, name = ref.partition("/")
-        candidates = [(namespace, name)]
-    else:
-        candidates = [key for key in policies.agents if key[1] == ref]
-    attached = [k for k in candidates if gateway in policies.agent_gateways.get(k, ())]
-    if len(attached) != 1:
-        return None  # unknown, not attached to this gateway, or ambiguous
-    return policies.agents.get(attached[0])
+        return policy.agent_index.get((namespace, name))
+    found = [a for a in policy.agents if a.name == ref]
+    return found[0] if len(found) == 1 else None  # unknown or ambiguous
 
 
 def _ip_key(ip: str) -> str:
@@ -60,10 +54,8 @@ class Identity:
         except ValueError:
             return self.default
 
-    def for_source(self, policies: PolicySet, gateway: GatewayKey, ip: str) -> Agent | None:
-        return find_agent(policies, gateway, self.source_ref(ip))
+    def for_source(self, policy: GatewayPolicy, ip: str) -> Agent | None:
+        return find_agent(policy, self.source_ref(ip))
 
-    def for_username(
-        self, policies: PolicySet, gateway: GatewayKey, username: str | None
-    ) -> Agent | None:
-        return find_agent(policies, gateway, username or self.default)
+    def for_username(self, policy: GatewayPolicy, username: str | None) -> Agent | None:
+        return find_agent(policy, username or self.default)

@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 
 from clrk.api import LoadResult, load_paths
-from clrk.api.findings import Scope
 from clrk.api.loader import ManifestCache
 from clrk.nexthops import NextHop, envoy_listener_addresses
-from clrk.policy import Agent, Decision, GatewayPolicy, PolicySet, compile_policies
+from clrk.policy import Agent, Decision, GatewayPolicy, OwnAddresses
+from clrk.policy.loaded import blocking, compile_loaded
 from clrk.records.schema import dial_denied, dns_denied
 from clrk_runtime.logs import fields
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
@@ -44,8 +44,9 @@ class DialerState:
         self.writer = writer
         self.identity = Identity.of(config.sources, config.default_agent)
         self.bindings = BindingCache()
-        self.policies: PolicySet | None = None
         self.policy: GatewayPolicy | None = None
+        # Always-blocked destinations (SPEC 4): known to this host only, never compiled.
+        self.own = OwnAddresses.of(config.own_addresses)
         self.next_hops: dict[str, NextHop] = {}
         self.version = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
@@ -58,19 +59,16 @@ class DialerState:
 
     def load_result(self, loaded: LoadResult) -> None:
         """Apply a validated resource set (from files or the control plane's stream)."""
-        errors = [f.line() for f in loaded.findings if f.is_error and f.scope is Scope.SET]
-        # Own addresses are always-blocked destinations (SPEC 4).
-        policies = compile_policies(
-            loaded.resources, self.config.own_addresses, rejected=loaded.rejected
-        )
-        if self.config.gateway_key not in policies.gateways:
+        compiled = compile_loaded(loaded)
+        errors = [f.line() for f in blocking(loaded.findings)]
+        policy = compiled.compiled.gateways.get(self.config.gateway_key)
+        if policy is None:
             errors.append(f"gateway {self.config.gateway} is not defined or not accepted")
         if errors:
             raise PolicyError(errors)
-        self.apply(policies)
+        self.apply(policy)
 
-    def apply(self, policies: PolicySet) -> None:
-        policy = policies.gateways[self.config.gateway_key]
+    def apply(self, policy: GatewayPolicy) -> None:
         listeners = [(lst.name, lst.protocol) for lst in policy.listeners]
         config = self.config
         self.next_hops = envoy_listener_addresses(
@@ -78,7 +76,7 @@ class DialerState:
         )
         dns = policy.dns
         self.bindings.min_ttl, self.bindings.max_ttl = dns.min_ttl, dns.max_ttl
-        self.policies, self.policy = policies, policy
+        self.policy = policy
         self.version += 1
         log.info("policy applied", extra=fields(version=self.version, gateway=policy.ref))
 
@@ -92,12 +90,12 @@ class DialerState:
     # --- identity and evidence -------------------------------------------------------
 
     def agent_for_source(self, ip: str) -> Agent | None:
-        assert self.policies is not None
-        return self.identity.for_source(self.policies, self.config.gateway_key, ip)
+        assert self.policy is not None
+        return self.identity.for_source(self.policy, ip)
 
     def agent_for_user(self, username: str | None) -> Agent | None:
-        assert self.policies is not None
-        return self.identity.for_username(self.policies, self.config.gateway_key, username)
+        assert self.policy is not None
+        return self.identity.for_username(self.policy, username)
 
     def names(self, agent: Agent | None, ip: str) -> frozenset[str]:
         key = agent_key(agent)

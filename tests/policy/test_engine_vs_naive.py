@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from bench.naive_decide import naive_decide
 from clrk.api import load_objects
-from clrk.policy import Agent, Connection, compile_policies, decide
+from clrk.policy import Agent, Connection, OwnAddresses, compile_policies, decide
 
 API = "clrk.apoxy.dev/v1alpha1"
 NAMES = ["api.example.com", "x.api.example.com", "example.com", "pg.internal", "a.b.example.com"]
@@ -159,9 +159,9 @@ def test_compiled_engine_and_naive_reference_agree(docs, conns, who, own):
     loaded = load_objects(docs)
     assert not loaded.errors, [f.line() for f in loaded.errors]
     own_addresses = OWN if own else []
-    gw = compile_policies(loaded.resources, own_addresses).gateways[("default", "gw")]
+    gw = compile_policies(loaded.resources).gateways[("default", "gw")]
     for conn in conns:
-        got = decide(gw, who, conn)
+        got = decide(gw, who, conn, OwnAddresses.of(own_addresses))
         want = naive_decide(
             loaded.resources,
             ("default", "gw"),
