@@ -199,7 +199,7 @@ def one_run(rig: Rig, run: int) -> dict:
 def reload_steps(path: Path, repeat: int = 3) -> dict[str, float]:
     """The control plane's reload steps (what provider.prepare does, split up), timed
     here on the same manifests: median ms of each.  The load is cold (no file cache)."""
-    from clrk.policy import compile_policies
+    from clrk.policy.loaded import compile_loaded
     from clrk_xds.consistency import check
     from clrk_xds.provider import read_manifests
     from clrk_xds.snapshot import Snapshot
@@ -215,8 +215,8 @@ def reload_steps(path: Path, repeat: int = 3) -> dict[str, float]:
 
     for _ in range(repeat):
         m = timed("load+validate", read_manifests, [path])
-        timed("compile", compile_policies, m.load.resources, rejected=m.load.rejected)
-        res = timed("translate", translate, m.load.resources, rejected=m.load.rejected)[GATEWAY]
+        compiled = timed("compile", compile_loaded, m).compiled
+        res = timed("translate", translate, compiled)[GATEWAY]
         snap = timed("serialize", Snapshot.from_messages, res.listeners, res.clusters)
         timed("consistency", check, snap.resources)
     return {name: statistics.median(values) for name, values in steps.items()}

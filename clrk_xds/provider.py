@@ -19,7 +19,7 @@ import watchfiles
 from clrk.api import LoadResult, Scope
 from clrk.api.loader import MANIFEST_SUFFIXES, ManifestCache, load_paths
 from clrk.api.resources import Source
-from clrk.policy import compile_policies
+from clrk.policy import PolicySet, compile_policies
 from clrk_runtime.logs import fields
 from clrk_xds.consistency import CLUSTER, LISTENER, SECRET, check
 from clrk_xds.policy_stream import PolicyHub
@@ -27,8 +27,9 @@ from clrk_xds.snapshot import EMPTY, InconsistentSnapshot, Snapshot, SnapshotCac
 
 log = logging.getLogger("clrk_xds.provider")
 
-# (resources, rejected=...) -> {node id: GatewayResources}; clrk_xds.translate.translate.
-Translator = Callable[..., Mapping[str, object]]
+# A compiled set -> {node id: GatewayResources}; `clrk_xds.translate.translate` with its
+# options bound (`default_translator`).
+Translator = Callable[[PolicySet], Mapping[str, object]]
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,11 @@ def prepare(
     snapshots: dict[str, Snapshot] = {}
     if not blocked:
         try:
-            translated = translator(load.resources, rejected=load.rejected)
+            translated = translator(compiled)
         except Exception as exc:  # a translator bug must not take the server down
             log.exception("provider.translate_failed")
             return Plan(version, manifests, {}, (*errors, f"translation failed: {exc}"), True)
         for node, res in sorted(translated.items()):
-            errors += [f.line() for f in getattr(res, "findings", ()) if f.is_error]
             try:
                 snap = Snapshot.from_messages(res.listeners, res.clusters, res.secrets)
             except InconsistentSnapshot as exc:
@@ -97,10 +97,14 @@ def prepare(
     return Plan(version, manifests, snapshots, tuple(errors), blocked)
 
 
-def default_translator() -> Translator:
-    from clrk_xds.translate import translate
+def default_translator(**options: object) -> Translator:
+    """`clrk_xds.translate.translate` with `options` and a chain cache of its own, so
+    that a reload rebuilds only the routes that changed."""
+    import functools
 
-    return translate
+    from clrk_xds.translate import ChainCache, translate
+
+    return functools.partial(translate, cache=ChainCache(), **options)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import functools
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -153,7 +152,7 @@ async def main(
     leaves = None
     if state_dir is not None:
         translate_options["leaf_secret"], leaves = leaf_secrets(state_dir)
-    translator = functools.partial(default_translator(), **translate_options)
+    translator = default_translator(**translate_options)
     plane = ControlPlane(
         manifests,
         listen,

@@ -15,9 +15,8 @@ import grpc
 
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.policy_stream import PolicyHub
-from clrk_xds.provider import FileProvider
+from clrk_xds.provider import FileProvider, default_translator
 from clrk_xds.snapshot import SnapshotCache
-from clrk_xds.translate import translate
 
 GATEWAY = """\
 apiVersion: clrk.apoxy.dev/v1alpha1
@@ -78,7 +77,9 @@ class Plane:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         paths = with_applied_dir([self.ops], self.applied)
-        self.provider = FileProvider(paths, SnapshotCache(), PolicyHub(), translate, debounce_ms=20)
+        self.provider = FileProvider(
+            paths, SnapshotCache(), PolicyHub(), default_translator(), debounce_ms=20
+        )
         self.admin = AdminServer(self.provider, self.applied, self.records, poll=0.05)
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((self.admin.handler(),))

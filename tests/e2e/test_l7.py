@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from clrk.api import load_text
+from clrk.policy.loaded import compile_loaded
 from clrk.records.query import iter_records, select
 from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap_with_secrets
 from clrk_xds.translate import to_plain, translate
@@ -142,7 +143,7 @@ BULK_CLIENT = textwrap.dedent("""
 def envoy_config(manifest: str, ca: GatewayCA) -> dict:
     loaded = load_text(manifest, "policy.yaml")
     assert not [f for f in loaded.findings if f.is_error], [f.line() for f in loaded.findings]
-    res = translate(loaded.resources, rejected=loaded.rejected, leaf_secret=ca.leaf_secret)
+    res = translate(compile_loaded(loaded).compiled, leaf_secret=ca.leaf_secret)
     return static_bootstrap_with_secrets(to_plain(res["default/egress"]))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from clrk_xds.consistency import LISTENER
 from clrk_xds.policy_stream import PolicyHub
-from clrk_xds.provider import FileProvider, prepare, read_manifests
+from clrk_xds.provider import FileProvider, default_translator, prepare, read_manifests
 from clrk_xds.snapshot import EMPTY, SnapshotCache
 from clrk_xds.translate import translate
 
@@ -50,7 +50,7 @@ def write_set(tmp_path, host="api.example.com", *, extra=""):
 
 def provider(tmp_path, **kw):
     cache, hub = SnapshotCache(), PolicyHub()
-    return FileProvider([tmp_path], cache, hub, translate, **kw), cache, hub
+    return FileProvider([tmp_path], cache, hub, default_translator(), **kw), cache, hub
 
 
 def test_read_manifests_keeps_documents_as_written(tmp_path):
@@ -144,7 +144,7 @@ def test_removed_gateway_gets_an_empty_snapshot(tmp_path):
 def test_translator_failure_keeps_last_good(tmp_path):
     write_set(tmp_path)
 
-    def broken(resources, **kw):
+    def broken(policies):
         raise RuntimeError("boom")
 
     plan = prepare([tmp_path], broken)
@@ -155,8 +155,8 @@ def test_inconsistent_translation_is_refused_whole(tmp_path):
     """Two gateways translated onto one port of one Envoy would be rejected by it."""
     write_set(tmp_path)
 
-    def clashing(resources, **kw):
-        out = translate(resources, **kw)
+    def clashing(policies):
+        out = translate(policies)
         res = out["default/gw"]
         twice = res.listeners + tuple(
             type(lst)(name=lst.name + "-copy", address=lst.address) for lst in res.listeners

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from clrk.api import load_text
+from clrk.policy.loaded import compile_loaded
 from clrk_xds.envoy_process import static_bootstrap, validate_config
 from clrk_xds.translate import to_plain, translate
 
@@ -30,7 +31,7 @@ def render(case: str) -> str:
     ]
     options_file = GOLDEN / case / "options.yaml"
     options = yaml.safe_load(options_file.read_text()) if options_file.is_file() else {}
-    out = translate(loaded.resources, rejected=loaded.rejected, **options)
+    out = translate(compile_loaded(loaded).compiled, **options)
     plain = {ref: to_plain(res) for ref, res in sorted(out.items())}
     return yaml.safe_dump(plain, sort_keys=True, default_flow_style=False, width=100)
 

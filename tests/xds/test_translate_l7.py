@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clrk.api import load_text
+from clrk.policy.loaded import compile_loaded
 from clrk_xds import translate_l7 as l7
 from clrk_xds.translate import translate
 
@@ -56,7 +57,7 @@ spec:
 def _translate(policy: str = "deny-all", **kw):
     loaded = load_text(GATEWAY.replace("POLICY", policy) + ROUTES, "t.yaml")
     assert not loaded.errors, [f.line() for f in loaded.errors]
-    return translate(loaded.resources, rejected=loaded.rejected, **kw)["default/gw"]
+    return translate(compile_loaded(loaded).compiled, **kw)["default/gw"]
 
 
 def _chains(res, listener: str) -> dict:
