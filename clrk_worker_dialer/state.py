@@ -13,13 +13,14 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from clrk.api import LoadResult, load_paths
+from clrk.api import load_paths
 from clrk.api.loader import ManifestCache
 from clrk.nexthops import NextHop, envoy_listener_addresses
 from clrk.policy import Agent, Decision, GatewayPolicy, OwnAddresses
 from clrk.policy.loaded import blocking, compile_loaded
 from clrk.records.schema import dial_denied, dns_denied
 from clrk_runtime.logs import fields
+from clrk_runtime.policy_messages import PolicyDecodeError, pb2, policy_from_update
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
 from clrk_worker_dialer.dns_binding import BindingCache
 from clrk_worker_dialer.identity import Identity
@@ -55,17 +56,24 @@ class DialerState:
 
     def load(self) -> None:
         """Load and compile the manifests; raise PolicyError and keep the last good."""
-        self.load_result(load_paths(self.config.manifests, self._manifests))
-
-    def load_result(self, loaded: LoadResult) -> None:
-        """Apply a validated resource set (from files or the control plane's stream)."""
-        compiled = compile_loaded(loaded)
-        errors = [f.line() for f in blocking(loaded.findings)]
-        policy = compiled.compiled.gateways.get(self.config.gateway_key)
+        loaded = compile_loaded(load_paths(self.config.manifests, self._manifests))
+        if loaded.blocked:
+            raise PolicyError([f.line() for f in blocking(loaded.findings)])
+        policy = loaded.compiled.gateways.get(self.config.gateway_key)
         if policy is None:
-            errors.append(f"gateway {self.config.gateway} is not defined or not accepted")
-        if errors:
-            raise PolicyError(errors)
+            raise PolicyError([f"gateway {self.config.gateway} is not defined or not accepted"])
+        self.apply(policy)
+
+    def apply_update(self, update: pb2.PolicyUpdate) -> None:
+        """Apply the control plane's compiled policy; raise PolicyError and keep the last
+        good when the update carries none this dialer can enforce."""
+        try:
+            policy = policy_from_update(update)
+        except PolicyDecodeError as exc:
+            raise PolicyError([str(exc)]) from None
+        wanted = "/".join(self.config.gateway_key)
+        if policy.ref != wanted:
+            raise PolicyError([f"the update is for gateway {policy.ref}, not {wanted}"])
         self.apply(policy)
 
     def apply(self, policy: GatewayPolicy) -> None:

@@ -49,7 +49,11 @@ class ControlPlane:
         self.ads = AdsServer(self.cache)
         self.policy = PolicyStreamServer(self.hub)
         self.provider = FileProvider(
-            self.manifests, self.cache, self.hub, self.translator, self.debounce_ms
+            self.cache,
+            self.hub,
+            self.translator,
+            paths=self.manifests,
+            debounce_ms=self.debounce_ms,
         )
         # The admin API needs somewhere to store what it applies.
         self.admin = (

@@ -78,7 +78,7 @@ class Plane:
         self._stop = asyncio.Event()
         paths = with_applied_dir([self.ops], self.applied)
         self.provider = FileProvider(
-            paths, SnapshotCache(), PolicyHub(), default_translator(), debounce_ms=20
+            SnapshotCache(), PolicyHub(), default_translator(), paths=paths, debounce_ms=20
         )
         self.admin = AdminServer(self.provider, self.applied, self.records, poll=0.05)
         server = grpc.aio.server()

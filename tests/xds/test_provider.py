@@ -50,20 +50,33 @@ def write_set(tmp_path, host="api.example.com", *, extra=""):
 
 def provider(tmp_path, **kw):
     cache, hub = SnapshotCache(), PolicyHub()
-    return FileProvider([tmp_path], cache, hub, default_translator(), **kw), cache, hub
+    p = FileProvider(cache, hub, default_translator(), paths=[tmp_path], **kw)
+    return p, cache, hub
 
 
 def test_read_manifests_keeps_documents_as_written(tmp_path):
     write_set(tmp_path)
-    m = read_manifests([tmp_path])
-    assert not m.load.errors
-    assert sorted(r.kind for r in m.load.resources) == [
+    load = read_manifests([tmp_path])
+    assert not load.errors
+    assert sorted(r.kind for r in load.resources) == [
         "EgressGateway",
         "EgressL4Route",
         "TaskAgent",
     ]
-    for res in m.load.resources:
-        assert m.raw[res.source]["metadata"]["name"] == res.name
+    raw = dict(load.raw)
+    for res in load.resources:
+        assert raw[res.source]["metadata"]["name"] == res.name
+
+
+def test_a_plan_compiles_once_and_carries_status_findings_and_the_dialer_policy(tmp_path):
+    write_set(tmp_path, extra="---\n" + ROUTE.format(name="r2", gateway="nowhere", host="x.com"))
+    plan = prepare([tmp_path], default_translator())
+    assert not plan.blocked and set(plan.snapshots) == {"default/gw"}
+    gw = plan.policies.gateways[("default", "gw")]
+    assert [e.route for e in gw.matches] == ["default/r1"]
+    conditions = plan.loaded.compiled.conditions[("EgressL4Route", "default", "r2")]
+    assert [(c.type, c.status) for c in conditions] == [("Accepted", False)]
+    assert [f.name for f in plan.loaded.findings if f.is_error] == ["r2"]
 
 
 def test_valid_set_installs_snapshot_and_publishes_policy(tmp_path):
@@ -77,8 +90,9 @@ def test_valid_set_installs_snapshot_and_publishes_policy(tmp_path):
         assert st.gateways == ("default/gw",)
         snap = cache.get("default/gw")
         assert snap is not None and snap.named(LISTENER)
-        docs = hub.current("default/gw")
-        assert [d.kind for d in docs.documents] == ["EgressGateway", "EgressL4Route", "TaskAgent"]
+        update = hub.current("default/gw")
+        assert [m.route for m in update.policy.matches] == ["default/r1"]
+        assert [a.name for a in update.policy.agents] == ["coder"]
         # an unchanged reload is not a new version
         assert not await p.reload()
         assert p.status().version == st.version
@@ -185,9 +199,10 @@ def test_watch_reloads_on_change_and_debounces_bursts(tmp_path):
             await until(lambda: p.status().version != first)
             await asyncio.sleep(0.3)
             assert p.reloads - reloads < 5
-            final = read_manifests([tmp_path]).raw
+            final = dict(read_manifests([tmp_path]).raw)
             assert any("h4.example.com" in str(v) for v in final.values())
-            assert [d for d in p.hub.current("default/gw").documents if "h4.example.com" in d.json]
+            (match,) = p.hub.current("default/gw").policy.matches
+            assert list(match.hostnames) == ["h4.example.com"]
             write_set(tmp_path, host="bad*")
             await until(lambda: p.status().blocked)
             assert cache.get("default/gw") is not None

@@ -73,7 +73,7 @@ def test_control_plane_process_serves_envoy_and_dialers(tmp_path):
         wait_for(lambda: "server.listening" in log.read_text())
         envoy.start()
         update = first_update(f"127.0.0.1:{port}", "default/gw")
-        assert [d.kind for d in update.documents] == ["EgressGateway"]
+        assert update.policy.ref == "default/gw" and len(update.policy.listeners) == 1
 
         def listeners() -> str:
             return envoy.admin_get("/listeners")[1]
