@@ -317,9 +317,11 @@ def _route_parts(
                 used = True
         if not used:
             continue
-        if listener.l7:
+        if listener.l7 and _attached(matches[0], listener):
             chains.append(_l7_rule_chain(policy, listener, matches, name))
         else:
+            # A deny route on a listener it does not attach to only closes: the dialer
+            # never sends it there, and no deny answer (or leaf certificate) is set up.
             chains.append(_closing_chain(name) if deny else _proxy_chain(name))
     return entries, chains
 
@@ -370,16 +372,22 @@ def _listener_address(hop: NextHop) -> Address:
     return Address(socket_address=SocketAddress(address=hop[0], port_value=hop[1]))
 
 
+def _attached(entry: MatchEntry, listener: CompiledListener) -> bool:
+    return any(lst.name == listener.name for lst in entry.listeners)
+
+
 def _tcp_routes(policy: GatewayPolicy, listener: CompiledListener) -> list[list[MatchEntry]]:
-    """The TCP match entries attached to `listener`, per route: deny routes first, then
-    allow routes, each in the compiled order."""
-    attached = [
+    """The TCP match entries `listener` checks, per route, in the compiled order: deny
+    routes attached to it (on an L7 listener, their chains answer with the deny
+    response), then every other deny route (decide() applies them on the whole
+    gateway; they only close), then the allow routes attached to it."""
+    checked = [
         e
         for e in policy.matches
-        if e.protocol == "TCP" and any(lst.name == listener.name for lst in e.listeners)
+        if e.protocol == "TCP" and (e.deny_policy is not None or _attached(e, listener))
     ]
-    attached.sort(key=lambda e: (e.deny_policy is None, e.order))
-    return [list(group) for _route, group in groupby(attached, key=lambda e: e.route)]
+    checked.sort(key=lambda e: (e.deny_policy is None, not _attached(e, listener), e.order))
+    return [list(group) for _route, group in groupby(checked, key=lambda e: e.route)]
 
 
 def _gateway_listener(
@@ -401,7 +409,8 @@ def _gateway_listener(
         if cache is not None:
             agents = tuple(selected(e.selector) for e in route)
             deny = policy.deny_responses.get(route[0].deny_policy or "")
-            key = (policy.ref, listener, blocked, deny, agents, _route_key(route))
+            attached = _attached(route[0], listener)
+            key = (policy.ref, listener, attached, blocked, deny, agents, _route_key(route))
             part = cache.get(key)
         if part is None:
             part = _route_parts(policy, route, listener, selected, blocked)
