@@ -140,3 +140,25 @@ def connection(draw):
         frozenset(names),
         sni,
     )
+
+
+AGENT_KEYS = [("default", "a"), ("default", "b"), ("data", "etl")]
+
+
+@st.composite
+def policy_with_agents(draw):
+    """`policy()` plus declared agents with random labels: at least one on `gw` (the
+    gateway the others are tested on), perhaps one on another gateway only."""
+    docs = draw(policy())
+    keys = draw(st.lists(st.sampled_from(AGENT_KEYS), min_size=1, max_size=3, unique=True))
+    for i, (namespace, name) in enumerate(keys):
+        gateway = "other-gw" if i and draw(st.booleans()) and draw(st.booleans()) else "gw"
+        docs.append(
+            {
+                "apiVersion": API,
+                "kind": "DaemonAgent",
+                "metadata": {"name": name, "namespace": namespace, "labels": draw(LABELS)},
+                "spec": {"egressRefs": [{"gatewayRef": f"default/{gateway}"}]},
+            }
+        )
+    return docs
