@@ -70,7 +70,7 @@ from clrk.nexthops import (
 from clrk.policy import GatewayPolicy, PolicySet
 from clrk.policy.compiled import CompiledListener, MatchEntry
 from clrk.policy.selectors import Selector, selects
-from clrk.wire import TLV_FIELDS
+from clrk.wire import TLV_FIELDS, ChainFacts
 from clrk_xds import betterproto_speed
 from clrk_xds import translate_l7 as l7
 from clrk_xds import translate_matchers as tm
@@ -141,11 +141,11 @@ def _stat_name(chain: str) -> str:
     return chain.replace("/", ".")
 
 
-def _proxy_chain(name: str) -> FilterChain:
+def _proxy_chain(name: str, listener: CompiledListener) -> FilterChain:
     proxy = TcpProxy(
         stat_prefix=_stat_name(name),
         cluster=ORIGINAL_DST_CLUSTER,
-        access_log=[l7.tcp_access_log()],
+        access_log=[l7.tcp_access_log(listener.name)],
         # One entry when the upstream connects and one when the connection ends (the
         # record is written from the end entry, with the byte counts and duration).
         access_log_options=TcpProxyTcpAccessLogOptions(flush_access_log_on_connected=True),
@@ -256,12 +256,12 @@ def _l7_rule_chain(
     name: str,
 ) -> FilterChain:
     first = matches[0]
-    facts = l7.ChainFacts(
+    facts = ChainFacts(
         gateway=policy.ref, listener=listener.name, route=first.route, rule=first.rule
     )
     if first.deny_policy is not None:
         response = policy.deny_responses[first.deny_policy]
-        facts = l7.ChainFacts(
+        facts = ChainFacts(
             gateway=policy.ref,
             listener=listener.name,
             route=first.route,
@@ -322,7 +322,7 @@ def _route_parts(
         else:
             # A deny route on a listener it does not attach to only closes: the dialer
             # never sends it there, and no deny answer (or leaf certificate) is set up.
-            chains.append(_closing_chain(name) if deny else _proxy_chain(name))
+            chains.append(_closing_chain(name) if deny else _proxy_chain(name, listener))
     return entries, chains
 
 
@@ -430,12 +430,12 @@ def _gateway_listener(
 
     default = None
     if allow_all and listener.protocol == "HTTP":
-        facts = l7.ChainFacts(gateway=policy.ref, listener=listener.name)
+        facts = ChainFacts(gateway=policy.ref, listener=listener.name)
         default = l7.l7_chain("default/allow-all", facts, domains=["*"], terminate_secret=None)
     elif allow_all:
         # TLS Terminate too: no one certificate can cover every name, so traffic that no
         # route names passes through (still re-checked and logged as L4).
-        default = _proxy_chain("default/allow-all")
+        default = _proxy_chain("default/allow-all", listener)
     elif not chains:
         # Envoy refuses a listener without filter chains; this one only closes.
         default = _closing_chain("default/deny-all")

@@ -378,6 +378,7 @@ def test_tcp_record_counts_bytes_each_way(l7) -> None:
     attrs = spans[0]["attributes"]
     assert attrs["clrk.egress.bytes_down"] == BULK
     assert attrs["clrk.egress.route"] == "default/bulk"
+    assert attrs["clrk.egress.listener"] == "tcp"
     assert attrs["agent.name"] == "agent-a" and attrs["agent.namespace"] == "default"
     assert attrs["network.peer.address"] == API and attrs["network.peer.port"] == 7
     assert attrs["clrk.egress.gateway"] == "default/egress"

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from clrk.api import load_paths, load_text
 from clrk.nexthops import envoy_listener_addresses
 from clrk.policy.loaded import compile_loaded
+from clrk.wire import TLV_FIELDS
 from clrk_xds.translate import (
     ORIGINAL_DST_CLUSTER,
     TYPE_URLS,
@@ -113,14 +114,7 @@ def test_listener_filters_keep_clrk_tlvs_in_filter_state() -> None:
         config = first.typed_config.unpack()
         assert isinstance(config, ProxyProtocol)
         assert config.tlv_location == ProxyProtocolTlvLocation.FILTER_STATE
-        assert {r.tlv_type: r.on_tlv_present.key for r in config.rules} == {
-            0x02: "authority",
-            0xE1: "agent_namespace",
-            0xE2: "agent_name",
-            0xE3: "route",
-            0xE4: "deny_policy",
-            0xE5: "connection_id",
-        }
+        assert {r.tlv_type: r.on_tlv_present.key for r in config.rules} == TLV_FIELDS
         assert not config.allow_requests_without_proxy_protocol
         assert lst.listener_filters_timeout == datetime.timedelta(seconds=2)
         assert not lst.continue_on_listener_filters_timeout
