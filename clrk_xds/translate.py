@@ -529,12 +529,14 @@ def translate(policies: PolicySet, **options) -> dict[str, GatewayResources]:
 
 
 def terminate_leaves(policy: GatewayPolicy) -> dict[str, tuple[str, ...]]:
-    """Secret name -> hostnames of every route with TCP matches on a Terminate
-    listener, in the route's order, once each (the SANs of its leaf certificate)."""
+    """Secret name -> SANs of the leaf certificate of every route with TCP matches on a
+    Terminate listener: its hostnames, in the route's order, once each.  Deny routes get
+    one too (the agent sees the policy's HTTP answer, not a TLS error); a route with no
+    hostnames gets none, there is no name to put in it."""
     terminating = {lst.name for lst in policy.listeners if lst.tls_mode == "Terminate"}
     wanted: dict[str, dict[str, None]] = {}
     for entry in policy.matches:
         if entry.protocol == "TCP" and terminating & {lst.name for lst in entry.listeners}:
             names = wanted.setdefault(l7.leaf_secret_name(entry.route), {})
             names.update(dict.fromkeys(entry.hostnames))
-    return {name: tuple(hosts) for name, hosts in wanted.items()}
+    return {name: tuple(hosts) for name, hosts in wanted.items() if hosts}

@@ -44,7 +44,7 @@ def test_an_orphaned_or_incomplete_directory_is_reported(tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "input.yaml").write_text("")
     (tmp_path / "stray.yaml").write_text("")
-    assert orphans(tmp_path) == [
+    assert orphans(tmp_path, complete=True) == [
         "half: no compiled.yaml",
         "half: no envoy.yaml",
         "renamed: no input.yaml",

@@ -13,7 +13,7 @@ from clrk.api import load_text
 from clrk.policy.loaded import compile_loaded
 from clrk.wire import LISTENER_TAG, TAGGED_TLVS, ChainFacts, tlv_tag
 from clrk_xds import translate_l7 as l7
-from clrk_xds.translate import translate
+from clrk_xds.translate import terminate_leaves, translate
 
 API = "apiVersion: clrk.apoxy.dev/v1alpha1"
 GATEWAY = f"""{API}
@@ -186,3 +186,77 @@ def test_extproc_address_option() -> None:
     (cluster,) = [c for c in res.clusters if c.name == l7.EXTPROC_CLUSTER]
     socket = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (socket.address, socket.port_value) == ("10.0.0.1", 9000)
+
+
+LEAVES = f"""{API}
+kind: EgressGateway
+metadata: {{name: gw}}
+spec:
+  listeners:
+  - {{name: tcp-out, protocol: TCP}}
+  - {{name: term, protocol: TLS, tls: {{mode: Terminate}}}}
+  - {{name: pass, protocol: TLS}}
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: llm}}
+spec:
+  parentRefs: [{{name: gw, sectionName: term}}]
+  rules:
+  - matches:
+    - destinationHostnames: [api.example.com, "*.azure.example.com"]
+    - destinationHostnames: [api.example.com, b.example.com]
+      ports: [{{port: 443}}]
+    - destinationHostnames: [udp.example.com]
+      protocol: UDP
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: every-listener}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{matches: [{{destinationHostnames: [all.example.com]}}]}}]
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: passthrough-only, namespace: other}}
+spec:
+  parentRefs: [{{name: gw, namespace: default, sectionName: pass}}]
+  rules: [{{matches: [{{destinationHostnames: [pass.example.com]}}]}}]
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: cidr-only}}
+spec:
+  parentRefs: [{{name: gw, sectionName: term}}]
+  rules: [{{matches: [{{destinationCIDRs: [203.0.113.0/24]}}]}}]
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: paste}}
+spec:
+  parentRefs: [{{name: gw, sectionName: term}}]
+  rules: [{{matches: [{{destinationHostnames: [paste.example.com]}}]}}]
+---
+{API}
+kind: EgressDenyPolicy
+metadata: {{name: no-paste}}
+spec:
+  targetRef: {{name: paste}}
+"""
+
+
+def test_terminate_routes_get_leaves_named_by_route_with_their_tcp_hostnames() -> None:
+    policy = compile_loaded(load_text(LEAVES)).compiled.gateways[("default", "gw")]
+    assert terminate_leaves(policy) == {
+        "leaf/default/every-listener": ("all.example.com",),
+        # UDP names left out, repeated names once
+        "leaf/default/llm": ("api.example.com", "*.azure.example.com", "b.example.com"),
+        "leaf/default/paste": ("paste.example.com",),  # deny routes answer over TLS too
+    }  # a route without hostnames (cidr-only) has no name to put in a leaf
+
+
+def test_no_terminate_listener_no_leaves() -> None:
+    text = LEAVES.replace("tls: {mode: Terminate}", "tls: {mode: Passthrough}")
+    policy = compile_loaded(load_text(text)).compiled.gateways[("default", "gw")]
+    assert terminate_leaves(policy) == {}
