@@ -312,8 +312,7 @@ class ManifestCache:
     """Parsed and validated documents, reused while their text is unchanged.
 
     Kept per file and, inside a rewritten file, per document: a reload after appending
-    a route to a file of a thousand re-parses one document, and every other Resource
-    stays the same object (the translator memoizes on that).
+    a route to a file of a thousand parses and validates one document.
     """
 
     def __init__(self) -> None:

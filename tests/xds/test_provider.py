@@ -6,10 +6,21 @@ import asyncio
 import time
 
 import pytest
+import yaml
 
+from clrk.api import load_documents
+from clrk.api.resources import Source
+from clrk_xds.admin_status import object_statuses
 from clrk_xds.consistency import LISTENER
 from clrk_xds.policy_stream import PolicyHub
-from clrk_xds.provider import FileProvider, default_translator, prepare, read_manifests
+from clrk_xds.provider import (
+    FileProvider,
+    Provider,
+    default_translator,
+    plan,
+    prepare,
+    read_manifests,
+)
 from clrk_xds.snapshot import EMPTY, SnapshotCache
 from clrk_xds.translate import translate
 
@@ -219,3 +230,37 @@ async def until(predicate, timeout=10.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s")
         await asyncio.sleep(0.02)
+
+
+def test_documents_of_another_source_take_the_same_pipeline_and_give_status(tmp_path):
+    """What a Kubernetes provider does: decoded objects, each named by its Source,
+    through load_documents -> plan -> apply, status from the plan."""
+    docs = [
+        (Source("k8s:default/EgressGateway/gw", 0), yaml.safe_load(GATEWAY.format(name="gw"))),
+        (
+            Source("k8s:default/EgressL4Route/r1", 0),
+            yaml.safe_load(ROUTE.format(name="r1", gateway="gw", host="api.example.com")),
+        ),
+        (
+            Source("k8s:default/EgressL4Route/r2", 0),
+            yaml.safe_load(ROUTE.format(name="r2", gateway="nowhere", host="x.com")),
+        ),
+    ]
+
+    async def go():
+        cache, hub = SnapshotCache(), PolicyHub()
+        installer = Provider(cache, hub, default_translator())
+        planned = plan(load_documents(docs), installer.translator)
+        assert installer.apply(planned)
+        assert cache.get("default/gw") is not None
+        assert [m.route for m in hub.current("default/gw").policy.matches] == ["default/r1"]
+        statuses = {
+            (s.kind, s.name): {c.type: c.status for c in s.conditions}
+            for s in object_statuses(planned.loaded, in_force=True)
+        }
+        assert statuses[("EgressL4Route", "r1")] == {"Accepted": True, "Programmed": True}
+        assert statuses[("EgressL4Route", "r2")] == {"Accepted": False, "Programmed": False}
+        (error,) = [f for f in planned.loaded.findings if f.is_error]
+        assert error.file == "k8s:default/EgressL4Route/r2"
+
+    asyncio.run(go())
