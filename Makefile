@@ -37,9 +37,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# Regenerate the translator's golden files; review the diff like code.
+# Regenerate the golden files of both stages (compile, then translate); review the diff.
 golden: $(STAMP)
-	CLRK_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/xds -k golden
+	CLRK_UPDATE_GOLDEN=1 $(PY) -m pytest -q \
+	  tests/policy/test_compile_golden.py tests/xds/test_translate_golden.py
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

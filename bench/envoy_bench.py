@@ -68,6 +68,7 @@ def manifest_text() -> str:
 def envoy_config(text: str, sockets: Path) -> dict:
     """The static bootstrap of what the control plane would serve for this manifest."""
     from clrk.api import load_text
+    from clrk.policy.loaded import compile_loaded
     from clrk_xds.envoy_process import static_bootstrap
     from clrk_xds.translate import to_plain, translate
 
@@ -75,8 +76,7 @@ def envoy_config(text: str, sockets: Path) -> dict:
     if load.errors:
         raise BenchError(f"bench manifest invalid: {load.errors}")
     gateways = translate(
-        load.resources,
-        rejected=load.rejected,
+        compile_loaded(load).compiled,
         socket_dir=str(sockets),
         extproc_address=EXTPROC,
     )

@@ -177,6 +177,7 @@ def envoy_config(text: str, state_dir: Path, sockets: Path) -> tuple[dict, Path]
     leaves minted from a gateway CA in `state_dir`, as the control plane does), with the
     ext_proc filter removed from the "terminate" path's listener; and the CA's file."""
     from clrk.api import load_text
+    from clrk.policy.loaded import compile_loaded
     from clrk_xds.ca import default_cert_path
     from clrk_xds.envoy_process import static_bootstrap_with_secrets
     from clrk_xds.server import leaf_secrets
@@ -187,8 +188,7 @@ def envoy_config(text: str, state_dir: Path, sockets: Path) -> tuple[dict, Path]
         raise BenchError(f"bench manifest invalid: {load.errors} {load.findings}")
     leaf_secret, _leaves = leaf_secrets(state_dir)
     gateways = translate(
-        load.resources,
-        rejected=load.rejected,
+        compile_loaded(load).compiled,
         socket_dir=str(sockets),
         extproc_address=EXTPROC,
         leaf_secret=leaf_secret,

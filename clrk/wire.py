@@ -36,32 +36,40 @@ TLV_FIELDS: dict[int, str] = {
     TlvType.CONNECTION_ID: "connection_id",
 }
 
-# Request header <- PROXY TLV field (the names clrk_extproc reads).
-TLV_HEADERS: dict[str, str] = {
-    "x-clrk-agent-namespace": "agent_namespace",
-    "x-clrk-agent-name": "agent_name",
-    "x-clrk-authority": "authority",
-    "x-clrk-connection-id": "connection_id",
-    "x-clrk-tlv-route": "route",
-    "x-clrk-tlv-deny-policy": "deny_policy",
-}
-# Access-log custom tag <- PROXY TLV field.
-TLV_TAGS: dict[str, str] = {
-    "agent_namespace": "agent_namespace",
-    "agent_name": "agent_name",
-    "authority": "authority",
-    "connection_id": "connection_id",
-    "route": "route",
-}
-
-
+HEADER_PREFIX = "x-clrk-"
+# Request headers Envoy copies the connection's TLVs into for ext_proc (`header_mutation`).
 HEADER_AGENT_NAMESPACE = "x-clrk-agent-namespace"
 HEADER_AGENT_NAME = "x-clrk-agent-name"
 HEADER_AUTHORITY = "x-clrk-authority"
 HEADER_CONNECTION_ID = "x-clrk-connection-id"
+HEADER_ROUTE = "x-clrk-tlv-route"
 HEADER_DENY_POLICY = "x-clrk-tlv-deny-policy"
-HEADER_PREFIX = "x-clrk-"
+TLV_HEADERS: dict[str, str] = {  # request header -> TLV field
+    HEADER_AGENT_NAMESPACE: TLV_FIELDS[TlvType.AGENT_NAMESPACE],
+    HEADER_AGENT_NAME: TLV_FIELDS[TlvType.AGENT_NAME],
+    HEADER_AUTHORITY: TLV_FIELDS[TlvType.AUTHORITY],
+    HEADER_CONNECTION_ID: TLV_FIELDS[TlvType.CONNECTION_ID],
+    HEADER_ROUTE: TLV_FIELDS[TlvType.ROUTE],
+    HEADER_DENY_POLICY: TLV_FIELDS[TlvType.DENY_POLICY],
+}
+# The header of ext_proc's deny answer (and of the dialer's HTTP CONNECT refusal).
 DENY_REASON_HEADER = "x-clrk-deny-reason"
+
+# Custom tags of the L4 access log (tcp_proxy -> clrk_extproc): a TLV under its field's
+# name, and the gateway listener the chain serves, as a literal.
+TAGGED_TLVS = (
+    TlvType.AGENT_NAMESPACE,
+    TlvType.AGENT_NAME,
+    TlvType.AUTHORITY,
+    TlvType.CONNECTION_ID,
+    TlvType.ROUTE,
+)
+LISTENER_TAG = "listener"
+
+
+def tlv_tag(tlv: TlvType) -> str:
+    """The access-log custom tag that carries a TLV."""
+    return TLV_FIELDS[tlv]
 
 
 def tlv_format(field: str) -> str:

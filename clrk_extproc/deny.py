@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clrk.policy import Reason
 from clrk.wire import DENY_REASON_HEADER, ChainFacts
 
 DEFAULT_STATUS = 403
-DENY_REASON = "deny_policy"
+DENY_REASON = str(Reason.DENY_POLICY)
 
 
 @dataclass(frozen=True)

@@ -12,26 +12,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from clrk.records.schema import (
-    AGENT_NAME,
-    AGENT_NAMESPACE,
-    CONNECTION_ID,
-    DENY_POLICY,
-    DENY_REASON,
-    DST_NAME,
-    GATEWAY,
-    HTTP_ALLOWED,
-    HTTP_AUTHORITY,
-    HTTP_METHOD,
-    HTTP_PATH,
-    HTTP_STATUS,
-    LISTENER,
-    REASON,
-    ROUTE,
-    RULE,
-    AttrValue,
-    Record,
-)
+from clrk.policy import Agent
+from clrk.records.schema import Record, http_request
 from clrk.wire import (
     HEADER_AGENT_NAME,
     HEADER_AGENT_NAMESPACE,
@@ -41,7 +23,6 @@ from clrk.wire import (
     HEADER_PREFIX,
     ChainFacts,
 )
-from clrk_extproc.deny import DENY_REASON as DENY_POLICY_REASON
 from clrk_extproc.deny import DenyAnswer, deny_answer
 
 MAX_VALUE = 4096  # longer header values are cut in records (a path can be huge)
@@ -51,14 +32,6 @@ def tlv(headers: dict[str, str], name: str) -> str | None:
     """A TLV header's value; the formatter writes "-" (or nothing) for an absent TLV."""
     value = headers.get(name, "")
     return None if value in ("", "-") else value
-
-
-def _host_name(authority: str) -> str:
-    host = authority.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host[:-1] if host.endswith(".") else host
 
 
 @dataclass
@@ -109,28 +82,21 @@ class Exchange:
     def _record(self, status: int, end_ns: int, denied: bool = False) -> Record:
         facts = self.facts
         assert facts is not None
-        attrs: dict[str, AttrValue] = {
-            GATEWAY: facts.gateway,
-            AGENT_NAME: tlv(self.tlvs, HEADER_AGENT_NAME) or "",
-            AGENT_NAMESPACE: tlv(self.tlvs, HEADER_AGENT_NAMESPACE) or "",
-            HTTP_METHOD: self.method,
-            HTTP_AUTHORITY: self.authority,
-            DST_NAME: tlv(self.tlvs, HEADER_AUTHORITY) or _host_name(self.authority),
-            HTTP_PATH: self.path,
-            HTTP_STATUS: status,
-        }
-        if facts.listener:
-            attrs[LISTENER] = facts.listener
-        if facts.route:
-            attrs[ROUTE] = facts.route
-            if facts.rule is not None:
-                attrs[RULE] = facts.rule
-        connection = tlv(self.tlvs, HEADER_CONNECTION_ID)
-        if connection:
-            attrs[CONNECTION_ID] = connection
-        if denied:
-            attrs[DENY_REASON] = DENY_POLICY_REASON
-            attrs[DENY_POLICY] = facts.deny_policy or ""
-            return Record(HTTP_ALLOWED, attrs, "WARN", True, self.start_ns, end_ns)
-        attrs[REASON] = "allowed" if facts.route else "allowed_default"
-        return Record(HTTP_ALLOWED, attrs, "INFO", status >= 500, self.start_ns, end_ns)
+        namespace = tlv(self.tlvs, HEADER_AGENT_NAMESPACE) or ""
+        name = tlv(self.tlvs, HEADER_AGENT_NAME) or ""
+        return http_request(
+            gateway=facts.gateway,
+            agent=Agent(namespace, name) if namespace or name else None,
+            route=facts.route,
+            rule=facts.rule,
+            listener=facts.listener,
+            method=self.method,
+            authority=self.authority,
+            path=self.path,
+            status=status,
+            dst_name=tlv(self.tlvs, HEADER_AUTHORITY),
+            deny_policy=(facts.deny_policy or "") if denied else None,
+            start_ns=self.start_ns,
+            end_ns=end_ns,
+            connection_id=tlv(self.tlvs, HEADER_CONNECTION_ID),
+        )

@@ -2,8 +2,8 @@
 
 tcp_proxy logs once when the upstream connects and once when the connection ends; only
 the end entry has the final byte counts and duration, so only it makes a record.  The
-PROXY TLVs arrive as custom tags (see `clrk.wire.TLV_TAGS`); Envoy writes
-"-" for a TLV the connection did not carry.
+PROXY TLVs and the chain's listener arrive as custom tags (`clrk.wire.TAGGED_TLVS`,
+`LISTENER_TAG`); Envoy writes "-" for a TLV the connection did not carry.
 """
 
 from __future__ import annotations
@@ -13,25 +13,9 @@ import datetime
 from envoy_data_plane.envoy.config.core.v3 import Address
 from envoy_data_plane.envoy.data.accesslog.v3 import AccessLogType, TcpAccessLogEntry
 
-from clrk.records.schema import (
-    AGENT_NAME,
-    AGENT_NAMESPACE,
-    BYTES_DOWN,
-    BYTES_UP,
-    CLIENT_ADDRESS,
-    CONNECTION_ID,
-    DST_NAME,
-    DURATION_MS,
-    GATEWAY,
-    PEER_ADDRESS,
-    PEER_PORT,
-    REASON,
-    ROUTE,
-    TCP_ALLOWED,
-    TRANSPORT,
-    AttrValue,
-    Record,
-)
+from clrk.policy import Agent
+from clrk.records.schema import Record, tcp_allowed
+from clrk.wire import LISTENER_TAG, TlvType, tlv_tag
 
 END_TYPES = frozenset({AccessLogType.TcpConnectionEnd})
 
@@ -75,26 +59,22 @@ def tcp_record(entry: TcpAccessLogEntry, gateway: str) -> Record | None:
     start = _ns(common.start_time)
     duration = common.duration
     end = start + int(duration.total_seconds() * 1e9) if start is not None and duration else start
-    route = _tag(tags, "route")
-    attrs: dict[str, AttrValue] = {
-        REASON: "allowed" if route else "allowed_default",
-        GATEWAY: gateway,
-        AGENT_NAME: _tag(tags, "agent_name") or "",
-        AGENT_NAMESPACE: _tag(tags, "agent_namespace") or "",
-        DST_NAME: _tag(tags, "authority") or "",
-        PEER_ADDRESS: peer[0],
-        PEER_PORT: peer[1],
-        TRANSPORT: "tcp",
-        BYTES_UP: up,
-        BYTES_DOWN: down,
-        DURATION_MS: int(duration.total_seconds() * 1000) if duration else 0,
-    }
-    if route:
-        attrs[ROUTE] = route
-    connection = _tag(tags, "connection_id")
-    if connection:
-        attrs[CONNECTION_ID] = connection
+    namespace = _tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
+    name = _tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
     client = _socket(common.downstream_remote_address)
-    if client:
-        attrs[CLIENT_ADDRESS] = client[0]
-    return Record(TCP_ALLOWED, attrs, "INFO", False, start, end)
+    return tcp_allowed(
+        gateway=gateway,
+        agent=Agent(namespace, name) if namespace or name else None,
+        route=_tag(tags, tlv_tag(TlvType.ROUTE)),
+        listener=_tag(tags, LISTENER_TAG),
+        dst_ip=peer[0],
+        dst_port=peer[1],
+        dst_name=_tag(tags, tlv_tag(TlvType.AUTHORITY)),
+        bytes_up=up,
+        bytes_down=down,
+        start_ns=start,
+        end_ns=end,
+        duration_ms=int(duration.total_seconds() * 1000) if duration else 0,
+        connection_id=_tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
+        src=client[0] if client else None,
+    )

@@ -1,19 +1,31 @@
-"""The policy stream's messages, shared by the control plane (which sends them) and the
-dialer (which receives them): which documents a gateway's dialer needs
-(`gateway_documents`), how they become a message (`to_message`), and how a dialer turns
-an update back into resources (`load_update`).
+"""The policy stream's messages (proto/clrk/policy/v1), shared by the control plane, which
+sends a gateway's compiled policy, and the dialer, which decodes it and decides with it.
+
+`encode_policy` / `decode_policy` translate between `clrk.policy.compiled.GatewayPolicy`
+and its protobuf message.  Decoding checks the message's structure (every reference
+resolves, every number is in range, every enum is known) and raises `PolicyDecodeError`
+otherwise, so a bad or newer message never half-applies: the dialer keeps its last good
+policy.  It does not validate resources again; that happened once, in the control plane.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import ipaddress
+import math
+from collections.abc import Mapping
 
-from clrk.api import LoadResult, Resource, resolve
-from clrk.api.loader import check_documents, validate_documents
-from clrk.api.resources import AGENT_KINDS, Source
+from google.protobuf import json_format
+
+from clrk.policy.compiled import (
+    CompiledListener,
+    DenyResponse,
+    DnsSettings,
+    GatewayPolicy,
+    MatchEntry,
+)
+from clrk.policy.model import Agent
+from clrk.policy.selectors import Requirement, Selector
 from clrk_runtime.protos import load as _load_pb2
 
 pb2 = _load_pb2()
@@ -21,118 +33,254 @@ pb2 = _load_pb2()
 SERVICE = "clrk.policy.v1.PolicyStream"
 METHOD = "Watch"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
+# What a PolicyUpdate's `policy` needs its reader to understand (see the .proto).
+SCHEMA = 1
 
 
-@dataclass(frozen=True)
-class PolicyDocument:
-    kind: str
-    api_version: str
-    json: str  # the document as written, as a JSON object
-    source_file: str
-    source_document: int
+class PolicyDecodeError(ValueError):
+    """A policy message this dialer cannot enforce as sent."""
 
 
-@dataclass(frozen=True)
-class GatewayPolicyDocs:
-    gateway: str  # "namespace/name"
-    version: str
-    documents: tuple[PolicyDocument, ...]
+def _names(enum, prefix: str) -> dict[str, int]:
+    """{'TCP': PROTOCOL_TCP, ...}: the message enum by the name the IR uses."""
+    return {n.removeprefix(prefix): v for n, v in enum.items() if not n.endswith("UNSPECIFIED")}
 
 
-def docs_version(documents: Sequence[PolicyDocument]) -> str:
-    h = hashlib.sha256()
-    for d in documents:
-        for part in (d.kind, d.api_version, d.json, d.source_file, str(d.source_document)):
-            h.update(part.encode() + b"\0")
-    return h.hexdigest()[:16]
+PROTOCOLS = _names(pb2.Protocol, "PROTOCOL_")
+TLS_MODES = {None: pb2.TLS_MODE_NONE, "Passthrough": pb2.TLS_MODE_PASSTHROUGH}
+TLS_MODES["Terminate"] = pb2.TLS_MODE_TERMINATE
+DEFAULT_POLICIES = {"deny-all": pb2.DEFAULT_POLICY_DENY_ALL}
+DEFAULT_POLICIES["allow-all"] = pb2.DEFAULT_POLICY_ALLOW_ALL
+DNS_MODES = {"Forward": pb2.DNS_MODE_FORWARD, "Filtered": pb2.DNS_MODE_FILTERED}
+OPERATORS = {"In": pb2.OPERATOR_IN, "NotIn": pb2.OPERATOR_NOT_IN}
+OPERATORS |= {"Exists": pb2.OPERATOR_EXISTS, "DoesNotExist": pb2.OPERATOR_DOES_NOT_EXIST}
 
 
-def gateway_documents(
-    gateway: str,
-    resources: Sequence[Resource],
-    raw: Mapping[Source, object],
-    rejected: frozenset[tuple[str, str, str]] = frozenset(),
-) -> GatewayPolicyDocs:
-    """The documents a dialer of `gateway` compiles: the gateway, the routes attached to
-    it, their deny policies, and every agent (agents are identified by labels, and a
-    dialer must know them all to tell agents apart).  Unknown gateway: no documents.
-    """
-    namespace, _, name = gateway.rpartition("/")
-    key = (namespace or "default", name)
-    resolution = resolve(resources, rejected)
-    chosen: list[Resource] = []
-    if key in resolution.gateways:
-        chosen.append(resolution.gateways[key])
-        for att in resolution.attachments.get(key, ()):
-            chosen.append(att.route)
-            if att.deny_policy is not None:
-                chosen.append(att.deny_policy)
-        chosen += [r for r in resources if r.kind in AGENT_KINDS]
-    unique = {id(r): r for r in chosen}.values()
-    ordered = sorted(unique, key=lambda r: (r.source.file, r.source.document))
-    docs = tuple(
-        PolicyDocument(
-            r.kind,
-            _api_version(raw.get(r.source)),
-            json.dumps(raw.get(r.source), sort_keys=True, default=str),
-            r.source.file,
-            r.source.document,
-        )
-        for r in ordered
-    )
-    return GatewayPolicyDocs(gateway, docs_version(docs), docs)
+# --- encoding ----------------------------------------------------------------------------
 
 
-def _api_version(raw: object) -> str:
-    return str(raw.get("apiVersion", "")) if isinstance(raw, dict) else ""
-
-
-def load_update(update: pb2.PolicyUpdate, cache: dict | None = None) -> LoadResult:
-    """A received update -> validated resources, as `clrk.api.load_paths` returns them;
-    pass `.resources` and `.rejected` to `clrk.policy.compile_policies`.
-
-    `cache` (a dict the caller keeps between updates) reuses the validation of documents
-    whose JSON did not change, so an update that adds one route validates one document.
-    """
-    seen: dict = {}
-    checked = []
-    for d in update.documents:
-        key = (d.source_file, d.source_document, d.json)
-        hit = (cache or {}).get(key)
-        if hit is None:
-            try:
-                data = json.loads(d.json)
-            except ValueError:
-                data = None  # validation reports it as a bad document
-            (hit,) = check_documents([(Source(d.source_file, d.source_document), data)])
-        seen[key] = hit
-        checked.append(hit)
-    if cache is not None:
-        cache.clear()
-        cache.update(seen)
-    validated = validate_documents((), checked)
-    findings = sorted(validated.findings, key=lambda f: (f.file, f.document))
-    return LoadResult(
-        tuple(validated.resources),
-        tuple(findings),
-        len({d.source_file for d in update.documents}),
-        len(checked),
-        frozenset(validated.rejected),
+def _selector(selector: Selector) -> pb2.Selector:
+    return pb2.Selector(
+        requirements=[
+            pb2.Requirement(operator=OPERATORS[op], key=key, values=sorted(values))
+            for op, key, values in selector
+        ]
     )
 
 
-def to_message(docs: GatewayPolicyDocs) -> pb2.PolicyUpdate:
-    return pb2.PolicyUpdate(
-        version=docs.version,
-        gateway=docs.gateway,
-        documents=[
-            pb2.Document(
-                kind=d.kind,
-                api_version=d.api_version,
-                json=d.json,
-                source_file=d.source_file,
-                source_document=d.source_document,
+def _match(entry: MatchEntry) -> pb2.Match:
+    msg = pb2.Match(
+        route=entry.route,
+        rule=entry.rule,
+        match=entry.match,
+        route_order=entry.order[0],
+        protocol=PROTOCOLS[entry.protocol],
+        hostnames=entry.hostnames,
+        cidrs=[str(net) for net in entry.networks],
+        ports=[pb2.PortRange(low=lo, high=hi) for lo, hi in entry.ports or ()],
+        listeners=[lst.name for lst in entry.listeners],
+        deny_policy=entry.deny_policy or "",
+    )
+    if entry.selector is not None:
+        msg.selector.CopyFrom(_selector(entry.selector))
+    return msg
+
+
+def encode_policy(policy: GatewayPolicy) -> pb2.GatewayPolicy:
+    dns = policy.dns
+    return pb2.GatewayPolicy(
+        ref=policy.ref,
+        default_policy=DEFAULT_POLICIES[policy.default_policy],
+        listeners=[
+            pb2.Listener(
+                name=lst.name,
+                protocol=PROTOCOLS[lst.protocol],
+                tls_mode=TLS_MODES[lst.tls_mode],
+                port=lst.port or 0,
             )
-            for d in docs.documents
+            for lst in policy.listeners
         ],
+        matches=[_match(e) for e in policy.matches],
+        agents=[
+            pb2.Agent(namespace=a.namespace, name=a.name, labels=dict(a.labels))
+            for a in policy.agents
+        ],
+        dns=pb2.Dns(
+            upstream=[pb2.Resolver(address=a, port=p) for a, p in dns.upstream],
+            mode=DNS_MODES[dns.mode],
+            min_ttl_seconds=dns.min_ttl,
+            max_ttl_seconds=dns.max_ttl,
+        ),
+        deny_responses=[
+            pb2.DenyResponse(deny_policy=ref, status_code=r.status_code, message=r.message)
+            for ref, r in sorted(policy.deny_responses.items())
+        ],
+        upstream_ca_bundle=policy.upstream_ca_bundle or "",
     )
+
+
+def policy_update(gateway: str, policy: GatewayPolicy | None) -> pb2.PolicyUpdate:
+    """The update for `gateway` ("namespace/name"); None: it does not exist (anymore)."""
+    update = pb2.PolicyUpdate(gateway=gateway, schema=SCHEMA)
+    if policy is not None:
+        update.policy.CopyFrom(encode_policy(policy))
+    body = update.policy.SerializeToString(deterministic=True) if policy is not None else b""
+    update.version = hashlib.sha256(f"{SCHEMA}\0".encode() + body).hexdigest()[:16]
+    return update
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+
+def _known(value: int, table: Mapping, what: str):
+    for name, number in table.items():
+        if number == value:
+            return name
+    raise PolicyDecodeError(f"{what}: unknown value {value}")
+
+
+def _ref(text: str, what: str) -> str:
+    namespace, sep, name = text.partition("/")
+    if not (sep and namespace and name) or "/" in name:
+        raise PolicyDecodeError(f"{what}: {text!r} is not 'namespace/name'")
+    return text
+
+
+def _port(value: int, what: str) -> int:
+    if not 0 <= value <= 65535:
+        raise PolicyDecodeError(f"{what}: {value} is not a port")
+    return value
+
+
+def _listeners(msg: pb2.GatewayPolicy) -> tuple[CompiledListener, ...]:
+    out = []
+    for i, m in enumerate(msg.listeners):
+        what = f"listeners[{i}]"
+        protocol = _known(m.protocol, PROTOCOLS, f"{what}.protocol")
+        tls_mode = _known(m.tls_mode, TLS_MODES, f"{what}.tls_mode")
+        if not m.name or any(lst.name == m.name for lst in out):
+            raise PolicyDecodeError(f"{what}.name: {m.name!r} is empty or repeated")
+        if (protocol == "TLS") != (tls_mode is not None):
+            raise PolicyDecodeError(f"{what}.tls_mode: does not fit a {protocol} listener")
+        out.append(CompiledListener(m.name, protocol, tls_mode, _port(m.port, what) or None, i))
+    return tuple(out)
+
+
+def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise PolicyDecodeError(f"{what}: {exc}") from None
+
+
+def _decode_selector(msg: pb2.Selector, what: str) -> Selector:
+    reqs: list[Requirement] = []
+    for i, r in enumerate(msg.requirements):
+        op = _known(r.operator, OPERATORS, f"{what}.requirements[{i}].operator")
+        if (op in ("In", "NotIn")) != bool(r.values):
+            raise PolicyDecodeError(f"{what}.requirements[{i}]: values do not fit {op}")
+        reqs.append((op, r.key, frozenset(r.values)))
+    return tuple(reqs)
+
+
+def _decode_match(
+    m: pb2.Match, i: int, listeners: Mapping[str, CompiledListener], denies: Mapping
+) -> MatchEntry:
+    what = f"matches[{i}]"
+    protocol = _known(m.protocol, PROTOCOLS, f"{what}.protocol")
+    if protocol not in ("TCP", "UDP"):
+        raise PolicyDecodeError(f"{what}.protocol: {protocol} is not a transport")
+    ports = []
+    for p in m.ports:
+        if not (_port(p.low, f"{what}.ports") <= _port(p.high, f"{what}.ports")):
+            raise PolicyDecodeError(f"{what}.ports: {p.low} > {p.high}")
+        ports.append((p.low, p.high))
+    fitting = []
+    for name in m.listeners:
+        lst = listeners.get(name)
+        if lst is None or lst.transport != protocol:
+            raise PolicyDecodeError(f"{what}.listeners: no {protocol} listener {name!r}")
+        fitting.append(lst)
+    if m.deny_policy and m.deny_policy not in denies:
+        raise PolicyDecodeError(f"{what}.deny_policy: {m.deny_policy!r} has no deny response")
+    if any(not h or not h.isascii() or h != h.lower() for h in m.hostnames):
+        raise PolicyDecodeError(f"{what}.hostnames: not normalised names")
+    return MatchEntry(
+        route=_ref(m.route, f"{what}.route"),
+        rule=m.rule,
+        match=m.match,
+        order=(m.route_order, m.rule, m.match),
+        protocol=protocol,
+        hostnames=tuple(m.hostnames),
+        networks=tuple(_network(c, f"{what}.cidrs") for c in m.cidrs),
+        ports=tuple(ports) or None,
+        selector=_decode_selector(m.selector, f"{what}.selector")
+        if m.HasField("selector")
+        else None,
+        listeners=tuple(fitting),
+        deny_policy=m.deny_policy or None,
+    )
+
+
+def _dns(msg: pb2.Dns) -> DnsSettings:
+    upstream = []
+    for r in msg.upstream:
+        try:
+            address = str(ipaddress.ip_address(r.address))
+        except ValueError:
+            raise PolicyDecodeError(f"dns.upstream: {r.address!r} is not an address") from None
+        if not 1 <= r.port <= 65535:
+            raise PolicyDecodeError(f"dns.upstream: {r.port} is not a port")
+        upstream.append((address, r.port))
+    low, high = msg.min_ttl_seconds, msg.max_ttl_seconds
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+        raise PolicyDecodeError(f"dns: TTL bounds {low}..{high} are not an interval")
+    return DnsSettings(tuple(upstream), _known(msg.mode, DNS_MODES, "dns.mode"), low, high)
+
+
+def decode_policy(msg: pb2.GatewayPolicy) -> GatewayPolicy:
+    """The compiled policy the message carries; PolicyDecodeError if it is malformed."""
+    listeners = _listeners(msg)
+    by_name = {lst.name: lst for lst in listeners}
+    denies: dict[str, DenyResponse] = {}
+    for r in msg.deny_responses:
+        if not 400 <= r.status_code <= 599:
+            raise PolicyDecodeError(f"deny_responses: status {r.status_code} is not 400..599")
+        message = r.message if r.HasField("message") else None
+        denies[_ref(r.deny_policy, "deny_responses")] = DenyResponse(r.status_code, message)
+    agents = tuple(Agent(a.namespace, a.name, dict(a.labels)) for a in msg.agents)
+    if len({(a.namespace, a.name) for a in agents}) != len(agents):
+        raise PolicyDecodeError("agents: an agent is listed twice")
+    return GatewayPolicy(
+        ref=_ref(msg.ref, "ref"),
+        default_policy=_known(msg.default_policy, DEFAULT_POLICIES, "default_policy"),
+        listeners=listeners,
+        matches=tuple(_decode_match(m, i, by_name, denies) for i, m in enumerate(msg.matches)),
+        agents=agents,
+        dns=_dns(msg.dns),
+        deny_responses=denies,
+        upstream_ca_bundle=msg.upstream_ca_bundle or None,
+    )
+
+
+def policy_from_update(update: pb2.PolicyUpdate) -> GatewayPolicy:
+    """The policy an update carries; PolicyDecodeError when there is none to enforce."""
+    if update.schema != SCHEMA:
+        raise PolicyDecodeError(
+            f"policy schema {update.schema} is not the one this dialer enforces ({SCHEMA})"
+        )
+    if not update.HasField("policy"):
+        raise PolicyDecodeError(f"gateway {update.gateway} is not defined or not accepted")
+    return decode_policy(update.policy)
+
+
+# --- the plain form (golden files) -------------------------------------------------------
+
+
+def to_plain(policy: GatewayPolicy) -> dict:
+    """The policy message in proto3 JSON: what the dialer receives, readably."""
+    return json_format.MessageToDict(encode_policy(policy))
+
+
+def from_plain(plain: Mapping) -> GatewayPolicy:
+    return decode_policy(json_format.ParseDict(plain, pb2.GatewayPolicy()))

@@ -159,7 +159,7 @@ class DnsTcp(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.src = (peer[0], peer[1])
-        self.agent = self.state.agent_for_source(peer[0]) if self.state.policies else None
+        self.agent = self.state.agent_for_source(peer[0]) if self.state.policy else None
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

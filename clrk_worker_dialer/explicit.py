@@ -112,7 +112,11 @@ class ExplicitFront(AgentSide):
         for ip in addresses:
             flow = state.flow(self.src, (ip, port), agent, requested_name=name)
             session = TcpSession(
-                policy, flow, state.next_hops, client_hello_wait=state.config.client_hello_wait
+                policy,
+                flow,
+                state.next_hops,
+                client_hello_wait=state.config.client_hello_wait,
+                own=state.own,
             )
             action = session.start(self.loop.time())
             if chosen is None or not isinstance(action, Refuse):
@@ -287,7 +291,7 @@ class UdpAssociation:
         names = state.names(agent, ip)
 
         def decide_flow() -> Decision:
-            return decide(policy, agent, Connection("UDP", ip, port, names))
+            return decide(policy, agent, Connection("UDP", ip, port, names), state.own)
 
         flow, new = self.flows.datagram(dst, time.monotonic(), decide_flow)
         if not flow.allowed:

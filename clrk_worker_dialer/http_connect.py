@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from clrk.wire import DENY_REASON_HEADER
 from clrk_worker_dialer._normalise import normalise_ip
 from clrk_worker_dialer.socks5 import parse_host
 
@@ -200,7 +201,7 @@ def refused(status: int, reason: str, deny_reason: str | None = None) -> bytes:
     if status == 407:
         lines.append(f"Proxy-Authenticate: {_AUTH_REALM}")
     if deny_reason is not None:
-        lines.append(f"x-clrk-deny-reason: {_header_safe(deny_reason)}")
+        lines.append(f"{DENY_REASON_HEADER}: {_header_safe(deny_reason)}")
     lines += [
         "Content-Type: text/plain; charset=utf-8",
         f"Content-Length: {len(body)}",

@@ -3,8 +3,8 @@ its credential, or the one agent configured for a sidecar.  Pure lookups over th
 compiled policy (credentials come in as a lookup function).
 
 An agent is known to a gateway only if it is declared (DaemonAgent/TaskAgent) and its
-`egressRefs` name that gateway; anything else is no agent, and is denied
-`unknown_agent` by decide().
+`egressRefs` name that gateway (the compiled policy lists exactly those); anything else
+is no agent, and is denied `unknown_agent` by decide().
 """
 
 from __future__ import annotations
@@ -13,25 +13,19 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from clrk.policy import Agent, PolicySet
+from clrk.policy import Agent, GatewayPolicy
 from clrk_worker_dialer.proxy_credentials import matches
 
-GatewayKey = tuple[str, str]
 
-
-def find_agent(policies: PolicySet, gateway: GatewayKey, ref: str | None) -> Agent | None:
+def find_agent(policy: GatewayPolicy, ref: str | None) -> Agent | None:
     """`ref` is `namespace/name`, or a bare name that only one agent of the gateway has."""
     if not ref:
         return None
     if "/" in ref:
         namespace, _, name = ref.partition("/")
-        candidates = [(namespace, name)]
-    else:
-        candidates = [key for key in policies.agents if key[1] == ref]
-    attached = [k for k in candidates if gateway in policies.agent_gateways.get(k, ())]
-    if len(attached) != 1:
-        return None  # unknown, not attached to this gateway, or ambiguous
-    return policies.agents.get(attached[0])
+        return policy.agent_index.get((namespace, name))
+    found = [a for a in policy.agents if a.name == ref]
+    return found[0] if len(found) == 1 else None  # unknown or ambiguous
 
 
 def _ip_key(ip: str) -> str:
@@ -62,13 +56,12 @@ class Identity:
         except ValueError:
             return self.default
 
-    def for_source(self, policies: PolicySet, gateway: GatewayKey, ip: str) -> Agent | None:
-        return find_agent(policies, gateway, self.source_ref(ip))
+    def for_source(self, policy: GatewayPolicy, ip: str) -> Agent | None:
+        return find_agent(policy, self.source_ref(ip))
 
     def for_proxy(
         self,
-        policies: PolicySet,
-        gateway: GatewayKey,
+        policy: GatewayPolicy,
         username: str | None,
         password: str | None,
         token_for: Callable[[str], str | None],
@@ -77,10 +70,10 @@ class Identity:
         credential (`token_for(ref)`) is selected only with its token as the password;
         without one, only the configured default agent may be used (no username, or its
         name).  Anything else is no agent: denied `unknown_agent`."""
-        default = find_agent(policies, gateway, self.default)
+        default = find_agent(policy, self.default)
         if not username:
             return default
-        agent = find_agent(policies, gateway, username)
+        agent = find_agent(policy, username)
         if agent is None:
             return None
         token = token_for(agent.ref)

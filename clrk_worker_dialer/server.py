@@ -129,17 +129,15 @@ class Dialer:
         keeping the last good policy in force meanwhile."""
         import grpc
 
-        from clrk_runtime.policy_messages import load_update
         from clrk_worker_dialer.policy_client import watch_policy
 
         target, gateway = self.config.control_plane, self.config.gateway
-        documents: dict = {}  # validation of unchanged documents is reused
         while True:
             try:
                 auth = self.config.control_plane_auth
                 async for update in watch_policy(target, gateway, auth):
                     try:
-                        self.state.load_result(load_update(update, documents))
+                        self.state.apply_update(update)
                     except PolicyError as exc:
                         log.error(
                             "policy update rejected; the last good policy stays in force",

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from clrk.nexthops import NextHop
-from clrk.policy import Agent, Connection, Decision, GatewayPolicy, Reason, decide
+from clrk.policy import Agent, Connection, Decision, GatewayPolicy, OwnAddresses, Reason, decide
+from clrk.policy.addresses import NO_OWN_ADDRESSES
 from clrk_worker_dialer import proxy_v2, tls_sni
 
 DEFAULT_CLIENT_HELLO_WAIT = 1.0  # seconds; SPEC 5.5 "bounded wait"
@@ -58,7 +59,7 @@ class Dial(NamedTuple):
 
 
 Action = Refuse | Wait | Dial
-Decide = Callable[[GatewayPolicy, Agent | None, Connection], Decision]
+Decide = Callable[[GatewayPolicy, Agent | None, Connection, OwnAddresses], Decision]
 
 
 def best_name(
@@ -105,6 +106,7 @@ class TcpSession:
         "_decide",
         "_first",
         "_listeners",
+        "_own",
         "_wait",
         "done",
         "flow",
@@ -120,9 +122,11 @@ class TcpSession:
         next_hops: Mapping[str, NextHop],
         *,
         client_hello_wait: float = DEFAULT_CLIENT_HELLO_WAIT,
+        own: OwnAddresses = NO_OWN_ADDRESSES,
         decide_fn: Decide = decide,
     ) -> None:
         self.policy = policy
+        self._own = own
         self.flow = flow
         self.next_hops = next_hops
         self._wait = client_hello_wait
@@ -138,7 +142,7 @@ class TcpSession:
     def start(self, now: float) -> Action:
         flow = self.flow
         conn = Connection("TCP", flow.dst_ip, flow.dst_port, flow.names)
-        first = self._decide(self.policy, flow.agent, conn)
+        first = self._decide(self.policy, flow.agent, conn, self._own)
         if self._needs_client_hello(first):
             self._first = first
             return Wait(now + self._wait)
@@ -156,7 +160,7 @@ class TcpSession:
             self.sni = result.sni
             flow = self.flow
             conn = Connection("TCP", flow.dst_ip, flow.dst_port, flow.names, self.sni)
-            return self._finish(self._decide(self.policy, flow.agent, conn))
+            return self._finish(self._decide(self.policy, flow.agent, conn, self._own))
         return self._finish(self._pending())
 
     def timeout(self) -> Action:

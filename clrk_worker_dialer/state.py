@@ -13,13 +13,14 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from clrk.api import LoadResult, load_paths
-from clrk.api.findings import Scope
+from clrk.api import load_paths
 from clrk.api.loader import ManifestCache
 from clrk.nexthops import NextHop, envoy_listener_addresses
-from clrk.policy import Agent, Decision, GatewayPolicy, PolicySet, compile_policies
+from clrk.policy import Agent, Decision, GatewayPolicy, OwnAddresses
+from clrk.policy.loaded import blocking, compile_loaded
 from clrk.records.schema import dial_denied, dns_denied
 from clrk_runtime.logs import fields
+from clrk_runtime.policy_messages import PolicyDecodeError, pb2, policy_from_update
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
 from clrk_worker_dialer.dns_binding import BindingCache
 from clrk_worker_dialer.identity import Identity
@@ -46,8 +47,9 @@ class DialerState:
         self.identity = Identity.of(config.sources, config.default_agent)
         self.proxy_credentials = ProxyCredentials(config.proxy_credentials_dir)
         self.bindings = BindingCache()
-        self.policies: PolicySet | None = None
         self.policy: GatewayPolicy | None = None
+        # Always-blocked destinations (SPEC 4): known to this host only, never compiled.
+        self.own = OwnAddresses.of(config.own_addresses)
         self.next_hops: dict[str, NextHop] = {}
         self.version = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
@@ -56,23 +58,27 @@ class DialerState:
 
     def load(self) -> None:
         """Load and compile the manifests; raise PolicyError and keep the last good."""
-        self.load_result(load_paths(self.config.manifests, self._manifests))
+        loaded = compile_loaded(load_paths(self.config.manifests, self._manifests))
+        if loaded.blocked:
+            raise PolicyError([f.line() for f in blocking(loaded.findings)])
+        policy = loaded.compiled.gateways.get(self.config.gateway_key)
+        if policy is None:
+            raise PolicyError([f"gateway {self.config.gateway} is not defined or not accepted"])
+        self.apply(policy)
 
-    def load_result(self, loaded: LoadResult) -> None:
-        """Apply a validated resource set (from files or the control plane's stream)."""
-        errors = [f.line() for f in loaded.findings if f.is_error and f.scope is Scope.SET]
-        # Own addresses are always-blocked destinations (SPEC 4).
-        policies = compile_policies(
-            loaded.resources, self.config.own_addresses, rejected=loaded.rejected
-        )
-        if self.config.gateway_key not in policies.gateways:
-            errors.append(f"gateway {self.config.gateway} is not defined or not accepted")
-        if errors:
-            raise PolicyError(errors)
-        self.apply(policies)
+    def apply_update(self, update: pb2.PolicyUpdate) -> None:
+        """Apply the control plane's compiled policy; raise PolicyError and keep the last
+        good when the update carries none this dialer can enforce."""
+        try:
+            policy = policy_from_update(update)
+        except PolicyDecodeError as exc:
+            raise PolicyError([str(exc)]) from None
+        wanted = "/".join(self.config.gateway_key)
+        if policy.ref != wanted:
+            raise PolicyError([f"the update is for gateway {policy.ref}, not {wanted}"])
+        self.apply(policy)
 
-    def apply(self, policies: PolicySet) -> None:
-        policy = policies.gateways[self.config.gateway_key]
+    def apply(self, policy: GatewayPolicy) -> None:
         listeners = [(lst.name, lst.protocol) for lst in policy.listeners]
         config = self.config
         self.next_hops = envoy_listener_addresses(
@@ -80,7 +86,7 @@ class DialerState:
         )
         dns = policy.dns
         self.bindings.min_ttl, self.bindings.max_ttl = dns.min_ttl, dns.max_ttl
-        self.policies, self.policy = policies, policy
+        self.policy = policy
         self.version += 1
         log.info("policy applied", extra=fields(version=self.version, gateway=policy.ref))
 
@@ -94,14 +100,13 @@ class DialerState:
     # --- identity and evidence -------------------------------------------------------
 
     def agent_for_source(self, ip: str) -> Agent | None:
-        assert self.policies is not None
-        return self.identity.for_source(self.policies, self.config.gateway_key, ip)
+        assert self.policy is not None
+        return self.identity.for_source(self.policy, ip)
 
     def agent_for_proxy(self, username: str | None, password: str | None) -> Agent | None:
-        assert self.policies is not None
+        assert self.policy is not None
         return self.identity.for_proxy(
-            self.policies,
-            self.config.gateway_key,
+            self.policy,
             username,
             password,
             self.proxy_credentials.token_for,

@@ -46,6 +46,7 @@ class AgentSide(asyncio.Protocol):
             flow,
             self.state.next_hops,
             client_hello_wait=self.state.config.client_hello_wait,
+            own=self.state.own,
         )
         self.act(self.session.start(self.loop.time()))
 

@@ -125,7 +125,7 @@ class UdpFront:
     # --- DNS -------------------------------------------------------------------------
 
     def on_dns(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
-        if self.state.policies is None:
+        if self.state.policy is None:
             return
         agent = self.state.agent_for_source(src[0])
         task = self.loop.create_task(self._dns(data, src, dst, agent))
@@ -154,7 +154,7 @@ class UdpFront:
         names = state.names(agent, dst[0])
 
         def decide_flow():
-            return decide(policy, agent, Connection("UDP", dst[0], dst[1], names))
+            return decide(policy, agent, Connection("UDP", dst[0], dst[1], names), state.own)
 
         flow, new = self.flows.datagram((src, dst), time.monotonic(), decide_flow)
         if not flow.allowed:

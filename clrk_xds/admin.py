@@ -42,7 +42,7 @@ from clrk_runtime.protos import ADMIN_MODULE, load
 from clrk_xds.admin_apply import PLACEHOLDER, PLACEHOLDER_TEXT, ApplyPlan, plan_apply
 from clrk_xds.admin_records import LineBuffer, RecordFilter
 from clrk_xds.admin_status import kinds_for, object_statuses
-from clrk_xds.provider import FileProvider, default_translator, prepare
+from clrk_xds.provider import FileProvider, prepare
 
 pb2 = load(ADMIN_MODULE)
 
@@ -208,8 +208,7 @@ class AdminServer:
                 (staging / name).write_text(text, encoding="utf-8")
             applied = self._applied_path()
             paths = [p if str(p) != applied else staging for p in self.provider.paths]
-            translator = self.provider.translator or default_translator()
-            result = prepare(paths, translator)
+            result = prepare(paths, self.provider.translator)
             return list(result.errors) if result.blocked else []
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,13 +1,21 @@
-"""Cache betterproto2's per-class validators.
+"""Two serialization shortcuts for betterproto2 messages, installed by `install()`.
 
-betterproto2 (0.9) validates a pydantic message on every serialization by building a
-fresh `SchemaValidator` from the class schema - for every nested message, every time.
-For a 1,000-route listener that is half of the serialization time.  The validator
-depends only on the class, so building it once per class keeps the validation and
-drops the cost.  Applied once, on import of the translator.
+- betterproto2 (0.9) validates a pydantic message on every serialization by building a
+  fresh `SchemaValidator` from the class schema - for every nested message, every
+  time.  For a 1,000-route listener that is half of the serialization time.  The
+  validator depends only on the class, so building it once per class keeps the
+  validation and drops the cost.
+- A message the translator will never change can be `freeze`d: its wire bytes (and,
+  for `consistency`, its nested messages) are kept on the message itself, so a
+  reload that reuses it does not serialize or walk it again.
+
+Both patch `betterproto2.Message` for the whole process, so nothing installs them on
+import: `clrk_xds.translate.ChainCache` does when a control plane creates one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import betterproto2
 import pydantic_core
@@ -25,18 +33,23 @@ def _cached_validate(self) -> None:  # same contract as betterproto2.Message._va
     fields = self.__dict__.copy()
     del fields["_unknown_fields"]
     fields.pop(_WIRE, None)
+    fields.pop(_NESTED, None)
     validator.validate_python(fields)
 
 
 def install() -> None:
+    """Both shortcuts, once per process (idempotent)."""
     original = getattr(betterproto2.Message, "_validate", None)
     if original is not None and original is not _cached_validate:
         betterproto2.Message._validate = _cached_validate  # type: ignore[method-assign]
+    if betterproto2.Message.__bytes__ is not _bytes_with_memo:
+        betterproto2.Message.__bytes__ = _bytes_with_memo  # type: ignore[method-assign]
 
 
 # --- wire bytes of unchanging sub-messages -----------------------------------------------
 
 _WIRE = "_clrk_wire"
+_NESTED = "_clrk_nested"
 _plain_bytes = betterproto2.Message.__bytes__
 
 
@@ -51,11 +64,16 @@ def freeze(message) -> None:
     message.__dict__[_WIRE] = _plain_bytes(message)
 
 
-def install_wire_memo() -> None:
-    if betterproto2.Message.__bytes__ is not _bytes_with_memo:
-        betterproto2.Message.__bytes__ = _bytes_with_memo  # type: ignore[method-assign]
-
-
 def is_frozen(message) -> bool:
     """True for a message `freeze` marked: it will not change while it lives."""
     return _WIRE in getattr(message, "__dict__", {})
+
+
+def nested(message, walk: Callable[[object], Iterable]) -> list:
+    """`list(walk(message))`, kept on a frozen message so that it is walked once."""
+    if not is_frozen(message):
+        return list(walk(message))
+    found = message.__dict__.get(_NESTED)
+    if found is None:
+        found = message.__dict__[_NESTED] = list(walk(message))
+    return found

@@ -7,8 +7,8 @@ verifies for every name the route allows and no other.
 
 Leaves are reused while they have more than a third of their lifetime left, so
 Envoy keeps the same secret across unrelated config changes and gets a new one well
-before expiry.  Which leaves exist is decided by pure functions over the resource set;
-minting only adds a fresh key and a signature.
+before expiry.  Which leaves exist the translator decides from the compiled policy
+(`clrk_xds.translate.terminate_leaves`); minting only adds a fresh key and a signature.
 
 Secret names: ``leaf/<route namespace>/<route name>``.
 """
@@ -16,7 +16,7 @@ Secret names: ``leaf/<route namespace>/<route name>``.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -26,8 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy_data_plane.envoy.config.core.v3 import DataSource
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret, TlsCertificate
 
-from clrk.api.resolve import Key, Resolution, resolve
-from clrk.api.resources import Resource
+from clrk.api.resolve import Key
 from clrk_xds.ca import CLOCK_SKEW, GatewayCA
 
 LEAF_LIFETIME = datetime.timedelta(days=7)
@@ -69,46 +68,6 @@ def _utc(now: datetime.datetime) -> datetime.datetime:
 def secret_name(route: Key) -> str:
     namespace, name = route
     return f"{SECRET_PREFIX}{namespace}/{name}"
-
-
-def route_hostnames(route: Resource) -> tuple[str, ...]:
-    """The SANs of a route's leaf: every hostname of its TCP matches, sorted, unique."""
-    names = {
-        host
-        for rule in route.spec.rules
-        for match in rule.matches
-        if match.protocol == "TCP"
-        for host in match.destination_hostnames
-    }
-    return tuple(sorted(names))
-
-
-def terminate_leaves(resolution: Resolution) -> dict[Key, dict[str, tuple[str, ...]]]:
-    """Per gateway: secret name -> SANs for each route on one of its Terminate listeners.
-
-    A route with no hostnames (CIDRs only) gets no leaf: there is no name to put in it.
-    Deny routes get one too, so the agent sees the policy's HTTP response, not a TLS error.
-    """
-    out: dict[Key, dict[str, tuple[str, ...]]] = {}
-    for gkey, attachments in resolution.attachments.items():
-        gateway = resolution.gateways[gkey]
-        terminate = {lst.name for lst in gateway.spec.listeners if lst.tls_mode == "Terminate"}
-        for att in attachments:
-            hostnames = route_hostnames(att.route)
-            if hostnames and terminate.intersection(att.listeners):
-                route = (att.route.namespace, att.route.name)
-                out.setdefault(gkey, {})[secret_name(route)] = hostnames
-    return out
-
-
-def wanted_leaves(
-    resources: Sequence[Resource], rejected: frozenset[tuple[str, str, str]] = frozenset()
-) -> dict[str, tuple[str, ...]]:
-    """Secret name -> SANs over all gateways (one CA signs for every gateway)."""
-    out: dict[str, tuple[str, ...]] = {}
-    for per_gateway in terminate_leaves(resolve(resources, rejected)).values():
-        out.update(per_gateway)
-    return dict(sorted(out.items()))
 
 
 def ca_fingerprint(ca: GatewayCA) -> bytes:
@@ -179,30 +138,6 @@ def mint_leaf(
     )
 
 
-def leaf_plan(
-    ca: GatewayCA,
-    resources: Sequence[Resource],
-    now: datetime.datetime,
-    existing: Mapping[str, Leaf],
-    *,
-    rejected: frozenset[tuple[str, str, str]] = frozenset(),
-    lifetime: datetime.timedelta = LEAF_LIFETIME,
-) -> dict[str, Leaf]:
-    """The leaves the resource set needs at `now`: an existing leaf where it still fits
-    (same SANs, same CA, outside its renewal window), a freshly minted one otherwise.
-    Leaves of routes that are gone are simply not in the result."""
-    now = _utc(now)
-    fingerprint = ca_fingerprint(ca)
-    plan: dict[str, Leaf] = {}
-    for name, hostnames in wanted_leaves(resources, rejected).items():
-        old = existing.get(name)
-        if old is not None and old.reusable(hostnames, fingerprint, now):
-            plan[name] = old
-        else:
-            plan[name] = mint_leaf(ca, name, hostnames, now, lifetime)
-    return plan
-
-
 def next_renewal(leaves: Iterable[Leaf]) -> datetime.datetime | None:
     """When the control plane should plan again so no leaf gets near expiry."""
     return min((leaf.renew_at for leaf in leaves), default=None)
@@ -232,18 +167,6 @@ class LeafCertificates:
         leaf = mint_leaf(self.ca, name, sans, now, self.lifetime)
         self._leaves[name] = leaf
         return leaf
-
-    def plan(
-        self,
-        resources: Sequence[Resource],
-        now: datetime.datetime,
-        rejected: frozenset[tuple[str, str, str]] = frozenset(),
-    ) -> dict[str, Leaf]:
-        """`leaf_plan` over the cache; the cache then holds exactly the planned leaves."""
-        self._leaves = leaf_plan(
-            self.ca, resources, now, self._leaves, rejected=rejected, lifetime=self.lifetime
-        )
-        return dict(self._leaves)
 
     def next_renewal(self) -> datetime.datetime | None:
         return next_renewal(self._leaves.values())

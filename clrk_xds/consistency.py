@@ -126,22 +126,10 @@ def _reference_holders(msg: betterproto2.Message) -> list[object]:
     return [msg]
 
 
-# id -> (message, its nested messages): only for messages the translator froze (they
-# never change), so a reload walks just the filter chains of the routes it rebuilt.
-_NESTED: OrderedDict[int, tuple[object, list[betterproto2.Message]]] = OrderedDict()
-
-
 def _nested(holders: list[object]) -> Iterator[betterproto2.Message]:
+    # A message the translator froze never changes: its nested messages are walked once.
     for holder in holders:
-        if not betterproto_speed.is_frozen(holder):
-            yield from _walk(holder)
-            continue
-        hit = _NESTED.get(id(holder))
-        if hit is None or hit[0] is not holder:
-            hit = _NESTED[id(holder)] = (holder, list(_walk(holder)))
-            if len(_NESTED) > _UNPACKED_LIMIT:
-                _NESTED.popitem(last=False)
-        yield from hit[1]
+        yield from betterproto_speed.nested(holder, _walk)
 
 
 def check(

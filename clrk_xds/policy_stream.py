@@ -1,5 +1,5 @@
-"""The policy stream's server: each worker dialer watches its gateway's validated
-resources.  `PolicyHub` holds what the provider published last; `PolicyStreamServer`
+"""The policy stream's server: each worker dialer watches its gateway's compiled policy.
+`PolicyHub` holds the policy set the provider installed last; `PolicyStreamServer`
 serves it over gRPC (messages in `clrk_runtime.policy_messages`).
 """
 
@@ -7,66 +7,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 
-from clrk.api import Resource
-from clrk.api.resources import Source
+from clrk.policy import PolicySet
 from clrk_runtime.logs import fields
-from clrk_runtime.policy_messages import (
-    METHOD,
-    SERVICE,
-    GatewayPolicyDocs,
-    gateway_documents,
-    pb2,
-    to_message,
-)
+from clrk_runtime.policy_messages import METHOD, SERVICE, pb2, policy_update
 
 log = logging.getLogger("clrk_xds.policy_stream")
 
 
+def _key(gateway: str) -> tuple[str, str]:
+    namespace, _, name = gateway.rpartition("/")
+    return (namespace or "default", name)
+
+
 class PolicyHub:
-    """The latest published resource set; watchers wait for the next one.
+    """The latest published policy set; watchers wait for the next one.
 
     Use from the event loop's thread only.
     """
 
     def __init__(self) -> None:
-        self._resources: tuple[Sequence[Resource], Mapping[Source, object], frozenset] | None = None
-        self._generation = 0
+        self._policies: PolicySet | None = None
         self._changed = asyncio.Event()
-        self._cache: dict[tuple[int, str], GatewayPolicyDocs] = {}
+        self._cache: dict[str, pb2.PolicyUpdate] = {}  # gateway -> update, this generation
 
-    def publish(
-        self,
-        resources: Sequence[Resource],
-        raw: Mapping[Source, object],
-        rejected: frozenset[tuple[str, str, str]] = frozenset(),
-    ) -> None:
-        self._resources = (tuple(resources), dict(raw), rejected)
-        self._generation += 1
+    def publish(self, policies: PolicySet) -> None:
+        self._policies = policies
         self._cache.clear()
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def current(self, gateway: str) -> GatewayPolicyDocs | None:
-        if self._resources is None:
+    def current(self, gateway: str) -> pb2.PolicyUpdate | None:
+        """The update for `gateway` ("namespace/name"); None before anything is published."""
+        if self._policies is None:
             return None
-        key = (self._generation, gateway)
-        if key not in self._cache:
-            self._cache[key] = gateway_documents(gateway, *self._resources)
-        return self._cache[key]
+        if gateway not in self._cache:
+            policy = self._policies.gateways.get(_key(gateway))
+            self._cache[gateway] = policy_update(gateway, policy)
+        return self._cache[gateway]
 
-    async def updates(self, gateway: str) -> AsyncIterator[GatewayPolicyDocs]:
-        """The current set once published, then each one with a different version."""
+    async def updates(self, gateway: str) -> AsyncIterator[pb2.PolicyUpdate]:
+        """The current policy once published, then each one with a different version."""
         last: str | None = None
         while True:
             changed = self._changed
-            docs = self.current(gateway)
-            if docs is not None and docs.version != last:
-                last = docs.version
-                yield docs
+            update = self.current(gateway)
+            if update is not None and update.version != last:
+                last = update.version
+                yield update
             await changed.wait()
 
 
@@ -92,9 +83,11 @@ class PolicyStreamServer:
         gateway = request.gateway
         if "/" not in gateway:
             gateway = f"default/{gateway}"
-        async for docs in self.hub.updates(gateway):
+        async for update in self.hub.updates(gateway):
             log.info(
                 "policy.send",
-                extra=fields(gateway=gateway, version=docs.version, documents=len(docs.documents)),
+                extra=fields(
+                    gateway=gateway, version=update.version, matches=len(update.policy.matches)
+                ),
             )
-            yield to_message(docs)
+            yield update

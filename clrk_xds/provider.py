@@ -1,9 +1,18 @@
-"""File provider: manifests on disk -> validated set -> Envoy snapshots + policy stream.
+"""Providers: documents from a source -> validated set -> compiled policy -> Envoy
+snapshots and dialer policies, installed whole or not at all.
 
-Every change reloads the whole set (a burst of writes is debounced into one reload).
-Nothing is half-applied: the set is loaded, validated, translated and every gateway's
-snapshot checked before any of it is installed; if any step fails, the last good set
-stays in force and the errors are logged and kept for `status()`.
+Every provider runs the same pipeline, `plan(load, translator)`: a `LoadResult` of
+validated documents (from `clrk.api.load_paths` for files, `clrk.api.load_documents` for
+decoded objects such as Kubernetes resources, each with a `Source` naming it) is
+compiled once (`clrk.policy.loaded.compile_loaded`), and that compiled set is translated
+into each gateway's Envoy snapshot and consistency-checked.  `Provider.apply` installs a
+plan: the snapshots into the ADS cache, the compiled set into the policy hub (dialers).
+If any step fails, nothing is installed: the last good set stays in force and the errors
+are kept for `status()`.  A plan's `loaded` is also what status is written from
+(`clrk_xds.admin_status.object_statuses`: Accepted and Programmed per object).
+
+`FileProvider` reads files and reloads the whole set on every change (a burst of
+writes is debounced into one reload).
 """
 
 from __future__ import annotations
@@ -16,10 +25,10 @@ from pathlib import Path
 
 import watchfiles
 
-from clrk.api import LoadResult, Scope
+from clrk.api import LoadResult
 from clrk.api.loader import MANIFEST_SUFFIXES, ManifestCache, load_paths
-from clrk.api.resources import Source
-from clrk.policy import compile_policies
+from clrk.policy import PolicySet
+from clrk.policy.loaded import Loaded, compile_loaded
 from clrk_runtime.logs import fields
 from clrk_xds.consistency import CLUSTER, LISTENER, SECRET, check
 from clrk_xds.policy_stream import PolicyHub
@@ -27,80 +36,81 @@ from clrk_xds.snapshot import EMPTY, InconsistentSnapshot, Snapshot, SnapshotCac
 
 log = logging.getLogger("clrk_xds.provider")
 
-# (resources, rejected=...) -> {node id: GatewayResources}; clrk_xds.translate.translate.
-Translator = Callable[..., Mapping[str, object]]
-
-
-@dataclass(frozen=True)
-class Manifests:
-    """One consistent read of the manifest files: validated and as written."""
-
-    load: LoadResult
-    raw: Mapping[Source, object]
-
-
-def read_manifests(paths: Sequence[str | Path], cache: ManifestCache | None = None) -> Manifests:
-    """One read of the files: validated, and each document as written (for the policy
-    stream).  With a cache, unchanged files are neither parsed nor validated again."""
-    load = load_paths(paths, cache)
-    return Manifests(load, dict(load.raw))
+# A compiled set -> {node id: GatewayResources}; `clrk_xds.translate.translate` with its
+# options bound (`default_translator`).
+Translator = Callable[[PolicySet], Mapping[str, object]]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a reload would install; `errors` non-empty (and blocking) means nothing."""
+    """What installing one document set would do; `blocked` means nothing may be."""
 
     version: str
-    manifests: Manifests
+    loaded: Loaded  # the validated and compiled set, with every finding and condition
     snapshots: Mapping[str, Snapshot]
     errors: tuple[str, ...]  # every error, blocking or not, one line each
     blocked: bool
+
+    @property
+    def policies(self) -> PolicySet:
+        return self.loaded.compiled
+
+
+def _snapshot(node: str, res) -> tuple[Snapshot | None, list[str]]:
+    try:
+        snap = Snapshot.from_messages(res.listeners, res.clusters, res.secrets)
+    except InconsistentSnapshot as exc:
+        return None, [f"gateway {node}: {p}" for p in exc.problems]
+    messages = {
+        LISTENER: {m.name: m for m in res.listeners},
+        CLUSTER: {m.name: m for m in res.clusters},
+        SECRET: {m.name: m for m in res.secrets},
+    }
+    return snap, [f"gateway {node}: {p}" for p in check(snap.resources, messages)]
+
+
+def plan(load: LoadResult, translator: Translator) -> Plan:
+    """Compile, translate and consistency-check one validated set; no side effects."""
+    loaded = compile_loaded(load)
+    errors = [f.line() for f in loaded.findings if f.is_error]
+    blocked = loaded.blocked
+    snapshots: dict[str, Snapshot] = {}
+    if not blocked:
+        try:
+            translated = translator(loaded.compiled)
+        except Exception as exc:  # a translator bug must not take the server down
+            log.exception("provider.translate_failed")
+            return Plan(load.digest, loaded, {}, (*errors, f"translation failed: {exc}"), True)
+        for node, res in sorted(translated.items()):
+            snap, problems = _snapshot(node, res)
+            errors += problems
+            blocked = blocked or bool(problems)
+            if snap is not None:
+                snapshots[node] = snap
+    return Plan(load.digest, loaded, snapshots, tuple(errors), blocked)
+
+
+def read_manifests(paths: Sequence[str | Path], cache: ManifestCache | None = None) -> LoadResult:
+    """One read of the files, validated.  With a cache, unchanged files are neither
+    parsed nor validated again."""
+    return load_paths(paths, cache)
 
 
 def prepare(
     paths: Sequence[str | Path], translator: Translator, cache: ManifestCache | None = None
 ) -> Plan:
-    """Load, validate, translate and consistency-check: no side effects (but the cache)."""
-    manifests = read_manifests(paths, cache)
-    load = manifests.load
-    version = load.digest
-    compiled = compile_policies(load.resources, rejected=load.rejected)
-    findings = list(load.findings) + list(compiled.findings)
-    errors = [f.line() for f in findings if f.is_error]
-    # Object-scope errors (a reference that points nowhere) disable only that object.
-    blocked = any(f.is_error and f.scope is Scope.SET for f in load.findings)
-    snapshots: dict[str, Snapshot] = {}
-    if not blocked:
-        try:
-            translated = translator(load.resources, rejected=load.rejected)
-        except Exception as exc:  # a translator bug must not take the server down
-            log.exception("provider.translate_failed")
-            return Plan(version, manifests, {}, (*errors, f"translation failed: {exc}"), True)
-        for node, res in sorted(translated.items()):
-            errors += [f.line() for f in getattr(res, "findings", ()) if f.is_error]
-            try:
-                snap = Snapshot.from_messages(res.listeners, res.clusters, res.secrets)
-            except InconsistentSnapshot as exc:
-                errors += [f"gateway {node}: {p}" for p in exc.problems]
-                blocked = True
-                continue
-            messages = {
-                LISTENER: {m.name: m for m in res.listeners},
-                CLUSTER: {m.name: m for m in res.clusters},
-                SECRET: {m.name: m for m in res.secrets},
-            }
-            problems = check(snap.resources, messages)
-            if problems:
-                errors += [f"gateway {node}: {p}" for p in problems]
-                blocked = True
-            snapshots[node] = snap
-    return Plan(version, manifests, snapshots, tuple(errors), blocked)
+    """`plan` of the files at `paths`."""
+    return plan(read_manifests(paths, cache), translator)
 
 
-def default_translator() -> Translator:
-    from clrk_xds.translate import translate
+def default_translator(**options: object) -> Translator:
+    """`clrk_xds.translate.translate` with `options` and a chain cache of its own, so
+    that a reload rebuilds only the routes that changed."""
+    import functools
 
-    return translate
+    from clrk_xds.translate import ChainCache, translate
+
+    return functools.partial(translate, cache=ChainCache(), **options)
 
 
 @dataclass(frozen=True)
@@ -112,31 +122,30 @@ class ProviderStatus:
 
 
 @dataclass
-class FileProvider:
-    paths: Sequence[str | Path]
+class Provider:
+    """Installs plans into the ADS cache and the policy hub; keeps what status shows.
+    A provider of a new source reads its documents, runs `plan` and calls `apply`."""
+
     cache: SnapshotCache
     hub: PolicyHub | None = None
     translator: Translator | None = None
-    debounce_ms: int = 50
-    _version: str | None = None
-    _errors: tuple[str, ...] = ()
-    _blocked: bool = False
-    _nodes: set[str] = field(default_factory=set)
-    reloads: int = 0
-    _manifests: ManifestCache = field(default_factory=ManifestCache)
+    _version: str | None = field(default=None, init=False)
+    _errors: tuple[str, ...] = field(default=(), init=False)
+    _blocked: bool = field(default=False, init=False)
+    _nodes: set[str] = field(default_factory=set, init=False)
+    reloads: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.translator is None:
+            self.translator = default_translator()
 
     def status(self) -> ProviderStatus:
         return ProviderStatus(
             self._version, self._errors, self._blocked, tuple(sorted(self._nodes))
         )
 
-    async def reload(self) -> bool:
-        """Read the files and install them if valid; True if a new set is in force."""
-        translator = self.translator or default_translator()
-        plan = await asyncio.to_thread(prepare, self.paths, translator, self._manifests)
-        return self.apply(plan)
-
     def apply(self, plan: Plan) -> bool:
+        """Install `plan` unless it is blocked; True if a new set is in force."""
         self.reloads += 1
         self._errors, self._blocked = plan.errors, plan.blocked
         for line in plan.errors:
@@ -151,21 +160,33 @@ class FileProvider:
             (current := self.cache.get(node)) is not None and current.version == snap.version
             for node, snap in plan.snapshots.items()
         ):
-            return False  # same files and same output (a renewed certificate is output)
+            return False  # same documents and same output (a renewed certificate is output)
         for node, snap in plan.snapshots.items():
-            self.cache.set_snapshot(node, snap, verified=True)  # checked in prepare
+            self.cache.set_snapshot(node, snap, verified=True)  # checked in `plan`
         for gone in self._nodes - plan.snapshots.keys():
             self.cache.set_snapshot(gone, EMPTY)  # a removed gateway loses its listeners
         self._nodes = set(plan.snapshots)
         if self.hub is not None:
-            load = plan.manifests.load
-            self.hub.publish(load.resources, plan.manifests.raw, load.rejected)
+            self.hub.publish(plan.policies)
         self._version = plan.version
         log.info(
             "provider.applied",
             extra=fields(version=plan.version, gateways=sorted(plan.snapshots)),
         )
         return True
+
+
+@dataclass
+class FileProvider(Provider):
+    paths: Sequence[str | Path] = ()
+    debounce_ms: int = 50
+    _manifests: ManifestCache = field(default_factory=ManifestCache, init=False)
+
+    async def reload(self) -> bool:
+        """Read the files and install them if valid; True if a new set is in force."""
+        assert self.translator is not None
+        plan = await asyncio.to_thread(prepare, self.paths, self.translator, self._manifests)
+        return self.apply(plan)
 
     def _watch_roots(self) -> list[Path]:
         # A file is watched through its directory: editors replace files by renaming.

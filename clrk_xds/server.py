@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import functools
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -61,7 +60,11 @@ class ControlPlane:
         self.ads = AdsServer(self.cache)
         self.policy = PolicyStreamServer(self.hub)
         self.provider = FileProvider(
-            self.manifests, self.cache, self.hub, self.translator, self.debounce_ms
+            self.cache,
+            self.hub,
+            self.translator,
+            paths=self.manifests,
+            debounce_ms=self.debounce_ms,
         )
         # The admin API needs somewhere to store what it applies.
         self.admin = (
@@ -175,7 +178,7 @@ async def main(
     leaves = None
     if state_dir is not None:
         translate_options["leaf_secret"], leaves = leaf_secrets(state_dir)
-    translator = functools.partial(default_translator(), **translate_options)
+    translator = default_translator(**translate_options)
     plane = ControlPlane(
         manifests,
         listen,

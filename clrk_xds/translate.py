@@ -1,25 +1,30 @@
-"""The translator (SPEC 2, 7): validated resources -> Envoy resources per gateway.
+"""The translator (SPEC 2, 7): a compiled policy -> Envoy resources per gateway.
 
-Pure: no sockets, no files.  One Envoy listener per TCP, TLS or HTTP gateway listener,
-bound where `clrk.nexthops` says the dialer will dial.  Each route rule that reaches the
-listener becomes one named filter chain; the listener's filter-chain matcher picks it from
-the PROXY TLVs and the restored destination.  A connection nothing picks is closed by
-Envoy, so Envoy re-checks what the dialer decided (defence in depth).
+Pure: no sockets, no files.  Its input is `clrk.policy.compiled.GatewayPolicy`, the same
+object decide() runs on and the policy stream sends, so the resources are not read
+again here.  One Envoy listener per TCP, TLS or HTTP gateway listener, bound where
+`clrk.nexthops` says the dialer will dial.  Each route rule that reaches the listener
+becomes one named filter chain; the listener's filter-chain matcher picks it from the
+PROXY TLVs and the restored destination.  A connection nothing picks is closed by Envoy,
+so Envoy re-checks what the dialer decided (defence in depth).
 
 TCP and TLS Passthrough chains run `tcp_proxy` (with a gRPC access log for the L4 allow
 record); HTTP and TLS Terminate chains run the L7 stack of `translate_l7`, deny-policy
 routes included: clrk_extproc answers those with the policy's HTTP response.
 
-Order of the matcher mirrors `clrk.policy.decide`: deny routes first, then allow routes,
-each by (namespace, name), rule, match.
+The matcher's order follows decide(): deny routes first, then allow routes, each in the
+compiled order (route namespace/name, rule, match).  That they agree is a test
+(tests/xds/test_decide_vs_envoy.py), not a promise of this comment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from envoy_data_plane.envoy.config.cluster.v3 import (
     Cluster,
@@ -55,10 +60,6 @@ from envoy_data_plane.xds.type.matcher.v3 import (
     MatcherMatcherListFieldMatcher,
 )
 
-from clrk.api.findings import Finding
-from clrk.api.resolve import Attachment, resolve
-from clrk.api.resources import Listener as GatewayListener
-from clrk.api.resources import Resource, RouteMatch
 from clrk.nexthops import (
     DEFAULT_BASE_PORT,
     DEFAULT_HOST,
@@ -66,26 +67,27 @@ from clrk.nexthops import (
     NextHop,
     envoy_listener_addresses,
 )
-from clrk.policy.selectors import compile_selector, selects
-from clrk.wire import TLV_FIELDS
+from clrk.policy import GatewayPolicy, PolicySet
+from clrk.policy.compiled import CompiledListener, MatchEntry
+from clrk.policy.selectors import Selector, selects
+from clrk.wire import TLV_FIELDS, ChainFacts
 from clrk_xds import betterproto_speed
 from clrk_xds import translate_l7 as l7
 from clrk_xds import translate_matchers as tm
 from clrk_xds.translate_blocked import Network, always_blocked_networks, split_by_blocked
-from clrk_xds.translate_regex import MAX_PORT, intersect_ranges, merge_ranges, port_regex
+from clrk_xds.translate_regex import MAX_PORT, intersect_ranges, port_regex
 
 __all__ = [
     "DEFAULT_BASE_PORT",
     "ORIGINAL_DST_CLUSTER",
     "TYPE_URLS",
+    "ChainCache",
     "GatewayResources",
     "serialize",
     "to_plain",
     "translate",
+    "translate_gateway",
 ]
-
-betterproto_speed.install()
-betterproto_speed.install_wire_memo()
 
 ORIGINAL_DST_CLUSTER = "original_dst"
 LISTENER_FILTERS_TIMEOUT = datetime.timedelta(seconds=2)
@@ -111,7 +113,6 @@ class GatewayResources:
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
     secrets: tuple[Secret, ...] = ()  # leaf certificates of TLS Terminate routes
-    findings: tuple[Finding, ...] = ()
 
 
 def serialize(msg) -> bytes:
@@ -126,9 +127,6 @@ def to_plain(res: GatewayResources) -> dict:
         "listeners": [m.to_dict() for m in res.listeners],
         "clusters": [m.to_dict() for m in res.clusters],
         "secrets": [m.to_dict() for m in res.secrets],
-        "findings": [
-            f"{f.severity}: {f.kind}/{f.name}: {f.field}: {f.message}" for f in res.findings
-        ],
     }
 
 
@@ -143,11 +141,11 @@ def _stat_name(chain: str) -> str:
     return chain.replace("/", ".")
 
 
-def _proxy_chain(name: str) -> FilterChain:
+def _proxy_chain(name: str, listener: CompiledListener) -> FilterChain:
     proxy = TcpProxy(
         stat_prefix=_stat_name(name),
         cluster=ORIGINAL_DST_CLUSTER,
-        access_log=[l7.tcp_access_log()],
+        access_log=[l7.tcp_access_log(listener.name)],
         # One entry when the upstream connects and one when the connection ends (the
         # record is written from the end entry, with the byte counts and duration).
         access_log_options=TcpProxyTcpAccessLogOptions(flush_access_log_on_connected=True),
@@ -194,25 +192,15 @@ def original_dst_cluster() -> Cluster:
 # --- matches --------------------------------------------------------------------------
 
 
-def _selected_agents(match: RouteMatch, agents: Sequence[Resource]) -> list[Key] | None:
-    """None: every agent.  Otherwise the (namespace, name) of the agents it selects,
-    evaluated exactly as `clrk.policy.decide` does, since Envoy sees no labels."""
-    selector = compile_selector(match.source_agents)
-    if selector is None:
-        return None
-    return sorted((a.namespace, a.name) for a in agents if selects(selector, a.metadata.labels))
-
-
 def _constraints(
-    match: RouteMatch, listener: GatewayListener, agents: Sequence[Resource]
+    entry: MatchEntry, listener: CompiledListener, selected: tuple[Key, ...] | None
 ) -> list[tm.Predicate] | None:
     """Port and agent predicates of a match; None when it can never hold here."""
-    ports = merge_ranges(p.interval for p in match.ports) if match.ports else ALL_PORTS
+    ports = entry.ports or ALL_PORTS
     if listener.port is not None:  # the listener serves only this destination port
         ports = intersect_ranges(ports, [(listener.port, listener.port)])
     if not ports:
         return None
-    selected = _selected_agents(match, agents)
     if selected is not None and not selected:
         return None
     parts = [] if ports == ALL_PORTS else [tm.port_matches(port_regex(ports))]
@@ -244,9 +232,9 @@ def _entry(destination: tm.Predicate | None, parts: list[tm.Predicate], chain: s
     return tm.field_matcher(predicate, chain)
 
 
-def chain_name(route: Resource, rule: int, deny: bool) -> str:
-    kind = "deny" if deny else "route"
-    return f"{kind}/{route.namespace}/{route.name}/rule/{rule}"
+def chain_name(route: str, rule: int, deny: bool) -> str:
+    """`route/NAMESPACE/NAME/rule/N` (or `deny/...`): the chain of one rule of a route."""
+    return f"{'deny' if deny else 'route'}/{route}/rule/{rule}"
 
 
 # --- listeners ------------------------------------------------------------------------
@@ -261,60 +249,55 @@ class _Entries:
     allow: list[Entry] = field(default_factory=list)
 
 
-def is_l7(listener: GatewayListener) -> bool:
-    return listener.protocol == "HTTP" or listener.tls_mode == "Terminate"
-
-
-def _has_tls(listener: GatewayListener) -> bool:
-    return listener.protocol == "TLS"
-
-
 def _l7_rule_chain(
-    gateway: str, att: Attachment, listener: GatewayListener, rule: int, name: str
+    policy: GatewayPolicy,
+    listener: CompiledListener,
+    matches: Sequence[MatchEntry],
+    name: str,
 ) -> FilterChain:
-    route = f"{att.route.namespace}/{att.route.name}"
-    facts = l7.ChainFacts(gateway=gateway, listener=listener.name, route=route, rule=rule)
-    if att.deny_policy is not None:
-        response = att.deny_policy.spec.deny_response
-        facts = l7.ChainFacts(
-            gateway=gateway,
+    first = matches[0]
+    facts = ChainFacts(
+        gateway=policy.ref, listener=listener.name, route=first.route, rule=first.rule
+    )
+    if first.deny_policy is not None:
+        response = policy.deny_responses[first.deny_policy]
+        facts = ChainFacts(
+            gateway=policy.ref,
             listener=listener.name,
-            route=route,
-            rule=rule,
-            deny_policy=f"{att.deny_policy.namespace}/{att.deny_policy.name}",
+            route=first.route,
+            rule=first.rule,
+            deny_policy=first.deny_policy,
             status=response.status_code,
             message=response.message,
         )
-    matches = [m for m in att.route.spec.rules[rule].matches if m.protocol == "TCP"]
-    any_name = any(not m.destination_hostnames for m in matches)
-    names = [] if any_name else [h for m in matches for h in m.destination_hostnames]
-    secret = l7.leaf_secret_name(route) if listener.tls_mode == "Terminate" else None
+    any_name = any(not m.hostnames for m in matches)
+    names = [] if any_name else [h for m in matches for h in m.hostnames]
+    secret = l7.leaf_secret_name(first.route) if listener.tls_mode == "Terminate" else None
     return l7.l7_chain(name, facts, domains=l7.domains_for(names), terminate_secret=secret)
 
 
-def _rule_entries(
-    gateway: str,
-    att: Attachment,
-    listener: GatewayListener,
-    agents: Sequence[Resource],
+def _route_parts(
+    policy: GatewayPolicy,
+    route: Sequence[MatchEntry],
+    listener: CompiledListener,
+    selected: Callable[[Selector | None], tuple[Key, ...] | None],
     blocked: Sequence[Network],
-    entries: _Entries,
-) -> list[FilterChain]:
-    deny = att.deny_policy is not None
-    tls = _has_tls(listener)
+) -> tuple[_Entries, list[FilterChain]]:
+    """The matcher entries and filter chains of one route's TCP matches on `listener`."""
+    deny = route[0].deny_policy is not None
+    tls = listener.protocol == "TLS"
+    entries = _Entries()
     chains = []
-    for r, rule in enumerate(att.route.spec.rules):
-        name = chain_name(att.route, r, deny)
+    for rule, group in groupby(route, key=lambda e: e.rule):
+        matches = list(group)
+        name = chain_name(matches[0].route, rule, deny)
         used = False
-        for m, match in enumerate(rule.matches):
-            if match.protocol != "TCP":  # UDP never reaches Envoy
-                continue
-            parts = _constraints(match, listener, agents)
+        for entry in matches:
+            parts = _constraints(entry, listener, selected(entry.selector))
             if parts is None:
                 continue
-            stat = f"{_stat_name(name)}.match.{m}"
-            hostnames = list(dict.fromkeys(match.destination_hostnames))
-            networks = list(dict.fromkeys(match.destination_cidrs))
+            stat = f"{_stat_name(name)}.match.{entry.match}"
+            hostnames, networks = entry.hostnames, entry.networks
             if deny:  # closing (or the L7 deny answer) is safe: no blocked-address split
                 entries.deny.append(
                     _entry(_destination(hostnames, networks, tls, stat), parts, name)
@@ -334,51 +317,53 @@ def _rule_entries(
                 used = True
         if not used:
             continue
-        if is_l7(listener):
-            chains.append(_l7_rule_chain(gateway, att, listener, r, name))
+        if listener.l7 and _attached(matches[0], listener):
+            chains.append(_l7_rule_chain(policy, listener, matches, name))
         else:
-            chains.append(_closing_chain(name) if deny else _proxy_chain(name))
-    return chains
+            # A deny route on a listener it does not attach to only closes: the dialer
+            # never sends it there, and no deny answer (or leaf certificate) is set up.
+            chains.append(_closing_chain(name) if deny else _proxy_chain(name, listener))
+    return entries, chains
 
 
-class _RuleMemo:
-    """The entries and chains of one (route, listener) pair from earlier translations.
+class ChainCache:
+    """The matcher entries and filter chains of (route, listener) pairs from earlier
+    translations, keyed by everything they are built from, so a reload rebuilds only
+    the routes that changed.  The caller owns it (the provider keeps one across
+    reloads); `translate` without one builds everything.
 
-    Keyed by object identity: with `clrk.api.loader.ManifestCache`, a reload keeps the
-    Resource objects of unchanged files, so only edited routes are rebuilt.  The value
-    holds the key objects too, so an id is never reused while its entry lives.
+    Creating one installs `betterproto_speed`: a cached chain keeps its wire bytes, and
+    serializing it again would cost most of what the cache saves.
     """
 
     def __init__(self, limit: int = 50_000) -> None:
+        betterproto_speed.install()
         self.limit = limit
-        self._memo: OrderedDict[tuple, tuple] = OrderedDict()
+        self._memo: OrderedDict[tuple, tuple[_Entries, list[FilterChain]]] = OrderedDict()
 
-    def entries(
-        self, gateway, att, listener, agents, blocked
-    ) -> tuple[_Entries, list[FilterChain]]:
-        key = (
-            gateway,
-            id(att.route),
-            id(att.deny_policy),
-            id(listener),
-            tuple(map(id, agents)),
-            blocked,
-        )
+    def get(self, key: tuple) -> tuple[_Entries, list[FilterChain]] | None:
         hit = self._memo.get(key)
-        if hit is not None and hit[0] is att.route and hit[1] is listener:
-            self._memo.move_to_end(key)
-            return hit[3], hit[4]
-        entries = _Entries()
-        chains = _rule_entries(gateway, att, listener, agents, blocked, entries)
+        if hit is not None:
+            # Tolerates a second thread (an admin API preflight) evicting it meanwhile.
+            with contextlib.suppress(KeyError):
+                self._memo.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple, value: tuple[_Entries, list[FilterChain]]) -> None:
+        entries, chains = value
         for message in (*entries.deny, *entries.opened, *entries.allow, *chains):
             betterproto_speed.freeze(message)
-        self._memo[key] = (att.route, listener, (tuple(agents), att.deny_policy), entries, chains)
+        self._memo[key] = value
         while len(self._memo) > self.limit:
-            self._memo.popitem(last=False)
-        return entries, chains
+            with contextlib.suppress(KeyError):
+                self._memo.popitem(last=False)
 
 
-_MEMO = _RuleMemo()
+def _route_key(route: Sequence[MatchEntry]) -> tuple:
+    return tuple(
+        (e.route, e.rule, e.match, e.hostnames, e.networks, e.ports, e.selector, e.deny_policy)
+        for e in route
+    )
 
 
 def _listener_address(hop: NextHop) -> Address:
@@ -387,31 +372,56 @@ def _listener_address(hop: NextHop) -> Address:
     return Address(socket_address=SocketAddress(address=hop[0], port_value=hop[1]))
 
 
+def _attached(entry: MatchEntry, listener: CompiledListener) -> bool:
+    return any(lst.name == listener.name for lst in entry.listeners)
+
+
+def _tcp_routes(policy: GatewayPolicy, listener: CompiledListener) -> list[list[MatchEntry]]:
+    """The TCP match entries `listener` checks, per route, in the compiled order: deny
+    routes attached to it (on an L7 listener, their chains answer with the deny
+    response), then every other deny route (decide() applies them on the whole
+    gateway; they only close), then the allow routes attached to it."""
+    checked = [
+        e
+        for e in policy.matches
+        if e.protocol == "TCP" and (e.deny_policy is not None or _attached(e, listener))
+    ]
+    checked.sort(key=lambda e: (e.deny_policy is None, not _attached(e, listener), e.order))
+    return [list(group) for _route, group in groupby(checked, key=lambda e: e.route)]
+
+
 def _gateway_listener(
-    gateway: Resource,
-    listener: GatewayListener,
+    policy: GatewayPolicy,
+    listener: CompiledListener,
     address: NextHop,
-    attachments: Sequence[Attachment],
-    agents: Sequence[Resource],
-    blocked: Sequence[Network],
+    selected: Callable[[Selector | None], tuple[Key, ...] | None],
+    blocked: tuple[Network, ...],
+    cache: ChainCache | None,
 ) -> Listener:
-    """Matcher order mirrors `clrk.policy.decide`: deny routes; allow routes' CIDRs that
-    explicitly open an always-blocked range; any other always-blocked destination is
-    closed; then allow routes; then the default (allow-all proxies, deny-all closes)."""
-    ordered = sorted(
-        (a for a in attachments if listener.name in a.listeners),
-        key=lambda a: (a.deny_policy is None, a.route.namespace, a.route.name),
-    )
+    """Matcher order follows decide(): deny routes; allow routes' CIDRs that explicitly
+    open an always-blocked range; any other always-blocked destination is closed; then
+    allow routes; then the default (allow-all proxies, deny-all closes)."""
     entries = _Entries()
     chains: list[FilterChain] = []
-    blocked = tuple(blocked)
-    for att in ordered:
-        part, part_chains = _MEMO.entries(gateway.ref, att, listener, agents, blocked)
-        entries.deny += part.deny
-        entries.opened += part.opened
-        entries.allow += part.allow
+    for route in _tcp_routes(policy, listener):
+        key = None
+        part = None
+        if cache is not None:
+            agents = tuple(selected(e.selector) for e in route)
+            deny = policy.deny_responses.get(route[0].deny_policy or "")
+            attached = _attached(route[0], listener)
+            key = (policy.ref, listener, attached, blocked, deny, agents, _route_key(route))
+            part = cache.get(key)
+        if part is None:
+            part = _route_parts(policy, route, listener, selected, blocked)
+            if cache is not None:
+                cache.put(key, part)
+        part_entries, part_chains = part
+        entries.deny += part_entries.deny
+        entries.opened += part_entries.opened
+        entries.allow += part_entries.allow
         chains += part_chains
-    allow_all = gateway.spec.default_policy == "allow-all"
+    allow_all = policy.default_policy == "allow-all"
     guard = []
     if blocked and (entries.allow or allow_all):
         chains.append(_closing_chain(BLOCKED_CHAIN))
@@ -420,12 +430,12 @@ def _gateway_listener(
 
     default = None
     if allow_all and listener.protocol == "HTTP":
-        facts = l7.ChainFacts(gateway=gateway.ref, listener=listener.name)
+        facts = ChainFacts(gateway=policy.ref, listener=listener.name)
         default = l7.l7_chain("default/allow-all", facts, domains=["*"], terminate_secret=None)
     elif allow_all:
         # TLS Terminate too: no one certificate can cover every name, so traffic that no
         # route names passes through (still re-checked and logged as L4).
-        default = _proxy_chain("default/allow-all")
+        default = _proxy_chain("default/allow-all", listener)
     elif not chains:
         # Envoy refuses a listener without filter chains; this one only closes.
         default = _closing_chain("default/deny-all")
@@ -433,7 +443,7 @@ def _gateway_listener(
         name=listener.name,
         stat_prefix=listener.name,
         address=_listener_address(address),
-        listener_filters=_listener_filters(tls=_has_tls(listener)),
+        listener_filters=_listener_filters(tls=listener.protocol == "TLS"),
         # A client that never completes the PROXY header is closed, not passed on.
         listener_filters_timeout=LISTENER_FILTERS_TIMEOUT,
         continue_on_listener_filters_timeout=False,
@@ -445,10 +455,26 @@ def _gateway_listener(
     )
 
 
-def translate(
-    resources: Sequence[Resource],
+def _agent_selection(policy: GatewayPolicy) -> Callable[[Selector | None], tuple[Key, ...] | None]:
+    """selector -> the (namespace, name) of the gateway's agents it selects (None: every
+    agent), evaluated exactly as decide() does, since Envoy sees no labels."""
+    memo: dict[Selector, tuple[Key, ...]] = {}
+
+    def selected(selector: Selector | None) -> tuple[Key, ...] | None:
+        if selector is None:
+            return None
+        if selector not in memo:
+            memo[selector] = tuple(
+                sorted((a.namespace, a.name) for a in policy.agents if selects(selector, a.labels))
+            )
+        return memo[selector]
+
+    return selected
+
+
+def translate_gateway(
+    policy: GatewayPolicy,
     *,
-    rejected: frozenset[tuple[str, str, str]] = frozenset(),
     envoy_host: str = DEFAULT_HOST,
     base_port: int = DEFAULT_BASE_PORT,
     socket_dir: str | None = None,
@@ -457,80 +483,61 @@ def translate(
     extproc_address: tuple[str, int] | str = l7.DEFAULT_EXTPROC_ADDRESS,
     leaf_secret: LeafSecret | None = None,
     upstream_ca: str | None = None,
-) -> dict[str, GatewayResources]:
+    cache: ChainCache | None = None,
+) -> GatewayResources:
+    """The Envoy resources of one gateway (see `translate` for the options)."""
+    blocked = tuple(
+        always_blocked_networks(own_addresses) if always_blocked is None else always_blocked
+    )
+    addresses = envoy_listener_addresses(
+        [(lst.name, lst.protocol) for lst in policy.listeners], envoy_host, base_port, socket_dir
+    )
+    selected = _agent_selection(policy)
+    listeners = [
+        _gateway_listener(policy, lst, addresses[lst.name], selected, blocked, cache)
+        for lst in policy.listeners
+        if lst.protocol != "UDP"  # the dialer relays UDP itself
+    ]
+    clusters = [original_dst_cluster(), l7.extproc_cluster(extproc_address)]
+    if any(lst.tls_mode == "Terminate" for lst in policy.listeners):
+        clusters.append(l7.original_dst_tls_cluster(policy.upstream_ca_bundle or upstream_ca))
+    secrets = ()
+    if leaf_secret is not None:
+        leaves = terminate_leaves(policy)
+        secrets = tuple(leaf_secret(name, hosts) for name, hosts in sorted(leaves.items()))
+    return GatewayResources(policy.ref, tuple(listeners), tuple(clusters), secrets)
+
+
+def translate(policies: PolicySet, **options) -> dict[str, GatewayResources]:
     """Envoy resources for every gateway, keyed by "namespace/name" (the node id).
 
-    `socket_dir`: Envoy listens on Unix sockets there (clrk.nexthops) instead of
-    `envoy_host` ports.  `own_addresses`: the gateway host's addresses, always blocked like in
-    `compile_policies`.  `always_blocked` replaces the SPEC 4 list (tests only: they can
-    reach nothing but loopback, which that list blocks).  `extproc_address`: where
-    clrk_extproc listens (ext_proc and access logs): (host, port) or a Unix socket path.
+    Options (keywords): `socket_dir`: Envoy listens on Unix sockets there
+    (clrk.nexthops) instead of `envoy_host` ports from `base_port`.  `own_addresses`:
+    the gateway host's addresses, always blocked like decide()'s `own`.
+    `always_blocked` replaces the SPEC 4 list (tests only: they can reach nothing but
+    loopback, which that list blocks).  `extproc_address`: where clrk_extproc listens
+    (ext_proc and access logs): (host, port) or a Unix socket path.
     `leaf_secret(name, hostnames)`: the Secret of a TLS Terminate route's leaf
-    certificate (minting is not pure, so the caller supplies it); without it, chains name
-    secrets the caller must serve.
-    `upstream_ca`: the trust bundle for re-originated TLS of gateways that set no
-    `upstreamTLS.caBundle` (default: the system bundle).
+    certificate (minting is not pure, so the caller supplies it); without it, chains
+    name secrets the caller must serve.  `upstream_ca`: the trust bundle for
+    re-originated TLS of gateways that set no `upstreamTLS.caBundle` (default: the
+    system bundle).  `cache`: a `ChainCache` kept across calls.
     """
-    blocked = always_blocked_networks(own_addresses) if always_blocked is None else always_blocked
-    resolution = resolve(resources, rejected)
-    agents = [resolution.agents[k] for k in sorted(resolution.agents)]
-    out: dict[str, GatewayResources] = {}
-    for key in sorted(resolution.gateways):
-        gateway = resolution.gateways[key]
-        spec_listeners = gateway.spec.listeners
-        addresses = envoy_listener_addresses(
-            [(lst.name, lst.protocol) for lst in spec_listeners],
-            envoy_host,
-            base_port,
-            socket_dir,
-        )
-        attachments = resolution.attachments.get(key, ())
-        listeners: list[Listener] = []
-        findings: list[Finding] = []
-        for lst in spec_listeners:
-            if lst.protocol == "UDP":
-                continue  # the dialer relays UDP itself
-            listeners.append(
-                _gateway_listener(gateway, lst, addresses[lst.name], attachments, agents, blocked)
-            )
-        clusters = [original_dst_cluster(), l7.extproc_cluster(extproc_address)]
-        terminating = [lst for lst in spec_listeners if lst.tls_mode == "Terminate"]
-        if terminating:
-            bundle = gateway.spec.upstream_tls.ca_bundle if gateway.spec.upstream_tls else None
-            bundle = bundle or upstream_ca
-            clusters.append(l7.original_dst_tls_cluster(bundle))
-        secrets = _leaf_secrets(terminating, attachments, leaf_secret) if leaf_secret else ()
-        out[gateway.ref] = GatewayResources(
-            gateway=gateway.ref,
-            listeners=tuple(listeners),
-            clusters=tuple(clusters),
-            secrets=secrets,
-            findings=tuple(findings),
-        )
-    return out
+    return {
+        policy.ref: translate_gateway(policy, **options)
+        for _key, policy in sorted(policies.gateways.items())
+    }
 
 
-def route_hostnames(route: Resource) -> tuple[str, ...]:
-    """Every hostname pattern of a route's TCP matches, in order, once each."""
-    names = (
-        h
-        for rule in route.spec.rules
-        for m in rule.matches
-        if m.protocol == "TCP"
-        for h in m.destination_hostnames
-    )
-    return tuple(dict.fromkeys(names))
-
-
-def _leaf_secrets(
-    terminating: Sequence[GatewayListener],
-    attachments: Sequence[Attachment],
-    leaf_secret: LeafSecret,
-) -> tuple[Secret, ...]:
-    names = {lst.name for lst in terminating}
-    wanted: dict[str, tuple[str, ...]] = {}
-    for att in attachments:
-        if names.intersection(att.listeners):
-            route = f"{att.route.namespace}/{att.route.name}"
-            wanted[l7.leaf_secret_name(route)] = route_hostnames(att.route)
-    return tuple(leaf_secret(name, hosts) for name, hosts in sorted(wanted.items()))
+def terminate_leaves(policy: GatewayPolicy) -> dict[str, tuple[str, ...]]:
+    """Secret name -> SANs of the leaf certificate of every route with TCP matches on a
+    Terminate listener: its hostnames, in the route's order, once each.  Deny routes get
+    one too (the agent sees the policy's HTTP answer, not a TLS error); a route with no
+    hostnames gets none, there is no name to put in it."""
+    terminating = {lst.name for lst in policy.listeners if lst.tls_mode == "Terminate"}
+    wanted: dict[str, dict[str, None]] = {}
+    for entry in policy.matches:
+        if entry.protocol == "TCP" and terminating & {lst.name for lst in entry.listeners}:
+            names = wanted.setdefault(l7.leaf_secret_name(entry.route), {})
+            names.update(dict.fromkeys(entry.hostnames))
+    return {name: tuple(hosts) for name, hosts in wanted.items() if hosts}

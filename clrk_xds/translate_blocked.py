@@ -2,9 +2,9 @@
 
 `clrk.policy.addresses.blocked_ranges` answers for one address; Envoy needs the whole
 set as networks.  IPv6 forms that embed a blocked IPv4 address are listed per prefix
-(mapped, NAT64, 6to4).  Teredo hides the client address inverted in the low bits, which
-no CIDR can describe, so all of 2001::/32 is blocked here: stricter than the dialer,
-never looser.
+(mapped, NAT64, 6to4, a Teredo server).  Teredo also hides the client address inverted
+in the low bits, which no CIDR can describe, so all of 2001::/32 is blocked here, and
+no CIDR opens that blanket range: stricter than the dialer, never looser.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ _EMBEDDING = (
     (ipaddress.IPv6Network("::ffff:0:0/96"), 96),  # IPv4-mapped
     (ipaddress.IPv6Network("64:ff9b::/96"), 96),  # NAT64
     (ipaddress.IPv6Network("2002::/16"), 16),  # 6to4
+    (ipaddress.IPv6Network("2001::/32"), 32),  # Teredo server
 )
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 
@@ -49,9 +50,12 @@ def split_by_blocked(
     networks: Sequence[Network], blocked: Sequence[Network]
 ) -> tuple[list[Network], list[Network]]:
     """(ordinary, inside): CIDRs that lie inside a blocked network open it explicitly
-    (SPEC 4); any other CIDR never opens a blocked address, even 0.0.0.0/0."""
+    (SPEC 4); any other CIDR never opens a blocked address, even 0.0.0.0/0.  The blanket
+    Teredo range opens for no CIDR: decide() opens a Teredo address for 2001::/32 only
+    when its client is blocked, which Envoy cannot tell."""
     ordinary, inside = [], []
+    openable = [b for b in blocked if b != _TEREDO]
     for net in networks:
-        within = any(net.version == b.version and net.subnet_of(b) for b in blocked)
+        within = any(net.version == b.version and net.subnet_of(b) for b in openable)
         (inside if within else ordinary).append(net)
     return ordinary, inside

@@ -92,7 +92,15 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.tracing.v3 import CustomTag
 from envoy_data_plane.google.protobuf import Any
 
-from clrk.wire import TLV_HEADERS, TLV_TAGS, ChainFacts, tlv_format
+from clrk.wire import (
+    LISTENER_TAG,
+    TAGGED_TLVS,
+    TLV_FIELDS,
+    TLV_HEADERS,
+    ChainFacts,
+    tlv_format,
+    tlv_tag,
+)
 
 EXTPROC_CLUSTER = "clrk_extproc"
 ORIGINAL_DST_TLS_CLUSTER = "original_dst_tls"
@@ -228,15 +236,17 @@ def domains_for(hostnames: Sequence[str] | None) -> list[str]:
 # --- L4 access log -------------------------------------------------------------------
 
 
-def tcp_access_log() -> AccessLog:
-    """gRPC access log to clrk_extproc; the TLVs travel as custom tags."""
+def tcp_access_log(listener: str) -> AccessLog:
+    """gRPC access log to clrk_extproc; the TLVs travel as custom tags, and the gateway
+    listener of the chain as a literal one."""
+    tags = [CustomTag(tag=tlv_tag(t), value=tlv_format(TLV_FIELDS[t])) for t in TAGGED_TLVS]
     config = TcpGrpcAccessLogConfig(
         common_config=CommonGrpcAccessLogConfig(
             log_name=ACCESS_LOG_NAME,
             grpc_service=_envoy_grpc(),
             transport_api_version=ApiVersion.V3,
             buffer_flush_interval=ACCESS_LOG_FLUSH,
-            custom_tags=[CustomTag(tag=t, value=tlv_format(f)) for t, f in TLV_TAGS.items()],
+            custom_tags=[*tags, CustomTag(tag=LISTENER_TAG, value=listener)],
         )
     )
     return AccessLog(name="envoy.access_loggers.tcp_grpc", typed_config=Any.pack(config))

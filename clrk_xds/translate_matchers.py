@@ -32,7 +32,7 @@ from envoy_data_plane.xds.type.matcher.v3 import (
     StringMatcher,
 )
 
-from clrk.wire import TLV_FILTER_STATE_KEY
+from clrk.wire import TLV_FIELDS, TLV_FILTER_STATE_KEY, TlvType
 from clrk_xds.translate_regex import hostname_regex
 
 Predicate = MatcherMatcherListPredicate
@@ -43,7 +43,8 @@ def _input(name: str, message) -> TypedExtensionConfig:
     return TypedExtensionConfig(name=name, typed_config=Any.pack(message))
 
 
-def _tlv_input(field: str) -> TypedExtensionConfig:
+def _tlv_input(tlv: TlvType) -> TypedExtensionConfig:
+    field = TLV_FIELDS[tlv]
     return _input(f"tlv.{field}", FilterStateInput(key=TLV_FILTER_STATE_KEY, field=field))
 
 
@@ -72,7 +73,7 @@ def any_of(predicates: Sequence[Predicate]) -> Predicate:
 
 def authority_in(hostnames: Sequence[str]) -> Predicate:
     """The hostname TLV the dialer sent matches one of the route's patterns."""
-    return _single(_tlv_input("authority"), _regex(hostname_regex(hostnames)))
+    return _single(_tlv_input(TlvType.AUTHORITY), _regex(hostname_regex(hostnames)))
 
 
 def sni_absent_or_in(hostnames: Sequence[str]) -> Predicate:
@@ -114,8 +115,8 @@ def agent_in(agents: Sequence[tuple[str, str]]) -> Predicate:
         options.append(
             all_of(
                 [
-                    _single(_tlv_input("agent_namespace"), StringMatcher(exact=namespace)),
-                    _single(_tlv_input("agent_name"), _regex(pattern)),
+                    _single(_tlv_input(TlvType.AGENT_NAMESPACE), StringMatcher(exact=namespace)),
+                    _single(_tlv_input(TlvType.AGENT_NAME), _regex(pattern)),
                 ]
             )
         )

@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from clrk.policy.index import merge_intervals
+
 MAX_PORT = 65535
-
-
-def merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """Sorted, non-overlapping, non-adjacent intervals covering the same ports."""
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return tuple(merged)
 
 
 def intersect_ranges(
@@ -32,7 +23,7 @@ def intersect_ranges(
         for lo2, hi2 in b
         if max(lo1, lo2) <= min(hi1, hi2)
     ]
-    return merge_ranges(out)
+    return merge_intervals(out)
 
 
 def _digit(low: str, high: str) -> str:
@@ -84,7 +75,7 @@ def port_regex(ranges: Iterable[tuple[int, int]]) -> str:
     ValueError for an empty set (a match that can never hold must be dropped by the
     caller, not turned into a pattern) or a port outside 0..65535.
     """
-    merged = merge_ranges(ranges)
+    merged = merge_intervals(ranges)
     if not merged:
         raise ValueError("no ports")
     for low, high in merged:

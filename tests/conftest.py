@@ -18,10 +18,10 @@ def compile_paths(*paths: Path | str) -> PolicySet:
     return compile_policies(loaded.resources)
 
 
-def compile_yaml(text: str, own_addresses=()) -> PolicySet:
+def compile_yaml(text: str) -> PolicySet:
     loaded = load_text(text, "test.yaml")
     assert not loaded.errors, [f.line() for f in loaded.errors]
-    return compile_policies(loaded.resources, own_addresses)
+    return compile_policies(loaded.resources)
 
 
 @pytest.fixture(scope="session")

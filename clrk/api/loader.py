@@ -7,6 +7,7 @@ findings, so one run reports everything an operator has to fix.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -311,8 +312,7 @@ class ManifestCache:
     """Parsed and validated documents, reused while their text is unchanged.
 
     Kept per file and, inside a rewritten file, per document: a reload after appending
-    a route to a file of a thousand re-parses one document, and every other Resource
-    stays the same object (the translator memoizes on that).
+    a route to a file of a thousand parses and validates one document.
     """
 
     def __init__(self) -> None:
@@ -424,15 +424,30 @@ def load_text(text: str, file: str = "<input>") -> LoadResult:
     return _result(validate_documents(docs), findings, 1, len(docs))
 
 
+def load_documents(docs: Iterable[tuple[Source, object]]) -> LoadResult:
+    """Already-decoded documents, each with the `Source` that names it (a Kubernetes
+    object, say): validated exactly as the documents of files are, and with a digest
+    of their content, so a provider of any source versions its sets alike."""
+    docs = list(docs)
+    digest = hashlib.sha256()
+    for src, data in docs:
+        text = json.dumps(data, sort_keys=True, default=str)
+        digest.update(f"{src.file}\0{src.document}\0{text}\0".encode())
+    files = len({src.file for src, _ in docs})
+    return _result(
+        validate_documents(docs), [], files, len(docs), tuple(docs), digest.hexdigest()[:16]
+    )
+
+
 def load_objects(objects: Iterable[object], file: str = "<objects>") -> LoadResult:
-    """Already-decoded documents (from a Kubernetes API, tests): same validation."""
-    docs = [(Source(file, i), obj) for i, obj in enumerate(objects, start=1)]
-    return _result(validate_documents(docs), [], 1, len(docs))
+    """Decoded documents of one source (tests, benchmarks): `load_documents`."""
+    return load_documents((Source(file, i), obj) for i, obj in enumerate(objects, start=1))
 
 
 __all__ = [
     "LoadResult",
     "ManifestCache",
+    "load_documents",
     "load_objects",
     "load_paths",
     "load_text",

@@ -1,5 +1,6 @@
 """The policy core: compile validated resources, then decide() per connection."""
 
+from clrk.policy.addresses import OwnAddresses
 from clrk.policy.compile import compile_policies
 from clrk.policy.compiled import GatewayPolicy, PolicySet
 from clrk.policy.decide import decide
@@ -10,6 +11,7 @@ __all__ = [
     "Connection",
     "Decision",
     "GatewayPolicy",
+    "OwnAddresses",
     "PolicySet",
     "Reason",
     "compile_policies",

@@ -9,6 +9,8 @@ form that embeds such an IPv4 address (NAT64, 6to4, Teredo).
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 Range = tuple[int, int, int]  # (version, network as int, prefix length)
 
@@ -45,6 +47,30 @@ def parse_ip(text: str) -> tuple[int, int]:
     if value >> 32 == _MAPPED_PREFIX >> 32:
         return 4, value & _M32
     return 6, value
+
+
+@dataclass(frozen=True, slots=True)
+class OwnAddresses:
+    """The gateway host's own addresses, always blocked (SPEC 4 step 2).
+
+    A runtime input of decide(), next to the compiled policy and never part of it: only
+    the host the dialer runs on knows them.
+    """
+
+    v4: frozenset[int] = frozenset()
+    v6: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, addresses: Iterable[str]) -> OwnAddresses:
+        """ValueError names an address that does not parse."""
+        parsed = [parse_ip(a) for a in addresses]
+        return cls(
+            frozenset(v for version, v in parsed if version == 4),
+            frozenset(v for version, v in parsed if version == 6),
+        )
+
+
+NO_OWN_ADDRESSES = OwnAddresses()
 
 
 def normalise_name(name: str) -> str:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from clrk.policy.addresses import blocked_ranges, normalise_name, parse_ip, within
-from clrk.policy.compiled import CompiledListener, GatewayPolicy, MatchEntry, ProtocolIndex
+from clrk.policy.addresses import (
+    NO_OWN_ADDRESSES,
+    OwnAddresses,
+    blocked_ranges,
+    normalise_name,
+    parse_ip,
+    within,
+)
+from clrk.policy.compiled import CompiledListener, GatewayPolicy, MatchEntry
+from clrk.policy.index import ProtocolIndex
 from clrk.policy.model import Agent, Connection, Decision, Reason
 from clrk.policy.selectors import selects
 
@@ -93,7 +101,13 @@ def default_listener(policy: GatewayPolicy, transport: str, port: int) -> Compil
     return min(fitting, key=lambda x: (x.port is None, x.default_rank, x.index), default=None)
 
 
-def decide(policy: GatewayPolicy, agent: Agent | None, conn: Connection) -> Decision:
+def decide(
+    policy: GatewayPolicy,
+    agent: Agent | None,
+    conn: Connection,
+    own: OwnAddresses = NO_OWN_ADDRESSES,
+) -> Decision:
+    """SPEC 4 for one connection; `own`: the gateway host's addresses (always blocked)."""
     version, ip = parse_ip(conn.dst_ip)
     port = conn.dst_port
     if not 0 <= port <= 65535:
@@ -103,7 +117,7 @@ def decide(policy: GatewayPolicy, agent: Agent | None, conn: Connection) -> Deci
         raise ValueError(f"protocol must be TCP or UDP, not {transport!r}")
     gateway, default = policy.ref, policy.default_policy
 
-    blocked = blocked_ranges(version, ip, policy.own4, policy.own6)
+    blocked = blocked_ranges(version, ip, own.v4, own.v6)
     if agent is None:
         return Decision(
             Reason.BLOCKED_ADDRESS if blocked else Reason.UNKNOWN_AGENT, gateway, None, default

@@ -10,8 +10,8 @@ nothing.  Deny routes count too: an L7 deny route must resolve for Envoy to answ
 from __future__ import annotations
 
 from clrk.policy.addresses import normalise_name
-from clrk.policy.compiled import GatewayPolicy, MatchEntry, ProtocolIndex
-from clrk.policy.index import parent_domain
+from clrk.policy.compiled import GatewayPolicy, MatchEntry
+from clrk.policy.index import ProtocolIndex, parent_domain
 from clrk.policy.model import Agent
 from clrk.policy.selectors import selects
 

@@ -12,10 +12,14 @@ from clrk.policy.compile import compile_policies
 from clrk.policy.compiled import PolicySet
 
 
-def blocks_the_set(findings: Iterable[Finding]) -> bool:
-    """Whether any finding stops the whole set from being applied (the last good policy
+def blocking(findings: Iterable[Finding]) -> list[Finding]:
+    """The findings that stop the whole set from being applied (the last good policy
     stays); object-scoped errors only take their own object out."""
-    return any(f.is_error and f.scope is Scope.SET for f in findings)
+    return [f for f in findings if f.is_error and f.scope is Scope.SET]
+
+
+def blocks_the_set(findings: Iterable[Finding]) -> bool:
+    return bool(blocking(findings))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from clrk.records.schema import (
     Record,
     dial_denied,
     dns_denied,
-    http_allowed,
+    http_request,
     tcp_allowed,
 )
 
@@ -14,7 +14,7 @@ __all__ = [
     "Record",
     "dial_denied",
     "dns_denied",
-    "http_allowed",
+    "http_request",
     "iter_records",
     "select",
     "tcp_allowed",

@@ -1,7 +1,10 @@
 """What one decision record says (SPEC 8), as plain data: no OpenTelemetry here.
 
-A Record becomes one span and one log record (see writer.py).  The builders own the
-attribute names, so the dialer, the ext_proc service and `clrk records` agree on them.
+A Record becomes one span and one log record (`clrk_runtime.records_writer`).  One
+builder per record kind owns its attribute names, and production and tests use the same
+ones, so the dialer, the ext_proc service and `clrk records` agree on them:
+`dial_denied` and `dns_denied` (the dialer), `tcp_allowed` (Envoy's access log) and
+`http_request` (ext_proc).
 Attribute names follow OpenTelemetry semantic conventions where one exists
 (`network.peer.*`, `dns.question.name`, `http.request.method`, ...) and use the
 `clrk.` prefix otherwise.  Optional facts are left out rather than written empty,
@@ -22,7 +25,7 @@ Severity = Literal["WARN", "INFO"]
 DIAL_DENIED = "egress.dial.denied"
 DNS_DENIED = "egress.dns.denied"
 TCP_ALLOWED = "egress.tcp"
-HTTP_ALLOWED = "egress.http"
+HTTP_REQUEST = "egress.http"
 
 DENY_REASON = "clrk.egress.deny_reason"
 REASON = "clrk.egress.reason"
@@ -101,30 +104,6 @@ def _dns_name(name: str) -> str:
     return name[:-1] if name.endswith(".") else name
 
 
-def _connection_attrs(
-    reason_key: str,
-    decision: Decision,
-    agent: Agent | None,
-    dst_ip: str,
-    dst_port: int,
-    transport: str,
-    dst_name: str | None,
-) -> dict[str, AttrValue]:
-    """What an L4 record (allowed or denied) says of its decision and destination.  The
-    name the decision matched wins over `dst_name`."""
-    return {
-        reason_key: str(decision.reason),
-        GATEWAY: decision.gateway,
-        **_agent_attrs(agent),
-        DST_NAME: decision.hostname or dst_name or "",
-        PEER_ADDRESS: dst_ip,
-        PEER_PORT: dst_port,
-        TRANSPORT: _transport(transport),
-        DEFAULT_POLICY: decision.default_policy,
-        **_route_attrs(decision),
-    }
-
-
 def _connection_optionals(
     attrs: dict[str, AttrValue], connection_id: str | None, src: str | None, sni: str | None
 ) -> None:
@@ -153,7 +132,17 @@ def dial_denied(
     """
     if decision.allowed:
         raise ValueError(f"dial_denied() needs a denial, got reason {decision.reason}")
-    attrs = _connection_attrs(DENY_REASON, decision, agent, dst_ip, dst_port, transport, dst_name)
+    attrs: dict[str, AttrValue] = {
+        DENY_REASON: str(decision.reason),
+        GATEWAY: decision.gateway,
+        **_agent_attrs(agent),
+        DST_NAME: decision.hostname or dst_name or "",
+        PEER_ADDRESS: dst_ip,
+        PEER_PORT: dst_port,
+        TRANSPORT: _transport(transport),
+        DEFAULT_POLICY: decision.default_policy,
+        **_route_attrs(decision),
+    }
     _connection_optionals(attrs, connection_id, src, sni)
     return Record(DIAL_DENIED, attrs, "WARN", True, time_ns, time_ns)
 
@@ -194,56 +183,100 @@ def dns_denied(
     return Record(DNS_DENIED, attrs, "WARN", True, time_ns, time_ns)
 
 
+def _allowed_reason(route: str | None) -> str:
+    # Envoy's records know the route the dialer sent, not the decision: no route means
+    # the gateway's allow-all default let the connection through.
+    return str(Reason.ALLOWED if route else Reason.ALLOWED_DEFAULT)
+
+
 def tcp_allowed(
-    decision: Decision,
     *,
+    gateway: str,
     agent: Agent | None,
+    route: str | None,
+    listener: str | None,
     dst_ip: str,
     dst_port: int,
     dst_name: str | None,
     bytes_up: int,
     bytes_down: int,
-    start_ns: int,
-    end_ns: int,
+    start_ns: int | None,
+    end_ns: int | None,
+    duration_ms: int | None = None,
     transport: str = "tcp",
     connection_id: str | None = None,
     src: str | None = None,
-    sni: str | None = None,
 ) -> Record:
-    """`egress.tcp`: an allowed L4 connection (or UDP flow), written when it closes."""
-    if not decision.allowed:
-        raise ValueError(f"tcp_allowed() needs an allow, got reason {decision.reason}")
-    attrs = _connection_attrs(REASON, decision, agent, dst_ip, dst_port, transport, dst_name)
-    attrs[BYTES_UP] = bytes_up
-    attrs[BYTES_DOWN] = bytes_down
-    attrs[DURATION_MS] = max(0, end_ns - start_ns) // 1_000_000
-    _connection_optionals(attrs, connection_id, src, sni)
+    """`egress.tcp`: an allowed L4 connection through Envoy, written when it closes
+    (from Envoy's access log).  `duration_ms` defaults to end - start."""
+    if duration_ms is None:
+        duration_ms = max(0, (end_ns or 0) - (start_ns or 0)) // 1_000_000
+    attrs: dict[str, AttrValue] = {
+        REASON: _allowed_reason(route),
+        GATEWAY: gateway,
+        **_agent_attrs(agent),
+        DST_NAME: dst_name or "",
+        PEER_ADDRESS: dst_ip,
+        PEER_PORT: dst_port,
+        TRANSPORT: _transport(transport),
+        BYTES_UP: bytes_up,
+        BYTES_DOWN: bytes_down,
+        DURATION_MS: duration_ms,
+    }
+    _optional(attrs, ROUTE, route)
+    _optional(attrs, LISTENER, listener)
+    _connection_optionals(attrs, connection_id, src, None)
     return Record(TCP_ALLOWED, attrs, "INFO", False, start_ns, end_ns)
 
 
-def http_allowed(
+def host_name(authority: str) -> str:
+    """The host of an HTTP authority, normalised: 'API.Example.com:8443' ->
+    'api.example.com', '[2001:db8::1]:443' -> '2001:db8::1'."""
+    host = authority.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return _dns_name(host)
+
+
+def http_request(
     *,
     gateway: str,
-    route: str | None,
     agent: Agent | None,
+    route: str | None,
+    rule: int | None,
+    listener: str | None,
     method: str,
     authority: str,
     path: str,
     status: int,
+    dst_name: str | None = None,
+    deny_policy: str | None = None,
     start_ns: int | None = None,
     end_ns: int | None = None,
     connection_id: str | None = None,
 ) -> Record:
-    """`egress.http`: one L7 request through Envoy.  A 5xx marks the span as an error."""
+    """`egress.http`: one L7 request through Envoy (from ext_proc).  Allowed, it carries
+    the upstream's status (a 5xx marks the span as an error); denied by `deny_policy`,
+    the deny answer's status and the deny reason.  `dst_name` is the name the dialer
+    matched, else the request's host."""
     attrs: dict[str, AttrValue] = {
         GATEWAY: gateway,
         **_agent_attrs(agent),
         HTTP_METHOD: method,
         HTTP_AUTHORITY: authority,
-        DST_NAME: _dns_name(authority.rsplit(":", 1)[0]) if authority else "",
+        DST_NAME: dst_name or host_name(authority),
         HTTP_PATH: path,
         HTTP_STATUS: status,
     }
-    _optional(attrs, ROUTE, route)
+    _optional(attrs, LISTENER, listener or None)
+    if route:
+        attrs[ROUTE] = route
+        _optional(attrs, RULE, rule)
     _optional(attrs, CONNECTION_ID, connection_id)
-    return Record(HTTP_ALLOWED, attrs, "INFO", status >= 500, start_ns, end_ns)
+    if deny_policy is not None:
+        attrs[DENY_REASON] = str(Reason.DENY_POLICY)
+        attrs[DENY_POLICY] = deny_policy
+        return Record(HTTP_REQUEST, attrs, "WARN", True, start_ns, end_ns)
+    attrs[REASON] = _allowed_reason(route)
+    return Record(HTTP_REQUEST, attrs, "INFO", status >= 500, start_ns, end_ns)

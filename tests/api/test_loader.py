@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from clrk.api import Scope, load_paths, load_text
+from clrk.api import Scope, load_documents, load_paths, load_text
+from clrk.api.resources import Source
 
 GW = """apiVersion: clrk.apoxy.dev/v1alpha1
 kind: EgressGateway
@@ -118,3 +119,21 @@ def test_unreadable_and_missing_paths_are_findings(tmp_path):
 def test_a_rejected_document_is_remembered_for_clearer_reference_errors():
     loaded = load_text(GW.replace("protocol: TCP", "protocol: SCTP"))
     assert loaded.rejected == {("EgressGateway", "default", "gw")}
+
+
+def test_documents_from_any_source_are_validated_like_files_and_named_by_their_source():
+    gateway = {
+        "apiVersion": "clrk.apoxy.dev/v1alpha1",
+        "kind": "EgressGateway",
+        "metadata": {"name": "gw", "namespace": "prod"},
+        "spec": {"listeners": [{"name": "tcp", "protocol": "TCP"}]},
+    }
+    bad = {**gateway, "metadata": {"name": "x"}, "spec": {"listeners": []}}
+    docs = [(Source("k8s:prod/EgressGateway/gw", 0), gateway), (Source("k8s:x", 0), bad)]
+    load = load_documents(docs)
+    assert [r.ref for r in load.resources] == ["prod/gw"]
+    assert load.resources[0].source == Source("k8s:prod/EgressGateway/gw", 0)
+    (finding,) = load.errors
+    assert (finding.file, finding.field) == ("k8s:x", "spec.listeners")
+    assert load.digest == load_documents(docs).digest
+    assert load.digest != load_documents(docs[:1]).digest

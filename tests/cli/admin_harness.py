@@ -14,9 +14,8 @@ from pathlib import Path
 from clrk_runtime import grpc_auth
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.policy_stream import PolicyHub
-from clrk_xds.provider import FileProvider
+from clrk_xds.provider import FileProvider, default_translator
 from clrk_xds.snapshot import SnapshotCache
-from clrk_xds.translate import translate
 
 GATEWAY = """\
 apiVersion: clrk.apoxy.dev/v1alpha1
@@ -77,7 +76,9 @@ class Plane:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         paths = with_applied_dir([self.ops], self.applied)
-        self.provider = FileProvider(paths, SnapshotCache(), PolicyHub(), translate, debounce_ms=20)
+        self.provider = FileProvider(
+            SnapshotCache(), PolicyHub(), default_translator(), paths=paths, debounce_ms=20
+        )
         self.admin = AdminServer(self.provider, self.applied, self.records, poll=0.05)
         # A Unix socket in a private directory, as under `clrk up`.
         self.address = f"unix:{self.root / 'run' / 'control-plane.socket'}"

@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from clrk.api import load_text
+from clrk.policy.loaded import compile_loaded
 from clrk.records.query import iter_records, select
 from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap_with_secrets
 from clrk_xds.translate import to_plain, translate
@@ -142,7 +143,7 @@ BULK_CLIENT = textwrap.dedent("""
 def envoy_config(manifest: str, ca: GatewayCA) -> dict:
     loaded = load_text(manifest, "policy.yaml")
     assert not [f for f in loaded.findings if f.is_error], [f.line() for f in loaded.findings]
-    res = translate(loaded.resources, rejected=loaded.rejected, leaf_secret=ca.leaf_secret)
+    res = translate(compile_loaded(loaded).compiled, leaf_secret=ca.leaf_secret)
     return static_bootstrap_with_secrets(to_plain(res["default/egress"]))
 
 
@@ -377,6 +378,7 @@ def test_tcp_record_counts_bytes_each_way(l7) -> None:
     attrs = spans[0]["attributes"]
     assert attrs["clrk.egress.bytes_down"] == BULK
     assert attrs["clrk.egress.route"] == "default/bulk"
+    assert attrs["clrk.egress.listener"] == "tcp"
     assert attrs["agent.name"] == "agent-a" and attrs["agent.namespace"] == "default"
     assert attrs["network.peer.address"] == API and attrs["network.peer.port"] == 7
     assert attrs["clrk.egress.gateway"] == "default/egress"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clrk.wire import ChainFacts
 from clrk_extproc.deny import DEFAULT_STATUS, DENY_REASON_HEADER, default_body, deny_answer
-from clrk_xds.translate_l7 import ChainFacts
 
 
 def facts(**kw) -> ChainFacts:

@@ -5,9 +5,17 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clrk.records.schema import DENY_REASON, HTTP_ALLOWED
+from clrk.records.schema import DENY_REASON, HTTP_REQUEST
+from clrk.wire import (
+    HEADER_AGENT_NAME,
+    HEADER_AGENT_NAMESPACE,
+    HEADER_AUTHORITY,
+    HEADER_CONNECTION_ID,
+    HEADER_DENY_POLICY,
+    HEADER_ROUTE,
+    ChainFacts,
+)
 from clrk_extproc.exchange import Exchange, tlv
-from clrk_xds.translate_l7 import ChainFacts
 
 FACTS = ChainFacts(gateway="default/gw", listener="tls", route="default/llm", rule=0)
 DENY = ChainFacts(
@@ -18,11 +26,11 @@ REQUEST = [
     (":method", "POST"),
     (":authority", "api.anthropic.com"),
     (":path", "/v1/messages"),
-    ("x-clrk-agent-namespace", "team"),
-    ("x-clrk-agent-name", "bot"),
-    ("x-clrk-authority", "api.anthropic.com"),
-    ("x-clrk-connection-id", "c-1"),
-    ("x-clrk-tlv-route", "-"),
+    (HEADER_AGENT_NAMESPACE, "team"),
+    (HEADER_AGENT_NAME, "bot"),
+    (HEADER_AUTHORITY, "api.anthropic.com"),
+    (HEADER_CONNECTION_ID, "c-1"),
+    (HEADER_ROUTE, "-"),
 ]
 
 
@@ -31,7 +39,7 @@ def test_allowed_request_continues_and_records_on_response() -> None:
     assert ex.request(REQUEST, FACTS, now_ns=1_000) == (None, None)
     record = ex.response([(":status", "201")], now_ns=5_000)
     assert record is not None
-    assert record.name == HTTP_ALLOWED and record.severity == "INFO" and not record.error
+    assert record.name == HTTP_REQUEST and record.severity == "INFO" and not record.error
     assert (record.start_ns, record.end_ns) == (1_000, 5_000)
     assert dict(record.attributes) == {
         "clrk.egress.gateway": "default/gw",
@@ -56,7 +64,7 @@ def test_deny_chain_answers_and_records_the_denial() -> None:
     answer, record = ex.request(REQUEST, DENY, now_ns=7)
     assert answer is not None and answer.status == 403 and answer.body == b"blocked"
     assert record is not None
-    assert record.name == HTTP_ALLOWED and record.severity == "WARN" and record.error
+    assert record.name == HTTP_REQUEST and record.severity == "WARN" and record.error
     assert record.attributes[DENY_REASON] == "deny_policy"
     assert record.attributes["clrk.egress.deny_policy"] == "default/no-paste"
     assert record.attributes["http.response.status_code"] == 403
@@ -108,7 +116,7 @@ def test_any_headers_never_raise(request, response) -> None:
 
 def test_deny_policy_tlv_wins_over_an_allow_chain() -> None:
     ex = Exchange()
-    tagged = [*REQUEST, ("x-clrk-tlv-deny-policy", "default/late")]
+    tagged = [*REQUEST, (HEADER_DENY_POLICY, "default/late")]
     answer, record = ex.request(tagged, FACTS)
     assert answer is not None and answer.status == 403
     assert b"default/late" in answer.body

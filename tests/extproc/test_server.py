@@ -20,8 +20,8 @@ from envoy_data_plane.envoy.service.ext_proc.v3 import (
     ProcessingResponse,
 )
 
+from clrk.wire import DENY_REASON_HEADER, ChainFacts
 from clrk_extproc.server import ACCESS_LOG_SERVICE, EXT_PROC_SERVICE, ExtProcService
-from clrk_xds.translate_l7 import ChainFacts
 
 PROCESS = f"/{EXT_PROC_SERVICE}/Process"
 ACCESS_LOGS = f"/{ACCESS_LOG_SERVICE}/StreamAccessLogs"
@@ -77,7 +77,7 @@ def test_deny_chain_gets_an_immediate_response() -> None:
     assert int(immediate.status.code) == 451
     assert immediate.body == "gone ✓".encode()
     got = {h.header.key: h.header.raw_value for h in immediate.headers.set_headers}
-    assert got["x-clrk-deny-reason"] == b"deny_policy"
+    assert got[DENY_REASON_HEADER] == b"deny_policy"
     (record,) = records
     assert record.attributes["clrk.egress.deny_reason"] == "deny_policy"
 

@@ -13,6 +13,7 @@ from envoy_data_plane.envoy.data.accesslog.v3 import (
 )
 
 from clrk.records.schema import TCP_ALLOWED
+from clrk.wire import LISTENER_TAG, TAGGED_TLVS, TlvType, tlv_tag
 from clrk_extproc.tcp_log import is_end, tcp_record
 
 START = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -31,8 +32,9 @@ def entry(kind=AccessLogType.TcpConnectionEnd, tags=None, **props) -> TcpAccessL
             start_time=START,
             duration=datetime.timedelta(milliseconds=1500),
             custom_tags=tags if tags is not None else {
-                "agent_namespace": "team", "agent_name": "bot", "authority": "db.test",
-                "connection_id": "c-9", "route": "team/db",
+                tlv_tag(TlvType.AGENT_NAMESPACE): "team", tlv_tag(TlvType.AGENT_NAME): "bot",
+                tlv_tag(TlvType.AUTHORITY): "db.test", tlv_tag(TlvType.CONNECTION_ID): "c-9",
+                tlv_tag(TlvType.ROUTE): "team/db", LISTENER_TAG: "tcp-out",
             },
         ),
         connection_properties=ConnectionProperties(**props),
@@ -58,6 +60,7 @@ def test_end_entry_makes_the_record() -> None:
         "clrk.egress.bytes_down": 20,
         "clrk.egress.duration_ms": 1500,
         "clrk.egress.route": "team/db",
+        "clrk.egress.listener": "tcp-out",
         "clrk.connection.id": "c-9",
         "client.address": "198.18.1.2",
     }
@@ -71,7 +74,7 @@ def test_connected_and_periodic_entries_make_none() -> None:
 
 
 def test_absent_tlvs_are_dashes() -> None:
-    tags = {"agent_namespace": "-", "agent_name": "-", "authority": "-", "route": "-"}
+    tags = {tlv_tag(t): "-" for t in TAGGED_TLVS}
     record = tcp_record(entry(tags=tags), "default/gw")
     assert record is not None
     attrs = record.attributes

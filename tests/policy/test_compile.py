@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clrk.api import Severity
-from clrk.policy.compile import merge_intervals
+from clrk.policy.index import merge_intervals
 from tests.conftest import EXAMPLES, compile_paths, compile_yaml
 
 GW = """apiVersion: clrk.apoxy.dev/v1alpha1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from clrk.policy import Agent, Connection, Reason, decide
+from clrk.policy import Agent, Connection, OwnAddresses, Reason, decide
 from tests.conftest import EXAMPLES, compile_paths, compile_yaml
 
 BOT = Agent("default", "bot", {"team": "data", "tier": "prod"})
@@ -364,9 +364,11 @@ def test_ipv6_forms_that_embed_an_ordinary_address_are_not_blocked(open_agents, 
 
 
 def test_the_gateways_own_addresses_are_blocked():
-    gw = compile_yaml(EXPLICIT, own_addresses=["192.0.2.10"]).gateways[("default", "gw")]
-    assert decide(gw, BOT, tcp("192.0.2.10", 443)).reason == Reason.BLOCKED_ADDRESS
-    assert decide(gw, BOT, tcp("192.0.2.11", 443)).reason == Reason.ALLOWED
+    gw = compile_yaml(EXPLICIT).gateways[("default", "gw")]
+    own = OwnAddresses.of(["192.0.2.10"])
+    assert decide(gw, BOT, tcp("192.0.2.10", 443), own).reason == Reason.BLOCKED_ADDRESS
+    assert decide(gw, BOT, tcp("192.0.2.11", 443), own).reason == Reason.ALLOWED
+    assert decide(gw, BOT, tcp("192.0.2.10", 443)).reason == Reason.ALLOWED  # not compiled in
 
 
 def test_a_deny_route_wins_over_an_allow_route_for_the_same_name():

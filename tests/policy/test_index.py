@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clrk.policy.compile import merge_intervals
-from clrk.policy.index import IntervalMap, parent_domain
+from clrk.policy.index import IntervalMap, merge_intervals, parent_domain
 
 PROPERTY = settings(max_examples=250, deadline=None)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from clrk.policy import Agent, Decision, Reason
 from clrk.records.query import iter_lines, iter_records, records_from_line, select
-from clrk.records.schema import dial_denied, dns_denied, http_allowed
+from clrk.records.schema import dial_denied, dns_denied, http_request
 from clrk_runtime.records_writer import RecordWriter
 
 BOT = Agent("default", "bot")
@@ -53,9 +53,11 @@ def write_sample(path):
             )
         )
         writer.emit(
-            http_allowed(
+            http_request(
                 gateway=GW,
                 route="default/web",
+                rule=0,
+                listener="web",
                 agent=BOT,
                 method="GET",
                 authority="a.example",

@@ -9,7 +9,7 @@ import pytest
 
 from clrk.policy import Agent, Connection, Decision, Reason, decide
 from clrk.records import schema as s
-from clrk.records.schema import dial_denied, dns_denied, http_allowed, tcp_allowed
+from clrk.records.schema import dial_denied, dns_denied, http_request, tcp_allowed
 from tests.conftest import EXAMPLES, compile_paths, compile_yaml
 
 BOT = Agent("default", "bot", {"team": "data", "tier": "prod"})
@@ -287,11 +287,12 @@ def test_a_dns_denial_for_an_unknown_agent_has_empty_agent_fields():
     assert record.attributes["network.transport"] == "tcp"
 
 
-def test_an_allowed_connection_records_bytes_duration_route_name_and_peer():
-    decision = decide(PROD, BOT, tcp("203.0.113.10", 443, "api.anthropic.com"))
+def test_an_allowed_connection_records_bytes_duration_route_listener_name_and_peer():
     record = tcp_allowed(
-        decision,
+        gateway="default/prod-agents",
         agent=BOT,
+        route="default/anthropic-tls",
+        listener="tls-out",
         dst_ip="203.0.113.10",
         dst_port=443,
         dst_name="api.anthropic.com",
@@ -300,6 +301,7 @@ def test_an_allowed_connection_records_bytes_duration_route_name_and_peer():
         start_ns=1_000_000_000,
         end_ns=1_250_000_000,
         connection_id="c-1",
+        src="198.18.0.2",
     )
     assert record.name == "egress.tcp"
     assert (record.severity, record.error) == ("INFO", False)
@@ -312,29 +314,38 @@ def test_an_allowed_connection_records_bytes_duration_route_name_and_peer():
     assert attrs[s.REASON] == "allowed"
     assert attrs[s.DST_NAME] == "api.anthropic.com"
     assert (attrs[s.PEER_ADDRESS], attrs[s.PEER_PORT]) == ("203.0.113.10", 443)
+    assert (attrs[s.CONNECTION_ID], attrs[s.CLIENT_ADDRESS]) == ("c-1", "198.18.0.2")
     assert s.DENY_REASON not in attrs
 
 
-def test_an_allowed_connection_record_refuses_a_denial():
-    with pytest.raises(ValueError, match="needs an allow"):
-        tcp_allowed(
-            Decision(Reason.POLICY, "default/gw", "default/bot", "deny-all"),
-            agent=BOT,
-            dst_ip="192.0.2.1",
-            dst_port=1,
-            dst_name=None,
-            bytes_up=0,
-            bytes_down=0,
-            start_ns=0,
-            end_ns=0,
-        )
+def test_a_connection_without_a_route_was_allowed_by_default():
+    record = tcp_allowed(
+        gateway="default/open",
+        agent=None,
+        route=None,
+        listener=None,
+        dst_ip="192.0.2.1",
+        dst_port=1,
+        dst_name=None,
+        bytes_up=0,
+        bytes_down=0,
+        start_ns=None,
+        end_ns=None,
+        duration_ms=7,
+    )
+    attrs = record.attributes
+    assert attrs[s.REASON] == "allowed_default" and attrs[s.DURATION_MS] == 7
+    assert (attrs[s.AGENT_NAME], attrs[s.DST_NAME]) == ("", "")
+    assert s.ROUTE not in attrs and s.LISTENER not in attrs
 
 
 @pytest.mark.parametrize(("status", "error"), [(200, False), (404, False), (503, True)])
 def test_an_http_request_records_method_authority_path_status_and_route(status, error):
-    record = http_allowed(
+    record = http_request(
         gateway="default/gw",
         route="default/web",
+        rule=1,
+        listener="web",
         agent=BOT,
         method="GET",
         authority="API.Example.com:8443",
@@ -351,3 +362,34 @@ def test_an_http_request_records_method_authority_path_status_and_route(status, 
     assert record.attributes[s.HTTP_STATUS] == status
     assert record.attributes[s.ROUTE] == "default/web"
     assert record.attributes[s.DST_NAME] == "api.example.com"
+    assert (record.attributes[s.RULE], record.attributes[s.LISTENER]) == (1, "web")
+    assert record.attributes[s.REASON] == "allowed"
+
+
+def test_a_denied_http_request_names_the_deny_policy_and_warns():
+    record = http_request(
+        gateway="default/gw",
+        route="default/paste",
+        rule=0,
+        listener="web",
+        agent=None,
+        method="POST",
+        authority="[2001:DB8::1]:443",
+        path="/",
+        status=451,
+        dst_name="paste.example.com",
+        deny_policy="default/no-paste",
+    )
+    assert (record.severity, record.error) == ("WARN", True)
+    attrs = record.attributes
+    assert (attrs[s.DENY_REASON], attrs[s.DENY_POLICY]) == ("deny_policy", "default/no-paste")
+    assert attrs[s.DST_NAME] == "paste.example.com" and s.REASON not in attrs
+
+
+@pytest.mark.parametrize(
+    ("authority", "host"),
+    [("API.Example.com:8443", "api.example.com"), ("a.example.", "a.example"),
+     ("[2001:DB8::1]:443", "2001:db8::1"), ("2001:db8::1", "2001:db8::1")],
+)  # fmt: skip
+def test_the_host_of_an_authority(authority, host):
+    assert s.host_name(authority) == host

@@ -130,7 +130,7 @@ def test_each_spoofed_tcp_or_udp_flow_is_one_unknown_agent_record(tmp_path):
     path = tmp_path / "records.jsonl"
     writer = RecordWriter("clrk-dialer", path=str(path))
     state = DialerState(DialerConfig(manifests=[], gateway="default/gw"), writer)
-    state.apply(compile_yaml(POLICY_YAML))
+    state.apply(compile_yaml(POLICY_YAML).gateways[("default", "gw")])
     spoof_log = SpoofLog(state, 7011, idle_timeout=60.0)
     udp = SpoofedPacket("clrk-r-p1-1", 17, "198.18.0.6", 5000, "192.0.2.10", 7)
     ping = SpoofedPacket("clrk-r-p1-1", 1, "198.18.0.6", 0, "192.0.2.10", 0)

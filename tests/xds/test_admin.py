@@ -244,11 +244,12 @@ def test_stream_records_sends_matching_records_as_they_are_written(tmp_path):
         time.sleep(0.3)  # let the stream open before writing (it starts at the end)
         with RecordWriter("clrk-dialer", path=str(records)) as writer:
             writer.emit(_denial(2, agent="someone-else"))
-            allowed = Decision(Reason.ALLOWED, "default/gw", "default/coder", "deny-all")
             writer.emit(
                 tcp_allowed(
-                    allowed,
+                    gateway="default/gw",
                     agent=Agent("default", "coder"),
+                    route="default/r",
+                    listener="tcp-out",
                     dst_ip="192.0.2.1",
                     dst_port=3,
                     dst_name=None,

@@ -6,23 +6,44 @@ from envoy_data_plane.envoy.config.listener.v3 import Listener
 
 from bench.decide_bench import policy_documents
 from clrk.api import load_objects
+from clrk.policy.loaded import compile_loaded
 from clrk_xds import betterproto_speed
-from clrk_xds.translate import serialize, translate
+from clrk_xds.translate import ChainCache, serialize, translate
 
 
-def test_memoized_route_parts_serialize_to_the_same_bytes_as_a_fresh_build():
-    docs = policy_documents(50)
-    first = translate(load_objects(docs).resources)  # builds and freezes the route parts
-    again = translate(load_objects(docs).resources)  # new objects: built afresh
-    for gw in first:
-        for a, b in zip(first[gw].listeners, again[gw].listeners, strict=True):
+def test_cached_route_parts_serialize_to_the_same_bytes_as_a_fresh_build():
+    policies = compile_loaded(load_objects(policy_documents(50))).compiled
+    cache = ChainCache()  # installs the shortcuts
+    translate(policies, cache=cache)  # builds and freezes the route parts
+    cached = translate(policies, cache=cache)  # reuses them
+    fresh = translate(policies)  # built afresh, nothing frozen
+    for gw in cached:
+        for a, b in zip(cached[gw].listeners, fresh[gw].listeners, strict=True):
             plain = betterproto_speed._plain_bytes(b)
             assert serialize(a) == plain
             assert Listener.parse(plain).to_dict() == b.to_dict()
 
 
 def test_a_frozen_message_still_validates():
+    betterproto_speed.install()
     listener = Listener(name="x")
     betterproto_speed.freeze(listener)
-    listener._validate()  # the memo is not a field
+    betterproto_speed.nested(listener, lambda m: [m])
+    listener._validate()  # the memos are not fields
     assert bytes(listener) == betterproto_speed._plain_bytes(listener)
+
+
+def test_nested_messages_are_walked_once_only_for_a_frozen_message():
+    walks = []
+
+    def walk(message):
+        walks.append(message)
+        return [message]
+
+    listener = Listener(name="x")
+    betterproto_speed.nested(listener, walk)
+    betterproto_speed.nested(listener, walk)
+    assert len(walks) == 2  # not frozen: it may change, so it is walked every time
+    betterproto_speed.freeze(listener)
+    assert betterproto_speed.nested(listener, walk) == betterproto_speed.nested(listener, walk)
+    assert len(walks) == 3

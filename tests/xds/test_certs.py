@@ -1,5 +1,6 @@
-"""Per-route leaf certificates: which routes get one, that they verify (real openssl,
-cryptography's path validation, a real TLS handshake with Python's ssl), and rotation."""
+"""Per-route leaf certificates: that they verify (real openssl, cryptography's path
+validation, a real TLS handshake with Python's ssl), and rotation.  Which routes get one
+is the translator's (tests/xds/test_translate_l7.py)."""
 
 from __future__ import annotations
 
@@ -14,99 +15,21 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clrk.api import load_text
-from clrk.api.resolve import resolve
 from clrk_xds.ca import GatewayCA
 from clrk_xds.certs import (
     LEAF_LIFETIME,
     LeafCertificates,
-    leaf_plan,
     mint_leaf,
     next_renewal,
     secret_name,
-    terminate_leaves,
     to_envoy_secret,
-    wanted_leaves,
 )
 from clrk_xds.envoy_process import EnvoyProcess, validate_config
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
 
-MANIFESTS = """\
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressGateway
-metadata: {name: gw}
-spec:
-  listeners:
-  - {name: tcp-out, protocol: TCP}
-  - {name: term, protocol: TLS, tls: {mode: Terminate}}
-  - {name: pass, protocol: TLS}
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressL4Route
-metadata: {name: llm}
-spec:
-  parentRefs: [{name: gw, sectionName: term}]
-  rules:
-  - matches:
-    - destinationHostnames: [api.example.com, "*.azure.example.com"]
-    - destinationHostnames: [api.example.com, b.example.com]
-      ports: [{port: 443}]
-    - destinationHostnames: [udp.example.com]
-      protocol: UDP
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressL4Route
-metadata: {name: every-listener}
-spec:
-  parentRefs: [{name: gw}]
-  rules:
-  - matches:
-    - destinationHostnames: [all.example.com]
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressL4Route
-metadata: {name: passthrough-only, namespace: other}
-spec:
-  parentRefs: [{name: gw, namespace: default, sectionName: pass}]
-  rules:
-  - matches:
-    - destinationHostnames: [pass.example.com]
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressL4Route
-metadata: {name: cidr-only}
-spec:
-  parentRefs: [{name: gw, sectionName: term}]
-  rules:
-  - matches:
-    - destinationCIDRs: [203.0.113.0/24]
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressL4Route
-metadata: {name: paste}
-spec:
-  parentRefs: [{name: gw, sectionName: term}]
-  rules:
-  - matches:
-    - destinationHostnames: [paste.example.com]
----
-apiVersion: clrk.apoxy.dev/v1alpha1
-kind: EgressDenyPolicy
-metadata: {name: no-paste}
-spec:
-  targetRef: {group: clrk.apoxy.dev, kind: EgressL4Route, name: paste}
-"""
-
 LLM_SANS = ("*.azure.example.com", "api.example.com", "b.example.com")
-
-
-@pytest.fixture(scope="module")
-def resources():
-    loaded = load_text(MANIFESTS)
-    assert not loaded.errors, loaded.errors
-    return loaded.resources
 
 
 @pytest.fixture(scope="module")
@@ -124,29 +47,6 @@ def live_authority():
 @pytest.fixture(scope="module")
 def llm_leaf(authority):
     return mint_leaf(authority, secret_name(("default", "llm")), LLM_SANS, NOW)
-
-
-# --- which leaves --------------------------------------------------------------------
-
-
-def test_terminate_routes_get_leaves_named_by_route(resources):
-    assert terminate_leaves(resolve(resources)) == {
-        ("default", "gw"): {
-            "leaf/default/every-listener": ("all.example.com",),
-            "leaf/default/llm": LLM_SANS,  # UDP names left out, duplicates folded
-            "leaf/default/paste": ("paste.example.com",),  # deny routes answer over TLS too
-        }
-    }
-    assert list(wanted_leaves(resources)) == [
-        "leaf/default/every-listener",
-        "leaf/default/llm",
-        "leaf/default/paste",
-    ]
-
-
-def test_no_terminate_listener_no_leaves():
-    text = MANIFESTS.replace("tls: {mode: Terminate}", "tls: {mode: Passthrough}")
-    assert wanted_leaves(load_text(text).resources) == {}
 
 
 # --- verification --------------------------------------------------------------------
@@ -299,46 +199,34 @@ def test_every_allowed_name_verifies(authority, patterns, first):
 # --- reuse and rotation ----------------------------------------------------------------
 
 
-def test_plan_reuses_leaves_until_the_renewal_window(resources, authority):
-    first = leaf_plan(authority, resources, NOW, {})
-    assert leaf_plan(authority, resources, NOW + DAY, first) == first
+def test_a_leaf_is_reused_until_its_renewal_window(authority):
+    certs = LeafCertificates(authority)
+    route = ("default", "llm")
+    first = certs.mint(route, LLM_SANS, NOW)
+    assert certs.mint(route, LLM_SANS, NOW + DAY) is first
     # 7 days, renewed with a third left: still the same leaf at 4.5 days ...
-    assert leaf_plan(authority, resources, NOW + 4.5 * DAY, first) == first
+    assert certs.mint(route, LLM_SANS, NOW + 4.5 * DAY) is first
     # ... and a new one, valid for 7 more days, at 5 days.
     later = NOW + 5 * DAY
-    renewed = leaf_plan(authority, resources, later, first)
-    assert renewed.keys() == first.keys()
-    for name, leaf in renewed.items():
-        assert leaf.cert_pem != first[name].cert_pem
-        assert leaf.key_pem != first[name].key_pem
-        assert leaf.not_after == later + LEAF_LIFETIME
-    assert next_renewal(first.values()) < later < next_renewal(renewed.values())
+    renewed = certs.mint(route, LLM_SANS, later)
+    assert renewed.cert_pem != first.cert_pem and renewed.key_pem != first.key_pem
+    assert renewed.not_after == later + LEAF_LIFETIME
+    assert next_renewal([first]) < later < next_renewal([renewed])
 
 
-def test_plan_reissues_when_hostnames_change(resources, authority):
-    first = leaf_plan(authority, resources, NOW, {})
-    changed = load_text(MANIFESTS.replace("all.example.com", "all2.example.com")).resources
-    second = leaf_plan(authority, changed, NOW + DAY, first)
-    assert second["leaf/default/every-listener"].hostnames == ("all2.example.com",)
-    assert second["leaf/default/every-listener"] != first["leaf/default/every-listener"]
-    assert second["leaf/default/llm"] is first["leaf/default/llm"]
-
-
-def test_plan_reissues_under_another_ca(resources, authority):
-    first = leaf_plan(authority, resources, NOW, {})
-    other = GatewayCA.generate(NOW - DAY)
-    second = leaf_plan(other, resources, NOW, first)
-    for name, leaf in second.items():
-        assert leaf != first[name]
-        _verifier(other, leaf.hostnames[-1]).verify(_leaf_cert(leaf), [])
-
-
-def test_plan_drops_leaves_of_removed_routes(resources, authority):
+def test_a_leaf_is_reissued_when_its_hostnames_change(authority):
     certs = LeafCertificates(authority)
-    certs.plan(resources, NOW)
-    remaining = [r for r in resources if r.name != "every-listener"]
-    assert list(certs.plan(remaining, NOW)) == ["leaf/default/llm", "leaf/default/paste"]
-    assert list(certs.leaves) == ["leaf/default/llm", "leaf/default/paste"]
+    first = certs.mint(("default", "all"), ["all.example.com"], NOW)
+    second = certs.mint(("default", "all"), ["all2.example.com"], NOW + DAY)
+    assert second.hostnames == ("all2.example.com",) and second != first
+
+
+def test_a_leaf_is_reissued_under_another_ca(authority):
+    first = LeafCertificates(authority).mint(("default", "llm"), LLM_SANS, NOW)
+    other = GatewayCA.generate(NOW - DAY)
+    second = LeafCertificates(other).mint(("default", "llm"), LLM_SANS, NOW)
+    assert second != first
+    _verifier(other, second.hostnames[-1]).verify(_leaf_cert(second), [])
 
 
 def test_mint_is_cached_per_route_and_hostnames(authority):

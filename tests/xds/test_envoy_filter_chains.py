@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from clrk.api import load_text
+from clrk.policy.loaded import compile_loaded
 from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
 from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap
 from clrk_xds.translate import to_plain, translate
@@ -211,7 +212,11 @@ def gateways(upstreams) -> Iterator[dict[str, dict[str, tuple[str, int]]]]:
     try:
         for ref in ("default/gw", "default/open", "default/guarded"):
             blocked = None if ref == "default/guarded" else ()
-            res = translate(loaded.resources, base_port=_free_port_block(2), always_blocked=blocked)
+            res = translate(
+                compile_loaded(loaded).compiled,
+                base_port=_free_port_block(2),
+                always_blocked=blocked,
+            )
             res = res[ref]
             envoys.append(EnvoyProcess(static_bootstrap(to_plain(res)), log_level="warning"))
             envoys[-1].start()

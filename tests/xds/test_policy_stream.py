@@ -6,13 +6,20 @@ import asyncio
 import contextlib
 
 import grpc
+import pytest
 
-from clrk.api import load_text
-from clrk.policy import Agent, Connection, compile_policies, decide
-from clrk_runtime.policy_messages import gateway_documents, load_update, to_message
+from clrk.policy import Agent, Connection, decide
+from clrk_runtime.policy_messages import (
+    SCHEMA,
+    PolicyDecodeError,
+    pb2,
+    policy_from_update,
+    policy_update,
+    to_plain,
+)
 from clrk_worker_dialer.policy_client import watch_policy
 from clrk_xds.policy_stream import PolicyHub, PolicyStreamServer
-from clrk_xds.provider import read_manifests
+from tests.conftest import compile_yaml
 
 SET = """\
 apiVersion: clrk.apoxy.dev/v1alpha1
@@ -53,48 +60,43 @@ metadata: {name: coder, labels: {team: a}}
 spec:
   egressRefs: [{gatewayRef: gw}]
 """
+GW = ("default", "gw")
 
 
-def manifests(tmp_path, host="api.example.com"):
-    (tmp_path / "set.yaml").write_text(SET.replace("HOST", host))
-    m = read_manifests([tmp_path])
-    assert not m.load.errors
-    return m
+def compiled(host="api.example.com"):
+    return compile_yaml(SET.replace("HOST", host))
 
 
-def test_gateway_documents_are_its_own_routes_denies_and_agents(tmp_path):
-    m = manifests(tmp_path)
-    docs = gateway_documents("default/gw", m.load.resources, m.raw)
-    names = [(d.kind, d.source_document) for d in docs.documents]
-    assert names == [
-        ("EgressGateway", 1),
-        ("EgressL4Route", 3),
-        ("EgressDenyPolicy", 5),
-        ("TaskAgent", 6),
+def test_an_update_carries_the_gateways_own_routes_denies_and_agents():
+    update = policy_update("default/gw", compiled().gateways[GW])
+    assert (update.gateway, update.schema) == ("default/gw", SCHEMA)
+    assert [(m.route, m.deny_policy) for m in update.policy.matches] == [
+        ("default/mine", "default/deny-mine")
     ]
-    assert gateway_documents("default/gw", m.load.resources, m.raw).version == docs.version
-    assert gateway_documents("default/none", m.load.resources, m.raw).documents == ()
+    assert [a.name for a in update.policy.agents] == ["coder"]
+    assert policy_update("default/gw", compiled().gateways[GW]).version == update.version
+    assert policy_update("default/gw", compiled("x.org").gateways[GW]).version != update.version
+    assert not policy_update("default/none", None).HasField("policy")
 
 
-def test_update_recompiles_to_the_same_policy(tmp_path):
-    m = manifests(tmp_path)
-    update = to_message(gateway_documents("default/gw", m.load.resources, m.raw))
-    loaded = load_update(update)
-    assert not loaded.errors
-    here = compile_policies(loaded.resources, rejected=loaded.rejected).gateways[("default", "gw")]
-    there = compile_policies(m.load.resources).gateways[("default", "gw")]
+def test_the_decoded_policy_decides_like_the_compiled_one():
+    there = compiled().gateways[GW]
+    wire = pb2.PolicyUpdate.FromString(policy_update("default/gw", there).SerializeToString())
+    here = policy_from_update(wire)
     agent = Agent("default", "coder", {"team": "a"})
     for names, port in [({"api.example.com"}, 443), ({"api.example.com"}, 80), ({"x.org"}, 443)]:
         conn = Connection("TCP", "192.0.2.7", port, frozenset(names))
         assert decide(here, agent, conn) == decide(there, agent, conn)
-    assert {r.source.file for r in loaded.resources} == {str(tmp_path / "set.yaml")}
+    assert to_plain(here) == to_plain(there)
 
 
-def test_bad_json_in_an_update_is_a_finding_not_a_crash(tmp_path):
-    m = manifests(tmp_path)
-    update = to_message(gateway_documents("default/gw", m.load.resources, m.raw))
-    update.documents[0].json = "{not json"
-    assert load_update(update).errors
+def test_an_update_without_a_policy_or_of_another_schema_is_refused():
+    with pytest.raises(PolicyDecodeError, match="not defined or not accepted"):
+        policy_from_update(policy_update("default/none", None))
+    update = policy_update("default/gw", compiled().gateways[GW])
+    update.schema = SCHEMA + 1
+    with pytest.raises(PolicyDecodeError, match="schema"):
+        policy_from_update(update)
 
 
 def test_client_receives_current_set_then_changes(tmp_path):
@@ -109,21 +111,15 @@ def test_client_receives_current_set_then_changes(tmp_path):
             first_task = asyncio.ensure_future(anext(updates))
             await asyncio.sleep(0.1)
             assert not first_task.done()  # nothing published yet: nothing to send
-            m = manifests(tmp_path)
-            hub.publish(m.load.resources, m.raw, m.load.rejected)
+            hub.publish(compiled())
             first = await asyncio.wait_for(first_task, 5)
-            assert first.gateway == "default/gw" and len(first.documents) == 4
+            assert first.gateway == "default/gw" and len(first.policy.matches) == 1
             # a change to another gateway only is not sent; a change to this one is
-            (tmp_path / "set.yaml").write_text(
-                SET.replace("HOST", "api.example.com").replace("theirs.example", "x.example")
-            )
-            m2 = read_manifests([tmp_path])
-            hub.publish(m2.load.resources, m2.raw, m2.load.rejected)
-            m3 = manifests(tmp_path, host="new.example.com")
-            hub.publish(m3.load.resources, m3.raw, m3.load.rejected)
+            hub.publish(compile_yaml(SET.replace("HOST", "api.example.com").replace("theirs", "x")))
+            hub.publish(compiled("new.example.com"))
             second = await asyncio.wait_for(anext(updates), 5)
             assert second.version != first.version
-            assert "new.example.com" in second.documents[1].json
+            assert list(second.policy.matches[0].hostnames) == ["new.example.com"]
             await updates.aclose()
         finally:
             await server.stop(grace=None)
@@ -134,8 +130,7 @@ def test_client_receives_current_set_then_changes(tmp_path):
 def test_unknown_gateway_gets_an_empty_update():
     async def go():
         hub = PolicyHub()
-        loaded = load_text("")
-        hub.publish(loaded.resources, {})
+        hub.publish(compile_yaml(""))
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((PolicyStreamServer(hub).handler(),))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -143,7 +138,7 @@ def test_unknown_gateway_gets_an_empty_update():
         try:
             async with contextlib.aclosing(watch_policy(f"127.0.0.1:{port}", "ns/x")) as it:
                 update = await asyncio.wait_for(anext(it), 5)
-            assert (update.gateway, len(update.documents)) == ("ns/x", 0)
+            assert update.gateway == "ns/x" and not update.HasField("policy")
         finally:
             await server.stop(grace=None)
 

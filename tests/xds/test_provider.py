@@ -6,10 +6,21 @@ import asyncio
 import time
 
 import pytest
+import yaml
 
+from clrk.api import load_documents
+from clrk.api.resources import Source
+from clrk_xds.admin_status import object_statuses
 from clrk_xds.consistency import LISTENER
 from clrk_xds.policy_stream import PolicyHub
-from clrk_xds.provider import FileProvider, prepare, read_manifests
+from clrk_xds.provider import (
+    FileProvider,
+    Provider,
+    default_translator,
+    plan,
+    prepare,
+    read_manifests,
+)
 from clrk_xds.snapshot import EMPTY, SnapshotCache
 from clrk_xds.translate import translate
 
@@ -50,20 +61,33 @@ def write_set(tmp_path, host="api.example.com", *, extra=""):
 
 def provider(tmp_path, **kw):
     cache, hub = SnapshotCache(), PolicyHub()
-    return FileProvider([tmp_path], cache, hub, translate, **kw), cache, hub
+    p = FileProvider(cache, hub, default_translator(), paths=[tmp_path], **kw)
+    return p, cache, hub
 
 
 def test_read_manifests_keeps_documents_as_written(tmp_path):
     write_set(tmp_path)
-    m = read_manifests([tmp_path])
-    assert not m.load.errors
-    assert sorted(r.kind for r in m.load.resources) == [
+    load = read_manifests([tmp_path])
+    assert not load.errors
+    assert sorted(r.kind for r in load.resources) == [
         "EgressGateway",
         "EgressL4Route",
         "TaskAgent",
     ]
-    for res in m.load.resources:
-        assert m.raw[res.source]["metadata"]["name"] == res.name
+    raw = dict(load.raw)
+    for res in load.resources:
+        assert raw[res.source]["metadata"]["name"] == res.name
+
+
+def test_a_plan_compiles_once_and_carries_status_findings_and_the_dialer_policy(tmp_path):
+    write_set(tmp_path, extra="---\n" + ROUTE.format(name="r2", gateway="nowhere", host="x.com"))
+    plan = prepare([tmp_path], default_translator())
+    assert not plan.blocked and set(plan.snapshots) == {"default/gw"}
+    gw = plan.policies.gateways[("default", "gw")]
+    assert [e.route for e in gw.matches] == ["default/r1"]
+    conditions = plan.loaded.compiled.conditions[("EgressL4Route", "default", "r2")]
+    assert [(c.type, c.status) for c in conditions] == [("Accepted", False)]
+    assert [f.name for f in plan.loaded.findings if f.is_error] == ["r2"]
 
 
 def test_valid_set_installs_snapshot_and_publishes_policy(tmp_path):
@@ -77,8 +101,9 @@ def test_valid_set_installs_snapshot_and_publishes_policy(tmp_path):
         assert st.gateways == ("default/gw",)
         snap = cache.get("default/gw")
         assert snap is not None and snap.named(LISTENER)
-        docs = hub.current("default/gw")
-        assert [d.kind for d in docs.documents] == ["EgressGateway", "EgressL4Route", "TaskAgent"]
+        update = hub.current("default/gw")
+        assert [m.route for m in update.policy.matches] == ["default/r1"]
+        assert [a.name for a in update.policy.agents] == ["coder"]
         # an unchanged reload is not a new version
         assert not await p.reload()
         assert p.status().version == st.version
@@ -144,7 +169,7 @@ def test_removed_gateway_gets_an_empty_snapshot(tmp_path):
 def test_translator_failure_keeps_last_good(tmp_path):
     write_set(tmp_path)
 
-    def broken(resources, **kw):
+    def broken(policies):
         raise RuntimeError("boom")
 
     plan = prepare([tmp_path], broken)
@@ -155,8 +180,8 @@ def test_inconsistent_translation_is_refused_whole(tmp_path):
     """Two gateways translated onto one port of one Envoy would be rejected by it."""
     write_set(tmp_path)
 
-    def clashing(resources, **kw):
-        out = translate(resources, **kw)
+    def clashing(policies):
+        out = translate(policies)
         res = out["default/gw"]
         twice = res.listeners + tuple(
             type(lst)(name=lst.name + "-copy", address=lst.address) for lst in res.listeners
@@ -185,9 +210,10 @@ def test_watch_reloads_on_change_and_debounces_bursts(tmp_path):
             await until(lambda: p.status().version != first)
             await asyncio.sleep(0.3)
             assert p.reloads - reloads < 5
-            final = read_manifests([tmp_path]).raw
+            final = dict(read_manifests([tmp_path]).raw)
             assert any("h4.example.com" in str(v) for v in final.values())
-            assert [d for d in p.hub.current("default/gw").documents if "h4.example.com" in d.json]
+            (match,) = p.hub.current("default/gw").policy.matches
+            assert list(match.hostnames) == ["h4.example.com"]
             write_set(tmp_path, host="bad*")
             await until(lambda: p.status().blocked)
             assert cache.get("default/gw") is not None
@@ -204,3 +230,37 @@ async def until(predicate, timeout=10.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s")
         await asyncio.sleep(0.02)
+
+
+def test_documents_of_another_source_take_the_same_pipeline_and_give_status(tmp_path):
+    """What a Kubernetes provider does: decoded objects, each named by its Source,
+    through load_documents -> plan -> apply, status from the plan."""
+    docs = [
+        (Source("k8s:default/EgressGateway/gw", 0), yaml.safe_load(GATEWAY.format(name="gw"))),
+        (
+            Source("k8s:default/EgressL4Route/r1", 0),
+            yaml.safe_load(ROUTE.format(name="r1", gateway="gw", host="api.example.com")),
+        ),
+        (
+            Source("k8s:default/EgressL4Route/r2", 0),
+            yaml.safe_load(ROUTE.format(name="r2", gateway="nowhere", host="x.com")),
+        ),
+    ]
+
+    async def go():
+        cache, hub = SnapshotCache(), PolicyHub()
+        installer = Provider(cache, hub, default_translator())
+        planned = plan(load_documents(docs), installer.translator)
+        assert installer.apply(planned)
+        assert cache.get("default/gw") is not None
+        assert [m.route for m in hub.current("default/gw").policy.matches] == ["default/r1"]
+        statuses = {
+            (s.kind, s.name): {c.type: c.status for c in s.conditions}
+            for s in object_statuses(planned.loaded, in_force=True)
+        }
+        assert statuses[("EgressL4Route", "r1")] == {"Accepted": True, "Programmed": True}
+        assert statuses[("EgressL4Route", "r2")] == {"Accepted": False, "Programmed": False}
+        (error,) = [f for f in planned.loaded.findings if f.is_error]
+        assert error.file == "k8s:default/EgressL4Route/r2"
+
+    asyncio.run(go())

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from clrk.api import load_paths, load_text
 from clrk.nexthops import envoy_listener_addresses
+from clrk.policy.loaded import compile_loaded
+from clrk.wire import TLV_FIELDS
 from clrk_xds.translate import (
     ORIGINAL_DST_CLUSTER,
     TYPE_URLS,
@@ -36,7 +38,7 @@ API = "apiVersion: clrk.apoxy.dev/v1alpha1"
 def _translate(text: str, **kw) -> dict[str, GatewayResources]:
     loaded = load_text(text, "t.yaml")
     assert not loaded.errors, [f.line() for f in loaded.errors]
-    return translate(loaded.resources, rejected=loaded.rejected, **kw)
+    return translate(compile_loaded(loaded).compiled, **kw)
 
 
 def _gateway(listeners: str, policy: str = "deny-all") -> str:
@@ -86,7 +88,7 @@ def _filter_names(chain) -> list[str]:
 
 
 def test_no_gateways_no_resources() -> None:
-    assert translate([]) == {}
+    assert translate(compile_loaded(load_text("")).compiled) == {}
 
 
 def test_addresses_come_from_nexthops_and_udp_keeps_its_slot() -> None:
@@ -101,7 +103,6 @@ def test_addresses_come_from_nexthops_and_udp_keeps_its_slot() -> None:
     }
     assert got == expected == {"a": ("127.0.0.9", 20000), "t": ("127.0.0.9", 20002)}
     assert res.gateway == "default/gw"
-    assert res.findings == ()
 
 
 def test_listener_filters_keep_clrk_tlvs_in_filter_state() -> None:
@@ -113,14 +114,7 @@ def test_listener_filters_keep_clrk_tlvs_in_filter_state() -> None:
         config = first.typed_config.unpack()
         assert isinstance(config, ProxyProtocol)
         assert config.tlv_location == ProxyProtocolTlvLocation.FILTER_STATE
-        assert {r.tlv_type: r.on_tlv_present.key for r in config.rules} == {
-            0x02: "authority",
-            0xE1: "agent_namespace",
-            0xE2: "agent_name",
-            0xE3: "route",
-            0xE4: "deny_policy",
-            0xE5: "connection_id",
-        }
+        assert {r.tlv_type: r.on_tlv_present.key for r in config.rules} == TLV_FIELDS
         assert not config.allow_requests_without_proxy_protocol
         assert lst.listener_filters_timeout == datetime.timedelta(seconds=2)
         assert not lst.continue_on_listener_filters_timeout
@@ -190,7 +184,6 @@ def test_http_and_tls_terminate_are_programmed() -> None:
     listeners = "[{name: web, protocol: HTTP}, {name: term, protocol: TLS, tls: {mode: Terminate}}]"
     res = _translate(_gateway(listeners))["default/gw"]
     assert [lst.name for lst in res.listeners] == ["web", "term"]
-    assert res.findings == ()
     assert [c.name for c in res.clusters] == ["original_dst", "clrk_extproc", "original_dst_tls"]
 
 
@@ -232,7 +225,7 @@ def _all_inputs() -> list[tuple[str, object]]:
     ("name", "loaded"), _all_inputs(), ids=lambda x: x if isinstance(x, str) else ""
 )
 def test_every_action_names_a_chain_and_every_chain_is_used(name, loaded) -> None:
-    for res in translate(loaded.resources, rejected=loaded.rejected).values():
+    for res in translate(compile_loaded(loaded).compiled).values():
         json.dumps(to_plain(res))  # JSON-able
         for lst in res.listeners:
             chains = _chain_names(lst)

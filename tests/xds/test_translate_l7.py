@@ -8,13 +8,13 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 )
 from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
-from hypothesis import given
-from hypothesis import strategies as st
 
 from clrk.api import load_text
+from clrk.policy.loaded import compile_loaded
+from clrk.wire import LISTENER_TAG, TAGGED_TLVS, ChainFacts, tlv_tag
 from clrk_xds import translate_l7 as l7
 from clrk_xds.__main__ import extproc_address
-from clrk_xds.translate import translate
+from clrk_xds.translate import terminate_leaves, translate
 
 API = "apiVersion: clrk.apoxy.dev/v1alpha1"
 GATEWAY = f"""{API}
@@ -57,7 +57,7 @@ spec:
 def _translate(policy: str = "deny-all", **kw):
     loaded = load_text(GATEWAY.replace("POLICY", policy) + ROUTES, "t.yaml")
     assert not loaded.errors, [f.line() for f in loaded.errors]
-    return translate(loaded.resources, rejected=loaded.rejected, **kw)["default/gw"]
+    return translate(compile_loaded(loaded).compiled, **kw)["default/gw"]
 
 
 def _chains(res, listener: str) -> dict:
@@ -84,8 +84,8 @@ def test_http_chain_runs_tlv_headers_ext_proc_strip_router() -> None:
     assert isinstance(ext, ExternalProcessor)
     assert ext.failure_mode_allow is False
     assert ext.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
-    facts = l7.ChainFacts.from_metadata((h.key, h.value) for h in ext.grpc_service.initial_metadata)
-    assert facts == l7.ChainFacts("default/gw", "web", "default/llm", 0)
+    facts = ChainFacts.from_metadata((h.key, h.value) for h in ext.grpc_service.initial_metadata)
+    assert facts == ChainFacts("default/gw", "web", "default/llm", 0)
     (vhost,) = hcm.route_config.virtual_hosts
     assert vhost.domains == ["*.openai.com", "api.anthropic.com"]
     assert vhost.routes[0].route.cluster == "original_dst"
@@ -104,7 +104,7 @@ def test_deny_policy_chain_on_l7_carries_status_and_message() -> None:
     chains, _ = _chains(_translate(), "term")
     hcm = _hcm(chains["deny/default/paste/rule/0"])
     ext = hcm.http_filters[1].typed_config.unpack()
-    facts = l7.ChainFacts.from_metadata((h.key, h.value) for h in ext.grpc_service.initial_metadata)
+    facts = ChainFacts.from_metadata((h.key, h.value) for h in ext.grpc_service.initial_metadata)
     assert (facts.deny_policy, facts.status, facts.message) == ("default/no-paste", 451, "nope")
 
 
@@ -176,7 +176,9 @@ def test_every_tcp_proxy_logs_to_extproc_on_connect_and_close() -> None:
             assert log.name == "envoy.access_loggers.tcp_grpc"
             common = log.typed_config.unpack().common_config
             assert common.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
-            assert {t.tag for t in common.custom_tags} == set(l7.TLV_TAGS)
+            tags = {t.tag: t.value for t in common.custom_tags}
+            assert set(tags) == {*map(tlv_tag, TAGGED_TLVS), LISTENER_TAG}
+            assert tags[LISTENER_TAG] == "tcp"
             assert proxy.access_log_options.flush_access_log_on_connected
 
 
@@ -200,33 +202,75 @@ def test_the_control_planes_extproc_option_takes_host_port_or_a_unix_socket() ->
     assert extproc_address("unix:/run/x.sock") == "/run/x.sock"
 
 
-names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30)
+LEAVES = f"""{API}
+kind: EgressGateway
+metadata: {{name: gw}}
+spec:
+  listeners:
+  - {{name: tcp-out, protocol: TCP}}
+  - {{name: term, protocol: TLS, tls: {{mode: Terminate}}}}
+  - {{name: pass, protocol: TLS}}
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: llm}}
+spec:
+  parentRefs: [{{name: gw, sectionName: term}}]
+  rules:
+  - matches:
+    - destinationHostnames: [api.example.com, "*.azure.example.com"]
+    - destinationHostnames: [api.example.com, b.example.com]
+      ports: [{{port: 443}}]
+    - destinationHostnames: [udp.example.com]
+      protocol: UDP
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: every-listener}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{matches: [{{destinationHostnames: [all.example.com]}}]}}]
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: passthrough-only, namespace: other}}
+spec:
+  parentRefs: [{{name: gw, namespace: default, sectionName: pass}}]
+  rules: [{{matches: [{{destinationHostnames: [pass.example.com]}}]}}]
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: cidr-only}}
+spec:
+  parentRefs: [{{name: gw, sectionName: term}}]
+  rules: [{{matches: [{{destinationCIDRs: [203.0.113.0/24]}}]}}]
+---
+{API}
+kind: EgressL4Route
+metadata: {{name: paste}}
+spec:
+  parentRefs: [{{name: gw, sectionName: term}}]
+  rules: [{{matches: [{{destinationHostnames: [paste.example.com]}}]}}]
+---
+{API}
+kind: EgressDenyPolicy
+metadata: {{name: no-paste}}
+spec:
+  targetRef: {{name: paste}}
+"""
 
 
-@given(
-    names,
-    names,
-    st.none() | names,
-    st.none() | st.integers(0, 99),
-    st.none() | names,
-    st.none() | st.integers(400, 599),
-    st.none() | st.text(min_size=1, max_size=80),
-)
-def test_facts_round_trip_through_ascii_metadata(gw, lst, route, rule, policy, status, msg):
-    facts = l7.ChainFacts(gw, lst, route, rule, policy, status, msg)
-    pairs = facts.metadata()
-    assert all(v.isascii() and v.isprintable() for _, v in pairs)
-    back = l7.ChainFacts.from_metadata(pairs)
-    assert (back.gateway, back.listener, back.route, back.rule) == (gw, lst, route, rule)
-    assert (back.deny_policy, back.status, back.message) == (policy, status, msg)
+def test_terminate_routes_get_leaves_named_by_route_with_their_tcp_hostnames() -> None:
+    policy = compile_loaded(load_text(LEAVES)).compiled.gateways[("default", "gw")]
+    assert terminate_leaves(policy) == {
+        "leaf/default/every-listener": ("all.example.com",),
+        # UDP names left out, repeated names once
+        "leaf/default/llm": ("api.example.com", "*.azure.example.com", "b.example.com"),
+        "leaf/default/paste": ("paste.example.com",),  # deny routes answer over TLS too
+    }  # a route without hostnames (cidr-only) has no name to put in a leaf
 
 
-def test_facts_without_gateway_or_with_bad_numbers_are_refused() -> None:
-    import pytest
-
-    with pytest.raises(ValueError):
-        l7.ChainFacts.from_metadata([("x-clrk-route", "a/b")])
-    with pytest.raises(ValueError):
-        l7.ChainFacts.from_metadata([("x-clrk-gateway", "a/b"), ("x-clrk-status", "4x3")])
-    facts = l7.ChainFacts.from_metadata([("x-clrk-gateway", b"a/b"), ("other", "1")])
-    assert facts == l7.ChainFacts("a/b", "")
+def test_no_terminate_listener_no_leaves() -> None:
+    text = LEAVES.replace("tls: {mode: Terminate}", "tls: {mode: Passthrough}")
+    policy = compile_loaded(load_text(text)).compiled.gateways[("default", "gw")]
+    assert terminate_leaves(policy) == {}

@@ -10,6 +10,7 @@ import socket
 import ssl
 
 from clrk.api import load_text
+from clrk.policy.loaded import compile_loaded
 from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
 from clrk_xds.consistency import CLUSTER, LISTENER, SECRET
 from clrk_xds.snapshot import Snapshot, SnapshotCache
@@ -57,7 +58,10 @@ def test_terminate_leaf_over_sds_over_ads(tmp_path) -> None:
     port = free_port()
     loaded = load_text(MANIFEST, "t.yaml")
     res = translate(
-        loaded.resources, base_port=port, always_blocked=(), leaf_secret=ca.leaf_secret
+        compile_loaded(loaded).compiled,
+        base_port=port,
+        always_blocked=(),
+        leaf_secret=ca.leaf_secret,
     )[NODE]
     snap = Snapshot.from_messages(res.listeners, res.clusters, res.secrets)
 

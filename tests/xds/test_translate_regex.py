@@ -3,7 +3,6 @@ subset (anchors, (?:), [a-b], {n}, (?i)) is the same as RE2's."""
 
 from __future__ import annotations
 
-import itertools
 import re
 
 import pytest
@@ -14,7 +13,6 @@ from clrk_xds.translate_regex import (
     MAX_PORT,
     hostname_regex,
     intersect_ranges,
-    merge_ranges,
     port_regex,
 )
 
@@ -68,15 +66,6 @@ def test_port_regex_readable_forms() -> None:
 def test_port_regex_refuses_empty_or_invalid(bad) -> None:
     with pytest.raises(ValueError):
         port_regex(bad)
-
-
-@given(intervals)
-def test_merge_ranges_covers_the_same_ports_without_overlap(ranges) -> None:
-    merged = merge_ranges(ranges)
-    for p in _edges(ranges):
-        assert _inside(p, merged) == _inside(p, ranges)
-    for (_, hi), (lo, _) in itertools.pairwise(merged):
-        assert hi + 1 < lo
 
 
 @given(intervals, intervals)

@@ -1,0 +1,202 @@
+"""The compiled policy on the wire: what the control plane encodes, the dialer decodes to
+a policy that decides the same, and a malformed or newer message is refused whole."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clrk.api import load_objects
+from clrk.policy import Agent, decide
+from clrk.policy.loaded import compile_loaded
+from clrk_runtime.policy_messages import (
+    SCHEMA,
+    PolicyDecodeError,
+    decode_policy,
+    encode_policy,
+    from_plain,
+    pb2,
+    policy_from_update,
+    policy_update,
+    to_plain,
+)
+from tests.conftest import EXAMPLES, compile_paths, compile_yaml
+from tests.policy.strategies import LABELS, connection, policy
+
+GW = """apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: gw}
+spec:
+  listeners:
+  - {name: tcp, protocol: TCP}
+  - {name: pass, protocol: TLS, port: 443}
+  - {name: dgram, protocol: UDP}
+  dns: {mode: Filtered, upstream: ["192.0.2.53:53", "[2001:db8::53]:5353"], minTTL: 2s}
+  upstreamTLS: {caBundle: /etc/ca.pem}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches:
+    - destinationHostnames: [api.example.com, "*.example.org"]
+      destinationCIDRs: [10.0.0.0/8, "2001:db8::/32"]
+      ports: [{port: 443}, {startPort: 8000, endPort: 8099}]
+      sourceAgents:
+        matchLabels: {team: a}
+        matchExpressions: [{key: tier, operator: NotIn, values: [dev, test]}]
+    - {protocol: UDP, destinationCIDRs: [192.0.2.0/24]}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressDenyPolicy
+metadata: {name: no-r}
+spec:
+  targetRef: {name: r}
+  denyResponse: {statusCode: 451, message: "not today"}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: a, labels: {team: a, tier: prod}}
+spec: {egressRefs: [{gatewayRef: gw}]}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: elsewhere}
+spec: {egressRefs: [{gatewayRef: other}]}
+"""
+
+
+def _policy():
+    return compile_yaml(GW).gateways[("default", "gw")]
+
+
+def _round_trip(policy):
+    wire = pb2.GatewayPolicy.FromString(encode_policy(policy).SerializeToString())
+    return decode_policy(wire)
+
+
+def test_every_field_survives_the_trip():
+    original = _policy()
+    back = _round_trip(original)
+    assert to_plain(back) == to_plain(original)
+    assert back.listeners == original.listeners
+    assert back.dns == original.dns and back.dns.upstream[1] == ("2001:db8::53", 5353)
+    assert dict(back.deny_responses) == dict(original.deny_responses)
+    assert back.upstream_ca_bundle == "/etc/ca.pem"
+    assert [a.name for a in back.agents] == ["a"]  # only the gateway's own agents travel
+    for mine, theirs in zip(back.matches, original.matches, strict=True):
+        for name in MatchFields:
+            if name != "listeners":
+                assert getattr(mine, name) == getattr(theirs, name), name
+        assert [lst.name for lst in mine.listeners] == [lst.name for lst in theirs.listeners]
+
+
+MatchFields = (
+    "route", "rule", "match", "order", "protocol", "hostnames", "networks", "ports",
+    "selector", "listeners", "deny_policy",
+)  # fmt: skip
+
+
+def test_the_plain_form_is_the_message_in_proto_json_and_reads_back():
+    plain = to_plain(_policy())
+    assert plain["listeners"][1] == {
+        "name": "pass",
+        "protocol": "PROTOCOL_TLS",
+        "tlsMode": "TLS_MODE_PASSTHROUGH",
+        "port": 443,
+    }
+    assert plain["matches"][0]["cidrs"] == ["10.0.0.0/8", "2001:db8::/32"]
+    assert to_plain(from_plain(plain)) == plain
+
+
+def test_every_example_gateway_decides_the_same_after_the_trip():
+    for ref, original in compile_paths(EXAMPLES).gateways.items():
+        assert to_plain(_round_trip(original)) == to_plain(original), ref
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    docs=policy(),
+    conns=st.lists(connection(), min_size=1, max_size=6),
+    labels=LABELS,
+)
+def test_random_policies_decide_the_same_after_the_trip(docs, conns, labels):
+    original = compile_loaded(load_objects(docs)).compiled.gateways[("default", "gw")]
+    back = _round_trip(original)
+    agent = Agent("default", "a", labels)
+    for conn in conns:
+        assert decide(back, agent, conn) == decide(original, agent, conn)
+
+
+def test_the_version_is_a_content_hash():
+    first = policy_update("default/gw", _policy())
+    assert first.schema == SCHEMA
+    assert policy_update("default/gw", _policy()).version == first.version
+    other = compile_yaml(GW.replace("451", "452")).gateways[("default", "gw")]
+    assert policy_update("default/gw", other).version != first.version
+    assert policy_update("default/gw", None).version != first.version
+
+
+def _broken(edit) -> pb2.GatewayPolicy:
+    msg = encode_policy(_policy())
+    edit(msg)
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda m: setattr(m, "ref", "gw"), "ref"),
+        (lambda m: setattr(m, "default_policy", 7), "default_policy: unknown value 7"),
+        (lambda m: setattr(m.listeners[0], "protocol", 9), "listeners[0].protocol"),
+        (lambda m: setattr(m.listeners[1], "name", "tcp"), "listeners[1].name"),
+        (lambda m: setattr(m.listeners[0], "tls_mode", 1), "listeners[0].tls_mode"),
+        (lambda m: setattr(m.listeners[0], "port", 70000), "not a port"),
+        (lambda m: m.matches[0].listeners.append("nowhere"), "no TCP listener 'nowhere'"),
+        (lambda m: m.matches[0].listeners.append("dgram"), "no TCP listener 'dgram'"),
+        (lambda m: setattr(m.matches[0], "protocol", 2), "not a transport"),
+        (lambda m: m.matches[0].cidrs.append("10.0.0.1/8"), "host bits set"),
+        (lambda m: m.matches[0].cidrs.append("not a net"), "cidrs"),
+        (lambda m: setattr(m.matches[0].ports[0], "low", 9000), "9000 > 443"),
+        (lambda m: m.matches[0].hostnames.append("API.example.com"), "hostnames"),
+        (lambda m: setattr(m.matches[0], "deny_policy", "default/x"), "no deny response"),
+        (lambda m: setattr(m.matches[0].selector.requirements[0], "operator", 9), "operator"),
+        (lambda m: m.matches[0].selector.requirements[1].ClearField("values"), "do not fit"),
+        (lambda m: setattr(m.deny_responses[0], "status_code", 200), "not 400..599"),
+        (lambda m: m.agents.append(m.agents[0]), "listed twice"),
+        (lambda m: setattr(m.dns, "mode", 0), "dns.mode"),
+        (lambda m: setattr(m.dns, "min_ttl_seconds", 1e9), "TTL bounds"),
+        (lambda m: setattr(m.dns.upstream[0], "address", "resolver"), "dns.upstream"),
+    ],
+)
+def test_a_malformed_policy_is_refused_with_a_reason(edit, says):
+    with pytest.raises(PolicyDecodeError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        decode_policy(_broken(edit))
+
+
+def test_an_update_of_another_schema_or_without_a_policy_is_refused():
+    update = policy_update("default/gw", _policy())
+    update.schema = SCHEMA + 1
+    with pytest.raises(PolicyDecodeError, match="schema"):
+        policy_from_update(update)
+    with pytest.raises(PolicyDecodeError, match="not defined or not accepted"):
+        policy_from_update(policy_update("default/gw", None))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_bytes_decode_to_a_policy_or_a_refusal_never_a_crash(data):
+    wire = bytearray(encode_policy(_policy()).SerializeToString())
+    for _ in range(data.draw(st.integers(1, 8))):
+        wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        msg = pb2.GatewayPolicy.FromString(bytes(wire))
+    except Exception:
+        return
+    with contextlib.suppress(PolicyDecodeError):
+        decode_policy(msg)
