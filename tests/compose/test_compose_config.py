@@ -88,7 +88,7 @@ def test_only_gateway_containers_mount_the_socket_volumes(config):
 
 def test_the_compose_bootstrap_is_the_template_on_a_unix_socket():
     ours = yaml.safe_load(ROOT.joinpath("envoy", "bootstrap-compose.yaml").read_text())
-    template = render_bootstrap("default/agents", "127.0.0.1", 18000, 9901)
+    template = render_bootstrap("default/agents", "unix:/run/clrk/xds/xds.sock", 9901)
     endpoint = ours["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
     assert endpoint["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": "/run/clrk/xds/xds.sock"}

@@ -77,7 +77,7 @@ def test_the_installed_code_uses_its_own_generated_modules_and_bootstrap_templat
     code = (
         "import clrk_runtime.protos as p, clrk_xds.envoy_process as e;"
         "print(p.load(p.ADMIN_MODULE).__file__); print(p.load().__file__);"
-        "print(e.BOOTSTRAP_TEMPLATE); print(e.render_bootstrap('default/gw', '127.0.0.1', 1, 2)"
+        "print(e.BOOTSTRAP_TEMPLATE); print(e.render_bootstrap('default/gw', '127.0.0.1:1', 2)"
         "['node']['id'])"
     )
     user = NOBODY if os.geteuid() == 0 else None
