@@ -10,6 +10,7 @@ from clrk import __version__
 from clrk_cli.apply import apply
 from clrk_cli.ca import ca
 from clrk_cli.check import check
+from clrk_cli.crds import crds
 from clrk_cli.get import get
 from clrk_cli.records import records
 from clrk_cli.run import run
@@ -32,6 +33,7 @@ def version() -> None:
 
 cli.add_command(validate)
 cli.add_command(check)
+cli.add_command(crds)
 cli.add_command(ca)
 cli.add_command(apply)
 cli.add_command(get)
