@@ -1,5 +1,9 @@
 """`python -m clrk_xds --manifests PATH --listen unix:PATH`: the control plane.
 
+`--provider kubernetes` reads the clrk custom objects of a cluster instead of files
+(in a pod through its service account, else a kubeconfig), and writes their status as
+the holder of a Lease.
+
 `--listen` takes a Unix socket (`unix:PATH`, whose directory must be its owner's alone)
 or `HOST:PORT`; a TCP listener needs mTLS (--tls-cert, --tls-key, --client-ca) or a
 bearer token (--token-file), else the control plane refuses to start."""
@@ -8,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 
 from clrk.nexthops import check_socket_dir, socket_dir_problem
 from clrk_runtime.grpc_auth import AuthError, ServerAuth, is_unix
@@ -26,7 +32,25 @@ def extproc_address(text: str) -> tuple[str, int] | str:
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m clrk_xds", description=__doc__)
     parser.add_argument(
-        "--manifests", action="append", required=True, help="file or directory (repeatable)"
+        "--manifests", action="append", default=[], help="file or directory (repeatable)"
+    )
+    parser.add_argument(
+        "--provider",
+        choices=("file", "kubernetes"),
+        default="file",
+        help="where the policy comes from: --manifests files, or a cluster's custom objects",
+    )
+    parser.add_argument("--kubeconfig", help="kubernetes: outside a pod, this kubeconfig")
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "clrk-system"),
+        help="kubernetes: namespace of the Lease that elects the status writer",
+    )
+    parser.add_argument("--lease-name", default="clrk-control-plane")
+    parser.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME", socket.gethostname()),
+        help="kubernetes: this replica's name in the Lease",
     )
     parser.add_argument(
         "--listen",
@@ -74,6 +98,13 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup(args.log_level)
+    factory = None
+    if args.provider == "kubernetes":
+        if args.manifests or args.applied_dir:
+            parser.error("--provider kubernetes reads no --manifests and has no --applied-dir")
+        factory = _kubernetes(args)
+    elif not args.manifests:
+        parser.error("--manifests is required (or --provider kubernetes)")
     auth = ServerAuth(args.token_file, args.tls_cert, args.tls_key, args.client_ca)
     try:
         for address in args.listen:
@@ -108,9 +139,19 @@ def cli(argv: list[str] | None = None) -> None:
             args.records,
             args.state_dir,
             auth,
+            factory,
             **options,
         )
     )
+
+
+def _kubernetes(args: argparse.Namespace):
+    from clrk_xds.k8s_lease import LeaseElector
+    from clrk_xds.provider_kubernetes import api_client, provider_factory
+
+    api = api_client(args.kubeconfig)
+    elector = LeaseElector(api, args.lease_namespace, args.lease_name, args.identity)
+    return provider_factory(api, elector)
 
 
 if __name__ == "__main__":

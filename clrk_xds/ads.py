@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -74,6 +74,8 @@ class AdsServer:
         self._status: dict[str, dict[str, TypeStatus]] = {}
         # (node, type_url) -> responses sent: how a resend loop would show.
         self.sent: Counter[tuple[str, str]] = Counter()
+        # Called with the node id after each ACK or NACK (status depends on them).
+        self.on_status: list[Callable[[str], None]] = []
 
     def status(self, node_id: str) -> dict[str, TypeStatus]:
         """type_url -> last ACKed version and last NACKed version with Envoy's message."""
@@ -108,6 +110,9 @@ class AdsServer:
                 version=version,
                 error=message,
             )
+        if kind in (Kind.ACK, Kind.NACK):
+            for callback in self.on_status:
+                callback(node_id)
 
     async def _stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext

@@ -23,7 +23,7 @@ from clrk_xds.ads import AdsServer
 from clrk_xds.ca import GatewayCA
 from clrk_xds.certs import SECRET_PREFIX, LeafCertificates, to_envoy_secret
 from clrk_xds.policy_stream import PolicyHub, PolicyStreamServer
-from clrk_xds.provider import FileProvider, Translator, default_translator
+from clrk_xds.provider import FileProvider, Provider, Translator, default_translator
 from clrk_xds.snapshot import SnapshotCache
 from clrk_xds.status_http import serve_status, status_document
 
@@ -47,6 +47,9 @@ class ControlPlane:
     leaves: LeafCertificates | None = None  # TLS Terminate leaves, renewed before expiry
     records_path: str | None = None  # the records file the admin API streams from
     auth: grpc_auth.ServerAuth | None = None  # of the TCP listeners
+    # Another source than the files (Kubernetes): makes the provider from the cache,
+    # the hub, the translator and the ADS server (whose ACKs status reports).
+    provider_factory: Callable[..., Provider] | None = None
 
     def __post_init__(self) -> None:
         self.listens = [self.listen] if isinstance(self.listen, str) else list(self.listen)
@@ -59,13 +62,18 @@ class ControlPlane:
             self.manifests = with_applied_dir(self.manifests, self.applied_dir)
         self.ads = AdsServer(self.cache)
         self.policy = PolicyStreamServer(self.hub)
-        self.provider = FileProvider(
-            self.cache,
-            self.hub,
-            self.translator,
-            paths=self.manifests,
-            debounce_ms=self.debounce_ms,
-        )
+        if self.provider_factory is not None:
+            if self.applied_dir is not None:
+                raise ValueError("the admin API's apply stores files: not with another provider")
+            self.provider = self.provider_factory(self.cache, self.hub, self.translator, self.ads)
+        else:
+            self.provider = FileProvider(
+                self.cache,
+                self.hub,
+                self.translator,
+                paths=self.manifests,
+                debounce_ms=self.debounce_ms,
+            )
         # The admin API needs somewhere to store what it applies.
         self.admin = (
             AdminServer(self.provider, self.applied_dir, self.records_path)
@@ -168,6 +176,7 @@ async def main(
     records_path: str | None = None,
     state_dir: str | None = None,
     auth: grpc_auth.ServerAuth | None = None,
+    provider_factory: Callable[..., Provider] | None = None,
     **translate_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate."""
@@ -188,5 +197,6 @@ async def main(
         records_path=records_path,
         leaves=leaves,
         auth=auth,
+        provider_factory=provider_factory,
     )
     await plane.serve(stop)

@@ -1,0 +1,113 @@
+"""Leader election on a coordination.k8s.io/v1 Lease: which replica writes status.
+
+Every replica serves; only the holder of the Lease writes status, so two replicas
+never fight over it.  One round (`campaign`) reads the Lease and then creates it,
+renews it (the holder), or takes it over once it expired; every write carries the
+resourceVersion read, so of two replicas racing the API server lets one win (409 for
+the other).  Expiry is judged on the reader's clock against renewTime, as client-go
+does; replicas whose clocks differ by more than a lease duration could both think they
+hold it for that long.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from clrk_runtime.logs import fields
+
+log = logging.getLogger("clrk_xds.k8s_lease")
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class LeaseElector:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration_seconds: int = 15,
+    ) -> None:
+        self.coordination = client.CoordinationV1Api(api)
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.duration = duration_seconds
+        self.leader = False
+
+    def _spec(self, now: datetime.datetime, transitions: int, acquired=None) -> client.V1LeaseSpec:
+        return client.V1LeaseSpec(
+            holder_identity=self.identity,
+            lease_duration_seconds=self.duration,
+            acquire_time=acquired or now,
+            renew_time=now,
+            lease_transitions=transitions,
+        )
+
+    def campaign(self) -> bool:
+        """One round; True if this replica holds the Lease afterwards."""
+        was = self.leader
+        try:
+            self.leader = self._round()
+        except ApiException as exc:
+            self.leader = False
+            if exc.status != 409:  # 409: another replica wrote first, it leads
+                log.warning("lease.error", extra=fields(status=exc.status, reason=exc.reason))
+        except Exception as exc:  # unreachable API server: stop writing status
+            self.leader = False
+            log.warning("lease.error", extra=fields(error=str(exc)))
+        if self.leader != was:
+            log.info(
+                "lease.leader" if self.leader else "lease.follower",
+                extra=fields(lease=f"{self.namespace}/{self.name}", identity=self.identity),
+            )
+        return self.leader
+
+    def _round(self) -> bool:
+        now = _now()
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            body = client.V1Lease(
+                metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
+                spec=self._spec(now, 0),
+            )
+            self.coordination.create_namespaced_lease(self.namespace, body)
+            return True
+        spec = lease.spec or client.V1LeaseSpec()
+        holder = spec.holder_identity
+        if holder == self.identity:
+            lease.spec = self._spec(now, spec.lease_transitions or 0, spec.acquire_time)
+        else:
+            renewed = spec.renew_time or spec.acquire_time
+            duration = spec.lease_duration_seconds or self.duration
+            if holder and renewed is not None:
+                if renewed.tzinfo is None:
+                    renewed = renewed.replace(tzinfo=datetime.UTC)
+                if now < renewed + datetime.timedelta(seconds=duration):
+                    return False  # held and not expired
+            lease.spec = self._spec(now, (spec.lease_transitions or 0) + 1)
+        # resourceVersion from the read: a concurrent writer makes this a 409
+        self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+        return True
+
+    def release(self) -> None:
+        """Give the Lease up on a clean stop, so another replica need not wait."""
+        if not self.leader:
+            return
+        self.leader = False
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec is not None and lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                lease.spec.renew_time = None
+                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+        except Exception as exc:
+            log.warning("lease.release_failed", extra=fields(error=str(exc)))

@@ -1,0 +1,127 @@
+"""List, then watch, one kind of custom object, in a thread of its own.
+
+The official client is synchronous, so each kind's watch runs in a thread and hands
+what it sees to the event loop (`emit`):
+
+- `("LIST", kind, items)` after every list: the whole current set of that kind, which
+  replaces what the consumer held (after a `410 Gone` nothing is lost or doubled);
+- `(type, kind, object)` for each ADDED, MODIFIED or DELETED event.
+
+A watch resumes from the last resourceVersion it saw, bookmarks included (they move
+it on without an object); a `410 Gone` (that version is compacted away) relists; any
+other error (the API server restarting, a dropped connection) waits with exponential
+backoff and jitter, then resumes from where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from clrk_runtime.logs import fields
+
+log = logging.getLogger("clrk_xds.k8s_watch")
+
+Emit = Callable[[tuple[str, str, object]], None]
+
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
+
+
+class KindWatcher:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        group: str,
+        version: str,
+        kind: str,
+        plural: str,
+        emit: Emit,
+        *,
+        watch_timeout: int = 300,
+        backoff_max: float = BACKOFF_MAX,
+    ) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.group, self.version, self.kind, self.plural = group, version, kind, plural
+        self.emit = emit
+        self.watch_timeout = watch_timeout  # the server ends a watch after this; resumed
+        self.backoff_max = backoff_max
+        self.resource_version: str | None = None
+        self.lists = 0  # how many times it listed: 1 + relists after 410
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+        self._thread = threading.Thread(target=self._run, name=f"watch-{plural}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if (w := self._watch) is not None:
+            w.stop()  # shuts the socket down: the blocked read returns
+        self._thread.join(timeout=5)
+
+    def _timeout(self) -> tuple[float, float]:
+        # connect, read: a read may wait a whole watch, and a little more
+        return (5.0, self.watch_timeout + 15.0)
+
+    def _list(self) -> None:
+        listed = self.custom.list_cluster_custom_object(
+            self.group, self.version, self.plural, _request_timeout=self._timeout()
+        )
+        self.resource_version = listed["metadata"]["resourceVersion"]
+        self.lists += 1
+        self.emit(("LIST", self.kind, listed.get("items", [])))
+
+    def _watch_once(self) -> None:
+        w = self._watch = watch.Watch()
+        try:
+            for event in w.stream(
+                self.custom.list_cluster_custom_object,
+                self.group,
+                self.version,
+                self.plural,
+                resource_version=self.resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self.watch_timeout,
+                _request_timeout=self._timeout(),
+            ):
+                if self._stop.is_set():
+                    return
+                if w.resource_version is not None:
+                    self.resource_version = w.resource_version  # bookmarks move it too
+                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    self.emit((event["type"], self.kind, event["raw_object"]))
+        finally:
+            self._watch = None
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._stop.is_set():
+            fresh = self.resource_version is None
+            try:
+                if fresh:
+                    self._list()
+                self._watch_once()
+                delay = BACKOFF_FIRST
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("k8s.relist", extra=fields(kind=self.kind, reason="410 Gone"))
+                    self.resource_version = None
+                    if fresh:  # gone right after a list: do not spin on the server
+                        delay = self._pause(delay, "410 Gone right after a list")
+                    continue
+                delay = self._pause(delay, f"{exc.status} {exc.reason}")
+            except Exception as exc:  # a dropped connection, a restarting API server
+                if self._stop.is_set():
+                    return
+                delay = self._pause(delay, f"{type(exc).__name__}: {exc}")
+
+    def _pause(self, delay: float, error: str) -> float:
+        log.warning("k8s.watch_error", extra=fields(kind=self.kind, error=error, retry_in=delay))
+        self._stop.wait(delay * random.uniform(0.8, 1.2))
+        return min(delay * 2, self.backoff_max)

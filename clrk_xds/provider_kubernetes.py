@@ -1,0 +1,349 @@
+"""The Kubernetes provider: the clrk custom objects of a cluster, listed and watched,
+through the same pipeline as files, with status written back.
+
+Each kind is listed and then watched (`k8s_watch.KindWatcher`).  After the first list
+of every kind, and after every burst of events since, the whole set of objects is
+decoded into documents (name, namespace, labels, spec: what the loader reads) and goes
+`load_documents` -> `plan` -> `Provider.apply`, exactly as files do; an invalid set
+keeps the last good policy.  An event that changes no document (a status write, a
+resourceVersion) changes nothing.
+
+Status (Accepted, Programmed, observedGeneration, `k8s_status`) is written through the
+status subresource, only where it differs from what the object holds, and only by the
+replica holding the Lease (`k8s_lease`); every replica serves.  Programmed counts the
+ACKs of the Envoys connected to the writing replica: an Envoy connected only to another
+replica is not seen (see docs/kubernetes.md).
+
+Cross-namespace references: a route may name a gateway in another namespace
+(parentRefs[].namespace) and an agent `namespace/name` in gatewayRef, as with files;
+there is no allowedRoutes-style consent by the gateway's namespace yet, so whoever may
+create routes in any namespace may attach them to any gateway (grant create on these
+kinds accordingly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from clrk.api import load_documents
+from clrk.api.crds import VERSION, plural
+from clrk.api.resources import GROUP, SPEC_MODELS, Source
+from clrk_runtime.logs import fields
+from clrk_xds.consistency import CLUSTER, LISTENER
+from clrk_xds.k8s_lease import LeaseElector
+from clrk_xds.k8s_status import Ack, Key, desired_conditions, same_status, status_body
+from clrk_xds.k8s_watch import KindWatcher
+from clrk_xds.provider import Plan, Provider, plan
+
+log = logging.getLogger("clrk_xds.provider_kubernetes")
+
+LEASE_RETRY_SECONDS = 2.0
+
+
+def key_of(obj: Mapping) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(obj.get("kind")), str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def policy_document(obj: Mapping) -> dict:
+    """What of an object the loader reads: server-managed fields and status carry no
+    policy, and leaving them out makes a status write no change of the set."""
+    meta = obj.get("metadata") or {}
+    doc = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta},
+    }
+    if "spec" in obj:
+        doc["spec"] = obj["spec"]
+    return doc
+
+
+def source_of(key: Key) -> Source:
+    kind, namespace, name = key
+    return Source(f"kubernetes:{namespace}/{plural(kind)}/{name}", 1)
+
+
+@dataclass
+class KubernetesProvider(Provider):
+    api: client.ApiClient | None = None
+    kinds: tuple[str, ...] = tuple(SPEC_MODELS)
+    # node id -> {type_url: TypeStatus} (AdsServer.status); None: in force is programmed
+    ads_status: Callable[[str], Mapping] | None = None
+    elector: LeaseElector | None = None  # None: this replica writes status
+    debounce_ms: int = 50
+    watch_timeout: int = 300
+    backoff_max: float = 30.0
+    lease_retry: float = LEASE_RETRY_SECONDS
+    status_writes: int = field(default=0, init=False)
+    _objects: dict[Key, dict] = field(default_factory=dict, init=False)
+    _listed: set[str] = field(default_factory=set, init=False)
+    _documents: dict[Key, dict] = field(default_factory=dict, init=False)
+    _in_force: dict[Key, dict] = field(default_factory=dict, init=False)
+    _plan: Plan | None = field(default=None, init=False)
+    _dirty: asyncio.Event | None = field(default=None, init=False)
+    watchers: list[KindWatcher] = field(default_factory=list, init=False)
+
+    # --- the set ---------------------------------------------------------------------
+
+    def _handle(self, item: tuple[str, str, object]) -> None:
+        what, kind, payload = item
+        if what == "LIST":
+            for key in [k for k in self._objects if k[0] == kind]:
+                del self._objects[key]
+            for obj in payload:  # type: ignore[union-attr]
+                obj = {"kind": kind, **obj}  # list items may leave the kind out
+                self._objects[key_of(obj)] = obj
+            self._listed.add(kind)
+        elif what == "DELETED":
+            self._objects.pop(key_of(payload), None)  # type: ignore[arg-type]
+        else:
+            self._objects[key_of(payload)] = payload  # type: ignore[index]
+
+    @property
+    def synced(self) -> bool:
+        return self._listed >= set(self.kinds)
+
+    async def reload(self) -> bool:
+        """Plan the objects held now and install them if valid; True if a new set is
+        in force.  Nothing happens before every kind has been listed once."""
+        if not self.synced:
+            return False
+        documents = {key: policy_document(obj) for key, obj in sorted(self._objects.items())}
+        if self._plan is not None and documents == self._documents:
+            return False
+        assert self.translator is not None
+        load = load_documents((source_of(key), doc) for key, doc in documents.items())
+        new = await asyncio.to_thread(plan, load, self.translator)
+        applied = self.apply(new)
+        self._documents, self._plan = documents, new
+        if not new.blocked:
+            self._in_force = documents
+        self.poke()
+        return applied
+
+    # --- status ----------------------------------------------------------------------
+
+    def poke(self, *_: object) -> None:
+        """Something status depends on changed (a plan, an ACK, the Lease)."""
+        if self._dirty is not None:
+            self._dirty.set()
+
+    def _ack(self, node: str) -> Ack:
+        if self.ads_status is None:
+            return Ack("acked")
+        snap = self.cache.get(node)
+        if snap is None:
+            return Ack("pending")
+        by_type = self.ads_status(node)
+        for type_url in (CLUSTER, LISTENER):
+            want = snap.version_of(type_url)
+            got = by_type.get(type_url)
+            if got is not None and got.acked_version == want:
+                continue
+            if got is not None and got.nacked_version == want:
+                return Ack("nacked", got.nack_message or "rejected")
+            return Ack("pending")
+        return Ack("acked")
+
+    def _is_in_force(self, key: Key) -> bool:
+        doc = self._documents.get(key)
+        return doc is not None and self._in_force.get(key) == doc
+
+    def due_statuses(self) -> list[tuple[dict, dict]]:
+        """(object, status to write) wherever the object's status differs."""
+        if self._plan is None:
+            return []
+        out = []
+        desired = desired_conditions(self._plan, self._is_in_force, self._ack)
+        for key, conds in sorted(desired.items()):
+            obj = self._objects.get(key)
+            if obj is None:
+                continue
+            generation = (obj.get("metadata") or {}).get("generation") or 0
+            body = status_body(conds, generation, obj.get("status"))
+            if not same_status(obj.get("status"), body):
+                out.append((obj, body))
+        return out
+
+    def _write(self, obj: dict, status: dict) -> dict | None:
+        """PUT the status with the object's resourceVersion; on a 409 once more on a
+        fresh read of the same generation.  The object as the server returns it."""
+        custom = client.CustomObjectsApi(self.api)
+        kind, namespace, name = key_of(obj)
+        for _ in range(2):
+            body = copy.deepcopy(obj)
+            body["status"] = status
+            try:
+                written = custom.replace_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural(kind), name, body
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None  # deleted meanwhile
+                if exc.status != 409:
+                    raise
+                fresh = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural(kind), name
+                )
+                same_generation = (fresh.get("metadata") or {}).get("generation") == (
+                    obj.get("metadata") or {}
+                ).get("generation")
+                if not same_generation or same_status(fresh.get("status"), status):
+                    return fresh  # a newer edit gets its own status; or nothing to do
+                obj = fresh
+                continue
+            self.status_writes += 1
+            log.info(
+                "k8s.status_written",
+                extra=fields(object=f"{kind} {namespace}/{name}", status=status),
+            )
+            return written
+        return None
+
+    def _write_all(self, due: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+        """(object written from, object the server returned) of each write done."""
+        out = []
+        for obj, status in due:
+            try:
+                written = self._write(obj, status)
+            except Exception as exc:  # the next change or ACK tries again
+                log.warning("k8s.status_failed", extra=fields(error=str(exc)))
+                continue
+            if written is not None:
+                out.append((obj, written))
+        return out
+
+    def writes_status(self) -> bool:
+        return self.elector is None or self.elector.leader
+
+    async def _status_loop(self) -> None:
+        assert self._dirty is not None
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.debounce_ms / 1000)  # a burst of ACKs: one pass
+            self._dirty.clear()
+            if not self.writes_status():
+                continue
+            due = self.due_statuses()
+            if not due:
+                continue
+            for before, written in await asyncio.to_thread(self._write_all, due):
+                key = key_of(before)
+                held = self._objects.get(key)
+                # Unless a watch event came meanwhile (ours, or a newer edit), hold what
+                # was written: the next pass must not write it again.
+                if held is not None and _rv(held) == _rv(before):
+                    self._objects[key] = {"kind": key[0], **written}
+
+    async def _lease_loop(self) -> None:
+        assert self.elector is not None
+        while True:
+            was = self.elector.leader
+            if await asyncio.to_thread(self.elector.campaign) and not was:
+                self.poke()  # a new writer checks every object once
+            await asyncio.sleep(self.lease_retry)
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Watch every kind until `stop` is set; reload after every burst of changes."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, str, object]] = asyncio.Queue()
+        self._dirty = asyncio.Event()
+
+        def emit(item: tuple[str, str, object]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self.watchers = [
+            KindWatcher(
+                self.api,
+                GROUP,
+                VERSION,
+                kind,
+                plural(kind),
+                emit,
+                watch_timeout=self.watch_timeout,
+                backoff_max=self.backoff_max,
+            )
+            for kind in self.kinds
+        ]
+        for watcher in self.watchers:
+            watcher.start()
+        tasks = [asyncio.create_task(self._status_loop())]
+        if self.elector is not None:
+            tasks.append(asyncio.create_task(self._lease_loop()))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                getting = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait(
+                    {getting, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getting not in done:
+                    getting.cancel()
+                    break
+                self._handle(getting.result())
+                await asyncio.sleep(self.debounce_ms / 1000)
+                while not queue.empty():
+                    self._handle(queue.get_nowait())
+                await self.reload()
+        finally:
+            stopping.cancel()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.watchers))
+            if self.elector is not None:
+                await asyncio.to_thread(self.elector.release)
+
+
+def _rv(obj: Mapping) -> object:
+    """resourceVersion: opaque, compared for equality only."""
+    return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+def api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In a pod, its service account; else the kubeconfig (`--kubeconfig` or the
+    default one, `$KUBECONFIG` or ~/.kube/config)."""
+    import os
+
+    from kubernetes import config
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config(config_file=kubeconfig)
+    return client.ApiClient()
+
+
+def provider_factory(
+    api: client.ApiClient, elector: LeaseElector | None = None, **options: object
+) -> Callable[..., KubernetesProvider]:
+    """`ControlPlane.provider_factory` of a Kubernetes provider whose status counts the
+    ACKs of that control plane's ADS server."""
+
+    def make(cache, hub, translator, ads) -> KubernetesProvider:
+        provider = KubernetesProvider(
+            cache,
+            hub,
+            translator,
+            api=api,
+            ads_status=ads.status,
+            elector=elector,
+            **options,  # type: ignore[arg-type]
+        )
+        ads.on_status.append(provider.poke)
+        return provider
+
+    return make

@@ -1,0 +1,507 @@
+"""A fake Kubernetes API server, speaking the real REST and watch wire protocol.
+
+It stands in for a cluster because none can run on these machines (no container
+runtime, no kubelet, no etcd).  What it implements is what the Kubernetes provider
+and the official client rely on, over real HTTP/1.1:
+
+- custom objects of the clrk CRDs, checked against the CRD's schema at admission
+  (422 Invalid), and coordination.k8s.io/v1 Leases;
+- list (cluster-wide or per namespace) with the list's resourceVersion;
+- watch from a resourceVersion as a chunked stream of JSON events, bookmarks when
+  asked for (`allowWatchBookmarks`), timeoutSeconds, and `410 Gone` (an ERROR event
+  with an Expired Status) for a version compacted away;
+- create, update (PUT, 409 Conflict on a stale resourceVersion, metadata.generation
+  bumped on a spec change), the status subresource (only status changes; 409 too),
+  delete;
+- `restart()`: the listener and every open watch go away and come back on the same
+  port, the objects stay (etcd would keep them).
+
+It does not evaluate CEL rules, run defaulting, pruning or server-side apply, or
+authenticate; a real cluster is the place to try those first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import json
+import socket
+import threading
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from clrk.api.crds import all_crds
+from tests.k8s.openapi_check import problems
+
+LEASES = ("coordination.k8s.io", "v1", "leases")
+
+ResourceKey = tuple[str, str, str]  # group, version, plural
+ObjectKey = tuple[str, str, str, str, str]  # group, version, plural, namespace, name
+
+
+def _status(code: int, reason: str, message: str) -> dict:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+class _Store:
+    """The objects and their history (what etcd would keep)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.rv = 100
+        self.objects: dict[ObjectKey, dict] = {}
+        self.events: list[tuple[int, ResourceKey, str, dict]] = []
+        self.oldest = 0  # a watch from before this resourceVersion gets 410 Gone
+        self.epoch = 0  # bumped to end every open watch (restart, expiry)
+        self.expire_epoch = 0  # open watches of an older one end with 410
+        self.bookmarks = 0  # bumped to send a bookmark on every open watch
+        self.status_writes: Counter[tuple[str, str, str]] = Counter()
+        self.kinds: dict[ResourceKey, tuple[str, dict | None]] = {}
+        for crd in all_crds().values():
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                key = (spec["group"], version["name"], spec["names"]["plural"])
+                self.kinds[key] = (spec["names"]["kind"], version["schema"]["openAPIV3Schema"])
+        self.kinds[LEASES] = ("Lease", None)
+
+    def bump(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    def record(self, res: ResourceKey, kind: str, obj: dict) -> None:
+        self.events.append((int(obj["metadata"]["resourceVersion"]), res, kind, copy.deepcopy(obj)))
+        self.cond.notify_all()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            data = json.loads(self.rfile.read(length) or b"null")
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _route(self):
+        """(resource, namespace, name, subresource, query) or None."""
+        url = urlsplit(self.path)
+        parts = [p for p in url.path.split("/") if p]
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if len(parts) < 4 or parts[0] != "apis":
+            return None
+        group, version, rest = parts[1], parts[2], parts[3:]
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        res = (group, version, rest[0])
+        if res not in self.server.store.kinds or len(rest) > 3:
+            return None
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        return res, namespace, name, sub, query
+
+    def _dispatch(self, method: str) -> None:
+        self.server.requests.append((method, self.path))
+        route = self._route()
+        if route is None:
+            self._send(404, _status(404, "NotFound", f"no route {self.path}"))
+            return
+        res, namespace, name, sub, query = route
+        if sub not in (None, "status") or (sub == "status" and res == LEASES):
+            self._send(404, _status(404, "NotFound", f"no subresource {sub}"))
+            return
+        handler = getattr(self, f"_{method.lower()}")
+        handler(res, namespace, name, sub, query)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # --- verbs -----------------------------------------------------------------------
+
+    def _get(self, res, namespace, name, sub, query) -> None:
+        store = self.server.store
+        if name is None:
+            if query.get("watch") in ("true", "1"):
+                self._watch(res, namespace, query)
+                return
+            with store.cond:
+                items = [
+                    copy.deepcopy(obj)
+                    for key, obj in sorted(store.objects.items())
+                    if key[:3] == res and namespace in (None, key[3])
+                ]
+                kind = store.kinds[res][0]
+                self._send(
+                    200,
+                    {
+                        "apiVersion": f"{res[0]}/{res[1]}",
+                        "kind": f"{kind}List",
+                        "metadata": {"resourceVersion": str(store.rv)},
+                        "items": items,
+                    },
+                )
+            return
+        with store.cond:
+            obj = store.objects.get((*res, namespace or "", name))
+            if obj is None:
+                self._send(404, _status(404, "NotFound", f"{res[2]} {name!r} not found"))
+            else:
+                self._send(200, copy.deepcopy(obj))
+
+    def _admit(self, res: ResourceKey, obj: dict) -> list[str]:
+        schema = self.server.store.kinds[res][1]
+        if schema is None:
+            return []
+        body = {k: v for k, v in obj.items() if k != "status"}
+        return problems(body, schema)
+
+    def _post(self, res, namespace, name, sub, query) -> None:
+        store = self.server.store
+        obj = self._body()
+        if obj is None or namespace is None or name is not None:
+            self._send(400, _status(400, "BadRequest", "a JSON object in a namespace"))
+            return
+        meta = obj.setdefault("metadata", {})
+        meta["namespace"] = namespace
+        if found := self._admit(res, obj):
+            self._send(422, _status(422, "Invalid", "; ".join(found)))
+            return
+        with store.cond:
+            key = (*res, namespace, meta.get("name", ""))
+            if key in store.objects:
+                self._send(409, _status(409, "AlreadyExists", f"{key[4]!r} already exists"))
+                return
+            if store.kinds[res][1] is not None:
+                obj.pop("status", None)  # the status subresource owns it
+                meta["generation"] = 1
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+            meta["resourceVersion"] = str(store.bump())
+            store.objects[key] = obj
+            store.record(res, "ADDED", obj)
+            self._send(201, copy.deepcopy(obj))
+
+    def _put(self, res, namespace, name, sub, query) -> None:
+        store = self.server.store
+        obj = self._body()
+        if obj is None or namespace is None or name is None:
+            self._send(400, _status(400, "BadRequest", "a JSON object, named"))
+            return
+        if sub is None and (found := self._admit(res, obj)):
+            self._send(422, _status(422, "Invalid", "; ".join(found)))
+            return
+        with store.cond:
+            key = (*res, namespace, name)
+            old = store.objects.get(key)
+            if old is None:
+                self._send(404, _status(404, "NotFound", f"{name!r} not found"))
+                return
+            given = (obj.get("metadata") or {}).get("resourceVersion")
+            if given and given != old["metadata"]["resourceVersion"]:
+                self._send(
+                    409,
+                    _status(
+                        409,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the "
+                        "latest version and try again",
+                    ),
+                )
+                return
+            new = copy.deepcopy(old)
+            if sub == "status":
+                new["status"] = obj.get("status")
+            elif store.kinds[res][1] is None:  # a Lease: the whole object
+                new = {**obj, "metadata": {**old["metadata"], **obj.get("metadata", {})}}
+            else:
+                meta = obj.get("metadata") or {}
+                for field in ("labels", "annotations"):
+                    if field in meta:
+                        new["metadata"][field] = meta[field]
+                    else:
+                        new["metadata"].pop(field, None)
+                new["spec"] = obj.get("spec")
+                if new.get("spec") != old.get("spec"):
+                    new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+            if new == old:  # a no-op update: no new version, no event
+                self._send(200, copy.deepcopy(old))
+                return
+            new["metadata"]["resourceVersion"] = str(store.bump())
+            store.objects[key] = new
+            if sub == "status":
+                store.status_writes[(res[2], namespace, name)] += 1
+            store.record(res, "MODIFIED", new)
+            self._send(200, copy.deepcopy(new))
+
+    def _delete(self, res, namespace, name, sub, query) -> None:
+        store = self.server.store
+        with store.cond:
+            old = store.objects.pop((*res, namespace or "", name or ""), None)
+            if old is None:
+                self._send(404, _status(404, "NotFound", f"{name!r} not found"))
+                return
+            old["metadata"]["resourceVersion"] = str(store.bump())
+            store.record(res, "DELETED", old)
+            self._send(200, copy.deepcopy(old))
+
+    # --- watch -----------------------------------------------------------------------
+
+    def _chunk(self, event: dict) -> None:
+        data = json.dumps(event).encode() + b"\n"
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _watch(self, res: ResourceKey, namespace: str | None, query: dict) -> None:
+        store = self.server.store
+        kind = store.kinds[res][0]
+        since = int(query.get("resourceVersion") or 0)
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        with store.cond:
+            epoch, expire, marks = store.epoch, store.expire_epoch, store.bookmarks
+            gone = since < store.oldest
+        if gone:
+            self._chunk(
+                {
+                    "type": "ERROR",
+                    "object": _status(
+                        410, "Expired", f"too old resource version: {since} ({store.oldest})"
+                    ),
+                }
+            )
+            self._end()
+            return
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.start()
+        last = since
+        try:
+            while True:
+                with store.cond:
+                    store.cond.wait_for(
+                        lambda marks=marks, last=last: (
+                            store.epoch != epoch
+                            or store.expire_epoch != expire
+                            or store.bookmarks != marks
+                            or deadline.is_set()
+                            or (store.events and store.events[-1][0] > last)
+                        ),
+                        timeout=0.5,
+                    )
+                    if store.epoch != epoch:
+                        self._abort()  # the server went away: no clean end
+                        return
+                    if store.expire_epoch != expire:
+                        self._chunk({"type": "ERROR", "object": _status(410, "Expired", "expired")})
+                        break
+                    batch = [
+                        (rv, t, obj)
+                        for rv, r, t, obj in store.events
+                        if rv > last and r == res
+                        and namespace in (None, obj["metadata"].get("namespace"))
+                    ]  # fmt: skip
+                    last = max([last, *(e[0] for e in store.events)])
+                    send_mark = bookmarks and store.bookmarks != marks
+                    marks = store.bookmarks
+                    current = store.rv
+                for _rv, event_type, obj in batch:
+                    self._chunk({"type": event_type, "object": obj})
+                if send_mark:
+                    self._chunk(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "apiVersion": f"{res[0]}/{res[1]}",
+                                "kind": kind,
+                                "metadata": {"resourceVersion": str(current)},
+                            },
+                        }
+                    )
+                if deadline.is_set():
+                    break
+            self._end()
+        except OSError:
+            return
+        finally:
+            timer.cancel()
+
+    def _end(self) -> None:
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+    def _abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, store: _Store, requests: list) -> None:
+        self.store = store
+        self.requests = requests
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()  # kept-alive ones too
+        super().__init__(address, _Handler)
+
+    def close_connections(self) -> None:
+        with self.lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+
+class FakeApiServer:
+    """Start with `start()` (or as a context manager); `url` is what a client uses."""
+
+    def __init__(self) -> None:
+        self.store = _Store()
+        self.requests: list[tuple[str, str]] = []
+        self.port = 0
+        self._http: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeApiServer:
+        self._http = _HTTPServer(("127.0.0.1", self.port), self.store, self.requests)
+        self.port = self._http.server_address[1]
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._http is None:
+            return
+        with self.store.cond:
+            self.store.epoch += 1  # every open watch ends, abruptly
+            self.store.cond.notify_all()
+        self._http.shutdown()
+        self._http.server_close()
+        self._http.close_connections()
+        self._http = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> FakeApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what a test does to the "cluster" -------------------------------------------
+
+    def compact(self) -> int:
+        """Forget the history so far: a watch from an older version gets 410 Gone.
+        Returns the oldest version still watchable."""
+        with self.store.cond:
+            self.store.oldest = self.store.rv
+            self.store.events = []
+            return self.store.oldest
+
+    def expire_watches(self) -> None:
+        """End every open watch with 410 Gone, as after a compaction."""
+        with self.store.cond:
+            self.store.expire_epoch += 1
+            self.store.cond.notify_all()
+
+    def drop_watches(self) -> None:
+        """Cut every open watch off (a load balancer, a network blip)."""
+        with self.store.cond:
+            self.store.epoch += 1
+            self.store.cond.notify_all()
+
+    def bookmark(self) -> None:
+        with self.store.cond:
+            self.store.bookmarks += 1
+            self.store.cond.notify_all()
+
+    def objects(self, plural: str) -> dict[tuple[str, str], dict]:
+        with self.store.cond:
+            return {
+                (k[3], k[4]): copy.deepcopy(v)
+                for k, v in self.store.objects.items()
+                if k[2] == plural
+            }
+
+    def put_directly(self, res: ResourceKey, obj: dict) -> None:
+        """Change an object behind the server's back (the server being down): stored
+        and recorded as an event, as another API server replica would."""
+        with self.store.cond:
+            meta = obj["metadata"]
+            key = (*res, meta["namespace"], meta["name"])
+            meta.setdefault("generation", 1)
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta["resourceVersion"] = str(self.store.bump())
+            kind = "MODIFIED" if key in self.store.objects else "ADDED"
+            self.store.objects[key] = obj
+            self.store.record(res, kind, obj)
+
+
+def api_client(server: FakeApiServer):
+    """The official client, configured for the fake server."""
+    from kubernetes import client
+
+    config = client.Configuration()
+    config.host = server.url
+    return client.ApiClient(config)

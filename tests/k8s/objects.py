@@ -1,0 +1,99 @@
+"""Custom objects of each kind, as a client creates them, and the client calls."""
+
+from __future__ import annotations
+
+import time
+
+from kubernetes import client
+
+from clrk.api.crds import VERSION, plural
+from clrk.api.resources import API_VERSION, GROUP
+
+
+def obj(kind: str, name: str, spec: dict | None, namespace: str = "default", **meta) -> dict:
+    out = {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, **meta},
+    }
+    if spec is not None:
+        out["spec"] = spec
+    return out
+
+
+def gateway(name="gw", listeners=("tcp-out",), namespace="default") -> dict:
+    spec = {"listeners": [{"name": n, "protocol": "TCP"} for n in listeners]}
+    return obj("EgressGateway", name, spec, namespace)
+
+
+def route(name="r1", host="api.example.com", gateway="gw", port=443, namespace="default"):
+    spec = {
+        "parentRefs": [{"name": gateway}],
+        "rules": [{"matches": [{"destinationHostnames": [host], "ports": [{"port": port}]}]}],
+    }
+    return obj("EgressL4Route", name, spec, namespace)
+
+
+def deny(name="no-paste", target="r1", namespace="default") -> dict:
+    return obj("EgressDenyPolicy", name, {"targetRef": {"name": target}}, namespace)
+
+
+def agent(kind="TaskAgent", name="coder", gateway="gw", labels=None, namespace="default"):
+    spec = {"egressRefs": [{"gatewayRef": gateway}]}
+    return obj(kind, name, spec, namespace, labels=labels or {"team": "a"})
+
+
+class Cluster:
+    """create/replace/delete/get of clrk objects through the official client."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+
+    def create(self, body: dict) -> dict:
+        ns = body["metadata"]["namespace"]
+        return self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, plural(body["kind"]), body
+        )
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> dict:
+        return self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural(kind), name
+        )
+
+    def replace(self, body: dict) -> dict:
+        """Update the spec and labels of an object (read, change, write; again on a
+        409, as the provider may have written status in between, as kubectl does)."""
+        meta = body["metadata"]
+        for _ in range(10):
+            current = self.get(body["kind"], meta["name"], meta["namespace"])
+            current["spec"] = body.get("spec")
+            if "labels" in meta:
+                current["metadata"]["labels"] = meta["labels"]
+            try:
+                return self.custom.replace_namespaced_custom_object(
+                    GROUP, VERSION, meta["namespace"], plural(body["kind"]), meta["name"], current
+                )
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise AssertionError("409 ten times in a row")
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind), name)
+
+    def condition(self, kind: str, name: str, type_: str, namespace: str = "default"):
+        status = self.get(kind, name, namespace).get("status") or {}
+        for cond in status.get("conditions", []):
+            if cond["type"] == type_:
+                return cond
+        return None
+
+
+def wait_for(predicate, timeout: float = 20.0):
+    """Poll until `predicate()` is truthy (a deadline, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s")

@@ -1,0 +1,276 @@
+"""The Kubernetes provider, driven by the official client against the fake API server:
+every kind's create/update/delete reaches the snapshot and the policy stream, an invalid
+object changes nothing and says why in its status, status is written once per change,
+and of two replicas one writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from clrk_xds.consistency import LISTENER
+from clrk_xds.k8s_lease import LeaseElector
+from clrk_xds.policy_stream import PolicyHub
+from clrk_xds.provider import default_translator
+from clrk_xds.provider_kubernetes import KubernetesProvider, policy_document
+from clrk_xds.snapshot import EMPTY, SnapshotCache
+from tests.k8s.fake_apiserver import FakeApiServer, api_client
+from tests.k8s.objects import Cluster, agent, deny, gateway, route, wait_for
+
+GW = "default/gw"
+
+
+class Running:
+    """A provider running on an event loop of its own, in a thread."""
+
+    def __init__(self, server: FakeApiServer, identity: str | None = None) -> None:
+        api = api_client(server)
+        elector = None
+        if identity is not None:
+            elector = LeaseElector(api, "clrk-system", "clrk", identity, duration_seconds=15)
+        self.cache, self.hub = SnapshotCache(), PolicyHub()
+        self.provider = KubernetesProvider(
+            self.cache, self.hub, default_translator(), api=api, elector=elector,
+            debounce_ms=20, lease_retry=0.1, backoff_max=0.5,
+        )  # fmt: skip
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self.provider.run(self._stop)
+
+    def __enter__(self) -> Running:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(20)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def routes(self) -> list[str]:
+        update = self.hub.current(GW)
+        return [m.route for m in update.policy.matches] if update else []
+
+    def hosts(self) -> list[str]:
+        update = self.hub.current(GW)
+        return [h for m in update.policy.matches for h in m.hostnames] if update else []
+
+
+@pytest.fixture
+def server():
+    with FakeApiServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def cluster(server):
+    return Cluster(api_client(server))
+
+
+def writes(server, plural: str, name: str) -> int:
+    return server.store.status_writes[(plural, "default", name)]
+
+
+def test_a_status_write_is_no_change_of_the_policy_set():
+    base = gateway()
+    written = {
+        **base,
+        "metadata": {**base["metadata"], "resourceVersion": "7", "generation": 3, "uid": "u"},
+        "status": {"conditions": []},
+    }
+    assert policy_document(written) == policy_document(base)
+
+
+def test_nothing_is_applied_before_every_kind_is_listed():
+    provider = KubernetesProvider(SnapshotCache(), PolicyHub(), default_translator())
+    assert not asyncio.run(provider.reload())
+    assert provider.status().version is None
+
+
+def test_each_kinds_create_update_and_delete_reach_the_snapshot_and_the_policy_stream(
+    server, cluster
+):
+    cluster.create(gateway())
+    with Running(server) as run:
+        snap = wait_for(lambda: run.cache.get(GW))
+        assert len(snap.named(LISTENER)) == 1
+        # EgressGateway update: a second listener
+        cluster.replace(gateway(listeners=("tcp-out", "tcp-two")))
+        wait_for(lambda: len(run.cache.get(GW).named(LISTENER)) == 2)
+        # EgressL4Route create / update
+        cluster.create(route())
+        wait_for(lambda: run.routes() == ["default/r1"])
+        cluster.replace(route(host="changed.example.com"))
+        wait_for(lambda: run.hosts() == ["changed.example.com"])
+        # EgressDenyPolicy create / update / delete
+        cluster.create(deny())
+        policy = lambda: run.hub.current(GW).policy  # noqa: E731
+        wait_for(lambda: policy().matches[0].deny_policy == "default/no-paste")
+        cluster.replace(
+            {**deny(), "spec": {"targetRef": {"name": "r1"}, "denyResponse": {"statusCode": 451}}}
+        )
+        wait_for(lambda: [d.status_code for d in policy().deny_responses] == [451])
+        cluster.delete("EgressDenyPolicy", "no-paste")
+        wait_for(lambda: not policy().matches[0].deny_policy)
+        # TaskAgent and DaemonAgent create / update / delete
+        for kind in ("TaskAgent", "DaemonAgent"):
+            name = kind.lower()
+            cluster.create(agent(kind, name))
+            wait_for(lambda n=name: n in [a.name for a in run.hub.current(GW).policy.agents])
+            cluster.replace(agent(kind, name, labels={"team": "b"}))
+
+            def relabelled(n=name):
+                found = [a for a in run.hub.current(GW).policy.agents if a.name == n]
+                return found and dict(found[0].labels) == {"team": "b"}
+
+            wait_for(relabelled)
+            cluster.delete(kind, name)
+            wait_for(lambda n=name: n not in [a.name for a in run.hub.current(GW).policy.agents])
+        # deletes: the route, then the gateway (its Envoy loses every listener)
+        cluster.delete("EgressL4Route", "r1")
+        wait_for(lambda: run.routes() == [])
+        cluster.delete("EgressGateway", "gw")
+        wait_for(lambda: run.cache.get(GW) is EMPTY)
+        assert run.provider.status().gateways == ()
+
+
+def test_an_invalid_object_gets_accepted_false_with_the_finding_and_changes_nothing(
+    server, cluster
+):
+    cluster.create(gateway())
+    cluster.create(route())
+    with Running(server) as run:
+        wait_for(lambda: run.routes() == ["default/r1"])
+        wait_for(lambda: cluster.condition("EgressL4Route", "r1", "Programmed"))
+        snap, update = run.cache.get(GW), run.hub.current(GW)
+        version = run.provider.status().version
+        # passes the CRD schema (a string of hostname length), not the loader
+        cluster.create(route("bad", host="bad*host.example.com"))
+        accepted = wait_for(lambda: cluster.condition("EgressL4Route", "bad", "Accepted"))
+        assert accepted["status"] == "False" and accepted["reason"] == "Invalid"
+        assert "destinationHostnames[0]" not in accepted["message"]  # the message, not the path
+        assert "bad*host.example.com" in accepted["message"]
+        assert accepted["observedGeneration"] == 1
+        assert run.provider.status().blocked and run.provider.status().version == version
+        assert run.cache.get(GW) is snap and run.hub.current(GW) is update
+        # the valid route stays Accepted; its Programmed still says what is in force
+        assert cluster.condition("EgressL4Route", "r1", "Accepted")["status"] == "True"
+        # an edit of a good object waits behind the invalid set: Programmed says so
+        cluster.replace(route(host="next.example.com"))
+
+        def waiting():
+            cond = cluster.condition("EgressL4Route", "r1", "Programmed")
+            return cond["reason"] == "Invalid" and cond["observedGeneration"] == 2
+
+        wait_for(waiting)
+        assert run.hub.current(GW) is update
+        # fixing the invalid object applies everything
+        cluster.replace(route("bad", host="good.example.com"))
+        wait_for(lambda: sorted(run.hosts()) == ["good.example.com", "next.example.com"])
+        wait_for(lambda: cluster.condition("EgressL4Route", "bad", "Accepted")["status"] == "True")
+        wait_for(lambda: cluster.condition("EgressL4Route", "r1", "Programmed")["status"] == "True")
+
+
+def test_the_crd_schema_refuses_what_it_can_express_at_admission(cluster):
+    bad = route(port=70000)
+    with pytest.raises(ApiException) as err:
+        cluster.create(bad)
+    assert err.value.status == 422 and "out of range" in err.value.body
+    typo = route()
+    typo["spec"]["rules"][0]["matches"][0]["destinationCIDR"] = ["10.0.0.0/8"]
+    with pytest.raises(ApiException) as err:
+        cluster.create(typo)
+    assert err.value.status == 422 and "unknown field" in err.value.body
+
+
+def test_status_is_written_once_per_change_not_in_a_loop(server, cluster):
+    cluster.create(gateway())
+    cluster.create(route())
+    with Running(server) as run:
+        wait_for(lambda: cluster.condition("EgressL4Route", "r1", "Programmed"))
+        status = cluster.get("EgressL4Route", "r1")["status"]
+        assert [(c["type"], c["status"]) for c in status["conditions"]] == [
+            ("Accepted", "True"),
+            ("Programmed", "True"),
+        ]
+        assert status["observedGeneration"] == 1
+        # Another change, and its own write: by then a loop would have shown.
+        cluster.create(route("r2", host="two.example.com"))
+        wait_for(lambda: cluster.condition("EgressL4Route", "r2", "Programmed"))
+        cluster.create(route("r3", host="three.example.com"))
+        wait_for(lambda: cluster.condition("EgressL4Route", "r3", "Programmed"))
+        assert writes(server, "egressl4routes", "r1") == 1
+        assert writes(server, "egressgateways", "gw") == 1
+        # a spec change: one more write, with the new generation
+        cluster.replace(route(host="changed.example.com"))
+        wait_for(lambda: cluster.get("EgressL4Route", "r1")["status"]["observedGeneration"] == 2)
+        cluster.create(route("r4", host="four.example.com"))
+        wait_for(lambda: cluster.condition("EgressL4Route", "r4", "Programmed"))
+        assert writes(server, "egressl4routes", "r1") == 2
+        assert run.provider.status_writes == sum(server.store.status_writes.values())
+
+
+def test_a_stale_status_write_is_a_conflict_and_is_redone_on_a_fresh_read(server, cluster):
+    cluster.create(gateway())
+    provider = KubernetesProvider(
+        SnapshotCache(), PolicyHub(), default_translator(), api=api_client(server)
+    )
+    old = cluster.get("EgressGateway", "gw")
+    cluster.replace({**gateway(), "metadata": {**gateway()["metadata"], "labels": {"x": "y"}}})
+    status = {"observedGeneration": 1, "conditions": []}
+    written = provider._write(old, status)  # old resourceVersion: 409, then a fresh read
+    assert written["status"] == status and written["metadata"]["labels"] == {"x": "y"}
+    assert writes(server, "egressgateways", "gw") == 1
+
+
+def test_of_two_replicas_both_serve_and_only_the_lease_holder_writes_status(server, cluster):
+    cluster.create(gateway())
+    cluster.create(route())
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(Running(server, "replica-a"))
+        wait_for(lambda: a.provider.elector.leader)
+        b = stack.enter_context(Running(server, "replica-b"))
+        wait_for(lambda: a.routes() == ["default/r1"] and b.routes() == ["default/r1"])
+        wait_for(lambda: cluster.condition("EgressL4Route", "r1", "Programmed"))
+        cluster.create(route("r2", host="two.example.com"))
+        wait_for(lambda: b.routes() == ["default/r1", "default/r2"])
+        wait_for(lambda: cluster.condition("EgressL4Route", "r2", "Programmed"))
+        assert not b.provider.elector.leader
+        assert b.provider.status_writes == 0
+        assert writes(server, "egressl4routes", "r1") == 1
+        # the writer stops (and releases the Lease): the other takes over and writes
+        a.stop()
+        wait_for(lambda: b.provider.elector.leader)
+        cluster.replace(route(host="changed.example.com"))
+        wait_for(lambda: cluster.get("EgressL4Route", "r1")["status"]["observedGeneration"] == 2)
+        assert writes(server, "egressl4routes", "r1") == 2
+        assert b.provider.status_writes >= 1
+
+
+def test_the_api_server_restarting_and_a_410_lose_no_change(server, cluster):
+    cluster.create(gateway())
+    with Running(server) as run:
+        wait_for(lambda: run.cache.get(GW))
+        server.stop()
+        server.start()
+        cluster.create(route())
+        wait_for(lambda: run.routes() == ["default/r1"])
+        server.drop_watches()
+        server.compact()
+        cluster.create(route("r2", host="two.example.com"))
+        server.expire_watches()
+        wait_for(lambda: run.routes() == ["default/r1", "default/r2"])
+        assert not run.provider.status().blocked  # nothing doubled
