@@ -108,7 +108,11 @@ def object_statuses(
         accepted_cond = next((c for c in resolved if c.type == "Accepted"), None)
         if accepted_cond is not None:
             accepted = accepted_cond.status
-            cond = Cond("Accepted", accepted, accepted_cond.reason, accepted_cond.message)
+            # the finding says what to fix where the resolver's condition does not
+            message = accepted_cond.message or (
+                errors[0].message if errors and not accepted else ""
+            )
+            cond = Cond("Accepted", accepted, accepted_cond.reason, message)
         elif errors:
             accepted = False
             cond = Cond("Accepted", False, "InvalidReference", errors[0].message)

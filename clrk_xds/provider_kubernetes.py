@@ -12,7 +12,7 @@ Status (Accepted, Programmed, observedGeneration, `k8s_status`) is written throu
 status subresource, only where it differs from what the object holds, and only by the
 replica holding the Lease (`k8s_lease`); every replica serves.  Programmed counts the
 ACKs of the Envoys connected to the writing replica: an Envoy connected only to another
-replica is not seen (see docs/kubernetes.md).
+replica is not seen (docs/kubernetes-provider.md).
 
 Cross-namespace references: a route may name a gateway in another namespace
 (parentRefs[].namespace) and an agent `namespace/name` in gatewayRef, as with files;

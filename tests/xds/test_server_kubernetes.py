@@ -1,0 +1,100 @@
+"""`python -m clrk_xds --provider kubernetes` as a process, reading a kubeconfig that
+points at the fake API server: a real Envoy gets the gateway's listeners, a dialer the
+policy stream, and Programmed turns True only once that Envoy ACKed the version."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
+from tests.k8s.fake_apiserver import FakeApiServer, api_client
+from tests.k8s.objects import Cluster, gateway, route, wait_for
+from tests.xds.test_server import first_update
+from tests.xds.xds_messages import free_port
+
+
+def kubeconfig(path, server: FakeApiServer) -> str:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+        "users": [{"name": "clrk", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "clrk"}}],
+        "current-context": "fake",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_manifests_and_the_kubernetes_provider_exclude_each_other(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "clrk_xds", "--provider", "kubernetes", "--manifests",
+         str(tmp_path), "--listen", f"unix:{tmp_path / 'run' / 's.sock'}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "reads no --manifests" in out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_path):
+    with FakeApiServer() as server:
+        cluster = Cluster(api_client(server))
+        cluster.create(gateway())
+        cluster.create(route())
+        base = free_port()
+        listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
+        log = tmp_path / "server.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "clrk_xds", "--provider", "kubernetes",
+                 "--kubeconfig", kubeconfig(tmp_path / "kubeconfig", server),
+                 "--lease-namespace", "clrk-system", "--identity", "replica-0",
+                 "--listen", listen, "--envoy-base-port", str(base)],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        envoy = EnvoyProcess(
+            render_bootstrap("default/gw", listen, 0),
+            extra_args=("--base-id", str(os.getpid() % 4000 * 100 + 98)),
+            log_level="warning",
+        )
+        try:
+            wait_for(lambda: "server.listening" in log.read_text())
+            # Before Envoy: accepted, in force, not yet programmed
+            pending = wait_for(lambda: cluster.condition("EgressGateway", "gw", "Programmed"))
+            assert pending["status"] == "False" and pending["reason"] == "Pending"
+            update = first_update(listen, "default/gw")
+            assert [m.route for m in update.policy.matches] == ["default/r1"]
+            envoy.start()
+
+            def programmed(kind, name, generation=1):
+                cond = cluster.condition(kind, name, "Programmed")
+                return (
+                    cond and cond["status"] == "True" and cond["observedGeneration"] == generation
+                )
+
+            wait_for(lambda: programmed("EgressGateway", "gw"), timeout=40)
+            wait_for(lambda: programmed("EgressL4Route", "r1"))
+            assert f"127.0.0.1:{base}" in envoy.admin_get("/listeners")[1]
+            # a second listener: Envoy gets it, then the gateway's generation 2 is Programmed
+            cluster.replace(gateway(listeners=("tcp-out", "tcp-two")))
+            wait_for(lambda: envoy.admin_get("/listeners")[1].count("127.0.0.1:") == 2)
+            wait_for(lambda: programmed("EgressGateway", "gw", 2))
+            lease = [p for m, p in server.requests if "/leases/" in p]
+            assert lease  # it campaigned for the Lease
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+        finally:
+            envoy.stop()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    msgs = [entry["msg"] for entry in lines]
+    assert "lease.leader" in msgs and "provider.applied" in msgs and "server.stopped" in msgs
