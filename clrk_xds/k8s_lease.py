@@ -23,7 +23,9 @@ log = logging.getLogger("clrk_xds.k8s_lease")
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC)
+    # A MicroTime is read with six fractional digits, which Python leaves out at zero.
+    return now.replace(microsecond=now.microsecond or 1)
 
 
 class LeaseElector:

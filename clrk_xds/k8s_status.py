@@ -6,9 +6,11 @@ are in the set in force, and what each gateway's Envoy acknowledged:
 - `Accepted` is the validation's answer (`admin_status.object_statuses`: the finding
   as reason and message, the same as `clrk get` shows for files);
 - `Programmed` is True once the Envoy of every gateway the object feeds ACKed the
-  snapshot version that contains it; False with the NACK's message if Envoy refused
-  it, `Pending` until then, `Invalid` while a newer edit of it waits behind an invalid
-  set (the last good policy, without that edit, stays in force).
+  snapshot version that contains it (and stays True while that version of the object
+  is unchanged: Envoy keeps it across other objects' edits); False with the NACK's
+  message if Envoy refused it, `Pending` until then, `Invalid` while a newer edit of
+  it waits behind an invalid set (the last good policy, without that edit, stays in
+  force).
 - `observedGeneration` (on the status and on each condition) is the object's
   metadata.generation that these conditions describe.
 """
@@ -63,6 +65,7 @@ def _programmed(
     blocked: bool,
     nodes: Iterable[str],
     ack: Callable[[str], Ack],
+    acked_before: bool = False,
 ) -> Cond:
     if not accepted:
         return Cond("Programmed", False, "NotAccepted", "the object contributes nothing")
@@ -76,6 +79,10 @@ def _programmed(
                 "policy stays in force without this version",
             )
         return Cond("Programmed", False, "Pending", "the control plane has not applied it yet")
+    if acked_before:
+        # Envoy holds this version of the object already; a newer snapshot (another
+        # object's edit) keeps it whether Envoy takes that snapshot or refuses it.
+        return Cond("Programmed", True, "Programmed")
     waiting = []
     for node in sorted(nodes):
         got = ack(node)
@@ -97,8 +104,13 @@ def desired_conditions(
     plan: Plan,
     in_force: Callable[[Key], bool],
     ack: Callable[[str], Ack],
+    acked_before: Callable[[Key], bool] = lambda key: False,
 ) -> dict[Key, tuple[Cond, Cond]]:
-    """(Accepted, Programmed) of every object the plan read, valid or not."""
+    """(Accepted, Programmed) of every object the plan read, valid or not.
+
+    `acked_before(key)`: this version of the object was Programmed already (its
+    Envoys ACKed a snapshot containing it), so another object's edit does not send it
+    back to Pending."""
     loaded = plan.loaded
     by_key = {(r.kind, r.namespace, r.name): r for r in loaded.load.resources}
     routes = {(r.namespace, r.name): r for r in by_key.values() if r.kind == "EgressL4Route"}
@@ -110,7 +122,9 @@ def desired_conditions(
         nodes = gateways_of(res, routes) if res is not None else set()
         out[key] = (
             accepted,
-            _programmed(accepted.status, in_force(key), plan.blocked, nodes, ack),
+            _programmed(
+                accepted.status, in_force(key), plan.blocked, nodes, ack, acked_before(key)
+            ),
         )
     return out
 

@@ -83,11 +83,13 @@ class KubernetesProvider(Provider):
     watch_timeout: int = 300
     backoff_max: float = 30.0
     lease_retry: float = LEASE_RETRY_SECONDS
+    resync: float = 60.0  # seconds between status checks without a change
     status_writes: int = field(default=0, init=False)
     _objects: dict[Key, dict] = field(default_factory=dict, init=False)
     _listed: set[str] = field(default_factory=set, init=False)
     _documents: dict[Key, dict] = field(default_factory=dict, init=False)
     _in_force: dict[Key, dict] = field(default_factory=dict, init=False)
+    _programmed: dict[Key, dict] = field(default_factory=dict, init=False)  # ACKed versions
     _plan: Plan | None = field(default=None, init=False)
     _dirty: asyncio.Event | None = field(default=None, init=False)
     watchers: list[KindWatcher] = field(default_factory=list, init=False)
@@ -163,8 +165,19 @@ class KubernetesProvider(Provider):
         if self._plan is None:
             return []
         out = []
-        desired = desired_conditions(self._plan, self._is_in_force, self._ack)
+        desired = desired_conditions(
+            self._plan,
+            self._is_in_force,
+            self._ack,
+            lambda key: (
+                key in self._programmed and self._programmed[key] == self._documents.get(key)
+            ),
+        )
         for key, conds in sorted(desired.items()):
+            if conds[1].status:
+                self._programmed[key] = self._documents.get(key, {})
+            else:
+                self._programmed.pop(key, None)
             obj = self._objects.get(key)
             if obj is None:
                 continue
@@ -228,7 +241,10 @@ class KubernetesProvider(Provider):
     async def _status_loop(self) -> None:
         assert self._dirty is not None
         while True:
-            await self._dirty.wait()
+            # Also every `resync` seconds: a write that failed (the API server away, a
+            # missing permission) is tried again without waiting for the next change.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self.resync)
             await asyncio.sleep(self.debounce_ms / 1000)  # a burst of ACKs: one pass
             self._dirty.clear()
             if not self.writes_status():
@@ -297,6 +313,7 @@ class KubernetesProvider(Provider):
                 while not queue.empty():
                     self._handle(queue.get_nowait())
                 await self.reload()
+                self.poke()  # a status edited by someone else is set right again
         finally:
             stopping.cancel()
             for task in tasks:

@@ -91,3 +91,12 @@ def test_an_unchanged_condition_keeps_its_transition_time_and_is_no_write():
     assert times == {"Accepted": "2026-01-01T00:00:00Z", "Programmed": "2026-03-03T00:00:00Z"}
     assert not same_status(first, status_body(conds, 2, first))  # a new generation
     assert not same_status(None, first) and not same_status({"conditions": "x"}, first)
+
+
+def test_an_object_programmed_before_stays_programmed_while_a_new_snapshot_waits():
+    p = planned(gateway(), route())
+    got = desired_conditions(
+        p, lambda key: True, lambda node: Ack("pending"), lambda key: key[2] == "r1"
+    )
+    assert got[("EgressL4Route", "default", "r1")][1].status
+    assert not got[("EgressGateway", "default", "gw")][1].status

@@ -274,3 +274,18 @@ def test_the_api_server_restarting_and_a_410_lose_no_change(server, cluster):
         server.expire_watches()
         wait_for(lambda: run.routes() == ["default/r1", "default/r2"])
         assert not run.provider.status().blocked  # nothing doubled
+
+
+def test_a_status_someone_else_overwrote_is_set_right_again_once(server, cluster):
+    cluster.create(gateway())
+    with Running(server):
+        wait_for(lambda: cluster.condition("EgressGateway", "gw", "Programmed"))
+        current = cluster.get("EgressGateway", "gw")
+        current["status"] = {"conditions": []}
+        cluster.custom.replace_namespaced_custom_object_status(
+            "clrk.apoxy.dev", "v1alpha1", "default", "egressgateways", "gw", current
+        )
+        wait_for(lambda: cluster.condition("EgressGateway", "gw", "Programmed"))
+        cluster.create(route())  # and by the time this one is written, no more than once
+        wait_for(lambda: cluster.condition("EgressL4Route", "r1", "Programmed"))
+        assert writes(server, "egressgateways", "gw") == 3  # ours, theirs, ours again

@@ -86,6 +86,19 @@ def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_
             cluster.replace(gateway(listeners=("tcp-out", "tcp-two")))
             wait_for(lambda: envoy.admin_get("/listeners")[1].count("127.0.0.1:") == 2)
             wait_for(lambda: programmed("EgressGateway", "gw", 2))
+            # another object's edit does not send the unchanged ones back to Pending
+            before = dict(server.store.status_writes)
+            cluster.create(route("r2", host="two.example.com"))
+            wait_for(lambda: programmed("EgressL4Route", "r2"))
+            after = server.store.status_writes
+            assert (
+                after[("egressl4routes", "default", "r1")]
+                == before[("egressl4routes", "default", "r1")]
+            )
+            assert (
+                after[("egressgateways", "default", "gw")]
+                == before[("egressgateways", "default", "gw")]
+            )
             lease = [p for m, p in server.requests if "/leases/" in p]
             assert lease  # it campaigned for the Lease
             proc.send_signal(signal.SIGTERM)
