@@ -48,15 +48,20 @@ log = logging.getLogger("clrk_xds.provider_kubernetes")
 LEASE_RETRY_SECONDS = 2.0
 
 
+def _meta(obj: Mapping) -> Mapping:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
 def key_of(obj: Mapping) -> Key:
-    meta = obj.get("metadata") or {}
+    meta = _meta(obj)
     return (str(obj.get("kind")), str(meta.get("namespace", "")), str(meta.get("name", "")))
 
 
 def policy_document(obj: Mapping) -> dict:
     """What of an object the loader reads: server-managed fields and status carry no
     policy, and leaving them out makes a status write no change of the set."""
-    meta = obj.get("metadata") or {}
+    meta = _meta(obj)
     doc = {
         "apiVersion": obj.get("apiVersion"),
         "kind": obj.get("kind"),
@@ -101,14 +106,17 @@ class KubernetesProvider(Provider):
         if what == "LIST":
             for key in [k for k in self._objects if k[0] == kind]:
                 del self._objects[key]
-            for obj in payload:  # type: ignore[union-attr]
-                obj = {"kind": kind, **obj}  # list items may leave the kind out
-                self._objects[key_of(obj)] = obj
+            for obj in payload if isinstance(payload, list) else []:
+                if isinstance(obj, dict):
+                    obj = {**obj, "kind": kind}  # list items may leave the kind out
+                    self._objects[key_of(obj)] = obj
             self._listed.add(kind)
+        elif not isinstance(payload, dict):
+            log.warning("k8s.bad_event", extra=fields(kind=kind, type=what))
         elif what == "DELETED":
-            self._objects.pop(key_of(payload), None)  # type: ignore[arg-type]
+            self._objects.pop(key_of({**payload, "kind": kind}), None)
         else:
-            self._objects[key_of(payload)] = payload  # type: ignore[index]
+            self._objects[key_of({**payload, "kind": kind})] = {**payload, "kind": kind}
 
     @property
     def synced(self) -> bool:
@@ -181,7 +189,8 @@ class KubernetesProvider(Provider):
             obj = self._objects.get(key)
             if obj is None:
                 continue
-            generation = (obj.get("metadata") or {}).get("generation") or 0
+            generation = _meta(obj).get("generation")
+            generation = generation if isinstance(generation, int) else 0
             body = status_body(conds, generation, obj.get("status"))
             if not same_status(obj.get("status"), body):
                 out.append((obj, body))
@@ -207,9 +216,7 @@ class KubernetesProvider(Provider):
                 fresh = custom.get_namespaced_custom_object(
                     GROUP, VERSION, namespace, plural(kind), name
                 )
-                same_generation = (fresh.get("metadata") or {}).get("generation") == (
-                    obj.get("metadata") or {}
-                ).get("generation")
+                same_generation = _meta(fresh).get("generation") == _meta(obj).get("generation")
                 if not same_generation or same_status(fresh.get("status"), status):
                     return fresh  # a newer edit gets its own status; or nothing to do
                 obj = fresh
@@ -247,18 +254,23 @@ class KubernetesProvider(Provider):
                 await asyncio.wait_for(self._dirty.wait(), self.resync)
             await asyncio.sleep(self.debounce_ms / 1000)  # a burst of ACKs: one pass
             self._dirty.clear()
-            if not self.writes_status():
-                continue
-            due = self.due_statuses()
-            if not due:
-                continue
-            for before, written in await asyncio.to_thread(self._write_all, due):
-                key = key_of(before)
-                held = self._objects.get(key)
-                # Unless a watch event came meanwhile (ours, or a newer edit), hold what
-                # was written: the next pass must not write it again.
-                if held is not None and _rv(held) == _rv(before):
-                    self._objects[key] = {"kind": key[0], **written}
+            if self.writes_status():
+                try:
+                    await self._write_due()
+                except Exception:  # status must not stop serving; the resync retries
+                    log.exception("k8s.status_failed")
+
+    async def _write_due(self) -> None:
+        due = self.due_statuses()
+        if not due:
+            return
+        for before, written in await asyncio.to_thread(self._write_all, due):
+            key = key_of(before)
+            held = self._objects.get(key)
+            # Unless a watch event came meanwhile (ours, or a newer edit), hold what
+            # was written: the next pass must not write it again.
+            if held is not None and _rv(held) == _rv(before) and isinstance(written, dict):
+                self._objects[key] = {**written, "kind": key[0]}
 
     async def _lease_loop(self) -> None:
         assert self.elector is not None
@@ -312,7 +324,10 @@ class KubernetesProvider(Provider):
                 await asyncio.sleep(self.debounce_ms / 1000)
                 while not queue.empty():
                     self._handle(queue.get_nowait())
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # a bug must not stop the watch: the last set stays
+                    log.exception("k8s.reload_failed")
                 self.poke()  # a status edited by someone else is set right again
         finally:
             stopping.cancel()
@@ -327,7 +342,7 @@ class KubernetesProvider(Provider):
 
 def _rv(obj: Mapping) -> object:
     """resourceVersion: opaque, compared for equality only."""
-    return (obj.get("metadata") or {}).get("resourceVersion")
+    return _meta(obj).get("resourceVersion")
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:

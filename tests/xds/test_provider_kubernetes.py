@@ -289,3 +289,16 @@ def test_a_status_someone_else_overwrote_is_set_right_again_once(server, cluster
         cluster.create(route())  # and by the time this one is written, no more than once
         wait_for(lambda: cluster.condition("EgressL4Route", "r1", "Programmed"))
         assert writes(server, "egressgateways", "gw") == 3  # ours, theirs, ours again
+
+
+def test_malformed_objects_from_the_server_are_skipped_not_fatal():
+    provider = KubernetesProvider(SnapshotCache(), PolicyHub(), default_translator())
+    provider._handle(("LIST", "EgressGateway", ["junk", {"metadata": "junk"}, gateway()]))
+    provider._handle(("MODIFIED", "EgressL4Route", "junk"))
+    provider._handle(("DELETED", "EgressL4Route", {"metadata": None}))
+    for kind in provider.kinds:
+        if kind != "EgressGateway":
+            provider._handle(("LIST", kind, None))
+    assert provider.synced
+    assert not asyncio.run(provider.reload())  # the junk object is invalid: nothing applies
+    assert provider.status().blocked and provider.status().version is None
