@@ -10,8 +10,14 @@ and ADS (issue 11, item 5), for servers and clients alike.
   on the way.  A TCP listener with neither refuses to start.
 
 The token is checked by a server interceptor; a verified client certificate's names
-reach the servicer through `client_identity(context)` (what a Kubernetes provider
-needs to tell remote dialers and Envoys apart).
+reach the servicer through `client_identity(context)`.  A certificate whose URI SAN is
+a gateway's identity (clrk.gateway_identity) binds its caller to that gateway:
+`scoped_gateway` gives the servicer the gateway such a caller may act for, whatever it
+asked for, and `operators_only` keeps it out of a whole service (the admin API).
+
+Certificates may come as one directory in cert-manager's layout (`tls.crt`, `tls.key`,
+`ca.crt`, the files of a mounted `kubernetes.io/tls` Secret): `ServerAuth.from_tls_dir`,
+`ClientAuth.from_tls_dir`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -27,10 +34,17 @@ from pathlib import Path
 
 import grpc
 
+from clrk.gateway_identity import IdentityError, gateway_of
+from clrk_runtime.logs import fields
+
+log = logging.getLogger("clrk_runtime.grpc_auth")
+
 UNIX = "unix:"
 TOKEN_HEADER = "authorization"
 MAX_FILE = 1 << 20
 SOCKET_MODE = 0o600
+# A mounted kubernetes.io/tls Secret as cert-manager writes it.
+TLS_CERT, TLS_KEY, TLS_CA = "tls.crt", "tls.key", "ca.crt"
 
 
 class AuthError(ValueError):
@@ -91,6 +105,13 @@ class ServerAuth:
     cert_file: str | None = None  # the server's certificate chain (PEM)
     key_file: str | None = None
     client_ca_file: str | None = None  # mTLS: clients must present a certificate of this CA
+
+    @classmethod
+    def from_tls_dir(cls, directory: str, token_file: str | None = None) -> ServerAuth:
+        """mTLS from a cert-manager directory: the server's tls.crt and tls.key, clients
+        verified against its ca.crt."""
+        path = Path(directory)
+        return cls(token_file, str(path / TLS_CERT), str(path / TLS_KEY), str(path / TLS_CA))
 
     def check(self, address: str) -> None:
         """AuthError when a TCP listener on `address` would not be safe."""
@@ -153,6 +174,11 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def refuse(_request, context) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
 
+    return _handler_like(handler, refuse)
+
+
+def _handler_like(handler: grpc.RpcMethodHandler, behavior) -> grpc.RpcMethodHandler:
+    """A handler of the same shape and (de)serializers as `handler` running `behavior`."""
     kind = (handler.request_streaming, handler.response_streaming)
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -161,7 +187,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[kind]
     return make(
-        refuse,
+        behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
@@ -170,10 +196,15 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 @dataclass(frozen=True)
 class ClientIdentity:
     """Who the peer proved to be: `unix` (the socket's permissions), `mtls` (`names`: the
-    certificate's subject alternative names, else its common name), or `token`."""
+    certificate's subject alternative names, else its common name), or `token`.
+
+    `gateway`: the gateway ("namespace/name") an mTLS peer's certificate binds it to;
+    `problem`: why a certificate that names a clrk identity cannot be trusted."""
 
     kind: str
     names: tuple[str, ...] = ()
+    gateway: str | None = None
+    problem: str | None = None
 
 
 def client_identity(context) -> ClientIdentity:
@@ -184,8 +215,75 @@ def client_identity(context) -> ClientIdentity:
     auth = context.auth_context() or {}
     if auth.get("transport_security_type") == [b"ssl"] and context.peer_identities():
         names = tuple(n.decode(errors="replace") for n in context.peer_identities())
-        return ClientIdentity("mtls", names)
+        uris = [u.decode(errors="replace") for u in auth.get("peer_uri", ())]
+        try:
+            return ClientIdentity("mtls", names, gateway_of(uris))
+        except IdentityError as exc:
+            return ClientIdentity("mtls", names, problem=str(exc))
     return ClientIdentity("token")
+
+
+async def scoped_gateway(context, wanted: str) -> str:
+    """The gateway the caller of a servicer method may act for: `wanted`, unless its
+    certificate binds it to a gateway; then that one, and asking for another ends the
+    call with PERMISSION_DENIED (an empty `wanted` asks for none in particular)."""
+    identity = client_identity(context)
+    if identity.problem is not None:
+        await _deny(context, identity.problem)
+    if identity.gateway is None:
+        return wanted
+    if wanted and wanted != identity.gateway:
+        await _deny(
+            context, f"this client's certificate is for gateway {identity.gateway}, not {wanted}"
+        )
+    return identity.gateway
+
+
+async def _refuse_gateway_parts(context) -> None:
+    identity = client_identity(context)
+    if identity.gateway is not None or identity.problem is not None:
+        problem = f"a certificate of gateway {identity.gateway} is not an operator's"
+        await _deny(context, identity.problem or problem)
+
+
+async def _deny(context, message: str) -> None:
+    """End the call with PERMISSION_DENIED, logged: a part misconfigured, or worse."""
+    log.warning("grpc.permission_denied", extra=fields(peer=context.peer(), error=message))
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
+class _OperatorsOnly(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+
+    def service(self, handler_call_details):
+        handler = self._inner.service(handler_call_details)
+        return None if handler is None else _guarded(handler)
+
+
+def operators_only(handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+    """`handler`'s service, refusing (PERMISSION_DENIED) every caller whose certificate
+    names a clrk identity: a dialer's or an Envoy's key must not also apply policy."""
+    return _OperatorsOnly(handler)
+
+
+def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.response_streaming:
+        behavior = handler.unary_stream or handler.stream_stream
+
+        async def call(request, context):
+            await _refuse_gateway_parts(context)
+            async for response in behavior(request, context):
+                yield response
+
+    else:
+        behavior = handler.unary_unary or handler.stream_unary
+
+        async def call(request, context):
+            await _refuse_gateway_parts(context)
+            return await behavior(request, context)
+
+    return _handler_like(handler, call)
 
 
 def private_socket_directory(path: str) -> None:
@@ -237,6 +335,13 @@ class ClientAuth:
     cert_file: str | None = None  # the client's certificate chain (mTLS)
     key_file: str | None = None
     server_name: str | None = None  # the name the server certificate must carry
+
+    @classmethod
+    def from_tls_dir(cls, directory: str, server_name: str | None = None) -> ClientAuth:
+        """mTLS from a cert-manager directory: this client's tls.crt and tls.key, the
+        server verified against its ca.crt."""
+        path = Path(directory)
+        return cls(None, str(path / TLS_CA), str(path / TLS_CERT), str(path / TLS_KEY), server_name)
 
     @property
     def tls(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import click
 
@@ -45,6 +46,14 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--control-plane-ca", help="TCP: the control plane's CA (TLS).")
 @click.option("--control-plane-cert", help="TCP: this dialer's certificate (mTLS).")
 @click.option("--control-plane-key", help="TCP: this dialer's private key (mTLS).")
+@click.option(
+    "--control-plane-tls-dir",
+    help="TCP, mTLS: a directory with tls.crt, tls.key and ca.crt (a mounted "
+    "kubernetes.io/tls Secret) instead of the three options above.",
+)
+@click.option(
+    "--control-plane-server-name", help="TCP: the name the control plane's certificate carries."
+)
 @click.option("--gateway", required=True, help="EgressGateway to enforce: NAMESPACE/NAME.")
 @click.option("--agent-source", "sources", multiple=True, help="ADDRESS=NAMESPACE/AGENT.")
 @click.option("--default-agent", help="The one agent of a sidecar: NAMESPACE/AGENT.")
@@ -82,7 +91,8 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--ready-file", help="Written once every listener is up.")
 @click.option("--log-level", default="info", show_default=True)
 def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
-           control_plane_cert, control_plane_key, gateway, sources, default_agent,
+           control_plane_cert, control_plane_key, control_plane_tls_dir,
+           control_plane_server_name, gateway, sources, default_agent,
            proxy_credentials, transparent_tcp, transparent_udp, dns, socks5, http_connect,
            next_hop_host, next_hop_base_port, next_hop_socket_dir, resolvers, own,
            records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
@@ -119,11 +129,22 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
         watch=not no_watch,
         control_plane=control_plane,
         control_plane_auth=ClientAuth(
-            control_plane_token_file, control_plane_ca, control_plane_cert, control_plane_key
+            control_plane_token_file,
+            control_plane_ca,
+            control_plane_cert,
+            control_plane_key,
+            control_plane_server_name,
         ),
         sandboxes_dir=sandboxes,
         spoof_log_group=spoof_log_group,
     )
+    if control_plane_tls_dir:
+        if control_plane_ca or control_plane_cert or control_plane_key:
+            raise click.UsageError(
+                "--control-plane-tls-dir or --control-plane-ca/-cert/-key, not both"
+            )
+        auth = ClientAuth.from_tls_dir(control_plane_tls_dir, control_plane_server_name)
+        config.control_plane_auth = dataclasses.replace(auth, token_file=control_plane_token_file)
     if not paths and not control_plane:
         raise click.UsageError("give manifests (-f) or --control-plane")
     if control_plane:

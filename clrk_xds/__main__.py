@@ -5,8 +5,10 @@
 the holder of a Lease.
 
 `--listen` takes a Unix socket (`unix:PATH`, whose directory must be its owner's alone)
-or `HOST:PORT`; a TCP listener needs mTLS (--tls-cert, --tls-key, --client-ca) or a
-bearer token (--token-file), else the control plane refuses to start."""
+or `HOST:PORT`; a TCP listener needs mTLS (--tls-cert, --tls-key, --client-ca, or all
+three as --tls-dir in cert-manager's layout) or a bearer token (--token-file), else the
+control plane refuses to start.  A client certificate whose URI SAN is a gateway's
+identity gets that gateway's policy and Envoy resources only, and no admin API."""
 
 from __future__ import annotations
 
@@ -66,6 +68,11 @@ def cli(argv: list[str] | None = None) -> None:
         "--client-ca", help="TCP: clients must present a certificate of this CA (mTLS)"
     )
     parser.add_argument(
+        "--tls-dir",
+        help="TCP, mTLS: a directory with tls.crt, tls.key and ca.crt (a mounted "
+        "kubernetes.io/tls Secret) instead of --tls-cert, --tls-key and --client-ca",
+    )
+    parser.add_argument(
         "--envoy-host", default=None, help="address the Envoy listeners bind (default 127.0.0.1)"
     )
     parser.add_argument(
@@ -106,6 +113,10 @@ def cli(argv: list[str] | None = None) -> None:
     elif not args.manifests:
         parser.error("--manifests is required (or --provider kubernetes)")
     auth = ServerAuth(args.token_file, args.tls_cert, args.tls_key, args.client_ca)
+    if args.tls_dir:
+        if args.tls_cert or args.tls_key or args.client_ca:
+            parser.error("--tls-dir or --tls-cert/--tls-key/--client-ca, not both")
+        auth = ServerAuth.from_tls_dir(args.tls_dir, args.token_file)
     try:
         for address in args.listen:
             if not is_unix(address):

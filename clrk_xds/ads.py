@@ -17,6 +17,7 @@ import grpc
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.protobuf import Any
 
+from clrk_runtime import grpc_auth
 from clrk_runtime.logs import fields
 from clrk_xds.ads_state import Kind, Request, Response, StreamState
 from clrk_xds.consistency import CLUSTER, LISTENER, SECRET
@@ -155,7 +156,9 @@ class AdsServer:
                         _log(logging.WARNING, "ads.bad_request", error=str(exc))
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad request")
                         return
-                    state.node_id = state.node_id or req.node_id
+                    if not state.node_id:
+                        # A gateway's certificate decides the node, not the request.
+                        state.node_id = await grpc_auth.scoped_gateway(context, req.node_id)
                     if not state.node_id:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no node id")
                         return

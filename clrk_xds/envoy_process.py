@@ -7,6 +7,7 @@ Envoys (tests, gateways) never share shared-memory state or files.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -67,11 +68,19 @@ def render_bootstrap(
     admin_port: int,
     *,
     admin_host: str = "127.0.0.1",
+    admin_socket: str | None = None,
     node_cluster: str = DEFAULT_NODE_CLUSTER,
+    tls_dir: str | None = None,
+    server_name: str | None = None,
     template: Path | str = BOOTSTRAP_TEMPLATE,
 ) -> dict:
     """The bootstrap of one gateway's Envoy (ADS for LDS and CDS) as a dict; `ads` is the
-    control plane's `unix:PATH` (under `clrk up`) or `HOST:PORT`."""
+    control plane's `unix:PATH` (under `clrk up`) or `HOST:PORT` (a name is resolved).
+
+    `tls_dir`: ADS over mutual TLS with the files of a mounted kubernetes.io/tls Secret
+    (tls.crt, tls.key, ca.crt); the control plane's certificate must name `server_name`
+    (default: the host of `ads`).  `admin_socket`: the admin API on that Unix socket
+    rather than a port, for an Envoy sharing its network namespace with an agent."""
     values = {
         "NODE_ID": node_id,
         "NODE_CLUSTER": node_cluster,
@@ -82,7 +91,53 @@ def render_bootstrap(
     text = Path(template).read_text()
     # JSON values are valid YAML flow values: no value can change the document's shape.
     rendered = Template(text).substitute({k: json.dumps(v) for k, v in values.items()})
-    return yaml.safe_load(rendered)
+    config = yaml.safe_load(rendered)
+    if admin_socket is not None:
+        config["admin"]["address"] = envoy_address(f"unix:{admin_socket}")
+    ads_cluster = config["static_resources"]["clusters"][0]
+    host = ads.rpartition(":")[0].strip("[]")
+    if not ads.startswith("unix:") and not _is_ip(host):
+        ads_cluster["type"] = "STRICT_DNS"  # e.g. the control plane's Service
+    if tls_dir is not None:
+        ads_cluster["transport_socket"] = ads_tls_socket(tls_dir, server_name or host)
+    return config
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def ads_tls_socket(tls_dir: str, server_name: str) -> dict:
+    """Envoy's side of the ADS connection's mutual TLS: its certificate and key, the
+    control plane verified against ca.crt and by the name it must carry."""
+    directory = Path(tls_dir)
+    by_ip = _is_ip(server_name)
+    san = {"san_type": "IP_ADDRESS" if by_ip else "DNS", "matcher": {"exact": server_name}}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "UpstreamTlsContext",
+            **({} if by_ip else {"sni": server_name}),  # SNI carries names only
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(directory / "tls.crt")},
+                        "private_key": {"filename": str(directory / "tls.key")},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(directory / "ca.crt")},
+                    "match_typed_subject_alt_names": [san],
+                },
+            },
+        },
+    }
 
 
 def static_bootstrap(plain: dict, *, admin_port: int = 0, admin_host: str = "127.0.0.1") -> dict:

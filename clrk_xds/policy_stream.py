@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from clrk.policy import PolicySet
+from clrk_runtime import grpc_auth
 from clrk_runtime.logs import fields
 from clrk_runtime.policy_messages import METHOD, SERVICE, pb2, policy_update
 
@@ -81,8 +82,12 @@ class PolicyStreamServer:
         self, request: pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb2.PolicyUpdate]:
         gateway = request.gateway
-        if "/" not in gateway:
+        if gateway and "/" not in gateway:
             gateway = f"default/{gateway}"
+        # A gateway's certificate decides what it watches, not the request.
+        gateway = await grpc_auth.scoped_gateway(context, gateway)
+        if not gateway:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no gateway")
         async for update in self.hub.updates(gateway):
             log.info(
                 "policy.send",

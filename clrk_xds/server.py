@@ -90,7 +90,7 @@ class ControlPlane:
         """One server per address: a Unix socket's needs no interceptor, TCP's may."""
         handlers = [self.ads.handler(), self.policy.handler()]
         if self.admin is not None:
-            handlers.append(self.admin.handler())
+            handlers.append(grpc_auth.operators_only(self.admin.handler()))
         servers = []
         for address in self.listens:
             server = grpc_auth.server(address, self.auth)

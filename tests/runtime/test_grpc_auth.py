@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from clrk_runtime import grpc_auth
 from clrk_runtime.grpc_auth import AuthError, ClientAuth, ServerAuth, client_identity
+from tests.tls_dirs import TestCA
 
 SERVICE = "clrk.test.Probe"
 NOBODY = 65534
@@ -334,3 +335,87 @@ def test_nothing_listens_where_a_refused_tcp_listener_would_have():
         bind(f"127.0.0.1:{port}")
     with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
         probe.connect(("127.0.0.1", port))
+
+
+# --- gateway identities ---------------------------------------------------------------------
+
+
+def _scoped_handlers() -> list[grpc.GenericRpcHandler]:
+    async def watch(request: bytes, context):
+        yield (await grpc_auth.scoped_gateway(context, request.decode())).encode()
+
+    async def apply(_request: bytes, _context) -> bytes:
+        return b"applied"
+
+    async def tail(_request: bytes, _context):
+        yield b"record"
+
+    watching = grpc.method_handlers_generic_handler(
+        SERVICE, {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
+    )
+    admin = grpc.method_handlers_generic_handler(
+        "clrk.test.Admin",
+        {
+            "Apply": grpc.unary_unary_rpc_method_handler(apply),
+            "Tail": grpc.unary_stream_rpc_method_handler(tail),
+        },
+    )
+    return [watching, grpc_auth.operators_only(admin)]
+
+
+def test_a_gateway_certificate_binds_its_caller_to_that_gateway_and_out_of_the_admin_api(
+    tmp_path,
+):
+    ca = TestCA(tmp_path)
+    auth = ServerAuth.from_tls_dir(ca.server("server", ips=("127.0.0.1",)))
+    gateway = ClientAuth.from_tls_dir(ca.gateway("gw", "team-a/agents"))
+    operator = ClientAuth.from_tls_dir(ca.operator())
+    malformed = ClientAuth.from_tls_dir(
+        ca.uris("bad", ["spiffe://clrk.apoxy.dev/ns/team-a/egressgateway"])
+    )
+
+    async def call(target, client, method, request=b""):
+        async with grpc_auth.aio_channel(target, client) as channel:
+            if method == "Apply":
+                return [await channel.unary_unary("/clrk.test.Admin/Apply")(request, timeout=5)]
+            path = f"/{SERVICE}/Watch" if method == "Watch" else "/clrk.test.Admin/Tail"
+            return [m async for m in channel.unary_stream(path)(request, timeout=5)]
+
+    async def refused(*args) -> str:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(*args)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        return error.value.details()
+
+    async def go():
+        server = grpc_auth.server("127.0.0.1:0", auth)
+        server.add_generic_rpc_handlers(tuple(_scoped_handlers()))
+        target = f"127.0.0.1:{grpc_auth.bind(server, '127.0.0.1:0', auth)}"
+        await server.start()
+        try:
+            assert await call(target, gateway, "Watch", b"team-a/agents") == [b"team-a/agents"]
+            assert await call(target, gateway, "Watch", b"") == [b"team-a/agents"]
+            assert "not team-a/other" in await refused(target, gateway, "Watch", b"team-a/other")
+            assert await call(target, operator, "Watch", b"team-a/other") == [b"team-a/other"]
+            for method in ("Apply", "Tail"):
+                assert "not an operator's" in await refused(target, gateway, method)
+                assert "clrk.apoxy.dev" in await refused(target, malformed, method)
+            assert "expected" in await refused(target, malformed, "Watch", b"team-a/agents")
+            assert await call(target, operator, "Apply") == [b"applied"]
+            assert await call(target, operator, "Tail") == [b"record"]
+        finally:
+            await server.stop(grace=None)
+
+    asyncio.run(go())
+
+
+def test_a_tls_directory_is_read_as_cert_manager_lays_it_out(tmp_path):
+    server = ServerAuth.from_tls_dir("/s", token_file="/t")
+    assert (server.cert_file, server.key_file, server.client_ca_file, server.token_file) == (
+        "/s/tls.crt", "/s/tls.key", "/s/ca.crt", "/t",
+    )  # fmt: skip
+    client = ClientAuth.from_tls_dir("/c", server_name="cp.example")
+    assert (client.cert_file, client.key_file, client.ca_file) == (
+        "/c/tls.crt", "/c/tls.key", "/c/ca.crt",
+    )  # fmt: skip
+    assert client.options() == [("grpc.ssl_target_name_override", "cp.example")]

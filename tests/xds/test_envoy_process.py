@@ -18,6 +18,7 @@ from clrk_xds.envoy_process import (
     static_bootstrap_with_secrets,
     validate_config,
 )
+from tests.tls_dirs import TestCA
 
 EMPTY_STATIC = {"listeners": [], "clusters": []}
 
@@ -149,3 +150,27 @@ def test_config_is_written_as_json() -> None:
     with EnvoyProcess(static_bootstrap(EMPTY_STATIC)) as envoy:
         written = json.loads((envoy.workdir / "envoy.json").read_text())
         assert written["static_resources"] == EMPTY_STATIC
+
+
+def test_render_bootstrap_reaches_a_remote_control_plane_over_mutual_tls(tmp_path) -> None:
+    tls_dir = TestCA(tmp_path).gateway("gw", "team-a/agents")
+    boot = render_bootstrap(
+        "team-a/agents", "clrk-control-plane.clrk-system.svc:18000", 0,
+        tls_dir=tls_dir, admin_socket=str(tmp_path / "admin.sock"),
+    )  # fmt: skip
+    cluster = boot["static_resources"]["clusters"][0]
+    assert cluster["type"] == "STRICT_DNS"  # the Service's name, resolved
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["sni"] == "clrk-control-plane.clrk-system.svc"
+    context = tls["common_tls_context"]
+    assert context["tls_certificates"][0]["private_key"] == {"filename": f"{tls_dir}/tls.key"}
+    assert context["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "clrk-control-plane.clrk-system.svc"}}
+    ]
+    # The agent shares the pod's network: Envoy's admin API is a socket it cannot reach.
+    assert boot["admin"]["address"] == {"pipe": {"path": str(tmp_path / "admin.sock")}}
+    ok, output = validate_config(boot)
+    assert ok, output
+    by_ip = render_bootstrap("g", "10.0.0.7:18000", 0, tls_dir=tls_dir)
+    cluster = by_ip["static_resources"]["clusters"][0]
+    assert cluster["type"] == "STATIC" and "sni" not in cluster["transport_socket"]["typed_config"]

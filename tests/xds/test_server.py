@@ -18,6 +18,7 @@ from clrk_runtime.grpc_auth import AuthError, ClientAuth
 from clrk_worker_dialer.policy_client import watch_policy
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 from clrk_xds.server import ControlPlane
+from tests.tls_dirs import TestCA
 from tests.xds.xds_messages import free_port
 
 GATEWAY = """\
@@ -26,6 +27,14 @@ kind: EgressGateway
 metadata: {name: gw}
 spec:
   listeners: [{name: tcp-out, protocol: TCP}]
+"""
+OTHER_GATEWAY = """\
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: other}
+spec:
+  listeners: [{name: tcp-other, protocol: TCP}]
 """
 SECOND = """\
 ---
@@ -165,3 +174,79 @@ def test_a_tcp_listener_with_a_token_serves_only_clients_that_send_it(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+@pytest.mark.timeout(120)
+def test_remote_parts_over_mtls_get_only_the_gateway_their_certificate_names(tmp_path):
+    """Issue 13, item 4: ADS and the policy stream over TCP with mutual TLS from
+    cert-manager-shaped directories (--tls-dir).  A gateway's certificate decides which
+    policy a dialer gets and which node an Envoy is, whatever they ask for; it opens no
+    admin API.  An operator's certificate (no gateway identity) still does."""
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "gw.yaml").write_text(GATEWAY + OTHER_GATEWAY)
+    ca = TestCA(tmp_path / "pki")
+    server_dir = ca.server("control-plane", dns=("clrk-control-plane.test",), ips=("127.0.0.1",))
+    gw_dir, operator_dir = ca.gateway("gw", "default/gw"), ca.operator()
+    port, base = free_port(), free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clrk_xds", "--manifests", str(manifests),
+             "--applied-dir", str(tmp_path / "applied"), "--envoy-base-port", str(base),
+             "--listen", f"127.0.0.1:{port}", "--tls-dir", server_dir],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    as_gw = ClientAuth.from_tls_dir(gw_dir)
+
+    def envoy_as(node: str) -> EnvoyProcess:
+        return EnvoyProcess(
+            render_bootstrap(node, target, 0, tls_dir=gw_dir),
+            extra_args=("--base-id", str(os.getpid() % 4000 * 100 + 98)),
+            log_level="warning",
+            wait_ready=False,
+        )
+
+    try:
+        wait_for(lambda: "server.listening" in log.read_text())
+        assert first_update(target, "default/gw", as_gw).policy.ref == "default/gw"
+        assert first_update(target, "", as_gw).policy.ref == "default/gw"  # asks for none
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            first_update(target, "default/other", as_gw)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "certificate is for gateway default/gw" in error.value.details()
+        # The operator's certificate watches any gateway and uses the admin API.
+        as_operator = ClientAuth.from_tls_dir(operator_dir)
+        assert first_update(target, "default/other", as_operator).policy.ref == "default/other"
+
+        def get(tls_dir: str) -> subprocess.CompletedProcess[str]:
+            files = [f"--ca-file={tls_dir}/ca.crt", f"--cert-file={tls_dir}/tls.crt",
+                     f"--key-file={tls_dir}/tls.key"]  # fmt: skip
+            return subprocess.run(
+                [sys.executable, "-m", "clrk_cli", "get", "gateways", "--server", target, *files],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+
+        assert get(operator_dir).returncode == 0
+        refused = get(gw_dir)
+        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+        # Envoy: ADS over mTLS with the gateway's certificate gets the gateway's listener...
+        with envoy_as("default/gw") as envoy:
+            envoy.wait_until_ready(30)
+            wait_for(lambda: f"127.0.0.1:{base}" in envoy.admin_get("/listeners")[1])
+        # ...and one claiming another node gets nothing.
+        with envoy_as("default/other") as envoy:
+            wait_for(lambda: "not default/other" in log.read_text())
+            listeners = wait_for(lambda: _admin_or_none(envoy, "/listeners?format=json"))
+            assert "socket_address" not in listeners
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def _admin_or_none(envoy: EnvoyProcess, path: str) -> str | None:
+    try:
+        return envoy.admin_get(path)[1]
+    except OSError:  # the admin listener is not up yet
+        return None
