@@ -7,10 +7,18 @@ import re
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from clrk.api import load_paths
-from clrk.api.crds import CEL, all_crds, crd, render_files, render_stream
-from clrk.api.resources import SPEC_MODELS
+from clrk.api.crds import CEL, all_crds, crd, model_schema, render_files, render_stream
+from clrk.api.resources import (
+    SPEC_MODELS,
+    EgressDenyPolicySpec,
+    EgressGatewaySpec,
+    LabelSelectorRequirement,
+    Listener,
+    PortSpec,
+)
 from clrk_cli import main
 from tests.k8s.openapi_check import problems
 
@@ -133,3 +141,69 @@ def test_port_xor_range_and_unique_listener_names_are_cel_rules_on_their_objects
     match = route["properties"]["rules"]["items"]["properties"]["matches"]["items"]
     rules = match["properties"]["ports"]["items"]["x-kubernetes-validations"]
     assert rules[0]["message"] == "give either port or startPort/endPort, not both"
+
+
+def _agree(model, candidates):
+    """The CRD (schema and CEL rules) accepts exactly what the model accepts."""
+    schema = model_schema(model)
+    for value in candidates:
+        try:
+            model.model_validate(value)
+            valid = True
+        except ValidationError:
+            valid = False
+        assert (problems(value, schema) == []) == valid, (model.__name__, value)
+
+
+def _present(**fields):
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def test_port_xor_range_rules_accept_exactly_what_the_model_accepts():
+    _agree(
+        PortSpec,
+        [
+            _present(port=p, startPort=s, endPort=e)
+            for p in (None, 80)
+            for s in (None, 10, 90)
+            for e in (None, 20, 5)
+        ],
+    )
+
+
+def test_listener_rules_accept_exactly_what_the_model_accepts():
+    _agree(
+        Listener,
+        [
+            _present(name="a", protocol=protocol, tls=tls)
+            for protocol in ("TCP", "TLS", "HTTP", "UDP")
+            for tls in (None, {}, {"mode": "Terminate"})
+        ],
+    )
+    _agree(
+        EgressGatewaySpec,
+        [
+            {"listeners": [{"name": n, "protocol": "TCP"} for n in names]}
+            for names in (["a"], ["a", "b"], ["a", "a"], ["a", "b", "a"], ["b", "a", "c"])
+        ],
+    )
+
+
+def test_selector_and_deny_target_rules_accept_exactly_what_the_model_accepts():
+    _agree(
+        LabelSelectorRequirement,
+        [
+            _present(key="team", operator=op, values=values)
+            for op in ("In", "NotIn", "Exists", "DoesNotExist")
+            for values in (None, [], ["a"])
+        ],
+    )
+    target = {"name": "r1"}
+    _agree(
+        EgressDenyPolicySpec,
+        [
+            _present(targetRef=one, targetRefs=many)
+            for one in (None, target)
+            for many in (None, [], [target])
+        ],
+    )

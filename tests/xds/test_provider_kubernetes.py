@@ -194,6 +194,11 @@ def test_the_crd_schema_refuses_what_it_can_express_at_admission(cluster):
     with pytest.raises(ApiException) as err:
         cluster.create(typo)
     assert err.value.status == 422 and "unknown field" in err.value.body
+    both = route()
+    both["spec"]["rules"][0]["matches"][0]["ports"] = [{"port": 1, "startPort": 1, "endPort": 2}]
+    with pytest.raises(ApiException) as err:  # a CEL rule
+        cluster.create(both)
+    assert err.value.status == 422 and "give either port or startPort/endPort" in err.value.body
 
 
 def test_status_is_written_once_per_change_not_in_a_loop(server, cluster):
