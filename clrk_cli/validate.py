@@ -13,6 +13,7 @@ _PLURAL = {
     "EgressGateway": ("gateway", "gateways"),
     "EgressL4Route": ("route", "routes"),
     "EgressDenyPolicy": ("deny policy", "deny policies"),
+    "EgressCredential": ("credential", "credentials"),
     "Agent": ("agent", "agents"),
 }
 
@@ -41,7 +42,9 @@ def validate(paths: tuple[str, ...]) -> None:
     kinds = Counter(
         "Agent" if r.kind in ("DaemonAgent", "TaskAgent") else r.kind for r in loaded.load.resources
     )
-    counts = ", ".join(_count(kinds[k], k) for k in _PLURAL)
+    # Credentials are optional: counted only when there are some.
+    shown = [k for k in _PLURAL if kinds[k] or k != "EgressCredential"]
+    counts = ", ".join(_count(kinds[k], k) for k in shown)
     docs, files = loaded.load.documents, loaded.load.files
     click.echo(
         f"valid: {counts} ({docs} document{'s' * (docs != 1)} in {files} file{'s' * (files != 1)})"

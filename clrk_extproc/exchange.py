@@ -15,6 +15,9 @@ from dataclasses import dataclass, field, replace
 from clrk.policy import Agent
 from clrk.records.schema import Record, http_request
 from clrk.wire import (
+    CREDENTIAL_HEADER,
+    CREDENTIAL_MISUSE,
+    DENY_REASON_HEADER,
     HEADER_AGENT_NAME,
     HEADER_AGENT_NAMESPACE,
     HEADER_AUTHORITY,
@@ -70,16 +73,25 @@ class Exchange:
         return answer, self._record(answer.status, self.start_ns, denied=True)
 
     def response(self, headers: Iterable[tuple[str, str]], now_ns: int | None = None):
-        """The allow record, once; None when there is nothing (left) to record."""
+        """The allow record, once; None when there is nothing (left) to record.  The
+        tripwire's answer is recorded from Envoy's access log, not here (Envoy's
+        routes strip an upstream's `x-clrk-*` response headers, so only Envoy can say
+        so); the credential Envoy injected is named by its route."""
         if self.facts is None or self.recorded:
             return None
-        status_text = dict((k.lower(), v) for k, v in headers).get(":status", "")
-        status = int(status_text) if status_text.isdigit() and len(status_text) == 3 else 0
+        plain = {k.lower(): v for k, v in headers}
         self.recorded = True
+        if plain.get(DENY_REASON_HEADER) == CREDENTIAL_MISUSE:
+            return None
+        status_text = plain.get(":status", "")
+        status = int(status_text) if status_text.isdigit() and len(status_text) == 3 else 0
         end = now_ns if now_ns is not None else time.time_ns()
-        return self._record(status, end)
+        credential = plain.get(CREDENTIAL_HEADER, "")[:MAX_VALUE] or None
+        return self._record(status, end, credential=credential)
 
-    def _record(self, status: int, end_ns: int, denied: bool = False) -> Record:
+    def _record(
+        self, status: int, end_ns: int, denied: bool = False, credential: str | None = None
+    ) -> Record:
         facts = self.facts
         assert facts is not None
         namespace = tlv(self.tlvs, HEADER_AGENT_NAMESPACE) or ""
@@ -99,4 +111,5 @@ class Exchange:
             start_ns=self.start_ns,
             end_ns=end_ns,
             connection_id=tlv(self.tlvs, HEADER_CONNECTION_ID),
+            credential=credential,
         )

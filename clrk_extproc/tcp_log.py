@@ -20,7 +20,7 @@ from clrk.wire import LISTENER_TAG, TlvType, tlv_tag
 END_TYPES = frozenset({AccessLogType.TcpConnectionEnd})
 
 
-def _tag(tags: dict[str, str], name: str) -> str | None:
+def tag(tags: dict[str, str], name: str) -> str | None:
     value = tags.get(name, "")
     return None if value in ("", "-") else value
 
@@ -32,7 +32,7 @@ def _socket(address: Address | None) -> tuple[str, int] | None:
     return sa.address, int(sa.port_value or 0)
 
 
-def _ns(moment: datetime.datetime | None) -> int | None:
+def ns(moment: datetime.datetime | None) -> int | None:
     if moment is None:
         return None
     if moment.tzinfo is None:
@@ -56,25 +56,25 @@ def tcp_record(entry: TcpAccessLogEntry, gateway: str) -> Record | None:
     up = int(props.received_bytes) if props is not None else 0
     down = int(props.sent_bytes) if props is not None else 0
     peer = _socket(common.downstream_local_address) or ("", 0)  # the original destination
-    start = _ns(common.start_time)
+    start = ns(common.start_time)
     duration = common.duration
     end = start + int(duration.total_seconds() * 1e9) if start is not None and duration else start
-    namespace = _tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
-    name = _tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
+    namespace = tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
+    name = tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
     client = _socket(common.downstream_remote_address)
     return tcp_allowed(
         gateway=gateway,
         agent=Agent(namespace, name) if namespace or name else None,
-        route=_tag(tags, tlv_tag(TlvType.ROUTE)),
-        listener=_tag(tags, LISTENER_TAG),
+        route=tag(tags, tlv_tag(TlvType.ROUTE)),
+        listener=tag(tags, LISTENER_TAG),
         dst_ip=peer[0],
         dst_port=peer[1],
-        dst_name=_tag(tags, tlv_tag(TlvType.AUTHORITY)),
+        dst_name=tag(tags, tlv_tag(TlvType.AUTHORITY)),
         bytes_up=up,
         bytes_down=down,
         start_ns=start,
         end_ns=end,
         duration_ms=int(duration.total_seconds() * 1000) if duration else 0,
-        connection_id=_tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
+        connection_id=tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
         src=client[0] if client else None,
     )

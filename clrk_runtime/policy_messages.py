@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from google.protobuf import json_format
 
 from clrk.policy.compiled import (
+    CompiledCredential,
     CompiledListener,
     DenyResponse,
     DnsSettings,
@@ -116,6 +117,20 @@ def encode_policy(policy: GatewayPolicy) -> pb2.GatewayPolicy:
             for ref, r in sorted(policy.deny_responses.items())
         ],
         upstream_ca_bundle=policy.upstream_ca_bundle or "",
+        credentials=[
+            pb2.Credential(
+                ref=c.ref,
+                route=c.route,
+                hostnames=c.hostnames,
+                header=c.header,
+                prefix=c.prefix,
+                placeholder=c.placeholder,
+                placeholder_env=c.placeholder_env or "",
+                source=c.source,
+                source_ref=c.source_ref,
+            )
+            for c in policy.credentials
+        ],
     )
 
 
@@ -238,6 +253,33 @@ def _dns(msg: pb2.Dns) -> DnsSettings:
     return DnsSettings(tuple(upstream), _known(msg.mode, DNS_MODES, "dns.mode"), low, high)
 
 
+CREDENTIAL_SOURCES = ("file", "env", "secretRef")
+
+
+def _credentials(msg: pb2.GatewayPolicy, routes: set[str]) -> tuple[CompiledCredential, ...]:
+    out = []
+    for i, c in enumerate(msg.credentials):
+        what = f"credentials[{i}]"
+        if c.route not in routes:
+            raise PolicyDecodeError(f"{what}.route: {c.route!r} has no match on this gateway")
+        if c.source not in CREDENTIAL_SOURCES or not c.header or not c.placeholder:
+            raise PolicyDecodeError(f"{what}: source, header or placeholder is not valid")
+        out.append(
+            CompiledCredential(
+                ref=_ref(c.ref, f"{what}.ref"),
+                route=c.route,
+                hostnames=tuple(c.hostnames),
+                header=c.header,
+                prefix=c.prefix,
+                placeholder=c.placeholder,
+                placeholder_env=c.placeholder_env or None,
+                source=c.source,
+                source_ref=c.source_ref,
+            )
+        )
+    return tuple(out)
+
+
 def decode_policy(msg: pb2.GatewayPolicy) -> GatewayPolicy:
     """The compiled policy the message carries; PolicyDecodeError if it is malformed."""
     listeners = _listeners(msg)
@@ -251,15 +293,17 @@ def decode_policy(msg: pb2.GatewayPolicy) -> GatewayPolicy:
     agents = tuple(Agent(a.namespace, a.name, dict(a.labels)) for a in msg.agents)
     if len({(a.namespace, a.name) for a in agents}) != len(agents):
         raise PolicyDecodeError("agents: an agent is listed twice")
+    matches = tuple(_decode_match(m, i, by_name, denies) for i, m in enumerate(msg.matches))
     return GatewayPolicy(
         ref=_ref(msg.ref, "ref"),
         default_policy=_known(msg.default_policy, DEFAULT_POLICIES, "default_policy"),
         listeners=listeners,
-        matches=tuple(_decode_match(m, i, by_name, denies) for i, m in enumerate(msg.matches)),
+        matches=matches,
         agents=agents,
         dns=_dns(msg.dns),
         deny_responses=denies,
         upstream_ca_bundle=msg.upstream_ca_bundle or None,
+        credentials=_credentials(msg, {m.route for m in matches}),
     )
 
 

@@ -28,12 +28,21 @@ KIND_ALIASES = {
     "policies": ("EgressDenyPolicy",),
     "denypolicies": ("EgressDenyPolicy",),
     "egressdenypolicy": ("EgressDenyPolicy",),
+    "credential": ("EgressCredential",),
+    "credentials": ("EgressCredential",),
+    "egresscredential": ("EgressCredential",),
     "agent": AGENT_KINDS,
     "agents": AGENT_KINDS,
     "daemonagent": ("DaemonAgent",),
     "taskagent": ("TaskAgent",),
 }
-ALL_KINDS = ("EgressGateway", "EgressL4Route", "EgressDenyPolicy", *AGENT_KINDS)
+ALL_KINDS = (
+    "EgressGateway",
+    "EgressL4Route",
+    "EgressDenyPolicy",
+    "EgressCredential",
+    *AGENT_KINDS,
+)
 
 
 def kinds_for(text: str) -> tuple[str, ...]:
@@ -42,7 +51,7 @@ def kinds_for(text: str) -> tuple[str, ...]:
         return ALL_KINDS
     kinds = KIND_ALIASES.get(text.lower())
     if kinds is None:
-        known = "gateways, routes, policies, agents"
+        known = "gateways, routes, policies, credentials, agents"
         raise ValueError(f"unknown kind {text!r}; expected one of {known}")
     return tuple(kinds)
 

@@ -44,6 +44,9 @@ def gateways_of(res: Resource, routes: Mapping[tuple[str, str], Resource]) -> se
         return {res.ref}
     if res.kind == "EgressL4Route":
         return {f"{p.namespace or res.namespace}/{p.name}" for p in res.spec.parent_refs}
+    if res.kind == "EgressCredential":
+        route = routes.get((res.namespace, res.spec.target_ref.name))
+        return gateways_of(route, routes) if route is not None else set()
     if res.kind == "EgressDenyPolicy":
         out: set[str] = set()
         for target in res.spec.targets:

@@ -68,7 +68,7 @@ from clrk.nexthops import (
     envoy_listener_addresses,
 )
 from clrk.policy import GatewayPolicy, PolicySet
-from clrk.policy.compiled import CompiledListener, MatchEntry
+from clrk.policy.compiled import CompiledCredential, CompiledListener, MatchEntry
 from clrk.policy.selectors import Selector, selects
 from clrk.wire import TLV_FIELDS, ChainFacts
 from clrk_xds import betterproto_speed
@@ -104,6 +104,8 @@ TYPE_URLS: dict[str, str] = {
 Key = tuple[str, str]
 # (secret name, the route's hostname patterns) -> the Secret with its leaf certificate.
 LeafSecret = Callable[[str, tuple[str, ...]], Secret]
+# A credential -> the Secret with its value, read from its source (not pure: the caller's).
+CredentialSecret = Callable[[CompiledCredential], Secret]
 Entry = MatcherMatcherListFieldMatcher
 
 
@@ -273,7 +275,20 @@ def _l7_rule_chain(
     any_name = any(not m.hostnames for m in matches)
     names = [] if any_name else [h for m in matches for h in m.hostnames]
     secret = l7.leaf_secret_name(first.route) if listener.tls_mode == "Terminate" else None
-    return l7.l7_chain(name, facts, domains=l7.domains_for(names), terminate_secret=secret)
+    # A deny chain answers every request with its deny response: nothing to inject.
+    injected = () if first.deny_policy else credentials_of(policy, first.route)
+    return l7.l7_chain(
+        name,
+        facts,
+        domains=l7.domains_for(names),
+        terminate_secret=secret,
+        injected=injected,
+        known=policy.credentials,
+    )
+
+
+def credentials_of(policy: GatewayPolicy, route: str) -> tuple[CompiledCredential, ...]:
+    return tuple(c for c in policy.credentials if c.route == route)
 
 
 def _route_parts(
@@ -410,7 +425,8 @@ def _gateway_listener(
             agents = tuple(selected(e.selector) for e in route)
             deny = policy.deny_responses.get(route[0].deny_policy or "")
             attached = _attached(route[0], listener)
-            key = (policy.ref, listener, attached, blocked, deny, agents, _route_key(route))
+            creds = policy.credentials if listener.l7 else ()
+            key = (policy.ref, listener, attached, blocked, deny, agents, creds, _route_key(route))
             part = cache.get(key)
         if part is None:
             part = _route_parts(policy, route, listener, selected, blocked)
@@ -431,7 +447,13 @@ def _gateway_listener(
     default = None
     if allow_all and listener.protocol == "HTTP":
         facts = ChainFacts(gateway=policy.ref, listener=listener.name)
-        default = l7.l7_chain("default/allow-all", facts, domains=["*"], terminate_secret=None)
+        default = l7.l7_chain(
+            "default/allow-all",
+            facts,
+            domains=["*"],
+            terminate_secret=None,
+            known=policy.credentials,
+        )
     elif allow_all:
         # TLS Terminate too: no one certificate can cover every name, so traffic that no
         # route names passes through (still re-checked and logged as L4).
@@ -482,6 +504,7 @@ def translate_gateway(
     always_blocked: Sequence[Network] | None = None,
     extproc_address: tuple[str, int] | str = l7.DEFAULT_EXTPROC_ADDRESS,
     leaf_secret: LeafSecret | None = None,
+    credential_secret: CredentialSecret | None = None,
     upstream_ca: str | None = None,
     cache: ChainCache | None = None,
 ) -> GatewayResources:
@@ -505,6 +528,8 @@ def translate_gateway(
     if leaf_secret is not None:
         leaves = terminate_leaves(policy)
         secrets = tuple(leaf_secret(name, hosts) for name, hosts in sorted(leaves.items()))
+    if credential_secret is not None:
+        secrets += tuple(credential_secret(c) for c in policy.credentials)
     return GatewayResources(policy.ref, tuple(listeners), tuple(clusters), secrets)
 
 
@@ -519,7 +544,10 @@ def translate(policies: PolicySet, **options) -> dict[str, GatewayResources]:
     (ext_proc and access logs): (host, port) or a Unix socket path.
     `leaf_secret(name, hostnames)`: the Secret of a TLS Terminate route's leaf
     certificate (minting is not pure, so the caller supplies it); without it, chains
-    name secrets the caller must serve.  `upstream_ca`: the trust bundle for
+    name secrets the caller must serve.  `credential_secret(credential)`: the generic
+    Secret of an EgressCredential (`translate_credentials.secret_name`), read from its
+    source by the caller; without it, chains name secrets the caller must serve.
+    `upstream_ca`: the trust bundle for
     re-originated TLS of gateways that set no `upstreamTLS.caBundle` (default: the
     system bundle).  `cache`: a `ChainCache` kept across calls.
     """

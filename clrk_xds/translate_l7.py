@@ -53,11 +53,7 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain
 from envoy_data_plane.envoy.config.route.v3 import (
-    Route,
-    RouteAction,
     RouteConfiguration,
-    RouteMatch,
-    VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
     CommonGrpcAccessLogConfig,
@@ -92,7 +88,9 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.tracing.v3 import CustomTag
 from envoy_data_plane.google.protobuf import Any
 
+from clrk.policy.compiled import CompiledCredential
 from clrk.wire import (
+    CREDENTIAL_HEADER,
     LISTENER_TAG,
     TAGGED_TLVS,
     TLV_FIELDS,
@@ -101,6 +99,7 @@ from clrk.wire import (
     tlv_format,
     tlv_tag,
 )
+from clrk_xds import translate_credentials as tc
 
 EXTPROC_CLUSTER = "clrk_extproc"
 ORIGINAL_DST_TLS_CLUSTER = "original_dst_tls"
@@ -128,7 +127,7 @@ def _envoy_grpc(initial_metadata: Sequence[HeaderValue] = ()) -> GrpcService:
     )
 
 
-def _tlv_headers_in() -> HeaderMutation:
+def _tlv_headers_in(credentials: bool = False) -> HeaderMutation:
     removes = [Mutation(remove=h) for h in TLV_HEADERS]
     sets = [
         Mutation(
@@ -139,7 +138,10 @@ def _tlv_headers_in() -> HeaderMutation:
         )
         for h, f in TLV_HEADERS.items()
     ]
-    return HeaderMutation(mutations=Mutations(request_mutations=[*removes, *sets]))
+    mutations = Mutations(request_mutations=[*removes, *sets])
+    if credentials:  # the first filter sees the response last: after ext_proc read it
+        mutations.response_mutations = [Mutation(remove=CREDENTIAL_HEADER)]
+    return HeaderMutation(mutations=mutations)
 
 
 def _tlv_headers_out() -> HeaderMutation:
@@ -193,30 +195,35 @@ def l7_chain(
     *,
     domains: Sequence[str],
     terminate_secret: str | None,
+    injected: Sequence[CompiledCredential] = (),
+    known: Sequence[CompiledCredential] = (),
 ) -> FilterChain:
-    """One L7 filter chain; `terminate_secret` set means TLS Terminate with that leaf."""
+    """One L7 filter chain; `terminate_secret` set means TLS Terminate with that leaf.
+    `injected`: the credentials this chain's route injects; `known`: every credential
+    of the gateway, whose placeholders the tripwire looks for (translate_credentials)."""
     stat = name.replace("/", ".")
     cluster = ORIGINAL_DST_TLS_CLUSTER if terminate_secret else "original_dst"
-    route_config = RouteConfiguration(
-        name=name,
-        virtual_hosts=[
-            VirtualHost(
-                name=stat,
-                domains=list(domains) or ["*"],
-                routes=[Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=cluster))],
-            )
-        ],
-    )
+    domains = list(domains) or ["*"]
+    covering = tc.coverage(domains, injected)
+    hosts = tc.virtual_hosts(stat, covering, cluster, known)
+    route_config = RouteConfiguration(name=name, virtual_hosts=hosts)
+    injectors = [
+        tc.injector_filter(c, _sds(tc.secret_name(c.ref)), tc.injected_hosts(covering, c))
+        for c in injected
+    ]
     hcm = HttpConnectionManager(
         stat_prefix=stat,
         route_config=route_config,
         strip_any_host_port=True,
         http_filters=[
-            _http_filter("clrk.tlv_headers", _tlv_headers_in()),
+            _http_filter("clrk.tlv_headers", _tlv_headers_in(bool(injected))),
             _http_filter("envoy.filters.http.ext_proc", _ext_proc(facts)),
+            # After ext_proc: the secret is set where no Python sees it.
+            *injectors,
             _http_filter("clrk.strip_tlv_headers", _tlv_headers_out()),
             _http_filter("envoy.filters.http.router", Router()),
         ],
+        access_log=[tc.misuse_access_log(facts.listener, _envoy_grpc())] if known else [],
     )
     return FilterChain(
         name=name,

@@ -39,6 +39,7 @@ NAMES: dict[str, Names] = {
     "EgressGateway": Names("egressgateways", ("egw",)),
     "EgressL4Route": Names("egressl4routes", ("el4r",)),
     "EgressDenyPolicy": Names("egressdenypolicies", ("edp",)),
+    "EgressCredential": Names("egresscredentials", ("ecred",)),
     "DaemonAgent": Names("daemonagents"),
     "TaskAgent": Names("taskagents"),
 }
@@ -70,6 +71,21 @@ _WIRE: dict[object, dict[str, Any]] = {
     resources._status_code: {"type": "integer", "minimum": 400, "maximum": 599},
     resources._endpoint: {**_STRING, "pattern": "^https?://"},
     resources._gateway_ref: {**_STRING, "minLength": 1, "maxLength": 317},
+    resources._header_name: {
+        **_STRING,
+        "minLength": 1,
+        "maxLength": 128,
+        "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+    },
+    resources._env_name: {**_STRING, "pattern": _anchored(resources._ENV_NAME)},
+    resources._placeholder: {**_STRING, "pattern": _anchored(resources._PLACEHOLDER)},
+    resources._prefix: {**_STRING, "pattern": _anchored(resources._PREFIX)},
+    resources._secret_file: {**_STRING, "minLength": 2, "pattern": "^/"},
+    resources._secret_key: {
+        **_STRING,
+        "maxLength": 253,
+        "pattern": _anchored(resources._SECRET_KEY),
+    },
 }
 # Resolver's validator is a lambda: found through the alias.
 _WIRE[typing.get_args(resources.Resolver)[1].func] = {**_STRING, "minLength": 1}
@@ -112,6 +128,13 @@ CEL: dict[type[BaseModel], list[dict[str, str]]] = {
             "self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0"
             " : !has(self.values) || size(self.values) == 0",
             "In and NotIn need values; Exists and DoesNotExist take none",
+        ),
+    ],
+    resources.CredentialSource: [
+        _rule(
+            "(has(self.file) ? 1 : 0) + (has(self.env) ? 1 : 0) + (has(self.secretRef) ? 1 : 0)"
+            " == 1",
+            "give exactly one of file, env or secretRef",
         ),
     ],
     resources.EgressDenyPolicySpec: [

@@ -41,6 +41,7 @@ class Resolution:
     agents: dict[Key, Resource]
     conditions: dict[tuple[str, str, str], tuple[Condition, ...]]
     findings: tuple[Finding, ...]
+    credentials: dict[Key, Resource] = field(default_factory=dict)  # the accepted ones
 
 
 def _key(res: Resource) -> Key:
@@ -187,6 +188,85 @@ class _Resolver:
                             warning=True,
                         )
 
+    def credentials(
+        self,
+        gateways: dict[Key, Resource],
+        routes: dict[Key, Resource],
+        attachments: dict[Key, tuple[Attachment, ...]],
+    ) -> dict[Key, Resource]:
+        """The credentials that may inject: target an L7 route, name only hostnames it
+        allows, and hold a placeholder no other credential's overlaps."""
+        accepted: dict[Key, Resource] = {}
+        for key, cred in sorted(self.of_kind("EgressCredential").items()):
+            reason, path, problem = self._credential_problem(
+                cred, gateways, routes, attachments, accepted
+            )
+            if problem:
+                self.report(cred, path, problem)
+            else:
+                accepted[key] = cred
+            self.condition(cred, Condition("Accepted", not problem, reason, problem))
+        return accepted
+
+    def _credential_problem(
+        self,
+        cred: Resource,
+        gateways: dict[Key, Resource],
+        routes: dict[Key, Resource],
+        attachments: dict[Key, tuple[Attachment, ...]],
+        accepted: dict[Key, Resource],
+    ) -> tuple[str, str, str]:
+        """(reason, field, message) of the first reason `cred` cannot inject; the
+        message is empty when it can."""
+        spec = cred.spec
+        rkey = (cred.namespace, spec.target_ref.name)
+        route = routes.get(rkey)
+        if route is None:
+            missing = self.missing("EgressL4Route", rkey)
+            note = " (a credential targets a route in its own namespace)"
+            return "TargetNotFound", "spec.targetRef.name", missing + note
+        on_l7 = any(
+            _is_l7(gateways[gkey], name)
+            for gkey, atts in attachments.items()
+            for att in atts
+            if att.route is route
+            for name in att.listeners
+        )
+        if not on_l7:
+            return (
+                "NotL7Route",
+                "spec.targetRef.name",
+                f"route {route.ref} is attached to no HTTP or TLS Terminate listener: a "
+                "credential is injected only where the gateway sees the requests",
+            )
+        if spec.source.secret_ref is not None:
+            return (
+                "SecretRefUnsupported",
+                "spec.source.secretRef",
+                "a Kubernetes Secret is not resolved yet (no provider reads Secrets); "
+                "use source.file or source.env",
+            )
+        matches = [m for rule in route.spec.rules for m in rule.matches]
+        allowed = [h for m in matches for h in m.destination_hostnames]
+        any_name = any(not m.destination_hostnames for m in matches)
+        for i, name in enumerate(spec.hostnames):
+            if not any_name and not any(covers(p, name) for p in allowed):
+                return (
+                    "HostnameNotInRoute",
+                    f"spec.hostnames[{i}]",
+                    f"{name!r} is not a hostname route {route.ref} allows",
+                )
+        for other in accepted.values():
+            mine, theirs = spec.placeholder, other.spec.placeholder
+            if mine in theirs or theirs in mine:
+                return (
+                    "PlaceholderConflict",
+                    "spec.placeholder",
+                    f"overlaps the placeholder of EgressCredential {other.ref}: the "
+                    "tripwire could not tell the two apart",
+                )
+        return "Accepted", "", ""
+
     def agents(self, gateways: dict[Key, Resource]) -> dict[Key, Resource]:
         agents: dict[Key, Resource] = {}
         for res in self.resources:
@@ -214,13 +294,31 @@ def resolve(
     denied = r.deny_targets(routes)
     attachments = r.attach(gateways, routes, denied)
     agents = r.agents(gateways)
+    credentials = r.credentials(gateways, routes, attachments)
     return Resolution(
         gateways=gateways,
         attachments=attachments,
         agents=agents,
         conditions={k: tuple(v) for k, v in r.conditions.items()},
         findings=tuple(r.findings),
+        credentials=credentials,
     )
+
+
+def _is_l7(gateway: Resource, listener: str) -> bool:
+    lst = next(lst for lst in gateway.spec.listeners if lst.name == listener)
+    return lst.protocol == "HTTP" or lst.tls_mode == "Terminate"
+
+
+def covers(pattern: str, name: str) -> bool:
+    """A route's hostname pattern allows `name` (itself a name or a `*.` pattern): a
+    wildcard stands for exactly one label, as everywhere in clrk."""
+    if pattern == name:
+        return True
+    if not pattern.startswith("*.") or name.startswith("*."):
+        return False
+    head, _, parent = name.partition(".")
+    return bool(head) and parent == pattern[2:]
 
 
 def agent_gateways(agent: Resource) -> list[Key]:

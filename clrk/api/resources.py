@@ -7,6 +7,7 @@ The models hold normalised values (hostnames folded, CIDRs parsed, port ranges a
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -255,6 +256,122 @@ class EgressDenyPolicySpec(Model):
         return ([self.target_ref] if self.target_ref else []) + list(self.target_refs)
 
 
+# --- EgressCredential ---------------------------------------------------------------
+
+# RFC 9110 token characters; a header name is matched case-insensitively, kept lower.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+# Headers Envoy or clrk own: setting them would break the exchange or forge its facts.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+    }
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+# A placeholder travels in headers and the agent's environment, and the tripwire finds
+# it inside a header value: visible ASCII, long enough not to occur by chance.
+_PLACEHOLDER = re.compile(r"[!-~]{8,256}")
+_PREFIX = re.compile(r"[ -~]{0,64}")
+
+
+def _header_name(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a header name, not {type(raw).__name__}")
+    name = raw.lower()
+    if not name:
+        raise ValueError("must not be empty")
+    if not _HEADER_NAME.fullmatch(name) or len(name) > 128:
+        raise ValueError(f"{raw!r} is not an HTTP header name")
+    if name in _RESERVED_HEADERS or name.startswith("x-clrk-"):
+        raise ValueError(f"{raw!r} is a header the gateway must not set")
+    return name
+
+
+def _env_name(raw: object) -> str:
+    if not isinstance(raw, str) or not _ENV_NAME.fullmatch(raw):
+        raise ValueError(f"must be an environment variable name, not {raw!r}")
+    return raw
+
+
+def _placeholder(raw: object) -> str:
+    if not isinstance(raw, str) or not _PLACEHOLDER.fullmatch(raw):
+        raise ValueError("must be 8..256 visible ASCII characters (no spaces)")
+    return raw
+
+
+def _prefix(raw: object) -> str:
+    if not isinstance(raw, str) or not _PREFIX.fullmatch(raw):
+        raise ValueError("must be at most 64 printable ASCII characters")
+    return raw
+
+
+def _secret_file(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/") or "\0" in raw:
+        raise ValueError(f"must be an absolute path, not {raw!r}")
+    return raw
+
+
+def _secret_key(raw: object) -> str:
+    if not isinstance(raw, str) or not _SECRET_KEY.fullmatch(raw) or len(raw) > 253:
+        raise ValueError(f"must be a Secret data key, not {raw!r}")
+    return raw
+
+
+EnvName = Annotated[str, BeforeValidator(_env_name)]
+
+
+class SecretKeyRef(Model):
+    name: ObjectName
+    key: Annotated[str, BeforeValidator(_secret_key)]
+
+
+class CredentialSource(Model):
+    """Exactly one of a file (re-read when it changes), the control plane's
+    environment, or a Kubernetes Secret."""
+
+    file: Annotated[str, BeforeValidator(_secret_file)] | None = None
+    env: EnvName | None = None
+    secret_ref: SecretKeyRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialSource:
+        fields = (("file", self.file), ("env", self.env), ("secretRef", self.secret_ref))
+        given = [name for name, value in fields if value is not None]
+        if len(given) != 1:
+            found = f"got {' and '.join(given)}" if given else "got none"
+            raise ValueError(f"give exactly one of file, env or secretRef ({found})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "file" if self.file is not None else "env" if self.env is not None else "secretRef"
+
+    @property
+    def where(self) -> str:
+        """The source's address, never its value: a path, a variable, name/key."""
+        if self.secret_ref is not None:
+            return f"{self.secret_ref.name}/{self.secret_ref.key}"
+        return self.file if self.file is not None else self.env  # type: ignore[return-value]
+
+
+class EgressCredentialSpec(Model):
+    target_ref: TargetRef
+    hostnames: list[Hostname] = Field(default_factory=list)
+    header: Annotated[str, BeforeValidator(_header_name)]
+    prefix: Annotated[str, BeforeValidator(_prefix)] = ""
+    placeholder: Annotated[str, BeforeValidator(_placeholder)]
+    placeholder_env: EnvName | None = None
+    source: CredentialSource
+
+
 # --- Agents --------------------------------------------------------------------------
 
 
@@ -284,6 +401,7 @@ SPEC_MODELS: dict[str, type[Model]] = {
     "EgressGateway": EgressGatewaySpec,
     "EgressL4Route": EgressL4RouteSpec,
     "EgressDenyPolicy": EgressDenyPolicySpec,
+    "EgressCredential": EgressCredentialSpec,
     "DaemonAgent": AgentSpec,
     "TaskAgent": AgentSpec,
 }

@@ -13,6 +13,7 @@ from clrk.api.findings import Finding, Scope, Severity
 from clrk.api.resolve import Attachment, agent_gateways, resolve
 from clrk.api.resources import Resource
 from clrk.policy.compiled import (
+    CompiledCredential,
     CompiledListener,
     DenyResponse,
     DnsSettings,
@@ -43,11 +44,42 @@ def _mismatch(route: Resource, path: str, message: str) -> Finding:
     )
 
 
+def _credentials(
+    attachments: Sequence[Attachment],
+    listeners: Sequence[CompiledListener],
+    credentials: Sequence[Resource],
+) -> tuple[CompiledCredential, ...]:
+    """The accepted credentials whose route reaches an L7 listener of this gateway."""
+    l7 = {lst.name for lst in listeners if lst.l7}
+    routes = {a.route.ref for a in attachments if l7.intersection(a.listeners)}
+    out = []
+    for cred in credentials:
+        spec = cred.spec
+        route = f"{cred.namespace}/{spec.target_ref.name}"
+        if route not in routes:
+            continue
+        out.append(
+            CompiledCredential(
+                ref=cred.ref,
+                route=route,
+                hostnames=tuple(dict.fromkeys(spec.hostnames)),
+                header=spec.header,
+                prefix=spec.prefix,
+                placeholder=spec.placeholder,
+                placeholder_env=spec.placeholder_env,
+                source=spec.source.kind,
+                source_ref=spec.source.where,
+            )
+        )
+    return tuple(out)
+
+
 def _compile_gateway(
     gateway: Resource,
     attachments: Sequence[Attachment],
     agents: Sequence[Agent],
     findings: list[Finding],
+    credentials: Sequence[Resource] = (),
 ) -> GatewayPolicy:
     listeners = tuple(
         CompiledListener(lst.name, lst.protocol, lst.tls_mode, lst.port, i)
@@ -106,6 +138,7 @@ def _compile_gateway(
         dns=_dns(gateway),
         deny_responses=deny_responses,
         upstream_ca_bundle=upstream_tls.ca_bundle if upstream_tls else None,
+        credentials=_credentials(attachments, listeners, credentials),
     )
 
 
@@ -129,6 +162,7 @@ def compile_policies(
             resolution.attachments.get(key, ()),
             [agent for akey, agent in agents.items() if key in refs[akey]],
             findings,
+            [cred for _k, cred in sorted(resolution.credentials.items())],
         )
         for key, gw in sorted(resolution.gateways.items())
     }

@@ -104,6 +104,23 @@ class DenyResponse:
     message: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledCredential:
+    """An accepted EgressCredential on this gateway: what Envoy injects where, and the
+    placeholder its tripwire looks for.  The secret itself is never part of the policy:
+    `source` says where the control plane reads it."""
+
+    ref: str  # namespace/name of the EgressCredential
+    route: str  # namespace/name of the route it injects on
+    hostnames: tuple[str, ...]  # narrows within the route's names; empty: all of them
+    header: str  # lower-case
+    prefix: str
+    placeholder: str
+    placeholder_env: str | None
+    source: str  # file | env | secretRef
+    source_ref: str  # the path, the variable, or "secret/key": never the value
+
+
 @dataclass(frozen=True, eq=False)
 class GatewayPolicy:
     ref: str  # namespace/name
@@ -114,6 +131,7 @@ class GatewayPolicy:
     dns: DnsSettings = DnsSettings()
     deny_responses: Mapping[str, DenyResponse] = field(default_factory=dict)
     upstream_ca_bundle: str | None = None  # trust for TLS that Envoy re-originates
+    credentials: tuple[CompiledCredential, ...] = ()  # by namespace/name
     # Derived from `matches` and `agents` on construction: what decide() looks up.
     allow: Mapping[str, ProtocolIndex] = field(init=False, repr=False)
     deny: Mapping[str, ProtocolIndex] = field(init=False, repr=False)

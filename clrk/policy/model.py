@@ -18,6 +18,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_AGENT = "unknown_agent"
     NO_LISTENER = "no_listener"
     DNS_FILTERED = "dns_filtered"
+    CREDENTIAL_MISUSE = "credential_misuse"  # Envoy's tripwire, never decide()'s
 
     @property
     def allows(self) -> bool:

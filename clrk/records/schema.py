@@ -53,6 +53,7 @@ HTTP_METHOD = "http.request.method"
 HTTP_AUTHORITY = "clrk.http.authority"
 HTTP_PATH = "url.path"
 HTTP_STATUS = "http.response.status_code"
+CREDENTIAL = "clrk.egress.credential"  # the EgressCredential's name, never its value
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,11 +256,15 @@ def http_request(
     start_ns: int | None = None,
     end_ns: int | None = None,
     connection_id: str | None = None,
+    credential: str | None = None,
+    misused: str | None = None,
 ) -> Record:
     """`egress.http`: one L7 request through Envoy (from ext_proc).  Allowed, it carries
-    the upstream's status (a 5xx marks the span as an error); denied by `deny_policy`,
-    the deny answer's status and the deny reason.  `dst_name` is the name the dialer
-    matched, else the request's host."""
+    the upstream's status (a 5xx marks the span as an error) and the `credential`
+    Envoy injected, if any; denied by `deny_policy`, the deny answer's status and the
+    deny reason.  `misused`: the credential whose placeholder the tripwire caught (deny
+    reason `credential_misuse`).  `dst_name` is the name the dialer matched, else the
+    request's host."""
     attrs: dict[str, AttrValue] = {
         GATEWAY: gateway,
         **_agent_attrs(agent),
@@ -274,9 +279,14 @@ def http_request(
         attrs[ROUTE] = route
         _optional(attrs, RULE, rule)
     _optional(attrs, CONNECTION_ID, connection_id)
+    if misused is not None:
+        attrs[DENY_REASON] = str(Reason.CREDENTIAL_MISUSE)
+        attrs[CREDENTIAL] = misused
+        return Record(HTTP_REQUEST, attrs, "WARN", True, start_ns, end_ns)
     if deny_policy is not None:
         attrs[DENY_REASON] = str(Reason.DENY_POLICY)
         attrs[DENY_POLICY] = deny_policy
         return Record(HTTP_REQUEST, attrs, "WARN", True, start_ns, end_ns)
     attrs[REASON] = _allowed_reason(route)
+    _optional(attrs, CREDENTIAL, credential)
     return Record(HTTP_REQUEST, attrs, "INFO", status >= 500, start_ns, end_ns)
