@@ -11,7 +11,9 @@ from clrk_cli.apply import apply
 from clrk_cli.ca import ca
 from clrk_cli.check import check
 from clrk_cli.crds import crds
+from clrk_cli.envoy import envoy
 from clrk_cli.get import get
+from clrk_cli.inject import inject
 from clrk_cli.records import records
 from clrk_cli.run import run
 from clrk_cli.up import up
@@ -42,6 +44,8 @@ cli.add_command(up)
 cli.add_command(run)
 cli.add_command(dialer)
 cli.add_command(sidecar)
+cli.add_command(envoy)
+cli.add_command(inject)
 
 
 def main(argv: list[str] | None = None) -> int:

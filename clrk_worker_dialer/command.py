@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 
 import click
 
@@ -155,7 +156,10 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
     if next_hop_socket_dir:
         try:
             check_socket_dir(next_hop_socket_dir)
-        except ValueError as exc:
+            # A pod's volume is open to all its containers' users: the directory the
+            # dialer and its Envoy share is made inside it, private to their user.
+            os.makedirs(next_hop_socket_dir, mode=0o700, exist_ok=True)
+        except (ValueError, OSError) as exc:
             raise click.BadParameter(str(exc), param_hint="--next-hop-socket-dir") from None
         problem = socket_dir_problem(next_hop_socket_dir)
         if problem:

@@ -16,6 +16,11 @@ For an agent that shares the dialer's network namespace (a pod; a compose servic
    own addresses and default gateways (the host) as always blocked.
 
 Options after `--` go to the dialer unchanged.
+
+In a Kubernetes pod the two halves run in two containers, so that only the first has
+CAP_NET_ADMIN: an init container runs `--install-only` (step 1, then exits), and the
+dialer's sidecar container `--no-install` (step 2; it keeps CAP_NET_RAW, CAP_SETUID and
+CAP_SETGID only, and refuses to start when the interception is not there).
 """
 
 from __future__ import annotations
@@ -82,6 +87,12 @@ def gateways(ip_route_json: str) -> list[str]:
     return [r["gateway"] for r in json.loads(ip_route_json or "[]") if r.get("gateway")]
 
 
+def routed_by(ip_rule_json: str, table: int) -> bool:
+    """Whether `ip -j rule show` lists a rule sending marked packets to `table`."""
+    rules = json.loads(ip_rule_json or "[]")
+    return any(r.get("table") == str(table) and r.get("fwmark") for r in rules)
+
+
 def ipv6_enabled(path: Path = IPV6_DISABLED) -> bool:
     try:
         return path.read_text().strip() == "0"
@@ -133,12 +144,23 @@ def dialer_argv(
 @click.option("--tcp-port", default=15001, show_default=True, type=int)
 @click.option("--udp-port", default=15002, show_default=True, type=int)
 @click.option("--dns-port", default=15053, show_default=True, type=int)
+@click.option(
+    "--install-only", is_flag=True, help="Install the interception and exit (an init container)."
+)
+@click.option(
+    "--no-install",
+    is_flag=True,
+    help="The interception is installed already (by --install-only): only run the dialer.",
+)
 @click.argument("dialer_args", nargs=-1, type=click.UNPROCESSED)
-def sidecar(user, tcp_port, udp_port, dns_port, dialer_args) -> None:
+def sidecar(user, tcp_port, udp_port, dns_port, install_only, no_install, dialer_args) -> None:
     """Intercept this network namespace for the agent sharing it, then run the dialer
     there as USER: `clrk sidecar --user 10101 -- --gateway NS/GW --default-agent NS/AGENT
     --control-plane ...` (see `clrk dialer --help` for what follows `--`)."""
-    main(user, tcp_port, udp_port, dns_port, dialer_args)
+    if install_only and no_install:
+        raise click.UsageError("--install-only or --no-install, not both")
+    step = "install" if install_only else "run" if no_install else "both"
+    main(user, tcp_port, udp_port, dns_port, dialer_args, step=step)
 
 
 def main(
@@ -149,6 +171,7 @@ def main(
     dialer_args: Sequence[str],
     runner: Runner = run_command,
     execvp: Callable[[str, list[str]], object] = os.execvp,
+    step: str = "both",
 ) -> None:
     from clrk_worker_dialer.redirect_rules import SpecError
 
@@ -161,12 +184,25 @@ def main(
         raise click.BadParameter(str(exc)) from None
     if os.geteuid() != 0:
         raise click.ClickException("needs root (CAP_NET_ADMIN) to install the interception")
-    if shutil.which("setpriv") is None:
+    if step != "install" and shutil.which("setpriv") is None:
         raise click.ClickException("needs setpriv (util-linux) to drop privileges")
-    try:
-        install(spec, runner)
-    except SidecarError as exc:
-        raise click.ClickException(f"cannot intercept this namespace: {exc}") from None
+    if step == "run":
+        # Without the rules the agent's traffic would bypass the dialer: refuse.  Only
+        # the policy route is readable without CAP_NET_ADMIN; it is installed last.
+        listed = runner(("ip", "-j", "rule", "show"))
+        if listed.returncode != 0 or not routed_by(listed.stdout, spec.route_table):
+            raise click.ClickException(
+                "the interception is not installed (no policy route to table "
+                f"{spec.route_table}): run --install-only first"
+            )
+    else:
+        try:
+            install(spec, runner)
+        except SidecarError as exc:
+            raise click.ClickException(f"cannot intercept this namespace: {exc}") from None
+        if step == "install":
+            click.echo("clrk sidecar: interception installed", err=True)
+            return
     own = []
     for argv, parse in (
         (("ip", "-j", "addr", "show"), own_addresses),

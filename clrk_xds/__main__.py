@@ -133,7 +133,10 @@ def cli(argv: list[str] | None = None) -> None:
             check_socket_dir(args.envoy_socket_dir)
         except ValueError as exc:
             parser.error(f"--envoy-socket-dir: {exc}")
-        if problem := socket_dir_problem(args.envoy_socket_dir):
+        # Not here at all: the Envoys are remote (sidecars of agent pods), and their
+        # dialers check the directory where it is.
+        remote = not os.path.lexists(args.envoy_socket_dir)
+        if not remote and (problem := socket_dir_problem(args.envoy_socket_dir)):
             parser.error(f"--envoy-socket-dir: {problem}")
         options["socket_dir"] = args.envoy_socket_dir
     if args.upstream_ca:

@@ -41,6 +41,9 @@ class FakeRunner:
         stdout = ""
         if argv[:3] == ("ip", "-j", "addr"):
             stdout = json.dumps(IP_ADDR)
+        elif argv[:4] == ("ip", "-j", "rule", "show"):
+            rule = {"priority": 32765, "src": "all", "fwmark": "0x1", "table": "100"}
+            stdout = json.dumps([rule] if self.chain_exists else [])
         elif argv[:4] == ("ip", "-j", "-4", "route"):
             stdout = json.dumps([{"dst": "default", "gateway": "172.17.0.1", "dev": "eth0"}])
         return subprocess.CompletedProcess(argv, code, stdout, "boom" if code else "")
@@ -147,6 +150,25 @@ def test_main_refuses_to_start_unsafely(monkeypatch, user, euid, message):
     with pytest.raises(click.ClickException, match=message):
         sidecar.main(user, 1, 2, 3, [], runner, lambda f, a: execs.append(a))
     assert not execs and not runner.calls
+
+
+def test_a_pods_init_container_only_installs_and_its_sidecar_only_runs_the_dialer(
+    monkeypatch,
+):
+    """In a pod only the init container has CAP_NET_ADMIN: --install-only there, then
+    --no-install in the dialer's container, which refuses to run without the rules."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    runner, execs = FakeRunner(), []
+    sidecar.main("10101", 15001, 15002, 15053, [], runner, execs.append, step="install")
+    assert not execs and [c for c in runner.calls if "REJECT" in c]
+    runner = FakeRunner()
+    with pytest.raises(click.ClickException, match="not installed"):
+        sidecar.main("10101", 15001, 15002, 15053, [], runner, execs.append, step="run")
+    assert not execs
+    runner = FakeRunner(chain_exists=True)
+    sidecar.main("10101", 15001, 15002, 15053, ["--gateway", "ns/gw"], runner,
+                 lambda f, a: execs.append(a), step="run")  # fmt: skip
+    assert execs and not [c for c in runner.calls if c[0] == "iptables"]
 
 
 def test_a_failed_install_execs_nothing(monkeypatch):

@@ -274,3 +274,14 @@ def test_no_terminate_listener_no_leaves() -> None:
     text = LEAVES.replace("tls: {mode: Terminate}", "tls: {mode: Passthrough}")
     policy = compile_loaded(load_text(text)).compiled.gateways[("default", "gw")]
     assert terminate_leaves(policy) == {}
+
+
+def test_the_extproc_cluster_resolves_a_service_name_and_takes_an_address_as_is():
+    from envoy_data_plane.envoy.config.cluster.v3 import ClusterDiscoveryType
+
+    from clrk_xds.translate_l7 import extproc_cluster
+
+    by_name = extproc_cluster(("clrk-extproc.clrk-system.svc", 18002))
+    assert by_name.type == ClusterDiscoveryType.STRICT_DNS
+    assert extproc_cluster(("10.0.0.9", 18002)).type == ClusterDiscoveryType.STATIC
+    assert extproc_cluster("/run/clrk/extproc.sock").type == ClusterDiscoveryType.STATIC
