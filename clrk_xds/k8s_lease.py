@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -41,6 +42,7 @@ class LeaseElector:
         self.namespace, self.name, self.identity = namespace, name, identity
         self.duration = duration_seconds
         self.leader = False
+        self._renewed: float | None = None  # monotonic time of the last renewal
 
     def _spec(self, now: datetime.datetime, transitions: int, acquired=None) -> client.V1LeaseSpec:
         return client.V1LeaseSpec(
@@ -56,12 +58,16 @@ class LeaseElector:
         was = self.leader
         try:
             self.leader = self._round()
+            if self.leader:
+                self._renewed = time.monotonic()
         except ApiException as exc:
-            self.leader = False
-            if exc.status != 409:  # 409: another replica wrote first, it leads
+            if exc.status == 409:  # another replica wrote first: it leads
+                self.leader = False
+            else:
+                self.leader = self._still_held()
                 log.warning("lease.error", extra=fields(status=exc.status, reason=exc.reason))
-        except Exception as exc:  # unreachable API server: stop writing status
-            self.leader = False
+        except Exception as exc:  # an unreachable API server
+            self.leader = self._still_held()
             log.warning("lease.error", extra=fields(error=str(exc)))
         if self.leader != was:
             log.info(
@@ -69,6 +75,13 @@ class LeaseElector:
                 extra=fields(lease=f"{self.namespace}/{self.name}", identity=self.identity),
             )
         return self.leader
+
+    def _still_held(self) -> bool:
+        """After a failed renewal: lead on until two thirds of a duration since the
+        last renewal (client-go's renew deadline), well before anyone may take over."""
+        if not self.leader or self._renewed is None:
+            return False
+        return time.monotonic() - self._renewed < self.duration * 2 / 3
 
     def _round(self) -> bool:
         now = _now()
@@ -102,8 +115,6 @@ class LeaseElector:
 
     def release(self) -> None:
         """Give the Lease up on a clean stop, so another replica need not wait."""
-        if not self.leader:
-            return
         self.leader = False
         try:
             lease = self.coordination.read_namespaced_lease(self.name, self.namespace)

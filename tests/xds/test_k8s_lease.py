@@ -73,8 +73,15 @@ def test_release_lets_another_replica_lead_at_once(server):
     assert b.campaign()
 
 
-def test_an_unreachable_api_server_means_not_leading(server):
+def test_a_failed_renewal_leads_on_until_the_renew_deadline_then_stops(server):
     a = elector(server, "a")
     assert a.campaign()
     server.stop()
+    assert a.campaign()  # one failed renewal: nobody may take over yet
+    a._renewed -= 10  # two thirds of the 15 s duration have passed since the last renewal
     assert not a.campaign()
+
+
+def test_a_replica_that_never_led_does_not_lead_when_the_server_is_away(server):
+    server.stop()
+    assert not elector(server, "a").campaign()
