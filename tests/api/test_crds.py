@@ -13,6 +13,7 @@ from clrk.api import load_paths
 from clrk.api.crds import CEL, all_crds, crd, model_schema, render_files, render_stream
 from clrk.api.resources import (
     SPEC_MODELS,
+    CredentialSource,
     EgressDenyPolicySpec,
     EgressGatewaySpec,
     LabelSelectorRequirement,
@@ -205,5 +206,17 @@ def test_selector_and_deny_target_rules_accept_exactly_what_the_model_accepts():
             _present(targetRef=one, targetRefs=many)
             for one in (None, target)
             for many in (None, [], [target])
+        ],
+    )
+
+
+def test_the_credential_source_rule_accepts_exactly_what_the_model_accepts():
+    _agree(
+        CredentialSource,
+        [
+            _present(file=f, env=e, secretRef=s)
+            for f in (None, "/run/secrets/token")
+            for e in (None, "API_TOKEN")
+            for s in (None, {"name": "api", "key": "token"})
         ],
     )
