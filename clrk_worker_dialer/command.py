@@ -78,6 +78,11 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--resolver", "resolvers", multiple=True, help="Override the gateway's dns.")
 @click.option("--own-address", "own", multiple=True, help="This host's addresses (blocked).")
+@click.option(
+    "--watch-own-addresses",
+    is_flag=True,
+    help="Also block every address of this network namespace, kept current (netlink).",
+)
 @click.option("--records", "records_path", default="clrk-records.jsonl", show_default=True)
 @click.option("--otlp-endpoint", help="Export records over OTLP/gRPC instead of the file.")
 @click.option("--client-hello-wait", default=1.0, show_default=True, type=float)
@@ -96,8 +101,9 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
            control_plane_server_name, gateway, sources, default_agent,
            proxy_credentials, transparent_tcp, transparent_udp, dns, socks5, http_connect,
            next_hop_host, next_hop_base_port, next_hop_socket_dir, resolvers, own,
-           records_path, otlp_endpoint, client_hello_wait, udp_idle_timeout, no_watch,
-           sandboxes, spoof_log_group, ready_file, log_level) -> None:  # fmt: skip
+           watch_own_addresses, records_path, otlp_endpoint, client_hello_wait,
+           udp_idle_timeout, no_watch, sandboxes, spoof_log_group, ready_file,
+           log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk.nexthops import check_socket_dir, socket_dir_problem
     from clrk_runtime import logs
@@ -124,6 +130,7 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
         records_path=None if otlp_endpoint else records_path,
         otlp_endpoint=otlp_endpoint,
         own_addresses=list(own),
+        watch_own_addresses=watch_own_addresses,
         resolvers=_addresses(resolvers),
         client_hello_wait=client_hello_wait,
         udp_idle_timeout=udp_idle_timeout,

@@ -45,6 +45,7 @@ class DialerConfig:
     records_path: str | None = "clrk-records.jsonl"
     otlp_endpoint: str | None = None
     own_addresses: list[str] = field(default_factory=list)
+    watch_own_addresses: bool = False  # also every address of this namespace, kept current
     resolvers: list[Address] = field(default_factory=list)  # overrides the gateway's dns
     client_hello_wait: float = 1.0
     udp_idle_timeout: float = 60.0

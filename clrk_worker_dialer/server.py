@@ -56,6 +56,7 @@ class Dialer:
         self.bound: dict[str, list[Address]] = {}
         self._watcher: asyncio.Task | None = None
         self._registry: asyncio.Task | None = None
+        self._own: asyncio.Task | None = None
         self.spoof_log = None
         self._stop = asyncio.Event()
 
@@ -68,6 +69,14 @@ class Dialer:
         else:
             self.state.load()  # an invalid policy at start-up is fatal: nothing to enforce
         state, cfg = self.state, self.config
+        if cfg.watch_own_addresses:
+            from clrk_runtime.host_addresses import HostAddresses
+
+            # Read before anything is served, then followed: an address added at run
+            # time is blocked as soon as the kernel announces it.
+            host = HostAddresses()
+            state.set_own_addresses(host.current)
+            self._own = loop.create_task(host.follow(state.set_own_addresses))
         if cfg.spoof_log_group is not None:
             from clrk_worker_dialer.spoof_log import SpoofLog
 
@@ -153,7 +162,7 @@ class Dialer:
             await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._registry):
+        for task in (self._watcher, self._registry, self._own):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

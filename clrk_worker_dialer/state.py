@@ -54,6 +54,11 @@ class DialerState:
         self.version = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
 
+    def set_own_addresses(self, addresses: Sequence[str]) -> None:
+        """This namespace's addresses changed (clrk_runtime.host_addresses): they and the
+        configured ones are blocked from the next decision on."""
+        self.own = OwnAddresses.of([*self.config.own_addresses, *addresses])
+
     # --- policy ----------------------------------------------------------------------
 
     def load(self) -> None:

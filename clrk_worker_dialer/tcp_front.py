@@ -13,7 +13,7 @@ import os
 import socket
 
 from clrk.nexthops import describe
-from clrk.policy import Agent
+from clrk.policy import Agent, OwnAddresses
 from clrk_runtime.logs import fields
 from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
@@ -39,14 +39,14 @@ class AgentSide(asyncio.Protocol):
 
     # --- the session -----------------------------------------------------------------
 
-    def begin(self, flow: Flow) -> None:
+    def begin(self, flow: Flow, own: OwnAddresses | None = None) -> None:
         assert self.state.policy is not None
         self.session = TcpSession(
             self.state.policy,
             flow,
             self.state.next_hops,
             client_hello_wait=self.state.config.client_hello_wait,
-            own=self.state.own,
+            own=self.state.own if own is None else own,
         )
         self.act(self.session.start(self.loop.time()))
 
@@ -208,10 +208,15 @@ class TransparentTcp(AgentSide):
         peer = transport.get_extra_info("peername")
         dst = original_destination(sock)
         local = transport.get_extra_info("sockname")
-        if dst is None or dst == (local[0], local[1]) or self.state.policy is None:
-            # Not redirected: someone connected to the dialer's port directly.
+        if dst is None or self.state.policy is None:
             self.reset()
             return
+        own = None
+        if dst == (local[0], local[1]):
+            # The dialer's own port, by one of the gateway's addresses (REDIRECT keeps
+            # it as the original destination): blocked_address, recorded, whether or
+            # not that address is known as the gateway's yet.
+            own = self.state.own.including(dst[0])
         src = (peer[0], peer[1])
         agent: Agent | None = self.state.agent_for_source(src[0])
-        self.begin(self.state.flow(src, dst, agent))
+        self.begin(self.state.flow(src, dst, agent), own)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import socket
 
@@ -102,6 +103,18 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--upstream-ca", default=None, help="trust bundle for re-originated TLS (default: system)"
     )
+    parser.add_argument(
+        "--own-address",
+        action="append",
+        default=[],
+        help="an address of the gateway host, always blocked in Envoy's guard (repeatable)",
+    )
+    parser.add_argument(
+        "--watch-own-addresses",
+        action="store_true",
+        help="also block every address of this network namespace, kept current (netlink): "
+        "where the control plane shares the namespace of the Envoy it serves",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup(args.log_level)
@@ -127,6 +140,11 @@ def cli(argv: list[str] | None = None) -> None:
             auth.credentials()
     except AuthError as exc:
         parser.error(str(exc))
+    for address in args.own_address:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            parser.error(f"--own-address: {address!r} is not an IPv4 or IPv6 address")
     options: dict[str, object] = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
     if args.envoy_socket_dir:
         try:
@@ -154,6 +172,8 @@ def cli(argv: list[str] | None = None) -> None:
             args.state_dir,
             auth,
             factory,
+            args.own_address,
+            args.watch_own_addresses,
             **options,
         )
     )

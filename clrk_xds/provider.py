@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,14 +103,25 @@ def prepare(
     return plan(read_manifests(paths, cache), translator)
 
 
-def default_translator(**options: object) -> Translator:
+def default_translator(
+    own_addresses: Callable[[], Iterable[str]] | None = None, **options: object
+) -> Translator:
     """`clrk_xds.translate.translate` with `options` and a chain cache of its own, so
-    that a reload rebuilds only the routes that changed."""
+    that a reload rebuilds only the routes that changed.  `own_addresses()`: the gateway
+    host's addresses at the time of each translation (they change at run time)."""
     import functools
 
     from clrk_xds.translate import ChainCache, translate
 
-    return functools.partial(translate, cache=ChainCache(), **options)
+    base = functools.partial(translate, cache=ChainCache(), **options)
+    if own_addresses is None:
+        return base
+    current = own_addresses
+
+    def translator(policies: PolicySet) -> Mapping[str, object]:
+        return base(policies, own_addresses=tuple(current()))
+
+    return translator
 
 
 @dataclass(frozen=True)
@@ -181,12 +192,16 @@ class FileProvider(Provider):
     paths: Sequence[str | Path] = ()
     debounce_ms: int = 50
     _manifests: ManifestCache = field(default_factory=ManifestCache, init=False)
+    # Reloads come from the files, leaf renewal and address changes: one at a time, so
+    # the caches are never shared between threads and the newest read is applied last.
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     async def reload(self) -> bool:
         """Read the files and install them if valid; True if a new set is in force."""
         assert self.translator is not None
-        plan = await asyncio.to_thread(prepare, self.paths, self.translator, self._manifests)
-        return self.apply(plan)
+        async with self._reloading:
+            plan = await asyncio.to_thread(prepare, self.paths, self.translator, self._manifests)
+            return self.apply(plan)
 
     def _watch_roots(self) -> list[Path]:
         # A file is watched through its directory: editors replace files by renaming.

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from clrk_runtime import grpc_auth
+from clrk_runtime.host_addresses import HostAddresses
 from clrk_runtime.logs import fields
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.ads import AdsServer
@@ -55,6 +56,9 @@ class ControlPlane:
     # the hub, the translator and the ADS server (whose ACKs status reports).
     provider_factory: Callable[..., Provider] | None = None
     credentials: CredentialSecrets | None = None  # the translator's credential_secret
+    # This namespace's addresses, followed: every change is translated again (the
+    # translator reads them), so Envoy's guard chain blocks a new one without a restart.
+    host_addresses: HostAddresses | None = None
 
     def __post_init__(self) -> None:
         self.listens = [self.listen] if isinstance(self.listen, str) else list(self.listen)
@@ -124,6 +128,9 @@ class ControlPlane:
         watcher = asyncio.create_task(self._watch(stop))
         renewer = asyncio.create_task(self._renew_leaves()) if self.leaves else None
         rotator = asyncio.create_task(self._rotate_credentials()) if self.credentials else None
+        follower = None
+        if self.host_addresses is not None:
+            follower = asyncio.create_task(self.host_addresses.follow(self._own_changed))
         try:
             await stop.wait()
         finally:
@@ -134,12 +141,15 @@ class ControlPlane:
                 status_server.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(status_server.wait_closed(), 1.0)
-            for task in (watcher, renewer, rotator):
+            for task in (watcher, renewer, rotator, follower):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             log.info("server.stopped")
+
+    async def _own_changed(self, _addresses: tuple[str, ...]) -> None:
+        await self.provider.reload()
 
     async def _renew_leaves(self) -> None:
         """Reload when the first leaf certificate is due: the translator mints its
@@ -193,9 +203,13 @@ async def main(
     state_dir: str | None = None,
     auth: grpc_auth.ServerAuth | None = None,
     provider_factory: Callable[..., Provider] | None = None,
+    own_addresses: Sequence[str] = (),
+    watch_own_addresses: bool = False,
     **translate_options: object,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate."""
+    """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate.
+    `own_addresses` are always blocked; with `watch_own_addresses`, so is every address
+    of this network namespace, kept current."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -205,7 +219,11 @@ async def main(
         translate_options["leaf_secret"], leaves = leaf_secrets(state_dir)
     credentials = CredentialSecrets()
     translate_options["credential_secret"] = credentials
-    translator = default_translator(**translate_options)
+    host = HostAddresses(own_addresses) if watch_own_addresses else None
+    static = tuple(own_addresses)
+    translator = default_translator(
+        (lambda: host.current) if host is not None else (lambda: static), **translate_options
+    )
     plane = ControlPlane(
         manifests,
         listen,
@@ -217,5 +235,6 @@ async def main(
         auth=auth,
         provider_factory=provider_factory,
         credentials=credentials,
+        host_addresses=host,
     )
     await plane.serve(stop)

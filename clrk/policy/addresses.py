@@ -69,6 +69,13 @@ class OwnAddresses:
             frozenset(v for version, v in parsed if version == 6),
         )
 
+    def including(self, address: str) -> OwnAddresses:
+        """These and `address` (ValueError if it does not parse)."""
+        version, value = parse_ip(address)
+        if version == 4:
+            return OwnAddresses(self.v4 | {value}, self.v6)
+        return OwnAddresses(self.v4, self.v6 | {value})
+
 
 NO_OWN_ADDRESSES = OwnAddresses()
 

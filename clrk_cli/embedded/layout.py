@@ -197,6 +197,9 @@ def stack(
     plane += ["--state-dir", str(state.root), "--applied-dir", str(state.root / "applied")]
     plane += ["--extproc", f"{lo}:{ports.extproc}"]
     plane += ["--envoy-socket-dir", str(sockets)]
+    # Every address of this namespace is the gateway's own: Envoy's guard and the
+    # dialer block each, also one added while the stack runs.
+    plane += ["--watch-own-addresses"]
     if upstream_ca:
         plane += ["--upstream-ca", str(upstream_ca)]
     for path in manifests:
@@ -268,6 +271,7 @@ def stack(
         str(state.proxy_credentials),
         "--ready-file",
         str(ready),
+        "--watch-own-addresses",
     ]
     if otlp_endpoint:
         dialer += ["--otlp-endpoint", otlp_endpoint]

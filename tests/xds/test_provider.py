@@ -264,3 +264,26 @@ def test_documents_of_another_source_take_the_same_pipeline_and_give_status(tmp_
         assert error.file == "k8s:default/EgressL4Route/r2"
 
     asyncio.run(go())
+
+
+def test_an_own_address_change_is_translated_on_the_next_reload_of_the_same_files(tmp_path):
+    """The control plane reloads when its namespace's addresses change: same documents,
+    a new guard, so the snapshot changes and is installed."""
+    write_set(tmp_path)
+    own: list[str] = []
+    cache = SnapshotCache()
+    p = FileProvider(cache, None, default_translator(lambda: own), paths=[tmp_path])
+
+    def guard_text() -> str:
+        return str(cache.get("default/gw").resources[LISTENER])
+
+    async def go() -> tuple[str, str, bool]:
+        await p.reload()
+        before = guard_text()
+        own.append("192.0.2.77")
+        installed = await p.reload()
+        return before, guard_text(), installed
+
+    before, after, installed = asyncio.run(go())
+    assert installed
+    assert "192.0.2.77" not in before and "192.0.2.77" in after
