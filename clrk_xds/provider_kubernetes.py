@@ -213,7 +213,8 @@ class KubernetesProvider(Provider):
                     return None  # deleted meanwhile
                 if exc.status != 409:
                     raise
-                fresh = custom.get_namespaced_custom_object(
+                # read through the status subresource: RBAC grants get there only
+                fresh = custom.get_namespaced_custom_object_status(
                     GROUP, VERSION, namespace, plural(kind), name
                 )
                 same_generation = _meta(fresh).get("generation") == _meta(obj).get("generation")

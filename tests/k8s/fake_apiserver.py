@@ -4,8 +4,8 @@ It stands in for a cluster because none can run on these machines (no container
 runtime, no kubelet, no etcd).  What it implements is what the Kubernetes provider
 and the official client rely on, over real HTTP/1.1:
 
-- custom objects of the clrk CRDs, checked against the CRD's schema at admission
-  (422 Invalid), and coordination.k8s.io/v1 Leases;
+- custom objects of the clrk CRDs, checked against the CRD's schema and CEL rules at
+  admission (422 Invalid), and coordination.k8s.io/v1 Leases;
 - list (cluster-wide or per namespace) with the list's resourceVersion;
 - watch from a resourceVersion as a chunked stream of JSON events, bookmarks when
   asked for (`allowWatchBookmarks`), timeoutSeconds, and `410 Gone` (an ERROR event
@@ -14,10 +14,12 @@ and the official client rely on, over real HTTP/1.1:
   bumped on a spec change), the status subresource (only status changes; 409 too),
   delete;
 - `restart()`: the listener and every open watch go away and come back on the same
-  port, the objects stay (etcd would keep them).
+  port, the objects stay (etcd would keep them);
+- RBAC for bearer tokens in `restricted` (403 Forbidden), so the provider runs with
+  exactly the rights deploy/ grants the control plane.
 
-It does not evaluate CEL rules, run defaulting, pruning or server-side apply, or
-authenticate; a real cluster is the place to try those first.
+It does not run defaulting, pruning, server-side apply, admission webhooks, or
+authenticate beyond that token; a real cluster is the place to try those first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from clrk.api.crds import all_crds
 from tests.k8s.openapi_check import problems
+from tests.k8s.rbac import Grant, allowed, control_plane_grants
 
 LEASES = ("coordination.k8s.io", "v1", "leases")
 
@@ -138,14 +141,38 @@ class _Handler(BaseHTTPRequestHandler):
         sub = rest[2] if len(rest) > 2 else None
         return res, namespace, name, sub, query
 
+    def _refused(self, method: str, route) -> bool:
+        """RBAC of a restricted bearer token: 403 for what it was not granted."""
+        res, namespace, name, sub, query = route
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        grants = self.server.restricted.get(token)
+        if grants is None:
+            return False
+        resource = f"{res[2]}/{sub}" if sub else res[2]
+        verb = self._verb(method, name, query)
+        if allowed(grants, res[0], resource, verb, namespace):
+            return False
+        self.server.forbidden.append((verb, resource, namespace))
+        self._send(403, _status(403, "Forbidden", f"cannot {verb} {resource}"))
+        return True
+
+    def _verb(self, method: str, name: str | None, query: dict) -> str:
+        if method == "GET" and name is None:
+            return "watch" if query.get("watch") in ("true", "1") else "list"
+        return {"GET": "get", "POST": "create", "PUT": "update", "DELETE": "delete"}[method]
+
     def _dispatch(self, method: str) -> None:
         self.server.requests.append((method, self.path))
         route = self._route()
-        if route is None:
+        if route is None or self._refused(method, route):
+            self.close_connection = True  # its body is left unread
+            if route is not None:
+                return
             self._send(404, _status(404, "NotFound", f"no route {self.path}"))
             return
         res, namespace, name, sub, query = route
         if sub not in (None, "status") or (sub == "status" and res == LEASES):
+            self.close_connection = True
             self._send(404, _status(404, "NotFound", f"no subresource {sub}"))
             return
         handler = getattr(self, f"_{method.lower()}")
@@ -393,9 +420,11 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, store: _Store, requests: list) -> None:
+    def __init__(self, address, store: _Store, requests: list, restricted: dict) -> None:
         self.store = store
         self.requests = requests
+        self.restricted = restricted
+        self.forbidden: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()  # kept-alive ones too
         super().__init__(address, _Handler)
@@ -413,6 +442,9 @@ class FakeApiServer:
     def __init__(self) -> None:
         self.store = _Store()
         self.requests: list[tuple[str, str]] = []
+        # bearer token -> what it may do (RBAC); any other client may do anything
+        self.restricted: dict[str, frozenset[Grant]] = {}
+        self.forbidden: list[tuple[str, str, str | None]] = []  # refused (verb, resource, ns)
         self.port = 0
         self._http: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -422,7 +454,10 @@ class FakeApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeApiServer:
-        self._http = _HTTPServer(("127.0.0.1", self.port), self.store, self.requests)
+        self._http = _HTTPServer(
+            ("127.0.0.1", self.port), self.store, self.requests, self.restricted
+        )
+        self._http.forbidden = self.forbidden
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
         self._thread.start()
@@ -498,10 +533,20 @@ class FakeApiServer:
             self.store.record(res, kind, obj)
 
 
-def api_client(server: FakeApiServer):
-    """The official client, configured for the fake server."""
+def api_client(server: FakeApiServer, token: str | None = None):
+    """The official client, configured for the fake server (with a bearer token, the
+    rights `server.restricted` gives it)."""
     from kubernetes import client
 
     config = client.Configuration()
     config.host = server.url
+    if token is not None:
+        config.api_key = {"authorization": token}
+        config.api_key_prefix = {"authorization": "Bearer"}
     return client.ApiClient(config)
+
+
+def control_plane_client(server: FakeApiServer):
+    """A client with the rights deploy/ gives the control plane's service account."""
+    server.restricted["control-plane"] = control_plane_grants()
+    return api_client(server, "control-plane")

@@ -9,17 +9,19 @@ import pytest
 from kubernetes import client
 
 from clrk_xds.k8s_lease import LeaseElector
-from tests.k8s.fake_apiserver import FakeApiServer, api_client
+from tests.k8s.fake_apiserver import FakeApiServer, api_client, control_plane_client
 
 
 @pytest.fixture
 def server():
     with FakeApiServer() as srv:
         yield srv
+    assert srv.forbidden == []
 
 
 def elector(server, identity, duration=15):
-    return LeaseElector(api_client(server), "clrk-system", "clrk-control-plane", identity, duration)
+    api = control_plane_client(server)  # with the rights deploy/ grants it
+    return LeaseElector(api, "clrk-system", "clrk-control-plane", identity, duration)
 
 
 def lease(server) -> client.V1Lease:

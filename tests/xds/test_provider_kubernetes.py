@@ -18,7 +18,7 @@ from clrk_xds.policy_stream import PolicyHub
 from clrk_xds.provider import default_translator
 from clrk_xds.provider_kubernetes import KubernetesProvider, policy_document
 from clrk_xds.snapshot import EMPTY, SnapshotCache
-from tests.k8s.fake_apiserver import FakeApiServer, api_client
+from tests.k8s.fake_apiserver import FakeApiServer, api_client, control_plane_client
 from tests.k8s.objects import Cluster, agent, deny, gateway, route, wait_for
 
 GW = "default/gw"
@@ -28,7 +28,7 @@ class Running:
     """A provider running on an event loop of its own, in a thread."""
 
     def __init__(self, server: FakeApiServer, identity: str | None = None) -> None:
-        api = api_client(server)
+        api = control_plane_client(server)  # with the rights deploy/ grants it
         elector = None
         if identity is not None:
             elector = LeaseElector(api, "clrk-system", "clrk", identity, duration_seconds=15)
@@ -73,6 +73,7 @@ class Running:
 def server():
     with FakeApiServer() as srv:
         yield srv
+    assert srv.forbidden == []  # deploy/'s RBAC allows all the control plane does
 
 
 @pytest.fixture
@@ -231,7 +232,7 @@ def test_status_is_written_once_per_change_not_in_a_loop(server, cluster):
 def test_a_stale_status_write_is_a_conflict_and_is_redone_on_a_fresh_read(server, cluster):
     cluster.create(gateway())
     provider = KubernetesProvider(
-        SnapshotCache(), PolicyHub(), default_translator(), api=api_client(server)
+        SnapshotCache(), PolicyHub(), default_translator(), api=control_plane_client(server)
     )
     old = cluster.get("EgressGateway", "gw")
     cluster.replace({**gateway(), "metadata": {**gateway()["metadata"], "labels": {"x": "y"}}})
@@ -307,3 +308,14 @@ def test_malformed_objects_from_the_server_are_skipped_not_fatal():
     assert provider.synced
     assert not asyncio.run(provider.reload())  # the junk object is invalid: nothing applies
     assert provider.status().blocked and provider.status().version is None
+
+
+def test_the_control_planes_rights_from_deploy_read_policy_and_write_status_only(server):
+    as_control_plane = Cluster(control_plane_client(server))
+    with pytest.raises(ApiException) as err:
+        as_control_plane.create(route())
+    assert err.value.status == 403
+    with pytest.raises(ApiException) as err:
+        as_control_plane.get("EgressL4Route", "r1")  # get only through /status
+    assert err.value.status == 403
+    server.forbidden.clear()

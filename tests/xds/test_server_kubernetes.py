@@ -16,16 +16,19 @@ import yaml
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 from tests.k8s.fake_apiserver import FakeApiServer, api_client
 from tests.k8s.objects import Cluster, gateway, route, wait_for
+from tests.k8s.rbac import control_plane_grants
 from tests.xds.test_server import first_update
 from tests.xds.xds_messages import free_port
 
 
 def kubeconfig(path, server: FakeApiServer) -> str:
+    """The control plane's service account token: deploy/'s RBAC applies to it."""
+    server.restricted["control-plane"] = control_plane_grants()
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-        "users": [{"name": "clrk", "user": {}}],
+        "users": [{"name": "clrk", "user": {"token": "control-plane"}}],
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "clrk"}}],
         "current-context": "fake",
     }
@@ -108,6 +111,7 @@ def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    assert server.forbidden == []
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
     msgs = [entry["msg"] for entry in lines]
     assert "lease.leader" in msgs and "provider.applied" in msgs and "server.stopped" in msgs
