@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from kubernetes import client
 
 from clrk.api.crds import VERSION, plural
 from clrk.api.resources import API_VERSION, GROUP
+from tests.xds.test_server import wait_for
+
+__all__ = ["Cluster", "agent", "deny", "gateway", "obj", "route", "wait_for"]
 
 
 def obj(kind: str, name: str, spec: dict | None, namespace: str = "default", **meta) -> dict:
@@ -87,13 +88,3 @@ class Cluster:
             if cond["type"] == type_:
                 return cond
         return None
-
-
-def wait_for(predicate, timeout: float = 20.0):
-    """Poll until `predicate()` is truthy (a deadline, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s")
