@@ -19,7 +19,8 @@ plus the pod label `clrk.apoxy.dev/agent` (added from the workload's name when a
 given to the dialer through the downward API; pod labels are identity only, never agent
 labels (docs/kubernetes.md).  The agent's containers are made non-root (uid 1000 unless
 one is set), without capabilities or privilege escalation, with a read-only root file
-system unless they say otherwise.
+system unless they say otherwise.  The pod gets the sysctl
+`net.ipv4.ip_unprivileged_port_start=0`: the dialer answers DNS from port 53 unprivileged.
 
 Refused, because they would defeat the sandbox: hostNetwork, hostPID, hostIPC,
 shareProcessNamespace, a privileged container, added capabilities, privilege
@@ -51,6 +52,7 @@ SOCKET_DIR = "/run/clrk/envoy/sockets"  # the control plane's --envoy-socket-dir
 TLS_DIR = "/etc/clrk/tls"
 RECORDS = "/run/clrk/records/records.jsonl"
 READY_FILE = "/tmp/dialer.ready"
+UNPRIVILEGED_PORTS = "net.ipv4.ip_unprivileged_port_start"
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
@@ -255,6 +257,12 @@ def inject_document(
         *spec.get("initContainers", []),
     ]
     spec["volumes"] = [*spec.get("volumes", []), *volumes(gateway)]
+    # The dialer answers the agent's DNS from the resolver's address and port (53) with
+    # CAP_NET_RAW alone: binding a port below 1024 must need no privilege in this pod.
+    # (Docker and containerd 2 set this already; a "safe" sysctl, Kubernetes >= 1.22.)
+    sysctls = spec.setdefault("securityContext", {}).setdefault("sysctls", [])
+    if not any(s.get("name") == UNPRIVILEGED_PORTS for s in sysctls):
+        sysctls.append({"name": UNPRIVILEGED_PORTS, "value": "0"})
     return doc
 
 

@@ -50,6 +50,8 @@ def test_a_deployment_gets_the_init_container_and_native_sidecars_before_its_own
         assert sc["runAsUser"] == 1000 and sc["runAsNonRoot"] is True
         assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"]
         assert sc["allowPrivilegeEscalation"] is False
+    sysctls = pod["spec"]["securityContext"]["sysctls"]
+    assert {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"} in sysctls
     secret = next(v for v in pod["spec"]["volumes"] if v["name"] == "clrk-tls")
     assert secret["secret"]["secretName"] == "clrk-agents-tls"
     assert DEPLOYMENT["spec"]["template"]["spec"]["initContainers"] == [
