@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import os
 import socket
 
 from clrk.nexthops import check_socket_dir, socket_dir_problem
 from clrk_runtime.grpc_auth import AuthError, ServerAuth, is_unix
-from clrk_runtime.logs import setup
+from clrk_runtime.logs import fields, setup
 from clrk_xds.server import main
 
 
@@ -153,8 +154,11 @@ def cli(argv: list[str] | None = None) -> None:
             parser.error(f"--envoy-socket-dir: {exc}")
         # Not here at all: the Envoys are remote (sidecars of agent pods), and their
         # dialers check the directory where it is.
-        remote = not os.path.lexists(args.envoy_socket_dir)
-        if not remote and (problem := socket_dir_problem(args.envoy_socket_dir)):
+        if not os.path.lexists(args.envoy_socket_dir):
+            logging.getLogger("clrk_xds").info(
+                "envoy_socket_dir.remote", extra=fields(path=args.envoy_socket_dir)
+            )
+        elif problem := socket_dir_problem(args.envoy_socket_dir):
             parser.error(f"--envoy-socket-dir: {problem}")
         options["socket_dir"] = args.envoy_socket_dir
     if args.upstream_ca:

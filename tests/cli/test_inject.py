@@ -108,3 +108,11 @@ def test_clrk_inject_prints_every_document_and_refuses_with_the_document_named(t
     path.write_text(yaml.safe_dump_all([service, bad]))
     assert main(["inject", "-f", str(path), "--gateway", "team-a/agents"]) == 1
     assert "document 2: Deployment coder: spec.hostNetwork" in capsys.readouterr().err
+
+
+def test_clrk_envoy_refuses_a_local_control_plane_and_missing_certificate_files(tmp_path, capsys):
+    base = ["envoy", "--gateway", "a/b", "--tls-dir", str(tmp_path)]
+    assert main([*base, "--control-plane", "unix:/run/x.sock"]) == 1
+    assert "HOST:PORT" in capsys.readouterr().err
+    assert main([*base, "--control-plane", "cp.example:18000"]) == 1
+    assert "tls.crt is missing" in capsys.readouterr().err
