@@ -98,7 +98,9 @@ def _programmed(
             "Programmed",
             False,
             "Pending",
-            f"waiting for the Envoy of {', '.join(waiting)} to acknowledge the new version",
+            # Only the writing replica's ADS streams are seen (docs/kubernetes-provider.md).
+            f"waiting for an Envoy of {', '.join(waiting)} connected to the status-writing "
+            "control plane to acknowledge the new version",
         )
     return Cond("Programmed", True, "Programmed")
 
