@@ -30,10 +30,8 @@ class Outcome:
     deny_policy: str | None = None
 
 
-def _v4_blocked(addr, own):
-    nets = [n for n in V4_BLOCKED if addr in n]
-    nets += [ipaddress.ip_network(f"{a}/32") for a in own if a == addr]
-    return nets
+def _v4_blocked(addr):
+    return [n for n in V4_BLOCKED if addr in n]
 
 
 def _embed(prefix: int, shift: int, base_len: int, v4net) -> ipaddress.IPv6Network:
@@ -41,23 +39,34 @@ def _embed(prefix: int, shift: int, base_len: int, v4net) -> ipaddress.IPv6Netwo
     return ipaddress.IPv6Network((value, base_len + v4net.prefixlen))
 
 
-def blocked_networks(addr, own) -> list:
-    own4 = [a for a in own if a.version == 4]
+def blocked_networks(addr) -> list:
     if addr.version == 4:
-        return _v4_blocked(addr, own)
+        return _v4_blocked(addr)
     nets = [n for n in V6_BLOCKED if addr in n]
-    nets += [ipaddress.ip_network(f"{a}/128") for a in own if a == addr]
     if addr in NAT64:
         embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-        nets += [_embed(int(NAT64.network_address), 0, 96, n) for n in _v4_blocked(embedded, own4)]
+        nets += [_embed(int(NAT64.network_address), 0, 96, n) for n in _v4_blocked(embedded)]
     if addr.sixtofour is not None:
-        nets += [_embed(0x2002 << 112, 80, 16, n) for n in _v4_blocked(addr.sixtofour, own4)]
+        nets += [_embed(0x2002 << 112, 80, 16, n) for n in _v4_blocked(addr.sixtofour)]
     if addr.teredo is not None:
         server, client = addr.teredo
-        nets += [_embed(0x20010000 << 96, 64, 32, n) for n in _v4_blocked(server, own4)]
-        if _v4_blocked(client, own4):
+        nets += [_embed(0x20010000 << 96, 64, 32, n) for n in _v4_blocked(server)]
+        if _v4_blocked(client):
             nets.append(ipaddress.ip_network("2001::/32"))
     return nets
+
+
+def is_own(addr, own) -> bool:
+    """The gateway's own (addresses and networks), directly or embedded in IPv6."""
+    inside = [addr]
+    if addr.version == 6:
+        if addr in NAT64:
+            inside.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+        if addr.sixtofour is not None:
+            inside.append(addr.sixtofour)
+        if addr.teredo is not None:
+            inside += list(addr.teredo)
+    return any(a.version == n.version and a in n for a in inside for n in own)
 
 
 def selector_selects(selector, labels) -> bool:
@@ -129,7 +138,7 @@ class NaivePolicy:
     """The attachments worked out once; every decision is then a plain loop over them."""
 
     def __init__(self, resources, gateway_key, own=()):
-        self.own = [ipaddress.ip_address(a) for a in own]
+        self.own = [ipaddress.ip_network(a, strict=False) for a in own]
         self.gw = next(
             r
             for r in resources
@@ -150,7 +159,9 @@ def _decide(gw, attachments, own, agent, conn) -> Outcome:
     addr = ipaddress.ip_address(conn.dst_ip)
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    blocked = blocked_networks(addr, own)
+    if is_own(addr, own):
+        return Outcome("blocked_address")
+    blocked = blocked_networks(addr)
     if agent is None:
         return Outcome("blocked_address" if blocked else "unknown_agent")
     _ns, _name, labels = agent

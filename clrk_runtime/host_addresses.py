@@ -1,14 +1,19 @@
-"""The addresses of the network namespace this process runs in, kept current (issue 11).
+"""What the network namespace this process runs in delivers to itself, kept current
+(issue 11): every destination of its `local` routing table, IPv4 and IPv6.
 
-Every address on every interface, IPv4 and IPv6, is one of the gateway's own: a
-connection there reaches the gateway itself (its listeners, Envoy's admin, whatever the
-host runs), never an upstream, so the dialer and Envoy's guard chain block them all.
+That is every address on every interface, and more: an address on loopback makes its
+whole prefix local (127.0.0.1/8 on `lo` answers all of 127.0.0.0/8), and `ip route add
+local PREFIX` (AnyIP) makes a prefix local with no address at all.  A connection there
+reaches the gateway itself (its listeners, Envoy's admin, whatever the host runs), never
+an upstream, so the dialer and Envoy's guard chain block them all, and no CIDR opens
+them.  Broadcast and anycast entries of that table count too.
 
 Read over rtnetlink, not by polling `ip -j addr`: the kernel announces every added or
-removed address on the RTMGRP_*_IFADDR groups the moment it happens, so a new address is
-blocked within milliseconds, nothing runs a process every second, and nothing depends on
-iproute2 being installed.  An announcement is only a trigger: each one (or a lost one,
-ENOBUFS) makes a full dump, so no incremental state can drift from the kernel's.
+removed address and route on the RTMGRP_* groups the moment it happens, so a new
+address is blocked within milliseconds, nothing runs a process every second, and nothing
+depends on iproute2 being installed.  An announcement is only a trigger: each one (or a
+lost one, ENOBUFS) makes a full dump of the table, so no incremental state can drift
+from the kernel's.
 """
 
 from __future__ import annotations
@@ -27,13 +32,19 @@ from clrk_runtime.logs import fields
 log = logging.getLogger("clrk.host_addresses")
 
 _NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
+# family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_RTMSG = struct.Struct("=BBBBBBBBI")
 _RTATTR = struct.Struct("=HH")  # length, type
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x10, 0x100
+RTA_DST, RTA_TABLE = 1, 15
+RT_TABLE_LOCAL = 255
+RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST = 1, 2, 3, 4
+OWN_TYPES = frozenset((RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST))
+RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
+GROUPS = RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
 SETTLE = 0.05  # seconds: a burst of announcements (an interface going up) makes one dump
 
 
@@ -41,12 +52,20 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def parse_messages(data: bytes) -> tuple[list[str], bool]:
-    """(addresses of the RTM_NEWADDR messages in `data`, whether NLMSG_DONE was seen).
+def _network(family: int, raw: bytes, prefix: int) -> str | None:
+    """'198.18.0.5' for a host, '127.0.0.0/8' for a wider prefix; None if malformed."""
+    size = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family)
+    if size is None or len(raw) != size or prefix > size * 8:
+        return None
+    if prefix == size * 8:
+        return str(ipaddress.ip_address(raw))
+    return str(ipaddress.ip_network((raw, prefix), strict=False))
 
-    IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a
-    point-to-point link, so it counts only when there is no IFA_LOCAL (IPv6 sends only
-    IFA_ADDRESS).  OSError for a netlink error message."""
+
+def parse_messages(data: bytes) -> tuple[list[str], bool]:
+    """(the own destinations among the RTM_NEWROUTE messages in `data`, whether
+    NLMSG_DONE was seen): routes of the local table of type local, broadcast or
+    anycast.  OSError for a netlink error message."""
     out: list[str] = []
     offset = 0
     while offset + _NLMSG.size <= len(data):
@@ -62,50 +81,52 @@ def parse_messages(data: bytes) -> tuple[list[str], bool]:
             if code:
                 raise OSError(-code, os.strerror(-code))
             continue
-        if kind != RTM_NEWADDR or len(body) < _IFADDRMSG.size:
+        if kind != RTM_NEWROUTE or len(body) < _RTMSG.size:
             continue
-        family = body[0]
+        family, dst_len, _src, _tos, table, _proto, _scope, rtype, _fl = _RTMSG.unpack_from(body)
         attrs: dict[int, bytes] = {}
-        at = _IFADDRMSG.size
+        at = _RTMSG.size
         while at + _RTATTR.size <= len(body):
             alen, atype = _RTATTR.unpack_from(body, at)
             if alen < _RTATTR.size:
                 break
             attrs[atype] = body[at + _RTATTR.size : at + alen]
             at += _align(alen)
-        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-        if family == socket.AF_INET and raw is not None and len(raw) == 4:
-            out.append(str(ipaddress.IPv4Address(raw)))
-        elif family == socket.AF_INET6 and raw is not None and len(raw) == 16:
-            out.append(str(ipaddress.IPv6Address(raw)))
+        if len(attrs.get(RTA_TABLE, b"")) == 4:
+            (table,) = struct.unpack("=I", attrs[RTA_TABLE])
+        if table != RT_TABLE_LOCAL or rtype not in OWN_TYPES or RTA_DST not in attrs:
+            continue
+        network = _network(family, attrs[RTA_DST], dst_len)
+        if network is not None:
+            out.append(network)
     return out, False
 
 
 def dump() -> tuple[str, ...]:
-    """Every address of this network namespace, sorted, each once."""
+    """Every own destination of this network namespace, sorted, each once."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         header = _NLMSG.pack(
-            _NLMSG.size + _IFADDRMSG.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
+            _NLMSG.size + _RTMSG.size, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
         )
-        sock.send(header + _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        sock.send(header + _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0))
         found: list[str] = []
         done = False
         while not done:
-            addresses, done = parse_messages(sock.recv(1 << 16))
-            found += addresses
+            networks, done = parse_messages(sock.recv(1 << 16))
+            found += networks
     return tuple(sorted(set(found), key=_order))
 
 
-def _order(text: str) -> tuple[int, int]:
-    address = ipaddress.ip_address(text)
-    return address.version, int(address)
+def _order(text: str) -> tuple[int, int, int]:
+    network = ipaddress.ip_network(text)
+    return network.version, int(network.network_address), network.prefixlen
 
 
 def _subscribe() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
-        sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        sock.bind((0, GROUPS))
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -114,8 +135,9 @@ def _subscribe() -> socket.socket:
 
 
 class HostAddresses:
-    """This namespace's addresses plus `static` ones (given by the operator), as one
-    sorted tuple, `current`; `follow` keeps it current and reports every change."""
+    """This namespace's own destinations plus `static` ones (given by the operator), as
+    one sorted tuple of addresses and networks, `current`; `follow` keeps it current and
+    reports every change."""
 
     def __init__(self, static: Iterable[str] = ()) -> None:
         self.static = tuple(static)

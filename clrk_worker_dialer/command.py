@@ -77,11 +77,13 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
     "--envoy-socket-dir) instead of loopback ports.",
 )
 @click.option("--resolver", "resolvers", multiple=True, help="Override the gateway's dns.")
-@click.option("--own-address", "own", multiple=True, help="This host's addresses (blocked).")
+@click.option(
+    "--own-address", "own", multiple=True, help="This host's addresses or CIDRs (blocked)."
+)
 @click.option(
     "--watch-own-addresses",
     is_flag=True,
-    help="Also block every address of this network namespace, kept current (netlink).",
+    help="Also block all this network namespace delivers to itself, kept current (netlink).",
 )
 @click.option("--records", "records_path", default="clrk-records.jsonl", show_default=True)
 @click.option("--otlp-endpoint", help="Export records over OTLP/gRPC instead of the file.")
@@ -106,6 +108,7 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
            log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk.nexthops import check_socket_dir, socket_dir_problem
+    from clrk.policy import OwnAddresses
     from clrk_runtime import logs
     from clrk_runtime.grpc_auth import AuthError, ClientAuth, channel_arguments
     from clrk_worker_dialer.config import DialerConfig
@@ -113,6 +116,10 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
     from clrk_worker_dialer.state import PolicyError
 
     logs.setup(log_level)
+    try:
+        OwnAddresses.of(own)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--own-address") from None
     config = DialerConfig(
         manifests=list(paths),
         gateway=gateway,

@@ -108,12 +108,13 @@ def cli(argv: list[str] | None = None) -> None:
         "--own-address",
         action="append",
         default=[],
-        help="an address of the gateway host, always blocked in Envoy's guard (repeatable)",
+        help="an address or CIDR of the gateway host, always blocked in Envoy's guard (repeatable)",
     )
     parser.add_argument(
         "--watch-own-addresses",
         action="store_true",
-        help="also block every address of this network namespace, kept current (netlink): "
+        help="also block everything this network namespace delivers to itself (its local "
+        "routing table), kept current (netlink): "
         "where the control plane shares the namespace of the Envoy it serves",
     )
     parser.add_argument("--log-level", default="info")
@@ -143,9 +144,9 @@ def cli(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     for address in args.own_address:
         try:
-            ipaddress.ip_address(address)
+            ipaddress.ip_network(address, strict=False)
         except ValueError:
-            parser.error(f"--own-address: {address!r} is not an IPv4 or IPv6 address")
+            parser.error(f"--own-address: {address!r} is not an IPv4 or IPv6 address or CIDR")
     options: dict[str, object] = {"envoy_host": args.envoy_host, "base_port": args.envoy_base_port}
     if args.envoy_socket_dir:
         try:

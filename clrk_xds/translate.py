@@ -74,7 +74,12 @@ from clrk.wire import TLV_FIELDS, ChainFacts
 from clrk_xds import betterproto_speed
 from clrk_xds import translate_l7 as l7
 from clrk_xds import translate_matchers as tm
-from clrk_xds.translate_blocked import Network, always_blocked_networks, split_by_blocked
+from clrk_xds.translate_blocked import (
+    Network,
+    always_blocked_networks,
+    own_networks,
+    split_by_blocked,
+)
 from clrk_xds.translate_regex import MAX_PORT, intersect_ranges, port_regex
 
 __all__ = [
@@ -412,10 +417,13 @@ def _gateway_listener(
     selected: Callable[[Selector | None], tuple[Key, ...] | None],
     blocked: tuple[Network, ...],
     cache: ChainCache | None,
+    own: tuple[Network, ...] = (),
 ) -> Listener:
-    """Matcher order follows decide(): deny routes; allow routes' CIDRs that explicitly
-    open an always-blocked range; any other always-blocked destination is closed; then
-    allow routes; then the default (allow-all proxies, deny-all closes)."""
+    """Matcher order follows decide(): the gateway's own addresses are closed; deny
+    routes; allow routes' CIDRs that explicitly open an always-blocked range; any other
+    always-blocked destination is closed; then allow routes; then the default
+    (allow-all proxies, deny-all closes).  `own` changes at run time and is not part of
+    any route's cache key: a new address rebuilds this guard alone."""
     entries = _Entries()
     chains: list[FilterChain] = []
     for route in _tcp_routes(policy, listener):
@@ -438,11 +446,15 @@ def _gateway_listener(
         entries.allow += part_entries.allow
         chains += part_chains
     allow_all = policy.default_policy == "allow-all"
-    guard = []
+    guard: list = []
+    own_guard: list = []
     if blocked and (entries.allow or allow_all):
-        chains.append(_closing_chain(BLOCKED_CHAIN))
         guard = [tm.field_matcher(tm.destination_in(blocked, "blocked_address"), BLOCKED_CHAIN)]
-    matchers = [*entries.deny, *entries.opened, *guard, *entries.allow]
+    if own and (entries.allow or allow_all or entries.opened):  # opened: 127/8 may be own
+        own_guard = [tm.field_matcher(tm.destination_in(own, "own_address"), BLOCKED_CHAIN)]
+    if guard or own_guard:
+        chains.append(_closing_chain(BLOCKED_CHAIN))
+    matchers = [*own_guard, *entries.deny, *entries.opened, *guard, *entries.allow]
 
     default = None
     if allow_all and listener.protocol == "HTTP":
@@ -509,15 +521,14 @@ def translate_gateway(
     cache: ChainCache | None = None,
 ) -> GatewayResources:
     """The Envoy resources of one gateway (see `translate` for the options)."""
-    blocked = tuple(
-        always_blocked_networks(own_addresses) if always_blocked is None else always_blocked
-    )
+    blocked = tuple(always_blocked_networks() if always_blocked is None else always_blocked)
+    own = own_networks(own_addresses)
     addresses = envoy_listener_addresses(
         [(lst.name, lst.protocol) for lst in policy.listeners], envoy_host, base_port, socket_dir
     )
     selected = _agent_selection(policy)
     listeners = [
-        _gateway_listener(policy, lst, addresses[lst.name], selected, blocked, cache)
+        _gateway_listener(policy, lst, addresses[lst.name], selected, blocked, cache, own)
         for lst in policy.listeners
         if lst.protocol != "UDP"  # the dialer relays UDP itself
     ]
@@ -538,7 +549,8 @@ def translate(policies: PolicySet, **options) -> dict[str, GatewayResources]:
 
     Options (keywords): `socket_dir`: Envoy listens on Unix sockets there
     (clrk.nexthops) instead of `envoy_host` ports from `base_port`.  `own_addresses`:
-    the gateway host's addresses, always blocked like decide()'s `own`.
+    the gateway host's addresses and local ranges, always blocked and never opened, like
+    decide()'s `own`.
     `always_blocked` replaces the SPEC 4 list (tests only: they can reach nothing but
     loopback, which that list blocks).  `extproc_address`: where clrk_extproc listens
     (ext_proc and access logs): (host, port) or a Unix socket path.

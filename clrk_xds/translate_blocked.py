@@ -4,7 +4,8 @@
 set as networks.  IPv6 forms that embed a blocked IPv4 address are listed per prefix
 (mapped, NAT64, 6to4, a Teredo server).  Teredo also hides the client address inverted
 in the low bits, which no CIDR can describe, so all of 2001::/32 is blocked here, and
-no CIDR opens that blanket range: stricter than the dialer, never looser.
+no CIDR opens that blanket range: stricter than the dialer, never looser.  The
+gateway's own addresses are a guard of their own (`own_networks`), which no CIDR opens.
 """
 
 from __future__ import annotations
@@ -38,12 +39,21 @@ def _embedded(v4: Iterable[ipaddress.IPv4Network]) -> list[ipaddress.IPv6Network
     return out
 
 
-def always_blocked_networks(own_addresses: Iterable[str] = ()) -> tuple[Network, ...]:
-    """Every always-blocked network, plus the gateway's own addresses as host routes."""
-    own = [ipaddress.ip_network(ipaddress.ip_address(a)) for a in own_addresses]
-    v4 = [*_V4, *(n for n in own if n.version == 4)]
-    v6 = [*_V6, *(n for n in own if n.version == 6), *_embedded(v4), _TEREDO]
-    return tuple(dict.fromkeys([*v4, *v6]))
+def always_blocked_networks() -> tuple[Network, ...]:
+    """Every always-blocked network (SPEC 4 step 2) but the gateway's own."""
+    v4 = list(_V4)
+    return tuple(dict.fromkeys([*v4, *_V6, *_embedded(v4), _TEREDO]))
+
+
+def own_networks(own: Iterable[str]) -> tuple[Network, ...]:
+    """The gateway's own addresses and ranges ('192.0.2.7', '127.0.0.0/8'), with the
+    IPv6 forms that embed the IPv4 ones: the guard no CIDR opens.  A Teredo client
+    cannot be described by a CIDR, so with any IPv4 entry all of 2001::/32 is closed
+    here too (stricter than decide(), never looser)."""
+    nets = [ipaddress.ip_network(a, strict=False) for a in own]
+    v4 = [n for n in nets if n.version == 4]
+    v6 = [n for n in nets if n.version == 6]
+    return tuple(dict.fromkeys([*v4, *v6, *_embedded(v4), *([_TEREDO] if v4 else [])]))
 
 
 def split_by_blocked(

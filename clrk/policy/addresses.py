@@ -3,11 +3,13 @@
 Integers keep decide() fast and make range tests plain shifts.  IPv4-mapped IPv6
 becomes IPv4 (SPEC 4 step 1).  An address is always blocked when it is loopback,
 unspecified, link-local, multicast, broadcast or one of the gateway's own, or an IPv6
-form that embeds such an IPv4 address (NAT64, 6to4, Teredo).
+form that embeds such an IPv4 address (NAT64, 6to4, Teredo).  An explicit CIDR inside
+one of these ranges opens it, except the gateway's own (`OwnAddresses`): nothing does.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,32 +51,96 @@ def parse_ip(text: str) -> tuple[int, int]:
     return 6, value
 
 
+def _parse_network(text: str) -> tuple[int, int, int]:
+    """'192.0.2.7' -> (4, int, 32); '127.0.0.0/8' -> (4, int, 8), host bits cleared;
+    an IPv4-mapped IPv6 network becomes IPv4, as addresses do."""
+    if "/" not in text:
+        version, value = parse_ip(text)
+        return version, value, 32 if version == 4 else 128
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address or network") from None
+    value = int(net.network_address)
+    if net.version == 6 and net.prefixlen >= 96 and value >> 32 == _MAPPED_PREFIX >> 32:
+        return 4, value & _M32, net.prefixlen - 96
+    return net.version, value, net.prefixlen
+
+
 @dataclass(frozen=True, slots=True)
 class OwnAddresses:
-    """The gateway host's own addresses, always blocked (SPEC 4 step 2).
+    """What the gateway's namespace delivers to itself: its addresses and local ranges
+    (loopback's 127.0.0.0/8 under `clrk up`).  Always blocked (SPEC 4 step 2), and
+    unlike the other always-blocked ranges no CIDR opens them: a connection there
+    reaches the gateway itself, never an upstream.
 
     A runtime input of decide(), next to the compiled policy and never part of it: only
-    the host the dialer runs on knows them.
+    the host the dialer runs on knows them.  Hosts are sets (the common case, one
+    lookup); wider ranges are (network, prefix length) pairs.
     """
 
     v4: frozenset[int] = frozenset()
     v6: frozenset[int] = frozenset()
+    v4_nets: tuple[tuple[int, int], ...] = ()
+    v6_nets: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def of(cls, addresses: Iterable[str]) -> OwnAddresses:
-        """ValueError names an address that does not parse."""
-        parsed = [parse_ip(a) for a in addresses]
+    def of(cls, entries: Iterable[str]) -> OwnAddresses:
+        """Addresses and networks ('192.0.2.7', '127.0.0.0/8'); ValueError names one
+        that does not parse."""
+        hosts: dict[int, set[int]] = {4: set(), 6: set()}
+        nets: dict[int, set[tuple[int, int]]] = {4: set(), 6: set()}
+        for entry in entries:
+            version, value, plen = _parse_network(entry)
+            if plen == (32 if version == 4 else 128):
+                hosts[version].add(value)
+            else:
+                nets[version].add((value, plen))
         return cls(
-            frozenset(v for version, v in parsed if version == 4),
-            frozenset(v for version, v in parsed if version == 6),
+            frozenset(hosts[4]),
+            frozenset(hosts[6]),
+            tuple(sorted(nets[4], key=lambda n: n[1])),
+            tuple(sorted(nets[6], key=lambda n: n[1])),
         )
 
     def including(self, address: str) -> OwnAddresses:
         """These and `address` (ValueError if it does not parse)."""
         version, value = parse_ip(address)
         if version == 4:
-            return OwnAddresses(self.v4 | {value}, self.v6)
-        return OwnAddresses(self.v4, self.v6 | {value})
+            return OwnAddresses(self.v4 | {value}, self.v6, self.v4_nets, self.v6_nets)
+        return OwnAddresses(self.v4, self.v6 | {value}, self.v4_nets, self.v6_nets)
+
+    def _holds4(self, value: int) -> bool:
+        return value in self.v4 or any(
+            plen == 0 or value >> (32 - plen) == net >> (32 - plen) for net, plen in self.v4_nets
+        )
+
+    def holds(self, version: int, value: int) -> bool:
+        """Whether the (normalised) address is one of these, also as an IPv6 form that
+        embeds one of the IPv4 ones (NAT64, 6to4, a Teredo server or client)."""
+        if version == 4:
+            return self._holds4(value)
+        if value in self.v6 or any(
+            plen == 0 or value >> (128 - plen) == net >> (128 - plen) for net, plen in self.v6_nets
+        ):
+            return True
+        if not (self.v4 or self.v4_nets):
+            return False
+        if value >> 32 == _NAT64 >> 32:
+            return self._holds4(value & _M32)
+        if value >> 112 == _SIX_TO_FOUR:
+            return self._holds4((value >> 80) & _M32)
+        if value >> 96 == _TEREDO:
+            return self._holds4((value >> 64) & _M32) or self._holds4(~value & _M32)
+        return False
+
+    def networks(self) -> tuple[str, ...]:
+        """Every entry as text, hosts without a prefix length: for Envoy's guard."""
+        out = [str(ipaddress.IPv4Address(v)) for v in sorted(self.v4)]
+        out += [f"{ipaddress.IPv4Address(n)}/{p}" for n, p in self.v4_nets]
+        out += [str(ipaddress.IPv6Address(v)) for v in sorted(self.v6)]
+        out += [f"{ipaddress.IPv6Address(n)}/{p}" for n, p in self.v6_nets]
+        return tuple(out)
 
 
 NO_OWN_ADDRESSES = OwnAddresses()
@@ -85,17 +151,13 @@ def normalise_name(name: str) -> str:
     return name[:-1] if name.endswith(".") else name
 
 
-def _v4_hits(value: int, own: frozenset[int]) -> list[tuple[int, int]]:
-    hits = [(net, plen) for net, plen in _V4_BLOCKED if value >> (32 - plen) == net >> (32 - plen)]
-    if value in own:
-        hits.append((value, 32))
-    return hits
+def _v4_hits(value: int) -> list[tuple[int, int]]:
+    return [(net, plen) for net, plen in _V4_BLOCKED if value >> (32 - plen) == net >> (32 - plen)]
 
 
-def blocked_ranges(
-    version: int, value: int, own4: frozenset[int] = frozenset(), own6: frozenset[int] = frozenset()
-) -> tuple[Range, ...]:
+def blocked_ranges(version: int, value: int) -> tuple[Range, ...]:
     """The always-blocked ranges that contain the address; empty when it is not blocked.
+    (The gateway's own addresses are `OwnAddresses.holds`: no CIDR opens those.)
 
     An explicit destinationCIDRs entry opens a blocked address only if it lies inside
     one of these ranges, so 0.0.0.0/0 never opens loopback or the metadata service.
@@ -106,31 +168,25 @@ def blocked_ranges(
             and value >> 16 != 0xA9FE
             and value >> 28 != 0xE
             and value != _M32
-            and value not in own4
         ):
             return ()
-        return tuple((4, net, plen) for net, plen in _v4_hits(value, own4))
+        return tuple((4, net, plen) for net, plen in _v4_hits(value))
     out: list[Range] = [
         (6, net, plen) for net, plen in _V6_BLOCKED if value >> (128 - plen) == net >> (128 - plen)
     ]
-    if value in own6:
-        out.append((6, value, 128))
     if value >> 32 == _NAT64 >> 32:
-        out += [(6, _NAT64 | net, 96 + plen) for net, plen in _v4_hits(value & _M32, own4)]
+        out += [(6, _NAT64 | net, 96 + plen) for net, plen in _v4_hits(value & _M32)]
     if value >> 112 == _SIX_TO_FOUR:
         embedded = (value >> 80) & _M32
         out += [
-            (6, (_SIX_TO_FOUR << 112) | (net << 80), 16 + plen)
-            for net, plen in _v4_hits(embedded, own4)
+            (6, (_SIX_TO_FOUR << 112) | (net << 80), 16 + plen) for net, plen in _v4_hits(embedded)
         ]
     if value >> 96 == _TEREDO:
         server = (value >> 64) & _M32
-        out += [
-            (6, (_TEREDO << 96) | (net << 64), 32 + plen) for net, plen in _v4_hits(server, own4)
-        ]
+        out += [(6, (_TEREDO << 96) | (net << 64), 32 + plen) for net, plen in _v4_hits(server)]
         # The client address is stored inverted in the low 32 bits; no CIDR narrower
         # than the Teredo prefix can describe "all servers, this client".
-        if _v4_hits(~value & _M32, own4):
+        if _v4_hits(~value & _M32):
             out.append((6, _TEREDO << 96, 32))
     return tuple(out)
 

@@ -117,12 +117,14 @@ def decide(
         raise ValueError(f"protocol must be TCP or UDP, not {transport!r}")
     gateway, default = policy.ref, policy.default_policy
 
-    blocked = blocked_ranges(version, ip, own.v4, own.v6)
+    agent_ref = None if agent is None else f"{agent.namespace}/{agent.name}"
+    if own.holds(version, ip):  # the gateway itself: no CIDR opens it
+        return Decision(Reason.BLOCKED_ADDRESS, gateway, agent_ref, default)
+    blocked = blocked_ranges(version, ip)
     if agent is None:
         return Decision(
             Reason.BLOCKED_ADDRESS if blocked else Reason.UNKNOWN_AGENT, gateway, None, default
         )
-    agent_ref = f"{agent.namespace}/{agent.name}"
     labels = agent.labels
     allow_ix = policy.allow[transport]
 

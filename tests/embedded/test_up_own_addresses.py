@@ -2,8 +2,8 @@
 with real curl, dnsmasq and ip: DNS rebinding onto the gateway's sandbox link or uplink,
 a covering CIDR route, SOCKS5, an address added while the stack runs, and the dialer's
 own ports.  Each is refused with a `blocked_address` record, in the dialer and in
-Envoy's guard chain.  A service of the gateway host listens on every address, so a
-bypass would be an HTTP 200."""
+Envoy's guard chain; no CIDR opens them, loopback's included.  A service of the gateway
+host listens on every address, so a bypass would be an HTTP 200."""
 
 from __future__ import annotations
 
@@ -66,6 +66,16 @@ spec:
   - matches:
     - destinationCIDRs: ["0.0.0.0/0", "::/0"]
       ports: [{", ".join(f"{{port: {p}}}" for p in (80, WIDE_SERVICE, *GATEWAY_PORTS))}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {{name: loopback}}
+spec:
+  parentRefs: [{{name: egress, sectionName: tcp}}]
+  rules:
+  - matches:
+    - destinationCIDRs: ["127.0.0.0/8", "::1/128"]
+      ports: [{{port: {WIDE_SERVICE}}}]
 ---
 apiVersion: clrk.apoxy.dev/v1alpha1
 kind: DaemonAgent
@@ -164,8 +174,9 @@ def test_a_covering_cidr_route_does_not_open_the_gateways_addresses(own_stack):
 
 
 def test_socks5_to_the_gateways_address_is_refused_with_a_record(own_stack):
-    """Explicit mode from the gateway's namespace, where the proxies listen."""
-    targets = [(a, WIDE_SERVICE) for a in UPLINK_OWN]
+    """Explicit mode from the gateway's namespace, where the proxies listen.  Loopback
+    is the gateway's own as a whole: a route naming 127.0.0.0/8 opens none of it."""
+    targets = [(a, WIDE_SERVICE) for a in (*UPLINK_OWN, "127.0.0.2", "::1")]
     before = counts(own_stack, targets)
     for address, port in targets:
         argv = clrk("run", "--explicit", "--agent", "bot", "--state-dir", str(own_stack.state),

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clrk.api.grammar import normalise_hostname
-from clrk.policy.addresses import blocked_ranges, normalise_name, parse_ip, within
+from clrk.policy.addresses import OwnAddresses, blocked_ranges, normalise_name, parse_ip, within
 
 PROPERTY = settings(max_examples=300, deadline=None)
 M32 = 0xFFFFFFFF
@@ -167,90 +167,114 @@ def r6(cidr: str) -> tuple[int, int, int]:
     return (6, int(net.network_address), net.prefixlen)
 
 
-def blocked(text: str, own: tuple[str, ...] = ()) -> tuple[tuple[int, int, int], ...]:
-    own_parsed = [parse_ip(a) for a in own]
-    return blocked_ranges(
-        *parse_ip(text),
-        own4=frozenset(v for ver, v in own_parsed if ver == 4),
-        own6=frozenset(v for ver, v in own_parsed if ver == 6),
-    )
+def blocked(text: str) -> tuple[tuple[int, int, int], ...]:
+    return blocked_ranges(*parse_ip(text))
 
 
 @pytest.mark.parametrize(
-    ("address", "own", "ranges"),
+    ("address", "ranges"),
     [
-        ("127.0.0.1", (), {r4("127.0.0.0/8")}),
-        ("127.255.255.254", (), {r4("127.0.0.0/8")}),
-        ("0.0.0.0", (), {r4("0.0.0.0/8")}),
-        ("0.1.2.3", (), {r4("0.0.0.0/8")}),
-        ("169.254.169.254", (), {r4("169.254.0.0/16")}),
-        ("224.0.0.1", (), {r4("224.0.0.0/4")}),
-        ("239.255.255.255", (), {r4("224.0.0.0/4")}),
-        ("255.255.255.255", (), {r4("255.255.255.255/32")}),
-        ("::ffff:127.0.0.1", (), {r4("127.0.0.0/8")}),
-        ("::ffff:169.254.169.254", (), {r4("169.254.0.0/16")}),
-        ("10.0.0.5", ("10.0.0.5",), {r4("10.0.0.5/32")}),
-        ("::ffff:10.0.0.5", ("10.0.0.5",), {r4("10.0.0.5/32")}),
-        ("127.0.0.1", ("127.0.0.1",), {r4("127.0.0.0/8"), r4("127.0.0.1/32")}),
-        ("::", (), {r6("::/128")}),
-        ("::1", (), {r6("::1/128")}),
-        ("fe80::1", (), {r6("fe80::/10")}),
-        ("febf:ffff::1", (), {r6("fe80::/10")}),
-        ("ff02::1", (), {r6("ff00::/8")}),
-        ("2001:db8::5", ("2001:db8::5",), {r6("2001:db8::5/128")}),
-        ("64:ff9b::7f00:1", (), {r6("64:ff9b::7f00:0/104")}),
-        ("64:ff9b::169.254.169.254", (), {r6("64:ff9b::a9fe:0/112")}),
-        ("64:ff9b::255.255.255.255", (), {r6("64:ff9b::ffff:ffff/128")}),
-        ("64:ff9b::10.0.0.5", ("10.0.0.5",), {r6("64:ff9b::a00:5/128")}),
-        ("2002:7f00:1::", (), {r6("2002:7f00::/24")}),
-        ("2002:a9fe:a9fe:1234::1", (), {r6("2002:a9fe::/32")}),
-        ("2002:e000:1::", (), {r6("2002:e000::/20")}),
-        ("2002:a00:5::", ("10.0.0.5",), {r6("2002:a00:5::/48")}),
-        ("2001:0:7f00:1::1", (), {r6("2001:0:7f00::/40")}),
-        ("2001:0:a9fe:a9fe:8000::1", (), {r6("2001:0:a9fe::/48")}),
+        ("127.0.0.1", {r4("127.0.0.0/8")}),
+        ("127.255.255.254", {r4("127.0.0.0/8")}),
+        ("0.0.0.0", {r4("0.0.0.0/8")}),
+        ("0.1.2.3", {r4("0.0.0.0/8")}),
+        ("169.254.169.254", {r4("169.254.0.0/16")}),
+        ("224.0.0.1", {r4("224.0.0.0/4")}),
+        ("239.255.255.255", {r4("224.0.0.0/4")}),
+        ("255.255.255.255", {r4("255.255.255.255/32")}),
+        ("::ffff:127.0.0.1", {r4("127.0.0.0/8")}),
+        ("::ffff:169.254.169.254", {r4("169.254.0.0/16")}),
+        ("::", {r6("::/128")}),
+        ("::1", {r6("::1/128")}),
+        ("fe80::1", {r6("fe80::/10")}),
+        ("febf:ffff::1", {r6("fe80::/10")}),
+        ("ff02::1", {r6("ff00::/8")}),
+        ("64:ff9b::7f00:1", {r6("64:ff9b::7f00:0/104")}),
+        ("64:ff9b::169.254.169.254", {r6("64:ff9b::a9fe:0/112")}),
+        ("64:ff9b::255.255.255.255", {r6("64:ff9b::ffff:ffff/128")}),
+        ("2002:7f00:1::", {r6("2002:7f00::/24")}),
+        ("2002:a9fe:a9fe:1234::1", {r6("2002:a9fe::/32")}),
+        ("2002:e000:1::", {r6("2002:e000::/20")}),
+        ("2001:0:7f00:1::1", {r6("2001:0:7f00::/40")}),
+        ("2001:0:a9fe:a9fe:8000::1", {r6("2001:0:a9fe::/48")}),
         # The Teredo client is stored inverted: ~127.0.0.1 == 0x80fffffe.
-        ("2001:0:808:808::80ff:fffe", (), {r6("2001::/32")}),
+        ("2001:0:808:808::80ff:fffe", {r6("2001::/32")}),
         # No client bits means the client is ~0 == 255.255.255.255.
-        ("2001:0:808:808::", (), {r6("2001::/32")}),
-        ("2001:0:7f00:1::80ff:fffe", (), {r6("2001:0:7f00::/40"), r6("2001::/32")}),
+        ("2001:0:808:808::", {r6("2001::/32")}),
+        ("2001:0:7f00:1::80ff:fffe", {r6("2001:0:7f00::/40"), r6("2001::/32")}),
     ],
 )
-def test_an_always_blocked_address_reports_every_range_that_contains_it(address, own, ranges):
-    assert set(blocked(address, own)) == ranges
+def test_an_always_blocked_address_reports_every_range_that_contains_it(address, ranges):
+    assert set(blocked(address)) == ranges
 
 
 @pytest.mark.parametrize(
-    ("address", "own"),
+    "address",
     [
-        ("8.8.8.8", ()),
-        ("10.0.0.1", ()),
-        ("1.0.0.0", ()),
-        ("126.255.255.255", ()),
-        ("128.0.0.0", ()),
-        ("169.253.255.255", ()),
-        ("169.255.0.0", ()),
-        ("223.255.255.255", ()),
-        ("240.0.0.1", ()),
-        ("255.255.255.254", ()),
-        ("203.0.113.5", ("203.0.113.6",)),
-        ("::2", ()),
-        ("2001:db8::1", ()),
-        ("fec0::1", ()),
-        ("fe7f::1", ()),
-        ("feff::1", ()),
-        ("64:ff9b::808:808", ()),
-        ("64:ff9b:1::7f00:1", ()),
-        ("2002:808:808::", ()),
-        ("2003:7f00:1::", ()),
-        ("2001:0:808:808::f7f7:f7f7", ()),
-        ("2001:db8:7f00:1::", ()),
-        ("2001:1:7f00:1::", ()),
-        ("2000:0:7f00:1::", ()),
-        ("2001:4860:4860::8888", ()),
+        "8.8.8.8",
+        "10.0.0.1",
+        "1.0.0.0",
+        "126.255.255.255",
+        "128.0.0.0",
+        "169.253.255.255",
+        "169.255.0.0",
+        "223.255.255.255",
+        "240.0.0.1",
+        "255.255.255.254",
+        "::2",
+        "2001:db8::1",
+        "fec0::1",
+        "fe7f::1",
+        "feff::1",
+        "64:ff9b::808:808",
+        "64:ff9b:1::7f00:1",
+        "2002:808:808::",
+        "2003:7f00:1::",
+        "2001:0:808:808::f7f7:f7f7",
+        "2001:db8:7f00:1::",
+        "2001:1:7f00:1::",
+        "2000:0:7f00:1::",
+        "2001:4860:4860::8888",
     ],
 )
-def test_an_ordinary_address_is_not_blocked(address, own):
-    assert blocked(address, own) == ()
+def test_an_ordinary_address_is_not_blocked(address):
+    assert blocked(address) == ()
+
+
+@pytest.mark.parametrize(
+    ("address", "own", "holds"),
+    [
+        ("10.0.0.5", ["10.0.0.5"], True),
+        ("::ffff:10.0.0.5", ["10.0.0.5"], True),
+        ("10.0.0.5", ["::ffff:10.0.0.5"], True),
+        ("2001:db8::5", ["2001:db8::5"], True),
+        ("64:ff9b::10.0.0.5", ["10.0.0.5"], True),
+        ("2002:a00:5::", ["10.0.0.5"], True),
+        ("2001:0:a00:5::1", ["10.0.0.5"], True),  # a Teredo server
+        ("2001:0:808:808::f5ff:fffa", ["10.0.0.5"], True),  # a Teredo client, inverted
+        ("127.3.2.1", ["127.0.0.0/8"], True),
+        ("127.3.2.1", ["127.0.0.1"], False),
+        ("::ffff:127.9.9.9", ["::ffff:127.0.0.0/104"], True),
+        ("fd00::1234", ["fd00::/64"], True),
+        ("fd00:0:0:1::1", ["fd00::/64"], False),
+        ("203.0.113.5", ["203.0.113.6"], False),
+        ("10.0.0.5", ["2001:db8::5"], False),
+        ("2001:db8::6", ["0.0.0.0/0"], False),
+        ("64:ff9b::808:808", ["0.0.0.0/0"], True),
+    ],
+)
+def test_the_gateways_own_addresses_and_ranges_hold_their_embedded_forms(address, own, holds):
+    assert OwnAddresses.of(own).holds(*parse_ip(address)) is holds
+
+
+def test_own_addresses_refuse_what_does_not_parse_and_list_themselves():
+    with pytest.raises(ValueError, match=r"10\.0\.0\.0/33"):
+        OwnAddresses.of(["10.0.0.0/33"])
+    with pytest.raises(ValueError, match="nonsense"):
+        OwnAddresses.of(["nonsense"])
+    own = OwnAddresses.of(["127.0.0.1/8", "192.0.2.7", "::1", "fd00::/64"])
+    assert own.networks() == ("192.0.2.7", "127.0.0.0/8", "::1", "fd00::/64")
+    assert own.including("198.18.0.1").holds(*parse_ip("198.18.0.1"))
 
 
 V4_BLOCKED = [
@@ -263,15 +287,21 @@ V6_BLOCKED = [ipaddress.IPv6Network(n) for n in ("::/128", "::1/128", "fe80::/10
 def reference_blocked(
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
     own: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    static: bool = True,
 ) -> bool:
+    """Inside `own`, or (with `static`) inside an always-blocked range, directly or as
+    an embedded IPv4 address."""
+    v4_static = V4_BLOCKED if static else []
+    v6_static = V6_BLOCKED if static else []
+
     def v4_blocked(a: ipaddress.IPv4Address) -> bool:
-        return a in own or any(a in net for net in V4_BLOCKED)
+        return a in own or any(a in net for net in v4_static)
 
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     if addr.version == 4:
         return v4_blocked(addr)
-    if addr in own or any(addr in net for net in V6_BLOCKED):
+    if addr in own or any(addr in net for net in v6_static):
         return True
     embedded: list[ipaddress.IPv4Address] = []
     if addr in NAT64:
@@ -351,18 +381,17 @@ ADDRESSES = uniform(
 @given(ADDRESSES, st.lists(ADDRESSES, max_size=3), st.booleans())
 def test_blocked_ranges_agree_with_an_independent_ipaddress_check(addr, others, own_self):
     own = frozenset([*others, addr] if own_self else others)
-    own_parsed = [expected_parse(a) for a in own]
-    own4 = frozenset(v for ver, v in own_parsed if ver == 4)
-    own6 = frozenset(v for ver, v in own_parsed if ver == 6)
     # Own addresses are normalised like destinations: a mapped own address is IPv4.
     own_norm = frozenset(
         a.ipv4_mapped if a.version == 6 and a.ipv4_mapped is not None else a for a in own
     )
 
     version, value = parse_ip(str(addr))
-    ranges = blocked_ranges(version, value, own4, own6)
+    ranges = blocked_ranges(version, value)
+    holds = OwnAddresses.of(str(a) for a in own).holds(version, value)
 
-    assert bool(ranges) == reference_blocked(addr, own_norm)
+    assert holds == reference_blocked(addr, own_norm, static=False)
+    assert bool(ranges) == reference_blocked(addr, frozenset())
     v4_or_v6 = (
         (ipaddress.IPv4Address, ipaddress.IPv4Network)
         if version == 4

@@ -371,6 +371,30 @@ def test_the_gateways_own_addresses_are_blocked():
     assert decide(gw, BOT, tcp("192.0.2.10", 443)).reason == Reason.ALLOWED  # not compiled in
 
 
+def test_no_cidr_opens_the_gateways_own_addresses_or_its_local_ranges():
+    """A connection there reaches the gateway itself: not even a CIDR naming exactly
+    that address opens it, and loopback as a whole is own under `clrk up`."""
+    text = (
+        EXPLICIT
+        + """---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: exact}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{destinationCIDRs: ["192.0.2.10/32", "127.0.0.2/32", "::1/128"]}]
+"""
+    )
+    gw = compile_yaml(text).gateways[("default", "gw")]
+    assert decide(gw, BOT, tcp("127.0.0.2", 80)).reason == Reason.ALLOWED  # not own here
+    own = OwnAddresses.of(["192.0.2.10", "127.0.0.0/8", "::1"])
+    for ip in ("192.0.2.10", "127.0.0.2", "::1", "::ffff:127.0.0.2", "64:ff9b::c000:20a"):
+        assert decide(gw, BOT, tcp(ip, 80), own).reason == Reason.BLOCKED_ADDRESS, ip
+    d = decide(gw, None, tcp("192.0.2.10", 80), own)
+    assert (d.reason, d.agent) == (Reason.BLOCKED_ADDRESS, None)
+
+
 def test_a_deny_route_wins_over_an_allow_route_for_the_same_name():
     text = (
         EXPLICIT

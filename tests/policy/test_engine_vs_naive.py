@@ -9,10 +9,9 @@ from hypothesis import strategies as st
 from bench.naive_decide import naive_decide
 from clrk.api import load_objects
 from clrk.policy import Agent, OwnAddresses, compile_policies, decide
-from tests.policy.strategies import LABELS, connection, policy
+from tests.policy.strategies import LABELS, OWN_CHOICES, connection, policy
 
 agent = st.one_of(st.none(), st.builds(lambda labels: Agent("default", "a", labels), LABELS))
-OWN = ["192.0.2.7", "2001:db8::5"]
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -20,12 +19,12 @@ OWN = ["192.0.2.7", "2001:db8::5"]
     docs=policy(),
     conns=st.lists(connection(), min_size=1, max_size=8),
     who=agent,
-    own=st.booleans(),
+    own=st.sampled_from(OWN_CHOICES),
 )
 def test_compiled_engine_and_naive_reference_agree(docs, conns, who, own):
     loaded = load_objects(docs)
     assert not loaded.errors, [f.line() for f in loaded.errors]
-    own_addresses = OWN if own else []
+    own_addresses = own
     gw = compile_policies(loaded.resources).gateways[("default", "gw")]
     for conn in conns:
         got = decide(gw, who, conn, OwnAddresses.of(own_addresses))

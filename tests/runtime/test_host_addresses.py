@@ -1,5 +1,6 @@
-"""The namespace's own addresses over rtnetlink: the messages parsed from bytes, and a
-real namespace whose address added or removed at run time is reported (root)."""
+"""The namespace's own destinations over rtnetlink: the messages parsed from bytes, and
+a real namespace whose addresses and local routes, added or removed at run time, are
+reported (root)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import pytest
 
 from clrk_runtime import host_addresses
 from clrk_runtime.host_addresses import (
-    IFA_ADDRESS,
-    IFA_LOCAL,
     NLMSG_DONE,
     NLMSG_ERROR,
-    RTM_NEWADDR,
+    RTA_DST,
+    RTA_TABLE,
+    RTM_NEWROUTE,
+    RTN_BROADCAST,
+    RTN_LOCAL,
+    RTN_UNICAST,
     HostAddresses,
     parse_messages,
 )
@@ -35,29 +39,39 @@ def message(kind: int, body: bytes) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
 
 
-def newaddr(family: int, *attrs: bytes) -> bytes:
-    return message(RTM_NEWADDR, struct.pack("=BBBBI", family, 24, 0, 0, 2) + b"".join(attrs))
-
-
-def test_the_local_address_counts_and_a_point_to_point_peer_does_not():
-    data = newaddr(
-        socket.AF_INET,
-        attr(IFA_ADDRESS, socket.inet_aton("203.0.113.9")),  # the peer
-        attr(IFA_LOCAL, socket.inet_aton("198.51.100.1")),
+def route(family: int, dst: str, plen: int, rtype: int = RTN_LOCAL, table: int = 255) -> bytes:
+    header = struct.pack("=BBBBBBBBI", family, plen, 0, 0, min(table, 252), 2, 254, rtype, 0)
+    raw = socket.inet_pton(family, dst)
+    return message(
+        RTM_NEWROUTE, header + attr(RTA_TABLE, struct.pack("=I", table)) + attr(RTA_DST, raw)
     )
-    assert parse_messages(data) == (["198.51.100.1"], False)
 
 
-def test_ipv6_addresses_come_as_ifa_address_alone_and_done_ends_the_dump():
-    data = newaddr(socket.AF_INET6, attr(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fd00::7")))
+def test_the_local_tables_local_and_broadcast_routes_count_as_own():
+    data = route(socket.AF_INET, "198.51.100.1", 32)
+    data += route(socket.AF_INET, "127.0.0.0", 8)  # loopback's whole prefix is local
+    data += route(socket.AF_INET, "198.51.100.255", 32, RTN_BROADCAST)
+    data += route(socket.AF_INET6, "fd00::7", 128)
     data += message(NLMSG_DONE, struct.pack("=i", 0))
-    assert parse_messages(data) == (["fd00::7"], True)
+    assert parse_messages(data) == (
+        ["198.51.100.1", "127.0.0.0/8", "198.51.100.255", "fd00::7"],
+        True,
+    )
+
+
+def test_routes_of_other_tables_or_types_do_not_count():
+    data = route(socket.AF_INET, "10.0.0.0", 8, RTN_UNICAST)
+    data += route(socket.AF_INET, "10.0.0.1", 32, RTN_LOCAL, table=254)  # main
+    data += route(socket.AF_INET, "10.0.0.2", 32, RTN_LOCAL, table=1000)  # RTA_TABLE only
+    assert parse_messages(data) == ([], False)
 
 
 def test_a_netlink_error_is_raised_and_truncated_or_foreign_bytes_are_ignored():
     with pytest.raises(OSError):
         parse_messages(message(NLMSG_ERROR, struct.pack("=i", -1) + b"\0" * 16))
-    assert parse_messages(newaddr(socket.AF_INET, attr(IFA_LOCAL, b"\1\2"))) == ([], False)
+    header = struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 255, 2, 254, RTN_LOCAL, 0)
+    short = message(RTM_NEWROUTE, header + attr(RTA_DST, b"\1\2"))
+    assert parse_messages(short) == ([], False)
     assert parse_messages(b"\xff" * 7) == ([], False)
     assert parse_messages(message(99, b"junk")) == ([], False)
 
@@ -110,6 +124,9 @@ def test_an_address_added_or_removed_at_run_time_is_reported():
             await until(lambda now: "fd00:77::1" in now)
             subprocess.run([*ip, "addr", "del", "203.0.113.5/24", "dev", "d0"], check=True)
             await until(lambda now: "203.0.113.5" not in now)
+            # AnyIP: a whole prefix made local without any address.
+            subprocess.run([*ip, "route", "add", "local", "10.9.0.0/16", "dev", "lo"], check=True)
+            await until(lambda now: "10.9.0.0/16" in now)
             task.cancel()
             return seen
 
@@ -121,8 +138,9 @@ def test_an_address_added_or_removed_at_run_time_is_reported():
 
         with ThreadPoolExecutor(1) as pool:
             seen = pool.submit(run).result(timeout=60)
-    assert set(seen[0]) == {"127.0.0.1", "::1", "192.0.2.99", "203.0.113.5"}
+    # Loopback's whole prefix, each address, the subnet's broadcast; static ones too.
+    assert {"127.0.0.0/8", "127.0.0.1", "::1", "192.0.2.99", "203.0.113.5"} <= set(seen[0])
     last = set(seen[-1])
-    assert {"198.18.7.1", "fd00:77::1", "192.0.2.99"} <= last
+    assert {"198.18.7.1", "fd00:77::1", "192.0.2.99", "10.9.0.0/16"} <= last
     assert "203.0.113.5" not in last
     assert host_addresses.dump()  # this namespace still has its own

@@ -39,13 +39,12 @@ from clrk.policy.loaded import compile_loaded
 from clrk_worker_dialer import proxy_v2
 from clrk_worker_dialer.session import Flow, proxy_header
 from clrk_xds.translate import translate_gateway
-from tests.policy.strategies import IPS, NAMES, PORTS, policy_with_agents
+from tests.policy.strategies import IPS, NAMES, OWN_CHOICES, PORTS, policy_with_agents
 from tests.xds.chain_matcher import Arrival, Outcome, Verdict, evaluate
 
 # At least 500 random policies in every run, each with several connections, listeners
 # and presentations (about 15 s on one core).
 EXAMPLES = 500
-OWN = ["192.0.2.7", "2001:db8::5"]
 TEREDO = ipaddress.ip_network("2001::/32")
 
 
@@ -152,14 +151,14 @@ def _check_listeners(policy, listeners, agent, conn, own) -> None:
 @given(
     docs=policy_with_agents(),
     conns=st.lists(tcp_connection(), min_size=1, max_size=6),
-    own=st.booleans(),
+    own=st.sampled_from(OWN_CHOICES),
     data=st.data(),
 )
 def test_decide_and_the_translated_envoy_listeners_agree(docs, conns, own, data):
     loaded = compile_loaded(load_objects(docs))
     assert not loaded.blocked, [f.line() for f in loaded.findings]
     policy = loaded.compiled.gateways[("default", "gw")]
-    own_addresses = OWN if own else []
+    own_addresses = own
     translated = translate_gateway(policy, own_addresses=own_addresses)
     listeners = {lst.name: lst for lst in translated.listeners}
     agent = data.draw(st.sampled_from(policy.agents), label="agent")

@@ -323,11 +323,19 @@ def test_blocked_addresses_open_only_by_explicit_cidrs_inside_them() -> None:
     assert _cidr_ranges(entries[2]) == ["0.0.0.0/0"]
 
 
-def test_own_addresses_join_the_blocked_list() -> None:
-    text = _gateway("[{name: a, protocol: TCP}]", policy="allow-all")
-    (lst,) = _translate(text, own_addresses=["192.0.2.10"])["default/gw"].listeners
-    (guard,) = lst.filter_chain_matcher.matcher_list.matchers
-    assert "192.0.2.10/32" in _cidr_ranges(guard)
+def test_own_addresses_are_a_guard_of_their_own_before_everything() -> None:
+    """Checked first, before deny routes and the CIDRs that open a blocked range: no CIDR
+    opens the gateway's own addresses, not even 127.0.0.2/32 when 127.0.0.0/8 is own."""
+    text = _gateway("[{name: a, protocol: TCP}]", policy="allow-all") + _route(
+        "r", '[{destinationCIDRs: ["127.0.0.2/32", "192.0.2.10/32"]}]'
+    )
+    own = ["192.0.2.10", "127.0.0.0/8"]
+    (lst,) = _translate(text, own_addresses=own)["default/gw"].listeners
+    own_guard, opened, guard, *_ = lst.filter_chain_matcher.matcher_list.matchers
+    assert _actions(lst)[:3] == ["blocked_address", "route/default/r/rule/0", "blocked_address"]
+    assert {"192.0.2.10/32", "127.0.0.0/8"} <= set(_cidr_ranges(own_guard))
+    assert _cidr_ranges(opened) == ["127.0.0.2/32"]
+    assert "192.0.2.10/32" not in _cidr_ranges(guard)
 
 
 def test_without_blocked_list_no_guard_chain() -> None:

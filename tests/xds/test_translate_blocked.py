@@ -7,8 +7,8 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clrk.policy.addresses import blocked_ranges, parse_ip
-from clrk_xds.translate_blocked import always_blocked_networks, split_by_blocked
+from clrk.policy.addresses import OwnAddresses, blocked_ranges, parse_ip
+from clrk_xds.translate_blocked import always_blocked_networks, own_networks, split_by_blocked
 
 BLOCKED = always_blocked_networks()
 TEREDO = ipaddress.IPv6Network("2001::/32")
@@ -21,9 +21,7 @@ def _in(address: str, networks) -> bool:
 
 def _core_blocks(address: str, own=()) -> bool:
     version, value = parse_ip(address)
-    own4 = frozenset(parse_ip(a)[1] for a in own if parse_ip(a)[0] == 4)
-    own6 = frozenset(parse_ip(a)[1] for a in own if parse_ip(a)[0] == 6)
-    return bool(blocked_ranges(version, value, own4, own6))
+    return bool(blocked_ranges(version, value)) or OwnAddresses.of(own).holds(version, value)
 
 
 interesting_v4 = st.sampled_from(
@@ -54,11 +52,22 @@ def test_same_verdict_as_the_decision_core(address) -> None:
 @given(st.lists(st.one_of(v4, st.ip_addresses(v=6)), max_size=3), st.one_of(v4, v6))
 def test_own_addresses_are_blocked(own, probe) -> None:
     own_text = [str(a) for a in own]
-    networks = always_blocked_networks(own_text)
+    networks = [*BLOCKED, *own_networks(own_text)]
     for a in own_text:
         assert _in(a, networks)
     if not (probe.version == 6 and probe in TEREDO):
         assert _in(str(probe), networks) == _core_blocks(str(probe), own_text)
+
+
+@given(st.lists(st.sampled_from(["127.0.0.0/8", "10.1.0.0/16", "fd00::/64", "::1"]), max_size=3),
+       st.one_of(v4, v6))  # fmt: skip
+def test_own_ranges_are_closed_as_the_core_blocks_them(own, probe) -> None:
+    guard = own_networks(own)
+    core = OwnAddresses.of(own).holds(*parse_ip(str(probe)))
+    if probe.version == 6 and probe in TEREDO and any("." in a for a in own):
+        assert _in(str(probe), guard)  # stricter on Teredo: never looser than the dialer
+    else:
+        assert _in(str(probe), guard) == core, (own, str(probe))
 
 
 def test_split_by_blocked() -> None:
