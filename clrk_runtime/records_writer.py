@@ -1,141 +1,107 @@
-"""RecordWriter: each Record becomes one span and one log record (SPEC 8).
+"""RecordWriter: each Record becomes one span and one log record (SPEC 8), handed to the
+kernel before `emit` returns, so a record exists before the agent learns the decision
+(a reset, a 403) and no kill of the process loses one.
 
-Spans and logs go through private OpenTelemetry SDK providers (never the global ones:
-several writers may live in one process) with batch processors, so `emit` only queues
-and the export happens on the SDK's worker threads.  Destinations:
+Destinations (both may be given):
 
+- `path`: OTLP/JSON lines appended to a local file, one `{"resourceSpans": [...]}` and one
+  `{"resourceLogs": [...]}` line per record (the format of the Collector's file
+  exporter), which `clrk records` and a Collector's file receiver read.  Both lines go
+  out in one O_APPEND write(2), so writers in several threads or processes never
+  interleave inside a line.
 - `otlp_endpoint` ("host:port" or "http://host:port" = plaintext, "https://..." = TLS,
-  "unix:///path" = a collector's Unix socket, plaintext): OTLP/gRPC exporters for traces
-  and logs.
-- `path`: OTLP/JSON lines appended to a local file, one `{"resourceSpans": [...]}` or
-  `{"resourceLogs": [...]}` object per line (the format of the Collector's file
-  exporter), which `clrk records` and a Collector's file receiver read.
+  "unix:///path" = a collector's Unix socket, plaintext) with `spool_dir`: each record is
+  appended to the on-disk spool (`record_spool`) and a shipper thread exports it from
+  there over OTLP/gRPC, so a crash or an unreachable collector loses none.  A spool that
+  fills up drops records and says so: an error log, `clrk_records_spool_dropped_total`
+  in the spool's metrics file, and a `clrk.records.spool_full` record.
 
-Both may be given.  The log record's event name and body are the record name.
-Nothing here raises into a caller after construction: a failing export is logged by
-the SDK and the batch is dropped.
+The API, for every service: `emit(record)` (synchronous: a few tens of microseconds of
+encoding and one write(2) per destination; never raises), `flush(timeout_ms)` (waits for
+the collector to have everything emitted so far; a file needs nothing) and `shutdown()`.
+Records are encoded directly (`record_encoding`), not through the OpenTelemetry SDK.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
-import time
 import weakref
-from collections.abc import Sequence
 
-from opentelemetry._logs import SeverityNumber
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import (
-    BatchLogRecordProcessor,
-    LogRecordExporter,
-    LogRecordExportResult,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
-from opentelemetry.trace.span import Span
-
-from clrk.records.otlp_json import to_otlp_line
-from clrk.records.schema import DENY_REASON, Record
+from clrk.records.schema import Record, spool_full
+from clrk_runtime.record_encoding import Ids, JsonEncoder, ProtobufEncoder
+from clrk_runtime.record_shipper import Shipper
+from clrk_runtime.record_spool import Spool, SpoolError, frame
 
 log = logging.getLogger(__name__)
 
-SCOPE = "clrk.records"
-_SEVERITY = {"WARN": SeverityNumber.WARN, "INFO": SeverityNumber.INFO}
+DEFAULT_SPOOL_BYTES = 256 << 20
+
+__all__ = ["DEFAULT_SPOOL_BYTES", "RecordFile", "RecordWriter", "SpoolError"]
 
 
-class JsonLinesFile:
-    """Appends whole lines to `path`; safe across threads and processes.
+class RecordFile:
+    """Appends encoded records to `path`, one write(2) each.
 
-    The file is opened per batch (batches are at most a few per second), so a rotated or
-    removed file is simply recreated.  Each line goes out in one O_APPEND write under an
-    exclusive flock, so concurrent writers never interleave inside a line.
+    The descriptor stays open; a file removed or renamed away (rotation) is noticed on
+    the next append and a new one created at `path`.
     """
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._lock = threading.Lock()
-        self._append(b"")  # fail at construction, not on the worker thread
+        self._fd = -1
+        self._inode: tuple[int, int] | None = None
+        self._open()  # fail at construction, not on the first record
 
-    def _append(self, data: bytes) -> None:
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)  # also releases the flock
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        st = os.fstat(fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._inode = fd, (st.st_dev, st.st_ino)
 
-    def write_line(self, line: bytes) -> bool:
+    def _current(self) -> int:
         try:
-            self._append(line)
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                return self._fd
+        except FileNotFoundError:
+            pass
+        with self._lock:
+            self._open()
+        return self._fd
+
+    def append(self, data: bytes) -> bool:
+        try:
+            fd = self._current()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             return True
         except OSError as exc:
             log.warning("cannot append records to %s: %s", self.path, exc)
             return False
 
-
-class FileSpanExporter(SpanExporter):
-    def __init__(self, sink: JsonLinesFile) -> None:
-        self._sink = sink
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        ok = self._sink.write_line(to_otlp_line(encode_spans(spans)))
-        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
-class FileLogExporter(LogRecordExporter):
-    def __init__(self, sink: JsonLinesFile) -> None:
-        self._sink = sink
-
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        ok = self._sink.write_line(to_otlp_line(encode_logs(batch)))
-        return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-def _grpc_exporters(endpoint: str, timeout_s: float) -> tuple[SpanExporter, LogRecordExporter]:
-    # Imported here: grpc channels are only needed when an endpoint is configured.
-    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-    insecure = None  # the exporters decide by the scheme: TLS unless http://
-    if endpoint.startswith("unix:"):
-        insecure = True  # a collector's Unix socket (unix:///path): local, plaintext
-    elif "://" not in endpoint:
-        endpoint = "http://" + endpoint  # a bare host:port is a local, plaintext collector
-    return (
-        OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=timeout_s),
-        OTLPLogExporter(endpoint=endpoint, insecure=insecure, timeout=timeout_s),
-    )
-
-
-def _shutdown(tracer_provider: TracerProvider, logger_provider: LoggerProvider) -> None:
-    for provider in (tracer_provider, logger_provider):
-        try:
-            provider.shutdown()
-        except Exception:  # never raise out of shutdown or interpreter exit
-            log.exception("records: shutdown failed")
+def _close(file: RecordFile | None, shipper: Shipper | None, spool: Spool | None) -> None:
+    try:
+        if shipper is not None:
+            shipper.stop()
+        if spool is not None:
+            spool.close()
+        if file is not None:
+            file.close()
+    except Exception:  # never raise out of shutdown or interpreter exit
+        log.exception("records: shutdown failed")
 
 
 class RecordWriter:
@@ -145,89 +111,95 @@ class RecordWriter:
         *,
         otlp_endpoint: str | None = None,
         path: str | None = None,
-        schedule_delay_ms: float = 150,
+        spool_dir: str | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_BYTES,
         export_timeout_s: float = 5.0,
-        max_queue_size: int = 8192,
     ) -> None:
         if otlp_endpoint is None and path is None:
             raise ValueError("RecordWriter needs an otlp_endpoint or a path")
-        resource = Resource.create({"service.name": service_name})
-        self._tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        self._logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        exporters: list[tuple[SpanExporter, LogRecordExporter]] = []
-        if path is not None:
-            sink = JsonLinesFile(path)
-            exporters.append((FileSpanExporter(sink), FileLogExporter(sink)))
-        if otlp_endpoint is not None:
-            exporters.append(_grpc_exporters(otlp_endpoint, export_timeout_s))
-        for span_exporter, log_exporter in exporters:
-            self._tracer_provider.add_span_processor(
-                BatchSpanProcessor(
-                    span_exporter,
-                    max_queue_size=max_queue_size,
-                    schedule_delay_millis=schedule_delay_ms,
-                )
+        if otlp_endpoint is not None and spool_dir is None:
+            raise ValueError(
+                "an OTLP endpoint needs a spool directory: records go to disk before the "
+                "collector, so that a crash or a collector that is down loses none"
             )
-            self._logger_provider.add_log_record_processor(
-                BatchLogRecordProcessor(
-                    log_exporter,
-                    schedule_delay_millis=schedule_delay_ms,
-                    max_queue_size=max_queue_size,
-                )
-            )
-        self._tracer = self._tracer_provider.get_tracer(SCOPE)
-        self._logger = self._logger_provider.get_logger(SCOPE)
-        # Runs once: on shutdown(), when the writer is collected, or at interpreter exit,
-        # so queued records are written even if the owner forgets to shut down.
-        self._finalizer = weakref.finalize(
-            self, _shutdown, self._tracer_provider, self._logger_provider
-        )
+        if spool_dir is not None and otlp_endpoint is None:
+            raise ValueError("a spool directory is only for an OTLP endpoint")
+        self.service_name = service_name
+        self._json = JsonEncoder(service_name) if path is not None else None
+        self._protobuf = ProtobufEncoder(service_name) if otlp_endpoint is not None else None
+        self.file = RecordFile(path) if path is not None else None
+        self.spool: Spool | None = None
+        self.shipper: Shipper | None = None
+        if otlp_endpoint is not None and spool_dir is not None:
+            self.spool = Spool(spool_dir, spool_max_bytes)
+            self.shipper = Shipper(self.spool, otlp_endpoint, export_timeout_s)
+            self.shipper.start()
+        self._dropping = 0  # records dropped since the spool filled; 0 = not full
+        self._full_lock = threading.Lock()
+        # Runs once: on shutdown(), when the writer is collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _close, self.file, self.shipper, self.spool)
 
     def emit(self, record: Record) -> None:
-        """Queue one span and one log record.  Never raises."""
+        """Write one span and one log record to every destination.  Never raises."""
         if not self._finalizer.alive:
             return
         try:
-            self._emit(record)
+            ids = Ids.new(record)
+            if self._json is not None and self.file is not None:
+                self.file.append(self._json.lines(record, ids))
+            if self._protobuf is not None:
+                self._spool(record, ids)
         except Exception:
             log.exception("records: cannot emit %s", record.name)
 
-    def _emit(self, record: Record) -> None:
-        severity = _SEVERITY[record.severity]  # before the span: a bad record emits nothing
-        start = record.start_ns if record.start_ns is not None else time.time_ns()
-        end = record.end_ns if record.end_ns is not None else start
-        attributes = dict(record.attributes)
-        span: Span = self._tracer.start_span(
-            record.name, kind=SpanKind.INTERNAL, attributes=attributes, start_time=start
+    def _spool(self, record: Record, ids: Ids) -> None:
+        assert self.spool is not None and self._protobuf is not None
+        data = frame(*self._protobuf.requests(record, ids))
+        with self._full_lock:
+            if self.spool.append(data):
+                if self._dropping:
+                    self._say_full(recovered=True)
+                return
+            self._dropping += 1
+            if self._dropping == 1:
+                self._say_full(recovered=False)
+
+    def _say_full(self, *, recovered: bool) -> None:
+        """The spool filled up (or has room again): an error log, the metric, a record."""
+        spool = self.spool
+        assert spool is not None and self._protobuf is not None
+        dropped, spool.full = self._dropping, not recovered
+        if recovered:
+            self._dropping = 0
+            log.error(
+                "records spool %s has room again: %d records were dropped while it was full",
+                spool.dir, dropped,
+            )  # fmt: skip
+        else:
+            log.error(
+                "records spool %s is full (%d bytes; is the collector down?): dropping records",
+                spool.dir, spool.max_bytes,
+            )  # fmt: skip
+        note = spool_full(
+            directory=str(spool.dir), max_bytes=spool.max_bytes, dropped=dropped, full=not recovered
         )
-        if record.error:
-            span.set_status(Status(StatusCode.ERROR, str(attributes.get(DENY_REASON, ""))))
-        span.end(end_time=end)
-        self._logger.emit(
-            timestamp=end,
-            observed_timestamp=time.time_ns(),
-            context=set_span_in_context(span),  # the log carries the span's ids
-            severity_number=severity,
-            severity_text=record.severity,
-            body=record.name,
-            attributes=attributes,
-            event_name=record.name,
-        )
+        note_ids = Ids.new(note)
+        spool.append(frame(*self._protobuf.requests(note, note_ids)), reserve=True)
+        if self.file is not None and self._json is not None:
+            self.file.append(self._json.lines(note, note_ids))
 
     def flush(self, timeout_ms: int = 10_000) -> bool:
-        """Export everything emitted so far before returning; False if that failed."""
+        """True once everything emitted so far is written (a file: at once) and, with a
+        collector, delivered to it."""
         if not self._finalizer.alive:
             return False
-        try:
-            spans = self._tracer_provider.force_flush(timeout_ms)
-            logs = self._logger_provider.force_flush(timeout_ms)
-            return bool(spans and logs)
-        except Exception:
-            log.exception("records: flush failed")
-            return False
+        if self.shipper is None:
+            return True
+        return self.shipper.wait_until_shipped(timeout_ms / 1000)
 
     def shutdown(self) -> None:
-        """Flush and stop; later calls (and emits) do nothing."""
+        """Deliver what the spool holds for a moment, then stop; later calls (and emits)
+        do nothing.  What was not delivered stays in the spool for the next start."""
         self._finalizer()
 
     def __enter__(self) -> RecordWriter:

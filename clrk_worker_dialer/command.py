@@ -86,7 +86,22 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
     help="Also block all this network namespace delivers to itself, kept current (netlink).",
 )
 @click.option("--records", "records_path", default="clrk-records.jsonl", show_default=True)
-@click.option("--otlp-endpoint", help="Export records over OTLP/gRPC instead of the file.")
+@click.option(
+    "--otlp-endpoint",
+    help="Export records over OTLP/gRPC instead of the file (needs --spool-dir).",
+)
+@click.option(
+    "--spool-dir",
+    help="Records go to this on-disk spool before the OTLP collector: none is lost to a "
+    "crash or a collector that is down.",
+)
+@click.option(
+    "--spool-max-bytes",
+    default=256 << 20,
+    show_default=True,
+    type=click.IntRange(min=128 << 10),
+    help="The spool's bound; beyond it records are dropped, loudly.",
+)
 @click.option("--client-hello-wait", default=1.0, show_default=True, type=float)
 @click.option("--udp-idle-timeout", default=60.0, show_default=True, type=float)
 @click.option("--no-watch", is_flag=True, help="Do not reload the manifests on change.")
@@ -103,9 +118,9 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
            control_plane_server_name, gateway, sources, default_agent,
            proxy_credentials, transparent_tcp, transparent_udp, dns, socks5, http_connect,
            next_hop_host, next_hop_base_port, next_hop_socket_dir, resolvers, own,
-           watch_own_addresses, records_path, otlp_endpoint, client_hello_wait,
-           udp_idle_timeout, no_watch, sandboxes, spoof_log_group, ready_file,
-           log_level) -> None:  # fmt: skip
+           watch_own_addresses, records_path, otlp_endpoint, spool_dir, spool_max_bytes,
+           client_hello_wait, udp_idle_timeout, no_watch, sandboxes, spoof_log_group,
+           ready_file, log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk.nexthops import check_socket_dir, socket_dir_problem
     from clrk.policy import OwnAddresses
@@ -136,6 +151,8 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
         next_hop_socket_dir=next_hop_socket_dir,
         records_path=None if otlp_endpoint else records_path,
         otlp_endpoint=otlp_endpoint,
+        spool_dir=spool_dir,
+        spool_max_bytes=spool_max_bytes,
         own_addresses=list(own),
         watch_own_addresses=watch_own_addresses,
         resolvers=_addresses(resolvers),
@@ -162,6 +179,10 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
         config.control_plane_auth = dataclasses.replace(auth, token_file=control_plane_token_file)
     if not paths and not control_plane:
         raise click.UsageError("give manifests (-f) or --control-plane")
+    if otlp_endpoint and not spool_dir:
+        raise click.UsageError(
+            "--otlp-endpoint needs --spool-dir: records go to disk before the collector"
+        )
     if control_plane:
         try:  # the files are read now: a bad one stops the start, not the first update
             channel_arguments(control_plane, config.control_plane_auth)

@@ -44,6 +44,9 @@ class DialerConfig:
     next_hop_socket_dir: str | None = None  # Envoy listens on DIR/<listener>.sock instead
     records_path: str | None = "clrk-records.jsonl"
     otlp_endpoint: str | None = None
+    spool_dir: str | None = None  # with otlp_endpoint: records go to disk first
+    spool_max_bytes: int = 256 << 20
+    raise_somaxconn: bool = True  # in the dialer's network namespace, where it may
     own_addresses: list[str] = field(default_factory=list)
     watch_own_addresses: bool = False  # also every address of this namespace, kept current
     resolvers: list[Address] = field(default_factory=list)  # overrides the gateway's dns

@@ -14,6 +14,7 @@ from clrk_runtime.logs import fields
 from clrk_worker_dialer import registry
 from clrk_worker_dialer.config import Address, DialerConfig
 from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
+from clrk_worker_dialer.listen_backlog import listen_backlog
 from clrk_worker_dialer.state import DialerState, PolicyError
 from clrk_worker_dialer.tcp_front import TransparentTcp
 from clrk_worker_dialer.udp_front import UdpFront
@@ -23,7 +24,7 @@ log = logging.getLogger("clrk.dialer")
 CONTROL_PLANE_FIRST_UPDATE = 10.0  # seconds to wait for a policy before giving up
 
 
-def tcp_listen_socket(addr: Address) -> socket.socket:
+def tcp_listen_socket(addr: Address, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -31,7 +32,7 @@ def tcp_listen_socket(addr: Address) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(addr)
-        sock.listen(1024)
+        sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -45,7 +46,11 @@ class Dialer:
             from clrk_runtime.records_writer import RecordWriter
 
             writer = RecordWriter(
-                "clrk-dialer", otlp_endpoint=config.otlp_endpoint, path=config.records_path
+                "clrk-dialer",
+                otlp_endpoint=config.otlp_endpoint,
+                path=config.records_path,
+                spool_dir=config.spool_dir,
+                spool_max_bytes=config.spool_max_bytes,
             )
         self.config = config
         self.writer = writer
@@ -59,6 +64,7 @@ class Dialer:
         self._own: asyncio.Task | None = None
         self.spoof_log = None
         self._stop = asyncio.Event()
+        self.backlog = listen_backlog(raise_it=config.raise_somaxconn)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,8 +121,11 @@ class Dialer:
         log.info("dialer ready", extra=fields(gateway=cfg.gateway, listening=self.bound))
 
     async def _serve(self, kind: str, addr: Address, factory) -> None:
-        sock = tcp_listen_socket(addr)
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        sock = tcp_listen_socket(addr, self.backlog)
+        # asyncio listens again with its own backlog (100 by default): give it ours.
+        server = await asyncio.get_running_loop().create_server(
+            factory, sock=sock, backlog=self.backlog
+        )
         self.servers.append(server)
         self.bound.setdefault(kind, []).append(sock.getsockname()[:2])
 

@@ -4,7 +4,7 @@ A Record becomes one span and one log record (`clrk_runtime.records_writer`).  O
 builder per record kind owns its attribute names, and production and tests use the same
 ones, so the dialer, the ext_proc service and `clrk records` agree on them:
 `dial_denied` and `dns_denied` (the dialer), `tcp_allowed` (Envoy's access log) and
-`http_request` (ext_proc).
+`http_request` (ext_proc); `spool_full` from any service's record writer.
 Attribute names follow OpenTelemetry semantic conventions where one exists
 (`network.peer.*`, `dns.question.name`, `http.request.method`, ...) and use the
 `clrk.` prefix otherwise.  Optional facts are left out rather than written empty,
@@ -26,6 +26,7 @@ DIAL_DENIED = "egress.dial.denied"
 DNS_DENIED = "egress.dns.denied"
 TCP_ALLOWED = "egress.tcp"
 HTTP_REQUEST = "egress.http"
+SPOOL_FULL = "clrk.records.spool_full"
 
 DENY_REASON = "clrk.egress.deny_reason"
 REASON = "clrk.egress.reason"
@@ -54,6 +55,10 @@ HTTP_AUTHORITY = "clrk.http.authority"
 HTTP_PATH = "url.path"
 HTTP_STATUS = "http.response.status_code"
 CREDENTIAL = "clrk.egress.credential"  # the EgressCredential's name, never its value
+SPOOL_DIRECTORY = "clrk.records.spool.directory"
+SPOOL_MAX_BYTES = "clrk.records.spool.max_bytes"
+SPOOL_IS_FULL = "clrk.records.spool.full"
+RECORDS_DROPPED = "clrk.records.dropped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,3 +295,16 @@ def http_request(
     attrs[REASON] = _allowed_reason(route)
     _optional(attrs, CREDENTIAL, credential)
     return Record(HTTP_REQUEST, attrs, "INFO", status >= 500, start_ns, end_ns)
+
+
+def spool_full(*, directory: str, max_bytes: int, dropped: int, full: bool) -> Record:
+    """`clrk.records.spool_full`: the records spool filled up and records are being
+    dropped (`full`: true, written into a reserve kept for it), or it has room again
+    (`full`: false, with the number of records `dropped` meanwhile)."""
+    attrs: dict[str, AttrValue] = {
+        SPOOL_IS_FULL: full,
+        SPOOL_DIRECTORY: directory,
+        SPOOL_MAX_BYTES: max_bytes,
+        RECORDS_DROPPED: dropped,
+    }
+    return Record(SPOOL_FULL, attrs, "WARN", False)

@@ -45,6 +45,10 @@ class StateDir:
     def records(self) -> Path:
         return self.root / "records.jsonl"
 
+    def spool(self, service: str) -> Path:
+        """Where a service's records wait for the OTLP collector."""
+        return self.root / "spool" / service
+
     @property
     def logs(self) -> Path:
         return self.root / "logs"
@@ -214,7 +218,7 @@ def stack(
     if with_extproc:
         argv = [python, "-m", "clrk_extproc", "--listen", f"{lo}:{ports.extproc}"]
         if otlp_endpoint:
-            argv += ["--otlp-endpoint", otlp_endpoint]
+            argv += ["--otlp-endpoint", otlp_endpoint, "--spool-dir", str(state.spool("extproc"))]
         else:
             argv += ["--records", str(state.records)]
         children.append(ChildSpec("extproc", tuple(argv), Probe("tcp", f"{lo}:{ports.extproc}")))
@@ -274,7 +278,7 @@ def stack(
         "--watch-own-addresses",
     ]
     if otlp_endpoint:
-        dialer += ["--otlp-endpoint", otlp_endpoint]
+        dialer += ["--otlp-endpoint", otlp_endpoint, "--spool-dir", str(state.spool("dialer"))]
     else:
         dialer += ["--records", str(state.records)]
     children.append(

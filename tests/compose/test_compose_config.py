@@ -80,10 +80,22 @@ def test_only_gateway_containers_mount_the_socket_volumes(config):
     }
     assert mounted["agent"] == set()
     for volume, spec in config["volumes"].items():
-        if volume != "control-plane-state":
+        if volume not in ON_DISK:
             options = spec["driver_opts"]
             assert options["type"] == "tmpfs" and f"uid={GATEWAY_UID}" in options["o"]
             assert "mode=0700" in options["o"]
+
+
+ON_DISK = {"control-plane-state", "extproc-state", "dialer-state"}
+
+
+def test_ext_proc_and_the_dialer_spool_their_records_on_a_disk_volume_of_their_own(config):
+    for name in ("extproc", "dialer"):
+        service = config["services"][name]
+        assert "--spool-dir=/var/lib/clrk/spool" in service["command"], name
+        mounts = {v["target"]: v["source"] for v in service["volumes"] if v["type"] == "volume"}
+        assert mounts["/var/lib/clrk"] == f"{name}-state"
+        assert not config["volumes"][f"{name}-state"].get("driver_opts")  # not tmpfs
 
 
 def test_the_compose_bootstrap_is_the_template_on_a_unix_socket():

@@ -22,7 +22,9 @@ def test_a_denial_arrives_in_the_file_and_on_stdout(tmp_path):
     )  # fmt: skip
     try:
         assert sink.stdout.readline().startswith("listening")
-        with RecordWriter("clrk-dialer", otlp_endpoint=f"unix://{socket}") as writer:
+        with RecordWriter(
+            "clrk-dialer", otlp_endpoint=f"unix://{socket}", spool_dir=str(tmp_path / "spool")
+        ) as writer:
             writer.emit(denial(443))
             assert writer.flush()
         printed = sorted(sink.stdout.readline().split()[:2] for _ in range(2))

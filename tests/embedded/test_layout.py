@@ -114,6 +114,7 @@ def test_optional_extproc_and_otlp():
     assert "extproc" not in specs
     argv = specs["dialer"].argv
     assert "--records" not in argv and argv[argv.index("--otlp-endpoint") + 1] == "127.0.0.1:4317"
+    assert argv[argv.index("--spool-dir") + 1].endswith("/spool/dialer")
     assert "--records" not in specs["control-plane"].argv
 
 

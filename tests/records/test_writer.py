@@ -1,7 +1,8 @@
-"""RecordWriter: one span and one log per record, to an OTLP/JSON file or over OTLP/gRPC.
+"""RecordWriter: one span and one log per record, written before emit() returns, to an
+OTLP/JSON file or through an on-disk spool over OTLP/gRPC.
 
-The gRPC test runs a real grpcio server in this process implementing the OTLP trace and
-logs collector services, so the writer's real exporters talk real gRPC over loopback.
+The gRPC tests run a real grpcio server in this process implementing the OTLP trace and
+logs collector services, so the writer's shipper talks real gRPC over loopback.
 """
 
 from __future__ import annotations
@@ -52,14 +53,13 @@ def attrs(item):
     return {kv["key"]: next(iter(kv["value"].values())) for kv in item["attributes"]}
 
 
-def test_n_records_become_exactly_n_spans_and_n_logs_after_flush(tmp_path):
+def test_n_records_are_exactly_n_spans_and_n_logs_in_the_file_when_emit_returns(tmp_path):
     path = tmp_path / "records.jsonl"
     writer = RecordWriter("clrk-dialer", path=str(path))
     try:
         for port in range(1000, 1050):
             writer.emit(denial(port))
-        assert writer.flush()
-        spans, logs = spans_and_logs(path)
+        spans, logs = spans_and_logs(path)  # no flush: each emit wrote before returning
     finally:
         writer.shutdown()
     assert len(spans) == len(logs) == 50
@@ -119,7 +119,27 @@ def test_shutdown_is_idempotent_and_later_emits_and_flushes_do_nothing(tmp_path)
     writer.emit(denial(2))
     assert writer.flush() is False
     spans, logs = spans_and_logs(path)
-    assert (len(spans), len(logs)) == (1, 1)  # shutdown flushed the queued record
+    assert (len(spans), len(logs)) == (1, 1)
+
+
+def test_a_removed_or_rotated_file_is_created_again_for_the_next_record(tmp_path):
+    path = tmp_path / "records.jsonl"
+    with RecordWriter("t", path=str(path)) as writer:
+        writer.emit(denial(1))
+        path.rename(tmp_path / "records.jsonl.1")
+        writer.emit(denial(2))
+        second = spans_and_logs(path)[0]
+        path.unlink()
+        writer.emit(denial(3))
+    ports = [
+        [attrs(s)["network.peer.port"] for s in spans]
+        for spans in (
+            spans_and_logs(tmp_path / "records.jsonl.1")[0],
+            second,
+            spans_and_logs(path)[0],
+        )
+    ]
+    assert ports == [["1"], ["2"], ["3"]]
 
 
 def test_an_unwritable_destination_never_raises_into_the_caller(tmp_path):
@@ -147,6 +167,13 @@ def test_a_writer_needs_somewhere_to_write():
         RecordWriter("t")
 
 
+def test_an_otlp_endpoint_needs_a_spool_directory_and_a_spool_an_endpoint(tmp_path):
+    with pytest.raises(ValueError, match="needs a spool directory"):
+        RecordWriter("t", otlp_endpoint="127.0.0.1:4317")
+    with pytest.raises(ValueError, match="only for an OTLP endpoint"):
+        RecordWriter("t", path=str(tmp_path / "r.jsonl"), spool_dir=str(tmp_path / "spool"))
+
+
 def test_writers_leave_the_global_providers_alone(tmp_path):
     before = trace.get_tracer_provider()
     with RecordWriter("t", path=str(tmp_path / "r.jsonl")):
@@ -155,7 +182,7 @@ def test_writers_leave_the_global_providers_alone(tmp_path):
 
 def test_two_writers_on_one_file_from_many_threads_never_interleave_lines(tmp_path):
     path = tmp_path / "records.jsonl"
-    writers = [RecordWriter(f"w{i}", path=str(path), schedule_delay_ms=1) for i in range(2)]
+    writers = [RecordWriter(f"w{i}", path=str(path)) for i in range(2)]
 
     def work(writer):
         for port in range(200):
@@ -208,9 +235,9 @@ def collector():
         server.stop(grace=None).wait()
 
 
-def test_with_an_endpoint_the_span_and_log_arrive_over_otlp_grpc(collector):
+def test_with_an_endpoint_the_span_and_log_arrive_over_otlp_grpc(collector, tmp_path):
     servicer, endpoint = collector
-    writer = RecordWriter("clrk-dialer", otlp_endpoint=endpoint)
+    writer = RecordWriter("clrk-dialer", otlp_endpoint=endpoint, spool_dir=str(tmp_path / "s"))
     try:
         writer.emit(denial(443))
         assert writer.flush()
@@ -239,7 +266,9 @@ def test_a_unix_socket_endpoint_exports_in_plaintext(tmp_path):
     server.add_insecure_port(f"unix:{tmp_path}/otlp.sock")
     server.start()
     try:
-        with RecordWriter("clrk-dialer", otlp_endpoint=f"unix://{tmp_path}/otlp.sock") as writer:
+        with RecordWriter(
+            "clrk-dialer", otlp_endpoint=f"unix://{tmp_path}/otlp.sock", spool_dir=str(tmp_path)
+        ) as writer:
             writer.emit(denial(443))
             assert writer.flush()
     finally:
@@ -247,12 +276,15 @@ def test_a_unix_socket_endpoint_exports_in_plaintext(tmp_path):
     assert len(servicer.traces) == len(servicer.logs) == 1
 
 
-def test_an_unreachable_endpoint_never_raises_into_the_caller(unused_tcp_port):
+def test_an_unreachable_endpoint_never_raises_into_the_caller(unused_tcp_port, tmp_path):
     writer = RecordWriter(
-        "t", otlp_endpoint=f"http://127.0.0.1:{unused_tcp_port}", export_timeout_s=0.2
+        "t",
+        otlp_endpoint=f"http://127.0.0.1:{unused_tcp_port}",
+        spool_dir=str(tmp_path),
+        export_timeout_s=0.2,
     )
     writer.emit(denial(1))
-    writer.flush()
+    assert writer.flush(200) is False
     writer.shutdown()
 
 
@@ -263,3 +295,120 @@ def unused_tcp_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def serve(servicer: Collector, address: str) -> grpc.Server:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(address)
+    server.start()
+    return server
+
+
+def received_ports(servicer: Collector) -> tuple[list[int], list[int]]:
+    spans = [
+        {kv.key: kv.value.int_value for kv in span.attributes}["network.peer.port"]
+        for req in servicer.traces
+        for rs in req.resource_spans
+        for span in rs.scope_spans[0].spans
+        if span.name == "egress.dial.denied"
+    ]
+    logs = [
+        {kv.key: kv.value.int_value for kv in lr.attributes}["network.peer.port"]
+        for req in servicer.logs
+        for rl in req.resource_logs
+        for lr in rl.scope_logs[0].log_records
+        if lr.event_name == "egress.dial.denied"
+    ]
+    return spans, logs
+
+
+EMIT_AND_DIE = """
+import os, sys
+from clrk_runtime.records_writer import RecordWriter
+from tests.records.test_writer import denial
+writer = RecordWriter("clrk-dialer", otlp_endpoint=sys.argv[1], spool_dir=sys.argv[2])
+for port in range(300):
+    writer.emit(denial(port))
+print("emitted", flush=True)
+sys.stdin.read()  # killed here, before any shutdown
+"""
+
+
+def test_records_of_a_killed_process_wait_for_a_collector_that_was_down_then_arrive_once(
+    tmp_path,
+):
+    import signal
+    import subprocess
+    import sys
+
+    socket_path = tmp_path / "otlp.sock"  # nothing listens yet: the collector is down
+    spool = tmp_path / "spool"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EMIT_AND_DIE, f"unix://{socket_path}", str(spool)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "emitted"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    servicer = Collector()
+    server = serve(servicer, f"unix:{socket_path}")
+    try:
+        with RecordWriter(
+            "clrk-dialer", otlp_endpoint=f"unix://{socket_path}", spool_dir=str(spool)
+        ) as writer:
+            writer.emit(denial(300))
+            assert writer.flush(20_000)
+            spans, logs = received_ports(servicer)
+            assert sorted(spans) == sorted(logs) == list(range(301))  # none lost, none twice
+            assert len(servicer.traces) < 10  # shipped in batches, not one call per record
+        with RecordWriter(
+            "clrk-dialer", otlp_endpoint=f"unix://{socket_path}", spool_dir=str(spool)
+        ) as writer:
+            assert writer.flush(5_000)
+        assert len(received_ports(servicer)[0]) == 301  # a restart sends nothing again
+    finally:
+        server.stop(grace=None).wait()
+
+
+def test_a_full_spool_says_so_in_a_log_a_metric_and_a_record_and_again_when_it_has_room(
+    tmp_path, caplog, unused_tcp_port
+):
+    spool = tmp_path / "spool"
+    address = f"127.0.0.1:{unused_tcp_port}"
+    writer = RecordWriter(
+        "clrk-dialer", otlp_endpoint=address, spool_dir=str(spool), spool_max_bytes=256 << 10
+    )
+    try:
+        for port in range(800):  # about twice what fits while the collector is down
+            writer.emit(denial(port))
+        assert writer.spool.dropped > 0
+        assert "is full" in caplog.text
+        servicer = Collector()
+        server = serve(servicer, address)
+        try:
+            assert writer.flush(30_000)
+            writer.emit(denial(10_000))
+            assert writer.flush(10_000)
+        finally:
+            server.stop(grace=None).wait()
+        writer.shipper._sync()
+        metrics = (spool / "metrics.prom").read_text()
+    finally:
+        writer.shutdown()
+    assert f"clrk_records_spool_dropped_total {writer.spool.dropped}" in metrics
+    assert "has room again" in caplog.text
+    notes = [
+        {kv.key: next(iter(kv.value.ListFields()))[1] for kv in span.attributes}
+        for req in servicer.traces
+        for rs in req.resource_spans
+        for span in rs.scope_spans[0].spans
+        if span.name == "clrk.records.spool_full"
+    ]
+    assert [n["clrk.records.spool.full"] for n in notes] == [True, False]
+    assert notes[1]["clrk.records.dropped"] == writer.spool.dropped
+    delivered = len(received_ports(servicer)[0])
+    assert delivered + writer.spool.dropped == 801  # every record delivered or counted

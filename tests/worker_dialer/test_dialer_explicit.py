@@ -112,6 +112,7 @@ def stack(tmp_path_factory):
         resolvers=[("127.0.0.1", dns_port)],
         records_path=str(work / "records.jsonl"),
         watch=False,
+        raise_somaxconn=False,  # this dialer runs in the host's own namespace
     )
     loop = asyncio.new_event_loop()
     dialer = Dialer(config)
