@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -147,6 +148,8 @@ def _check_listeners(policy, listeners, agent, conn, own) -> None:
             )
 
 
+# 500 policies take about a minute alone; a busy CI machine may take several.
+@pytest.mark.timeout(600)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     docs=policy_with_agents(),
