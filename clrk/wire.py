@@ -71,6 +71,13 @@ TAGGED_TLVS = (
     TlvType.ROUTE,
 )
 LISTENER_TAG = "listener"
+# The HTTP access log (L7 chains without ext_proc) also tags each entry with the chain's
+# route and rule (literals), the request's method as the agent sent it, and the deny
+# policy TLV: an entry with one was recorded by ext_proc (see clrk.policy.l7_chains).
+CHAIN_ROUTE_TAG = "chain_route"
+CHAIN_RULE_TAG = "chain_rule"
+METHOD_TAG = "method"
+HTTP_TAGGED_TLVS = (*TAGGED_TLVS, TlvType.DENY_POLICY)
 
 
 def tlv_tag(tlv: TlvType) -> str:

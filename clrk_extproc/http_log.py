@@ -1,9 +1,17 @@
-"""`credential_misuse` records from Envoy's HTTP access-log entries, pure.
+"""`egress.http` records from Envoy's HTTP access-log entries, pure.
 
-The tripwire is answered by Envoy alone (a direct 403 route, `translate_credentials`);
-the L7 chain's access log sends only direct responses here, and the route's name,
-`credential_misuse/<namespace>/<name>`, says whose placeholder was caught.  The PROXY
-TLVs and the chain's listener arrive as custom tags, as in the TCP access log.
+- Allow records: an L7 chain without ext_proc on every request (`clrk.policy.l7_chains`)
+  logs each request here, with the record content ext_proc would have written: method,
+  authority, path, status, the chain's listener, route and rule, the agent and the
+  matched name.  The PROXY TLVs, the chain's facts and the method as the agent sent it
+  arrive as custom tags (`clrk.wire.HTTP_TAGGED_TLVS`, `LISTENER_TAG`, `CHAIN_*_TAG`,
+  `METHOD_TAG`).  An entry whose connection carried a deny policy TLV was answered, and
+  recorded, by ext_proc: it makes no record here.
+- `credential_misuse`: the tripwire is answered by Envoy alone (a direct 403 route,
+  `translate_credentials`); the route's name, `credential_misuse/<namespace>/<name>`,
+  says whose placeholder was caught.  A chain with ext_proc logs only direct responses
+  here; one without logs every request, and `http_records` gives each entry its one
+  record.
 """
 
 from __future__ import annotations
@@ -13,7 +21,15 @@ from envoy_data_plane.envoy.data.accesslog.v3 import HttpAccessLogEntry
 
 from clrk.policy import Agent
 from clrk.records.schema import Record, http_request
-from clrk.wire import LISTENER_TAG, MISUSE_ROUTE_PREFIX, TlvType, tlv_tag
+from clrk.wire import (
+    CHAIN_ROUTE_TAG,
+    CHAIN_RULE_TAG,
+    LISTENER_TAG,
+    METHOD_TAG,
+    MISUSE_ROUTE_PREFIX,
+    TlvType,
+    tlv_tag,
+)
 from clrk_extproc.exchange import MAX_VALUE
 from clrk_extproc.tcp_log import ns, tag
 
@@ -56,3 +72,43 @@ def misuse_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
         connection_id=tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
         misused=credential,
     )
+
+
+def http_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
+    """The allow record of one request; None for a request ext_proc recorded, and for
+    an entry of a chain that records through ext_proc (no chain route tag)."""
+    common = entry.common_properties
+    if common is None:
+        return None
+    tags = dict(common.custom_tags or {})
+    if CHAIN_ROUTE_TAG not in tags or tag(tags, tlv_tag(TlvType.DENY_POLICY)):
+        return None
+    request, response = entry.request, entry.response
+    rule = tag(tags, CHAIN_RULE_TAG)
+    namespace = tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
+    name = tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
+    start = ns(common.start_time)
+    # ext_proc's record ended when the response headers came back: the first byte to
+    # the agent here; a request that got no response ends with the stream.
+    until = common.time_to_first_downstream_tx_byte or common.duration
+    end = start + int(until.total_seconds() * 1e9) if start is not None and until else start
+    return http_request(
+        gateway=gateway,
+        agent=Agent(namespace, name) if namespace or name else None,
+        route=tag(tags, CHAIN_ROUTE_TAG),
+        rule=int(rule) if rule is not None and rule.isdigit() else None,
+        listener=tag(tags, LISTENER_TAG),
+        method=(tag(tags, METHOD_TAG) or "")[:MAX_VALUE],
+        authority=(request.authority if request else "")[:MAX_VALUE],
+        path=(request.path if request else "")[:MAX_VALUE],
+        status=int(response.response_code or 0) if response else 0,
+        dst_name=tag(tags, tlv_tag(TlvType.AUTHORITY)),
+        start_ns=start,
+        end_ns=end,
+        connection_id=tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
+    )
+
+
+def entry_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
+    """The one record of an entry: the tripwire's deny record, else an allow record."""
+    return misuse_record(entry, gateway) or http_record(entry, gateway)

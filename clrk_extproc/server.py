@@ -1,8 +1,8 @@
 """The gRPC shell: ext_proc (`envoy.service.ext_proc.v3.ExternalProcessor/Process`) and
 the access-log service (`envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs`)
-on one grpc.aio server.  Decisions live in `exchange`, `deny` and `tcp_log`; this module
-parses bytes, answers and hands records to the writer.  Bad bytes end one stream (Envoy
-then fails that request closed), never the server.
+on one grpc.aio server.  Decisions live in `exchange`, `deny`, `tcp_log` and
+`http_log`; this module parses bytes, answers and hands records to the writer.  Bad
+bytes end one stream (Envoy then fails that request closed), never the server.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from clrk.records.schema import Record
 from clrk.wire import ChainFacts
 from clrk_extproc.deny import DenyAnswer
 from clrk_extproc.exchange import Exchange
-from clrk_extproc.http_log import misuse_record
+from clrk_extproc.http_log import entry_record
 from clrk_extproc.tcp_log import is_end, tcp_record
 from clrk_runtime.logs import fields
 
@@ -157,12 +157,11 @@ class ExtProcService:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad StreamAccessLogsMessage")
             if msg.identifier is not None and msg.identifier.node is not None:
                 gateway = msg.identifier.node.id
-            if msg.http_logs is not None:
-                for http_entry in msg.http_logs.log_entry:
-                    try:
-                        self._emit(misuse_record(http_entry, gateway))
-                    except (ValueError, TypeError, OverflowError) as exc:
-                        log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
+            for http_entry in msg.http_logs.log_entry if msg.http_logs is not None else []:
+                try:
+                    self._emit(entry_record(http_entry, gateway))
+                except (ValueError, TypeError, OverflowError) as exc:
+                    log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
             entries = msg.tcp_logs.log_entry if msg.tcp_logs is not None else []
             for entry in entries:
                 if log.isEnabledFor(logging.DEBUG):

@@ -69,6 +69,7 @@ from clrk.nexthops import (
 )
 from clrk.policy import GatewayPolicy, PolicySet
 from clrk.policy.compiled import CompiledCredential, CompiledListener, MatchEntry
+from clrk.policy.l7_chains import needs_ext_proc
 from clrk.policy.selectors import Selector, selects
 from clrk.wire import TLV_FIELDS, ChainFacts
 from clrk_xds import betterproto_speed
@@ -289,6 +290,7 @@ def _l7_rule_chain(
         terminate_secret=secret,
         injected=injected,
         known=policy.credentials,
+        ext_proc=needs_ext_proc(policy, matches),
     )
 
 
@@ -465,6 +467,7 @@ def _gateway_listener(
             domains=["*"],
             terminate_secret=None,
             known=policy.credentials,
+            ext_proc=needs_ext_proc(policy, ()),
         )
     elif allow_all:
         # TLS Terminate too: no one certificate can cover every name, so traffic that no

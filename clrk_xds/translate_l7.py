@@ -7,7 +7,12 @@ Pure: builds Envoy messages only.  An L7 chain runs `http_connection_manager` wi
    headers, read from the proxy_protocol filter state with the FILTER_STATE formatter;
 2. `ext_proc` (fail closed) to the `clrk_extproc` cluster; facts fixed per chain
    (gateway, listener, route, deny policy and its response) ride in the gRPC initial
-   metadata of each ext_proc stream;
+   metadata of each ext_proc stream.  Only a chain that needs it
+   (`clrk.policy.l7_chains.needs_ext_proc`: a deny policy) runs it on every request;
+   any other chain runs it only for a request whose connection carries a deny policy
+   TLV (the dialer's policy was ahead of Envoy's), and otherwise sends its
+   `egress.http` records through the HTTP gRPC access log: no Python per request, and
+   with clrk_extproc down such a chain keeps serving (its records are lost);
 3. `header_mutation`: drops every `x-clrk-*` header again, so none reaches the upstream;
 4. the router to an ORIGINAL_DST cluster: plain for HTTP, TLS re-originated for Terminate
    (SNI and SAN check from the request's host, trust from the system or gateway bundle).
@@ -46,6 +51,9 @@ from envoy_data_plane.envoy.config.core.v3 import (
     TransportSocket,
     UpstreamHttpProtocolOptions,
 )
+from envoy_data_plane.envoy.config.core.v3 import (
+    TypedExtensionConfig as CoreTypedExtensionConfig,
+)
 from envoy_data_plane.envoy.config.endpoint.v3 import (
     ClusterLoadAssignment,
     Endpoint,
@@ -58,8 +66,11 @@ from envoy_data_plane.envoy.config.route.v3 import (
 )
 from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
     CommonGrpcAccessLogConfig,
+    HttpGrpcAccessLogConfig,
     TcpGrpcAccessLogConfig,
 )
+from envoy_data_plane.envoy.extensions.common.matching.v3 import ExtensionWithMatcher
+from envoy_data_plane.envoy.extensions.filters.common.matcher.action.v3 import SkipFilter
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ExternalProcessor,
     ProcessingMode,
@@ -86,13 +97,29 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
+from envoy_data_plane.envoy.type.matcher.v3 import HttpRequestHeaderMatchInput
 from envoy_data_plane.envoy.type.tracing.v3 import CustomTag
 from envoy_data_plane.google.protobuf import Any
+from envoy_data_plane.xds.core.v3 import TypedExtensionConfig
+from envoy_data_plane.xds.type.matcher.v3 import (
+    Matcher,
+    MatcherMatcherList,
+    MatcherMatcherListFieldMatcher,
+    MatcherMatcherListPredicate,
+    MatcherMatcherListPredicateSinglePredicate,
+    MatcherOnMatch,
+    StringMatcher,
+)
 
 from clrk.policy.compiled import CompiledCredential
 from clrk.wire import (
+    CHAIN_ROUTE_TAG,
+    CHAIN_RULE_TAG,
     CREDENTIAL_HEADER,
+    HEADER_DENY_POLICY,
+    HTTP_TAGGED_TLVS,
     LISTENER_TAG,
+    METHOD_TAG,
     TAGGED_TLVS,
     TLV_FIELDS,
     TLV_HEADERS,
@@ -168,6 +195,33 @@ def _ext_proc(facts: ChainFacts) -> ExternalProcessor:
     )
 
 
+def _typed(name: str, message) -> TypedExtensionConfig:
+    return TypedExtensionConfig(name=name, typed_config=Any.pack(message))
+
+
+def _ext_proc_when_tagged(facts: ChainFacts) -> ExtensionWithMatcher:
+    """ext_proc that skips every request but one whose connection carries a deny policy
+    TLV ("namespace/name"; the TLV header reads "-" when there is none).  The matcher
+    reads the header the first filter set, so the agent cannot add or remove it."""
+    header = HttpRequestHeaderMatchInput(header_name=HEADER_DENY_POLICY)
+    tagged = MatcherMatcherListPredicate(
+        single_predicate=MatcherMatcherListPredicateSinglePredicate(
+            input=_typed("deny_policy_tlv", header),
+            value_match=StringMatcher(contains="/"),
+        )
+    )
+    skip = MatcherMatcherListFieldMatcher(
+        predicate=MatcherMatcherListPredicate(not_matcher=tagged),
+        on_match=MatcherOnMatch(action=_typed("skip", SkipFilter())),
+    )
+    return ExtensionWithMatcher(
+        xds_matcher=Matcher(matcher_list=MatcherMatcherList(matchers=[skip])),
+        extension_config=CoreTypedExtensionConfig(
+            name="envoy.filters.http.ext_proc", typed_config=Any.pack(_ext_proc(facts))
+        ),
+    )
+
+
 def _sds(name: str) -> SdsSecretConfig:
     return SdsSecretConfig(
         name=name,
@@ -196,10 +250,12 @@ def l7_chain(
     *,
     domains: Sequence[str],
     terminate_secret: str | None,
+    ext_proc: bool,
     injected: Sequence[CompiledCredential] = (),
     known: Sequence[CompiledCredential] = (),
 ) -> FilterChain:
     """One L7 filter chain; `terminate_secret` set means TLS Terminate with that leaf.
+    `ext_proc` false: ext_proc only for deny-tagged requests, records by access log.
     `injected`: the credentials this chain's route injects; `known`: every credential
     of the gateway, whose placeholders the tripwire looks for (translate_credentials)."""
     stat = name.replace("/", ".")
@@ -218,13 +274,20 @@ def l7_chain(
         strip_any_host_port=True,
         http_filters=[
             _http_filter("clrk.tlv_headers", _tlv_headers_in(bool(injected))),
-            _http_filter("envoy.filters.http.ext_proc", _ext_proc(facts)),
+            _http_filter("envoy.filters.http.ext_proc", _ext_proc(facts))
+            if ext_proc
+            else _http_filter("clrk.ext_proc_when_tagged", _ext_proc_when_tagged(facts)),
             # After ext_proc: the secret is set where no Python sees it.
             *injectors,
             _http_filter("clrk.strip_tlv_headers", _tlv_headers_out()),
             _http_filter("envoy.filters.http.router", Router()),
         ],
-        access_log=[tc.misuse_access_log(facts.listener, _envoy_grpc())] if known else [],
+        # Without ext_proc the one log records every request, the tripwire's too.
+        access_log=[http_access_log(facts)]
+        if not ext_proc
+        else [tc.misuse_access_log(facts.listener, _envoy_grpc())]
+        if known
+        else [],
     )
     return FilterChain(
         name=name,
@@ -258,6 +321,30 @@ def tcp_access_log(listener: str) -> AccessLog:
         )
     )
     return AccessLog(name="envoy.access_loggers.tcp_grpc", typed_config=Any.pack(config))
+
+
+def http_access_log(facts: ChainFacts) -> AccessLog:
+    """gRPC access log of an L7 chain without ext_proc: one entry per request, the TLVs,
+    the chain's listener, route and rule and the agent's method as custom tags."""
+    tags = [CustomTag(tag=tlv_tag(t), value=tlv_format(TLV_FIELDS[t])) for t in HTTP_TAGGED_TLVS]
+    # "-" for no route: Envoy drops an empty tag, and its presence marks this log.
+    chain = [(LISTENER_TAG, facts.listener), (CHAIN_ROUTE_TAG, facts.route or "-")]
+    if facts.rule is not None:
+        chain.append((CHAIN_RULE_TAG, str(facts.rule)))
+    config = HttpGrpcAccessLogConfig(
+        common_config=CommonGrpcAccessLogConfig(
+            log_name=tc.HTTP_ACCESS_LOG_NAME,
+            grpc_service=_envoy_grpc(),
+            transport_api_version=ApiVersion.V3,
+            buffer_flush_interval=ACCESS_LOG_FLUSH,
+            custom_tags=[
+                *tags,
+                *(CustomTag(tag=k, value=v) for k, v in chain),
+                CustomTag(tag=METHOD_TAG, value="%REQ(:METHOD)%"),
+            ],
+        )
+    )
+    return AccessLog(name="envoy.access_loggers.http_grpc", typed_config=Any.pack(config))
 
 
 # --- clusters ------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_failure_midway_still_removes_everything(monkeypatch):
     assert child_pids() <= before
 
 
-def test_without_extproc_drops_only_the_extproc_filter(tmp_path):
+def test_without_extproc_drops_only_the_extproc_filter_and_the_access_log(tmp_path):
     text = l7_bench.manifest_text(tmp_path / "ca.pem")
     config, _ca = l7_bench.envoy_config(text, tmp_path, Path("/run/clrk-bench"))
     listeners = {lst["name"]: lst for lst in config["static_resources"]["listeners"]}
@@ -70,8 +70,10 @@ def test_without_extproc_drops_only_the_extproc_filter(tmp_path):
         ]
 
     with_ext, without = http_filters("tls-term"), http_filters("tls-bare")
-    assert l7_bench.EXTPROC_FILTER in with_ext
-    assert without == [f for f in with_ext if f != l7_bench.EXTPROC_FILTER]
+    assert "clrk.ext_proc_when_tagged" in with_ext
+    assert without == [f for f in with_ext if f not in l7_bench.EXTPROC_FILTERS]
+    for chain in listeners["tls-bare"]["filterChains"]:
+        assert all("accessLog" not in nf.get("typedConfig", {}) for nf in chain["filters"])
     assert http_filters("tls-pass") == []  # tcp_proxy, no HTTP at all
     assert {s["name"] for s in config["static_resources"]["secrets"]} == {
         "leaf/default/term",
@@ -83,3 +85,8 @@ def test_paths_use_documentation_addresses_and_distinct_names():
     assert l7_bench.UPSTREAM[0].startswith("192.0.2.")
     names = [name for _listener, _route, name in l7_bench.PATHS.values()]
     assert len(set(names)) == len(names)
+
+
+def test_target_line_names_the_issue_target_and_its_verdict():
+    assert l7_bench.target_line(0.85).startswith("target l7-records: met (0.85x")
+    assert l7_bench.target_line(0.5).startswith("target l7-records: MISSED (0.50x")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import sys
 import textwrap
 import time
 import uuid
@@ -19,6 +20,7 @@ import uuid
 import pytest
 
 from clrk.api import load_text
+from clrk.nexthops import envoy_listener_addresses
 from clrk.policy.loaded import compile_loaded
 from clrk.records.query import iter_records, select
 from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap_with_secrets
@@ -384,27 +386,76 @@ def test_tcp_record_counts_bytes_each_way(l7) -> None:
     assert attrs["clrk.egress.gateway"] == "default/egress"
 
 
-# --- acceptance 3: ext_proc down = fail closed (last: it replaces the ext_proc process) ---------
+# --- a deny the dialer forwards to an allow chain (Envoy's policy lags) ------------------------
+
+# Runs in gw: a PROXY v2 header (the dialer's TLVs) and one HTTP request straight to
+# Envoy's `web` listener, whose allow-all chain runs no ext_proc on untagged requests.
+TAGGED_CLIENT = textwrap.dedent("""
+    import socket, sys
+    from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
+    deny, path = sys.argv[1] or None, sys.argv[2]
+    tlvs = clrk_tlvs(authority="api.anthropic.com", agent_namespace="default",
+                     agent_name="agent-a", route=None, deny_policy=deny, connection_id="c-t")
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[4])), timeout=5)
+    s.sendall(encode(ProxyHeader("10.0.0.9", 40000, sys.argv[3], 80, tlvs)))
+    head = f"GET {path} HTTP/1.1\\r\\nHost: api.anthropic.com\\r\\nConnection: close\\r\\n"
+    s.sendall(head.encode() + b"\\r\\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    print(data.split(b" ")[1].decode())
+""")
 
 
-def test_extproc_down_fails_closed_then_recovers(l7, topology: Topology) -> None:
+@pytest.mark.parametrize("deny", ["default/no-paste", ""])
+def test_allow_chain_answers_a_request_the_dialer_tagged_as_denied(
+    l7, topology: Topology, deny: str
+) -> None:
+    since = l7["server_log"].mark()
+    path = f"/tagged-{uuid.uuid4().hex}"
+    web = envoy_listener_addresses([("tcp", "TCP"), ("tls-term", "TLS"), ("web", "HTTP")])["web"]
+    argv = [sys.executable, "-c", TAGGED_CLIENT, deny, path, API, str(web[1])]
+    out = topology.run_in_gw(argv)
+    assert out.returncode == 0, out.stderr
+    found = records(l7["records"], "egress.http", {"url.path": path})
+    (span,) = [r for r in found if r["signal"] == "span"]
+    attrs = span["attributes"]
+    if deny:
+        assert out.stdout.strip() == "403"
+        assert attrs["clrk.egress.deny_policy"] == deny
+        assert connections_to(l7, API, since) == []
+    else:
+        assert out.stdout.strip() == "200"
+        assert attrs["http.response.status_code"] == 200
+        assert attrs["clrk.egress.listener"] == "web"
+        assert attrs["agent.name"] == "agent-a"
+        assert attrs["clrk.dst.name"] == "api.anthropic.com"
+
+
+# --- acceptance 3: ext_proc down = deny chains fail closed, allow chains keep serving ---------
+# (last: it replaces the ext_proc process)
+
+
+def test_extproc_down_fails_deny_chains_closed_allow_chains_serve(l7, topology: Topology) -> None:
+    """Allow chains take their records from the access log, so they serve without
+    clrk_extproc (those records are lost); a deny chain cannot answer without it."""
     l7["extproc"].stop()
     since = l7["server_log"].mark()
     try:
-        status, _h, body, verbose = curl(l7, "https://api.anthropic.com/closed")
-        assert status >= 500, (status, body, verbose)
-        assert BODY not in body
-        assert connections_to(l7, API, since) == []
-        status, _h, body, _v = curl(l7, "http://pastebin.com/closed")
-        assert status >= 500 and MESSAGE not in body
+        status, headers, _b, _v = curl(l7, "http://pastebin.com/closed")
+        assert status >= 500 and "x-clrk-deny-reason" not in headers
+        assert connections_to(l7, PASTE, since) == []
+        status, _h, body, verbose = curl(l7, "https://api.anthropic.com/served")
+        assert (status, body) == (200, BODY), (status, body, verbose)
     finally:
         restarted = ExtProc(topology, l7["records"])
     try:
-        status, _h, body, verbose = wait_until(
-            lambda: (r := curl(l7, "https://api.anthropic.com/again"))[0] == 200 and r,
-            what="requests work again",
+        # pastebin.com and legal.test share an address: either deny policy may answer.
+        status, headers, _b, verbose = wait_until(
+            lambda: (r := curl(l7, "http://pastebin.com/again"))[0] in (403, 451) and r,
+            what="a deny answer again",
         )
-        assert body == BODY
+        assert headers.get("x-clrk-deny-reason") == "deny_policy", verbose
     finally:
         restarted.stop()
 

@@ -7,7 +7,8 @@ listener has it, makes the SNI visible; the `filter_chain_matcher` is evaluated 
 matcher by field matcher, first match wins, and no match means the default chain (or a
 closed connection without one).  The chain's outcome comes from its filters: tcp_proxy
 forwards, direct_response closes, an HTTP connection manager hands requests to
-ext_proc, whose deny decision is `clrk_extproc`'s own (chain facts or the deny TLV).
+ext_proc (on an allow chain only those whose deny TLV names a policy), whose deny
+decision is `clrk_extproc`'s own (chain facts or the deny TLV).
 
 Predicate inputs and matchers the translator does not use raise `Unsupported`, so a
 translator change that needs new semantics fails the tests loudly instead of being
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from envoy_data_plane.envoy.config.listener.v3 import FilterChain, Listener
+from envoy_data_plane.envoy.extensions.common.matching.v3 import ExtensionWithMatcher
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExternalProcessor
 from envoy_data_plane.envoy.extensions.filters.listener.proxy_protocol.v3 import ProxyProtocol
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -187,16 +189,38 @@ def choose_chain(listener: Listener, arrival: Arrival) -> FilterChain | None:
     return listener.default_filter_chain
 
 
+EXT_PROC_FILTERS = ("envoy.filters.http.ext_proc", "clrk.ext_proc_when_tagged")
+
+
+def _runs_when_tagged(wrapper: ExtensionWithMatcher, deny_tlv: str) -> bool:
+    """The one matcher the translator wraps ext_proc in: skip unless the deny policy
+    TLV header contains the given substring."""
+    matcher = wrapper.xds_matcher
+    if matcher is None or matcher.matcher_list is None or matcher.on_no_match is not None:
+        raise Unsupported("only a matcher list without on_no_match is modelled")
+    (skip,) = matcher.matcher_list.matchers
+    single = skip.predicate.not_matcher.single_predicate
+    header = single.input.typed_config.unpack()
+    if header.header_name != HEADER_DENY_POLICY or single.value_match.contains is None:
+        raise Unsupported("ext_proc wrapped in another matcher")
+    return single.value_match.contains in deny_tlv
+
+
 def _http_outcome(chain: FilterChain, state: Mapping[str, str]) -> Outcome:
     hcm = chain.filters[0].typed_config.unpack()
     assert isinstance(hcm, HttpConnectionManager)
-    (ext_proc,) = [f for f in hcm.http_filters if f.name == "envoy.filters.http.ext_proc"]
+    (ext_proc,) = [f for f in hcm.http_filters if f.name in EXT_PROC_FILTERS]
     processor = ext_proc.typed_config.unpack()
+    # The header_mutation filter copies the deny TLV into this header for ext_proc.
+    tagged = state.get("deny_policy", "")
+    if isinstance(processor, ExtensionWithMatcher):
+        if not _runs_when_tagged(processor, tagged):
+            return Outcome.HTTP_ALLOWED  # skipped: the request goes on, logged by Envoy
+        processor = processor.extension_config.typed_config.unpack()
     assert isinstance(processor, ExternalProcessor)
     metadata = [(h.key, h.value) for h in processor.grpc_service.initial_metadata]
     facts = ChainFacts.from_metadata(metadata)
-    # The header_mutation filter copies the deny TLV into this header for ext_proc.
-    headers = [(HEADER_DENY_POLICY, state.get("deny_policy", ""))]
+    headers = [(HEADER_DENY_POLICY, tagged)]
     answer, _record = Exchange().request(headers, facts, now_ns=0)
     return Outcome.HTTP_DENIED if answer is not None else Outcome.HTTP_ALLOWED
 

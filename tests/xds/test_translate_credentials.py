@@ -75,7 +75,7 @@ def test_the_credentials_host_gets_its_own_virtual_host_without_its_own_tripwire
     assert hosts[("*",)][0]["directResponse"]["status"] == 403  # a host no route allows
 
 
-def test_every_l7_chain_answers_the_placeholder_and_logs_direct_responses_only() -> None:
+def test_every_l7_chain_answers_the_placeholder_and_logs_it() -> None:
     hcm = _hcm(_gateway(), "route/default/other/rule/0")
     host = hcm["routeConfig"]["virtualHosts"][0]
     first = host["routes"][0]
@@ -84,6 +84,15 @@ def test_every_l7_chain_answers_the_placeholder_and_logs_direct_responses_only()
         "stringMatch": {"contains": "clrk-placeholder-key", "ignoreCase": True},
     }
     assert "clrk.credential/default/key" not in json.dumps(hcm["httpFilters"])
+    # No ext_proc on this allow chain: its one access log records every request, the
+    # tripwire's answers among them (clrk_extproc.http_log.entry_record).
+    (log,) = hcm["accessLog"]
+    assert log["name"] == "envoy.access_loggers.http_grpc" and "filter" not in log
+
+
+def test_a_chain_with_ext_proc_logs_direct_responses_only() -> None:
+    hcm = _hcm(_gateway(), "route/default/api/rule/0")
+    assert "envoy.filters.http.ext_proc" in [f["name"] for f in hcm["httpFilters"]]
     (log,) = hcm["accessLog"]
     assert log["filter"] == {"responseFlagFilter": {"flags": ["DR"]}}
 
@@ -91,4 +100,5 @@ def test_every_l7_chain_answers_the_placeholder_and_logs_direct_responses_only()
 def test_no_chain_changes_without_credentials() -> None:
     loaded = compile_loaded(load_text(MANIFESTS.rsplit("---", 1)[0], "c.yaml"))
     hcm = _hcm(to_plain(translate(loaded.compiled)["default/gw"]), "route/default/api/rule/0")
-    assert "accessLog" not in hcm and len(hcm["routeConfig"]["virtualHosts"]) == 1
+    assert len(hcm["routeConfig"]["virtualHosts"]) == 1
+    assert "credential" not in json.dumps(hcm["httpFilters"])

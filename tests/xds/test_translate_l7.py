@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from envoy_data_plane.envoy.extensions.common.matching.v3 import ExtensionWithMatcher
+from envoy_data_plane.envoy.extensions.filters.common.matcher.action.v3 import SkipFilter
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExternalProcessor
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -11,7 +13,17 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
 
 from clrk.api import load_text
 from clrk.policy.loaded import compile_loaded
-from clrk.wire import LISTENER_TAG, TAGGED_TLVS, ChainFacts, tlv_tag
+from clrk.wire import (
+    CHAIN_ROUTE_TAG,
+    CHAIN_RULE_TAG,
+    HEADER_DENY_POLICY,
+    HTTP_TAGGED_TLVS,
+    LISTENER_TAG,
+    METHOD_TAG,
+    TAGGED_TLVS,
+    ChainFacts,
+    tlv_tag,
+)
 from clrk_xds import translate_l7 as l7
 from clrk_xds.__main__ import extproc_address
 from clrk_xds.translate import terminate_leaves, translate
@@ -71,27 +83,57 @@ def _hcm(chain) -> HttpConnectionManager:
     return f.typed_config.unpack()
 
 
-def test_http_chain_runs_tlv_headers_ext_proc_strip_router() -> None:
+def test_allow_chain_logs_requests_and_runs_ext_proc_only_when_tagged() -> None:
     chains, _ = _chains(_translate(), "web")
     hcm = _hcm(chains["route/default/llm/rule/0"])
     assert [f.name for f in hcm.http_filters] == [
         "clrk.tlv_headers",
-        "envoy.filters.http.ext_proc",
+        "clrk.ext_proc_when_tagged",
         "clrk.strip_tlv_headers",
         "envoy.filters.http.router",
     ]
-    ext = hcm.http_filters[1].typed_config.unpack()
+    wrapped = hcm.http_filters[1].typed_config.unpack()
+    assert isinstance(wrapped, ExtensionWithMatcher)
+    ext = wrapped.extension_config.typed_config.unpack()
     assert isinstance(ext, ExternalProcessor)
     assert ext.failure_mode_allow is False
-    assert ext.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
     facts = ChainFacts.from_metadata((h.key, h.value) for h in ext.grpc_service.initial_metadata)
     assert facts == ChainFacts("default/gw", "web", "default/llm", 0)
+    # skipped unless the deny policy TLV header (set by the first filter) names a policy
+    (skip,) = wrapped.xds_matcher.matcher_list.matchers
+    single = skip.predicate.not_matcher.single_predicate
+    assert single.input.typed_config.unpack().header_name == HEADER_DENY_POLICY
+    assert single.value_match.contains == "/"
+    assert isinstance(skip.on_match.action.typed_config.unpack(), SkipFilter)
+    (log,) = hcm.access_log
+    assert log.name == "envoy.access_loggers.http_grpc"
+    common = log.typed_config.unpack().common_config
+    assert common.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
+    tags = {t.tag: t.value for t in common.custom_tags}
+    assert set(tags) == {*map(tlv_tag, HTTP_TAGGED_TLVS), LISTENER_TAG, CHAIN_ROUTE_TAG,
+                         CHAIN_RULE_TAG, METHOD_TAG}  # fmt: skip
+    assert (tags[LISTENER_TAG], tags[CHAIN_ROUTE_TAG], tags[CHAIN_RULE_TAG]) == (
+        "web", "default/llm", "0",
+    )  # fmt: skip
     (vhost,) = hcm.route_config.virtual_hosts
     assert vhost.domains == ["*.openai.com", "api.anthropic.com"]
     assert vhost.routes[0].route.cluster == "original_dst"
     # every TLV header the first filter sets, the third removes
     strip = hcm.http_filters[2].typed_config.unpack().mutations.request_mutations
     assert {m.remove for m in strip} == set(l7.TLV_HEADERS)
+
+
+def test_deny_chain_runs_ext_proc_on_every_request_and_logs_nothing_itself() -> None:
+    chains, _ = _chains(_translate(), "web")
+    hcm = _hcm(chains["deny/default/paste/rule/0"])
+    assert [f.name for f in hcm.http_filters] == [
+        "clrk.tlv_headers",
+        "envoy.filters.http.ext_proc",
+        "clrk.strip_tlv_headers",
+        "envoy.filters.http.router",
+    ]
+    assert isinstance(hcm.http_filters[1].typed_config.unpack(), ExternalProcessor)
+    assert hcm.access_log == []
 
 
 def test_cidr_rule_accepts_any_host() -> None:
@@ -156,7 +198,14 @@ def test_leaf_secrets_come_from_the_callback_per_terminate_route() -> None:
 def test_defaults_under_allow_all() -> None:
     res = _translate("allow-all")
     _, web = _chains(res, "web")
-    assert _hcm(web.default_filter_chain).route_config.virtual_hosts[0].domains == ["*"]
+    default = _hcm(web.default_filter_chain)
+    assert default.route_config.virtual_hosts[0].domains == ["*"]
+    assert [log.name for log in default.access_log] == ["envoy.access_loggers.http_grpc"]
+    tags = {
+        t.tag: t.value
+        for t in default.access_log[0].typed_config.unpack().common_config.custom_tags
+    }
+    assert tags[CHAIN_ROUTE_TAG] == "-"  # never empty: Envoy would drop the tag
     _, term = _chains(res, "term")
     # no certificate can name every host: unnamed traffic on Terminate passes through
     (f,) = term.default_filter_chain.filters
