@@ -13,7 +13,8 @@ For an agent that shares the dialer's network namespace (a pod; a compose servic
 2. execs the dialer (`python -m clrk_worker_dialer`) as that user through setpriv(1),
    keeping CAP_NET_RAW alone, which its transparent UDP sockets need (IP_TRANSPARENT),
    with the transparent listeners on the ports the rules send to, and this namespace's
-   own addresses and default gateways (the host) as always blocked.
+   own addresses (its local routing table, followed) and default gateways (the host) as
+   always blocked.
 
 Options after `--` go to the dialer unchanged.
 
@@ -121,7 +122,9 @@ def dialer_argv(
     caps = f"-all,+{KEPT_CAPABILITY}"
     argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
     argv += [f"--inh-caps={caps}", f"--ambient-caps={caps}", "--"]
-    argv += [python, "-m", "clrk_worker_dialer"]
+    # Everything this namespace delivers to itself (the pod's address, all of loopback,
+    # where Envoy's admin listens in a pod) is blocked and followed as it changes.
+    argv += [python, "-m", "clrk_worker_dialer", "--watch-own-addresses"]
     binds = ["0.0.0.0", "[::]"] if spec.ipv6 else ["0.0.0.0"]
     for option, port in (
         ("--transparent-tcp", spec.tcp_port),

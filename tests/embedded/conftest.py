@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.topology import Topology, leaks, snapshot
-from tests.embedded.up_harness import POLICY, Stack
+from tests.embedded.up_harness import POLICY, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +20,5 @@ def topology(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(topology, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("up-stack")
-    manifests = directory / "policy.yaml"
-    manifests.write_text(POLICY)
-    stack = Stack(topology, manifests, directory / "state")
-    try:
+    with running_stack(topology, tmp_path_factory.mktemp("up-stack"), POLICY) as stack:
         yield stack
-    finally:
-        assert stack.stop() == 0

@@ -16,7 +16,7 @@ import pytest
 from clrk.records.query import iter_records, select
 from clrk_worker_dialer.redirect_rules import spec_for_index
 from tests.e2e.topology import DEFAULT_ZONE, UPLINK, wait_until
-from tests.embedded.up_harness import CURL, Stack, clrk
+from tests.embedded.up_harness import CURL, Stack, clrk, running_stack
 
 pytestmark = [
     pytest.mark.root,
@@ -95,14 +95,8 @@ def own_stack(topology, tmp_path_factory):
     for port in (HOST_SERVICE, WIDE_SERVICE):
         url = f"http://{UPLINK['gw_v4']}:{port}/"
         wait_until(lambda u=url: topology.run_in_gw([*CURL, u]).returncode == 0, 10, url)
-    directory = tmp_path_factory.mktemp("own-addresses")
-    manifests = directory / "policy.yaml"
-    manifests.write_text(POLICY)
-    stack = Stack(topology, manifests, directory / "state")
-    try:
+    with running_stack(topology, tmp_path_factory.mktemp("own-addresses"), POLICY) as stack:
         yield stack
-    finally:
-        assert stack.stop() == 0
 
 
 def curl_each(stack: Stack, targets: list[str], extra=()) -> dict[str, int]:

@@ -3,10 +3,12 @@ manifests and state directory, for the tests that drive it through `clrk run`.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.e2e.topology import Topology, python_module, read_line
@@ -83,6 +85,18 @@ class Stack:
         code = self.proc.wait(30)
         self.topology.processes.stop(self.proc)
         return code
+
+
+@contextlib.contextmanager
+def running_stack(topology: Topology, directory: Path, policy: str) -> Iterator[Stack]:
+    """`clrk up` on `policy` with its files in `directory`; stopped cleanly on exit."""
+    manifests = directory / "policy.yaml"
+    manifests.write_text(policy)
+    stack = Stack(topology, manifests, directory / "state")
+    try:
+        yield stack
+    finally:
+        assert stack.stop() == 0
 
 
 def pid_gone(pid: int) -> bool:

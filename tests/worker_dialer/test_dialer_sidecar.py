@@ -112,8 +112,8 @@ def test_the_dialer_runs_as_the_user_with_only_net_raw_on_the_intercepted_ports(
         "--inh-caps=-all,+net_raw", "--ambient-caps=-all,+net_raw", "--",
     ]  # fmt: skip
     dialer = argv[7:]
-    assert dialer[:3] == ["py", "-m", "clrk_worker_dialer"]
-    pairs = list(zip(dialer[3:-2:2], dialer[4:-2:2], strict=True))
+    assert dialer[:4] == ["py", "-m", "clrk_worker_dialer", "--watch-own-addresses"]
+    pairs = list(zip(dialer[4:-2:2], dialer[5:-2:2], strict=True))
     assert pairs == [
         ("--transparent-tcp", "0.0.0.0:15001"), ("--transparent-tcp", "[::]:15001"),
         ("--transparent-udp", "0.0.0.0:15002"), ("--transparent-udp", "[::]:15002"),
