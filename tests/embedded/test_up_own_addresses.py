@@ -28,6 +28,7 @@ FIRST_SANDBOX = spec_for_index(1, "x", tcp_port=1, udp_port=2, dns_port=3)
 SANDBOX_HOST_V4, SANDBOX_HOST_V6 = FIRST_SANDBOX.host_v4, FIRST_SANDBOX.host_v6
 HOST_SERVICE = 8080  # the gateway host's own service: a hostname route opens this port
 WIDE_SERVICE = 8081  # the same service behind a 0.0.0.0/0 and ::/0 route
+UDP_PORT = 9999  # UDP behind a 0.0.0.0/0 and ::/0 route
 ADDED = "192.0.2.77"  # given to the gateway's namespace while the stack runs
 # The gateway's own listeners: dialer TCP and DNS, control plane status, ext_proc,
 # Envoy's admin interface, the metrics endpoint.
@@ -45,6 +46,7 @@ metadata: {{name: egress}}
 spec:
   listeners:
   - {{name: tcp, protocol: TCP}}
+  - {{name: udp, protocol: UDP}}
   dns: {{upstream: ["198.51.100.53:53"]}}
 ---
 apiVersion: clrk.apoxy.dev/v1alpha1
@@ -66,6 +68,17 @@ spec:
   - matches:
     - destinationCIDRs: ["0.0.0.0/0", "::/0"]
       ports: [{", ".join(f"{{port: {p}}}" for p in (80, WIDE_SERVICE, *GATEWAY_PORTS))}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {{name: wide-udp}}
+spec:
+  parentRefs: [{{name: egress, sectionName: udp}}]
+  rules:
+  - matches:
+    - destinationCIDRs: ["0.0.0.0/0", "::/0"]
+      protocol: UDP
+      ports: [{{port: {UDP_PORT}}}]
 ---
 apiVersion: clrk.apoxy.dev/v1alpha1
 kind: EgressL4Route
@@ -188,6 +201,15 @@ def test_the_gateways_own_ports_are_refused_with_one_record_each(own_stack):
     before = counts(own_stack, targets)
     codes = curl_each(own_stack, [url(a, p) for a, p in targets])
     assert all(code in REFUSED for code in codes.values()), codes
+    expect_one_more_each(own_stack, before)
+
+
+def test_udp_to_the_gateways_addresses_is_dropped_with_a_record(own_stack):
+    targets = [(a, UDP_PORT) for a in (SANDBOX_HOST_V4, SANDBOX_HOST_V6, *UPLINK_OWN)]
+    before = counts(own_stack, targets)
+    script = "".join(f"printf x | nc -u -w1 {a} {p}\n" for a, p in targets)
+    out = own_stack.run("sh", "-c", script, timeout=60)
+    assert out.returncode == 0, out.stderr
     expect_one_more_each(own_stack, before)
 
 
