@@ -326,7 +326,7 @@ def main(quick: bool = False) -> list[dict]:
 
 LABELS = {
     "terminate+records": "TLS Terminate + records (as translated)",
-    "terminate": "TLS Terminate, ext_proc and access log removed",
+    "terminate": "TLS Terminate, no ext_proc, no access log",
     "passthrough": "TLS Passthrough (tcp_proxy)",
 }
 

@@ -10,23 +10,18 @@ from __future__ import annotations
 from collections import OrderedDict, defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import dns.flags
-import dns.message
-import dns.name
-import dns.opcode
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-
+from clrk_worker_dialer import dns_wire
 from clrk_worker_dialer._normalise import evidence_name, normalise_ip
+from clrk_worker_dialer.dns_wire import AAAA, CNAME, QR, A, Labels, key, name_text
 
 MAX_CNAME_HOPS = 16
+ANY, IN, QUERY, NOERROR = 255, 1, 0, 0
 _ADDRESS_TYPES = {
-    dns.rdatatype.A: frozenset({dns.rdatatype.A}),
-    dns.rdatatype.AAAA: frozenset({dns.rdatatype.AAAA}),
-    dns.rdatatype.ANY: frozenset({dns.rdatatype.A, dns.rdatatype.AAAA}),
+    A: frozenset({A}),
+    AAAA: frozenset({AAAA}),
+    ANY: frozenset({A, AAAA}),
 }
 
 
@@ -47,33 +42,24 @@ class Binding(NamedTuple):
     ttl: int  # seconds, as the answer gave it (the cache clamps it)
 
 
-def _parse(wire: bytes) -> dns.message.Message | None:
+def _parse(wire: bytes) -> dns_wire.Message | None:
     try:
-        # One RRset per record: dnspython would otherwise keep only the last of several
-        # CNAMEs for an owner, hiding an ambiguous chain that must not be followed.
-        return dns.message.from_wire(bytes(wire), one_rr_per_rrset=True)
-    except Exception:
-        # dnspython raises many types (FormError, ShortHeader, TrailingJunk, TSIG and
-        # EDNS errors, ValueError...) and agents control these bytes: any failure is
-        # simply "not a message", which must never take the forwarder down.
+        return dns_wire.parse(bytes(wire))
+    except (dns_wire.WireError, TypeError):
+        return None  # agents control these bytes: "not a message", never a crash
+
+
+def _question(message: dns_wire.Message) -> DnsQuery | None:
+    if len(message.questions) != 1 or message.opcode != QUERY:
         return None
-
-
-def _name_text(name: dns.name.Name) -> str:
-    return name.to_text(omit_final_dot=True).lower()
-
-
-def _question(message: dns.message.Message) -> DnsQuery | None:
-    if len(message.question) != 1 or message.opcode() != dns.opcode.QUERY:
-        return None
-    q = message.question[0]
-    return DnsQuery(message.id, _name_text(q.name), int(q.rdtype), int(q.rdclass))
+    q = message.questions[0]
+    return DnsQuery(message.id, name_text(q.labels).lower(), q.rdtype, q.rdclass)
 
 
 def parse_query(wire: bytes) -> DnsQuery | None:
     """The query an agent sent, or None when it is not a single-question query."""
     message = _parse(wire)
-    if message is None or message.flags & dns.flags.QR:
+    if message is None or message.flags & QR:
         return None
     return _question(message)
 
@@ -87,43 +73,47 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
     if (
         query is None
         or message is None
-        or not message.flags & dns.flags.QR
-        or message.rcode() != dns.rcode.NOERROR
+        or not message.flags & QR
+        or message.rcode != NOERROR
         or _question(message) != query
-        or query.rdclass != dns.rdataclass.IN
+        or query.rdclass != IN
     ):
         return []
     wanted = _ADDRESS_TYPES.get(query.rdtype, frozenset())
-    records: dict[tuple[dns.name.Name, int], list[tuple[int, Any]]] = defaultdict(list)
-    for rrset in message.answer:
-        if rrset.rdclass == dns.rdataclass.IN:
-            records[rrset.name, rrset.rdtype].extend((rrset.ttl, rdata) for rdata in rrset)
+    # Each record on its own: several CNAMEs for one owner is an ambiguous chain that
+    # must not be followed.
+    records: dict[tuple[Labels, int], list[dns_wire.AnswerRecord]] = defaultdict(list)
+    for rr in message.answers:
+        if rr.rdclass == IN:
+            records[key(rr.owner), rr.rdtype].append(rr)
 
     # Walk the CNAME chain from the question name. chain[i] is the i-th owner's name;
     # link_ttls[i] is the TTL of the CNAME from chain[i] to chain[i + 1]. An address at
     # owner k is bound to every chain[j <= k] for as long as the links j..k all live.
-    owner = message.question[0].name
-    chain, link_ttls, seen = [_name_text(owner)], [], {owner}
+    owner = key(message.questions[0].labels)
+    chain, link_ttls, seen = [name_text(owner)], [], {owner}
     found: dict[tuple[str, str], int] = {}
     for hop in range(MAX_CNAME_HOPS + 1):
         if evidence_name(chain[-1]) is None:
             break  # not a hostname: it could never match a pattern, so bind nothing
         for rdtype in wanted:
-            for ttl, rdata in records.get((owner, rdtype), ()):
-                ip = normalise_ip(rdata.address)
+            for rr in records.get((owner, rdtype), ()):
+                assert rr.address is not None
+                ip = normalise_ip(rr.address)
                 for j, name in enumerate(chain):
-                    lifetime = min([ttl, *link_ttls[j:]])
+                    lifetime = min([rr.ttl, *link_ttls[j:]])
                     found[ip, name] = max(lifetime, found.get((ip, name), lifetime))
-        cnames = records.get((owner, dns.rdatatype.CNAME), [])
+        cnames = records.get((owner, CNAME), [])
         # An owner has at most one CNAME target; several is not a chain to trust.
-        if hop == MAX_CNAME_HOPS or len({rdata.target for _, rdata in cnames}) != 1:
+        targets = {key(rr.target or ()) for rr in cnames}
+        if hop == MAX_CNAME_HOPS or len(targets) != 1:
             break
-        owner = cnames[0][1].target
+        (owner,) = targets
         if owner in seen:
             break  # a loop
         seen.add(owner)
-        chain.append(_name_text(owner))
-        link_ttls.append(min(ttl for ttl, _ in cnames))
+        chain.append(name_text(owner))
+        link_ttls.append(min(rr.ttl for rr in cnames))
     return [Binding(ip, name, ttl) for (ip, name), ttl in found.items()]
 
 

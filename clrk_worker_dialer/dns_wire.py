@@ -1,0 +1,204 @@
+"""A small DNS wire parser: only what the forwarder's snoop needs, pure and fast.
+
+dnspython builds a full object tree of every query and answer, which was about half of
+the forwarder's time.  This reads the header, the question and each record's owner,
+type, class and TTL, and the rdata of A, AAAA and CNAME records; every other rdata is
+skipped by its length.  It accepts what dnspython accepts for those parts (the tests
+fuzz it against dnspython): names with compression pointers that only point backwards,
+labels of at most 63 bytes and names of at most 255, rdata that fills its length
+exactly, one OPT record and only in the additional section (its extended RCODE
+counts), no trailing bytes.  Messages carrying TSIG or SIG(0) records are refused
+outright: nothing here verifies them.  The one difference left: the rdata of other
+types is not checked, so a message dnspython refuses for a malformed MX, say, is read
+here; the answers come from the gateway's own resolver over a connected socket.
+
+Every failure is `WireError`, never anything else: agents control these bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+A, CNAME, AAAA, OPT, SIG, TSIG = 1, 5, 28, 41, 24, 250
+IN = 1  # A and AAAA rdata are addresses in this class only (CNAME in every class)
+QR, TC = 0x8000, 0x0200
+MAX_LABEL = 63
+MAX_NAME = 255
+_ESCAPED = frozenset(b'"().;\\@$')
+
+Labels = tuple[bytes, ...]
+
+
+class WireError(ValueError):
+    """Not a DNS message this parser accepts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    labels: Labels  # as sent, case kept
+    rdtype: int
+    rdclass: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRecord:
+    owner: Labels
+    rdtype: int
+    rdclass: int
+    ttl: int
+    address: str | None = None  # A and AAAA of class IN
+    target: Labels | None = None  # CNAME
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: int
+    flags: int
+    rcode: int  # with the extended bits of an OPT record
+    questions: tuple[Question, ...]
+    answers: tuple[AnswerRecord, ...]
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+
+def key(labels: Labels) -> Labels:
+    """Names compare case-insensitively (ASCII only, as in DNS)."""
+    return tuple(label.lower() for label in labels)
+
+
+def name_text(labels: Labels) -> str:
+    """dnspython's text of a name without the final dot: special bytes escaped."""
+    if not labels:
+        return "."
+    parts = []
+    for label in labels:
+        if all(0x20 < c < 0x7F and c not in _ESCAPED for c in label):
+            parts.append(label.decode("ascii"))
+            continue
+        text = []
+        for c in label:
+            if c in _ESCAPED:
+                text.append("\\" + chr(c))
+            elif 0x20 < c < 0x7F:
+                text.append(chr(c))
+            else:
+                text.append(f"\\{c:03d}")
+        parts.append("".join(text))
+    return ".".join(parts)
+
+
+def _name(wire: bytes, at: int, end: int) -> tuple[Labels, int]:
+    """The name at `at` (not beyond `end`) and the offset after it where it sits."""
+    labels: list[bytes] = []
+    length = 1  # the root's zero byte
+    lowest = at  # a pointer must point before every earlier one (no loops)
+    after = -1
+    while True:
+        if at >= end:
+            raise WireError("name runs past its end")
+        count = wire[at]
+        if count == 0:
+            at += 1
+            break
+        if count < 64:
+            label = wire[at + 1 : at + 1 + count]
+            if at + 1 + count > end:
+                raise WireError("label runs past its end")
+            labels.append(label)
+            length += count + 1
+            if length > MAX_NAME:
+                raise WireError("name longer than 255 bytes")
+            at += 1 + count
+        elif count >= 192:
+            if at + 2 > end:
+                raise WireError("pointer runs past its end")
+            target = ((count & 0x3F) << 8) | wire[at + 1]
+            if target >= lowest:
+                raise WireError("compression pointer does not point backwards")
+            if after < 0:
+                after = at + 2
+            lowest = at = target
+        else:
+            raise WireError("unknown label type")
+    return tuple(labels), (after if after >= 0 else at)
+
+
+_HEADER = struct.Struct("!HHHHHH")
+_QUESTION = struct.Struct("!HH")
+_RR = struct.Struct("!HHIH")
+
+
+def parse(wire: bytes) -> Message:
+    """The message in `wire`; WireError when it is not one (see the module's notes)."""
+    end = len(wire)
+    if end < _HEADER.size:
+        raise WireError("shorter than a header")
+    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+    at = _HEADER.size
+    questions = []
+    for _ in range(qdcount):
+        labels, at = _name(wire, at, end)
+        if at + 4 > end:
+            raise WireError("question runs past the end")
+        rdtype, rdclass = _QUESTION.unpack_from(wire, at)
+        at += 4
+        questions.append(Question(labels, rdtype, rdclass))
+    answers = []
+    rcode = flags & 0xF
+    seen_opt = False
+    for section, count in ((1, ancount), (2, nscount), (3, arcount)):
+        for _ in range(count):
+            owner, at = _name(wire, at, end)
+            if at + 10 > end:
+                raise WireError("record runs past the end")
+            rdtype, rdclass, ttl, rdlength = _RR.unpack_from(wire, at)
+            at += 10
+            if ttl > 0x7FFFFFFF:
+                ttl = 0  # RFC 2181 8, as dnspython reads it
+            rdend = at + rdlength
+            if rdend > end:
+                raise WireError("rdata runs past the end")
+            if rdtype in (TSIG, SIG):
+                raise WireError("signed messages are not read here")
+            if rdtype == OPT:
+                if section != 3 or seen_opt or owner:
+                    raise WireError("misplaced OPT record")
+                seen_opt = True
+                rcode |= (_RR.unpack_from(wire, at - 10)[2] >> 20) & 0xFF0
+                _options(wire, at, rdend)
+            elif section == 1 and rdtype == A and rdclass == IN:
+                if rdlength != 4:
+                    raise WireError("A rdata is not 4 bytes")
+                address = str(ipaddress.IPv4Address(wire[at:rdend]))
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, address=address))
+            elif section == 1 and rdtype == AAAA and rdclass == IN:
+                if rdlength != 16:
+                    raise WireError("AAAA rdata is not 16 bytes")
+                address = str(ipaddress.IPv6Address(wire[at:rdend]))
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, address=address))
+            elif section == 1 and rdtype == CNAME:
+                target, after = _name(wire, at, rdend)
+                if after != rdend:
+                    raise WireError("CNAME rdata longer than its name")
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, target=target))
+            elif section == 1:
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl))
+            at = rdend
+    if at != end:
+        raise WireError("trailing bytes after the message")
+    return Message(ident, flags, rcode, tuple(questions), tuple(answers))
+
+
+def _options(wire: bytes, at: int, end: int) -> None:
+    """EDNS options must fill the OPT rdata exactly."""
+    while at < end:
+        if at + 4 > end:
+            raise WireError("EDNS option header runs past the rdata")
+        length = (wire[at + 2] << 8) | wire[at + 3]
+        at += 4 + length
+    if at != end:
+        raise WireError("EDNS option runs past the rdata")
