@@ -89,6 +89,9 @@ def _socket(host: str, port: int, kind: int) -> socket.socket:
     return sock
 
 
+BACKLOG = 4096  # a burst from a flood test must not overflow an upstream's queue
+
+
 async def serve(args: argparse.Namespace) -> None:
     log = Log(args.log)
     tls = None
@@ -105,7 +108,9 @@ async def serve(args: argparse.Namespace) -> None:
         for address in addresses:
             sock = _socket(*split_hostport(address), socket.SOCK_STREAM)
             servers.append(
-                await asyncio.start_server(_logged(kind, log, handler), sock=sock, ssl=context)
+                await asyncio.start_server(
+                    _logged(kind, log, handler), sock=sock, ssl=context, backlog=BACKLOG
+                )
             )
     loop = asyncio.get_running_loop()
     for address in args.udp_echo:

@@ -94,7 +94,8 @@ async def serve(listens: list[str], log_path: str) -> None:
     hop = NextHop(log_path)
     for listen in listens:
         host, _, port = listen.rpartition(":")
-        await asyncio.start_server(hop.handler(listen), host.strip("[]"), int(port))
+        # Envoy's backlog, not asyncio's 100: a flood test relays hundreds at once.
+        await asyncio.start_server(hop.handler(listen), host.strip("[]"), int(port), backlog=4096)
     print("ready", flush=True)
     await asyncio.Event().wait()
 

@@ -11,11 +11,12 @@ from clrk_worker_dialer.listen_backlog import listen_backlog
 from clrk_worker_dialer.server import Dialer
 
 
-def test_a_lower_somaxconn_is_raised_and_used(tmp_path):
-    knob = tmp_path / "somaxconn"
+def test_a_lower_somaxconn_and_syn_queue_are_raised_and_used(tmp_path):
+    knob, syn = tmp_path / "somaxconn", tmp_path / "tcp_max_syn_backlog"
     knob.write_text("4096\n")
-    assert listen_backlog(str(knob)) == 65535
-    assert knob.read_text() == "65535"
+    syn.write_text("2048\n")
+    assert listen_backlog(str(knob), syn_backlog=str(syn)) == 65535
+    assert (knob.read_text(), syn.read_text()) == ("65535", "65535")
 
 
 def test_where_it_may_not_raise_somaxconn_it_listens_with_what_is_there(tmp_path):
@@ -26,7 +27,8 @@ def test_where_it_may_not_raise_somaxconn_it_listens_with_what_is_there(tmp_path
 
 
 def test_without_the_knob_it_asks_for_the_most_and_the_kernel_caps_it(tmp_path):
-    assert listen_backlog(str(tmp_path / "absent")) == 65535
+    absent = str(tmp_path / "absent")
+    assert listen_backlog(absent, syn_backlog=absent) == 65535
 
 
 def test_the_dialers_listeners_keep_its_backlog_not_asyncios_default_of_100():
