@@ -146,3 +146,30 @@ def test_access_log_stream_end_entries_become_records() -> None:
     (ok, bad), records = run(body)
     assert ok == b"" and bad == grpc.StatusCode.INVALID_ARGUMENT
     assert [r.attributes["clrk.egress.gateway"] for r in records] == ["team/gw", "team/gw"]
+
+
+def test_the_deny_record_is_in_the_records_file_when_envoy_gets_the_answer(tmp_path) -> None:
+    from clrk.records.query import iter_records
+    from clrk_runtime.records_writer import RecordWriter
+
+    facts = ChainFacts("default/gw", "web", "default/p", 0, "default/no", 403, "no")
+    path = tmp_path / "records.jsonl"
+
+    async def main():
+        with RecordWriter("clrk-extproc", path=str(path)) as writer:
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers(ExtProcService(writer.emit).handlers())
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    call = channel.stream_stream(
+                        PROCESS, request_serializer=bytes, response_deserializer=None
+                    )
+                    async for _answer in call(iter([REQUEST]), metadata=facts.metadata()):
+                        # The 403 is here: its record must already be on disk.
+                        return [r["name"] for r in iter_records(str(path))]
+            finally:
+                await server.stop(None)
+
+    assert asyncio.run(main()) == ["egress.http", "egress.http"]  # its span and its log
