@@ -9,7 +9,7 @@ import click
 from clrk_cli import admin_client
 from clrk_cli.admin_client import endpoint_options
 
-KINDS = ("gateways", "routes", "policies", "agents", "all")
+KINDS = ("gateways", "routes", "policies", "credentials", "agents", "all")
 
 
 def _conditions(resource) -> dict[str, dict[str, str]]:
@@ -61,7 +61,7 @@ def _table(response) -> str:
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 def get(kind: str, endpoint, output: str) -> None:
-    """List gateways, routes, (deny) policies or agents with their conditions.
+    """List gateways, routes, (deny) policies, credentials or agents with their conditions.
 
     Exit 0 when listed; 1 when the control plane cannot be asked.
     """

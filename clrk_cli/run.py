@@ -66,12 +66,24 @@ def run(agent, label_values, state_dir, explicit, user, privileged, command) -> 
         env = dict(os.environ)
         if bundle is not None:
             env.update(agent_env.trust_env(bundle))
+        _credential_env(info, env)
         if os.geteuid() != 0 or explicit:
             _explicit_env(state, ref, info["ports"], env, explicit)
             code = _run(list(command), env)
         else:
             code = _run_sandboxed(state, ref, info, env, user, privileged, list(command))
     raise click.exceptions.Exit(code)
+
+
+def _credential_env(info: dict, env: dict) -> None:
+    """Placeholders in, the secrets' own variables out (clrk_cli.credential_env)."""
+    from clrk_cli import credential_env
+
+    try:
+        credentials = credential_env.gateway_credentials(info["control_plane"], info["gateway"])
+    except (credential_env.CredentialEnvError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    credential_env.apply(env, credentials)
 
 
 def _explicit_env(state, ref: str, ports: dict, env: dict, explicit: bool) -> None:

@@ -10,7 +10,7 @@
 - **Tripwire.** Every L7 chain answers a request that carries a known placeholder (in
   the credential's header or in `authorization`) on a virtual host the credential does
   not cover with a direct 403 from the route table: no upstream, no Python on the
-  request path.  The chain's HTTP access log, filtered to direct responses, brings
+  request path.  The chain's HTTP access log, filtered to those routes, brings
   that answer to clrk_extproc, which writes the `credential_misuse` record from it.
 - The forwarding route of a credential's virtual host names the credential in a
   response header for ext_proc's `egress.http` record; the first filter strips it
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from envoy_data_plane.envoy.config.accesslog.v3 import (
     AccessLog,
     AccessLogFilter,
-    ResponseFlagFilter,
+    ExtensionFilter,
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     ApiVersion,
@@ -43,6 +43,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteMatch,
     VirtualHost,
 )
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import (
     CommonGrpcAccessLogConfig,
     HttpGrpcAccessLogConfig,
@@ -258,8 +259,8 @@ def virtual_hosts(
 
 
 def misuse_access_log(listener: str, extproc: object) -> AccessLog:
-    """The chain's HTTP access log to clrk_extproc, of direct responses only: on an L7
-    chain only the tripwire answers from the route table, so only misuse is logged."""
+    """The chain's HTTP access log to clrk_extproc, of the tripwire's answers only (a
+    CEL filter on the route's name): no other request costs a log entry."""
     tags = [CustomTag(tag=tlv_tag(t), value=tlv_format(TLV_FIELDS[t])) for t in TAGGED_TLVS]
     config = HttpGrpcAccessLogConfig(
         common_config=CommonGrpcAccessLogConfig(
@@ -271,6 +272,15 @@ def misuse_access_log(listener: str, extproc: object) -> AccessLog:
     )
     return AccessLog(
         name="envoy.access_loggers.http_grpc",
-        filter=AccessLogFilter(response_flag_filter=ResponseFlagFilter(flags=["DR"])),
+        filter=AccessLogFilter(
+            extension_filter=ExtensionFilter(
+                name="envoy.access_loggers.extension_filters.cel",
+                typed_config=Any.pack(
+                    ExpressionFilter(
+                        expression=f"xds.route_name.startsWith('{MISUSE_ROUTE_PREFIX}')"
+                    )
+                ),
+            )
+        ),
         typed_config=Any.pack(config),
     )

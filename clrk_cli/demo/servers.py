@@ -1,11 +1,13 @@
 """The "internet" servers of the demo and of the end-to-end topology, in one asyncio process.
 
     python -m clrk_cli.demo.servers --log FILE [--echo H:P]... [--http H:P]... [--tls H:P]...
-                                [--udp-echo H:P]... [--cert PEM --key PEM]
+                                [--udp-echo H:P]... [--cert PEM --key PEM] [--log-requests]
 
 Every accepted connection (and every UDP datagram) appends one JSON line
 {"kind", "peer", "local"} to the log, so a test can assert that the upstream saw no
-connection at all.  Prints "ready" once every listener is bound.
+connection at all.  `--log-requests` adds a line {"kind": "request", "local", "head"}
+per HTTP request with its request line and headers (what an upstream received, e.g. an
+injected credential).  Prints "ready" once every listener is bound.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ class Log:
     def __init__(self, path: str) -> None:
         self._file = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
 
-    def write(self, kind: str, peer: tuple, local: tuple) -> None:
-        entry = {"kind": kind, "peer": list(peer[:2]), "local": list(local[:2])}
+    def write(self, kind: str, peer: tuple, local: tuple, **extra: str) -> None:
+        entry = {"kind": kind, "peer": list(peer[:2]), "local": list(local[:2]), **extra}
         self._file.write(json.dumps(entry) + "\n")
 
 
@@ -45,9 +47,21 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _http_handler(log: Log | None):
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _http(reader, writer, log)
+
+    return handle
+
+
+async def _http(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log: Log | None = None
+) -> None:
     try:
-        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if log is not None:
+            peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+            log.write("request", peer, local, head=head.decode("latin-1"))
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(HTTP_BODY), HTTP_BODY)
@@ -100,10 +114,11 @@ async def serve(args: argparse.Namespace) -> None:
         tls.load_cert_chain(args.cert, args.key)
         tls.set_alpn_protocols(["http/1.1"])
     servers = []
+    http = _http_handler(log if args.log_requests else None)
     for kind, addresses, handler, context in (
         ("echo", args.echo, _echo, None),
-        ("http", args.http, _http, None),
-        ("tls", args.tls, _http, tls),
+        ("http", args.http, http, None),
+        ("tls", args.tls, http, tls),
     ):
         for address in addresses:
             sock = _socket(*split_hostport(address), socket.SOCK_STREAM)
@@ -129,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(option, action="append", default=[])
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--log-requests", action="store_true")
     args = parser.parse_args(argv)
     try:
         asyncio.run(serve(args))

@@ -52,8 +52,9 @@ def _run(argv: Sequence[str]) -> None:
 
 
 class World(BuiltOnEnter):
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, log_requests: bool = False) -> None:
         self.workdir = workdir
+        self.log_requests = log_requests  # the servers log each request's headers
         run = f"p{os.getpid()}"
         self.host = f"clrk-demo-{run}-host"
         self.inet = f"clrk-demo-{run}-inet"
@@ -110,6 +111,8 @@ class World(BuiltOnEnter):
         ]
         for address in TLS_HOSTS:
             args += ["--tls", f"{address}:443", "--http", f"{address}:80"]
+        if self.log_requests:
+            args.append("--log-requests")
         servers = self._start(
             self.inet,
             [sys.executable, "-m", "clrk_cli.demo.servers", *args],

@@ -90,11 +90,12 @@ def test_every_l7_chain_answers_the_placeholder_and_logs_it() -> None:
     assert log["name"] == "envoy.access_loggers.http_grpc" and "filter" not in log
 
 
-def test_a_chain_with_ext_proc_logs_direct_responses_only() -> None:
+def test_a_chain_with_ext_proc_logs_only_the_tripwires_answers() -> None:
     hcm = _hcm(_gateway(), "route/default/api/rule/0")
     assert "envoy.filters.http.ext_proc" in [f["name"] for f in hcm["httpFilters"]]
     (log,) = hcm["accessLog"]
-    assert log["filter"] == {"responseFlagFilter": {"flags": ["DR"]}}
+    cel = log["filter"]["extensionFilter"]["typedConfig"]["expression"]
+    assert cel == "xds.route_name.startsWith('credential_misuse/')"
 
 
 def test_no_chain_changes_without_credentials() -> None:
