@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
 
 
 class TlvType(enum.IntEnum):
@@ -94,8 +94,9 @@ def tlv_format(field: str) -> str:
 class ChainFacts:
     """What ext_proc must know about a chain that Envoy cannot tell it per request.
 
-    Sent as gRPC initial metadata, one `x-clrk-*` key per fact; metadata values must be
-    printable ASCII, so the message is percent-encoded (UTF-8).
+    Sent as gRPC initial metadata, one `x-clrk-*` key per fact.  Metadata values must be
+    printable ASCII, and Envoy reads each one as a format string (`%...%` commands), so
+    no value may hold a `%`: the message travels base64url-encoded (UTF-8, unpadded).
     """
 
     gateway: str
@@ -112,7 +113,7 @@ class ChainFacts:
             value = getattr(self, name)
             if value is None:
                 continue
-            text = quote(value, safe=_SAFE) if name == "message" else str(value)
+            text = _encode(value) if name == "message" else str(value)
             out.append((FACT_PREFIX + name.replace("_", "-"), text))
         return out
 
@@ -137,10 +138,21 @@ class ChainFacts:
                     raise ValueError(f"chain metadata {name}: not a number: {raw[name]!r}")
                 values[name] = int(raw[name])
         if "message" in raw:
-            values["message"] = unquote(raw["message"], errors="replace")
+            values["message"] = _decode(raw["message"])
         return cls(**values)  # type: ignore[arg-type]
 
 
 FACT_PREFIX = "x-clrk-"
 FACT_KEYS = ("gateway", "listener", "route", "rule", "deny_policy", "status", "message")
-_SAFE = " !\"#$&'()*+,-./:;<=>?@[]^_`{|}~"
+
+
+def _encode(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode("ascii").rstrip("=")
+
+
+def _decode(text: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        raise ValueError("chain metadata message: not base64url") from None
+    return raw.decode("utf-8", errors="replace")

@@ -57,6 +57,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpFilter,
 )
 from envoy_data_plane.envoy.extensions.http.injected_credentials.generic.v3 import Generic
+from envoy_data_plane.envoy.extensions.matching.common_inputs.network.v3 import FilterStateInput
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import SdsSecretConfig
 from envoy_data_plane.envoy.type.matcher.v3 import HttpRequestHeaderMatchInput, StringMatcher
 from envoy_data_plane.envoy.type.tracing.v3 import CustomTag
@@ -66,6 +67,7 @@ from envoy_data_plane.xds.type.matcher.v3 import (
     Matcher,
     MatcherMatcherList,
     MatcherMatcherListFieldMatcher,
+    MatcherMatcherListPredicatePredicateList,
     MatcherMatcherListPredicateSinglePredicate,
     MatcherOnMatch,
     RegexMatcher,
@@ -86,6 +88,8 @@ from clrk.wire import (
     MISUSE_ROUTE_PREFIX,
     TAGGED_TLVS,
     TLV_FIELDS,
+    TLV_FILTER_STATE_KEY,
+    TlvType,
     tlv_format,
     tlv_tag,
 )
@@ -129,19 +133,29 @@ def injector_filter(
     )
     if "*" in hosts:
         return HttpFilter(name=filter_name(credential.ref), typed_config=config.typed_config)
-    authority = XdsTypedExtensionConfig(
-        name="authority",
-        typed_config=Any.pack(HttpRequestHeaderMatchInput(header_name=":authority")),
-    )
+    names = hostname_regex(hosts)
+    # Both the request's host and the name the dialer bound the connection's address to
+    # (the PROXY authority TLV) must be the credential's: a Host header alone could send
+    # the secret to an address of the agent's choosing over plain HTTP.
     elsewhere = Predicate(
         not_matcher=Predicate(
-            single_predicate=MatcherMatcherListPredicateSinglePredicate(
-                input=authority,
-                value_match=XdsStringMatcher(
-                    safe_regex=RegexMatcher(
-                        google_re2=RegexMatcherGoogleRe2(), regex=hostname_regex(hosts)
-                    )
-                ),
+            and_matcher=MatcherMatcherListPredicatePredicateList(
+                predicate=[
+                    _matches(
+                        "authority",
+                        Any.pack(HttpRequestHeaderMatchInput(header_name=":authority")),
+                        names,
+                    ),
+                    _matches(
+                        "tlv.authority",
+                        Any.pack(
+                            FilterStateInput(
+                                key=TLV_FILTER_STATE_KEY, field=TLV_FIELDS[TlvType.AUTHORITY]
+                            )
+                        ),
+                        names,
+                    ),
+                ]
             )
         )
     )
@@ -157,6 +171,17 @@ def injector_filter(
     )
     wrapped = ExtensionWithMatcher(xds_matcher=matcher, extension_config=config)
     return HttpFilter(name=filter_name(credential.ref), typed_config=Any.pack(wrapped))
+
+
+def _matches(name: str, matcher_input: Any, regex: str) -> Predicate:
+    return Predicate(
+        single_predicate=MatcherMatcherListPredicateSinglePredicate(
+            input=XdsTypedExtensionConfig(name=name, typed_config=matcher_input),
+            value_match=XdsStringMatcher(
+                safe_regex=RegexMatcher(google_re2=RegexMatcherGoogleRe2(), regex=regex)
+            ),
+        )
+    )
 
 
 def _header(key: str, value: str) -> HeaderValueOption:
