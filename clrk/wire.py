@@ -54,12 +54,12 @@ TLV_HEADERS: dict[str, str] = {  # request header -> TLV field
 }
 # The header of ext_proc's deny answer (and of the dialer's HTTP CONNECT refusal).
 DENY_REASON_HEADER = "x-clrk-deny-reason"
-# EgressCredential: the response header naming the credentials Envoy injected (for
-# ext_proc's record; stripped before the agent), and the tripwire's routes, named
-# `credential_misuse/<namespace>/<name>` so the access log says which credential.
-CREDENTIAL_HEADER = "x-clrk-credential"
+# EgressCredential: the tripwire's routes are named `credential_misuse/<ns>/<name>` and
+# the forwarding route of a credential's hosts `injected/<ns>/<name>[,...]`, so the
+# access log's route name says which credential was misused or injected.
 CREDENTIAL_MISUSE = "credential_misuse"
 MISUSE_ROUTE_PREFIX = "credential_misuse/"
+INJECTED_ROUTE_PREFIX = "injected/"
 
 # Custom tags of the L4 access log (tcp_proxy -> clrk_extproc): a TLV under its field's
 # name, and the gateway listener the chain serves, as a literal.

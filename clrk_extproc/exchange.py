@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from clrk.policy import Agent
 from clrk.records.schema import Record, http_request
 from clrk.wire import (
-    CREDENTIAL_HEADER,
     CREDENTIAL_MISUSE,
     DENY_REASON_HEADER,
     HEADER_AGENT_NAME,
@@ -76,7 +75,7 @@ class Exchange:
         """The allow record, once; None when there is nothing (left) to record.  The
         tripwire's answer is recorded from Envoy's access log, not here (Envoy's
         routes strip an upstream's `x-clrk-*` response headers, so only Envoy can say
-        so); the credential Envoy injected is named by its route."""
+        so)."""
         if self.facts is None or self.recorded:
             return None
         plain = {k.lower(): v for k, v in headers}
@@ -86,12 +85,9 @@ class Exchange:
         status_text = plain.get(":status", "")
         status = int(status_text) if status_text.isdigit() and len(status_text) == 3 else 0
         end = now_ns if now_ns is not None else time.time_ns()
-        credential = plain.get(CREDENTIAL_HEADER, "")[:MAX_VALUE] or None
-        return self._record(status, end, credential=credential)
+        return self._record(status, end)
 
-    def _record(
-        self, status: int, end_ns: int, denied: bool = False, credential: str | None = None
-    ) -> Record:
+    def _record(self, status: int, end_ns: int, denied: bool = False) -> Record:
         facts = self.facts
         assert facts is not None
         namespace = tlv(self.tlvs, HEADER_AGENT_NAMESPACE) or ""
@@ -111,5 +107,4 @@ class Exchange:
             start_ns=self.start_ns,
             end_ns=end_ns,
             connection_id=tlv(self.tlvs, HEADER_CONNECTION_ID),
-            credential=credential,
         )

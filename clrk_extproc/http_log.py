@@ -24,6 +24,7 @@ from clrk.records.schema import Record, http_request
 from clrk.wire import (
     CHAIN_ROUTE_TAG,
     CHAIN_RULE_TAG,
+    INJECTED_ROUTE_PREFIX,
     LISTENER_TAG,
     METHOD_TAG,
     MISUSE_ROUTE_PREFIX,
@@ -106,7 +107,15 @@ def http_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
         start_ns=start,
         end_ns=end,
         connection_id=tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
+        credential=_injected(common.route_name),
     )
+
+
+def _injected(route_name: str) -> str | None:
+    """The credential(s) whose hosts the request went to (`injected/<ns>/<name>`)."""
+    if not route_name.startswith(INJECTED_ROUTE_PREFIX):
+        return None
+    return route_name.removeprefix(INJECTED_ROUTE_PREFIX)[:MAX_VALUE] or None
 
 
 def entry_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:

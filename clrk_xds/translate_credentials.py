@@ -12,9 +12,9 @@
   not cover with a direct 403 from the route table: no upstream, no Python on the
   request path.  The chain's HTTP access log, filtered to those routes, brings
   that answer to clrk_extproc, which writes the `credential_misuse` record from it.
-- The forwarding route of a credential's virtual host names the credential in a
-  response header for ext_proc's `egress.http` record; the first filter strips it
-  (and every other `x-clrk-*` header) before the agent sees the response.
+- The forwarding route of a credential's virtual host is named after the credential
+  (`injected/<ns>/<name>`): the access log's `egress.http` record names it from there,
+  so an injecting chain needs no ext_proc either.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ from envoy_data_plane.xds.type.matcher.v3 import StringMatcher as XdsStringMatch
 from clrk.api.resolve import covers
 from clrk.policy.compiled import CompiledCredential
 from clrk.wire import (
-    CREDENTIAL_HEADER,
     CREDENTIAL_MISUSE,
     DENY_REASON_HEADER,
+    INJECTED_ROUTE_PREFIX,
     LISTENER_TAG,
     MISUSE_ROUTE_PREFIX,
     TAGGED_TLVS,
@@ -224,11 +224,10 @@ def _forward(cluster: str, injected: Sequence[CompiledCredential]) -> Route:
         match=RouteMatch(prefix="/"),
         route=RouteAction(cluster=cluster),
         # An upstream cannot speak for the gateway in ext_proc's record.
-        response_headers_to_remove=[CREDENTIAL_HEADER, DENY_REASON_HEADER],
+        response_headers_to_remove=[DENY_REASON_HEADER],
     )
     if injected:
-        names = ",".join(c.ref for c in injected)
-        route.response_headers_to_add = [_header(CREDENTIAL_HEADER, names)]
+        route.name = INJECTED_ROUTE_PREFIX + ",".join(c.ref for c in injected)
     return route
 
 

@@ -115,7 +115,6 @@ from clrk.policy.compiled import CompiledCredential
 from clrk.wire import (
     CHAIN_ROUTE_TAG,
     CHAIN_RULE_TAG,
-    CREDENTIAL_HEADER,
     HEADER_DENY_POLICY,
     HTTP_TAGGED_TLVS,
     LISTENER_TAG,
@@ -155,7 +154,7 @@ def _envoy_grpc(initial_metadata: Sequence[HeaderValue] = ()) -> GrpcService:
     )
 
 
-def _tlv_headers_in(credentials: bool = False) -> HeaderMutation:
+def _tlv_headers_in() -> HeaderMutation:
     removes = [Mutation(remove=h) for h in TLV_HEADERS]
     sets = [
         Mutation(
@@ -166,10 +165,7 @@ def _tlv_headers_in(credentials: bool = False) -> HeaderMutation:
         )
         for h, f in TLV_HEADERS.items()
     ]
-    mutations = Mutations(request_mutations=[*removes, *sets])
-    if credentials:  # the first filter sees the response last: after ext_proc read it
-        mutations.response_mutations = [Mutation(remove=CREDENTIAL_HEADER)]
-    return HeaderMutation(mutations=mutations)
+    return HeaderMutation(mutations=Mutations(request_mutations=[*removes, *sets]))
 
 
 def _tlv_headers_out() -> HeaderMutation:
@@ -273,7 +269,7 @@ def l7_chain(
         route_config=route_config,
         strip_any_host_port=True,
         http_filters=[
-            _http_filter("clrk.tlv_headers", _tlv_headers_in(bool(injected))),
+            _http_filter("clrk.tlv_headers", _tlv_headers_in()),
             _http_filter("envoy.filters.http.ext_proc", _ext_proc(facts))
             if ext_proc
             else _http_filter("clrk.ext_proc_when_tagged", _ext_proc_when_tagged(facts)),

@@ -2,7 +2,8 @@
 
 ext_proc costs a Python gRPC stream per request, so only a chain where Python must act on
 the request keeps it: one whose route carries a deny policy (ext_proc answers with the
-policy's response), or injects a credential (ext_proc's record names it).  Every other
+policy's response).  A credential needs none: Envoy injects it, answers the tripwire,
+and its access log names both.  Every other
 L7 chain takes its `egress.http` records from Envoy's HTTP access log, and runs ext_proc
 only for a request whose connection the dialer tagged with a deny policy (its policy
 may be ahead of Envoy's).  A later feature that must see or change requests in Python
@@ -19,7 +20,4 @@ from clrk.policy.compiled import GatewayPolicy, MatchEntry
 def needs_ext_proc(policy: GatewayPolicy, matches: Sequence[MatchEntry]) -> bool:
     """True when the chain of these matches (one rule of one route) must run ext_proc on
     every request; `policy` is the gateway the chain belongs to."""
-    if any(m.deny_policy is not None for m in matches):
-        return True
-    routes = {m.route for m in matches}
-    return any(c.route in routes for c in policy.credentials)
+    return any(m.deny_policy is not None for m in matches)

@@ -154,3 +154,11 @@ def test_a_tripwire_entry_is_one_deny_record_naming_the_credential() -> None:
 def test_any_other_entry_makes_no_record() -> None:
     assert misuse_record(misuse_entry("route/team/paste/rule/0"), "team/gw") is None
     assert misuse_record(HttpAccessLogEntry(), "team/gw") is None
+
+
+def test_a_request_through_a_credentials_hosts_names_the_credential() -> None:
+    injected = entry()
+    injected.common_properties.route_name = "injected/team/anthropic-key"
+    record = http_record(injected, "team/gw")
+    assert record is not None and record.attributes[CREDENTIAL] == "team/anthropic-key"
+    assert CREDENTIAL not in http_record(entry(), "team/gw").attributes

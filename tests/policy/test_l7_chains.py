@@ -1,4 +1,5 @@
-"""Which L7 chains keep ext_proc on every request: those whose route has a deny policy."""
+"""Which L7 chains keep ext_proc on every request: those whose route has a deny policy
+(not those that inject a credential: Envoy does that, and its access log records it)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ kind: EgressDenyPolicy
 metadata: {name: no-paste}
 spec:
   targetRef: {group: clrk.apoxy.dev, kind: EgressL4Route, name: paste}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressCredential
+metadata: {name: key}
+spec:
+  targetRef: {name: llm}
+  header: x-api-key
+  placeholder: clrk-placeholder-key
+  source: {env: KEY}
 """
 
 
@@ -44,8 +54,9 @@ def test_a_deny_policy_route_needs_ext_proc_to_answer() -> None:
     assert needs_ext_proc(policy, paste)
 
 
-def test_an_allow_route_and_the_default_chain_do_not() -> None:
+def test_an_allow_route_injecting_a_credential_and_the_default_chain_do_not() -> None:
     policy = _policy()
     llm = [m for m in policy.matches if m.route == "default/llm"]
+    assert policy.credentials and policy.credentials[0].route == "default/llm"
     assert llm and not needs_ext_proc(policy, llm)
     assert not needs_ext_proc(policy, ())

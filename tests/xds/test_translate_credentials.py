@@ -55,10 +55,10 @@ def _hcm(plain: dict, chain: str) -> dict:
     return found["filters"][0]["typedConfig"]
 
 
-def test_the_injector_runs_after_ext_proc_and_names_only_the_sds_secret() -> None:
+def test_the_injector_runs_after_any_ext_proc_and_names_only_the_sds_secret() -> None:
     hcm = _hcm(_gateway(), "route/default/api/rule/0")
     names = [f["name"] for f in hcm["httpFilters"]]
-    assert names.index("clrk.credential/default/key") > names.index("envoy.filters.http.ext_proc")
+    assert names.index("clrk.credential/default/key") > names.index("clrk.ext_proc_when_tagged")
     text = json.dumps(hcm)
     assert '"name": "credential/default/key"' in text and '"ads": {}' in text
     assert "(?i)^api\\\\.example\\\\.com$" in text  # skipped for every other host
@@ -69,7 +69,7 @@ def test_the_credentials_host_gets_its_own_virtual_host_without_its_own_tripwire
         tuple(v["domains"]): v["routes"]
         for v in _hcm(_gateway(), "route/default/api/rule/0")["routeConfig"]["virtualHosts"]
     }
-    assert [r.get("name") for r in hosts[("api.example.com",)]] == [None]
+    assert [r.get("name") for r in hosts[("api.example.com",)]] == ["injected/default/key"]
     misuse = [r["name"] for r in hosts[("*.example.com",)] if "directResponse" in r]
     assert misuse == ["credential_misuse/default/key"] * 2  # its header and authorization
     assert hosts[("*",)][0]["directResponse"]["status"] == 403  # a host no route allows
@@ -90,12 +90,13 @@ def test_every_l7_chain_answers_the_placeholder_and_logs_it() -> None:
     assert log["name"] == "envoy.access_loggers.http_grpc" and "filter" not in log
 
 
-def test_a_chain_with_ext_proc_logs_only_the_tripwires_answers() -> None:
+def test_an_injecting_chain_runs_no_ext_proc_and_names_the_credential_in_its_route() -> None:
     hcm = _hcm(_gateway(), "route/default/api/rule/0")
-    assert "envoy.filters.http.ext_proc" in [f["name"] for f in hcm["httpFilters"]]
+    assert "envoy.filters.http.ext_proc" not in [f["name"] for f in hcm["httpFilters"]]
     (log,) = hcm["accessLog"]
-    cel = log["filter"]["extensionFilter"]["typedConfig"]["expression"]
-    assert cel == "xds.route_name.startsWith('credential_misuse/')"
+    assert "filter" not in log  # every request is recorded from here
+    routes = [r for v in hcm["routeConfig"]["virtualHosts"] for r in v["routes"]]
+    assert "injected/default/key" in [r.get("name") for r in routes]
 
 
 def test_no_chain_changes_without_credentials() -> None:
