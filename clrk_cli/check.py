@@ -35,6 +35,11 @@ def decision_table(d: dict, conn: Connection) -> str:
     ]
     if d.get("denyPolicy"):
         rows.append(("denyPolicy", d["denyPolicy"]))
+    through = d.get("through")
+    if through:  # Report mode: recorded as this denial, carried as `through` says
+        route = through.get("route") or "-"
+        rows[0] = ("decision", f"{d['decision']} ({d['reason']}), reported, not enforced")
+        rows.append(("report", f"goes through on listener {through['listener']} (route {route})"))
     return "\n".join(f"{k:<11} {v}" for k, v in rows)
 
 

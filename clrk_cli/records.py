@@ -12,7 +12,13 @@ import click
 
 from clrk.records.query import iter_records
 from clrk_cli.admin_client import DEFAULT_STATE_DIR, endpoint_options
-from clrk_xds.admin_records import SIGNALS, RecordFilter, parse_since, record_table
+from clrk_xds.admin_records import (
+    ENFORCEMENTS,
+    SIGNALS,
+    RecordFilter,
+    parse_since,
+    record_table,
+)
 
 RECORDS_FILE = "records.jsonl"  # inside --state-dir, as `clrk up` writes it
 
@@ -36,6 +42,7 @@ def _follow(endpoint, flt: RecordFilter, output: str) -> None:
         gateway=flt.gateway,
         since_unix_nano=flt.since_ns,
         signal=flt.signal,
+        enforcement=flt.enforcement,
     )
     with admin_client.connect(endpoint) as client:
         header = output == "table"
@@ -58,6 +65,11 @@ def _follow(endpoint, flt: RecordFilter, output: str) -> None:
 @click.option("--file", "file", type=click.Path(dir_okay=False), help="Read this records file.")
 @click.option("--name", help="Record name, e.g. egress.dial.denied.")
 @click.option("--deny-reason", help="clrk.egress.deny_reason, e.g. policy.")
+@click.option(
+    "--enforcement",
+    type=click.Choice(ENFORCEMENTS),
+    help="Only denials the gateway enforced, or only those Report mode let through.",
+)
 @click.option("--agent", help="Agent as [NAMESPACE/]NAME.")
 @click.option("--gateway", help="Gateway as [NAMESPACE/]NAME.")
 @click.option("--since", help="Only records of the last 30s, 10m, 2h, 1h30m, ...")
@@ -88,6 +100,7 @@ def records(
     file: str | None,
     name: str | None,
     deny_reason: str | None,
+    enforcement: str | None,
     agent: str | None,
     gateway: str | None,
     since: str | None,
@@ -104,6 +117,7 @@ def records(
     flt = RecordFilter(
         name=name or "",
         deny_reason=deny_reason or "",
+        enforcement=enforcement or "",
         agent=agent or "",
         gateway=gateway or "",
         since_ns=_since(since),

@@ -52,6 +52,7 @@ TLS_MODES = {None: pb2.TLS_MODE_NONE, "Passthrough": pb2.TLS_MODE_PASSTHROUGH}
 TLS_MODES["Terminate"] = pb2.TLS_MODE_TERMINATE
 DEFAULT_POLICIES = {"deny-all": pb2.DEFAULT_POLICY_DENY_ALL}
 DEFAULT_POLICIES["allow-all"] = pb2.DEFAULT_POLICY_ALLOW_ALL
+MODES = {"Enforce": pb2.MODE_ENFORCE, "Report": pb2.MODE_REPORT}
 DNS_MODES = {"Forward": pb2.DNS_MODE_FORWARD, "Filtered": pb2.DNS_MODE_FILTERED}
 OPERATORS = {"In": pb2.OPERATOR_IN, "NotIn": pb2.OPERATOR_NOT_IN}
 OPERATORS |= {"Exists": pb2.OPERATOR_EXISTS, "DoesNotExist": pb2.OPERATOR_DOES_NOT_EXIST}
@@ -113,10 +114,13 @@ def encode_policy(policy: GatewayPolicy) -> pb2.GatewayPolicy:
             max_ttl_seconds=dns.max_ttl,
         ),
         deny_responses=[
-            pb2.DenyResponse(deny_policy=ref, status_code=r.status_code, message=r.message)
+            pb2.DenyResponse(
+                deny_policy=ref, status_code=r.status_code, message=r.message, mode=MODES[r.mode]
+            )
             for ref, r in sorted(policy.deny_responses.items())
         ],
         upstream_ca_bundle=policy.upstream_ca_bundle or "",
+        mode=MODES[policy.mode],
         credentials=[
             pb2.Credential(
                 ref=c.ref,
@@ -237,6 +241,11 @@ def _decode_match(
     )
 
 
+def _mode(value: int, what: str) -> str:
+    # Unspecified (an older control plane) is Enforce.
+    return "Enforce" if value == pb2.MODE_UNSPECIFIED else _known(value, MODES, what)
+
+
 def _dns(msg: pb2.Dns) -> DnsSettings:
     upstream = []
     for r in msg.upstream:
@@ -289,7 +298,9 @@ def decode_policy(msg: pb2.GatewayPolicy) -> GatewayPolicy:
         if not 400 <= r.status_code <= 599:
             raise PolicyDecodeError(f"deny_responses: status {r.status_code} is not 400..599")
         message = r.message if r.HasField("message") else None
-        denies[_ref(r.deny_policy, "deny_responses")] = DenyResponse(r.status_code, message)
+        denies[_ref(r.deny_policy, "deny_responses")] = DenyResponse(
+            r.status_code, message, _mode(r.mode, "deny_responses")
+        )
     agents = tuple(Agent(a.namespace, a.name, dict(a.labels)) for a in msg.agents)
     if len({(a.namespace, a.name) for a in agents}) != len(agents):
         raise PolicyDecodeError("agents: an agent is listed twice")
@@ -304,6 +315,7 @@ def decode_policy(msg: pb2.GatewayPolicy) -> GatewayPolicy:
         deny_responses=denies,
         upstream_ca_bundle=msg.upstream_ca_bundle or None,
         credentials=_credentials(msg, {m.route for m in matches}),
+        mode=_mode(msg.mode, "mode"),
     )
 
 

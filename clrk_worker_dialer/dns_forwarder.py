@@ -106,11 +106,23 @@ class Forwarder:
             )
             return verdict.wire
         assert isinstance(verdict, Forward)
+        self._record_reported(verdict, agent, src)
         answer = await exchange(wire, state.resolvers, state.config.dns_timeout, tcp)
         if answer is None:
             return None
         self.snoop(agent, verdict.query, answer)
         return answer
+
+    def _record_reported(self, verdict: Forward, agent: Agent | None, src) -> None:
+        if verdict.reported is not None:
+            self.state.record_dns_denied(
+                verdict.reported,
+                agent=agent,
+                query=verdict.query.name,
+                qtype=verdict.query.rdtype,
+                src=src,
+                enforced=False,
+            )
 
     def snoop(self, agent: Agent | None, query: DnsQuery, answer: bytes) -> list:
         key = agent_key(agent)
@@ -120,8 +132,11 @@ class Forwarder:
         self.state.bindings.add(key, bindings, time.monotonic())
         return bindings
 
-    async def resolve(self, agent: Agent | None, name: str) -> tuple[list[str], Answer | None]:
-        """Explicit mode: resolve `name` for `agent` through the same policy and snoop.
+    async def resolve(
+        self, agent: Agent | None, name: str, src: tuple[str, int] = ("", 0)
+    ) -> tuple[list[str], Answer | None]:
+        """Explicit mode: resolve `name` for `agent` (the proxy client at `src`) through
+        the same policy and snoop.
 
         Returns the bound addresses (IPv4 first) and, when the query was answered
         locally (filtered), that Answer.
@@ -136,6 +151,7 @@ class Forwarder:
                 return [], verdict
             if not isinstance(verdict, Forward):
                 continue
+            self._record_reported(verdict, agent, src)
             answer = await exchange(wire, self.state.resolvers, self.state.config.dns_timeout)
             if answer is None:
                 continue

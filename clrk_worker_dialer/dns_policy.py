@@ -1,9 +1,9 @@
 """What the DNS forwarder does with one agent query (SPEC 5.2, 5.4), sans-io.
 
 Forward it to the gateway's upstream resolvers, or answer it locally: NXDOMAIN for a
-name no pattern of the agent could match under `dns.mode: Filtered`, REFUSED for a
-source that is no known agent.  Malformed queries are dropped: they bind nothing and
-there is no question to answer.
+name no pattern of the agent could match under `dns.mode: Filtered` (a Report gateway
+forwards it and records the denial), REFUSED for a source that is no known agent.
+Malformed queries are dropped: they bind nothing and there is no question to answer.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from clrk_worker_dialer.dns_binding import DnsQuery, parse_query
 
 class Forward(NamedTuple):
     query: DnsQuery
+    reported: Decision | None = None  # Report mode: the denial to record, not enforce
 
 
 class Answer(NamedTuple):
@@ -55,6 +56,11 @@ def on_query(policy: GatewayPolicy, agent: Agent | None, wire: bytes) -> Verdict
         reason, rcode = Reason.UNKNOWN_AGENT, dns.rcode.REFUSED
     elif policy.dns.mode == "Filtered" and not name_could_match(policy, agent, query.name):
         reason, rcode = Reason.DNS_FILTERED, dns.rcode.NXDOMAIN
+        if policy.mode == "Report":
+            decision = Decision(
+                reason, policy.ref, agent_ref, policy.default_policy, hostname=query.name
+            )
+            return Forward(query, decision)
     else:
         return Forward(query)
     answer = local_answer(wire, rcode)

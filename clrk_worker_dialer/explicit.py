@@ -91,7 +91,7 @@ class ExplicitFront(AgentSide):
         if is_name:
             addresses, filtered = ([], None)
             if agent is not None:
-                addresses, filtered = await self.forwarder.resolve(agent, host)
+                addresses, filtered = await self.forwarder.resolve(agent, host, self.src)
             if filtered is not None:
                 state.record_dns_denied(
                     filtered.decision, agent=agent, query=host, qtype=1, src=self.src
@@ -276,7 +276,9 @@ class UdpAssociation:
         if name not in self.names:
             addresses, filtered = ([], None)
             if self.agent is not None:
-                addresses, filtered = await self.front.forwarder.resolve(self.agent, name)
+                addresses, filtered = await self.front.forwarder.resolve(
+                    self.agent, name, self.front.src
+                )
             if filtered is not None:
                 self.state.record_dns_denied(
                     filtered.decision, agent=self.agent, query=name, qtype=1, src=self.front.src
@@ -294,16 +296,16 @@ class UdpAssociation:
             return decide(policy, agent, Connection("UDP", ip, port, names), state.own)
 
         flow, new = self.flows.datagram(dst, time.monotonic(), decide_flow)
+        if new and not flow.decision.allowed:  # Report mode records what it lets through
+            state.record_dial_denied(
+                flow.decision,
+                agent=agent,
+                dst=dst,
+                transport="udp",
+                dst_name=best_name(flow.decision, names, requested_name=name),
+                src=self.front.src,
+            )
         if not flow.allowed:
-            if new:
-                state.record_dial_denied(
-                    flow.decision,
-                    agent=agent,
-                    dst=dst,
-                    transport="udp",
-                    dst_name=best_name(flow.decision, names, requested_name=name),
-                    src=self.front.src,
-                )
             return
         up = self.upstreams.get(dst)
         if up is None:

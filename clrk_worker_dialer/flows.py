@@ -21,7 +21,8 @@ class UdpFlow:
 
     @property
     def allowed(self) -> bool:
-        return self.decision.allowed
+        """Relayed: allowed, or a denial Report mode lets through."""
+        return self.decision.passes
 
 
 class FlowTable:

@@ -8,7 +8,8 @@ then only carries out the actions this class returns:
   emit the deny record;
 - `Wait`: read the agent's first bytes (a TLS ClientHello) until `deadline`;
 - `Dial`: connect to the Envoy listener of the decision, write `preamble` (the PROXY v2
-  header, then any bytes already read from the agent) and splice both ways.
+  header, then any bytes already read from the agent) and splice both ways; a decision
+  that is not `enforced` (Report mode) also leaves its deny record.
 
 Why wait for a ClientHello at all: SPEC 4 matches the SNI on TLS listeners (and rejects
 an SNI that contradicts the agent's own DNS answers), and a hard-coded IP without any
@@ -185,6 +186,7 @@ class TcpSession:
         )
 
     def _needs_client_hello(self, first: Decision) -> bool:
+        first = first.effective  # Report mode: where a reported denial goes through
         if first.allowed:
             listener = self._listeners.get(first.listener or "")
             return listener is not None and listener.protocol == "TLS"
@@ -205,11 +207,12 @@ class TcpSession:
 
     def _finish(self, decision: Decision) -> Action:
         self.done = True
-        if decision.allowed or self._forwarded_deny(decision):
-            hop = self.next_hops.get(decision.listener or "")
+        carried = decision.effective  # Report mode: the denial goes through as this says
+        if carried.allowed or self._forwarded_deny(carried):
+            hop = self.next_hops.get(carried.listener or "")
             if hop is not None:
-                preamble = proxy_header(self.flow, decision) + self._buffer
+                preamble = proxy_header(self.flow, carried) + self._buffer
                 return Dial(decision, hop, preamble)
-            decision = decision._replace(reason=Reason.NO_LISTENER)
+            decision = decision._replace(reason=Reason.NO_LISTENER, through=None)
         flow = self.flow
         return Refuse(decision, best_name(decision, flow.names, self.sni, flow.requested_name))

@@ -169,6 +169,7 @@ class DialerState:
             "egress.dial.denied",
             extra=fields(
                 reason=str(decision.reason),
+                enforced=decision.enforced,
                 agent=decision.agent,
                 dst=f"{dst[0]}:{dst[1]}",
                 name=dst_name,
@@ -177,7 +178,14 @@ class DialerState:
         )
 
     def record_dns_denied(
-        self, decision: Decision, *, agent: Agent | None, query: str, qtype: int, src
+        self,
+        decision: Decision,
+        *,
+        agent: Agent | None,
+        query: str,
+        qtype: int,
+        src,
+        enforced: bool = True,
     ) -> None:
         record = dns_denied(
             decision,
@@ -186,9 +194,12 @@ class DialerState:
             query_type=qtype,
             peer_address=src[0],
             peer_port=src[1],
+            enforced=enforced,
         )
         self.writer.emit(record)
         log.info(
             "egress.dns.denied",
-            extra=fields(reason=str(decision.reason), agent=decision.agent, query=query),
+            extra=fields(
+                reason=str(decision.reason), enforced=enforced, agent=decision.agent, query=query
+            ),
         )

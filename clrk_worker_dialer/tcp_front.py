@@ -15,7 +15,7 @@ import socket
 from clrk.nexthops import describe
 from clrk.policy import Agent, OwnAddresses
 from clrk_runtime.logs import fields
-from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait
+from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait, best_name
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
 from clrk_worker_dialer.splice_relay import SpliceRelay, connect, open_pipes
 from clrk_worker_dialer.state import DialerState
@@ -58,6 +58,8 @@ class AgentSide(asyncio.Protocol):
             self._timer = self.loop.call_at(action.deadline, self._hello_timeout)
         elif isinstance(action, Dial):
             self._cancel_timer()
+            if not action.decision.enforced:
+                self._record_reported(action)
             self.transport.pause_reading()
             self.loop.create_task(self._dial(action))
 
@@ -89,6 +91,19 @@ class AgentSide(asyncio.Protocol):
         )
         self.tell_refused(action)
         self.reset()
+
+    def _record_reported(self, action: Dial) -> None:
+        """Report mode: the deny record of a connection that goes through anyway."""
+        flow = self.session.flow
+        self.state.record_dial_denied(
+            action.decision,
+            agent=flow.agent,
+            dst=(flow.dst_ip, flow.dst_port),
+            transport="tcp",
+            dst_name=best_name(action.decision, flow.names, self.session.sni, flow.requested_name),
+            src=(flow.src_ip, flow.src_port),
+            connection_id=flow.connection_id,
+        )
 
     def reset(self) -> None:
         """SPEC 5.3: an RST right after the decision."""

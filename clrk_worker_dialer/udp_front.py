@@ -157,17 +157,18 @@ class UdpFront:
             return decide(policy, agent, Connection("UDP", dst[0], dst[1], names), state.own)
 
         flow, new = self.flows.datagram((src, dst), time.monotonic(), decide_flow)
-        if not flow.allowed:
-            if new:
+        if new and not flow.decision.allowed:  # Report mode records what it lets through
+            if not flow.allowed:
                 self._drop_flow_state(flow)
-                state.record_dial_denied(
-                    flow.decision,
-                    agent=agent,
-                    dst=dst,
-                    transport="udp",
-                    dst_name=best_name(flow.decision, names),
-                    src=src,
-                )
+            state.record_dial_denied(
+                flow.decision,
+                agent=agent,
+                dst=dst,
+                transport="udp",
+                dst_name=best_name(flow.decision, names),
+                src=src,
+            )
+        if not flow.allowed:
             return
         upstream = flow.state.get("upstream")
         if upstream is None:

@@ -366,6 +366,7 @@ class AdminServer:
                 gateway=request.gateway,
                 since_ns=request.since_unix_nano,
                 signal=request.signal or "log",
+                enforcement=request.enforcement,
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

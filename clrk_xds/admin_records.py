@@ -9,9 +9,10 @@ import re
 from dataclasses import dataclass
 
 from clrk.records.query import FlatRecord
-from clrk.records.schema import AGENT_NAME, AGENT_NAMESPACE, DENY_REASON, GATEWAY
+from clrk.records.schema import AGENT_NAME, AGENT_NAMESPACE, DENY_REASON, ENFORCED, GATEWAY
 
 SIGNALS = ("log", "span", "all")
+ENFORCEMENTS = ("enforced", "reported")
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
@@ -38,10 +39,15 @@ class RecordFilter:
     gateway: str = ""  # [NAMESPACE/]NAME
     since_ns: int = 0  # records at or after this Unix time; 0: any
     signal: str = "log"  # each decision is a span and a log: one of them is enough
+    enforcement: str = ""  # enforced | reported: denials only; "": any record
 
     def __post_init__(self) -> None:
         if self.signal not in SIGNALS:
             raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, not {self.signal!r}")
+        if self.enforcement not in ("", *ENFORCEMENTS):
+            raise ValueError(
+                f"enforcement must be one of {', '.join(ENFORCEMENTS)}, not {self.enforcement!r}"
+            )
 
     def matches(self, record: FlatRecord) -> bool:
         attrs = record.get("attributes") or {}
@@ -50,6 +56,8 @@ class RecordFilter:
         if self.name and record.get("name") != self.name:
             return False
         if self.deny_reason and attrs.get(DENY_REASON) != self.deny_reason:
+            return False
+        if self.enforcement and enforcement(attrs) != self.enforcement:
             return False
         if self.agent:
             namespace, _, name = self.agent.rpartition("/")
@@ -66,6 +74,14 @@ class RecordFilter:
             if not isinstance(time_ns, int) or time_ns < self.since_ns:
                 return False
         return True
+
+
+def enforcement(attrs) -> str | None:
+    """enforced | reported for a denial (records older than Report mode were enforced);
+    None for anything else."""
+    if DENY_REASON not in attrs:
+        return None
+    return "reported" if attrs.get(ENFORCED) is False else "enforced"
 
 
 class LineBuffer:
@@ -114,6 +130,8 @@ def record_table(records: list[FlatRecord]) -> str:
             where = f"{peer}:{a.get('network.peer.port')}"
             dest = f"{dest} ({where})" if dest else where
         reason = a.get(DENY_REASON) or a.get("clrk.egress.reason") or ""
+        if enforcement(a) == "reported":
+            reason += " (reported)"
         if a.get("http.response.status_code") is not None:
             reason = f"{a.get('http.request.method')} {a.get('url.path')} -> " + str(
                 a.get("http.response.status_code")

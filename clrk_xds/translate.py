@@ -524,6 +524,9 @@ def translate_gateway(
     cache: ChainCache | None = None,
 ) -> GatewayResources:
     """The Envoy resources of one gateway (see `translate` for the options)."""
+    # Report mode: Envoy enforces what the data path carries; the dialer records what
+    # the policy itself would have denied (GatewayPolicy.relaxed).
+    policy = policy.relaxed
     blocked = tuple(always_blocked_networks() if always_blocked is None else always_blocked)
     own = own_networks(own_addresses)
     addresses = envoy_listener_addresses(

@@ -216,6 +216,8 @@ def test_check_allows_api_anthropic_com_on_443_via_tls_out(capsys):
         "hostname": "api.anthropic.com",
         "defaultPolicy": "deny-all",
         "denyPolicy": None,
+        "enforced": True,
+        "through": None,
     }
 
 
@@ -362,3 +364,16 @@ def test_the_installed_console_script_runs(tmp_path):
         [str(clrk), "validate", "-f", str(INVALID)], capture_output=True, timeout=60
     )
     assert bad.returncode == 1
+
+
+def test_check_says_what_report_mode_would_do(capsys, tmp_path):
+    text = (EXAMPLES / "allow-all-deny-paste.yaml").read_text()
+    (tmp_path / "report.yaml").write_text(text.replace("spec:\n", "spec:\n  mode: Report\n", 1))
+    args = ("-f", str(tmp_path), "--agent", "default/bot", "--dst-ip", "192.0.2.9",
+            "--port", "443", "--hostname", "pastebin.com")  # fmt: skip
+    code, out, err = run(capsys, "check", *args)
+    assert code == 0, err
+    assert "reported, not enforced" in out and "goes through on listener" in out
+    d = check(capsys, *args)
+    assert (d["decision"], d["reason"], d["enforced"]) == ("deny", "deny_policy", False)
+    assert d["through"]["reason"] in ("allowed", "allowed_default")

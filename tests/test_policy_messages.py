@@ -4,6 +4,7 @@ a policy that decides the same, and a malformed or newer message is refused whol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from clrk.api import load_objects
 from clrk.policy import Agent, decide
+from clrk.policy.compiled import DenyResponse
 from clrk.policy.loaded import compile_loaded
 from clrk_runtime.policy_messages import (
     SCHEMA,
@@ -24,7 +26,7 @@ from clrk_runtime.policy_messages import (
     to_plain,
 )
 from tests.conftest import EXAMPLES, compile_paths, compile_yaml
-from tests.policy.strategies import LABELS, connection, policy
+from tests.policy.strategies import LABELS, connection, policy_with_modes
 
 GW = """apiVersion: clrk.apoxy.dev/v1alpha1
 kind: EgressGateway
@@ -119,9 +121,25 @@ def test_every_example_gateway_decides_the_same_after_the_trip():
         assert to_plain(_round_trip(original)) == to_plain(original), ref
 
 
+def test_report_modes_survive_the_trip_and_an_unset_mode_is_enforce():
+    original = dataclasses.replace(
+        _policy(),
+        mode="Report",
+        deny_responses={"default/no-r": DenyResponse(451, "not today", "Report")},
+    )
+    back = _round_trip(original)
+    assert back.mode == "Report" and back.deny_responses["default/no-r"].mode == "Report"
+    msg = encode_policy(original)
+    msg.ClearField("mode")
+    for r in msg.deny_responses:
+        r.ClearField("mode")
+    older = decode_policy(msg)
+    assert older.mode == "Enforce" and older.deny_responses["default/no-r"].mode == "Enforce"
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    docs=policy(),
+    docs=policy_with_modes(),
     conns=st.lists(connection(), min_size=1, max_size=6),
     labels=LABELS,
 )

@@ -144,6 +144,9 @@ class EgressGatewaySpec(Model):
     dns: GatewayDNS = Field(default_factory=GatewayDNS)
     otlp: OTLP | None = None
     upstream_tls: UpstreamTLS | None = Field(default=None, alias="upstreamTLS")
+    # Report: denials (but blocked addresses, unknown agents, credential misuse) are
+    # recorded with clrk.egress.enforced=false and let through.
+    mode: Literal["Enforce", "Report"] = "Enforce"
 
 
 # --- EgressL4Route -------------------------------------------------------------------
@@ -244,6 +247,7 @@ class EgressDenyPolicySpec(Model):
     target_ref: TargetRef | None = None
     target_refs: list[TargetRef] = Field(default_factory=list)
     deny_response: DenyResponse = Field(default_factory=DenyResponse)
+    mode: Literal["Enforce", "Report"] = "Enforce"  # Report: trial it, recorded, not denied
 
     @model_validator(mode="after")
     def _has_target(self) -> EgressDenyPolicySpec:

@@ -97,7 +97,9 @@ def _compile_gateway(
         deny_ref = att.deny_policy.ref if att.deny_policy else None
         if att.deny_policy:
             response = att.deny_policy.spec.deny_response
-            deny_responses[deny_ref] = DenyResponse(response.status_code, response.message)
+            deny_responses[deny_ref] = DenyResponse(
+                response.status_code, response.message, att.deny_policy.spec.mode
+            )
         for r, rule in enumerate(route.spec.rules):
             for m, match in enumerate(rule.matches):
                 fitting = tuple(
@@ -139,6 +141,7 @@ def _compile_gateway(
         deny_responses=deny_responses,
         upstream_ca_bundle=upstream_tls.ca_bundle if upstream_tls else None,
         credentials=_credentials(attachments, listeners, credentials),
+        mode=gateway.spec.mode,
     )
 
 

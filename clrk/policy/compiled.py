@@ -20,6 +20,7 @@ enforce correctly needs the message's `schema` raised).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class DnsSettings:
 class DenyResponse:
     status_code: int = 403
     message: str | None = None
+    mode: str = "Enforce"  # Enforce | Report: a Report deny policy only records
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +134,14 @@ class GatewayPolicy:
     deny_responses: Mapping[str, DenyResponse] = field(default_factory=dict)
     upstream_ca_bundle: str | None = None  # trust for TLS that Envoy re-originates
     credentials: tuple[CompiledCredential, ...] = ()  # by namespace/name
+    mode: str = "Enforce"  # Enforce | Report
     # Derived from `matches` and `agents` on construction: what decide() looks up.
     allow: Mapping[str, ProtocolIndex] = field(init=False, repr=False)
     deny: Mapping[str, ProtocolIndex] = field(init=False, repr=False)
     agent_index: Mapping[tuple[str, str], Agent] = field(init=False, repr=False)
+    # Deny policies in Report mode, and the policy the data path enforces (see relax).
+    report_deny: frozenset[str] = field(init=False, repr=False)
+    relaxed: GatewayPolicy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -156,9 +162,44 @@ class GatewayPolicy:
                 ),
             )
         set_(self, "agent_index", MappingProxyType({(a.namespace, a.name): a for a in self.agents}))
+        set_(
+            self,
+            "report_deny",
+            frozenset(ref for ref, r in self.deny_responses.items() if r.mode == "Report"),
+        )
+        set_(self, "relaxed", _relax(self))
 
     def listener(self, name: str) -> CompiledListener | None:
         return next((lst for lst in self.listeners if lst.name == name), None)
+
+
+def _relax(policy: GatewayPolicy) -> GatewayPolicy:
+    """What the data path enforces: in a Report gateway, every deny route dropped and
+    the default allow-all (the least intrusive listener carries what no route takes);
+    in an Enforce gateway, the deny routes of Report deny policies dropped, so they open
+    nothing the rest of the policy does not.  The policy itself when nothing reports.
+
+    decide() records what the policy would deny and lets it through as this one allows
+    it; the translator gives Envoy this one, so the two enforcers still agree.
+    """
+    if policy.mode == "Report":
+        return dataclasses.replace(
+            policy,
+            mode="Enforce",
+            default_policy="allow-all",
+            matches=tuple(e for e in policy.matches if e.deny_policy is None),
+            deny_responses={},
+        )
+    if not policy.report_deny:
+        return policy
+    kept = policy.report_deny.__contains__
+    return dataclasses.replace(
+        policy,
+        matches=tuple(
+            e for e in policy.matches if e.deny_policy is None or not kept(e.deny_policy)
+        ),
+        deny_responses={k: v for k, v in policy.deny_responses.items() if not kept(k)},
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from clrk.policy.addresses import (
 )
 from clrk.policy.compiled import CompiledListener, GatewayPolicy, MatchEntry
 from clrk.policy.index import ProtocolIndex
-from clrk.policy.model import Agent, Connection, Decision, Reason
+from clrk.policy.model import SNI_REASONS, Agent, Connection, Decision, Reason
 from clrk.policy.selectors import selects
 
 # A hit: (sort key, entry, hostname).  The key ranks exact names over wildcards over
@@ -107,7 +107,36 @@ def decide(
     conn: Connection,
     own: OwnAddresses = NO_OWN_ADDRESSES,
 ) -> Decision:
-    """SPEC 4 for one connection; `own`: the gateway host's addresses (always blocked)."""
+    """SPEC 4 for one connection; `own`: the gateway host's addresses (always blocked).
+
+    Report mode: a denial the gateway (or, for `deny_policy`, the deny policy) only
+    reports keeps its reason and carries `through`, the allowed decision of the policy
+    the data path enforces (`GatewayPolicy.relaxed`).  Where that one denies too (no
+    listener could carry the connection), its denial is the decision, enforced.
+    """
+    decision = _decide(policy, agent, conn, own)
+    if decision.allowed or policy.relaxed is policy or not _reported(policy, decision):
+        return decision
+    if decision.reason in SNI_REASONS:
+        # The SNI contradicts (or lacks) the DNS evidence: no name may pick a route.
+        conn = Connection(conn.protocol, conn.dst_ip, conn.dst_port)
+    through = _decide(policy.relaxed, agent, conn, own)
+    return decision._replace(through=through) if through.allowed else through
+
+
+def _reported(policy: GatewayPolicy, decision: Decision) -> bool:
+    if not decision.reason.reportable:
+        return False
+    return policy.mode == "Report" or decision.deny_policy in policy.report_deny
+
+
+def _decide(
+    policy: GatewayPolicy,
+    agent: Agent | None,
+    conn: Connection,
+    own: OwnAddresses,
+) -> Decision:
+    """SPEC 4 as enforced, with Report deny policies among the deny routes."""
     version, ip = parse_ip(conn.dst_ip)
     port = conn.dst_port
     if not 0 <= port <= 65535:
@@ -143,6 +172,10 @@ def decide(
 
     deny_hits = _hits(policy.deny[transport], version, ip, port, labels, evidence)
     if deny_hits:
+        if policy.report_deny:  # an enforced deny route decides before a reported one
+            deny_hits = [
+                h for h in deny_hits if h[1].deny_policy not in policy.report_deny
+            ] or deny_hits
         listener, (_k, entry, name) = _choose(deny_hits, port)
         return Decision(
             Reason.DENY_POLICY,

@@ -24,6 +24,19 @@ class Reason(enum.StrEnum):
     def allows(self) -> bool:
         return self in (Reason.ALLOWED, Reason.ALLOWED_DEFAULT)
 
+    @property
+    def reportable(self) -> bool:
+        """May Report mode let a connection denied for this reason through?  Every denial
+        may, except the ones that protect the gateway itself or catch a stolen key."""
+        return not self.allows and self not in ALWAYS_ENFORCED
+
+
+ALWAYS_ENFORCED = frozenset(
+    {Reason.BLOCKED_ADDRESS, Reason.UNKNOWN_AGENT, Reason.CREDENTIAL_MISUSE}
+)
+# Denials because of what the SNI says: reported through on no name at all.
+SNI_REASONS = frozenset({Reason.SNI_MISMATCH})
+
 
 @dataclass(frozen=True, slots=True)
 class Agent:
@@ -62,10 +75,28 @@ class Decision(NamedTuple):
     listener: str | None = None
     hostname: str | None = None
     deny_policy: str | None = None
+    # Report mode: the allowed decision a reported denial goes through with (None: the
+    # decision is enforced as it says).
+    through: Decision | None = None
 
     @property
     def allowed(self) -> bool:
         return self.reason.allows
+
+    @property
+    def enforced(self) -> bool:
+        """False for a denial Report mode lets through (it is recorded, not enforced)."""
+        return self.through is None
+
+    @property
+    def effective(self) -> Decision:
+        """What the data path carries out: this decision, or the one it goes through with."""
+        return self if self.through is None else self.through
+
+    @property
+    def passes(self) -> bool:
+        """The connection goes through: allowed, or a denial that is only reported."""
+        return self.reason.allows or self.through is not None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -79,4 +110,16 @@ class Decision(NamedTuple):
             "hostname": self.hostname,
             "defaultPolicy": self.default_policy,
             "denyPolicy": self.deny_policy,
+            "enforced": self.enforced,
+            "through": None if self.through is None else _through_json(self.through),
         }
+
+
+def _through_json(through: Decision) -> dict[str, object]:
+    return {
+        "reason": str(through.reason),
+        "route": through.route,
+        "rule": through.rule,
+        "listener": through.listener,
+        "hostname": through.hostname,
+    }

@@ -29,6 +29,8 @@ HTTP_REQUEST = "egress.http"
 SPOOL_FULL = "clrk.records.spool_full"
 
 DENY_REASON = "clrk.egress.deny_reason"
+# On every denial: false when Report mode let the connection (or DNS query) through.
+ENFORCED = "clrk.egress.enforced"
 REASON = "clrk.egress.reason"
 GATEWAY = "clrk.egress.gateway"
 ROUTE = "clrk.egress.route"
@@ -140,6 +142,7 @@ def dial_denied(
         raise ValueError(f"dial_denied() needs a denial, got reason {decision.reason}")
     attrs: dict[str, AttrValue] = {
         DENY_REASON: str(decision.reason),
+        ENFORCED: decision.enforced,
         GATEWAY: decision.gateway,
         **_agent_attrs(agent),
         DST_NAME: decision.hostname or dst_name or "",
@@ -150,7 +153,7 @@ def dial_denied(
         **_route_attrs(decision),
     }
     _connection_optionals(attrs, connection_id, src, sni)
-    return Record(DIAL_DENIED, attrs, "WARN", True, time_ns, time_ns)
+    return Record(DIAL_DENIED, attrs, "WARN", decision.enforced, time_ns, time_ns)
 
 
 def dns_denied(
@@ -164,8 +167,10 @@ def dns_denied(
     transport: str = "udp",
     src: str | None = None,
     time_ns: int | None = None,
+    enforced: bool = True,
 ) -> Record:
-    """`egress.dns.denied`: a query answered NXDOMAIN locally under `dns.mode: Filtered`.
+    """`egress.dns.denied`: a query answered NXDOMAIN locally under `dns.mode: Filtered`
+    (`enforced=False`: a Report gateway forwarded it).
 
     `decision` supplies the gateway and default policy (build one with
     Reason.DNS_FILTERED); the reason is always `dns_filtered`.  The peer is the DNS
@@ -175,6 +180,7 @@ def dns_denied(
     name = _dns_name(query_name)
     attrs: dict[str, AttrValue] = {
         DENY_REASON: str(Reason.DNS_FILTERED),
+        ENFORCED: enforced,
         GATEWAY: decision.gateway,
         **_agent_attrs(agent),
         DNS_QUESTION_NAME: name,
@@ -186,7 +192,7 @@ def dns_denied(
         DEFAULT_POLICY: decision.default_policy,
     }
     _optional(attrs, CLIENT_ADDRESS, src)
-    return Record(DNS_DENIED, attrs, "WARN", True, time_ns, time_ns)
+    return Record(DNS_DENIED, attrs, "WARN", enforced, time_ns, time_ns)
 
 
 def _allowed_reason(route: str | None) -> str:
@@ -286,10 +292,12 @@ def http_request(
     _optional(attrs, CONNECTION_ID, connection_id)
     if misused is not None:
         attrs[DENY_REASON] = str(Reason.CREDENTIAL_MISUSE)
+        attrs[ENFORCED] = True
         attrs[CREDENTIAL] = misused
         return Record(HTTP_REQUEST, attrs, "WARN", True, start_ns, end_ns)
     if deny_policy is not None:
         attrs[DENY_REASON] = str(Reason.DENY_POLICY)
+        attrs[ENFORCED] = True
         attrs[DENY_POLICY] = deny_policy
         return Record(HTTP_REQUEST, attrs, "WARN", True, start_ns, end_ns)
     attrs[REASON] = _allowed_reason(route)

@@ -166,3 +166,16 @@ def policy_with_agents(draw):
             }
         )
     return docs
+
+
+@st.composite
+def policy_with_modes(draw):
+    """`policy_with_agents()` with Enforce or Report drawn for the gateway and for each
+    deny policy (Report mode: recorded denials let through)."""
+    docs = draw(policy_with_agents())
+    for doc in docs:
+        if doc["kind"] in ("EgressGateway", "EgressDenyPolicy"):
+            mode = draw(st.sampled_from([None, "Enforce", "Report"]))
+            if mode is not None:
+                doc["spec"]["mode"] = mode
+    return docs

@@ -464,3 +464,134 @@ def test_bad_inputs_raise_value_error(prod):
     for conn in (tcp("not-an-ip", 1), tcp("10.0.0.1", 70000), Connection("SCTP", "10.0.0.1", 1)):
         with pytest.raises(ValueError):
             decide(prod, BOT, conn)
+
+
+# --- Report mode ------------------------------------------------------------------------
+
+REPORT = """
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: gw}
+spec:
+  mode: MODE
+  listeners:
+  - {name: term, protocol: TLS, port: 443, tls: {mode: Terminate}}
+  - {name: pass, protocol: TLS, port: 443}
+  - {name: tcp, protocol: TCP}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: api}
+spec:
+  parentRefs: [{name: gw, sectionName: term}]
+  rules: [{matches: [{destinationHostnames: ["*.example.com"], ports: [{port: 443}]}]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: paste}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{destinationHostnames: [paste.example.com]}]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressDenyPolicy
+metadata: {name: no-paste}
+spec:
+  mode: DENY_MODE
+  targetRef: {name: paste}
+"""
+
+
+def _report(mode: str = "Report", deny_mode: str = "Enforce"):
+    text = REPORT.replace("DENY_MODE", deny_mode).replace("MODE", mode)
+    return compile_yaml(text).gateways[("default", "gw")]
+
+
+def test_report_mode_lets_a_policy_denial_through_on_the_least_intrusive_listener():
+    d = decide(_report(), BOT, Connection("TCP", "192.0.2.1", 443, frozenset({"evil.org"})))
+    assert (d.reason, d.enforced, d.passes, d.allowed) == (Reason.POLICY, False, True, False)
+    assert (d.through.reason, d.through.listener) == (Reason.ALLOWED_DEFAULT, "pass")
+    assert d.effective is d.through
+
+
+def test_report_mode_reports_a_deny_policy_hit_and_lets_it_through():
+    conn = Connection("TCP", "192.0.2.1", 443, frozenset({"paste.example.com"}))
+    d = decide(_report(), BOT, conn)
+    assert (d.reason, d.deny_policy, d.enforced) == (Reason.DENY_POLICY, "default/no-paste", False)
+    # the allow route that also covers the name carries it, as it would without the deny
+    assert (d.through.route, d.through.listener) == ("default/api", "term")
+
+
+def test_report_mode_reports_an_sni_mismatch_and_lets_it_through_on_no_name():
+    conn = Connection("TCP", "192.0.2.1", 443, frozenset({"a.example.com"}), "evil.org")
+    d = decide(_report(), BOT, conn)
+    assert (d.reason, d.enforced) == (Reason.SNI_MISMATCH, False)
+    assert (d.through.hostname, d.through.listener) == (None, "pass")
+
+
+@pytest.mark.parametrize(
+    ("agent", "ip", "reason"),
+    [(BOT, "169.254.169.254", Reason.BLOCKED_ADDRESS), (None, "192.0.2.1", Reason.UNKNOWN_AGENT)],
+)
+def test_report_mode_still_enforces_blocked_addresses_and_unknown_agents(agent, ip, reason):
+    d = decide(_report(), agent, Connection("TCP", ip, 443, frozenset({"evil.org"})))
+    assert (d.reason, d.enforced, d.passes) == (reason, True, False)
+
+
+def test_report_mode_enforces_what_no_listener_could_carry():
+    d = decide(_report(), BOT, Connection("UDP", "192.0.2.1", 53))
+    assert (d.reason, d.enforced) == (Reason.NO_LISTENER, True)
+
+
+def test_enforce_mode_decides_as_before_and_says_it_enforced():
+    d = decide(_report("Enforce"), BOT, Connection("TCP", "192.0.2.1", 443, frozenset({"x.org"})))
+    assert (d.reason, d.enforced, d.through) == (Reason.POLICY, True, None)
+    enforce = _report("Enforce")
+    assert enforce.relaxed is enforce
+
+
+def test_a_report_deny_policy_is_reported_and_the_rest_of_the_policy_decides():
+    policy = _report("Enforce", "Report")
+    conn = Connection("TCP", "192.0.2.1", 443, frozenset({"paste.example.com"}))
+    d = decide(policy, BOT, conn)
+    assert (d.reason, d.enforced, d.through.route) == (Reason.DENY_POLICY, False, "default/api")
+    # on port 80 only the deny route names it: without the trial policy it is denied
+    d80 = decide(policy, BOT, Connection("TCP", "192.0.2.1", 80, frozenset({"paste.example.com"})))
+    assert (d80.reason, d80.enforced) == (Reason.POLICY, True)
+
+
+def test_an_enforced_deny_policy_wins_over_a_reported_one():
+    text = (
+        REPORT.replace("DENY_MODE", "Report").replace("MODE", "Enforce")
+        + """
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: paste-too}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{destinationHostnames: [paste.example.com]}]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressDenyPolicy
+metadata: {name: z-enforced}
+spec:
+  targetRef: {name: paste-too}
+"""
+    )
+    policy = compile_yaml(text).gateways[("default", "gw")]
+    conn = Connection("TCP", "192.0.2.1", 443, frozenset({"paste.example.com"}))
+    d = decide(policy, BOT, conn)
+    assert (d.reason, d.deny_policy, d.enforced) == (Reason.DENY_POLICY, "default/z-enforced", True)
+
+
+def test_a_reported_decision_says_so_in_json():
+    out = decide(_report(), BOT, Connection("TCP", "192.0.2.1", 22)).to_json()
+    assert (out["decision"], out["reason"], out["enforced"]) == ("deny", "policy", False)
+    assert out["through"] == {
+        "reason": "allowed_default",
+        "route": None,
+        "rule": None,
+        "listener": "tcp",
+        "hostname": None,
+    }

@@ -30,5 +30,7 @@ def test_a_decision_renders_every_documented_json_key():
         "hostname": "pastebin.com",
         "defaultPolicy": "allow-all",
         "denyPolicy": "default/no-paste",
+        "enforced": True,
+        "through": None,
     }
     assert not d.allowed

@@ -24,6 +24,7 @@ SPEC8_DENIAL_KEYS = {
     "network.peer.port",
     "network.transport",
     "clrk.egress.policy.default",
+    "clrk.egress.enforced",
 }
 
 NO_LISTENER = """
@@ -194,7 +195,7 @@ def test_each_denial_reason_gives_exactly_the_spec_attributes(
     )
     assert record.name == "egress.dial.denied"
     assert (record.severity, record.error) == ("WARN", True)
-    assert dict(record.attributes) == expected
+    assert dict(record.attributes) == {**expected, "clrk.egress.enforced": True}
     assert record.attributes.keys() >= SPEC8_DENIAL_KEYS
 
 
@@ -259,6 +260,7 @@ def test_a_filtered_dns_query_is_a_dns_denial_with_the_query_name():
     assert (record.severity, record.error) == ("WARN", True)
     assert dict(record.attributes) == {
         "clrk.egress.deny_reason": "dns_filtered",
+        "clrk.egress.enforced": True,
         "clrk.egress.gateway": "default/gw",
         "agent.name": "bot",
         "agent.namespace": "default",

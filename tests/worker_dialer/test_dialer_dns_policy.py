@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dns.message
 import dns.rcode
 import pytest
@@ -64,3 +66,11 @@ def test_a_malformed_query_is_dropped():
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_never_raise(wire):
     on_query(POLICY, A, wire)
+
+
+def test_a_report_gateway_forwards_a_filtered_name_and_hands_back_the_denial_to_record():
+    verdict = on_query(dataclasses.replace(POLICY, mode="Report"), A, query("evil.example.com"))
+    assert isinstance(verdict, Forward)
+    assert verdict.reported.reason is Reason.DNS_FILTERED
+    assert verdict.reported.hostname == "evil.example.com"
+    assert on_query(POLICY, A, query("api.example.com")).reported is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import ssl
 
@@ -152,3 +153,21 @@ def test_a_record_names_the_match_then_the_sni_then_the_asked_name_then_a_bound_
     assert best_name(base, names, None, "q.test") == "q.test"
     assert best_name(base, names) == "a.test"
     assert best_name(base, frozenset()) == ""
+
+
+def test_in_report_mode_a_denial_dials_where_it_goes_through_and_keeps_its_reason():
+    report = dataclasses.replace(POLICY, mode="Report")
+    flow = Flow("198.18.0.2", 40000, "192.0.2.10", 80, AGENT, frozenset({"evil.example.com"}), "c1")
+    action = TcpSession(report, flow, HOPS).start(now=0.0)
+    assert isinstance(action, Dial)
+    assert (action.decision.reason, action.decision.enforced) == (Reason.POLICY, False)
+    assert action.next_hop == HOPS[action.decision.through.listener]
+    header, _used = proxy_v2.decode(action.preamble)
+    assert header.route is None and header.deny_policy is None  # as allow-all sends it
+
+
+def test_in_report_mode_a_blocked_address_is_still_refused():
+    report = dataclasses.replace(POLICY, mode="Report")
+    flow = Flow("198.18.0.2", 40000, "169.254.169.254", 80, AGENT, frozenset(), "c2")
+    action = TcpSession(report, flow, HOPS).start(now=0.0)
+    assert isinstance(action, Refuse) and action.decision.reason is Reason.BLOCKED_ADDRESS

@@ -46,6 +46,20 @@ def test_filters():
         RecordFilter(signal="metric")
 
 
+def test_enforced_and_reported_denials_are_told_apart():
+    enforced = rec(**{"clrk.egress.deny_reason": "policy", "clrk.egress.enforced": True})
+    older = rec(**{"clrk.egress.deny_reason": "policy"})  # before Report mode existed
+    reported = rec(**{"clrk.egress.deny_reason": "policy", "clrk.egress.enforced": False})
+    allowed = rec(**{"clrk.egress.reason": "allowed"})
+    pick = RecordFilter(enforcement="reported").matches
+    assert [pick(r) for r in (enforced, older, reported, allowed)] == [False, False, True, False]
+    pick = RecordFilter(enforcement="enforced").matches
+    assert [pick(r) for r in (enforced, older, reported, allowed)] == [True, True, False, False]
+    assert "policy (reported)" in record_table([reported])
+    with pytest.raises(ValueError, match="enforcement"):
+        RecordFilter(enforcement="maybe")
+
+
 @given(
     st.lists(st.binary(min_size=1, max_size=20).filter(lambda b: b"\n" not in b), max_size=10),
     st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=20),

@@ -13,6 +13,10 @@ PROXY header (`session.proxy_header`) and the connection's SNI.
   The hostname TLV is the name that decided, so it is one of the connection's names,
   its SNI, or none; with an SNI it is the SNI, or none where no name decided.
 
+Report mode (drawn for the gateway and each deny policy): a denial decide() only reports
+goes through with its `through` decision, and Envoy must forward it as that one says;
+Envoy forwarding means decide() lets the connection through, allowed or reported.
+
 Deny routes are never narrowed: decide() applies them on the whole gateway, so Envoy
 refuses them on every listener.  Envoy cannot know what only the dialer knows, so these
 are left out by design: agents the gateway does not know (the dialer refuses them;
@@ -40,7 +44,7 @@ from clrk.policy.loaded import compile_loaded
 from clrk_worker_dialer import proxy_v2
 from clrk_worker_dialer.session import Flow, proxy_header
 from clrk_xds.translate import translate_gateway
-from tests.policy.strategies import IPS, NAMES, OWN_CHOICES, PORTS, policy_with_agents
+from tests.policy.strategies import IPS, NAMES, OWN_CHOICES, PORTS, policy_with_modes
 from tests.xds.chain_matcher import Arrival, Outcome, Verdict, evaluate
 
 # At least 500 random policies in every run, each with several connections, listeners
@@ -84,7 +88,9 @@ def _teredo(conn: Connection) -> bool:
 
 
 def _check_forwarded(policy, listeners, agent, conn, own, decision: Decision) -> None:
-    """A connection the dialer hands to Envoy with `decision` gets what it decided."""
+    """A connection the dialer hands to Envoy with `decision` gets what it decided (a
+    denial Report mode lets through: what the decision it goes through with says)."""
+    decision = decision.effective
     lst = policy.listener(decision.listener or "")
     forwarded_deny = decision.reason is Reason.DENY_POLICY and lst is not None and lst.l7
     if not (decision.allowed or forwarded_deny):
@@ -143,7 +149,7 @@ def _check_listeners(policy, listeners, agent, conn, own) -> None:
         for seen, claim, decision in _presentations(narrow, agent, conn, own):
             presented = Decision(Reason.ALLOWED, policy.ref, None, "", hostname=claim)
             verdict = evaluate(listeners[lst.name], _arrival(agent, seen, presented))
-            assert not verdict.outcome.allows or decision.allowed, (
+            assert not verdict.outcome.allows or decision.passes, (
                 f"{lst.name}: {seen}; Envoy: {verdict}, decided {decision}"
             )
 
@@ -152,7 +158,7 @@ def _check_listeners(policy, listeners, agent, conn, own) -> None:
 @pytest.mark.timeout(600)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    docs=policy_with_agents(),
+    docs=policy_with_modes(),
     conns=st.lists(tcp_connection(), min_size=1, max_size=6),
     own=st.sampled_from(OWN_CHOICES),
     data=st.data(),
