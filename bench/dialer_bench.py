@@ -27,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import _targets as targets
 from bench._netns import Topology, needs_root
 from bench._rig import BenchError, in_topology, line_ready, run_json, tail, wait_ready
 from clrk.nexthops import describe, envoy_listener_addresses
@@ -348,6 +349,30 @@ def print_table(rows: list[dict], params: dict) -> None:
         "the dialer's next hop (the sink stands in for Envoy) is a Unix socket as `clrk up` "
         "lays it out (--next-hop-socket-dir); a loopback port for comparison"
     )
+    for line in target_lines(rows):
+        print(line)
+
+
+DENIAL_GOAL_MS = 0.3
+DNS_GOAL_RATIO = 0.25
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """Issue 15's denial-latency and dns-qps lines (no query may be lost)."""
+    by = {(r["measure"], r["path"]): r for r in rows}
+    out = []
+    if deny := by.get(("deny", "dialer")):
+        out.append(targets.target_line(
+            "denial-latency", deny["value"] <= DENIAL_GOAL_MS,
+            f"p50 {deny['value']:.3f} ms", f"goal <= {DENIAL_GOAL_MS} ms",
+        ))  # fmt: skip
+    if dns := by.get(("dns", "dialer")):
+        ratio, lost = dns["ratio"], dns.get("lost", 0)
+        out.append(targets.target_line(
+            "dns-qps", ratio >= DNS_GOAL_RATIO and not lost,
+            f"{ratio:.2f}x direct, {lost} lost", f"goal >= {DNS_GOAL_RATIO}x, none lost",
+        ))  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

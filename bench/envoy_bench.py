@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import _targets as targets
 from bench._netns import needs_root
 from bench._rig import (
     BenchError,
@@ -232,6 +233,25 @@ def print_table(rows: list[dict], params: dict, seconds: float) -> None:
         "no Envoy); the agent path also crosses the sandbox veth and its REDIRECT; Envoy "
         "listens on a Unix socket, as `clrk up` lays it out"
     )
+    for line in target_lines(rows):
+        print(line)
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """Issue 15's L4 lines: the gateway's ratio to direct against Squid's."""
+    out = []
+    for measure, name, squid in (
+        ("cps", "l4-vs-squid-conns", targets.SQUID_CONNS_RATIO),
+        ("bulk", "l4-vs-squid-bulk", targets.SQUID_BULK_RATIO),
+    ):
+        by = {(r["measure"], r["path"]): r for r in rows}
+        row = by.get((measure, "dialer+envoy"))
+        if row is not None:
+            out.append(targets.target_line(
+                name, row["ratio"] >= squid, f"{row['ratio']:.2f}x direct",
+                f"Squid {squid:.2f}x as issue 15 measured it; not run here",
+            ))  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

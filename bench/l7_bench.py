@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import _targets as targets
 from bench._netns import needs_root
 from bench._rig import (
     BenchError,
@@ -357,10 +358,11 @@ def print_table(rows: list[dict], params: dict, seconds: float) -> None:
 
 def target_line(ratio: float) -> str:
     """Issue 15's l7-records target: records cost at most a fifth of Envoy's speed."""
-    verdict = "met" if ratio >= L7_RECORDS_GOAL else "MISSED"
-    return (
-        f"target l7-records: {verdict} ({ratio:.2f}x terminate+records vs terminate, "
-        f"goal >= {L7_RECORDS_GOAL}x)"
+    return targets.target_line(
+        "l7-records",
+        ratio >= L7_RECORDS_GOAL,
+        f"{ratio:.2f}x terminate+records / terminate",
+        f"goal >= {L7_RECORDS_GOAL}x",
     )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import _targets as targets
 from bench import xds_bench
 from bench._netns import Topology, needs_root
 from bench._rig import child_env
@@ -284,7 +285,12 @@ def print_table(result: dict) -> None:
             f"{min(values):>8.0f} {max(values):>8.0f}"
         )
     p50 = statistics.median(r["both"] for r in runs)
-    print(f"target p50 <= {TARGET_MS:.0f} ms (both): {'met' if p50 <= TARGET_MS else 'MISSED'}")
+    print(
+        targets.target_line(
+            "reload", p50 <= TARGET_MS, f"p50 {p50:.0f} ms, {len(runs)} runs",
+            f"goal <= {TARGET_MS:.0f} ms",
+        )
+    )  # fmt: skip
     steps = result["steps"]
     print(
         "control plane reload steps, timed in-process on the same manifests (median ms): "

@@ -2,18 +2,22 @@
 address they were sent to, go to the gateway's upstream resolvers; answers are relayed
 and snooped into the agent's bindings.  dns_policy decides; this module does the I/O.
 
-Each forwarded UDP query uses its own connected upstream socket, so only the resolver
-can answer it and only the answer to that query (ID and question, checked again by
-bindings_from_answer) is bound: unsolicited answers bind nothing.
+The forwarder sends UDP queries over one connected socket per upstream resolver
+(`SharedUdp`), so only the resolver can answer; each query goes out under a fresh random
+ID of its own (agents' IDs may collide) and only the answer with that ID and the same
+question is taken, its ID given back, and checked again by bindings_from_answer before
+anything is bound: unsolicited answers bind nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 
 import dns.flags
 import dns.message
@@ -21,6 +25,7 @@ import dns.rdatatype
 
 from clrk.policy import Agent
 from clrk_runtime.logs import fields
+from clrk_worker_dialer import dns_wire
 from clrk_worker_dialer.dns_binding import DnsQuery, bindings_from_answer
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
 from clrk_worker_dialer.state import DialerState, agent_key
@@ -52,6 +57,76 @@ async def _udp_exchange(wire: bytes, server: tuple[str, int], timeout: float) ->
             return None
 
 
+class SharedUdp:
+    """One connected UDP socket per upstream resolver for every query (no socket per
+    query); pending queries by the ID they went out under."""
+
+    MAX_PENDING = 16_384  # of 65,536 IDs: a fresh one is always found quickly
+
+    def __init__(self) -> None:
+        self.sockets: dict[tuple[str, int], socket.socket] = {}
+        self.pending: dict[tuple[str, int], dict[int, tuple[asyncio.Future, bytes]]] = {}
+
+    def _socket(self, server: tuple[str, int]) -> socket.socket:
+        sock = self.sockets.get(server)
+        if sock is None:
+            family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect(server)
+            self.sockets[server] = sock
+            self.pending[server] = {}
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, server)
+        return sock
+
+    def _readable(self, server: tuple[str, int]) -> None:
+        sock, pending = self.sockets[server], self.pending[server]
+        for _ in range(64):  # a burst, then let the loop run others
+            try:
+                answer = sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error for some earlier query: its wait times out
+            if len(answer) < 12:
+                continue
+            entry = pending.get((answer[0] << 8) | answer[1])
+            if entry is None or entry[0].done():
+                continue
+            future, query = entry
+            end = len(query)
+            if answer[12:end] != query[12:end]:
+                continue  # not the question asked under this ID
+            future.set_result(query[:2] + answer[2:])  # the agent's own ID back
+
+    async def exchange(self, wire: bytes, server: tuple[str, int], timeout: float):
+        """The answer to `wire` from `server`, or None after `timeout`."""
+        try:
+            sock = self._socket(server)
+            question = wire[: dns_wire.question_end(wire)]
+        except (OSError, dns_wire.WireError):
+            return None
+        pending = self.pending[server]
+        if len(pending) >= self.MAX_PENDING:
+            return None
+        ident = secrets.randbelow(65536)
+        while ident in pending:
+            ident = secrets.randbelow(65536)
+        future = asyncio.get_running_loop().create_future()
+        pending[ident] = (future, question)
+        try:
+            sock.send(struct.pack("!H", ident) + wire[2:])
+            async with asyncio.timeout(timeout):
+                return await future
+        except (TimeoutError, OSError):
+            return None
+        finally:
+            del pending[ident]
+
+
+UdpExchange = Callable[[bytes, tuple[str, int], float], Awaitable[bytes | None]]
+
+
 async def _tcp_exchange(wire: bytes, server: tuple[str, int], timeout: float) -> bytes | None:
     try:
         async with asyncio.timeout(timeout):
@@ -67,13 +142,18 @@ async def _tcp_exchange(wire: bytes, server: tuple[str, int], timeout: float) ->
 
 
 async def exchange(
-    wire: bytes, servers: list[tuple[str, int]], timeout: float, tcp: bool = False
+    wire: bytes,
+    servers: list[tuple[str, int]],
+    timeout: float,
+    tcp: bool = False,
+    udp: UdpExchange = _udp_exchange,
 ) -> bytes | None:
-    """Ask the upstream resolvers in turn; UDP, retried over TCP when truncated."""
+    """Ask the upstream resolvers in turn; UDP (a socket of its own unless `udp` says
+    otherwise), retried over TCP when truncated."""
     for server in servers:
         answer = None
         if not tcp:
-            answer = await _udp_exchange(wire, server, timeout)
+            answer = await udp(wire, server, timeout)
         if answer is None or _truncated(answer):
             answer = await _tcp_exchange(wire, server, timeout) or answer
         if answer is not None:
@@ -84,6 +164,7 @@ async def exchange(
 class Forwarder:
     def __init__(self, state: DialerState) -> None:
         self.state = state
+        self.udp = SharedUdp()
 
     async def handle(
         self, wire: bytes, src: tuple[str, int], agent: Agent | None, tcp: bool
@@ -107,7 +188,9 @@ class Forwarder:
             return verdict.wire
         assert isinstance(verdict, Forward)
         self._record_reported(verdict, agent, src)
-        answer = await exchange(wire, state.resolvers, state.config.dns_timeout, tcp)
+        answer = await exchange(
+            wire, state.resolvers, state.config.dns_timeout, tcp, self.udp.exchange
+        )
         if answer is None:
             return None
         self.snoop(agent, verdict.query, answer)
@@ -152,7 +235,8 @@ class Forwarder:
             if not isinstance(verdict, Forward):
                 continue
             self._record_reported(verdict, agent, src)
-            answer = await exchange(wire, self.state.resolvers, self.state.config.dns_timeout)
+            timeout = self.state.config.dns_timeout
+            answer = await exchange(wire, self.state.resolvers, timeout, udp=self.udp.exchange)
             if answer is None:
                 continue
             for binding in self.snoop(agent, verdict.query, answer):

@@ -193,6 +193,14 @@ def parse(wire: bytes) -> Message:
     return Message(ident, flags, rcode, tuple(questions), tuple(answers))
 
 
+def question_end(wire: bytes) -> int:
+    """Where the first question of a message ends (its bytes are wire[12:end])."""
+    _labels, at = _name(wire, _HEADER.size, len(wire))
+    if at + 4 > len(wire):
+        raise WireError("question runs past the end")
+    return at + 4
+
+
 def _options(wire: bytes, at: int, end: int) -> None:
     """EDNS options must fill the OPT rdata exactly."""
     while at < end:

@@ -29,3 +29,16 @@ def test_the_dialer_benchmark_reports_every_row_and_cleans_up(capsys):
     assert next(r for r in rows if r["measure"] == "deny")["samples"] == 100
     assert "denial latency" in capsys.readouterr().out
     assert _namespaces() == before
+
+
+def test_target_lines_name_the_issue_targets():
+    from bench.dialer_bench import target_lines
+
+    rows = [
+        {"measure": "deny", "path": "dialer", "value": 0.25, "ratio": None},
+        {"measure": "dns", "path": "dialer", "value": 9e3, "ratio": 0.3, "lost": 2},
+    ]
+    assert target_lines(rows) == [
+        "target denial-latency: met (p50 0.250 ms vs goal <= 0.3 ms)",
+        "target dns-qps: MISSED (0.30x direct, 2 lost vs goal >= 0.25x, none lost)",
+    ]

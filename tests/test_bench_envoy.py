@@ -33,3 +33,16 @@ def test_quick_envoy_bench_reports_every_path_and_cleans_up(capsys):
     assert "agent -> dialer -> Envoy -> upstream" in out
     assert _our_namespaces() == set()
     assert child_pids() <= before  # the dialer, Envoy, extproc and sink are gone
+
+
+def test_target_lines_compare_the_gateway_with_squid():
+    from bench.envoy_bench import target_lines
+
+    rows = [
+        {"measure": "cps", "path": "dialer+envoy", "ratio": 0.39},
+        {"measure": "bulk", "path": "dialer+envoy", "ratio": 0.7},
+        {"measure": "bulk", "path": "direct", "ratio": 1.0},
+    ]
+    cps, bulk = target_lines(rows)
+    assert cps.startswith("target l4-vs-squid-conns: MISSED (0.39x direct vs Squid 0.60x")
+    assert bulk.startswith("target l4-vs-squid-bulk: met (0.70x direct vs Squid 0.50x")

@@ -90,3 +90,4 @@ def test_paths_use_documentation_addresses_and_distinct_names():
 def test_target_line_names_the_issue_target_and_its_verdict():
     assert l7_bench.target_line(0.85).startswith("target l7-records: met (0.85x")
     assert l7_bench.target_line(0.5).startswith("target l7-records: MISSED (0.50x")
+    assert l7_bench.target_line(0.5).endswith("vs goal >= 0.8x)")

@@ -13,7 +13,7 @@ import dns.message
 import pytest
 
 from clrk_worker_dialer.dns_binding import parse_query
-from clrk_worker_dialer.dns_forwarder import exchange
+from clrk_worker_dialer.dns_forwarder import SharedUdp, exchange
 from tests.e2e.topology import dnsmasq_args
 
 pytestmark = pytest.mark.skipif(not shutil.which("dnsmasq"), reason="needs dnsmasq")
@@ -69,3 +69,46 @@ def test_a_resolver_that_does_not_answer_gives_none_then_the_next_is_asked(resol
     wire = dns.message.make_query("a.test", "A").to_wire()
     answer = asyncio.run(exchange(wire, [dead, resolver], 0.3))
     assert answer is not None and parse_query(wire).name == "a.test"
+
+
+def test_the_shared_socket_answers_queries_with_one_id_each_with_their_own_answer(resolver):
+    """Agents pick their IDs: two in flight with the same ID on the one upstream socket
+    still get their own answers, under their own ID."""
+    first = dns.message.make_query("a.test", "A")
+    second = dns.message.make_query("c.test", "A")
+    first.id = second.id = 4242
+
+    async def both():
+        udp = SharedUdp()
+        return await asyncio.gather(
+            exchange(first.to_wire(), [resolver], 2.0, udp=udp.exchange),
+            exchange(second.to_wire(), [resolver], 2.0, udp=udp.exchange),
+        )
+
+    answers = asyncio.run(both())
+    assert [a[:2] for a in answers] == [b"\x10\x92"] * 2
+    names = [dns.message.from_wire(a).question[0].name.to_text() for a in answers]
+    assert names == ["a.test.", "c.test."]
+
+
+def test_the_shared_socket_takes_no_answer_to_another_question():
+    """A resolver that answers under the right ID with another question is ignored:
+    the query times out rather than binding what was not asked."""
+
+    async def run():
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        udp = SharedUdp()
+        wire = dns.message.make_query("a.test", "A").to_wire()
+        task = asyncio.create_task(udp.exchange(wire, server.getsockname(), 0.5))
+        query, client = await asyncio.get_running_loop().sock_recvfrom(server, 512)
+        other = dns.message.make_response(dns.message.make_query("evil.test", "A"))
+        other.id = int.from_bytes(query[:2], "big")
+        server.sendto(other.to_wire(), client)
+        try:
+            return await task
+        finally:
+            server.close()
+
+    assert asyncio.run(run()) is None
