@@ -185,12 +185,14 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 def _kubernetes(args: argparse.Namespace):
+    from clrk_xds.k8s_acks import AckBoard
     from clrk_xds.k8s_lease import LeaseElector
     from clrk_xds.provider_kubernetes import api_client, provider_factory
 
     api = api_client(args.kubeconfig)
     elector = LeaseElector(api, args.lease_namespace, args.lease_name, args.identity)
-    return provider_factory(api, elector)
+    acks = AckBoard(api, args.lease_namespace, args.identity)
+    return provider_factory(api, elector, acks=acks)
 
 
 if __name__ == "__main__":

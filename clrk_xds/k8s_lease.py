@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import time
 
 from kubernetes import client
@@ -21,6 +22,9 @@ from kubernetes.client.rest import ApiException
 from clrk_runtime.logs import fields
 
 log = logging.getLogger("clrk_xds.k8s_lease")
+
+# connect, read (seconds): a call that hangs must not hold the Lease's turn for long
+TIMEOUT = {"_request_timeout": (5.0, 10.0)}
 
 
 def _now() -> datetime.datetime:
@@ -43,6 +47,10 @@ class LeaseElector:
         self.duration = duration_seconds
         self.leader = False
         self._renewed: float | None = None  # monotonic time of the last renewal
+        # A round still running in a thread when the replica stops must not renew the
+        # Lease after `release`: rounds and the release take turns, and none follows it.
+        self._turn = threading.Lock()
+        self._released = False
 
     def _spec(self, now: datetime.datetime, transitions: int, acquired=None) -> client.V1LeaseSpec:
         return client.V1LeaseSpec(
@@ -55,6 +63,12 @@ class LeaseElector:
 
     def campaign(self) -> bool:
         """One round; True if this replica holds the Lease afterwards."""
+        with self._turn:
+            if self._released:
+                return False
+            return self._campaign()
+
+    def _campaign(self) -> bool:
         was = self.leader
         try:
             self.leader = self._round()
@@ -86,7 +100,7 @@ class LeaseElector:
     def _round(self) -> bool:
         now = _now()
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, **TIMEOUT)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -94,7 +108,7 @@ class LeaseElector:
                 metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=self._spec(now, 0),
             )
-            self.coordination.create_namespaced_lease(self.namespace, body)
+            self.coordination.create_namespaced_lease(self.namespace, body, **TIMEOUT)
             return True
         spec = lease.spec or client.V1LeaseSpec()
         holder = spec.holder_identity
@@ -110,17 +124,24 @@ class LeaseElector:
                     return False  # held and not expired
             lease.spec = self._spec(now, (spec.lease_transitions or 0) + 1)
         # resourceVersion from the read: a concurrent writer makes this a 409
-        self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+        self.coordination.replace_namespaced_lease(self.name, self.namespace, lease, **TIMEOUT)
         return True
 
     def release(self) -> None:
         """Give the Lease up on a clean stop, so another replica need not wait."""
-        self.leader = False
+        with self._turn:
+            self._released = True
+            self.leader = False
+            self._release()
+
+    def _release(self) -> None:
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, **TIMEOUT)
             if lease.spec is not None and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.renew_time = None
-                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+                self.coordination.replace_namespaced_lease(
+                    self.name, self.namespace, lease, **TIMEOUT
+                )
         except Exception as exc:
             log.warning("lease.release_failed", extra=fields(error=str(exc)))

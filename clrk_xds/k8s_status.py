@@ -98,9 +98,7 @@ def _programmed(
             "Programmed",
             False,
             "Pending",
-            # Only the writing replica's ADS streams are seen (docs/kubernetes-provider.md).
-            f"waiting for an Envoy of {', '.join(waiting)} connected to the status-writing "
-            "control plane to acknowledge the new version",
+            f"waiting for an Envoy of {', '.join(waiting)} to acknowledge the new version",
         )
     return Cond("Programmed", True, "Programmed")
 

@@ -59,11 +59,18 @@ class KindWatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def signal(self) -> None:
+        """Ask the thread to end, without waiting for it."""
         self._stop.set()
         if (w := self._watch) is not None:
             w.stop()  # shuts the socket down: the blocked read returns
-        self._thread.join(timeout=5)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def stop(self) -> None:
+        self.signal()
+        self.join(timeout=5)
 
     def _timeout(self) -> tuple[float, float]:
         # connect, read: a read may wait a whole watch, and a little more

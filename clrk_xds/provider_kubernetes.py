@@ -11,8 +11,7 @@ resourceVersion) changes nothing.
 Status (Accepted, Programmed, observedGeneration, `k8s_status`) is written through the
 status subresource, only where it differs from what the object holds, and only by the
 replica holding the Lease (`k8s_lease`); every replica serves.  Programmed counts the
-ACKs of the Envoys connected to the writing replica: an Envoy connected only to another
-replica is not seen (docs/kubernetes-provider.md).
+ACKs of the Envoys connected to any replica: each publishes its own (`k8s_acks`).
 
 Cross-namespace references: a route may name a gateway in another namespace
 (parentRefs[].namespace) and an agent `namespace/name` in gatewayRef, as with files;
@@ -27,6 +26,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -38,7 +38,8 @@ from clrk.api.crds import VERSION, plural
 from clrk.api.resources import GROUP, SPEC_MODELS, Source
 from clrk_runtime.logs import fields
 from clrk_xds.consistency import CLUSTER, LISTENER
-from clrk_xds.k8s_lease import LeaseElector
+from clrk_xds.k8s_acks import AckBoard, Report, report_of
+from clrk_xds.k8s_lease import TIMEOUT, LeaseElector
 from clrk_xds.k8s_status import Ack, Key, desired_conditions, same_status, status_body
 from clrk_xds.k8s_watch import KindWatcher
 from clrk_xds.provider import Plan, Provider, plan
@@ -84,17 +85,19 @@ class KubernetesProvider(Provider):
     # node id -> {type_url: TypeStatus} (AdsServer.status); None: in force is programmed
     ads_status: Callable[[str], Mapping] | None = None
     elector: LeaseElector | None = None  # None: this replica writes status
+    acks: AckBoard | None = None  # shares ACKs between replicas; None: this one's only
     debounce_ms: int = 50
     watch_timeout: int = 300
     backoff_max: float = 30.0
     lease_retry: float = LEASE_RETRY_SECONDS
-    resync: float = 60.0  # seconds between status checks without a change
+    resync: float = 10.0  # seconds between status passes without a change
     status_writes: int = field(default=0, init=False)
     _objects: dict[Key, dict] = field(default_factory=dict, init=False)
     _listed: set[str] = field(default_factory=set, init=False)
     _documents: dict[Key, dict] = field(default_factory=dict, init=False)
     _in_force: dict[Key, dict] = field(default_factory=dict, init=False)
     _programmed: dict[Key, dict] = field(default_factory=dict, init=False)  # ACKed versions
+    _peer_reports: list[Report] = field(default_factory=list, init=False)
     _plan: Plan | None = field(default=None, init=False)
     _dirty: asyncio.Event | None = field(default=None, init=False)
     watchers: list[KindWatcher] = field(default_factory=list, init=False)
@@ -153,14 +156,25 @@ class KubernetesProvider(Provider):
         snap = self.cache.get(node)
         if snap is None:
             return Ack("pending")
-        by_type = self.ads_status(node)
+        # (acked, nacked, message) per type, from this replica and the others
+        seen: dict[str, list[list]] = {}
+        for type_url, st in self.ads_status(node).items():
+            seen.setdefault(type_url, []).append(
+                [st.acked_version, st.nacked_version, st.nack_message]
+            )
+        for report in self._peer_reports:
+            by_type = report.get(node)
+            for type_url, entry in by_type.items() if isinstance(by_type, dict) else ():
+                if isinstance(entry, list) and len(entry) == 3:
+                    seen.setdefault(type_url, []).append(entry)
         for type_url in (CLUSTER, LISTENER):
             want = snap.version_of(type_url)
-            got = by_type.get(type_url)
-            if got is not None and got.acked_version == want:
+            entries = seen.get(type_url, [])
+            if any(acked == want for acked, _n, _m in entries):
                 continue
-            if got is not None and got.nacked_version == want:
-                return Ack("nacked", got.nack_message or "rejected")
+            for _a, nacked, message in entries:
+                if nacked == want:
+                    return Ack("nacked", str(message or "rejected"))
             return Ack("pending")
         return Ack("acked")
 
@@ -206,7 +220,7 @@ class KubernetesProvider(Provider):
             body["status"] = status
             try:
                 written = custom.replace_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural(kind), name, body
+                    GROUP, VERSION, namespace, plural(kind), name, body, **TIMEOUT
                 )
             except ApiException as exc:
                 if exc.status == 404:
@@ -215,7 +229,7 @@ class KubernetesProvider(Provider):
                     raise
                 # read through the status subresource: RBAC grants get there only
                 fresh = custom.get_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural(kind), name
+                    GROUP, VERSION, namespace, plural(kind), name, **TIMEOUT
                 )
                 same_generation = _meta(fresh).get("generation") == _meta(obj).get("generation")
                 if not same_generation or same_status(fresh.get("status"), status):
@@ -255,11 +269,21 @@ class KubernetesProvider(Provider):
                 await asyncio.wait_for(self._dirty.wait(), self.resync)
             await asyncio.sleep(self.debounce_ms / 1000)  # a burst of ACKs: one pass
             self._dirty.clear()
-            if self.writes_status():
-                try:
+            try:
+                await self._share_acks()
+                if self.writes_status():
                     await self._write_due()
-                except Exception:  # status must not stop serving; the resync retries
-                    log.exception("k8s.status_failed")
+            except Exception:  # status must not stop serving; the resync retries
+                log.exception("k8s.status_failed")
+
+    async def _share_acks(self) -> None:
+        """Publish this replica's ACKs; the writer also reads the others'."""
+        if self.acks is None or self.ads_status is None:
+            return
+        own = report_of({node: self.ads_status(node) for node in sorted(self._nodes)})
+        await asyncio.to_thread(self.acks.publish, own)
+        if self.writes_status():
+            self._peer_reports = await asyncio.to_thread(self.acks.others)
 
     async def _write_due(self) -> None:
         due = self.due_statuses()
@@ -336,9 +360,19 @@ class KubernetesProvider(Provider):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.watchers))
+            for watcher in self.watchers:
+                watcher.signal()
+            # First the Lease, so that another replica writes status at once; then the
+            # watch threads, joined together (not one executor thread each).
             if self.elector is not None:
                 await asyncio.to_thread(self.elector.release)
+            await asyncio.to_thread(_join_all, self.watchers, 5.0)
+
+
+def _join_all(watchers: list[KindWatcher], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for watcher in watchers:
+        watcher.join(max(0.0, deadline - time.monotonic()))
 
 
 def _rv(obj: Mapping) -> object:

@@ -119,9 +119,12 @@ def test_rbac_is_least_privilege_list_watch_the_kinds_write_their_status_and_lea
     lease = objects[("Role", "clrk-control-plane-lease")]
     assert lease["metadata"]["namespace"] == "clrk-system"
     assert lease["rules"] == [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "verbs": ["get", "create", "update"]}
-    ]  # fmt: skip
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "create", "update"],
+        }
+    ]  # fmt: skip  (list: the status writer reads the other replicas' ACK reports)
 
 
 def test_the_agent_example_is_clrk_inject_of_the_agent_as_written(capsys):

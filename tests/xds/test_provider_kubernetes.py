@@ -12,7 +12,9 @@ import threading
 import pytest
 from kubernetes.client.rest import ApiException
 
-from clrk_xds.consistency import LISTENER
+from clrk_xds.ads import TypeStatus
+from clrk_xds.consistency import CLUSTER, LISTENER
+from clrk_xds.k8s_acks import AckBoard
 from clrk_xds.k8s_lease import LeaseElector
 from clrk_xds.policy_stream import PolicyHub
 from clrk_xds.provider import default_translator
@@ -27,19 +29,32 @@ GW = "default/gw"
 class Running:
     """A provider running on an event loop of its own, in a thread."""
 
-    def __init__(self, server: FakeApiServer, identity: str | None = None) -> None:
+    def __init__(
+        self, server: FakeApiServer, identity: str | None = None, ads: dict | None = None
+    ) -> None:
+        """`ads`: node -> {type URL: TypeStatus}, standing in for this replica's ADS
+        server (what its Envoys ACKed); None: what is in force counts as programmed."""
         api = control_plane_client(server)  # with the rights deploy/ grants it
-        elector = None
+        elector = acks = None
         if identity is not None:
             elector = LeaseElector(api, "clrk-system", "clrk", identity, duration_seconds=15)
+            acks = AckBoard(api, "clrk-system", identity)
+        self.ads = ads
         self.cache, self.hub = SnapshotCache(), PolicyHub()
         self.provider = KubernetesProvider(
-            self.cache, self.hub, default_translator(), api=api, elector=elector,
-            debounce_ms=20, lease_retry=0.1, backoff_max=0.5,
+            self.cache, self.hub, default_translator(), api=api, elector=elector, acks=acks,
+            ads_status=None if ads is None else lambda node: dict(ads.get(node, {})),
+            debounce_ms=20, lease_retry=0.1, backoff_max=0.5, resync=0.2,
         )  # fmt: skip
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def envoy_acks(self, node: str) -> None:
+        """An Envoy connected to this replica ACKs the snapshot it holds for `node`."""
+        snap = self.cache.get(node)
+        self.ads[node] = {t: TypeStatus(snap.version_of(t)) for t in (CLUSTER, LISTENER)}
+        self._loop.call_soon_threadsafe(self.provider.poke)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -259,7 +274,7 @@ def test_of_two_replicas_both_serve_and_only_the_lease_holder_writes_status(serv
         assert writes(server, "egressl4routes", "r1") == 1
         # the writer stops (and releases the Lease): the other takes over and writes
         a.stop()
-        wait_for(lambda: b.provider.elector.leader)
+        wait_for(lambda: b.provider.elector.leader, timeout=45)  # a loaded machine
         cluster.replace(route(host="changed.example.com"))
         wait_for(lambda: cluster.get("EgressL4Route", "r1")["status"]["observedGeneration"] == 2)
         assert writes(server, "egressl4routes", "r1") == 2
@@ -319,3 +334,30 @@ def test_the_control_planes_rights_from_deploy_read_policy_and_write_status_only
         as_control_plane.get("EgressL4Route", "r1")  # get only through /status
     assert err.value.status == 403
     server.forbidden.clear()
+
+
+def test_an_ack_seen_by_another_replica_makes_the_writer_report_programmed(server, cluster):
+    cluster.create(gateway())
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(Running(server, "replica-a", ads={}))
+        wait_for(lambda: a.provider.elector.leader)
+        b = stack.enter_context(Running(server, "replica-b", ads={}))
+        wait_for(lambda: b.cache.get(GW) is not None and a.cache.get(GW) is not None)
+        assert a.cache.get(GW).version == b.cache.get(GW).version  # the same snapshot
+        pending = wait_for(lambda: cluster.condition("EgressGateway", "gw", "Programmed"))
+        assert pending["reason"] == "Pending"
+        b.envoy_acks(GW)  # the gateway's Envoy is connected to the follower only
+        wait_for(lambda: cluster.condition("EgressGateway", "gw", "Programmed")["status"] == "True")
+        assert b.provider.status_writes == 0 and not b.provider.elector.leader
+        # a NACK of the next version, seen by the follower, reaches the status too
+        cluster.replace(gateway(listeners=("tcp-out", "tcp-two")))
+        wait_for(lambda: len(b.cache.get(GW).named(LISTENER)) == 2)
+        version = b.cache.get(GW).version_of(LISTENER)
+        b.ads[GW] = {**b.ads[GW], LISTENER: TypeStatus(None, version, "bad listener")}
+        b._loop.call_soon_threadsafe(b.provider.poke)
+
+        def rejected():
+            cond = cluster.condition("EgressGateway", "gw", "Programmed")
+            return cond["reason"] == "Rejected" and "bad listener" in cond["message"]
+
+        wait_for(rejected)
