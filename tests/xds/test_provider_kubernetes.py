@@ -26,6 +26,20 @@ from tests.k8s.objects import Cluster, agent, deny, gateway, route, wait_for
 GW = "default/gw"
 
 
+_TRANSLATING = threading.Lock()
+
+
+def one_at_a_time(translator):
+    """A control plane is one process with one translator; two replicas in this test
+    process take turns, as the translator's process-wide shortcuts expect."""
+
+    def translate(policies):
+        with _TRANSLATING:
+            return translator(policies)
+
+    return translate
+
+
 class Running:
     """A provider running on an event loop of its own, in a thread."""
 
@@ -42,7 +56,8 @@ class Running:
         self.ads = ads
         self.cache, self.hub = SnapshotCache(), PolicyHub()
         self.provider = KubernetesProvider(
-            self.cache, self.hub, default_translator(), api=api, elector=elector, acks=acks,
+            self.cache, self.hub, one_at_a_time(default_translator()), api=api,
+            elector=elector, acks=acks,
             ads_status=None if ads is None else lambda node: dict(ads.get(node, {})),
             debounce_ms=20, lease_retry=0.1, backoff_max=0.5, resync=0.2,
         )  # fmt: skip
