@@ -16,6 +16,7 @@ from clrk_cli.get import get
 from clrk_cli.inject import inject
 from clrk_cli.records import records
 from clrk_cli.run import run
+from clrk_cli.suggest import suggest
 from clrk_cli.up import up
 from clrk_cli.validate import validate
 from clrk_worker_dialer.command import dialer
@@ -40,6 +41,7 @@ cli.add_command(ca)
 cli.add_command(apply)
 cli.add_command(get)
 cli.add_command(records)
+cli.add_command(suggest)
 cli.add_command(up)
 cli.add_command(run)
 cli.add_command(dialer)

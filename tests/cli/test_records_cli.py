@@ -109,3 +109,47 @@ def test_damaged_lines_are_skipped(state, capsys):
         fh.write('not json\n{"resourceLogs": [{"scopeLogs": 7}]}\n{"resourceSpans"')
     code, out, _ = run(capsys, "records", "--state-dir", str(state), "-o", "json")
     assert code == 0 and ports(out) == [1, 2, 3, 53]
+
+
+def test_enforced_and_reported_denials_apart(tmp_path, capsys):
+    reported = Decision(Reason.POLICY, "default/gw", "default/bot", "deny-all")
+    reported = reported._replace(through=Decision(Reason.ALLOWED_DEFAULT, "default/gw", None, ""))
+    with RecordWriter("clrk-dialer", path=str(tmp_path / "records.jsonl")) as writer:
+        writer.emit(denial(Reason.POLICY, "bot", 1, NOW))
+        writer.emit(
+            dial_denied(reported, agent=Agent("default", "bot"), dst_ip="192.0.2.1",
+                        dst_port=2, transport="tcp", dst_name="x.example", time_ns=NOW)
+        )  # fmt: skip
+    for which, want in (("enforced", [1]), ("reported", [2])):
+        code, out, _ = run(capsys, "records", "--state-dir", str(tmp_path), "-o", "json",
+                           "--enforcement", which)  # fmt: skip
+        assert code == 0 and ports(out) == want
+    _code, out, _ = run(capsys, "records", "--state-dir", str(tmp_path))
+    assert out.splitlines()[2].endswith("policy (reported)")
+
+
+SUGGEST_GATEWAY = """apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: gw}
+spec:
+  listeners: [{name: tcp-out, protocol: TCP}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: bot, labels: {app: bot}}
+spec: {egressRefs: [{gatewayRef: gw}]}
+"""
+
+
+def test_suggest_prints_routes_from_the_records_and_a_table(state, capsys, tmp_path):
+    (tmp_path / "gw.yaml").write_text(SUGGEST_GATEWAY)
+    code, out, err = run(capsys, "suggest", "--state-dir", str(state), "-f",
+                         str(tmp_path / "gw.yaml"), "--agent", "bot")  # fmt: skip
+    assert code == 0, err
+    assert "name: suggested-default-bot-tcp-out" in out
+    assert "- x.example" in out and "port: 1" in out and "port: 2" not in out  # no sni_mismatch
+    code, out, _ = run(capsys, "suggest", "--state-dir", str(state), "-f",
+                       str(tmp_path / "gw.yaml"), "-o", "table", "--since", "10m")  # fmt: skip
+    row = out.split("\n")[1]  # coder is declared nowhere: no labels to select it by
+    assert code == 0 and "default/coder (no labels: every agent)" in row
+    assert row.split()[-4:] == ["tcp-out", "TCP", "3", "x.example"]
