@@ -323,6 +323,31 @@ def test_a_rotated_secret_is_in_force_within_2s_on_an_open_connection(gw) -> Non
         gw["every_secret"].append(rotated)
 
 
+def test_an_unreadable_secret_fails_the_request_closed_until_it_is_back(gw) -> None:
+    def until(expected: int) -> tuple[int, str]:
+        deadline = time.monotonic() + 10
+        while True:
+            marker = f"/unreadable-{uuid.uuid4().hex}"
+            got = curl_as_bot(
+                gw, f"https://api.anthropic.com{marker}", "x-api-key: $ANTHROPIC_API_KEY"
+            )[0]
+            if got == expected or time.monotonic() > deadline:
+                return got, marker
+            time.sleep(0.3)
+
+    away = gw["secret_file"].with_suffix(".away")
+    gw["secret_file"].rename(away)
+    try:
+        got, marker = until(401)
+        assert got == 401
+        assert requests_seen(gw, marker) == []  # never sent without the credential
+    finally:
+        away.rename(gw["secret_file"])
+    assert until(200)[0] == 200
+    log = (gw["state"] / "logs" / "control-plane.log").read_text()
+    assert "credential.unreadable" in log
+
+
 def test_the_secret_is_in_no_log_record_listing_status_stream_env_or_config_dump(gw) -> None:
     from clrk_cli.credential_env import gateway_credentials
     from clrk_cli.embedded.run_sandbox import read_info
