@@ -43,35 +43,40 @@ def _method(value: RequestMethod | int) -> str:
     return "" if method == RequestMethod.METHOD_UNSPECIFIED else method.name
 
 
+def _shared(entry: HttpAccessLogEntry, tags: dict[str, str], until) -> dict:
+    """The record fields both kinds read alike; the record ends `until` after the start."""
+    common, request, response = entry.common_properties, entry.request, entry.response
+    namespace = tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
+    name = tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
+    start = ns(common.start_time) if common is not None else None
+    end = start + int(until.total_seconds() * 1e9) if start is not None and until else start
+    return {
+        "agent": Agent(namespace, name) if namespace or name else None,
+        "listener": tag(tags, LISTENER_TAG),
+        "authority": (request.authority if request else "")[:MAX_VALUE],
+        "path": (request.path if request else "")[:MAX_VALUE],
+        "status": int(response.response_code or 0) if response else 0,
+        "dst_name": tag(tags, tlv_tag(TlvType.AUTHORITY)),
+        "start_ns": start,
+        "end_ns": end,
+        "connection_id": tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
+    }
+
+
 def misuse_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
     """The deny record of a request the tripwire answered; None for any other entry."""
     common = entry.common_properties
     if common is None or not common.route_name.startswith(MISUSE_ROUTE_PREFIX):
         return None
-    credential = common.route_name.removeprefix(MISUSE_ROUTE_PREFIX)
     tags = dict(common.custom_tags or {})
     request = entry.request
-    response = entry.response
-    namespace = tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
-    name = tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
-    start = ns(common.start_time)
-    duration = common.duration
-    end = start + int(duration.total_seconds() * 1e9) if start is not None and duration else start
     return http_request(
         gateway=gateway,
-        agent=Agent(namespace, name) if namespace or name else None,
         route=tag(tags, tlv_tag(TlvType.ROUTE)),
         rule=None,
-        listener=tag(tags, LISTENER_TAG),
         method=_method(request.request_method) if request else "",
-        authority=(request.authority if request else "")[:MAX_VALUE],
-        path=(request.path if request else "")[:MAX_VALUE],
-        status=int(response.response_code or 0) if response else 0,
-        dst_name=tag(tags, tlv_tag(TlvType.AUTHORITY)),
-        start_ns=start,
-        end_ns=end,
-        connection_id=tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
-        misused=credential,
+        misused=common.route_name.removeprefix(MISUSE_ROUTE_PREFIX),
+        **_shared(entry, tags, common.duration),
     )
 
 
@@ -84,30 +89,17 @@ def http_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
     tags = dict(common.custom_tags or {})
     if CHAIN_ROUTE_TAG not in tags or tag(tags, tlv_tag(TlvType.DENY_POLICY)):
         return None
-    request, response = entry.request, entry.response
     rule = tag(tags, CHAIN_RULE_TAG)
-    namespace = tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
-    name = tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
-    start = ns(common.start_time)
     # ext_proc's record ended when the response headers came back: the first byte to
     # the agent here; a request that got no response ends with the stream.
     until = common.time_to_first_downstream_tx_byte or common.duration
-    end = start + int(until.total_seconds() * 1e9) if start is not None and until else start
     return http_request(
         gateway=gateway,
-        agent=Agent(namespace, name) if namespace or name else None,
         route=tag(tags, CHAIN_ROUTE_TAG),
         rule=int(rule) if rule is not None and rule.isdigit() else None,
-        listener=tag(tags, LISTENER_TAG),
         method=(tag(tags, METHOD_TAG) or "")[:MAX_VALUE],
-        authority=(request.authority if request else "")[:MAX_VALUE],
-        path=(request.path if request else "")[:MAX_VALUE],
-        status=int(response.response_code or 0) if response else 0,
-        dst_name=tag(tags, tlv_tag(TlvType.AUTHORITY)),
-        start_ns=start,
-        end_ns=end,
-        connection_id=tag(tags, tlv_tag(TlvType.CONNECTION_ID)),
         credential=_injected(common.route_name),
+        **_shared(entry, tags, until),
     )
 
 
