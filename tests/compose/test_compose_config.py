@@ -89,6 +89,13 @@ def test_only_gateway_containers_mount_the_socket_volumes(config):
 ON_DISK = {"control-plane-state", "extproc-state", "dialer-state"}
 
 
+def test_the_dialers_namespace_queues_a_burst_of_connections(config):
+    sysctls = config["services"]["dialer"]["sysctls"]
+    assert (
+        int(sysctls["net.core.somaxconn"]) == int(sysctls["net.ipv4.tcp_max_syn_backlog"]) == 65535
+    )
+
+
 def test_ext_proc_and_the_dialer_spool_their_records_on_a_disk_volume_of_their_own(config):
     for name in ("extproc", "dialer"):
         service = config["services"][name]
