@@ -98,12 +98,15 @@ class CredentialSecrets:
 
     def changed(self) -> bool:
         """A file source's content is not what was last served (or it appeared or
-        vanished since)."""
-        for path, digest in self._served.items():
+        vanished since).  Each change is reported once: a file no credential reads any
+        more must not make the control plane reload forever."""
+        changed = False
+        for path, digest in list(self._served.items()):
             try:
                 now = hashlib.sha256(Path(path).read_bytes()).hexdigest()
             except OSError:
                 now = ""
             if now != digest:
-                return True
-        return False
+                self._served[path] = now
+                changed = True
+        return changed

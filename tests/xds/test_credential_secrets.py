@@ -54,3 +54,13 @@ def test_unreadable_sources_give_an_empty_secret_and_a_log_line_without_the_valu
     assert len(caplog.records) == 3
     assert all(SECRET.decode() not in r.getMessage() + str(r.__dict__) for r in caplog.records)
     assert "control characters" in secrets.problems["default/key"]
+
+
+def test_a_change_is_reported_once_even_for_a_file_no_credential_reads_any_more(tmp_path):
+    path = tmp_path / "key"
+    path.write_bytes(SECRET)
+    secrets = CredentialSecrets({})
+    secrets(cred("file", str(path)))
+    path.write_bytes(b"sk-other")  # and the credential is gone: nothing reads it again
+    assert secrets.changed()
+    assert not secrets.changed()
