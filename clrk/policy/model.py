@@ -34,8 +34,9 @@ class Reason(enum.StrEnum):
 ALWAYS_ENFORCED = frozenset(
     {Reason.BLOCKED_ADDRESS, Reason.UNKNOWN_AGENT, Reason.CREDENTIAL_MISUSE}
 )
-# Denials because of what the SNI says: reported through on no name at all.
-SNI_REASONS = frozenset({Reason.SNI_MISMATCH})
+# Denials because of what the SNI says (sni_mismatch, and any later sni_* reason):
+# Report mode lets them through on no name at all.
+SNI_REASONS = frozenset(r for r in Reason if r.value.startswith("sni_"))
 
 
 @dataclass(frozen=True, slots=True)
