@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from bench import decide_bench, dialer_bench, envoy_bench, l7_bench, reload_bench, xds_bench
+from bench import (
+    decide_bench,
+    dialer_bench,
+    envoy_bench,
+    l7_bench,
+    memory_bench,
+    reload_bench,
+    xds_bench,
+)
 
 BENCHMARKS = {
     "decide": decide_bench,
@@ -13,6 +21,7 @@ BENCHMARKS = {
     "dialer": dialer_bench,
     "envoy": envoy_bench,
     "l7": l7_bench,
+    "memory": memory_bench,
 }
 
 

@@ -109,7 +109,9 @@ def _wait_for(predicate, what: str, timeout: float = START_TIMEOUT) -> None:
 class Rig:
     """The namespace, the processes and the manifest file of one benchmark."""
 
-    def __init__(self, top: Topology, work: Path, routes: int) -> None:
+    def __init__(
+        self, top: Topology, work: Path, routes: int, start_timeout: float = START_TIMEOUT
+    ) -> None:
         from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 
         self.top, self.work = top, work
@@ -126,12 +128,14 @@ class Rig:
         ads = f"unix:{work / 'run' / CONTROL_SOCKET}"
         self.cp = top.start(ns, [sys.executable, "-m", "clrk_xds", "--manifests", str(self.dir),
                                  "--listen", ads], log=self.cp_log, env=child_env())  # fmt: skip
-        _wait_for(lambda: "server.listening" in self.cp_log.read_text(), "control plane")
+        _wait_for(
+            lambda: "server.listening" in self.cp_log.read_text(), "control plane", start_timeout
+        )
         self.envoy = EnvoyProcess(
             render_bootstrap(GATEWAY, ads, admin_port=0),
             netns=ns,
             log_level="warning",
-            ready_timeout=START_TIMEOUT,
+            ready_timeout=start_timeout,
         ).start()
         ready = work / "dialer.ready"
         self.dialer = top.start(ns, [
@@ -140,7 +144,7 @@ class Rig:
             "--default-agent", f"default/{AGENT}",  # the prober names it: no credential
             "--ready-file", str(ready),
         ], log=self.dialer_log, env=child_env())  # fmt: skip
-        _wait_for(ready.exists, "dialer")
+        _wait_for(ready.exists, "dialer", start_timeout)
         self.prober = top.start(
             ns,
             [sys.executable, "-m", "bench._reload_probe", "--socks", SOCKS, "--user", AGENT,
