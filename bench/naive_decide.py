@@ -171,7 +171,7 @@ def _decide(gw, attachments, own, agent, conn) -> Outcome:
     def fits(listener, match_protocol):
         return (listener.protocol == "UDP") == (match_protocol == "UDP")
 
-    allow_hits, deny_hits = [], []
+    allow_hits, deny_hits, unverified = [], [], []
     for order, (route, listeners, deny_ref) in enumerate(attachments):
         for r, rule in enumerate(route.spec.rules):
             for m, match in enumerate(rule.matches):
@@ -191,23 +191,46 @@ def _decide(gw, attachments, own, agent, conn) -> Outcome:
                 for net in match.destination_cidrs:
                     if net.version == addr.version and addr in net:
                         opens = any(net.subnet_of(b) for b in blocked if b.version == net.version)
-                        found.append(((2, -net.prefixlen, base, ""), None, opens))
-                evidence = [sni] if sni else sorted(names)
+                        found.append(((2, -net.prefixlen, base, ""), None, opens, fitting))
                 for pattern in match.destination_hostnames:
-                    for name in evidence:
-                        if pattern_matches(pattern, name):
-                            kind = 1 if pattern.startswith("*.") else 0
-                            found.append(((kind, 0, base, name), name, False))
+                    for name in sorted(names | ({sni} if sni else set())):
+                        if not pattern_matches(pattern, name):
+                            continue
+                        kind = 1 if pattern.startswith("*.") else 0
+                        if deny_ref:  # deny routes take every name and the SNI
+                            found.append(((kind, 0, base, name), name, False, fitting))
+                            continue
+                        # SPEC 4: on TLS listeners the SNI is the only name (bound, or
+                        # left for confirmation); elsewhere only bound names count.
+                        usable = [
+                            lst
+                            for lst in fitting
+                            if (
+                                (name == sni if sni else name in names)
+                                if lst.protocol == "TLS"
+                                else name in names
+                            )
+                        ]
+                        if name == sni and not names:
+                            unverified.append(
+                                {"key": (kind, 0, base, name), "route": ref, "rule": r,
+                                 "name": name, "listeners": usable}
+                            )  # fmt: skip
+                        elif usable:
+                            found.append(((kind, 0, base, name), name, False, usable))
+                        elif name in names and (not sni or name == sni):
+                            # a match no listener serves: `no_listener`, below
+                            found.append(((kind, 0, base, name), name, False, []))
                 if not match.destination_hostnames and not match.destination_cidrs:
-                    found.append(((3, 0, base, ""), None, False))
-                for key, name, opens in found:
+                    found.append(((3, 0, base, ""), None, False, fitting))
+                for key, name, opens, where in found:
                     sink.append(
                         {
                             "key": key,
                             "route": ref,
                             "rule": r,
                             "name": name,
-                            "listeners": fitting,
+                            "listeners": where,
                             "deny": deny_ref,
                             "opens": opens,
                         }
@@ -249,7 +272,8 @@ def _decide(gw, attachments, own, agent, conn) -> Outcome:
         lst, hit = choose(allow_hits)
         if lst is not None:
             return Outcome("allowed", hit["route"], hit["rule"], lst.name, hit["name"])
-    if gw.spec.default_policy == "allow-all" and not blocked:
+    allow_all = gw.spec.default_policy == "allow-all" and not blocked
+    if allow_all:
         transport = [
             ((lst.port is None, DEFAULT_RANK.get((lst.protocol, lst.tls_mode), 0), i), lst)
             for i, lst in enumerate(gw.spec.listeners)
@@ -257,6 +281,11 @@ def _decide(gw, attachments, own, agent, conn) -> Outcome:
         ]
         if transport:
             return Outcome("allowed_default", listener=min(transport, key=lambda c: c[0])[1].name)
+    if unverified and not blocked:
+        lst, hit = choose(unverified)
+        if lst is not None:
+            return Outcome("sni_unverified", hit["route"], hit["rule"], lst.name, hit["name"])
+    if allow_all:
         return Outcome("no_listener")
     if allow_hits:
         hit = min(allow_hits, key=lambda h: h["key"])

@@ -218,11 +218,22 @@ def _constraints(
 
 
 def _destination(
-    hostnames: Sequence[str], networks: Sequence[Network], tls: bool, stat_prefix: str
+    hostnames: Sequence[str],
+    networks: Sequence[Network],
+    tls: bool,
+    stat_prefix: str,
+    deny: bool = False,
 ) -> tm.Predicate | None:
-    """hostname OR CIDR; None when the match names neither (any destination)."""
+    """hostname OR CIDR; None when the match names neither (any destination).
+
+    By name, on TLS listeners: an allow match needs the dialer's name and an SNI (if
+    any) that agrees; a deny match takes either, as decide() denies on any bound name
+    and on the SNI, confirmed or not.
+    """
     options = []
-    if hostnames:
+    if hostnames and tls and deny:
+        options += [tm.authority_in(hostnames), tm.sni_in(hostnames)]
+    elif hostnames:
         by_name = [tm.authority_in(hostnames)]
         if tls:
             by_name.append(tm.sni_absent_or_in(hostnames))
@@ -322,7 +333,7 @@ def _route_parts(
             hostnames, networks = entry.hostnames, entry.networks
             if deny:  # closing (or the L7 deny answer) is safe: no blocked-address split
                 entries.deny.append(
-                    _entry(_destination(hostnames, networks, tls, stat), parts, name)
+                    _entry(_destination(hostnames, networks, tls, stat, deny=True), parts, name)
                 )
                 used = True
                 continue

@@ -3,7 +3,8 @@
 Inputs, as Envoy sees a connection after the `proxy_protocol` listener filter:
 - the PROXY TLVs, stored as fields of one filter-state object (tlv_location FILTER_STATE);
 - the destination IP and port, which the PROXY header restored to the original ones;
-- the TLS SNI from `tls_inspector` (TLS Passthrough listeners only).
+- the TLS SNI from `tls_inspector` (TLS listeners only: SPEC 4 counts the SNI nowhere
+  else).
 """
 
 from __future__ import annotations
@@ -76,12 +77,16 @@ def authority_in(hostnames: Sequence[str]) -> Predicate:
     return _single(_tlv_input(TlvType.AUTHORITY), _regex(hostname_regex(hostnames)))
 
 
+def sni_in(hostnames: Sequence[str]) -> Predicate:
+    """The SNI matches one of the patterns (one trailing dot allowed, as decide() folds)."""
+    return _single(_input("sni", ServerNameInput()), _regex(hostname_regex(hostnames, True)))
+
+
 def sni_absent_or_in(hostnames: Sequence[str]) -> Predicate:
     """No SNI, or an SNI that matches the patterns (a TLS client naming another host is
     refused even when the dialer's hostname evidence matched)."""
-    sni = _input("sni", ServerNameInput())
-    present = _single(sni, _regex(".+"))
-    return any_of([Predicate(not_matcher=present), _single(sni, _regex(hostname_regex(hostnames)))])
+    present = _single(_input("sni", ServerNameInput()), _regex(".+"))
+    return any_of([Predicate(not_matcher=present), sni_in(hostnames)])
 
 
 def destination_in(networks: Sequence[Network], stat_prefix: str) -> Predicate:

@@ -90,11 +90,13 @@ def _literal(name: str) -> str:
     return name.replace(".", r"\.")
 
 
-def hostname_regex(patterns: Iterable[str]) -> str:
+def hostname_regex(patterns: Iterable[str], trailing_dot: bool = False) -> str:
     """An anchored, case-insensitive pattern for Gateway API hostnames.
 
     `*.a.com` matches exactly one label in front of `a.com` (not `a.com`, not
-    `x.y.a.com`).  Input names are already validated and lower-cased.
+    `x.y.a.com`).  Input names are already validated and lower-cased.  With
+    `trailing_dot`, one final dot is accepted too: Envoy reads the SNI as the client
+    wrote it, and decide() folds one trailing dot (never two) off the name.
     """
     alternatives = []
     for name in dict.fromkeys(patterns):
@@ -105,4 +107,5 @@ def hostname_regex(patterns: Iterable[str]) -> str:
     if not alternatives:
         raise ValueError("no hostnames")
     body = alternatives[0] if len(alternatives) == 1 else f"(?:{'|'.join(alternatives)})"
-    return f"(?i)^{body}$"
+    dot = r"\.?" if trailing_dot else ""
+    return f"(?i)^{body}{dot}$"

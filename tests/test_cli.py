@@ -243,6 +243,25 @@ def test_check_denies_an_sni_that_contradicts_the_dns_binding(capsys):
     assert d["reason"] == "sni_mismatch"
 
 
+def test_check_an_sni_on_a_tcp_listener_route_is_not_evidence_and_says_why(capsys):
+    code, out, err = run(capsys, "check", *PROD, "--dst-ip", "203.0.113.66", "--port", "5432",
+                         "--sni", "pg.prod.internal", "-o", "json")  # fmt: skip
+    assert code == 0 and json.loads(out)["reason"] == "policy"
+    assert "evidence only on TLS listeners" in err and "tcp-out" in err
+
+
+def test_check_an_sni_without_hostname_on_a_tls_route_needs_confirmation(capsys):
+    code, out, err = run(capsys, "check", *PROD, "--dst-ip", "203.0.113.66", "--port", "443",
+                         "--sni", "api.anthropic.com", "-o", "json")  # fmt: skip
+    d = json.loads(out)
+    assert (code, d["decision"], d["reason"]) == (0, "deny", "sni_unverified")
+    assert (d["route"], d["listener"]) == ("default/anthropic-tls", "tls-out")
+    assert "needs to confirm it" in err and "--hostname api.anthropic.com" in err
+    d = check(capsys, *PROD, "--dst-ip", "203.0.113.66", "--port", "443",
+              "--sni", "api.anthropic.com", "--hostname", "api.anthropic.com")  # fmt: skip
+    assert d["reason"] == "allowed"
+
+
 @pytest.mark.parametrize("ip", ["127.0.0.1", "169.254.169.254"])
 def test_check_blocks_loopback_and_metadata_with_an_allowed_name_or_under_allow_all(capsys, ip):
     d = check(capsys, *PROD, "--dst-ip", ip, "--port", "443", "--hostname", "api.anthropic.com")

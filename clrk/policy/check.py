@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from clrk.api import grammar
 from clrk.policy.addresses import parse_ip
-from clrk.policy.compiled import PolicySet
+from clrk.policy.compiled import GatewayPolicy, PolicySet
 from clrk.policy.decide import decide
-from clrk.policy.model import Agent, Connection, Decision
+from clrk.policy.model import Agent, Connection, Decision, Reason
 
 PROTOCOLS = ("TCP", "UDP")
 
@@ -121,5 +121,35 @@ def check_connection(policies: PolicySet, query: CheckQuery) -> CheckResult:
             f"warning: agent {declared.ref} does not list gateway {gw_key[0]}/{gw_key[1]}"
             " in spec.egressRefs"
         )
-    decision = decide(policies.gateways[gw_key], Agent(*agent_key, labels), query.connection)
+    policy, agent = policies.gateways[gw_key], Agent(*agent_key, labels)
+    decision = decide(policy, agent, query.connection)
+    warnings += _sni_notes(policy, agent, query, decision)
     return CheckResult(decision, tuple(warnings))
+
+
+def _sni_notes(
+    policy: GatewayPolicy, agent: Agent, query: CheckQuery, decision: Decision
+) -> list[str]:
+    """What the SNI did and did not count for (SPEC 4): it needs the gateway's own
+    confirmation when it is the only name, and it is never evidence off TLS listeners."""
+    sni = query.sni
+    if not sni:
+        return []
+    if decision.reason is Reason.SNI_UNVERIFIED:
+        return [
+            f"note: the SNI {sni} is the only name, so the gateway needs to confirm it: it"
+            f" counts once resolving {sni} through the gateway's resolvers answers"
+            f" {query.dst_ip} (--hostname {sni} checks that case)"
+        ]
+    if decision.allowed:
+        return []
+    as_bound = Connection(query.protocol, query.dst_ip, query.port, frozenset({sni}))
+    would = decide(policy, agent, as_bound)
+    listener = policy.listener(would.listener or "")
+    if would.reason is Reason.ALLOWED and listener is not None and listener.protocol != "TLS":
+        return [
+            f"note: the SNI {sni} names route {would.route} on {listener.protocol} listener"
+            f" {listener.name}, but an SNI is evidence only on TLS listeners: only a name"
+            " the agent's DNS bound to the address (--hostname) opens it"
+        ]
+    return []

@@ -15,6 +15,7 @@ class Reason(enum.StrEnum):
     DENY_POLICY = "deny_policy"
     BLOCKED_ADDRESS = "blocked_address"
     SNI_MISMATCH = "sni_mismatch"
+    SNI_UNVERIFIED = "sni_unverified"
     UNKNOWN_AGENT = "unknown_agent"
     NO_LISTENER = "no_listener"
     DNS_FILTERED = "dns_filtered"
@@ -55,7 +56,10 @@ class Connection:
     """What the dialer knows when it decides.
 
     `names` is D of SPEC 4: the names this agent's own DNS answers bound to `dst_ip`.
-    `sni` is the TLS server name, when a ClientHello was read.
+    `sni` is the TLS server name, when a ClientHello was read.  An SNI counts as a
+    name only on TLS listeners, and only once it is in `names`: with `names` empty,
+    decide() answers `sni_unverified` where the SNI alone would allow, and the dialer
+    confirms it through DNS, binds it and decides again.
     """
 
     protocol: str  # "TCP" | "UDP"

@@ -123,9 +123,14 @@ def test_a_blocked_address_stays_blocked_for_an_unknown_agent(prod):
     assert decide(prod, None, tcp("127.0.0.1", 443)).reason == Reason.BLOCKED_ADDRESS
 
 
-def test_sni_alone_is_evidence_when_the_agent_resolved_nothing(prod):
+def test_sni_alone_on_a_tls_route_needs_confirmation_when_the_agent_resolved_nothing(prod):
     d = decide(prod, BOT, tcp("203.0.113.10", 443, sni="API.Anthropic.com."))
-    assert (d.reason, d.hostname) == (Reason.ALLOWED, "api.anthropic.com")
+    assert (d.reason, d.hostname) == (Reason.SNI_UNVERIFIED, "api.anthropic.com")
+
+
+def test_sni_alone_never_opens_a_tcp_route(prod):
+    d = decide(prod, BOT, tcp("203.0.113.66", 5432, sni="pg.prod.internal"))
+    assert (d.reason, d.hostname) == (Reason.POLICY, None)
 
 
 def test_matching_sni_and_dns_binding_is_allowed(prod):

@@ -12,7 +12,8 @@ def test_only_the_two_allow_reasons_allow():
 def test_the_reason_set_is_the_closed_set_of_the_spec():
     assert {str(r) for r in Reason} == {
         "allowed", "allowed_default", "policy", "deny_policy", "blocked_address",
-        "sni_mismatch", "unknown_agent", "no_listener", "dns_filtered", "credential_misuse",
+        "sni_mismatch", "sni_unverified", "unknown_agent", "no_listener", "dns_filtered",
+        "credential_misuse",
     }  # fmt: skip
 
 

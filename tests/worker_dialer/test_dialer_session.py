@@ -85,11 +85,12 @@ def test_an_sni_that_contradicts_the_dns_binding_is_refused_sni_mismatch():
     assert action.dst_name == "evil.example.com"
 
 
-def test_a_hard_coded_ip_is_opened_by_a_matching_sni():
+def test_a_hard_coded_ip_with_an_unconfirmed_matching_sni_is_refused_sni_unverified():
     s = session("192.0.2.77", 443)
     assert isinstance(s.start(now=0.0), Wait)
     action = s.data(client_hello("x.example.org"))
-    assert isinstance(action, Dial) and action.decision.hostname == "x.example.org"
+    assert isinstance(action, Refuse) and action.decision.reason is Reason.SNI_UNVERIFIED
+    assert action.dst_name == "x.example.org"
 
 
 def test_a_hard_coded_ip_without_a_client_hello_is_refused_after_the_wait():

@@ -11,7 +11,9 @@ PROXY header (`session.proxy_header`) and the connection's SNI.
 - Envoy to decide(): for every TCP listener L and every way the dialer could present
   the connection there, Envoy forwarding it means decide(), narrowed to L, allows it.
   The hostname TLV is the name that decided, so it is one of the connection's names,
-  its SNI, or none; with an SNI it is the SNI, or none where no name decided.
+  its SNI, or none; with an SNI it is the SNI, or none where no name decided.  Only
+  TLS listeners see the SNI (SPEC 4 counts it nowhere else); on the others decide()
+  with the SNI must be no looser than without it.
 
 Report mode (drawn for the gateway and each deny policy): a denial decide() only reports
 goes through with its `through` decision, and Envoy must forward it as that one says;
@@ -44,6 +46,7 @@ from clrk.policy.loaded import compile_loaded
 from clrk_worker_dialer import proxy_v2
 from clrk_worker_dialer.session import Flow, proxy_header
 from clrk_xds.translate import translate_gateway
+from tests.conftest import compile_yaml
 from tests.policy.strategies import IPS, NAMES, OWN_CHOICES, PORTS, policy_with_modes
 from tests.xds.chain_matcher import Arrival, Outcome, Verdict, evaluate
 
@@ -120,23 +123,34 @@ def narrowed(policy: GatewayPolicy, listener: CompiledListener) -> GatewayPolicy
     return dataclasses.replace(policy, listeners=(listener,), matches=matches)
 
 
-def _presentations(narrow, agent, conn, own) -> list[tuple[Connection, str | None, Decision]]:
+def _presentations(
+    narrow, agent, conn, own, tls: bool
+) -> list[tuple[Connection, str | None, Decision]]:
     """Each way the dialer could present `conn`: the evidence Envoy is given (the SNI
-    and `claim`, the hostname TLV) and decide() on exactly that evidence."""
+    and `claim`, the hostname TLV) and decide() on exactly that evidence: the SNI and
+    the claim as bound names (the dialer sends only names it holds or confirmed).
+
+    Only TLS listeners read the SNI.  Elsewhere Envoy is held to decide() without it,
+    and decide() with it must be no looser there (it only adds deny evidence)."""
+    names = sorted({normalise_name(n) for n in conn.names})
     sni = normalise_name(conn.sni) if conn.sni else None
-    if sni is not None:
-        claims: list[str | None] = [sni, None]
+    if sni is not None and tls:
+        claims: list[str | None] = [sni, None, *(n for n in names if n != sni)]
     else:
-        claims = [None, *sorted({normalise_name(n) for n in conn.names})]
+        claims = [None, *names]
     out = []
     for claim in claims:
-        seen = Connection(
-            "TCP", conn.dst_ip, conn.dst_port, frozenset([claim] if claim else []), sni
-        )
+        bound = {claim} if claim else set()
+        if tls and sni is not None and claim is not None:
+            bound.add(sni)  # an SNI the dialer sent on is bound (or confirmed and bound)
+        seen = Connection("TCP", conn.dst_ip, conn.dst_port, frozenset(bound), sni if tls else None)
         decision = decide(narrow, agent, seen, own)
-        if sni is not None and claim is None and decision.hostname is not None:
-            continue  # a name decided: the dialer would send it
-        out.append((seen, claim, decision))
+        if tls and sni is not None and claim is None and decision.hostname is not None:
+            continue  # a name decided, or waits for confirmation: the dialer sends it
+        if not tls and sni is not None:
+            with_sni = decide(narrow, agent, dataclasses.replace(seen, sni=conn.sni), own)
+            assert decision.allowed or not with_sni.allowed, (seen, with_sni, decision)
+        out.append((dataclasses.replace(seen, sni=conn.sni), claim, decision))
     return out
 
 
@@ -146,7 +160,8 @@ def _check_listeners(policy, listeners, agent, conn, own) -> None:
             continue
         narrow = narrowed(policy, lst)
         _check_forwarded(narrow, listeners, agent, conn, own, decide(narrow, agent, conn, own))
-        for seen, claim, decision in _presentations(narrow, agent, conn, own):
+        tls = lst.protocol == "TLS"
+        for seen, claim, decision in _presentations(narrow, agent, conn, own, tls):
             presented = Decision(Reason.ALLOWED, policy.ref, None, "", hostname=claim)
             verdict = evaluate(listeners[lst.name], _arrival(agent, seen, presented))
             assert not verdict.outcome.allows or decision.passes, (
@@ -181,3 +196,96 @@ def test_decide_and_the_translated_envoy_listeners_agree(docs, conns, own, data)
 def test_ports_cover_every_listener_port():
     # The converse direction needs connections on each listener's own port.
     assert {5432, 443} <= set(PORTS)
+
+
+FIXED = """
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: gw}
+spec:
+  listeners:
+  - {name: tcp-out, protocol: TCP}
+  - {name: tls-out, protocol: TLS, tls: {mode: Terminate}}
+  - {name: pass, protocol: TLS, port: 443}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: api}
+spec:
+  parentRefs: [{name: gw, sectionName: tls-out}, {name: gw, sectionName: pass}]
+  rules: [{matches: [{destinationHostnames: [api.example.com, "*.b.example.com"]}]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: pg}
+spec:
+  parentRefs: [{name: gw, sectionName: tcp-out}]
+  rules: [{matches: [{destinationHostnames: [pg.internal, "*.example.com"]}]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: paste}
+spec:
+  parentRefs: [{name: gw, sectionName: tls-out}]
+  rules: [{matches: [{destinationHostnames: [example.com]}]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressDenyPolicy
+metadata: {name: no-paste}
+spec: {targetRef: {name: paste}}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: a}
+spec: {egressRefs: [{gatewayRef: gw}]}
+"""
+
+# (D, S) on 198.51.100.1:443 and :5432, each row once through both directions
+FIXED_ROWS = [
+    ((), "pg.internal"),  # an SNI alone on a TCP route: no evidence
+    ((), "api.example.com"),  # an SNI alone on a TLS route: waits for confirmation
+    (("api.example.com",), "API.Example.com."),  # one trailing dot, as Envoy reads it
+    (("api.example.com",), "api.example.com.."),  # two: no name at all
+    (("example.com", "api.example.com"), "api.example.com"),  # deny by a bound name
+    (("x.example.com",), "x.example.com"),  # TCP route by the bound name, TLS by none
+    (("api.example.com", "x.b.example.com"), "x.b.example.com"),  # the SNI, not the other
+    ((), "example.com"),  # an unconfirmed SNI on a deny route
+]
+
+
+@pytest.mark.parametrize(("names", "sni"), FIXED_ROWS)
+def test_fixed_rows_agree_with_envoy_on_sni_evidence(names, sni):
+    policy = compile_yaml(FIXED).gateways[("default", "gw")]
+    translated = translate_gateway(policy)
+    listeners = {lst.name: lst for lst in translated.listeners}
+    (agent,) = policy.agents
+    for port in (443, 5432):
+        conn = Connection("TCP", "198.51.100.1", port, frozenset(names), sni)
+        _check_forwarded(
+            policy, listeners, agent, conn, OwnAddresses(), decide(policy, agent, conn)
+        )
+        _check_listeners(policy, listeners, agent, conn, OwnAddresses())
+
+
+def test_a_deny_route_takes_a_bound_name_that_is_not_the_sni_on_every_listener():
+    policy = compile_yaml(FIXED).gateways[("default", "gw")]
+    (agent,) = policy.agents
+    for port in (443, 5432):
+        conn = Connection(
+            "TCP",
+            "198.51.100.1",
+            port,
+            frozenset({"example.com", "api.example.com"}),
+            "api.example.com",
+        )
+        d = decide(policy, agent, conn)
+        assert (d.reason, d.hostname, d.listener) == (Reason.DENY_POLICY, "example.com", "tls-out")
+
+
+def test_an_envoy_tls_listener_reads_an_sni_with_one_trailing_dot_like_decide():
+    policy = compile_yaml(FIXED).gateways[("default", "gw")]
+    (listener,) = [x for x in translate_gateway(policy).listeners if x.name == "pass"]
+    agent = {0xE1: "default", 0xE2: "a"}
+    for sni, allows in (("API.Example.com.", True), ("api.example.com..", False)):
+        tlvs = {0x02: "api.example.com", **agent}
+        assert evaluate(listener, Arrival("198.51.100.1", 443, tlvs, sni)).outcome.allows is allows
