@@ -140,9 +140,10 @@ class GatewayRig:
         extproc: tuple[str, int],
         sockets: Path,
         env: dict,
+        resolver: tuple[str, int] | None = None,
     ) -> Gateway:
         """clrk_extproc and the dialer, whose next hop is Envoy's Unix socket listener in
-        `sockets`, as `clrk up` lays it out."""
+        `sockets`, as `clrk up` lays it out; `resolver`: the gateway's DNS resolver."""
         top, work, gw = self.top, self.work, self.gw
         extproc_log = work / "extproc.log"
         extproc_proc = top.start(gw, [
@@ -158,6 +159,7 @@ class GatewayRig:
             "--next-hop-socket-dir", str(sockets),
             "--records", str(work / "dialer-records.jsonl"), "--ready-file", str(ready_file),
             "--log-level", "warning",
+            *(("--resolver", f"{resolver[0]}:{resolver[1]}") if resolver else ()),
         ], log=dialer_log, env=env)  # fmt: skip
         return Gateway(dialer, ready_file, dialer_log, extproc_proc, extproc_log)
 

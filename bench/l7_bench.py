@@ -4,7 +4,8 @@ Passthrough, in the same run (issues 5 and 15).
 Topology (removed at the end, also on failure or Ctrl-C):
 
     sandbox a1 (agent) --veth--+  host namespace gw:
-      TCP REDIRECT -> :15001   +-- dialer :15001 (real, -f manifest; picks the route by SNI)
+      TCP REDIRECT -> :15001   +-- dialer :15001 (real, -f manifest; picks the route by SNI,
+                                    |  which it confirms with dnsmasq 127.0.0.53 in gw)
                                     |  PROXY v2
                                    Envoy WORK/sockets/*.sock (real, --concurrency 1; static
                                     |  bootstrap from the translator, leaves from a real
@@ -47,6 +48,7 @@ from bench._rig import (
     rotated,
     run_json,
     run_rig,
+    tail,
     wait_ready,
 )
 
@@ -55,6 +57,9 @@ CLIENT = str(HERE / "_l7_client.py")
 UPSTREAM_SERVER = str(HERE / "_l7_upstream.py")
 
 UPSTREAM = ("192.0.2.10", 443)
+# The agent connects by address with an SNI, as a client with its own DNS would; the
+# dialer confirms the name with the gateway's resolver, which answers the upstream.
+RESOLVER = ("127.0.0.53", 53)
 EXTPROC = ("127.0.0.1", 18002)
 GATEWAY = "default/bench"
 AGENT = "default/bot"
@@ -225,13 +230,22 @@ class Rig(GatewayRig):
             gw, [sys.executable, UPSTREAM_SERVER, f"{UPSTREAM[0]}:{UPSTREAM[1]}", str(cert),
                  str(key)], log=upstream_log, stdout=subprocess.PIPE,
         )  # fmt: skip
+        dns_log = work / "dnsmasq.log"
+        dnsmasq = top.start(gw, [
+            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+            "--no-hosts", "--no-poll", "--bind-interfaces", "--pid-file=", "--log-facility=-",
+            f"--listen-address={RESOLVER[0]}", f"--port={RESOLVER[1]}",
+            *(f"--address=/{name}/{UPSTREAM[0]}" for _l, _r, name in PATHS.values()),
+        ], log=dns_log)  # fmt: skip
         gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
-                                     sockets=self.sockets, env=env)  # fmt: skip
+                                     sockets=self.sockets, env=env, resolver=RESOLVER)  # fmt: skip
         # Translating (and minting) in this process overlaps with the children starting.
         config, self.gateway_ca = envoy_config(manifest.read_text(), work / "state", self.sockets)
         self.start_envoy(config)
         wait_ready(upstream, line_ready(upstream), "upstream", upstream_log)
         gateway.wait_ready()
+        if dnsmasq.poll() is not None:
+            raise BenchError(f"dnsmasq exited {dnsmasq.returncode}:\n{tail(dns_log)}")
 
     def client(self, path: str, seconds: float, connections: int) -> dict:
         """The one client program, in the agent, against the upstream's address: the

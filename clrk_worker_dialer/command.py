@@ -103,6 +103,20 @@ def _sources(values: tuple[str, ...]) -> dict[str, str]:
     help="The spool's bound; beyond it records are dropped, loudly.",
 )
 @click.option("--client-hello-wait", default=1.0, show_default=True, type=float)
+@click.option(
+    "--sni-confirm-timeout",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to confirm an SNI no DNS answer bound (else sni_unverified).",
+)
+@click.option(
+    "--sni-confirm-concurrency",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="SNI confirmations at once, for all agents together.",
+)
 @click.option("--udp-idle-timeout", default=60.0, show_default=True, type=float)
 @click.option("--no-watch", is_flag=True, help="Do not reload the manifests on change.")
 @click.option("--sandboxes", help="Directory where `clrk run` registers its sandboxes.")
@@ -119,8 +133,9 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
            proxy_credentials, transparent_tcp, transparent_udp, dns, socks5, http_connect,
            next_hop_host, next_hop_base_port, next_hop_socket_dir, resolvers, own,
            watch_own_addresses, records_path, otlp_endpoint, spool_dir, spool_max_bytes,
-           client_hello_wait, udp_idle_timeout, no_watch, sandboxes, spoof_log_group,
-           ready_file, log_level) -> None:  # fmt: skip
+           client_hello_wait, sni_confirm_timeout, sni_confirm_concurrency,
+           udp_idle_timeout, no_watch, sandboxes, spoof_log_group, ready_file,
+           log_level) -> None:  # fmt: skip
     """Run the worker dialer: refuse misses before connect, hand the rest to Envoy."""
     from clrk.nexthops import check_socket_dir, socket_dir_problem
     from clrk.policy import OwnAddresses
@@ -157,6 +172,8 @@ def dialer(paths, control_plane, control_plane_token_file, control_plane_ca,
         watch_own_addresses=watch_own_addresses,
         resolvers=_addresses(resolvers),
         client_hello_wait=client_hello_wait,
+        sni_confirm_timeout=sni_confirm_timeout,
+        sni_confirm_concurrency=sni_confirm_concurrency,
         udp_idle_timeout=udp_idle_timeout,
         watch=not no_watch,
         control_plane=control_plane,

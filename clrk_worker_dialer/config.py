@@ -51,6 +51,8 @@ class DialerConfig:
     watch_own_addresses: bool = False  # also every address of this namespace, kept current
     resolvers: list[Address] = field(default_factory=list)  # overrides the gateway's dns
     client_hello_wait: float = 1.0
+    sni_confirm_timeout: float = 2.0  # resolving an SNI that no DNS answer bound (SPEC 4)
+    sni_confirm_concurrency: int = 64
     udp_idle_timeout: float = 60.0
     dns_timeout: float = 2.0
     watch: bool = True

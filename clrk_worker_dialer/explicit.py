@@ -20,6 +20,7 @@ from clrk_worker_dialer import http_connect, socks5
 from clrk_worker_dialer.dns_forwarder import Forwarder
 from clrk_worker_dialer.flows import FlowTable
 from clrk_worker_dialer.session import Refuse, TcpSession, best_name
+from clrk_worker_dialer.sni_confirm import SniConfirmer
 from clrk_worker_dialer.state import DialerState
 from clrk_worker_dialer.tcp_front import AgentSide
 
@@ -29,8 +30,10 @@ log = logging.getLogger("clrk.dialer.explicit")
 class ExplicitFront(AgentSide):
     """Shared by both proxy protocols: resolve, decide, answer the client, relay."""
 
-    def __init__(self, state: DialerState, forwarder: Forwarder) -> None:
-        super().__init__(state)
+    def __init__(
+        self, state: DialerState, forwarder: Forwarder, confirmer: SniConfirmer | None = None
+    ) -> None:
+        super().__init__(state, confirmer)
         self.forwarder = forwarder
         self.replied = False
         self.promised = False
@@ -149,8 +152,10 @@ class ExplicitFront(AgentSide):
 
 
 class HttpConnectFront(ExplicitFront):
-    def __init__(self, state: DialerState, forwarder: Forwarder) -> None:
-        super().__init__(state, forwarder)
+    def __init__(
+        self, state: DialerState, forwarder: Forwarder, confirmer: SniConfirmer | None = None
+    ) -> None:
+        super().__init__(state, forwarder, confirmer)
         self.parser = http_connect.ConnectRequestParser()
 
     def before_session(self, data: bytes) -> None:
@@ -177,8 +182,10 @@ class HttpConnectFront(ExplicitFront):
 
 
 class Socks5Front(ExplicitFront):
-    def __init__(self, state: DialerState, forwarder: Forwarder) -> None:
-        super().__init__(state, forwarder)
+    def __init__(
+        self, state: DialerState, forwarder: Forwarder, confirmer: SniConfirmer | None = None
+    ) -> None:
+        super().__init__(state, forwarder, confirmer)
         self.handshake = socks5.Socks5Handshake(
             allow_no_auth=state.config.default_agent is not None
         )

@@ -15,6 +15,7 @@ from clrk_worker_dialer import registry
 from clrk_worker_dialer.config import Address, DialerConfig
 from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
 from clrk_worker_dialer.listen_backlog import listen_backlog
+from clrk_worker_dialer.sni_confirm import SniConfirmer
 from clrk_worker_dialer.state import DialerState, PolicyError
 from clrk_worker_dialer.tcp_front import TransparentTcp
 from clrk_worker_dialer.udp_front import UdpFront
@@ -56,6 +57,9 @@ class Dialer:
         self.writer = writer
         self.state = DialerState(config, writer)
         self.forwarder = Forwarder(self.state)
+        self.confirmer = SniConfirmer(
+            self.state, config.sni_confirm_timeout, config.sni_confirm_concurrency
+        )
         self.servers: list[asyncio.AbstractServer] = []
         self.udp: UdpFront | None = None
         self.bound: dict[str, list[Address]] = {}
@@ -74,7 +78,7 @@ class Dialer:
             await asyncio.wait_for(first, CONTROL_PLANE_FIRST_UPDATE)
         else:
             self.state.load()  # an invalid policy at start-up is fatal: nothing to enforce
-        state, cfg = self.state, self.config
+        state, cfg, confirmer = self.state, self.config, self.confirmer
         if cfg.watch_own_addresses:
             from clrk_runtime.host_addresses import HostAddresses
 
@@ -96,7 +100,7 @@ class Dialer:
                 registry.follow(cfg.sandboxes_dir, state.identity, known=known)
             )
         for addr in cfg.transparent_tcp:
-            await self._serve("transparent_tcp", addr, lambda: TransparentTcp(state))
+            await self._serve("transparent_tcp", addr, lambda: TransparentTcp(state, confirmer))
         for addr in cfg.dns:
             await self._serve("dns_tcp", addr, lambda: DnsTcp(state, self.forwarder))
         if cfg.transparent_udp or cfg.dns:
@@ -109,12 +113,14 @@ class Dialer:
             from clrk_worker_dialer.explicit import HttpConnectFront, Socks5Front
 
             if cfg.socks5 is not None:
-                await self._serve("socks5", cfg.socks5, lambda: Socks5Front(state, self.forwarder))
+                await self._serve(
+                    "socks5", cfg.socks5, lambda: Socks5Front(state, self.forwarder, confirmer)
+                )
             if cfg.http_connect is not None:
                 await self._serve(
                     "http_connect",
                     cfg.http_connect,
-                    lambda: HttpConnectFront(state, self.forwarder),
+                    lambda: HttpConnectFront(state, self.forwarder, confirmer),
                 )
         if cfg.watch and self._watcher is None:
             self._watcher = loop.create_task(self._watch())

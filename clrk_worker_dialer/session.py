@@ -7,14 +7,17 @@ then only carries out the actions this class returns:
 - `Refuse`: reset the agent's connection now (no upstream connect is ever attempted) and
   emit the deny record;
 - `Wait`: read the agent's first bytes (a TLS ClientHello) until `deadline`;
+- `Confirm`: resolve the SNI `name` through the gateway's resolvers (bounded wait) and,
+  when the destination is among the answers, bind them for the agent, then call
+  `confirmed(names)` with the agent's names for the destination; else `unconfirmed()`;
 - `Dial`: connect to the Envoy listener of the decision, write `preamble` (the PROXY v2
   header, then any bytes already read from the agent) and splice both ways; a decision
   that is not `enforced` (Report mode) also leaves its deny record.
 
 Why wait for a ClientHello at all: SPEC 4 matches the SNI on TLS listeners (and rejects
 an SNI that contradicts the agent's own DNS answers), and a hard-coded IP without any
-DNS binding can only be matched by name through the SNI.  Nothing else waits, so a
-plain-TCP denial is decided at accept time.
+DNS binding can only be matched by name through the SNI, once the gateway confirmed
+it.  Nothing else waits, so a plain-TCP denial is decided at accept time.
 """
 
 from __future__ import annotations
@@ -53,13 +56,17 @@ class Wait(NamedTuple):
     deadline: float
 
 
+class Confirm(NamedTuple):
+    name: str  # the SNI, the only name: it counts once it resolves to the destination
+
+
 class Dial(NamedTuple):
     decision: Decision
     next_hop: NextHop
     preamble: bytes
 
 
-Action = Refuse | Wait | Dial
+Action = Refuse | Wait | Confirm | Dial
 Decide = Callable[[GatewayPolicy, Agent | None, Connection, OwnAddresses], Decision]
 
 
@@ -108,6 +115,7 @@ class TcpSession:
         "_first",
         "_listeners",
         "_own",
+        "_unverified",
         "_wait",
         "done",
         "flow",
@@ -135,6 +143,7 @@ class TcpSession:
         self._listeners = {lst.name: lst for lst in policy.listeners}
         self._buffer = b""
         self._first: Decision | None = None
+        self._unverified: Decision | None = None  # waiting for the SNI's confirmation
         self.sni: str | None = None
         self.done = False
 
@@ -154,14 +163,32 @@ class TcpSession:
         if self.done:
             raise RuntimeError("data after the session decided")
         self._buffer += chunk
+        if self._unverified is not None:
+            return None  # the ClientHello was read; these bytes follow it once decided
         result = tls_sni.parse_client_hello(self._buffer)
         if result.outcome is tls_sni.SniOutcome.NEED_MORE:
             return None
         if result.outcome is tls_sni.SniOutcome.FOUND:
             self.sni = result.sni
-            flow = self.flow
-            conn = Connection("TCP", flow.dst_ip, flow.dst_port, flow.names, self.sni)
-            return self._finish(self._decide(self.policy, flow.agent, conn, self._own))
+            decision = self._decide_with(self.flow.names)
+            if decision.reason is Reason.SNI_UNVERIFIED:
+                self._unverified = decision
+                return Confirm(decision.hostname or result.sni)
+            return self._finish(decision)
+        return self._finish(self._pending())
+
+    def confirmed(self, names: frozenset[str]) -> Action:
+        """The SNI resolved to the destination and is bound: decide again with `names`,
+        the agent's names for the destination now."""
+        if self._unverified is None or self.done:
+            raise RuntimeError("no confirmation is pending")
+        decision = self._decide_with(names)
+        if decision.reason is Reason.SNI_UNVERIFIED:  # expired or evicted meanwhile
+            decision = self._unverified
+        return self._finish(decision)
+
+    def unconfirmed(self) -> Action:
+        """The SNI did not resolve to the destination in time: refused `sni_unverified`."""
         return self._finish(self._pending())
 
     def timeout(self) -> Action:
@@ -175,9 +202,16 @@ class TcpSession:
     # --- internals -------------------------------------------------------------------
 
     def _pending(self) -> Decision:
+        if self._unverified is not None:
+            return self._unverified
         if self._first is None:
             raise RuntimeError("the session has not started")
         return self._first
+
+    def _decide_with(self, names: frozenset[str]) -> Decision:
+        flow = self.flow
+        conn = Connection("TCP", flow.dst_ip, flow.dst_port, names, self.sni)
+        return self._decide(self.policy, flow.agent, conn, self._own)
 
     def _tls_listener_for(self, port: int) -> bool:
         return any(

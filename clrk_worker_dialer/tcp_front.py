@@ -11,14 +11,18 @@ import contextlib
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from clrk.nexthops import describe
 from clrk.policy import Agent, OwnAddresses
 from clrk_runtime.logs import fields
-from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait, best_name
+from clrk_worker_dialer.session import Confirm, Dial, Flow, Refuse, TcpSession, Wait, best_name
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
 from clrk_worker_dialer.splice_relay import SpliceRelay, connect, open_pipes
 from clrk_worker_dialer.state import DialerState
+
+if TYPE_CHECKING:
+    from clrk_worker_dialer.sni_confirm import SniConfirmer
 
 log = logging.getLogger("clrk.dialer")
 
@@ -28,12 +32,14 @@ UPSTREAM_CONNECT_TIMEOUT = 5.0
 class AgentSide(asyncio.Protocol):
     """Decide, then relay.  Subclasses supply the flow (transparent or explicit)."""
 
-    def __init__(self, state: DialerState) -> None:
+    def __init__(self, state: DialerState, confirmer: SniConfirmer | None = None) -> None:
         self.state = state
+        self.confirmer = confirmer  # None: an SNI no DNS answer bound is never confirmed
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.session: TcpSession | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._confirming: asyncio.Task | None = None
         self._pending: list[bytes] = []  # bytes read while dialing
         self._closed = False
 
@@ -56,6 +62,10 @@ class AgentSide(asyncio.Protocol):
         elif isinstance(action, Wait):
             self.waiting_for_hello()
             self._timer = self.loop.call_at(action.deadline, self._hello_timeout)
+        elif isinstance(action, Confirm):
+            self._cancel_timer()
+            self.transport.pause_reading()  # the kernel holds what follows the ClientHello
+            self._confirming = self.loop.create_task(self._confirm(action.name))
         elif isinstance(action, Dial):
             self._cancel_timer()
             if not action.decision.enforced:
@@ -65,6 +75,20 @@ class AgentSide(asyncio.Protocol):
 
     def waiting_for_hello(self) -> None:
         """Explicit mode must answer the proxy handshake before a ClientHello can come."""
+
+    async def _confirm(self, name: str) -> None:
+        """SPEC 4: the SNI counts once the gateway's own lookup binds it to the address."""
+        session = self.session
+        flow = session.flow
+        ok = self.confirmer is not None and await self.confirmer.confirm(
+            flow.agent, name, flow.dst_ip
+        )
+        if self._closed or session.done:
+            return
+        if ok:
+            self.act(session.confirmed(self.state.names(flow.agent, flow.dst_ip)))
+        else:
+            self.act(session.unconfirmed())
 
     def _hello_timeout(self) -> None:
         self._timer = None
@@ -212,6 +236,8 @@ class AgentSide(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_timer()
+        if self._confirming is not None:
+            self._confirming.cancel()
 
 
 class TransparentTcp(AgentSide):

@@ -11,7 +11,7 @@ import pytest
 from clrk.nexthops import envoy_listener_addresses
 from clrk.policy import Agent, Reason
 from clrk_worker_dialer import proxy_v2
-from clrk_worker_dialer.session import Dial, Flow, Refuse, TcpSession, Wait
+from clrk_worker_dialer.session import Confirm, Dial, Flow, Refuse, TcpSession, Wait
 from tests.worker_dialer.dialer_policy import gateway_policy
 
 POLICY = gateway_policy()
@@ -85,12 +85,58 @@ def test_an_sni_that_contradicts_the_dns_binding_is_refused_sni_mismatch():
     assert action.dst_name == "evil.example.com"
 
 
-def test_a_hard_coded_ip_with_an_unconfirmed_matching_sni_is_refused_sni_unverified():
+def test_a_hard_coded_ip_with_a_matching_sni_asks_for_the_sni_to_be_confirmed():
     s = session("192.0.2.77", 443)
     assert isinstance(s.start(now=0.0), Wait)
-    action = s.data(client_hello("x.example.org"))
+    assert s.data(client_hello("X.example.org")) == Confirm("x.example.org")
+    assert not s.done
+
+
+def test_a_confirmed_sni_dials_the_tls_listener_with_the_hello_and_what_followed():
+    s = session("192.0.2.77", 443)
+    s.start(now=0.0)
+    hello = client_hello("x.example.org")
+    s.data(hello)
+    assert s.data(b"early") is None  # bytes after the hello wait for the decision
+    action = s.confirmed(frozenset({"x.example.org"}))
+    assert isinstance(action, Dial) and action.next_hop == HOPS["tls"]
+    header, used = proxy_v2.decode(action.preamble)
+    assert header.authority == "x.example.org"
+    assert action.preamble[used:] == hello + b"early"
+
+
+def test_an_unconfirmed_sni_is_refused_sni_unverified_naming_the_sni():
+    s = session("192.0.2.77", 443)
+    s.start(now=0.0)
+    s.data(client_hello("x.example.org"))
+    action = s.unconfirmed()
     assert isinstance(action, Refuse) and action.decision.reason is Reason.SNI_UNVERIFIED
-    assert action.dst_name == "x.example.org"
+    assert action.dst_name == "x.example.org" and s.done
+
+
+def test_a_confirmation_whose_binding_is_gone_is_still_refused_sni_unverified():
+    s = session("192.0.2.77", 443)
+    s.start(now=0.0)
+    s.data(client_hello("x.example.org"))
+    action = s.confirmed(frozenset())
+    assert isinstance(action, Refuse) and action.decision.reason is Reason.SNI_UNVERIFIED
+
+
+def test_the_agent_closing_while_the_sni_is_confirmed_is_refused_sni_unverified():
+    s = session("192.0.2.77", 443)
+    s.start(now=0.0)
+    s.data(client_hello("x.example.org"))
+    action = s.eof()
+    assert isinstance(action, Refuse) and action.decision.reason is Reason.SNI_UNVERIFIED
+    with pytest.raises(RuntimeError):
+        s.confirmed(frozenset({"x.example.org"}))
+
+
+def test_an_sni_alone_on_the_plain_tcp_route_is_never_confirmed_nor_allowed():
+    s = session("192.0.2.77", 5432)  # the CIDR route covers 203.0.113.0/24 only
+    assert isinstance(s.start(now=0.0), Wait)
+    action = s.data(client_hello("api.example.com"))
+    assert isinstance(action, Refuse) and action.decision.reason is Reason.POLICY
 
 
 def test_a_hard_coded_ip_without_a_client_hello_is_refused_after_the_wait():
