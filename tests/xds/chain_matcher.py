@@ -44,6 +44,19 @@ from envoy_data_plane.xds.type.matcher.v3 import MatcherMatcherListPredicate, St
 from clrk.wire import HEADER_DENY_POLICY, TLV_FILTER_STATE_KEY, ChainFacts
 from clrk_extproc.exchange import Exchange
 
+# Any -> its message, by the Any's identity (kept alive here, so an id is never reused):
+# the property test evaluates each translated listener many times.
+_UNPACKED: dict[int, tuple[object, object]] = {}
+
+
+def _unpack(any_message):
+    hit = _UNPACKED.get(id(any_message))
+    if hit is None:
+        if len(_UNPACKED) > 100_000:
+            _UNPACKED.clear()
+        hit = _UNPACKED[id(any_message)] = (any_message, any_message.unpack())
+    return hit[1]
+
 
 class Unsupported(Exception):
     """The listener uses matcher semantics this evaluator does not model."""
@@ -80,7 +93,7 @@ def _filter_state(listener: Listener, arrival: Arrival) -> dict[str, str]:
     """TLV field -> value, as the proxy_protocol filter stores them (FILTER_STATE)."""
     for lf in listener.listener_filters:
         if lf.name == "envoy.filters.listener.proxy_protocol":
-            config = lf.typed_config.unpack()
+            config = _unpack(lf.typed_config)
             assert isinstance(config, ProxyProtocol)
             keys = {rule.tlv_type: rule.on_tlv_present.key for rule in config.rules}
             return {keys[t]: v for t, v in arrival.tlvs.items() if t in keys and v}
@@ -102,7 +115,7 @@ class _Inputs:
 
     def read(self, config) -> str | None:
         """The input's value; None when Envoy has no data for it."""
-        message = config.typed_config.unpack()
+        message = _unpack(config.typed_config)
         if isinstance(message, FilterStateInput):
             if message.key != TLV_FILTER_STATE_KEY:
                 raise Unsupported(f"filter state key {message.key}")
@@ -129,7 +142,7 @@ def _string_match(matcher: StringMatcher, value: str | None) -> bool:
 
 
 def _ip_match(config, value: str | None) -> bool:
-    matcher = config.typed_config.unpack()
+    matcher = _unpack(config.typed_config)
     if not isinstance(matcher, Ip):
         raise Unsupported(f"custom matcher {type(matcher).__name__}")
     if value is None:
@@ -160,7 +173,7 @@ def _holds(predicate: MatcherMatcherListPredicate, inputs: _Inputs) -> bool:
 
 
 def _chain_named(listener: Listener, action) -> FilterChain:
-    value = action.typed_config.unpack()
+    value = _unpack(action.typed_config)
     if not isinstance(value, StringValue):
         raise Unsupported(f"action {type(value).__name__}")
     found = [c for c in listener.filter_chains if c.name == value.value]
@@ -200,23 +213,23 @@ def _runs_when_tagged(wrapper: ExtensionWithMatcher, deny_tlv: str) -> bool:
         raise Unsupported("only a matcher list without on_no_match is modelled")
     (skip,) = matcher.matcher_list.matchers
     single = skip.predicate.not_matcher.single_predicate
-    header = single.input.typed_config.unpack()
+    header = _unpack(single.input.typed_config)
     if header.header_name != HEADER_DENY_POLICY or single.value_match.contains is None:
         raise Unsupported("ext_proc wrapped in another matcher")
     return single.value_match.contains in deny_tlv
 
 
 def _http_outcome(chain: FilterChain, state: Mapping[str, str]) -> Outcome:
-    hcm = chain.filters[0].typed_config.unpack()
+    hcm = _unpack(chain.filters[0].typed_config)
     assert isinstance(hcm, HttpConnectionManager)
     (ext_proc,) = [f for f in hcm.http_filters if f.name in EXT_PROC_FILTERS]
-    processor = ext_proc.typed_config.unpack()
+    processor = _unpack(ext_proc.typed_config)
     # The header_mutation filter copies the deny TLV into this header for ext_proc.
     tagged = state.get("deny_policy", "")
     if isinstance(processor, ExtensionWithMatcher):
         if not _runs_when_tagged(processor, tagged):
             return Outcome.HTTP_ALLOWED  # skipped: the request goes on, logged by Envoy
-        processor = processor.extension_config.typed_config.unpack()
+        processor = _unpack(processor.extension_config.typed_config)
     assert isinstance(processor, ExternalProcessor)
     metadata = [(h.key, h.value) for h in processor.grpc_service.initial_metadata]
     facts = ChainFacts.from_metadata(metadata)

@@ -51,7 +51,7 @@ from tests.policy.strategies import IPS, NAMES, OWN_CHOICES, PORTS, policy_with_
 from tests.xds.chain_matcher import Arrival, Outcome, Verdict, evaluate
 
 # At least 500 random policies in every run, each with several connections, listeners
-# and presentations (about 15 s on one core).
+# and presentations (about a minute on one free core).
 EXAMPLES = 500
 TEREDO = ipaddress.ip_network("2001::/32")
 
