@@ -130,6 +130,25 @@ def _evidence(names: Collection[str], sni: str | None) -> tuple[Evidence, Eviden
     return deny, allow
 
 
+def _by_route(
+    reason: Reason,
+    base: tuple[str, str, str],
+    entry: MatchEntry,
+    listener: CompiledListener | None,
+    name: str | None,
+) -> Decision:
+    """A decision a route made: (gateway, agent, default policy) and the route's facts."""
+    return Decision(
+        reason,
+        *base,
+        entry.route,
+        entry.rule,
+        listener.name if listener else None,
+        name,
+        entry.deny_policy if reason is Reason.DENY_POLICY else None,
+    )
+
+
 def default_listener(policy: GatewayPolicy, transport: str, port: int) -> CompiledListener | None:
     fitting = [
         lst
@@ -207,6 +226,7 @@ def _decide(
     if sni is not None and names and sni not in names:
         return Decision(Reason.SNI_MISMATCH, gateway, agent_ref, default, hostname=sni)
     deny_evidence, evidence = _evidence(names, sni)
+    base = (gateway, agent_ref, default)
 
     deny_hits = _hits(policy.deny[transport], version, ip, port, labels, deny_evidence)
     if deny_hits:
@@ -215,33 +235,14 @@ def _decide(
                 h for h in deny_hits if h[1].deny_policy not in policy.report_deny
             ] or deny_hits
         listener, (_k, entry, name, _w) = _choose(deny_hits, port)
-        return Decision(
-            Reason.DENY_POLICY,
-            gateway,
-            agent_ref,
-            default,
-            entry.route,
-            entry.rule,
-            listener.name if listener else None,
-            name,
-            entry.deny_policy,
-        )
+        return _by_route(Reason.DENY_POLICY, base, entry, listener, name)
 
     if not blocked:
         hits = _hits(allow_ix, version, ip, port, labels, evidence)
     if hits:
         listener, (_k, entry, name, _w) = _choose(hits, port)
         if listener is not None:
-            return Decision(
-                Reason.ALLOWED,
-                gateway,
-                agent_ref,
-                default,
-                entry.route,
-                entry.rule,
-                listener.name,
-                name,
-            )
+            return _by_route(Reason.ALLOWED, base, entry, listener, name)
     allow_all = default == "allow-all" and not blocked
     if allow_all:
         listener = default_listener(policy, transport, port)
@@ -256,16 +257,7 @@ def _decide(
         if pending:
             listener, (_k, entry, name, _w) = _choose(pending, port)
             if listener is not None:
-                return Decision(
-                    Reason.SNI_UNVERIFIED,
-                    gateway,
-                    agent_ref,
-                    default,
-                    entry.route,
-                    entry.rule,
-                    listener.name,
-                    name,
-                )
+                return _by_route(Reason.SNI_UNVERIFIED, base, entry, listener, name)
     if allow_all:
         return Decision(Reason.NO_LISTENER, gateway, agent_ref, default)
     if hits:

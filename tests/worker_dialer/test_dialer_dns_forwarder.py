@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import subprocess
-import time
 
 import dns.flags
 import dns.message
@@ -14,28 +12,17 @@ import pytest
 
 from clrk_worker_dialer.dns_binding import parse_query
 from clrk_worker_dialer.dns_forwarder import SharedUdp, exchange
-from tests.e2e.topology import dnsmasq_args
+from tests.worker_dialer.loopback_dns import loopback_dnsmasq
 
 pytestmark = pytest.mark.skipif(not shutil.which("dnsmasq"), reason="needs dnsmasq")
 
 
 @pytest.fixture(scope="module")
 def resolver(tmp_path_factory):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     zone = {"a.test": {"A": ["192.0.2.10"], "ttl": 30}, "c.test": {"CNAME": "a.test"}}
     zone |= {"big.test": {"A": [f"192.0.2.{i}" for i in range(1, 60)]}}
-    argv = dnsmasq_args(zone, "127.0.0.1", str(tmp_path_factory.mktemp("dns") / "log"))
-    proc = subprocess.Popen(
-        [a if a != "--port=53" else f"--port={port}" for a in argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.3)
-    yield ("127.0.0.1", port)
-    proc.terminate()
-    proc.wait(5)
+    with loopback_dnsmasq(zone, tmp_path_factory.mktemp("dns")) as address:
+        yield address
 
 
 def ask(name: str, resolver, **kw) -> tuple[bytes, bytes | None]:

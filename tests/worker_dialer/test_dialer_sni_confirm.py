@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import subprocess
-import time
 
 import pytest
 
@@ -15,7 +13,7 @@ from clrk.policy import Agent
 from clrk_worker_dialer.config import DialerConfig
 from clrk_worker_dialer.sni_confirm import SniConfirmer
 from clrk_worker_dialer.state import DialerState
-from tests.e2e.topology import dnsmasq_args
+from tests.worker_dialer.loopback_dns import loopback_dnsmasq
 
 pytestmark = pytest.mark.skipif(not shutil.which("dnsmasq"), reason="needs dnsmasq")
 
@@ -25,23 +23,12 @@ OTHER = Agent("default", "other")
 
 @pytest.fixture(scope="module")
 def resolver(tmp_path_factory):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     zone = {
         "api.test": {"A": ["192.0.2.10"], "AAAA": ["2001:db8::10"], "ttl": 30},
         "www.test": {"CNAME": "api.test", "ttl": 30},
     }
-    argv = dnsmasq_args(zone, "127.0.0.1", str(tmp_path_factory.mktemp("dns") / "log"))
-    proc = subprocess.Popen(
-        [a if a != "--port=53" else f"--port={port}" for a in argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.3)
-    yield ("127.0.0.1", port)
-    proc.terminate()
-    proc.wait(5)
+    with loopback_dnsmasq(zone, tmp_path_factory.mktemp("dns")) as address:
+        yield address
 
 
 class _Records:
