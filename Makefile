@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 
 # As root, the system tools the network tests and the transparent dialer use.  Not
 # root: nothing is installed and those tests skip, saying why.
-SYSTEM_TOOLS := iptables dnsmasq dig nc curl openssl ip
-SYSTEM_PKGS := iptables dnsmasq-base bind9-dnsutils netcat-openbsd curl openssl iproute2
+SYSTEM_TOOLS := iptables dnsmasq dig nc curl openssl ip squid
+SYSTEM_PKGS := iptables dnsmasq-base bind9-dnsutils netcat-openbsd curl openssl iproute2 squid
 
 $(STAMP): pyproject.toml clrk_runtime/protos.py
 	@test -x $(PY) || python3 -m venv $(VENV)

@@ -102,10 +102,9 @@ def bulk(host: str, port: int, mib: int) -> dict:
     total = mib * CHUNK
     with _connect(host, port, timeout=60.0) as sock:
         started = time.perf_counter()
-        sock.sendall(b"b")
+        sock.sendall(b"b" + total.to_bytes(8, "big"))
         for _ in range(mib):
             sock.sendall(chunk)
-        sock.shutdown(socket.SHUT_WR)
         answer = b""
         while len(answer) < 8:
             more = sock.recv(8 - len(answer))

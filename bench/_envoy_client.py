@@ -1,14 +1,17 @@
 """The Envoy benchmark's client: `bench/_client.py`, optionally speaking for the dialer.
 
     python -m bench._envoy_client [--proxy AGENT_NS/AGENT ROUTE DST_IP:DST_PORT] MODE ...
+    python -m bench._envoy_client --connect PROXY_IP:PROXY_PORT MODE ...
 
-MODE and its arguments are `_client.py`'s (`cps`, `bulk`).  With `--proxy`, every
-connection starts with the PROXY v2 header the dialer would send for an allowed
+MODE and its arguments are `_client.py`'s (`cps`, `bulk`, `deny`).  With `--proxy`,
+every connection starts with the PROXY v2 header the dialer would send for an allowed
 connection (source = this socket, destination and TLVs as given), so the client can
 talk to Envoy's listener directly: the "Envoy alone" path.  A HOST that is a path is
 Envoy's Unix socket listener (PORT is then ignored; the header's source is the agent
-address of sandbox 1).  Without `--proxy`, this is `_client.py` itself, so all paths run
-the same measuring code.
+address of sandbox 1).  With `--connect`, every connection goes to the HTTP proxy
+(Squid) and asks it `CONNECT HOST:PORT`; a refusal (Squid's 403) counts as the reset
+`deny` times.  Without either, this is `_client.py` itself, so all paths run the same
+measuring code.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 from bench import _client
 
@@ -57,10 +61,61 @@ def proxy_connect(agent: str, route: str, destination: str):
     return connect
 
 
+def _read_head(sock: socket.socket) -> bytes:
+    """The proxy's response head.  The upstream never speaks first, so no byte of the
+    tunnel can follow a 200 in the same read; a refusal's body is never read."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        more = sock.recv(4096)
+        if not more:
+            raise ConnectionResetError("the proxy closed before answering CONNECT")
+        head += more
+    return head
+
+
+def http_connect(proxy: str):
+    """A `_client._connect` that tunnels through an HTTP proxy: CONNECT, then the 200."""
+    proxy_ip, _, proxy_port = proxy.rpartition(":")
+    plain_connect = _client._connect
+
+    def connect(host: str, port: int, timeout: float = 5.0) -> socket.socket:
+        sock = plain_connect(proxy_ip, int(proxy_port), timeout)
+        try:
+            sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            status = _read_head(sock).split(b" ", 2)[1]
+            if status != b"200":
+                raise ConnectionResetError(f"the proxy answered {status.decode()}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return connect
+
+
+def refused_by_proxy(host: str, port: int, count: int) -> dict:
+    """`_client.deny` through the proxy: connect() until the proxy's refusal is read."""
+    samples, surprises = [], 0
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        start = clock()
+        try:
+            _client._connect(host, port).close()
+            surprises += 1  # the proxy let it through
+        except ConnectionResetError:
+            pass
+        samples.append((clock() - start) / 1000)
+    return {"samples_us": samples, "not_refused": surprises}
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--proxy"]:
         agent, route, destination, *argv = argv[1:]
         _client._connect = proxy_connect(agent, route, destination)
+    elif argv[:1] == ["--connect"]:
+        proxy, *argv = argv[1:]
+        _client._connect = http_connect(proxy)
+        _client.deny = refused_by_proxy
     _client.main(argv)
 
 

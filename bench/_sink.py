@@ -2,7 +2,9 @@
 header, then serves one command per connection.
 
 - `e...`: echo every byte (the command byte included) until the client closes.
-- `b...`: bulk: count the bytes until EOF, answer the count as 8 big-endian bytes.
+- `b` LENGTH (8 bytes, big-endian) DATA: bulk: count DATA's bytes until LENGTH (or EOF),
+  answer the count as 8 big-endian bytes.  No half-close: Squid's CONNECT tunnel closes
+  both ways on the client's FIN, so the end is announced up front.
 
 Stdlib only, so it runs as `ip netns exec NS python _sink.py HOST:PORT|/PATH...` (a path
 is a Unix socket, like an Envoy listener under --envoy-socket-dir); it prints `ready`
@@ -29,7 +31,9 @@ class Sink(asyncio.BufferedProtocol):
         self.view = memoryview(self.buffer)
         self.head = b""  # bytes before the mode is known (a PROXY header, the command)
         self.mode: bytes | None = None
-        self.count = 0
+        self.count = 0  # bulk: the bytes after the command, LENGTH included
+        self.length = b""  # bulk: LENGTH as far as it came
+        self.answered = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -43,7 +47,7 @@ class Sink(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.mode == b"b":
-            self.count += nbytes
+            self._count(self.view[:nbytes])
             return
         if self.mode == b"e":
             self.transport.write(bytes(self.view[:nbytes]))
@@ -68,15 +72,27 @@ class Sink(asyncio.BufferedProtocol):
             return
         self.mode, self.head = head[:1], b""
         if self.mode == b"b":
-            self.count = len(head) - 1
+            self._count(head[1:])
         elif self.mode == b"e":
             self.transport.write(head)
         else:
             self.transport.abort()
 
+    def _count(self, data) -> None:
+        if len(self.length) < 8:
+            self.length += bytes(data[: 8 - len(self.length)])
+        self.count += len(data)
+        if len(self.length) == 8 and self.count >= 8 + int.from_bytes(self.length, "big"):
+            self._answer()
+
+    def _answer(self) -> None:
+        if not self.answered:
+            self.answered = True
+            self.transport.write(max(0, self.count - 8).to_bytes(8, "big"))
+
     def eof_received(self) -> bool:
         if self.mode == b"b":
-            self.transport.write(self.count.to_bytes(8, "big"))
+            self._answer()
         self.transport.close()
         return True
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-# Squid as a CONNECT allowlist on this machine, as issue 15 measured it (not yet run by
-# the bench itself): clrk's L4 ratios must reach these.
+# Squid as a CONNECT allowlist on this machine, as issue 15 measured it: what clrk's L4
+# ratios are held to only when the bench cannot run Squid itself (the line says so).
 SQUID_CONNS_RATIO = 0.60
 SQUID_BULK_RATIO = 0.50
 
