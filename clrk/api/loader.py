@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -42,6 +42,9 @@ class LoadResult:
     rejected: frozenset[tuple[str, str, str]] = frozenset()
     raw: tuple[tuple[Source, object], ...] = ()  # every decoded document, as written
     digest: str = ""  # content hash of the files read (load_paths only)
+    # The source resolves an EgressCredential's secretRef (the Kubernetes provider's
+    # objects): elsewhere a secretRef is a finding.
+    secret_refs: bool = False
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -424,19 +427,23 @@ def load_text(text: str, file: str = "<input>") -> LoadResult:
     return _result(validate_documents(docs), findings, 1, len(docs))
 
 
-def load_documents(docs: Iterable[tuple[Source, object]]) -> LoadResult:
+def load_documents(
+    docs: Iterable[tuple[Source, object]], *, secret_refs: bool = False
+) -> LoadResult:
     """Already-decoded documents, each with the `Source` that names it (a Kubernetes
     object, say): validated exactly as the documents of files are, and with a digest
-    of their content, so a provider of any source versions its sets alike."""
+    of their content, so a provider of any source versions its sets alike.
+    `secret_refs`: the source resolves credentials' secretRefs (Kubernetes)."""
     docs = list(docs)
     digest = hashlib.sha256()
     for src, data in docs:
         text = json.dumps(data, sort_keys=True, default=str)
         digest.update(f"{src.file}\0{src.document}\0{text}\0".encode())
     files = len({src.file for src, _ in docs})
-    return _result(
+    result = _result(
         validate_documents(docs), [], files, len(docs), tuple(docs), digest.hexdigest()[:16]
     )
+    return replace(result, secret_refs=secret_refs)
 
 
 def load_objects(objects: Iterable[object], file: str = "<objects>") -> LoadResult:

@@ -52,6 +52,7 @@ def _key(res: Resource) -> Key:
 class _Resolver:
     resources: Sequence[Resource]
     rejected: frozenset[tuple[str, str, str]] = frozenset()
+    secret_refs: bool = False  # the provider reads Kubernetes Secrets
     findings: list[Finding] = field(default_factory=list)
     conditions: dict[tuple[str, str, str], list[Condition]] = field(default_factory=dict)
 
@@ -239,12 +240,13 @@ class _Resolver:
                 f"route {route.ref} is attached to no HTTP or TLS Terminate listener: a "
                 "credential is injected only where the gateway sees the requests",
             )
-        if spec.source.secret_ref is not None:
+        if spec.source.secret_ref is not None and not self.secret_refs:
             return (
                 "SecretRefUnsupported",
                 "spec.source.secretRef",
-                "a Kubernetes Secret is not resolved yet (no provider reads Secrets); "
-                "use source.file or source.env",
+                "a Kubernetes Secret is read only by the Kubernetes provider (the control "
+                "plane's --provider kubernetes); with manifest files use source.file or "
+                "source.env",
             )
         matches = [m for rule in route.spec.rules for m in rule.matches]
         allowed = [h for m in matches for h in m.destination_hostnames]
@@ -285,10 +287,13 @@ class _Resolver:
 
 
 def resolve(
-    resources: Sequence[Resource], rejected: frozenset[tuple[str, str, str]] = frozenset()
+    resources: Sequence[Resource],
+    rejected: frozenset[tuple[str, str, str]] = frozenset(),
+    secret_refs: bool = False,
 ) -> Resolution:
-    """`rejected`: (kind, namespace, name) of documents that failed validation."""
-    r = _Resolver(resources, rejected)
+    """`rejected`: (kind, namespace, name) of documents that failed validation;
+    `secret_refs`: the provider reads Kubernetes Secrets (else a secretRef is a finding)."""
+    r = _Resolver(resources, rejected, secret_refs)
     gateways = r.of_kind("EgressGateway")
     routes = r.of_kind("EgressL4Route")
     denied = r.deny_targets(routes)

@@ -146,13 +146,16 @@ def _compile_gateway(
 
 
 def compile_policies(
-    resources: Sequence[Resource], rejected: frozenset[tuple[str, str, str]] = frozenset()
+    resources: Sequence[Resource],
+    rejected: frozenset[tuple[str, str, str]] = frozenset(),
+    secret_refs: bool = False,
 ) -> PolicySet:
     """Compile every gateway of a schema-valid resource set.
 
-    `rejected` names documents that failed validation, for clearer reference errors.
+    `rejected` names documents that failed validation, for clearer reference errors;
+    `secret_refs`: the provider resolves credentials' secretRefs (Kubernetes).
     """
-    resolution = resolve(resources, rejected)
+    resolution = resolve(resources, rejected, secret_refs)
     findings = list(resolution.findings)
     agents = {
         key: Agent(res.namespace, res.name, dict(res.metadata.labels))

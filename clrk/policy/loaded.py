@@ -39,7 +39,9 @@ class Loaded:
 
 
 def compile_loaded(load: LoadResult) -> Loaded:
-    compiled = compile_policies(load.resources, rejected=load.rejected)
+    compiled = compile_policies(
+        load.resources, rejected=load.rejected, secret_refs=load.secret_refs
+    )
     return Loaded(load, compiled, blocks_the_set(load.findings))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from clrk.api import load_text
 from clrk.api.resolve import covers
 from clrk.policy.loaded import compile_loaded
@@ -120,6 +122,17 @@ def test_a_missing_route_a_foreign_hostname_and_a_secret_ref_are_not_accepted() 
         "default/b": (False, "HostnameNotInRoute"),
         "default/c": (False, "SecretRefUnsupported"),
     }
+
+
+def test_a_secret_ref_needs_the_kubernetes_provider_and_is_accepted_under_it() -> None:
+    spec = "targetRef: {name: llm}\n  header: x-key\n  placeholder: clrk-placeholder-c\n"
+    doc = credential("c", spec + "  source: {secretRef: {name: s, key: k}}")
+    assert any("only by the Kubernetes provider" in line for line in findings(doc))
+    load = load_text(SET + doc, "c.yaml")
+    loaded = compile_loaded(replace(load, secret_refs=True))  # as the provider loads
+    assert loaded.compiled.conditions[("EgressCredential", "default", "c")][0].status
+    (compiled,) = loaded.compiled.gateways[("default", "gw")].credentials
+    assert (compiled.source, compiled.source_ref) == ("secretRef", "s/k")
 
 
 def test_placeholders_that_contain_each_other_cannot_both_be_accepted() -> None:

@@ -5,8 +5,10 @@ runtime, no kubelet, no etcd).  What it implements is what the Kubernetes provid
 and the official client rely on, over real HTTP/1.1:
 
 - custom objects of the clrk CRDs, checked against the CRD's schema and CEL rules at
-  admission (422 Invalid), and coordination.k8s.io/v1 Leases;
-- list (cluster-wide or per namespace) with the list's resourceVersion;
+  admission (422 Invalid), coordination.k8s.io/v1 Leases, and core v1 Secrets (`data`
+  base64 on the wire, `stringData` folded into it on write, as the real API does);
+- list (cluster-wide or per namespace) with the list's resourceVersion, and a
+  `fieldSelector` on metadata.name or metadata.namespace (400 for any other field);
 - watch from a resourceVersion as a chunked stream of JSON events, bookmarks when
   asked for (`allowWatchBookmarks`), timeoutSeconds, and `410 Gone` (an ERROR event
   with an Expired Status) for a version compacted away;
@@ -16,7 +18,9 @@ and the official client rely on, over real HTTP/1.1:
 - `restart()`: the listener and every open watch go away and come back on the same
   port, the objects stay (etcd would keep them);
 - RBAC for bearer tokens in `restricted` (403 Forbidden), so the provider runs with
-  exactly the rights deploy/ grants the control plane.
+  exactly the rights deploy/ grants the control plane; a grant limited to
+  `resourceNames` allows a list or watch only with a `metadata.name` field selector
+  naming one of them, as the real authorizer does.
 
 It does not run defaulting, pruning, server-side apply, admission webhooks, or
 authenticate beyond that token; a real cluster is the place to try those first.
@@ -24,6 +28,8 @@ authenticate beyond that token; a real cluster is the place to try those first.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import copy
 import datetime
@@ -37,9 +43,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from clrk.api.crds import all_crds
 from tests.k8s.openapi_check import problems
-from tests.k8s.rbac import Grant, allowed, control_plane_grants
+from tests.k8s.rbac import RBAC, Grant, allowed, control_plane_grants
 
 LEASES = ("coordination.k8s.io", "v1", "leases")
+SECRETS = ("", "v1", "secrets")  # the core group: /api/v1/...
+WHOLE = {LEASES: "Lease", SECRETS: "Secret"}  # no schema, no status: written whole
+FIELDS = ("metadata.name", "metadata.namespace")  # what a fieldSelector may name here
 
 ResourceKey = tuple[str, str, str]  # group, version, plural
 ObjectKey = tuple[str, str, str, str, str]  # group, version, plural, namespace, name
@@ -76,7 +85,8 @@ class _Store:
             for version in spec["versions"]:
                 key = (spec["group"], version["name"], spec["names"]["plural"])
                 self.kinds[key] = (spec["names"]["kind"], version["schema"]["openAPIV3Schema"])
-        self.kinds[LEASES] = ("Lease", None)
+        for res, kind in WHOLE.items():
+            self.kinds[res] = (kind, None)
 
     def bump(self) -> int:
         self.rv += 1
@@ -128,6 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         parts = [p for p in url.path.split("/") if p]
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if len(parts) >= 3 and parts[0] == "api":  # the core group
+            parts = ["apis", "", *parts[1:]]
         if len(parts) < 4 or parts[0] != "apis":
             return None
         group, version, rest = parts[1], parts[2], parts[3:]
@@ -150,7 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         resource = f"{res[2]}/{sub}" if sub else res[2]
         verb = self._verb(method, name, query)
-        if allowed(grants, res[0], resource, verb, namespace):
+        # a list or watch is of one named object only through a metadata.name selector
+        named = name if name is not None else (_selected(query) or {}).get("metadata.name")
+        if allowed(grants, res[0], resource, verb, namespace, named):
             return False
         self.server.forbidden.append((verb, resource, namespace))
         self._send(403, _status(403, "Forbidden", f"cannot {verb} {resource}"))
@@ -171,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, _status(404, "NotFound", f"no route {self.path}"))
             return
         res, namespace, name, sub, query = route
-        if sub not in (None, "status") or (sub == "status" and res == LEASES):
+        if sub not in (None, "status") or (sub == "status" and res in WHOLE):
             self.close_connection = True
             self._send(404, _status(404, "NotFound", f"no subresource {sub}"))
             return
@@ -195,6 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self, res, namespace, name, sub, query) -> None:
         store = self.server.store
         if name is None:
+            selected = _selected(query)
+            if selected is None:
+                self._send(400, _status(400, "BadRequest", "field label not supported"))
+                return
             if query.get("watch") in ("true", "1"):
                 self._watch(res, namespace, query)
                 return
@@ -203,7 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
                     copy.deepcopy(obj)
                     for key, obj in sorted(store.objects.items())
                     if key[:3] == res and namespace in (None, key[3])
-                ]
+                    and _matches(obj, selected)
+                ]  # fmt: skip
                 kind = store.kinds[res][0]
                 self._send(
                     200,
@@ -237,6 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         meta = obj.setdefault("metadata", {})
         meta["namespace"] = namespace
+        if res == SECRETS and (bad := _secret_data(obj)):
+            self._send(400, _status(400, "BadRequest", bad))
+            return
         if found := self._admit(res, obj):
             self._send(422, _status(422, "Invalid", "; ".join(found)))
             return
@@ -263,6 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
         if obj is None or namespace is None or name is None:
             self._send(400, _status(400, "BadRequest", "a JSON object, named"))
             return
+        if res == SECRETS and (bad := _secret_data(obj)):
+            self._send(400, _status(400, "BadRequest", bad))
+            return
         if sub is None and (found := self._admit(res, obj)):
             self._send(422, _status(422, "Invalid", "; ".join(found)))
             return
@@ -287,7 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
             new = copy.deepcopy(old)
             if sub == "status":
                 new["status"] = obj.get("status")
-            elif store.kinds[res][1] is None:  # a Lease: the whole object
+            elif store.kinds[res][1] is None:  # a Lease, a Secret: the whole object
                 new = {**obj, "metadata": {**old["metadata"], **obj.get("metadata", {})}}
             else:
                 meta = obj.get("metadata") or {}
@@ -331,6 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
         store = self.server.store
         kind = store.kinds[res][0]
         since = int(query.get("resourceVersion") or 0)
+        selected = _selected(query) or {}
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         timeout = float(query.get("timeoutSeconds") or 1800)
         self.send_response(200)
@@ -379,6 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
                         for rv, r, t, obj in store.events
                         if rv > last and r == res
                         and namespace in (None, obj["metadata"].get("namespace"))
+                        and _matches(obj, selected)
                     ]  # fmt: skip
                     last = max([last, *(e[0] for e in store.events)])
                     send_mark = bookmarks and store.bookmarks != marks
@@ -414,6 +441,40 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
+
+
+def _selected(query: dict) -> dict[str, str] | None:
+    """A fieldSelector as {field: value} (`a=b,c==d`); None if it names a field this
+    server does not index (the real API answers 400 there too)."""
+    out: dict[str, str] = {}
+    for term in filter(None, query.get("fieldSelector", "").split(",")):
+        field, sep, value = term.partition("==") if "==" in term else term.partition("=")
+        if not sep or field not in FIELDS:
+            return None
+        out[field] = value
+    return out
+
+
+def _matches(obj: dict, selected: dict[str, str]) -> bool:
+    meta = obj.get("metadata") or {}
+    return all(meta.get(f.removeprefix("metadata.")) == v for f, v in selected.items())
+
+
+def _secret_data(obj: dict) -> str | None:
+    """Fold `stringData` into `data` and check that `data` is base64, as the API server
+    does on every write of a Secret; the problem, or None."""
+    data = obj.get("data") or {}
+    if not isinstance(data, dict):
+        return "data: must be a map of base64 strings"
+    for key, value in data.items():
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            return f"data[{key}]: illegal base64 data"
+    for key, value in (obj.pop("stringData", None) or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    obj["data"] = data
+    return None
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -546,7 +607,8 @@ def api_client(server: FakeApiServer, token: str | None = None):
     return client.ApiClient(config)
 
 
-def control_plane_client(server: FakeApiServer):
-    """A client with the rights deploy/ gives the control plane's service account."""
-    server.restricted["control-plane"] = control_plane_grants()
+def control_plane_client(server: FakeApiServer, *rbac: dict):
+    """A client with the rights deploy/ gives the control plane's service account, and
+    those of the RBAC objects `rbac` (the RoleBindings an operator adds)."""
+    server.restricted["control-plane"] = control_plane_grants(RBAC, *rbac)
     return api_client(server, "control-plane")

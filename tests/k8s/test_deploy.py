@@ -17,6 +17,7 @@ from clrk.api.crds import all_crds
 from clrk_cli import main
 from tests.k8s.kustomize import build, listed_files
 from tests.k8s.openapi_check import problems
+from tests.k8s.rbac import RBAC, control_plane_grants, credential_secrets_binding
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -125,6 +126,21 @@ def test_rbac_is_least_privilege_list_watch_the_kinds_write_their_status_and_lea
             "verbs": ["get", "list", "create", "update"],
         }
     ]  # fmt: skip  (list: the status writer reads the other replicas' ACK reports)
+    # Secrets: list and watch (by name) only where an operator binds this role per
+    # namespace; deploy/ binds it nowhere, and never cluster-wide.
+    secrets = objects[("ClusterRole", "clrk-credential-secrets")]
+    assert secrets["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}
+    ]
+    bindings = [o for o in objects.values() if o["kind"].endswith("Binding")]
+    assert all(b["roleRef"]["name"] != "clrk-credential-secrets" for b in bindings)
+    granted = {(g.group, g.resource) for g in control_plane_grants()}
+    assert ("", "secrets") not in granted
+    bound = control_plane_grants(RBAC, credential_secrets_binding("team-a"))
+    assert {(g.resource, g.verb, g.namespace) for g in bound if g.resource == "secrets"} == {
+        ("secrets", "list", "team-a"),
+        ("secrets", "watch", "team-a"),
+    }
 
 
 def test_the_agent_example_is_clrk_inject_of_the_agent_as_written(capsys):
