@@ -26,6 +26,7 @@ STATUS_ERROR = 2
 TRACE_FLAGS_SAMPLED = 1
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_string = json.encoder.encode_basestring  # what `_dumps` does with a str, minus a call
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class Ids:
         now = time.time_ns()
         start = record.start_ns if record.start_ns is not None else now
         end = record.end_ns if record.end_ns is not None else start
-        return cls(os.urandom(16), os.urandom(8), start, end, now)
+        random = os.urandom(24)  # one call for both ids
+        return cls(random[:16], random[16:], start, end, now)
 
 
 def _severity(record: Record) -> int:
@@ -63,11 +65,31 @@ def _json_value(value: AttrValue) -> str:
     raise ValueError(f"attribute value {value!r} is not a str, int or bool")
 
 
+# An attribute's `{"key":...,"value":` by key: keys are the schema's few dozen names.
+_KEY_PREFIXES: dict[str, str] = {}
+_KEY_PREFIXES_MAX = 1024
+
+
+def _key_prefix(key: str) -> str:
+    prefix = '{"key":' + _dumps(key) + ',"value":'
+    if len(_KEY_PREFIXES) < _KEY_PREFIXES_MAX:
+        _KEY_PREFIXES[key] = prefix
+    return prefix
+
+
 def _json_attributes(record: Record) -> str:
-    return ",".join(
-        '{"key":' + _dumps(key) + ',"value":' + _json_value(value) + "}"
-        for key, value in record.attributes.items()
-    )
+    # Written out for the common types: this runs on every denial before the reset.
+    parts = []
+    for key, value in record.attributes.items():
+        prefix = _KEY_PREFIXES.get(key) or _key_prefix(key)
+        kind = type(value)
+        if kind is str:
+            parts.append(prefix + '{"stringValue":' + _encode_string(value) + "}}")
+        elif kind is int:
+            parts.append(f'{prefix}{{"intValue":"{value}"}}}}')
+        else:
+            parts.append(prefix + _json_value(value) + "}")
+    return ",".join(parts)
 
 
 class JsonEncoder:

@@ -5,6 +5,7 @@ Names are lower-cased without a trailing dot; IPv4-mapped IPv6 addresses become 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -26,6 +27,7 @@ def evidence_name(raw: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # on every connection; addresses repeat
 def normalise_ip(raw: str) -> str:
     """Canonical text of an address; '::ffff:192.0.2.1' -> '192.0.2.1'. ValueError if invalid."""
     addr = ipaddress.ip_address(raw)

@@ -9,6 +9,7 @@ is no agent, and is denied `unknown_agent` by decide().
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ def find_agent(policy: GatewayPolicy, ref: str | None) -> Agent | None:
     return found[0] if len(found) == 1 else None  # unknown or ambiguous
 
 
+@functools.lru_cache(maxsize=4096)  # parsing is most of a lookup; sources repeat
 def _ip_key(ip: str) -> str:
     address = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:

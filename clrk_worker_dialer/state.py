@@ -165,17 +165,20 @@ class DialerState:
             src=f"{src[0]}:{src[1]}",
         )
         self.writer.emit(record)
-        log.info(
-            "egress.dial.denied",
-            extra=fields(
-                reason=str(decision.reason),
-                enforced=decision.enforced,
-                agent=decision.agent,
-                dst=f"{dst[0]}:{dst[1]}",
-                name=dst_name,
-                transport=transport,
-            ),
-        )
+        # The record says it all; a log line per denial cost more than the record (a
+        # flood of denials is also a flood of lines), so only when debugging.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "egress.dial.denied",
+                extra=fields(
+                    reason=str(decision.reason),
+                    enforced=decision.enforced,
+                    agent=decision.agent,
+                    dst=f"{dst[0]}:{dst[1]}",
+                    name=dst_name,
+                    transport=transport,
+                ),
+            )
 
     def record_dns_denied(
         self,
@@ -197,9 +200,10 @@ class DialerState:
             enforced=enforced,
         )
         self.writer.emit(record)
-        log.info(
-            "egress.dns.denied",
-            extra=fields(
-                reason=str(decision.reason), enforced=enforced, agent=decision.agent, query=query
-            ),
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the record says it all, as for dials
+            log.debug(
+                "egress.dns.denied",
+                extra=fields(
+                    reason=str(decision.reason), enforced=enforced, agent=decision.agent, query=query
+                ),
+            )
