@@ -204,6 +204,9 @@ class DialerState:
             log.debug(
                 "egress.dns.denied",
                 extra=fields(
-                    reason=str(decision.reason), enforced=enforced, agent=decision.agent, query=query
+                    reason=str(decision.reason),
+                    enforced=enforced,
+                    agent=decision.agent,
+                    query=query,
                 ),
             )
