@@ -14,6 +14,7 @@ from clrk_runtime.logs import fields
 from clrk_worker_dialer import registry
 from clrk_worker_dialer.config import Address, DialerConfig
 from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
+from clrk_worker_dialer.fair_accept import FairAcceptor
 from clrk_worker_dialer.listen_backlog import listen_backlog
 from clrk_worker_dialer.sni_confirm import SniConfirmer
 from clrk_worker_dialer.state import DialerState, PolicyError
@@ -60,7 +61,7 @@ class Dialer:
         self.confirmer = SniConfirmer(
             self.state, config.sni_confirm_timeout, config.sni_confirm_concurrency
         )
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[FairAcceptor] = []
         self.udp: UdpFront | None = None
         self.bound: dict[str, list[Address]] = {}
         self._watcher: asyncio.Task | None = None
@@ -128,10 +129,10 @@ class Dialer:
 
     async def _serve(self, kind: str, addr: Address, factory) -> None:
         sock = tcp_listen_socket(addr, self.backlog)
-        # asyncio listens again with its own backlog (100 by default): give it ours.
-        server = await asyncio.get_running_loop().create_server(
-            factory, sock=sock, backlog=self.backlog
-        )
+        # Not asyncio's server: it starts a whole burst in one loop iteration, and every
+        # other agent waits behind it (fair_accept says how agents take turns instead).
+        server = FairAcceptor(sock, factory)
+        server.start()
         self.servers.append(server)
         self.bound.setdefault(kind, []).append(sock.getsockname()[:2])
 

@@ -1,0 +1,150 @@
+"""Accepting a listener's connections fairly between agents.
+
+asyncio accepts as many connections as the listen backlog on one readiness event and
+starts them all in the next loop iteration.  Under a flood of thousands from one agent
+that iteration lasts seconds (each connection is decided and recorded in Python), and
+every other agent waits behind it: its new connections, and the relays of the ones
+already running, whose readiness the loop does not look at meanwhile.
+
+Here the listener is drained as connections come (accept(2) is cheap), the accepted
+sockets wait in one queue per source address, and each loop iteration starts at most
+`per_turn` of them, one from each agent in turn.  So an agent's connection waits behind
+at most a turn or two of the others', and the loop gets back to its I/O between turns.
+Nothing is dropped here: what is not accepted yet (descriptors exhausted, `max_pending`
+held) stays in the kernel's accept queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from clrk_runtime.logs import fields
+from clrk_worker_dialer.sockopts import reset_on_close
+
+log = logging.getLogger("clrk.dialer")
+
+PER_TURN = 4  # connections started per loop iteration: a few milliseconds of deciding
+MAX_PENDING = 16384  # accepted, not yet started; beyond it the kernel's queue holds them
+RETRY_DELAY = 0.1  # after running out of descriptors: the ones held are freed meanwhile
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class FairAcceptor:
+    """Serves one listening socket with `factory`'s protocols, agents taking turns."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+        *,
+        per_turn: int = PER_TURN,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sock = sock
+        self.factory = factory
+        self.per_turn = per_turn
+        self.max_pending = max_pending
+        self._queues: OrderedDict[str, deque[socket.socket]] = OrderedDict()
+        self._pending = 0
+        self._reading = False
+        self._turn: asyncio.Handle | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    def start(self) -> None:
+        if not self._reading and not self._closed:
+            self._reading = True
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def _accept(self) -> None:
+        while self._pending < self.max_pending:
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionAbortedError:
+                continue  # the agent gave up while it waited in the queue
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # The kernel keeps the rest queued; starting the held ones frees some.
+                log.warning("cannot accept a connection", extra=fields(error=str(exc)))
+                self._pause()
+                self._retry = self.loop.call_later(RETRY_DELAY, self._resume)
+                break
+            conn.setblocking(False)
+            self._queues.setdefault(peer[0], deque()).append(conn)
+            self._pending += 1
+        if self._pending >= self.max_pending:
+            self._pause()
+        if self._pending and self._turn is None:
+            self._turn = self.loop.call_soon(self._start_some)
+
+    def _resume(self) -> None:
+        self._retry = None
+        self.start()
+
+    def _start_some(self) -> None:
+        """One turn: up to per_turn connections, one per agent round-robin; the rest in
+        the next iteration, after the loop has polled its I/O."""
+        self._turn = None
+        for _ in range(self.per_turn):
+            if not self._queues:
+                break
+            source, queue = next(iter(self._queues.items()))
+            conn = queue.popleft()
+            if queue:
+                self._queues.move_to_end(source)
+            else:
+                del self._queues[source]
+            self._pending -= 1
+            task = self.loop.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._queues:
+            self._turn = self.loop.call_soon(self._start_some)
+        if not self._reading and self._retry is None and self._pending <= self.max_pending // 2:
+            self.start()  # held to max_pending, then half of them started: accept again
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except OSError as exc:
+            log.warning("cannot serve a connection", extra=fields(error=str(exc)))
+            conn.close()
+
+    def close(self) -> None:
+        """Stop listening; connections accepted but not started yet are reset."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pause()
+        for handle in (self._turn, self._retry):
+            if handle is not None:
+                handle.cancel()
+        for queue in self._queues.values():
+            for conn in queue:
+                with contextlib.suppress(OSError):
+                    reset_on_close(conn)
+                conn.close()
+        self._queues.clear()
+        self._pending = 0
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        """Connections being started finish starting (their protocols then own them)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
