@@ -26,7 +26,9 @@ def _out(*argv: str) -> str:
 
 
 def _netns() -> set[str]:
-    return {line.split()[0] for line in _out("ip", "netns", "list").splitlines() if line}
+    """This test run's namespaces (others may be making and removing their own meanwhile)."""
+    names = {line.split()[0] for line in _out("ip", "netns", "list").splitlines() if line}
+    return {name for name in names if name.startswith(f"clrk-sbt-{RUN}-")}
 
 
 @pytest.fixture

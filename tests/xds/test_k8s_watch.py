@@ -57,6 +57,8 @@ def watching(server):
     )  # fmt: skip
     watcher.start()
     try:
+        # Listed before the test writes: what it creates next arrives as a watch event.
+        wait_for(lambda: ("LIST", "") in mirror.items)
         yield watcher, mirror
     finally:
         watcher.stop()
