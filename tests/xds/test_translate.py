@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -342,3 +343,28 @@ def test_without_blocked_list_no_guard_chain() -> None:
     text = _gateway("[{name: a, protocol: TCP}]") + _route("r", '[{destinationHostnames: ["x.y"]}]')
     (lst,) = _translate(text, always_blocked=())["default/gw"].listeners
     assert _chain_names(lst) == _actions(lst) == ["route/default/r/rule/0"]
+
+
+def test_a_chain_cache_kept_across_changes_translates_as_a_fresh_translation() -> None:
+    """The cache's keys share one number for what a listener's routes have in common
+    (listener, blocked ranges, credentials): a change of any of those, or of a route,
+    must never reuse a chain built for the old one."""
+    from clrk_xds.translate import ChainCache
+
+    routes = _route("a", "[{destinationCIDRs: [169.254.1.0/24], ports: [{port: 443}]}]")
+    elsewhere = ip_network("192.0.2.0/24")  # by default 169.254/16 is, and the CIDR opens it
+    sets = [
+        (_gateway("[{name: tcp, protocol: TCP}]") + routes, {}),
+        (_gateway("[{name: tcp, protocol: TCP}]") + routes, {"always_blocked": (elsewhere,)}),
+        (_gateway("[{name: tcp, protocol: TCP, port: 443}]") + routes, {}),
+        (_gateway("[{name: tcp, protocol: TCP}]", "allow-all") + routes, {}),
+        (_gateway("[{name: tcp, protocol: TCP}]") + routes.replace("443", "8443"), {}),
+        (_gateway("[{name: tcp, protocol: TCP}]") + routes, {}),
+    ]
+    cache = ChainCache()
+    for text, options in sets * 2:
+        cached = _translate(text, cache=cache, **options)
+        fresh = _translate(text, **options)
+        assert {gw: to_plain(r) for gw, r in cached.items()} == {
+            gw: to_plain(r) for gw, r in fresh.items()
+        }
