@@ -258,6 +258,9 @@ class DnsTcp(asyncio.Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
         peer = transport.get_extra_info("peername")
+        if peer is None:  # the client reset the connection while it waited for its turn
+            transport.abort()
+            return
         self.src = (peer[0], peer[1])
         self.agent = self.state.agent_for_source(peer[0]) if self.state.policy else None
 

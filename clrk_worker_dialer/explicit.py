@@ -42,6 +42,9 @@ class ExplicitFront(AgentSide):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
+        if peer is None:  # the client reset the connection while it waited for its turn
+            self.reset()
+            return
         self.src = (peer[0], peer[1])
 
     # what each protocol says to its client

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
 import socket
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -29,10 +30,19 @@ from clrk_worker_dialer.sockopts import reset_on_close
 
 log = logging.getLogger("clrk.dialer")
 
-PER_TURN = 4  # connections started per loop iteration: a few milliseconds of deciding
+PER_TURN = 4  # connections started per loop iteration: a millisecond or two of deciding
 MAX_PENDING = 16384  # accepted, not yet started; beyond it the kernel's queue holds them
 RETRY_DELAY = 0.1  # after running out of descriptors: the ones held are freed meanwhile
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def default_max_pending() -> int:
+    """MAX_PENDING, or a quarter of the open files limit when lower: each held connection
+    is a descriptor, and the relays need theirs (six each)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_PENDING
+    return max(1, min(MAX_PENDING, soft // 4))
 
 
 class FairAcceptor:
@@ -44,13 +54,13 @@ class FairAcceptor:
         factory: Callable[[], asyncio.Protocol],
         *,
         per_turn: int = PER_TURN,
-        max_pending: int = MAX_PENDING,
+        max_pending: int | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.sock = sock
         self.factory = factory
         self.per_turn = per_turn
-        self.max_pending = max_pending
+        self.max_pending = default_max_pending() if max_pending is None else max_pending
         self._queues: OrderedDict[str, deque[socket.socket]] = OrderedDict()
         self._pending = 0
         self._reading = False

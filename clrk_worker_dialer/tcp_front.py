@@ -249,7 +249,8 @@ class TransparentTcp(AgentSide):
         peer = transport.get_extra_info("peername")
         dst = original_destination(sock)
         local = transport.get_extra_info("sockname")
-        if dst is None or self.state.policy is None:
+        # No peer: the agent reset the connection while it waited for its turn.
+        if dst is None or peer is None or self.state.policy is None:
             self.reset()
             return
         own = None

@@ -4,10 +4,16 @@ every connection is started once; what is not taken yet stays in the kernel's qu
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
+import struct
 
-from clrk_worker_dialer.fair_accept import FairAcceptor
+from clrk_worker_dialer.config import DialerConfig
+from clrk_worker_dialer.fair_accept import MAX_PENDING, FairAcceptor, default_max_pending
 from clrk_worker_dialer.server import tcp_listen_socket
+from clrk_worker_dialer.state import DialerState
+from clrk_worker_dialer.tcp_front import TransparentTcp
+from tests.worker_dialer.dialer_policy import POLICY_YAML
 
 BURST = 60
 
@@ -71,6 +77,16 @@ def test_beyond_max_pending_connections_wait_in_the_kernel_and_are_all_served():
     assert order == ["127.0.0.1"] * 30
 
 
+def test_a_low_open_files_limit_bounds_what_is_held_to_a_quarter_of_it():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
+    try:
+        assert default_max_pending() == 100
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert default_max_pending() == min(MAX_PENDING, soft // 4)
+
+
 def test_closing_resets_the_connections_accepted_but_not_started():
     async def run() -> bytes:
         listener = tcp_listen_socket(("127.0.0.1", 0), 16)
@@ -88,3 +104,42 @@ def test_closing_resets_the_connections_accepted_but_not_started():
             client.close()
 
     assert asyncio.run(run()) == b"reset"
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.emitted: list = []
+
+    def emit(self, record) -> None:
+        self.emitted.append(record)
+
+
+def test_a_connection_its_agent_reset_before_its_turn_ends_without_an_error(tmp_path, monkeypatch):
+    # As REDIRECT would say (conntrack outlives the reset); loopback has no NAT.
+    monkeypatch.setattr(
+        "clrk_worker_dialer.tcp_front.original_destination", lambda _sock: ("203.0.113.5", 5432)
+    )
+    manifests = tmp_path / "policy.yaml"
+    manifests.write_text(POLICY_YAML)
+    records = _Records()
+    state = DialerState(DialerConfig(manifests=[str(manifests)], gateway="default/gw"), records)
+    state.load()
+
+    async def run() -> list[dict]:
+        errors: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, c: errors.append(c))
+        listener = tcp_listen_socket(("127.0.0.1", 0), 16)
+        client = _connect(listener.getsockname()[1], "127.0.0.1")
+        acceptor = FairAcceptor(listener, lambda: TransparentTcp(state))
+        acceptor._accept()  # taken from the kernel; then the agent resets it
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        for _ in range(10):  # its turn, its transport, its connection_made
+            await asyncio.sleep(0)
+        acceptor.close()
+        await acceptor.wait_closed()
+        return errors
+
+    # The transport has no peer address then; nothing is decided, nothing recorded.
+    assert asyncio.run(run()) == []
+    assert records.emitted == []
