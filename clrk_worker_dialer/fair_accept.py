@@ -12,6 +12,12 @@ sockets wait in one queue per source address, and each loop iteration starts at 
 at most a turn or two of the others', and the loop gets back to its I/O between turns.
 Nothing is dropped here: what is not accepted yet (descriptors exhausted, `max_pending`
 held) stays in the kernel's accept queue.
+
+The turns hold while the dialer decides faster than connections come, a burst of tens
+of thousands included.  A flood faster than that for longer fills `max_pending`; the
+kernel's queue, one for all agents, then holds the rest in arrival order, and another
+agent's connection waits behind them again.  Fairness there needs the kernel's queues
+apart: a listener per agent (a REDIRECT port per sandbox).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ log = logging.getLogger("clrk.dialer")
 
 PER_TURN = 4  # connections started per loop iteration: a millisecond or two of deciding
 MAX_PENDING = 16384  # accepted, not yet started; beyond it the kernel's queue holds them
+ACCEPT_BATCH = 1024  # accept(2)s per readiness: the loop polls its I/O between batches
 RETRY_DELAY = 0.1  # after running out of descriptors: the ones held are freed meanwhile
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -80,7 +87,7 @@ class FairAcceptor:
             self.loop.remove_reader(self.sock.fileno())
 
     def _accept(self) -> None:
-        while self._pending < self.max_pending:
+        for _ in range(min(ACCEPT_BATCH, self.max_pending - self._pending)):
             try:
                 conn, peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):
