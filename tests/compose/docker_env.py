@@ -304,7 +304,11 @@ class DockerLab(BuiltOnEnter):
         if ids:
             self.docker("rm", "-f", "-v", *ids)
         self.docker("network", "prune", "-f")
-        self.docker("volume", "prune", "-f")
+        # By name: a newer client's prune keeps named volumes (compose's are), and an
+        # older daemon refuses its --all.
+        volumes = self.docker("volume", "ls", "-q").stdout.split()
+        if volumes:
+            self.docker("volume", "rm", "-f", *volumes)
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, networks (but Docker's own) and volumes this daemon has."""
