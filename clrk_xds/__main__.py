@@ -120,11 +120,11 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup(args.log_level)
-    factory = None
+    factory = credentials = None
     if args.provider == "kubernetes":
         if args.manifests or args.applied_dir:
             parser.error("--provider kubernetes reads no --manifests and has no --applied-dir")
-        factory = _kubernetes(args)
+        factory, credentials = _kubernetes(args)
     elif not args.manifests:
         parser.error("--manifests is required (or --provider kubernetes)")
     auth = ServerAuth(args.token_file, args.tls_cert, args.tls_key, args.client_ca)
@@ -179,20 +179,28 @@ def cli(argv: list[str] | None = None) -> None:
             factory,
             args.own_address,
             args.watch_own_addresses,
+            credentials,
             **options,
         )
     )
 
 
 def _kubernetes(args: argparse.Namespace):
+    """The provider's factory, and the credentials' reader that also reads the Secrets
+    it watches."""
+    from clrk_xds.credential_secrets import CredentialSecrets
     from clrk_xds.k8s_acks import AckBoard
     from clrk_xds.k8s_lease import LeaseElector
+    from clrk_xds.k8s_secrets import SecretStore
     from clrk_xds.provider_kubernetes import api_client, provider_factory
 
     api = api_client(args.kubeconfig)
     elector = LeaseElector(api, args.lease_namespace, args.lease_name, args.identity)
     acks = AckBoard(api, args.lease_namespace, args.identity)
-    return provider_factory(api, elector, acks=acks)
+    secrets = SecretStore(api)
+    credentials = CredentialSecrets(secret_refs=secrets)
+    factory = provider_factory(api, elector, acks=acks, secrets=secrets, credentials=credentials)
+    return factory, credentials
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from clrk.api import resolve
 from clrk.api.findings import Finding
 from clrk.api.resources import AGENT_KINDS
 from clrk.policy.loaded import Loaded
@@ -105,7 +104,7 @@ def object_statuses(
     `in_force`: this read is the set the control plane serves.
     """
     load = loaded.load
-    resolution = resolve(load.resources, load.rejected)
+    conditions_of = loaded.compiled.conditions  # the resolver's, from the compile
     per_doc = _by_document(loaded.findings)
     out: list[ObjectStatus] = []
     for res in load.resources:
@@ -113,7 +112,7 @@ def object_statuses(
             continue
         found = per_doc.get((res.source.file, res.source.document), [])
         errors = [f for f in found if f.is_error]
-        resolved = resolution.conditions.get((res.kind, res.namespace, res.name), ())
+        resolved = conditions_of.get((res.kind, res.namespace, res.name), ())
         accepted_cond = next((c for c in resolved if c.type == "Accepted"), None)
         if accepted_cond is not None:
             accepted = accepted_cond.status

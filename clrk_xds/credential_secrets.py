@@ -10,7 +10,9 @@ source, never the value) is logged and listed by `problems`.
 
 File sources are re-read on every translation; `changed()` tells the control plane's
 poller that a file's content differs from what was last served, and a reload puts the
-new value in force (only the secret changes, so no listener drains).
+new value in force (only the secret changes, so no listener drains).  A secretRef is
+read from `secret_refs` (the Kubernetes provider's watched Secrets, `k8s_secrets`), in
+the credential's own namespace; whoever holds them replans when one changes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from envoy_data_plane.envoy.config.core.v3 import DataSource
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import GenericSecret, Secret
@@ -44,11 +47,22 @@ def _usable(value: bytes) -> str | None:
     return None
 
 
+class SecretUnavailable(Exception):
+    """A secretRef that gives no value; the message names the Secret and key only."""
+
+
+class SecretReader(Protocol):
+    def read(self, namespace: str, name: str, key: str) -> bytes: ...
+
+
 class CredentialSecrets:
     """The translator's `credential_secret`; one per control plane."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, secret_refs: SecretReader | None = None
+    ) -> None:
         self.environ = os.environ if environ is None else environ
+        self.secret_refs = secret_refs
         self._served: dict[str, str] = {}  # file path -> digest of what was served
         self.problems: dict[str, str] = {}  # credential -> why its secret is empty
 
@@ -65,6 +79,8 @@ class CredentialSecrets:
             raw = self._raw(credential)
         except OSError as exc:
             return self._fail(credential, where, f"cannot be read: {exc.strerror or exc}")
+        except SecretUnavailable as exc:
+            return self._fail(credential, where, str(exc))
         if raw is None:
             return self._fail(credential, where, "is not set")
         value = raw.removesuffix(b"\n").removesuffix(b"\r")
@@ -83,7 +99,11 @@ class CredentialSecrets:
         if credential.source == "env":
             value = self.environ.get(credential.source_ref)
             return None if value is None else value.encode()
-        raise OSError("only the Kubernetes provider resolves a secretRef")
+        if self.secret_refs is None:
+            raise OSError("only the Kubernetes provider resolves a secretRef")
+        namespace = credential.ref.partition("/")[0]  # never another namespace
+        name, _, key = credential.source_ref.partition("/")
+        return self.secret_refs.read(namespace, name, key)
 
     def _fail(self, credential: CompiledCredential, where: str, problem: str) -> bytes:
         if credential.source == "file":

@@ -11,6 +11,9 @@ are in the set in force, and what each gateway's Envoy acknowledged:
   message if Envoy refused it, `Pending` until then, `Invalid` while a newer edit of
   it waits behind an invalid set (the last good policy, without that edit, stays in
   force).
+- `ResolvedRefs`, on an accepted EgressCredential with a secretRef: whether the
+  Secret's key gave a value; False names the Secret and key and why (never a value):
+  the credential's requests are then answered 401, never sent without it.
 - `observedGeneration` (on the status and on each condition) is the object's
   metadata.generation that these conditions describe.
 """
@@ -103,21 +106,39 @@ def _programmed(
     return Cond("Programmed", True, "Programmed")
 
 
+def resolved_refs(res: Resource, problem: str | None) -> Cond:
+    """A secretRef credential's Secret: `problem` is why it gave no value, or None."""
+    ref = res.spec.source.secret_ref
+    where = f"Secret {res.namespace}/{ref.name}, key {ref.key!r}"
+    if problem is None:
+        return Cond("ResolvedRefs", True, "ResolvedRefs", f"{where}: read")
+    return Cond(
+        "ResolvedRefs",
+        False,
+        "SecretUnavailable",
+        f"{where}: {problem}; the credential's requests are answered 401 until it is readable",
+    )
+
+
 def desired_conditions(
     plan: Plan,
     in_force: Callable[[Key], bool],
     ack: Callable[[str], Ack],
     acked_before: Callable[[Key], bool] = lambda key: False,
-) -> dict[Key, tuple[Cond, Cond]]:
-    """(Accepted, Programmed) of every object the plan read, valid or not.
+    credential_problem: Callable[[str], str | None] | None = None,
+) -> dict[Key, tuple[Cond, ...]]:
+    """(Accepted, Programmed[, ResolvedRefs]) of every object the plan read, valid or
+    not.
 
     `acked_before(key)`: this version of the object was Programmed already (its
     Envoys ACKed a snapshot containing it), so another object's edit does not send it
-    back to Pending."""
+    back to Pending.  `credential_problem(namespace/name)`: why a credential's secret
+    gave no value at the last translation, or None (with it, secretRef credentials get
+    ResolvedRefs)."""
     loaded = plan.loaded
     by_key = {(r.kind, r.namespace, r.name): r for r in loaded.load.resources}
     routes = {(r.namespace, r.name): r for r in by_key.values() if r.kind == "EgressL4Route"}
-    out: dict[Key, tuple[Cond, Cond]] = {}
+    out: dict[Key, tuple[Cond, ...]] = {}
     for st in object_statuses(loaded, in_force=True):
         key = (st.kind, st.namespace, st.name)
         accepted = st.conditions[0]
@@ -129,6 +150,14 @@ def desired_conditions(
                 accepted.status, in_force(key), plan.blocked, nodes, ack, acked_before(key)
             ),
         )
+        if (
+            credential_problem is not None
+            and accepted.status
+            and res is not None
+            and res.kind == "EgressCredential"
+            and res.spec.source.secret_ref is not None
+        ):
+            out[key] += (resolved_refs(res, credential_problem(res.ref)),)
     return out
 
 

@@ -1,7 +1,8 @@
-"""List, then watch, one kind of custom object, in a thread of its own.
+"""List, then watch, one kind of custom object (or any list the client makes: the
+Secrets of one name in one namespace), in a thread of its own.
 
-The official client is synchronous, so each kind's watch runs in a thread and hands
-what it sees to the event loop (`emit`):
+The official client is synchronous, so each watch runs in a thread and hands what it
+sees to the event loop (`emit`):
 
 - `("LIST", kind, items)` after every list: the whole current set of that kind, which
   replaces what the consumer held (after a `410 Gone` nothing is lost or doubled);
@@ -15,6 +16,8 @@ backoff and jitter, then resumes from where it was.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import random
 import threading
@@ -32,29 +35,31 @@ Emit = Callable[[tuple[str, str, object]], None]
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
 
 
-class KindWatcher:
+class ListWatcher:
+    """`lister`: a list call of the official client with its arguments bound (it takes
+    the watch's keyword arguments too).  `redact`: log an error by its type and HTTP
+    status only (what it watches is secret: no message may quote an object)."""
+
     def __init__(
         self,
-        api: client.ApiClient,
-        group: str,
-        version: str,
+        lister: Callable[..., object],
         kind: str,
-        plural: str,
         emit: Emit,
         *,
+        name: str,
         watch_timeout: int = 300,
         backoff_max: float = BACKOFF_MAX,
+        redact: bool = False,
     ) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.group, self.version, self.kind, self.plural = group, version, kind, plural
-        self.emit = emit
+        self.lister, self.kind, self.emit, self.redact = lister, kind, emit, redact
         self.watch_timeout = watch_timeout  # the server ends a watch after this; resumed
         self.backoff_max = backoff_max
         self.resource_version: str | None = None
         self.lists = 0  # how many times it listed: 1 + relists after 410
+        self.error: str | None = None  # the last error, until a list or watch succeeds
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
-        self._thread = threading.Thread(target=self._run, name=f"watch-{plural}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -77,21 +82,19 @@ class KindWatcher:
         return (5.0, self.watch_timeout + 15.0)
 
     def _list(self) -> None:
-        listed = self.custom.list_cluster_custom_object(
-            self.group, self.version, self.plural, _request_timeout=self._timeout()
-        )
+        # The JSON as the server sent it: the client's models would rename its fields.
+        response = self.lister(_preload_content=False, _request_timeout=self._timeout())
+        listed = json.loads(response.data)
         self.resource_version = listed["metadata"]["resourceVersion"]
         self.lists += 1
-        self.emit(("LIST", self.kind, listed.get("items", [])))
+        self.error = None
+        self.emit(("LIST", self.kind, listed.get("items") or []))
 
     def _watch_once(self) -> None:
         w = self._watch = watch.Watch()
         try:
             for event in w.stream(
-                self.custom.list_cluster_custom_object,
-                self.group,
-                self.version,
-                self.plural,
+                self.lister,
                 resource_version=self.resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=self.watch_timeout,
@@ -122,13 +125,43 @@ class KindWatcher:
                     if fresh:  # gone right after a list: do not spin on the server
                         delay = self._pause(delay, "410 Gone right after a list")
                     continue
-                delay = self._pause(delay, f"{exc.status} {exc.reason}")
+                reason = "" if self.redact else f" {exc.reason}"
+                delay = self._pause(delay, f"{exc.status}{reason}")
             except Exception as exc:  # a dropped connection, a restarting API server
                 if self._stop.is_set():
                     return
-                delay = self._pause(delay, f"{type(exc).__name__}: {exc}")
+                message = "" if self.redact else f": {exc}"
+                delay = self._pause(delay, f"{type(exc).__name__}{message}")
 
     def _pause(self, delay: float, error: str) -> float:
+        self.error = error
         log.warning("k8s.watch_error", extra=fields(kind=self.kind, error=error, retry_in=delay))
         self._stop.wait(delay * random.uniform(0.8, 1.2))
         return min(delay * 2, self.backoff_max)
+
+
+class KindWatcher(ListWatcher):
+    """Every object of one custom kind, cluster-wide."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        group: str,
+        version: str,
+        kind: str,
+        plural: str,
+        emit: Emit,
+        *,
+        watch_timeout: int = 300,
+        backoff_max: float = BACKOFF_MAX,
+    ) -> None:
+        custom = client.CustomObjectsApi(api)
+        lister = functools.partial(custom.list_cluster_custom_object, group, version, plural)
+        super().__init__(
+            lister,
+            kind,
+            emit,
+            name=plural,
+            watch_timeout=watch_timeout,
+            backoff_max=backoff_max,
+        )

@@ -8,10 +8,16 @@ decoded into documents (name, namespace, labels, spec: what the loader reads) an
 keeps the last good policy.  An event that changes no document (a status write, a
 resourceVersion) changes nothing.
 
-Status (Accepted, Programmed, observedGeneration, `k8s_status`) is written through the
-status subresource, only where it differs from what the object holds, and only by the
-replica holding the Lease (`k8s_lease`); every replica serves.  Programmed counts the
-ACKs of the Envoys connected to any replica: each publishes its own (`k8s_acks`).
+An EgressCredential's secretRef is read from the Secret of that name in the
+credential's namespace, watched by name (`k8s_secrets.SecretStore`); a change of it
+replans (only the SDS secret differs), a missing Secret or key fails that credential's
+requests closed (401) and says so in its ResolvedRefs condition.
+
+Status (Accepted, Programmed, ResolvedRefs, observedGeneration, `k8s_status`) is
+written through the status subresource, only where it differs from what the object
+holds, and only by the replica holding the Lease (`k8s_lease`); every replica serves.
+Programmed counts the ACKs of the Envoys connected to any replica: each publishes its
+own (`k8s_acks`).
 
 Cross-namespace references: a route may name a gateway in another namespace
 (parentRefs[].namespace) and an agent `namespace/name` in gatewayRef, as with files;
@@ -38,8 +44,10 @@ from clrk.api.crds import VERSION, plural
 from clrk.api.resources import GROUP, SPEC_MODELS, Source
 from clrk_runtime.logs import fields
 from clrk_xds.consistency import CLUSTER, LISTENER
+from clrk_xds.credential_secrets import CredentialSecrets
 from clrk_xds.k8s_acks import AckBoard, Report, report_of
 from clrk_xds.k8s_lease import TIMEOUT, LeaseElector
+from clrk_xds.k8s_secrets import SecretStore
 from clrk_xds.k8s_status import Ack, Key, desired_conditions, same_status, status_body
 from clrk_xds.k8s_watch import KindWatcher
 from clrk_xds.provider import Plan, Provider, plan
@@ -86,6 +94,10 @@ class KubernetesProvider(Provider):
     ads_status: Callable[[str], Mapping] | None = None
     elector: LeaseElector | None = None  # None: this replica writes status
     acks: AckBoard | None = None  # shares ACKs between replicas; None: this one's only
+    # The Secrets credentials name, and the translator's reader of them (whose problems
+    # status reports); None: a secretRef is a finding, as with files.
+    secrets: SecretStore | None = None
+    credentials: CredentialSecrets | None = None
     debounce_ms: int = 50
     watch_timeout: int = 300
     backoff_max: float = 30.0
@@ -99,6 +111,7 @@ class KubernetesProvider(Provider):
     _programmed: dict[Key, dict] = field(default_factory=dict, init=False)  # ACKed versions
     _peer_reports: list[Report] = field(default_factory=list, init=False)
     _plan: Plan | None = field(default=None, init=False)
+    _secrets_version: int = field(default=-1, init=False)  # of the Secrets planned with
     _dirty: asyncio.Event | None = field(default=None, init=False)
     watchers: list[KindWatcher] = field(default_factory=list, init=False)
 
@@ -106,6 +119,8 @@ class KubernetesProvider(Provider):
 
     def _handle(self, item: tuple[str, str, object]) -> None:
         what, kind, payload = item
+        if what == "SECRET":
+            return  # a Secret a credential reads changed: the reload replans
         if what == "LIST":
             for key in [k for k in self._objects if k[0] == kind]:
                 del self._objects[key]
@@ -131,13 +146,23 @@ class KubernetesProvider(Provider):
         if not self.synced:
             return False
         documents = {key: policy_document(obj) for key, obj in sorted(self._objects.items())}
-        if self._plan is not None and documents == self._documents:
+        version = self.secrets.version if self.secrets is not None else 0
+        if self._plan is not None and (documents, version) == (
+            self._documents,
+            self._secrets_version,
+        ):
             return False
         assert self.translator is not None
-        load = load_documents((source_of(key), doc) for key, doc in documents.items())
+        load = load_documents(
+            ((source_of(key), doc) for key, doc in documents.items()),
+            secret_refs=self.secrets is not None,
+        )
+        if self.secrets is not None:
+            await asyncio.to_thread(self.secrets.want, secret_refs(load.resources))
+            version = self.secrets.version
         new = await asyncio.to_thread(plan, load, self.translator)
         applied = self.apply(new)
-        self._documents, self._plan = documents, new
+        self._documents, self._plan, self._secrets_version = documents, new, version
         if not new.blocked:
             self._in_force = documents
         self.poke()
@@ -194,6 +219,7 @@ class KubernetesProvider(Provider):
             lambda key: (
                 key in self._programmed and self._programmed[key] == self._documents.get(key)
             ),
+            self.credentials.problems.get if self.credentials is not None else None,
         )
         for key, conds in sorted(desired.items()):
             if conds[1].status:
@@ -317,6 +343,9 @@ class KubernetesProvider(Provider):
         def emit(item: tuple[str, str, object]) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        if self.secrets is not None:
+            self.secrets.on_change = lambda: emit(("SECRET", "Secret", None))
+
         self.watchers = [
             KindWatcher(
                 self.api,
@@ -367,6 +396,18 @@ class KubernetesProvider(Provider):
             if self.elector is not None:
                 await asyncio.to_thread(self.elector.release)
             await asyncio.to_thread(_join_all, self.watchers, 5.0)
+            if self.secrets is not None:
+                await asyncio.to_thread(self.secrets.stop)
+
+
+def secret_refs(resources) -> set[tuple[str, str]]:
+    """(namespace, name) of every Secret a credential's secretRef names: always in the
+    credential's own namespace."""
+    return {
+        (res.namespace, res.spec.source.secret_ref.name)
+        for res in resources
+        if res.kind == "EgressCredential" and res.spec.source.secret_ref is not None
+    }
 
 
 def _join_all(watchers: list[KindWatcher], timeout: float) -> None:
@@ -398,7 +439,9 @@ def provider_factory(
     api: client.ApiClient, elector: LeaseElector | None = None, **options: object
 ) -> Callable[..., KubernetesProvider]:
     """`ControlPlane.provider_factory` of a Kubernetes provider whose status counts the
-    ACKs of that control plane's ADS server."""
+    ACKs of that control plane's ADS server.  To resolve secretRefs, `options` hold
+    `secrets` (a SecretStore) and `credentials` (the translator's CredentialSecrets,
+    reading from it)."""
 
     def make(cache, hub, translator, ads) -> KubernetesProvider:
         provider = KubernetesProvider(

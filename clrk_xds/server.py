@@ -205,11 +205,13 @@ async def main(
     provider_factory: Callable[..., Provider] | None = None,
     own_addresses: Sequence[str] = (),
     watch_own_addresses: bool = False,
+    credentials: CredentialSecrets | None = None,
     **translate_options: object,
 ) -> None:
     """Serve until SIGTERM or SIGINT; `translate_options` go to clrk_xds.translate.
     `own_addresses` are always blocked; with `watch_own_addresses`, so is every address
-    of this network namespace, kept current."""
+    of this network namespace, kept current.  `credentials`: what reads credentials'
+    values (default: files and the environment only)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -217,7 +219,7 @@ async def main(
     leaves = None
     if state_dir is not None:
         translate_options["leaf_secret"], leaves = leaf_secrets(state_dir)
-    credentials = CredentialSecrets()
+    credentials = credentials or CredentialSecrets()
     translate_options["credential_secret"] = credentials
     host = HostAddresses(own_addresses) if watch_own_addresses else None
     static = tuple(own_addresses)

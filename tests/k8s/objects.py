@@ -8,7 +8,7 @@ from clrk.api.crds import VERSION, plural
 from clrk.api.resources import API_VERSION, GROUP
 from tests.xds.test_server import wait_for
 
-__all__ = ["Cluster", "agent", "deny", "gateway", "obj", "route", "wait_for"]
+__all__ = ["Cluster", "agent", "credential", "deny", "gateway", "obj", "route", "wait_for"]
 
 
 def obj(kind: str, name: str, spec: dict | None, namespace: str = "default", **meta) -> dict:
@@ -35,6 +35,17 @@ def route(name="r1", host="api.example.com", gateway="gw", port=443, namespace="
     return obj("EgressL4Route", name, spec, namespace)
 
 
+def credential(name="key", route="r1", secret="anthropic", key="api-key", namespace="default"):
+    """An EgressCredential reading `key` of Secret `secret` (in its own namespace)."""
+    spec = {
+        "targetRef": {"name": route},
+        "header": "x-api-key",
+        "placeholder": f"clrk-placeholder-{namespace}-{name}",
+        "source": {"secretRef": {"name": secret, "key": key}},
+    }
+    return obj("EgressCredential", name, spec, namespace)
+
+
 def deny(name="no-paste", target="r1", namespace="default") -> dict:
     return obj("EgressDenyPolicy", name, {"targetRef": {"name": target}}, namespace)
 
@@ -49,6 +60,20 @@ class Cluster:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    def put_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> None:
+        """Create or replace an Opaque Secret (`stringData`: the server encodes it)."""
+        body = {"metadata": {"name": name, "namespace": namespace}, "stringData": data}
+        try:
+            self.core.create_namespaced_secret(namespace, body)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.core.replace_namespaced_secret(name, namespace, body)
+
+    def delete_secret(self, name: str, namespace: str = "default") -> None:
+        self.core.delete_namespaced_secret(name, namespace)
 
     def create(self, body: dict) -> dict:
         ns = body["metadata"]["namespace"]

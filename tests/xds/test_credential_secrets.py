@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from clrk.policy.compiled import CompiledCredential
-from clrk_xds.credential_secrets import CredentialSecrets
+from clrk_xds.credential_secrets import CredentialSecrets, SecretUnavailable
 
 SECRET = b"sk-test-0123456789"
 
@@ -64,3 +64,29 @@ def test_a_change_is_reported_once_even_for_a_file_no_credential_reads_any_more(
     path.write_bytes(b"sk-other")  # and the credential is gone: nothing reads it again
     assert secrets.changed()
     assert not secrets.changed()
+
+
+class Secrets:
+    """A SecretReader over a dict, recording what was asked for."""
+
+    def __init__(self, held: dict) -> None:
+        self.held, self.asked = held, []
+
+    def read(self, namespace: str, name: str, key: str) -> bytes:
+        self.asked.append((namespace, name, key))
+        if (namespace, name, key) not in self.held:
+            raise SecretUnavailable("the Secret does not exist")
+        return self.held[(namespace, name, key)]
+
+
+def test_a_secret_ref_is_read_in_the_credentials_namespace_and_fails_closed(caplog) -> None:
+    reader = Secrets({("default", "anthropic", "api-key"): SECRET + b"\n"})
+    secrets = CredentialSecrets({}, reader)
+    assert value(secrets(cred("secretRef", "anthropic/api-key"))) == SECRET
+    assert reader.asked == [("default", "anthropic", "api-key")]
+    with caplog.at_level(logging.ERROR, logger="clrk_xds.credentials"):
+        assert value(secrets(cred("secretRef", "anthropic/other"))) == b""
+    assert secrets.problems["default/key"] == "the Secret does not exist"
+    assert "secretRef anthropic/other" in str(caplog.records[0].__dict__)
+    # without a reader (the file provider) a secretRef is never read
+    assert value(CredentialSecrets({})(cred("secretRef", "anthropic/api-key"))) == b""

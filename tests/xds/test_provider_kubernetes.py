@@ -14,8 +14,10 @@ from kubernetes.client.rest import ApiException
 
 from clrk_xds.ads import TypeStatus
 from clrk_xds.consistency import CLUSTER, LISTENER
+from clrk_xds.credential_secrets import CredentialSecrets
 from clrk_xds.k8s_acks import AckBoard
 from clrk_xds.k8s_lease import LeaseElector
+from clrk_xds.k8s_secrets import SecretStore
 from clrk_xds.policy_stream import PolicyHub
 from clrk_xds.provider import default_translator
 from clrk_xds.provider_kubernetes import KubernetesProvider, policy_document
@@ -44,22 +46,32 @@ class Running:
     """A provider running on an event loop of its own, in a thread."""
 
     def __init__(
-        self, server: FakeApiServer, identity: str | None = None, ads: dict | None = None
+        self,
+        server: FakeApiServer,
+        identity: str | None = None,
+        ads: dict | None = None,
+        rbac: tuple[dict, ...] = (),
     ) -> None:
         """`ads`: node -> {type URL: TypeStatus}, standing in for this replica's ADS
-        server (what its Envoys ACKed); None: what is in force counts as programmed."""
-        api = control_plane_client(server)  # with the rights deploy/ grants it
+        server (what its Envoys ACKed); None: what is in force counts as programmed.
+        `rbac`: RoleBindings an operator adds (the provider then reads secretRefs)."""
+        api = control_plane_client(server, *rbac)  # with the rights deploy/ grants it
         elector = acks = None
         if identity is not None:
             elector = LeaseElector(api, "clrk-system", "clrk", identity, duration_seconds=15)
             acks = AckBoard(api, "clrk-system", identity)
         self.ads = ads
         self.cache, self.hub = SnapshotCache(), PolicyHub()
+        # as `python -m clrk_xds --provider kubernetes` wires them
+        self.secrets = SecretStore(api, backoff_max=0.5)
+        self.credentials = CredentialSecrets({}, self.secrets)
+        translator = default_translator(credential_secret=self.credentials)
         self.provider = KubernetesProvider(
-            self.cache, self.hub, one_at_a_time(default_translator()), api=api,
+            self.cache, self.hub, one_at_a_time(translator), api=api,
             elector=elector, acks=acks,
             ads_status=None if ads is None else lambda node: dict(ads.get(node, {})),
             debounce_ms=20, lease_retry=0.1, backoff_max=0.5, resync=0.2,
+            secrets=self.secrets, credentials=self.credentials,
         )  # fmt: skip
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()

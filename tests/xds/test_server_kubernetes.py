@@ -4,26 +4,32 @@ policy stream, and Programmed turns True only once that Envoy ACKed the version.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 
+import grpc
 import pytest
 import yaml
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
 
+from clrk_xds.consistency import SECRET
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 from tests.k8s.fake_apiserver import FakeApiServer, api_client
-from tests.k8s.objects import Cluster, gateway, route, wait_for
-from tests.k8s.rbac import control_plane_grants
+from tests.k8s.objects import Cluster, credential, gateway, obj, route, wait_for
+from tests.k8s.rbac import RBAC, control_plane_grants, credential_secrets_binding
+from tests.xds.test_ads import Client as AdsClient
 from tests.xds.test_server import first_update
 from tests.xds.xds_messages import free_port
 
 
-def kubeconfig(path, server: FakeApiServer) -> str:
-    """The control plane's service account token: deploy/'s RBAC applies to it."""
-    server.restricted["control-plane"] = control_plane_grants()
+def kubeconfig(path, server: FakeApiServer, *rbac: dict) -> str:
+    """The control plane's service account token: deploy/'s RBAC applies to it (and
+    that of `rbac`, the bindings an operator adds)."""
+    server.restricted["control-plane"] = control_plane_grants(RBAC, *rbac)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -115,3 +121,71 @@ def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
     msgs = [entry["msg"] for entry in lines]
     assert "lease.leader" in msgs and "provider.applied" in msgs and "server.stopped" in msgs
+
+
+@pytest.mark.timeout(120)
+def test_a_secret_ref_reaches_envoy_over_ads_and_nowhere_else(tmp_path):
+    """The SDS secret as Envoy receives it, over the real gRPC stream: the Secret's
+    value, then its rotation pushed; the control plane's log never holds it."""
+    value, rotated = "sk-ant-process-0123456789", "sk-ant-process-rotated-987"
+    with FakeApiServer() as server:
+        cluster = Cluster(api_client(server))
+        spec = {"listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}
+        cluster.create(obj("EgressGateway", "gw", spec))
+        cluster.create(route(port=80))
+        cluster.put_secret("anthropic", {"api-key": value})
+        cluster.create(credential())
+        listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
+        log = tmp_path / "server.log"
+        config = kubeconfig(tmp_path / "kubeconfig", server, credential_secrets_binding("default"))
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "clrk_xds", "--provider", "kubernetes",
+                 "--kubeconfig", config, "--lease-namespace", "clrk-system",
+                 "--identity", "replica-0", "--listen", listen,
+                 "--envoy-base-port", str(free_port())],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            wait_for(lambda: "server.listening" in log.read_text())
+            got = asyncio.run(asyncio.wait_for(_sds(listen, rotate=lambda: cluster.put_secret(
+                "anthropic", {"api-key": rotated})), 30))  # fmt: skip
+            assert got == [value.encode(), rotated.encode()]
+            resolved = wait_for(
+                lambda: cluster.condition("EgressCredential", "key", "ResolvedRefs")
+            )
+            assert resolved["status"] == "True"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        statuses = str(server.objects("egresscredentials"))
+    assert server.forbidden == []
+    text = log.read_text()
+    assert "provider.applied" in text
+    for secret in (value, rotated):
+        assert secret not in text and secret not in statuses
+
+
+async def _sds(listen: str, rotate) -> list[bytes]:
+    """Subscribe to the gateway's secrets as Envoy does, ACK each response; the
+    credential's value in the first one and after `rotate()`."""
+    name = "credential/default/key"
+    values: list[bytes] = []
+    async with grpc.aio.insecure_channel(listen) as channel:
+        client = AdsClient(channel)
+        client.send(SECRET, node="default/gw")
+        while len(values) < 2:
+            resp = await client.recv(timeout=10)
+            client.send(SECRET, version=resp.version_info, nonce=resp.nonce, node="default/gw")
+            for any_ in resp.resources:
+                secret = Secret().parse(any_.value)
+                if secret.name == name:
+                    value = secret.generic_secret.secret.inline_bytes
+                    if not values or values[-1] != value:
+                        values.append(value)
+            if len(values) == 1:
+                await asyncio.to_thread(rotate)
+    return values
