@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import resource
 import socket
@@ -52,20 +53,30 @@ def default_max_pending() -> int:
     return max(1, min(MAX_PENDING, soft // 4))
 
 
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    return protocol
+
+
 class FairAcceptor:
     """Serves one listening socket with `factory`'s protocols, agents taking turns."""
 
     def __init__(
         self,
         sock: socket.socket,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[], asyncio.Protocol] | None,
         *,
+        admit: Callable[[socket.socket], asyncio.Protocol | None] | None = None,
         per_turn: int = PER_TURN,
         max_pending: int | None = None,
     ) -> None:
+        """`admit(conn)`, when given, is asked in the connection's turn instead of
+        `factory`: the protocol to serve it with, or None when it has dealt with the
+        connection itself (the transparent dialer refuses there, before any transport
+        and its loop iterations exist)."""
         self.loop = asyncio.get_running_loop()
         self.sock = sock
         self.factory = factory
+        self.admit = admit
         self.per_turn = per_turn
         self.max_pending = default_max_pending() if max_pending is None else max_pending
         self._queues: OrderedDict[str, deque[socket.socket]] = OrderedDict()
@@ -128,7 +139,13 @@ class FairAcceptor:
             else:
                 del self._queues[source]
             self._pending -= 1
-            task = self.loop.create_task(self._serve(conn))
+            factory = self.factory
+            if self.admit is not None:
+                protocol = self._admitted(conn)
+                if protocol is None:
+                    continue
+                factory = functools.partial(_same, protocol)
+            task = self.loop.create_task(self._serve(conn, factory))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if self._queues:
@@ -136,9 +153,19 @@ class FairAcceptor:
         if not self._reading and self._retry is None and self._pending <= self.max_pending // 2:
             self.start()  # held to max_pending, then half of them started: accept again
 
-    async def _serve(self, conn: socket.socket) -> None:
+    def _admitted(self, conn: socket.socket) -> asyncio.Protocol | None:
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn)
+            return self.admit(conn)
+        except Exception:  # fail closed: a connection nothing decided is reset
+            log.exception("cannot admit a connection")
+            with contextlib.suppress(OSError):
+                reset_on_close(conn)
+            conn.close()
+            return None
+
+    async def _serve(self, conn: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        try:
+            await self.loop.connect_accepted_socket(factory, conn)
         except OSError as exc:
             log.warning("cannot serve a connection", extra=fields(error=str(exc)))
             conn.close()

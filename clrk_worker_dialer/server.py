@@ -18,7 +18,7 @@ from clrk_worker_dialer.fair_accept import FairAcceptor
 from clrk_worker_dialer.listen_backlog import listen_backlog
 from clrk_worker_dialer.sni_confirm import SniConfirmer
 from clrk_worker_dialer.state import DialerState, PolicyError
-from clrk_worker_dialer.tcp_front import TransparentTcp
+from clrk_worker_dialer.tcp_front import admit_transparent
 from clrk_worker_dialer.udp_front import UdpFront
 
 log = logging.getLogger("clrk.dialer")
@@ -101,7 +101,9 @@ class Dialer:
                 registry.follow(cfg.sandboxes_dir, state.identity, known=known)
             )
         for addr in cfg.transparent_tcp:
-            await self._serve("transparent_tcp", addr, lambda: TransparentTcp(state, confirmer))
+            await self._serve(
+                "transparent_tcp", addr, None, admit=admit_transparent(state, confirmer)
+            )
         for addr in cfg.dns:
             await self._serve("dns_tcp", addr, lambda: DnsTcp(state, self.forwarder))
         if cfg.transparent_udp or cfg.dns:
@@ -127,11 +129,11 @@ class Dialer:
             self._watcher = loop.create_task(self._watch())
         log.info("dialer ready", extra=fields(gateway=cfg.gateway, listening=self.bound))
 
-    async def _serve(self, kind: str, addr: Address, factory) -> None:
+    async def _serve(self, kind: str, addr: Address, factory, admit=None) -> None:
         sock = tcp_listen_socket(addr, self.backlog)
         # Not asyncio's server: it starts a whole burst in one loop iteration, and every
         # other agent waits behind it (fair_accept says how agents take turns instead).
-        server = FairAcceptor(sock, factory)
+        server = FairAcceptor(sock, factory, admit=admit)
         server.start()
         self.servers.append(server)
         self.bound.setdefault(kind, []).append(sock.getsockname()[:2])

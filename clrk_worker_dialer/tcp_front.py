@@ -1,7 +1,10 @@
 """The asyncio shell of one agent TCP connection: transparent (the kernel redirected
 it; SO_ORIGINAL_DST says where it was going) or explicit (SOCKS5 / HTTP CONNECT told us).
 
-It carries out a TcpSession's actions and nothing else decides here.
+It carries out a TcpSession's actions and nothing else decides here.  A transparent
+connection is decided on its accepted socket (`admit_transparent`): a refusal is
+recorded and reset there, before asyncio builds a transport for it, which would cost
+the denial more than the decision and its record.
 """
 
 from __future__ import annotations
@@ -11,12 +14,22 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from clrk.nexthops import describe
-from clrk.policy import Agent, OwnAddresses
+from clrk.policy import OwnAddresses
 from clrk_runtime.logs import fields
-from clrk_worker_dialer.session import Confirm, Dial, Flow, Refuse, TcpSession, Wait, best_name
+from clrk_worker_dialer.session import (
+    Action,
+    Confirm,
+    Dial,
+    Flow,
+    Refuse,
+    TcpSession,
+    Wait,
+    best_name,
+)
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
 from clrk_worker_dialer.splice_relay import SpliceRelay, connect, open_pipes
 from clrk_worker_dialer.state import DialerState
@@ -46,15 +59,8 @@ class AgentSide(asyncio.Protocol):
     # --- the session -----------------------------------------------------------------
 
     def begin(self, flow: Flow, own: OwnAddresses | None = None) -> None:
-        assert self.state.policy is not None
-        self.session = TcpSession(
-            self.state.policy,
-            flow,
-            self.state.next_hops,
-            client_hello_wait=self.state.config.client_hello_wait,
-            own=self.state.own if own is None else own,
-        )
-        self.act(self.session.start(self.loop.time()))
+        self.session, action = _start_session(self.state, flow, own, self.loop.time())
+        self.act(action)
 
     def act(self, action) -> None:
         if isinstance(action, Refuse):
@@ -103,16 +109,7 @@ class AgentSide(asyncio.Protocol):
     def refuse(self, action: Refuse, flow: Flow | None = None) -> None:
         """Record the denial and reset; `flow` when there is no session to take it from."""
         self._cancel_timer()
-        flow = flow or self.session.flow
-        self.state.record_dial_denied(
-            action.decision,
-            agent=flow.agent,
-            dst=(flow.dst_ip, flow.dst_port),
-            transport="tcp",
-            dst_name=action.dst_name,
-            src=(flow.src_ip, flow.src_port),
-            connection_id=flow.connection_id,
-        )
+        _record_refusal(self.state, action, flow or self.session.flow)
         self.tell_refused(action)
         self.reset()
 
@@ -240,25 +237,90 @@ class AgentSide(asyncio.Protocol):
             self._confirming.cancel()
 
 
+def _start_session(
+    state: DialerState, flow: Flow, own: OwnAddresses | None, now: float
+) -> tuple[TcpSession, Action]:
+    assert state.policy is not None
+    session = TcpSession(
+        state.policy,
+        flow,
+        state.next_hops,
+        client_hello_wait=state.config.client_hello_wait,
+        own=state.own if own is None else own,
+    )
+    return session, session.start(now)
+
+
+def _record_refusal(state: DialerState, action: Refuse, flow: Flow) -> None:
+    state.record_dial_denied(
+        action.decision,
+        agent=flow.agent,
+        dst=(flow.dst_ip, flow.dst_port),
+        transport="tcp",
+        dst_name=action.dst_name,
+        src=(flow.src_ip, flow.src_port),
+        connection_id=flow.connection_id,
+    )
+
+
+def _reset_now(conn: socket.socket) -> None:
+    """SPEC 5.3: an RST right after the decision, on a socket no transport owns."""
+    with contextlib.suppress(OSError):
+        reset_on_close(conn)
+    conn.close()
+
+
 class TransparentTcp(AgentSide):
-    """A connection the kernel REDIRECTed to the dialer."""
+    """A connection the kernel REDIRECTed to the dialer, its session started by
+    `admit_transparent`; the transport carries out the first action that is not a
+    refusal (wait for a ClientHello, confirm an SNI, dial)."""
+
+    def __init__(
+        self,
+        state: DialerState,
+        confirmer: SniConfirmer | None,
+        session: TcpSession,
+        first: Action,
+    ) -> None:
+        super().__init__(state, confirmer)
+        self.session = session
+        self._first = first
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        sock: socket.socket = transport.get_extra_info("socket")
-        peer = transport.get_extra_info("peername")
-        dst = original_destination(sock)
-        local = transport.get_extra_info("sockname")
-        # No peer: the agent reset the connection while it waited for its turn.
-        if dst is None or peer is None or self.state.policy is None:
-            self.reset()
-            return
+        self.act(self._first)
+
+
+def admit_transparent(
+    state: DialerState, confirmer: SniConfirmer | None
+) -> Callable[[socket.socket], TransparentTcp | None]:
+    """What the acceptor asks of each accepted transparent connection: decide it now;
+    None once it was refused (recorded, then reset: the record exists before the agent
+    sees the reset), else its protocol."""
+    loop = asyncio.get_running_loop()
+
+    def admit(conn: socket.socket) -> TransparentTcp | None:
+        try:
+            dst = original_destination(conn)
+            peer, local = conn.getpeername(), conn.getsockname()
+        except OSError:  # no peer: the agent reset it while it waited for its turn
+            dst = None
+        if dst is None or state.policy is None:
+            _reset_now(conn)
+            return None
         own = None
         if dst == (local[0], local[1]):
             # The dialer's own port, by one of the gateway's addresses (REDIRECT keeps
             # it as the original destination): blocked_address, recorded, whether or
             # not that address is known as the gateway's yet.
-            own = self.state.own.including(dst[0])
+            own = state.own.including(dst[0])
         src = (peer[0], peer[1])
-        agent: Agent | None = self.state.agent_for_source(src[0])
-        self.begin(self.state.flow(src, dst, agent), own)
+        flow = state.flow(src, dst, state.agent_for_source(src[0]))
+        session, action = _start_session(state, flow, own, loop.time())
+        if isinstance(action, Refuse):
+            _record_refusal(state, action, flow)
+            _reset_now(conn)
+            return None
+        return TransparentTcp(state, confirmer, session, action)
+
+    return admit

@@ -12,7 +12,7 @@ from clrk_worker_dialer.config import DialerConfig
 from clrk_worker_dialer.fair_accept import MAX_PENDING, FairAcceptor, default_max_pending
 from clrk_worker_dialer.server import tcp_listen_socket
 from clrk_worker_dialer.state import DialerState
-from clrk_worker_dialer.tcp_front import TransparentTcp
+from clrk_worker_dialer.tcp_front import admit_transparent
 from tests.worker_dialer.dialer_policy import POLICY_YAML
 
 BURST = 60
@@ -130,16 +130,68 @@ def test_a_connection_its_agent_reset_before_its_turn_ends_without_an_error(tmp_
         asyncio.get_running_loop().set_exception_handler(lambda _loop, c: errors.append(c))
         listener = tcp_listen_socket(("127.0.0.1", 0), 16)
         client = _connect(listener.getsockname()[1], "127.0.0.1")
-        acceptor = FairAcceptor(listener, lambda: TransparentTcp(state))
+        acceptor = FairAcceptor(listener, None, admit=admit_transparent(state, None))
         acceptor._accept()  # taken from the kernel; then the agent resets it
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
-        for _ in range(10):  # its turn, its transport, its connection_made
+        for _ in range(10):  # its turn, where it is decided
             await asyncio.sleep(0)
         acceptor.close()
         await acceptor.wait_closed()
         return errors
 
-    # The transport has no peer address then; nothing is decided, nothing recorded.
+    # The socket has no peer address then; nothing is decided, nothing recorded.
     assert asyncio.run(run()) == []
     assert records.emitted == []
+
+
+def _outcome(client: socket.socket) -> bytes:
+    client.settimeout(5)
+    try:
+        return client.recv(1)
+    except ConnectionResetError:
+        return b"reset"
+    finally:
+        client.close()
+
+
+class Greets(asyncio.Protocol):
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        transport.write(b"g")
+
+
+def test_admit_serves_with_the_protocol_it_returns_or_leaves_the_connection_to_itself():
+    """The transparent dialer's path: `admit` decides on the socket; None means it dealt
+    with it (a refusal: reset, no transport); an admit that fails resets (fail closed)."""
+
+    def admit(conn: socket.socket) -> asyncio.Protocol | None:
+        port = conn.getpeername()[1]
+        if port == ports["greet"]:
+            return Greets()
+        if port == ports["refuse"]:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            return None
+        raise RuntimeError("a bug in deciding")
+
+    ports: dict[str, int] = {}
+
+    async def run() -> list[bytes]:
+        listener = tcp_listen_socket(("127.0.0.1", 0), 16)
+        clients = {}
+        for name in ("greet", "refuse", "fail"):
+            clients[name] = _connect(listener.getsockname()[1], "127.0.0.1")
+            ports[name] = clients[name].getsockname()[1]
+        acceptor = FairAcceptor(listener, None, admit=admit)
+        acceptor.start()
+        try:
+            outcomes = [
+                await asyncio.to_thread(_outcome, clients[name])
+                for name in ("greet", "refuse", "fail")
+            ]
+        finally:
+            acceptor.close()
+            await acceptor.wait_closed()
+        return outcomes
+
+    assert asyncio.run(run()) == [b"g", b"reset", b"reset"]
