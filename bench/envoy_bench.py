@@ -9,16 +9,18 @@ Topology (removed at the end, also on failure or Ctrl-C):
                                    Envoy WORK/sockets/tcp-out.sock (real; static bootstrap from
                                     |  the translator)   --gRPC access log--> clrk_extproc
                                    upstream echo/sink 192.0.2.10:8080 (on gw's lo)
-    client in gw -> Squid 127.0.0.1:3128 (CONNECT allowlist: the upstream only) -> upstream
+    sandbox a2 (client) --veth--+-- Squid :3128 (CONNECT allowlist: the upstream only)
+      TCP REDIRECT -> :3128            -> upstream
 
 The upstream sits on a documentation address: Envoy blocks loopback destinations
 (SPEC 4).  Four paths, one client program, one upstream:
 1. dialer+envoy: the agent connects to the upstream; REDIRECT hands it to the dialer,
    which decides and dials Envoy, which proxies to the original destination;
 2. envoy: a client in gw writes the dialer's PROXY v2 header itself, straight to Envoy;
-3. squid: a client in gw asks Squid to CONNECT it to the upstream (installed by the bench
-   when missing; without it this path is left out and the L4 targets fall back to the
-   ratios issue 15 measured, saying so);
+3. squid: a client in sandbox a2, whose TCP the same kind of REDIRECT hands to Squid,
+   asks it to CONNECT to the upstream: the agent's path with Squid for dialer and Envoy
+   (installed by the bench when missing; without it this path is left out and the L4
+   targets fall back to the ratios issue 15 measured, saying so);
 4. direct: a client in gw connects to the upstream, no dialer, no Envoy.
 
 Measured per path: connections/s (connect, 1-byte echo, close; a few at once) and bulk
@@ -41,6 +43,8 @@ from bench import _squid
 from bench import _targets as targets
 from bench._netns import needs_root
 from bench._rig import (
+    DNS_PORT,
+    UDP_PORT,
     BenchError,
     GatewayRig,
     child_env,
@@ -52,13 +56,14 @@ from bench._rig import (
 )
 from bench.dialer_bench import MANIFEST
 from clrk.nexthops import listener_socket_path
+from clrk_worker_dialer.redirect_rules import spec_for_index
 
 HERE = Path(__file__).resolve().parent
 SINK = str(HERE / "_sink.py")
 
 UPSTREAM = ("192.0.2.10", 8080)
 DENIED = ("192.0.2.20", 8080)  # no route allows it, nor Squid's allowlist
-SQUID = ("127.0.0.1", 3128)
+SQUID_PORT = 3128  # on every address of gw; sandbox a2's REDIRECT goes there
 LISTENER = "tcp-out"  # the gateway's one listener
 EXTPROC = ("127.0.0.1", 18002)
 GATEWAY = "default/bench"
@@ -135,7 +140,12 @@ class Rig(GatewayRig):
         sink = top.start(gw, [sys.executable, SINK, f"{UPSTREAM[0]}:{UPSTREAM[1]}"], log=sink_log,
                          stdout=subprocess.PIPE)  # fmt: skip
         if self.squid_missing is None:
-            self.squid = _squid.Squid(top, gw, work, SQUID, UPSTREAM)
+            self.squid_sandbox = top.add_sandbox(
+                spec_for_index(2, f"{top.prefix}-a2", tcp_port=SQUID_PORT, udp_port=UDP_PORT,
+                               dns_port=DNS_PORT, host_netns=gw)
+            )  # fmt: skip
+            _tune_for_many_connections(self.squid_sandbox.name)
+            self.squid = _squid.Squid(top, gw, work, ("0.0.0.0", SQUID_PORT), UPSTREAM)
             self.squid.start()
         gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
                                      sockets=self.sockets, env=env)  # fmt: skip
@@ -155,13 +165,18 @@ class Rig(GatewayRig):
         netns, header, (host, port) = {
             "dialer+envoy": (self.agent, [], to),
             "envoy": (self.gw, ["--proxy", AGENT, ROUTE, f"{to[0]}:{to[1]}"], listener),
-            "squid": (self.gw, ["--connect", f"{SQUID[0]}:{SQUID[1]}"], to),
+            "squid": (self.squid_sandbox.name, ["--connect", self._squid_address()], to),
             "direct": (self.gw, [], to),
         }[path]
         mode, *rest = args
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "bench._envoy_client",
                 *header, mode, host, str(port), *map(str, rest)]  # fmt: skip
         return run_json(argv, f"client {mode} on {path}", timeout, child_env())
+
+    def _squid_address(self) -> str:
+        """Squid as its client names it: gw's end of the sandbox link (REDIRECT would take
+        any address there anyway)."""
+        return f"{self.squid_sandbox.spec.host_v4}:{SQUID_PORT}"
 
     def envoy_proxied(self) -> int:
         """Connections Envoy's tcp_proxy chains took (proves paths 1 and 2 went through a
@@ -314,8 +329,8 @@ def print_table(
         print(f"{measure:<19} {path:<37} {value:>13} {unit:<10} {r['samples']:>7,} {ratio:>9}")
     print(
         "vs direct: value / the same measure on client -> upstream (gw loopback, no dialer, "
-        "no Envoy); the agent path also crosses the sandbox veth and its REDIRECT, Squid's "
-        "client stays on gw's loopback; Envoy listens on a Unix socket, as `clrk up` lays it out"
+        "no Envoy); the agent's and Squid's clients also cross a sandbox veth and its "
+        "REDIRECT; Envoy listens on a Unix socket, as `clrk up` lays it out"
     )
     if squid_missing is not None:
         print(f"Squid not run: {squid_missing}")
