@@ -87,6 +87,17 @@ def test_a_low_open_files_limit_bounds_what_is_held_to_a_quarter_of_it():
     assert default_max_pending() == min(MAX_PENDING, soft // 4)
 
 
+def _outcome(client: socket.socket) -> bytes:
+    """The first byte the client reads, or b"reset"; closes it."""
+    client.settimeout(5)
+    try:
+        return client.recv(1)
+    except ConnectionResetError:
+        return b"reset"
+    finally:
+        client.close()
+
+
 def test_closing_resets_the_connections_accepted_but_not_started():
     async def run() -> bytes:
         listener = tcp_listen_socket(("127.0.0.1", 0), 16)
@@ -95,13 +106,7 @@ def test_closing_resets_the_connections_accepted_but_not_started():
         acceptor._accept()  # taken from the kernel; its turn has not come
         acceptor.close()
         await acceptor.wait_closed()
-        client.settimeout(5)
-        try:
-            return client.recv(1)
-        except ConnectionResetError:
-            return b"reset"
-        finally:
-            client.close()
+        return _outcome(client)
 
     assert asyncio.run(run()) == b"reset"
 
@@ -143,16 +148,6 @@ def test_a_connection_its_agent_reset_before_its_turn_ends_without_an_error(tmp_
     # The socket has no peer address then; nothing is decided, nothing recorded.
     assert asyncio.run(run()) == []
     assert records.emitted == []
-
-
-def _outcome(client: socket.socket) -> bytes:
-    client.settimeout(5)
-    try:
-        return client.recv(1)
-    except ConnectionResetError:
-        return b"reset"
-    finally:
-        client.close()
 
 
 class Greets(asyncio.Protocol):
