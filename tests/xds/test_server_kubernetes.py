@@ -5,6 +5,8 @@ policy stream, and Programmed turns True only once that Envoy ACKed the version.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import signal
@@ -42,6 +44,35 @@ def kubeconfig(path, server: FakeApiServer, *rbac: dict) -> str:
     return str(path)
 
 
+@contextlib.contextmanager
+def control_plane(tmp_path, server: FakeApiServer, base: int, base_id: int, *rbac: dict):
+    """`python -m clrk_xds --provider kubernetes` started, logging to server.log, and
+    the gateway's Envoy (not started): (process, listen address, log path, Envoy),
+    both stopped at the end."""
+    listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clrk_xds", "--provider", "kubernetes",
+             "--kubeconfig", kubeconfig(tmp_path / "kubeconfig", server, *rbac),
+             "--lease-namespace", "clrk-system", "--identity", "replica-0",
+             "--listen", listen, "--envoy-base-port", str(base)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    envoy = EnvoyProcess(
+        render_bootstrap("default/gw", listen, 0),
+        extra_args=("--base-id", str(os.getpid() % 4000 * 100 + base_id)),
+        log_level="warning",
+    )
+    try:
+        yield proc, listen, log, envoy
+    finally:
+        envoy.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_manifests_and_the_kubernetes_provider_exclude_each_other(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "clrk_xds", "--provider", "kubernetes", "--manifests",
@@ -58,22 +89,7 @@ def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_
         cluster.create(gateway())
         cluster.create(route())
         base = free_port()
-        listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
-        log = tmp_path / "server.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "clrk_xds", "--provider", "kubernetes",
-                 "--kubeconfig", kubeconfig(tmp_path / "kubeconfig", server),
-                 "--lease-namespace", "clrk-system", "--identity", "replica-0",
-                 "--listen", listen, "--envoy-base-port", str(base)],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        envoy = EnvoyProcess(
-            render_bootstrap("default/gw", listen, 0),
-            extra_args=("--base-id", str(os.getpid() % 4000 * 100 + 98)),
-            log_level="warning",
-        )
-        try:
+        with control_plane(tmp_path, server, base, 98) as (proc, listen, log, envoy):
             wait_for(lambda: "server.listening" in log.read_text())
             # Before Envoy: accepted, in force, not yet programmed
             pending = wait_for(lambda: cluster.condition("EgressGateway", "gw", "Programmed"))
@@ -112,11 +128,6 @@ def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_
             assert lease  # it campaigned for the Lease
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
-        finally:
-            envoy.stop()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     assert server.forbidden == []
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
     msgs = [entry["msg"] for entry in lines]
@@ -126,7 +137,9 @@ def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_
 @pytest.mark.timeout(120)
 def test_a_secret_ref_reaches_envoy_over_ads_and_nowhere_else(tmp_path):
     """The SDS secret as Envoy receives it, over the real gRPC stream: the Secret's
-    value, then its rotation pushed; the control plane's log never holds it."""
+    value, then its rotation pushed; a real Envoy takes it (the credential turns
+    Programmed) and shows it redacted; the control plane's log, the objects' status
+    and Envoy's config dump never hold it."""
     value, rotated = "sk-ant-process-0123456789", "sk-ant-process-rotated-987"
     with FakeApiServer() as server:
         cluster = Cluster(api_client(server))
@@ -135,18 +148,9 @@ def test_a_secret_ref_reaches_envoy_over_ads_and_nowhere_else(tmp_path):
         cluster.create(route(port=80))
         cluster.put_secret("anthropic", {"api-key": value})
         cluster.create(credential())
-        listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
-        log = tmp_path / "server.log"
-        config = kubeconfig(tmp_path / "kubeconfig", server, credential_secrets_binding("default"))
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "clrk_xds", "--provider", "kubernetes",
-                 "--kubeconfig", config, "--lease-namespace", "clrk-system",
-                 "--identity", "replica-0", "--listen", listen,
-                 "--envoy-base-port", str(free_port())],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
+        binding = credential_secrets_binding("default")
+        started = control_plane(tmp_path, server, free_port(), 97, binding)
+        with started as (proc, listen, log, envoy):
             wait_for(lambda: "server.listening" in log.read_text())
             got = asyncio.run(asyncio.wait_for(_sds(listen, rotate=lambda: cluster.put_secret(
                 "anthropic", {"api-key": rotated})), 30))  # fmt: skip
@@ -155,18 +159,31 @@ def test_a_secret_ref_reaches_envoy_over_ads_and_nowhere_else(tmp_path):
                 lambda: cluster.condition("EgressCredential", "key", "ResolvedRefs")
             )
             assert resolved["status"] == "True"
+            envoy.start()
+            wait_for(
+                lambda: (
+                    (cluster.condition("EgressCredential", "key", "Programmed") or {}).get("status")
+                    == "True"
+                ),
+                timeout=40,
+            )
+            dump = envoy.admin_get("/config_dump")[1]
+            secrets = next(
+                c for c in json.loads(dump)["configs"] if "SecretsConfigDump" in c["@type"]
+            )
+            active = secrets["dynamic_active_secrets"]
+            (active,) = [s for s in active if s["name"] == "credential/default/key"]
+            assert "[redacted]" in json.dumps(active) or "W3JlZGFjdGVkXQ==" in json.dumps(active)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         statuses = str(server.objects("egresscredentials"))
     assert server.forbidden == []
     text = log.read_text()
     assert "provider.applied" in text
     for secret in (value, rotated):
-        assert secret not in text and secret not in statuses
+        for form in (secret, base64.b64encode(secret.encode()).decode(), secret[8:]):
+            for place in (text, statuses, dump):
+                assert form not in place
 
 
 async def _sds(listen: str, rotate) -> list[bytes]:
