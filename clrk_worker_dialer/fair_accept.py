@@ -13,11 +13,11 @@ at most a turn or two of the others', and the loop gets back to its I/O between 
 Nothing is dropped here: what is not accepted yet (descriptors exhausted, `max_pending`
 held) stays in the kernel's accept queue.
 
-The turns hold while the dialer decides faster than connections come, a burst of tens
-of thousands included.  A flood faster than that for longer fills `max_pending`; the
-kernel's queue, one for all agents, then holds the rest in arrival order, and another
-agent's connection waits behind them again.  Fairness there needs the kernel's queues
-apart: a listener per agent (a REDIRECT port per sandbox).
+The turns hold while the dialer decides faster than connections come.  A flood faster
+than that for longer fills its listener's share of `max_pending`; that listener is then
+left to the kernel's queue while the others are still taken from: `source_steering`
+puts each agent's connections in one listener of a group, so the flooder's queue is not
+its neighbours' (agents whose sources share a listener share its fate).
 """
 
 from __future__ import annotations
@@ -57,12 +57,26 @@ def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
     return protocol
 
 
+class _Listener:
+    """One listening socket of the group and what it holds: accepted, not started."""
+
+    __slots__ = ("pending", "reading", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = 0
+        self.reading = False
+
+
 class FairAcceptor:
-    """Serves one listening socket with `factory`'s protocols, agents taking turns."""
+    """Serves listening sockets (one, or a group steered by source) with `factory`'s
+    protocols, agents taking turns.  Each socket holds its share of `max_pending`: a
+    flood that fills its share leaves the flooder's socket to the kernel's queue while
+    the others are still taken from."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        socks: socket.socket | list[socket.socket],
         factory: Callable[[], asyncio.Protocol] | None,
         *,
         admit: Callable[[socket.socket], asyncio.Protocol | None] | None = None,
@@ -74,33 +88,37 @@ class FairAcceptor:
         connection itself (the transparent dialer refuses there, before any transport
         and its loop iterations exist)."""
         self.loop = asyncio.get_running_loop()
-        self.sock = sock
+        socks = [socks] if isinstance(socks, socket.socket) else socks
+        self.listeners = [_Listener(sock) for sock in socks]
         self.factory = factory
         self.admit = admit
         self.per_turn = per_turn
-        self.max_pending = default_max_pending() if max_pending is None else max_pending
-        self._queues: OrderedDict[str, deque[socket.socket]] = OrderedDict()
-        self._pending = 0
-        self._reading = False
+        max_pending = default_max_pending() if max_pending is None else max_pending
+        self.share = max(1, max_pending // len(socks))
+        self._queues: OrderedDict[str, deque[tuple[socket.socket, _Listener]]] = OrderedDict()
         self._turn: asyncio.Handle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
     def start(self) -> None:
-        if not self._reading and not self._closed:
-            self._reading = True
-            self.loop.add_reader(self.sock.fileno(), self._accept)
+        for listener in self.listeners:
+            self._read(listener)
 
-    def _pause(self) -> None:
-        if self._reading:
-            self._reading = False
-            self.loop.remove_reader(self.sock.fileno())
+    def _read(self, listener: _Listener) -> None:
+        if not listener.reading and not self._closed:
+            listener.reading = True
+            self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
-    def _accept(self) -> None:
-        for _ in range(min(ACCEPT_BATCH, self.max_pending - self._pending)):
+    def _pause(self, listener: _Listener) -> None:
+        if listener.reading:
+            listener.reading = False
+            self.loop.remove_reader(listener.sock.fileno())
+
+    def _accept(self, listener: _Listener) -> None:
+        for _ in range(min(ACCEPT_BATCH, self.share - listener.pending)):
             try:
-                conn, peer = self.sock.accept()
+                conn, peer = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except ConnectionAbortedError:
@@ -110,20 +128,24 @@ class FairAcceptor:
                     raise
                 # The kernel keeps the rest queued; starting the held ones frees some.
                 log.warning("cannot accept a connection", extra=fields(error=str(exc)))
-                self._pause()
-                self._retry = self.loop.call_later(RETRY_DELAY, self._resume)
+                for each in self.listeners:
+                    self._pause(each)
+                if self._retry is None:
+                    self._retry = self.loop.call_later(RETRY_DELAY, self._resume)
                 break
             conn.setblocking(False)
-            self._queues.setdefault(peer[0], deque()).append(conn)
-            self._pending += 1
-        if self._pending >= self.max_pending:
-            self._pause()
-        if self._pending and self._turn is None:
+            self._queues.setdefault(peer[0], deque()).append((conn, listener))
+            listener.pending += 1
+        if listener.pending >= self.share:
+            self._pause(listener)
+        if self._queues and self._turn is None:
             self._turn = self.loop.call_soon(self._start_some)
 
     def _resume(self) -> None:
         self._retry = None
-        self.start()
+        for listener in self.listeners:
+            if listener.pending < self.share:
+                self._read(listener)
 
     def _start_some(self) -> None:
         """One turn: up to per_turn connections, one per agent round-robin; the rest in
@@ -133,12 +155,14 @@ class FairAcceptor:
             if not self._queues:
                 break
             source, queue = next(iter(self._queues.items()))
-            conn = queue.popleft()
+            conn, listener = queue.popleft()
             if queue:
                 self._queues.move_to_end(source)
             else:
                 del self._queues[source]
-            self._pending -= 1
+            listener.pending -= 1
+            if self._retry is None and listener.pending <= self.share // 2:
+                self._read(listener)  # held to its share, then half started: go on
             factory = self.factory
             if self.admit is not None:
                 protocol = self._admitted(conn)
@@ -150,8 +174,6 @@ class FairAcceptor:
             task.add_done_callback(self._tasks.discard)
         if self._queues:
             self._turn = self.loop.call_soon(self._start_some)
-        if not self._reading and self._retry is None and self._pending <= self.max_pending // 2:
-            self.start()  # held to max_pending, then half of them started: accept again
 
     def _admitted(self, conn: socket.socket) -> asyncio.Protocol | None:
         try:
@@ -175,18 +197,19 @@ class FairAcceptor:
         if self._closed:
             return
         self._closed = True
-        self._pause()
         for handle in (self._turn, self._retry):
             if handle is not None:
                 handle.cancel()
         for queue in self._queues.values():
-            for conn in queue:
+            for conn, _listener in queue:
                 with contextlib.suppress(OSError):
                     reset_on_close(conn)
                 conn.close()
         self._queues.clear()
-        self._pending = 0
-        self.sock.close()
+        for listener in self.listeners:
+            self._pause(listener)
+            listener.pending = 0
+            listener.sock.close()
 
     async def wait_closed(self) -> None:
         """Connections being started finish starting (their protocols then own them)."""

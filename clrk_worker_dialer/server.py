@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 from pathlib import Path
 
 from clrk_runtime.logs import fields
@@ -17,29 +16,15 @@ from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
 from clrk_worker_dialer.fair_accept import FairAcceptor
 from clrk_worker_dialer.listen_backlog import listen_backlog
 from clrk_worker_dialer.sni_confirm import SniConfirmer
+from clrk_worker_dialer.source_steering import listen_socket, steered_listeners
 from clrk_worker_dialer.state import DialerState, PolicyError
 from clrk_worker_dialer.tcp_front import admit_transparent
 from clrk_worker_dialer.udp_front import UdpFront
 
 log = logging.getLogger("clrk.dialer")
 
+STEERED = ("transparent_tcp", "dns_tcp")
 CONTROL_PLANE_FIRST_UPDATE = 10.0  # seconds to wait for a policy before giving up
-
-
-def tcp_listen_socket(addr: Address, backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class Dialer:
@@ -130,13 +115,19 @@ class Dialer:
         log.info("dialer ready", extra=fields(gateway=cfg.gateway, listening=self.bound))
 
     async def _serve(self, kind: str, addr: Address, factory, admit=None) -> None:
-        sock = tcp_listen_socket(addr, self.backlog)
+        # Where sandboxes' connections arrive (REDIRECT), each agent's wait in a queue
+        # of their own; explicit proxies take one listener, as their clients may share
+        # an address and their uid could join a group.
+        if kind in STEERED:
+            socks = steered_listeners(addr, self.backlog)
+        else:
+            socks = [listen_socket(addr, self.backlog)]
         # Not asyncio's server: it starts a whole burst in one loop iteration, and every
         # other agent waits behind it (fair_accept says how agents take turns instead).
-        server = FairAcceptor(sock, factory, admit=admit)
+        server = FairAcceptor(socks, factory, admit=admit)
         server.start()
         self.servers.append(server)
-        self.bound.setdefault(kind, []).append(sock.getsockname()[:2])
+        self.bound.setdefault(kind, []).append(socks[0].getsockname()[:2])
 
     async def _watch(self) -> None:
         import watchfiles

@@ -1,5 +1,6 @@
 """fair_accept: a burst from one source does not go before another source's connection;
-every connection is started once; what is not taken yet stays in the kernel's queue."""
+every connection is started once; what is not taken yet stays in the kernel's queue, in
+the flooder's own listener when the group is steered by source."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import struct
 
 from clrk_worker_dialer.config import DialerConfig
 from clrk_worker_dialer.fair_accept import MAX_PENDING, FairAcceptor, default_max_pending
-from clrk_worker_dialer.server import tcp_listen_socket
+from clrk_worker_dialer.source_steering import listen_socket, steered_listeners
 from clrk_worker_dialer.state import DialerState
 from clrk_worker_dialer.tcp_front import admit_transparent
 from tests.worker_dialer.dialer_policy import POLICY_YAML
@@ -37,14 +38,16 @@ class Started(asyncio.Protocol):
         transport.close()
 
 
-async def _serve(queued: list[str], *, per_turn: int = 4, max_pending: int = 1000) -> list[str]:
+async def _serve(
+    queued: list[str], *, per_turn: int = 4, max_pending: int = 1000, buckets: int = 1
+) -> list[str]:
     """Queue connections from `queued` sources, then serve them; the starting order."""
-    listener = tcp_listen_socket(("127.0.0.1", 0), 1024)
-    port = listener.getsockname()[1]
+    listeners = steered_listeners(("127.0.0.1", 0), 1024, buckets)
+    port = listeners[0].getsockname()[1]
     clients = [_connect(port, source) for source in queued]
     order: list[str] = []
     acceptor = FairAcceptor(
-        listener, lambda: Started(order), per_turn=per_turn, max_pending=max_pending
+        listeners, lambda: Started(order), per_turn=per_turn, max_pending=max_pending
     )
     acceptor.start()
     try:
@@ -87,6 +90,18 @@ def test_a_low_open_files_limit_bounds_what_is_held_to_a_quarter_of_it():
     assert default_max_pending() == min(MAX_PENDING, soft // 4)
 
 
+def test_a_flood_beyond_its_share_waits_in_its_own_kernel_queue_not_in_the_others():
+    # Two sockets steered by source, two connections held each: the flood's socket is
+    # left to the kernel once it holds its two, the neighbour's is still taken from.
+    flood, neighbour = "127.0.0.2", "127.0.0.6"
+    order = asyncio.run(_serve([flood] * 40 + [neighbour], per_turn=1, max_pending=4, buckets=2))
+    assert sorted(order) == sorted([flood] * 40 + [neighbour])
+    assert order.index(neighbour) < 2
+    # One listener for both: the neighbour waits behind the flood, in the kernel's queue.
+    order = asyncio.run(_serve([flood] * 40 + [neighbour], per_turn=1, max_pending=4))
+    assert order.index(neighbour) == 40
+
+
 def _outcome(client: socket.socket) -> bytes:
     """The first byte the client reads, or b"reset"; closes it."""
     client.settimeout(5)
@@ -100,10 +115,10 @@ def _outcome(client: socket.socket) -> bytes:
 
 def test_closing_resets_the_connections_accepted_but_not_started():
     async def run() -> bytes:
-        listener = tcp_listen_socket(("127.0.0.1", 0), 16)
+        listener = listen_socket(("127.0.0.1", 0), 16)
         client = _connect(listener.getsockname()[1], "127.0.0.1")
         acceptor = FairAcceptor(listener, asyncio.Protocol)
-        acceptor._accept()  # taken from the kernel; its turn has not come
+        acceptor._accept(acceptor.listeners[0])  # taken from the kernel; its turn has not come
         acceptor.close()
         await acceptor.wait_closed()
         return _outcome(client)
@@ -133,10 +148,10 @@ def test_a_connection_its_agent_reset_before_its_turn_ends_without_an_error(tmp_
     async def run() -> list[dict]:
         errors: list[dict] = []
         asyncio.get_running_loop().set_exception_handler(lambda _loop, c: errors.append(c))
-        listener = tcp_listen_socket(("127.0.0.1", 0), 16)
+        listener = listen_socket(("127.0.0.1", 0), 16)
         client = _connect(listener.getsockname()[1], "127.0.0.1")
         acceptor = FairAcceptor(listener, None, admit=admit_transparent(state, None))
-        acceptor._accept()  # taken from the kernel; then the agent resets it
+        acceptor._accept(acceptor.listeners[0])  # taken from the kernel; then the agent resets it
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
         for _ in range(10):  # its turn, where it is decided
@@ -172,7 +187,7 @@ def test_admit_serves_with_the_protocol_it_returns_or_leaves_the_connection_to_i
     ports: dict[str, int] = {}
 
     async def run() -> list[bytes]:
-        listener = tcp_listen_socket(("127.0.0.1", 0), 16)
+        listener = listen_socket(("127.0.0.1", 0), 16)
         clients = {}
         for name in ("greet", "refuse", "fail"):
             clients[name] = _connect(listener.getsockname()[1], "127.0.0.1")
