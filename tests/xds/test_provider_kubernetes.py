@@ -102,6 +102,9 @@ class Running:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def routes(self) -> list[str]:
         update = self.hub.current(GW)
         return [m.route for m in update.policy.matches] if update else []
@@ -301,7 +304,11 @@ def test_of_two_replicas_both_serve_and_only_the_lease_holder_writes_status(serv
         assert writes(server, "egressl4routes", "r1") == 1
         # the writer stops (and releases the Lease): the other takes over and writes
         a.stop()
-        wait_for(lambda: b.provider.elector.leader, timeout=45)  # a loaded machine
+        try:
+            wait_for(lambda: b.provider.elector.leader, timeout=45)  # a loaded machine
+        except AssertionError:  # say who holds the Lease and whether a is still running
+            leases = {k: v.get("spec") for k, v in server.objects("leases").items()}
+            raise AssertionError(f"b never led; a running: {a.running()}; {leases}") from None
         cluster.replace(route(host="changed.example.com"))
         wait_for(lambda: cluster.get("EgressL4Route", "r1")["status"]["observedGeneration"] == 2)
         assert writes(server, "egressl4routes", "r1") == 2
