@@ -91,14 +91,17 @@ class SecretStore:
             redact=True,
         )
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End every watch; wait for their threads `timeout` seconds in all."""
         with self._lock:
             watchers = list(self._watchers.values())
             self._watchers.clear()
+            self._listed.clear()
         for watcher in watchers:
             watcher.signal()
+        deadline = time.monotonic() + timeout
         for watcher in watchers:
-            watcher.join(5.0)
+            watcher.join(max(0.0, deadline - time.monotonic()))
 
     # --- what the watches see ----------------------------------------------------------
 

@@ -84,7 +84,10 @@ class ListWatcher:
     def _list(self) -> None:
         # The JSON as the server sent it: the client's models would rename its fields.
         response = self.lister(_preload_content=False, _request_timeout=self._timeout())
-        listed = json.loads(response.data)
+        try:
+            listed = json.loads(response.data)
+        finally:
+            response.release_conn()  # back to the pool, as a preloaded call does
         self.resource_version = listed["metadata"]["resourceVersion"]
         self.lists += 1
         self.error = None
