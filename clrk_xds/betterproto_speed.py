@@ -60,8 +60,10 @@ def _bytes_with_memo(self) -> bytes:
 
 def freeze(message) -> None:
     """Remember `message`'s wire bytes: the translator never changes a message it built,
-    and a 1,000-route listener reuses nearly all of its route parts from the last run."""
-    message.__dict__[_WIRE] = _plain_bytes(message)
+    and a 1,000-route listener reuses nearly all of its route parts from the last run.
+    Does nothing before `install()`: betterproto2's own validation refuses the memo."""
+    if betterproto2.Message.__bytes__ is _bytes_with_memo:
+        message.__dict__[_WIRE] = _plain_bytes(message)
 
 
 def is_frozen(message) -> bool:
