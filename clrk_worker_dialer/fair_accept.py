@@ -125,7 +125,10 @@ class FairAcceptor:
                 continue  # the agent gave up while it waited in the queue
             except OSError as exc:
                 if exc.errno not in _OUT_OF_RESOURCES:
-                    raise
+                    # Not raised: the connections already queued still get their turn,
+                    # and the next readiness tries again.
+                    log.warning("accept failed", extra=fields(error=str(exc)))
+                    break
                 # The kernel keeps the rest queued; starting the held ones frees some.
                 log.warning("cannot accept a connection", extra=fields(error=str(exc)))
                 for each in self.listeners:

@@ -5,6 +5,7 @@ the flooder's own listener when the group is steered by source."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import resource
 import socket
 import struct
@@ -205,3 +206,45 @@ def test_admit_serves_with_the_protocol_it_returns_or_leaves_the_connection_to_i
         return outcomes
 
     assert asyncio.run(run()) == [b"g", b"reset", b"reset"]
+
+
+class _FailingAfter:
+    """A listening socket whose accept(2) fails unexpectedly after `good` connections."""
+
+    def __init__(self, sock: socket.socket, good: int) -> None:
+        self.sock, self.good = sock, good
+
+    def accept(self):
+        if self.good == 0:
+            raise OSError(errno.EPROTO, "protocol error")
+        self.good -= 1
+        return self.sock.accept()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_unexpected_accept_error_is_logged_and_the_connections_taken_still_start():
+    async def run() -> tuple[list[str], list[dict]]:
+        errors: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, c: errors.append(c))
+        listener = listen_socket(("127.0.0.1", 0), 16)
+        clients = [_connect(listener.getsockname()[1], "127.0.0.1") for _ in range(3)]
+        order: list[str] = []
+        acceptor = FairAcceptor(listener, lambda: Started(order))
+        acceptor.listeners[0].sock = _FailingAfter(listener, 2)  # type: ignore[assignment]
+        acceptor._accept(acceptor.listeners[0])
+        for _ in range(10):  # the queued turn, not time
+            await asyncio.sleep(0)
+        acceptor.close()
+        await acceptor.wait_closed()
+        for client in clients:
+            client.close()
+        return order, errors
+
+    order, errors = asyncio.run(run())
+    assert order == ["127.0.0.1"] * 2
+    assert errors == []
