@@ -13,6 +13,7 @@ the kernel refuses the program, one listener serves all, as before.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import socket
 import struct
@@ -24,6 +25,7 @@ log = logging.getLogger("clrk.dialer")
 BUCKETS = 16
 SO_ATTACH_REUSEPORT_CBPF = 51  # asm-generic/socket.h
 SKF_NET_OFF = -0x100000  # linux/filter.h: offsets from the network header
+_UNSUPPORTED = (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP)  # no SO_REUSEPORT here
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
 LD_W_ABS, TAX, XOR_X, RSH_K, MOD_K, RET_A = 0x20, 0x07, 0xAC, 0x74, 0x94, 0x16
 
@@ -91,7 +93,9 @@ def steered_listeners(
     except OSError as exc:
         for sock in socks:
             sock.close()
-        if len(socks) < buckets:
+        # A kernel without SO_REUSEPORT (or its program) serves all from one listener;
+        # anything else (the port taken meanwhile) fails as for any listener.
+        if len(socks) < buckets and exc.errno not in _UNSUPPORTED:
             raise
         log.warning(
             "cannot steer connections by source; one listener serves all agents",

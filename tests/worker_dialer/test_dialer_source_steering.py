@@ -5,10 +5,12 @@ fails as for any listener."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import pytest
 
+from clrk_worker_dialer import source_steering
 from clrk_worker_dialer.source_steering import BUCKETS, steered_listeners
 
 
@@ -63,3 +65,39 @@ def test_an_address_already_listened_on_fails_instead_of_joining_the_group_there
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.parametrize("refusal", [errno.ENOPROTOOPT, errno.EINVAL])
+def test_a_kernel_refusing_reuseport_gets_one_plain_listener_with_a_warning(
+    monkeypatch, caplog, refusal
+):
+    real = source_steering.listen_socket
+
+    def refusing(addr, backlog, *, reuseport=False):
+        if reuseport:
+            raise OSError(refusal, os.strerror(refusal))
+        return real(addr, backlog)
+
+    monkeypatch.setattr(source_steering, "listen_socket", refusing)
+    socks = steered_listeners(("127.0.0.1", 0), 64)
+    try:
+        assert len(socks) == 1
+        client = socket.create_connection(socks[0].getsockname())
+        client.close()
+    finally:
+        for sock in socks:
+            sock.close()
+    assert "cannot steer connections by source" in caplog.text
+
+
+def test_a_port_taken_while_the_group_is_made_still_fails(monkeypatch):
+    def taken(addr, backlog, *, reuseport=False):
+        if reuseport:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return real(addr, backlog)
+
+    real = source_steering.listen_socket
+    monkeypatch.setattr(source_steering, "listen_socket", taken)
+    with pytest.raises(OSError) as raised:
+        steered_listeners(("127.0.0.1", 0), 64)
+    assert raised.value.errno == errno.EADDRINUSE
