@@ -65,23 +65,33 @@ async def connect(loop: asyncio.AbstractEventLoop, hop: NextHop) -> socket.socke
     raise error or OSError(f"{host} has no address")
 
 
-async def _connect_unix(path: str) -> socket.socket:
-    """A Unix stream connect never waits: with the listener's accept queue full it fails
-    with EAGAIN (where TCP would retry its SYN), and the socket then looks writable to a
-    loop that waits for the connect to complete, though it is not connected.  So retry
-    here, backing off; the caller bounds the whole attempt with its connect timeout."""
+def connect_unix_now(path: str) -> socket.socket | None:
+    """A non-blocking Unix stream connect, which never waits: it completes or fails at
+    once.  None when the listener's accept queue is full (EAGAIN, where TCP would retry
+    its SYN; the socket would then look writable to a loop that waits for the connect to
+    complete, though it is not connected)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        delay = 0.001
-        while (err := sock.connect_ex(path)) == errno.EAGAIN:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        if err:
-            raise OSError(err, os.strerror(err), path)
+        err = sock.connect_ex(path)
     except BaseException:
         sock.close()
         raise
+    if err == 0:
+        return sock
+    sock.close()
+    if err == errno.EAGAIN:
+        return None
+    raise OSError(err, os.strerror(err), path)
+
+
+async def _connect_unix(path: str) -> socket.socket:
+    """`connect_unix_now`, retried while the accept queue is full, backing off; the
+    caller bounds the whole attempt with its connect timeout."""
+    delay = 0.001
+    while (sock := connect_unix_now(path)) is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
     return sock
 
 
