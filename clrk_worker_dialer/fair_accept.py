@@ -182,6 +182,8 @@ class FairAcceptor:
         try:
             return self.admit(conn)
         except Exception:  # fail closed: a connection nothing decided is reset
+            # (only a backstop: the transparent dialer's admit records and resets its
+            # own failures, so each refusal the agent sees has its record)
             log.exception("cannot admit a connection")
             with contextlib.suppress(OSError):
                 reset_on_close(conn)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from clrk.nexthops import describe
-from clrk.policy import OwnAddresses
+from clrk.policy import Agent, Decision, OwnAddresses, Reason
 from clrk_runtime.logs import fields
 from clrk_worker_dialer.session import (
     Action,
@@ -267,6 +267,23 @@ def _record_refusal(state: DialerState, action: Refuse, flow: Flow) -> None:
     )
 
 
+def _record_undecided(
+    state: DialerState,
+    src: tuple[str, int],
+    dst: tuple[str, int],
+    agent: Agent | None = None,
+) -> bool:
+    """A connection refused before any decision (not redirected, or deciding failed):
+    `blocked_address`, always enforced, as for the gateway's own addresses."""
+    policy = state.policy
+    gateway = state.config.gateway if policy is None else policy.ref
+    default = "" if policy is None else policy.default_policy
+    agent_ref = None if agent is None else f"{agent.namespace}/{agent.name}"
+    decision = Decision(Reason.BLOCKED_ADDRESS, gateway, agent_ref, default)
+    state.record_dial_denied(decision, agent=agent, dst=dst, transport="tcp", dst_name="", src=src)
+    return True
+
+
 def _reset_now(conn: socket.socket) -> None:
     """SPEC 5.3: an RST right after the decision, on a socket no transport owns."""
     with contextlib.suppress(OSError):
@@ -363,26 +380,41 @@ def admit_transparent(
 
     def admit(conn: socket.socket) -> TransparentTcp | None:
         try:
-            dst = original_destination(conn)
             peer, local = conn.getpeername(), conn.getsockname()
-        except OSError:  # no peer: the agent reset it while it waited for its turn
-            dst = None
-        if dst is None or state.policy is None:
+        except OSError:  # no peer: the agent reset it while it waited; nothing refused
             _reset_now(conn)
             return None
-        own = None
-        if dst == (local[0], local[1]):
-            # The dialer's own port, by one of the gateway's addresses (REDIRECT keeps
-            # it as the original destination): blocked_address, recorded, whether or
-            # not that address is known as the gateway's yet.
-            own = state.own.including(dst[0])
-        src = (peer[0], peer[1])
-        flow = state.flow(src, dst, state.agent_for_source(src[0]))
-        session, action = _start_session(state, flow, own, loop.time())
-        if isinstance(action, Refuse):
-            _record_refusal(state, action, flow)
+        src, dst, agent, recorded = (peer[0], peer[1]), None, None, False
+        try:
+            dst = original_destination(conn)
+            if dst is None:
+                # Not REDIRECTed: sent to the dialer's own address, the gateway's.
+                recorded = _record_undecided(state, src, (local[0], local[1]))
+                _reset_now(conn)
+                return None
+            own = None
+            if dst == (local[0], local[1]):
+                # The dialer's own port, by one of the gateway's addresses (REDIRECT
+                # keeps it as the original destination): blocked_address, recorded,
+                # whether or not that address is known as the gateway's yet.
+                own = state.own.including(dst[0])
+            agent = state.agent_for_source(src[0])
+            flow = state.flow(src, dst, agent)
+            session, action = _start_session(state, flow, own, loop.time())
+            if isinstance(action, Refuse):
+                _record_refusal(state, action, flow)
+                recorded = True
+                _reset_now(conn)
+                return None
+        except Exception:
+            # Fail closed, and a refusal the agent sees has its record like any other.
+            log.exception("cannot decide a connection; refused")
+            if not recorded:
+                with contextlib.suppress(Exception):
+                    _record_undecided(state, src, dst or (local[0], local[1]), agent)
             _reset_now(conn)
             return None
+        # Allowed (or waiting for what the decision still needs): no refusal from here.
         if isinstance(action, Dial):
             dial(conn, session, action)
             return None
