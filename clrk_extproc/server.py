@@ -33,7 +33,8 @@ from clrk.wire import ChainFacts
 from clrk_extproc.deny import DenyAnswer
 from clrk_extproc.exchange import Exchange
 from clrk_extproc.http_log import entry_record
-from clrk_extproc.tcp_log import is_end, tcp_record
+from clrk_extproc.tcp_log import end_record, is_end, tcp_record
+from clrk_extproc.tcp_log_wire import scan
 from clrk_runtime.logs import fields
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -150,6 +151,18 @@ class ExtProcService:
     ) -> bytes:
         gateway = ""
         async for raw in requests:
+            # Envoy's TCP entries straight off the wire; anything else (HTTP entries,
+            # what the reader does not expect, debugging) the full parse reads.
+            scanned = None if log.isEnabledFor(logging.DEBUG) else scan(raw)
+            if scanned is not None:
+                if scanned.node_id is not None:
+                    gateway = scanned.node_id
+                for facts in scanned.ends:
+                    try:
+                        self._emit(end_record(facts, gateway))
+                    except (ValueError, TypeError, OverflowError) as exc:
+                        log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
+                continue
             try:
                 msg = StreamAccessLogsMessage.parse(raw)
             except Exception as exc:

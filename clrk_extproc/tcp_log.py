@@ -16,6 +16,7 @@ from envoy_data_plane.envoy.data.accesslog.v3 import AccessLogType, TcpAccessLog
 from clrk.policy import Agent
 from clrk.records.schema import Record, tcp_allowed
 from clrk.wire import LISTENER_TAG, TlvType, tlv_tag
+from clrk_extproc.tcp_log_wire import EndFacts
 
 END_TYPES = frozenset({AccessLogType.TcpConnectionEnd})
 
@@ -45,23 +46,40 @@ def is_end(entry: TcpAccessLogEntry) -> bool:
     return common is not None and common.access_log_type in END_TYPES
 
 
-def tcp_record(entry: TcpAccessLogEntry, gateway: str) -> Record | None:
-    """The `egress.tcp` record of a connection-end entry; None for any other entry."""
+def end_facts(entry: TcpAccessLogEntry) -> EndFacts | None:
+    """What a connection-end entry says that its record uses; None for any other entry."""
     if not is_end(entry):
         return None
     common = entry.common_properties
     assert common is not None
-    tags = dict(common.custom_tags or {})
     props = entry.connection_properties
-    up = int(props.received_bytes) if props is not None else 0
-    down = int(props.sent_bytes) if props is not None else 0
-    peer = _socket(common.downstream_local_address) or ("", 0)  # the original destination
-    start = ns(common.start_time)
-    duration = common.duration
+    return EndFacts(
+        tags=dict(common.custom_tags or {}),
+        received=int(props.received_bytes) if props is not None else 0,
+        sent=int(props.sent_bytes) if props is not None else 0,
+        local=_socket(common.downstream_local_address),
+        remote=_socket(common.downstream_remote_address),
+        start=common.start_time,
+        duration=common.duration,
+    )
+
+
+def tcp_record(entry: TcpAccessLogEntry, gateway: str) -> Record | None:
+    """The `egress.tcp` record of a connection-end entry; None for any other entry."""
+    facts = end_facts(entry)
+    return None if facts is None else end_record(facts, gateway)
+
+
+def end_record(facts: EndFacts, gateway: str) -> Record:
+    """The `egress.tcp` record of a connection end."""
+    tags = facts.tags
+    peer = facts.local or ("", 0)  # the original destination
+    start = ns(facts.start)
+    duration = facts.duration
     end = start + int(duration.total_seconds() * 1e9) if start is not None and duration else start
     namespace = tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
     name = tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
-    client = _socket(common.downstream_remote_address)
+    client = facts.remote
     return tcp_allowed(
         gateway=gateway,
         agent=Agent(namespace, name) if namespace or name else None,
@@ -70,8 +88,8 @@ def tcp_record(entry: TcpAccessLogEntry, gateway: str) -> Record | None:
         dst_ip=peer[0],
         dst_port=peer[1],
         dst_name=tag(tags, tlv_tag(TlvType.AUTHORITY)),
-        bytes_up=up,
-        bytes_down=down,
+        bytes_up=facts.received,
+        bytes_down=facts.sent,
         start_ns=start,
         end_ns=end,
         duration_ms=int(duration.total_seconds() * 1000) if duration else 0,
