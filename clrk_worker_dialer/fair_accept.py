@@ -10,12 +10,13 @@ Here the listener is drained as connections come (accept(2) is cheap), the accep
 sockets wait in one queue per source address, and each loop iteration starts at most
 `per_turn` of them, one from each agent in turn.  So an agent's connection waits behind
 at most a turn or two of the others', and the loop gets back to its I/O between turns.
-Nothing is dropped here: what is not accepted yet (descriptors exhausted, `max_pending`
+Nothing is dropped here: what is not accepted yet (descriptors exhausted, the budget
 held) stays in the kernel's accept queue.
 
 The turns hold while the dialer decides faster than connections come.  A flood faster
-than that for longer fills its listener's share of `max_pending`; that listener is then
-left to the kernel's queue while the others are still taken from: `source_steering`
+than that for longer fills its listener's share of the dialer's `PendingBudget` (one for
+all its listeners); that listener is then left to the kernel's queue while the others
+are still taken from: `source_steering`
 puts each agent's connections in one listener of a group, so the flooder's queue is not
 its neighbours' (agents whose sources share a listener share its fate).
 """
@@ -53,6 +54,24 @@ def default_max_pending() -> int:
     return max(1, min(MAX_PENDING, soft // 4))
 
 
+class PendingBudget:
+    """What all of a dialer's acceptors may hold together (`default_max_pending`), split
+    evenly between their listening sockets.  One budget, not one per listener: a dialer
+    has a group of sockets per transparent address and DNS address, and the proxies',
+    and floods into each would otherwise together hold several times the descriptors
+    meant, until accept(2) runs out of them and pauses every listener."""
+
+    def __init__(self, total: int | None = None) -> None:
+        self.total = default_max_pending() if total is None else total
+        self.sockets = 0
+
+    @property
+    def share(self) -> int:
+        """Each socket's share; it shrinks as listeners are added (a socket holding
+        more than its share then takes nothing until it holds less)."""
+        return max(1, self.total // max(1, self.sockets))
+
+
 def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
     return protocol
 
@@ -70,7 +89,7 @@ class _Listener:
 
 class FairAcceptor:
     """Serves listening sockets (one, or a group steered by source) with `factory`'s
-    protocols, agents taking turns.  Each socket holds its share of `max_pending`: a
+    protocols, agents taking turns.  Each socket holds its share of the budget: a
     flood that fills its share leaves the flooder's socket to the kernel's queue while
     the others are still taken from."""
 
@@ -82,24 +101,30 @@ class FairAcceptor:
         admit: Callable[[socket.socket], asyncio.Protocol | None] | None = None,
         per_turn: int = PER_TURN,
         max_pending: int | None = None,
+        budget: PendingBudget | None = None,
     ) -> None:
         """`admit(conn)`, when given, is asked in the connection's turn instead of
         `factory`: the protocol to serve it with, or None when it has dealt with the
         connection itself (the transparent dialer refuses there, before any transport
-        and its loop iterations exist)."""
+        and its loop iterations exist).  `budget` is shared with the dialer's other
+        acceptors; without one, this acceptor has its own of `max_pending`."""
         self.loop = asyncio.get_running_loop()
         socks = [socks] if isinstance(socks, socket.socket) else socks
         self.listeners = [_Listener(sock) for sock in socks]
         self.factory = factory
         self.admit = admit
         self.per_turn = per_turn
-        max_pending = default_max_pending() if max_pending is None else max_pending
-        self.share = max(1, max_pending // len(socks))
+        self.budget = PendingBudget(max_pending) if budget is None else budget
+        self.budget.sockets += len(socks)
         self._queues: OrderedDict[str, deque[tuple[socket.socket, _Listener]]] = OrderedDict()
         self._turn: asyncio.Handle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+
+    @property
+    def share(self) -> int:
+        return self.budget.share
 
     def start(self) -> None:
         for listener in self.listeners:
@@ -202,6 +227,7 @@ class FairAcceptor:
         if self._closed:
             return
         self._closed = True
+        self.budget.sockets -= len(self.listeners)
         for handle in (self._turn, self._retry):
             if handle is not None:
                 handle.cancel()

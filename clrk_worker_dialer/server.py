@@ -13,7 +13,7 @@ from clrk_runtime.logs import fields
 from clrk_worker_dialer import registry
 from clrk_worker_dialer.config import Address, DialerConfig
 from clrk_worker_dialer.dns_forwarder import DnsTcp, Forwarder
-from clrk_worker_dialer.fair_accept import FairAcceptor
+from clrk_worker_dialer.fair_accept import FairAcceptor, PendingBudget
 from clrk_worker_dialer.listen_backlog import listen_backlog
 from clrk_worker_dialer.sni_confirm import SniConfirmer
 from clrk_worker_dialer.source_steering import listen_socket, steered_listeners
@@ -47,6 +47,7 @@ class Dialer:
             self.state, config.sni_confirm_timeout, config.sni_confirm_concurrency
         )
         self.servers: list[FairAcceptor] = []
+        self.pending = PendingBudget()  # one bound on what all the listeners hold
         self.udp: UdpFront | None = None
         self.bound: dict[str, list[Address]] = {}
         self._watcher: asyncio.Task | None = None
@@ -124,7 +125,7 @@ class Dialer:
             socks = [listen_socket(addr, self.backlog)]
         # Not asyncio's server: it starts a whole burst in one loop iteration, and every
         # other agent waits behind it (fair_accept says how agents take turns instead).
-        server = FairAcceptor(socks, factory, admit=admit)
+        server = FairAcceptor(socks, factory, admit=admit, budget=self.pending)
         server.start()
         self.servers.append(server)
         self.bound.setdefault(kind, []).append(socks[0].getsockname()[:2])

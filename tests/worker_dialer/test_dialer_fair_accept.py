@@ -11,7 +11,12 @@ import socket
 import struct
 
 from clrk_worker_dialer.config import DialerConfig
-from clrk_worker_dialer.fair_accept import MAX_PENDING, FairAcceptor, default_max_pending
+from clrk_worker_dialer.fair_accept import (
+    MAX_PENDING,
+    FairAcceptor,
+    PendingBudget,
+    default_max_pending,
+)
 from clrk_worker_dialer.source_steering import listen_socket, steered_listeners
 from clrk_worker_dialer.state import DialerState
 from clrk_worker_dialer.tcp_front import admit_transparent
@@ -248,3 +253,39 @@ def test_an_unexpected_accept_error_is_logged_and_the_connections_taken_still_st
     order, errors = asyncio.run(run())
     assert order == ["127.0.0.1"] * 2
     assert errors == []
+
+
+def test_acceptors_sharing_a_budget_hold_together_no_more_than_it():
+    # Two acceptors of two sockets each, one budget of 8: each socket holds 2, so a
+    # flood into every socket holds 8 in all, not 8 per acceptor.
+    async def run() -> tuple[list[int], int]:
+        budget = PendingBudget(8)
+        groups = [steered_listeners(("127.0.0.1", 0), 64, 2) for _ in range(2)]
+        clients = [
+            _connect(socks[0].getsockname()[1], source)
+            for socks in groups
+            for source in ["127.0.0.2"] * 10 + ["127.0.0.6"] * 10  # one per socket
+        ]
+        acceptors = [FairAcceptor(socks, asyncio.Protocol, budget=budget) for socks in groups]
+        for acceptor in acceptors:
+            for listener in acceptor.listeners:
+                acceptor._accept(listener)  # what each takes; no turn has started one yet
+        held = [listener.pending for acceptor in acceptors for listener in acceptor.listeners]
+        for acceptor in acceptors:
+            acceptor.close()
+            await acceptor.wait_closed()
+        for client in clients:
+            client.close()
+        return held, budget.sockets
+
+    held, sockets_left = asyncio.run(run())
+    assert held == [2, 2, 2, 2]
+    assert sockets_left == 0  # a closed acceptor gives its share back
+
+
+def test_a_dialer_divides_one_budget_between_all_its_listeners():
+    budget = PendingBudget(100)
+    budget.sockets = 16 + 16 + 16 + 1 + 1  # TCP v4 and v6 groups, DNS, SOCKS5, CONNECT
+    assert budget.share == 2
+    budget.sockets = 1000  # more sockets than the budget: each still takes one
+    assert budget.share == 1
