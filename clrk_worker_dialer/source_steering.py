@@ -7,7 +7,14 @@ every other agent's connections wait in (`fair_accept` takes them in turns from 
 Sandbox links are /30s whose agent side is always .2 (and /64s whose agent is always
 ::2), so the program keys on the bits that differ between sandboxes: the IPv4 source
 without its last two bits, the IPv6 source's second and last 32 bits together.  Where
-the kernel refuses the program, one listener serves all, as before.
+the kernel refuses SO_REUSEPORT or the program, one listener serves all, as before.
+
+The guarantee is per socket, not per agent: sandbox slot N (198.18.0.0/15 + 4N,
+fd63:6c72:6b00:N::/64) lands in socket N mod 16 in IPv4 and (N xor 2) mod 16 in IPv6,
+so slots 1 and 17 share a socket and its queue, and a flood holds up only the agents
+of its own socket: no one else with up to 16 sandboxes.  Sources that are not sandbox
+links (`--agent-source` addresses, a pod network) are spread by the same bits: addresses
+within one /30 always share, and so do any two whose IPv4 >> 2 are equal modulo 16.
 """
 
 from __future__ import annotations

@@ -5,13 +5,21 @@ fails as for any listener."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from clrk_worker_dialer import source_steering
+from clrk_worker_dialer.redirect_rules import spec_for_index
 from clrk_worker_dialer.source_steering import BUCKETS, steered_listeners
+from tests.netns_helpers import scratch_netns
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a network namespace")
 
 
 def _accepted(sock: socket.socket) -> list[str]:
@@ -101,3 +109,70 @@ def test_a_port_taken_while_the_group_is_made_still_fails(monkeypatch):
     with pytest.raises(OSError) as raised:
         steered_listeners(("127.0.0.1", 0), 64)
     assert raised.value.errno == errno.EADDRINUSE
+
+
+# Run inside a scratch namespace holding the sandbox slots' agent addresses: which socket
+# of a steered group (by index) each source's connection waits in.
+_PROBE = """
+import json, socket, sys
+from clrk_worker_dialer.source_steering import steered_listeners
+listen, sources = sys.argv[1], sys.argv[2:]
+socks = steered_listeners((listen, 0), 64)
+port, clients, index = socks[0].getsockname()[1], [], {}
+for source in sources:
+    client = socket.socket(socks[0].family)
+    client.bind((source, 0))
+    client.connect((listen, port))
+    clients.append(client)
+for i, sock in enumerate(socks):
+    while True:
+        try:
+            conn, peer = sock.accept()
+        except BlockingIOError:
+            break
+        index[peer[0]] = i
+        conn.close()
+print(json.dumps({"sockets": len(socks), "index": index}))
+"""
+
+
+def _slot_sockets(family: int, slots: range) -> dict[int, int]:
+    """Sandbox slot -> the socket of a real steered group its agent's connection waited
+    in, with the slots' own addresses (as `clrk run` gives them) in a scratch namespace."""
+    specs = {slot: spec_for_index(slot, "x", tcp_port=1, udp_port=1, dns_port=1) for slot in slots}
+    v6 = family == socket.AF_INET6
+    sources = {(spec.agent_v6 if v6 else spec.agent_v4): slot for slot, spec in specs.items()}
+    listen = specs[slots[0]].host_v6 if v6 else specs[slots[0]].host_v4
+    with scratch_netns(f"clrk-steer-{os.getpid()}") as ns:
+        for address in [listen, *sources]:
+            extra = ["nodad"] if v6 else []
+            subprocess.run(
+                [
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    f"{address}/{128 if v6 else 32}",
+                    "dev",
+                    "lo",
+                    *extra,
+                ],
+                check=True,
+            )
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _PROBE, listen, *sources],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+    probed = json.loads(out.stdout)
+    assert probed["sockets"] == BUCKETS, "the kernel did not take the steering program"
+    return {sources[source]: index for source, index in probed["index"].items()}
+
+
+@needs_root
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_sandbox_slots_1_to_16_wait_in_16_sockets_and_slot_17_shares_slot_1s(family):
+    by_slot = _slot_sockets(family, range(1, 18))
+    assert sorted(by_slot) == list(range(1, 18))  # every connection accepted once
+    assert len({by_slot[slot] for slot in range(1, 17)}) == 16
+    assert by_slot[17] == by_slot[1]  # the limit the docs state: slots equal modulo 16
