@@ -4,11 +4,11 @@ timing is asserted) and leaves no namespace behind."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from bench import dialer_bench
+from tests.netns_helpers import namespaces_with_prefix
 
 pytestmark = [
     pytest.mark.root,
@@ -16,19 +16,17 @@ pytestmark = [
 ]
 
 
-def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return {line.split()[0] for line in out.stdout.splitlines() if line}
+def _our_namespaces() -> set[str]:
+    return namespaces_with_prefix(f"clrkb{os.getpid()}-")
 
 
 def test_the_dialer_benchmark_reports_every_row_and_cleans_up(capsys):
-    before = _namespaces()
     rows = dialer_bench.main(quick=True)
     assert {(r["measure"], r["path"]) for r in rows} == set(dialer_bench.LABELS)
     assert all(r["value"] > 0 and r["samples"] > 0 for r in rows)
     assert next(r for r in rows if r["measure"] == "deny")["samples"] == 100
     assert "denial latency" in capsys.readouterr().out
-    assert _namespaces() == before
+    assert _our_namespaces() == set()
 
 
 def test_target_lines_name_the_issue_targets():
