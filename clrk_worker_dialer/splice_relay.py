@@ -73,6 +73,10 @@ def connect_unix_now(path: str) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
+        # A Unix socket's send buffer is all it holds in flight (the default ~208 KB):
+        # as large as a bulk pipe, one splice empties the pipe instead of a few with
+        # EAGAIN and epoll changes between them (capped by net.core.wmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BULK_PIPE_SIZE)
         err = sock.connect_ex(path)
     except BaseException:
         sock.close()
