@@ -113,7 +113,12 @@ class Dialer:
                 )
         if cfg.watch and self._watcher is None:
             self._watcher = loop.create_task(self._watch())
-        log.info("dialer ready", extra=fields(gateway=cfg.gateway, listening=self.bound))
+        log.info(
+            "dialer ready",
+            extra=fields(
+                gateway=cfg.gateway, listening=self.bound, held_per_socket=self.pending.share
+            ),
+        )
 
     async def _serve(self, kind: str, addr: Address, factory, admit=None) -> None:
         # Where sandboxes' connections arrive (REDIRECT), each agent's wait in a queue

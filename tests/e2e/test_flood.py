@@ -9,22 +9,30 @@ echoes and one of denied connections, and is served promptly: no SYN of B's is s
 again (a dropped SYN waits 1 s, then 3 s, ...: B's namespace counts TCPSynRetrans), and
 the dialer decides only a few of A's connections while one of B's waits for its
 decision (counted in the records, not timed).  B's p50/p99/max are printed.
+
+The burst proves the steering too: it is far larger than what the dialer holds of one
+listening socket's connections (its ready line says), so A's connections pile up in
+the kernel's accept queue of A's socket (`ss` sees them there), a queue that B's, in
+another socket of the group, never stands in.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
+import re
 import statistics
 import subprocess
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 
 from clrk.nexthops import DEFAULT_BASE_PORT
 from clrk.records.query import iter_records, select
 from tests.e2e.dialer_proc import DialerProcess
-from tests.e2e.topology import Topology, sources
+from tests.e2e.topology import DIALER_TCP_PORT, Topology, sources
 
 A_INDEX, B_INDEX = 81, 82
 BURST = 4000
@@ -165,6 +173,29 @@ def tcp_counters(argv: list[str]) -> dict[str, int]:
     raise AssertionError("no TcpExt counters")
 
 
+@contextlib.contextmanager
+def deepest_accept_queue(topology: Topology) -> Iterator[list[int]]:
+    """The most connections seen waiting in one of the transparent listeners' accept
+    queues (`ss`: a listener's Recv-Q), sampled until the block ends; [max] on exit."""
+    deepest = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            out = topology.run_in_gw(["ss", "-Hltn", f"sport = :{DIALER_TCP_PORT}"]).stdout
+            for line in out.splitlines():  # State Recv-Q Send-Q Local Peer
+                deepest[0] = max(deepest[0], int(line.split()[1]))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield deepest
+    finally:
+        done.set()
+        sampler.join(15)
+
+
 def test_a_burst_of_4000_connections_is_all_relayed_or_reset_with_a_record_and_b_is_served(
     topology: Topology,
 ):
@@ -190,7 +221,8 @@ def test_a_burst_of_4000_connections_is_all_relayed_or_reset_with_a_record_and_b
         reader.start()
         time.sleep(0.5)  # B's figures before the flood
         started = time.time()
-        flood = a.run(["python3", "-c", FLOOD, str(BURST)], timeout=120)
+        with deepest_accept_queue(topology) as queued:
+            flood = a.run(["python3", "-c", FLOOD, str(BURST)], timeout=120)
         ended = time.time()
         probe.stdin.close()
         probe.wait(20)
@@ -226,6 +258,9 @@ def test_a_burst_of_4000_connections_is_all_relayed_or_reset_with_a_record_and_b
     }
     relayed = [took for _when, took, *_ in during["relayed"] if took is not None]
     refused = [took for _when, took, *_ in during["refused"]]
+    held = re.search(r'"held_per_socket": ?(\d+)', dialer.log())
+    assert held, "the dialer's ready line does not say what it holds per listening socket"
+    per_socket = int(held.group(1))
     hop_errors = [e for e in hop_log.entries() if "error" in e]
     overflows = gw_after["ListenOverflows"] - gw_before["ListenOverflows"]
     # Not a timing: how many of A's connections the dialer decided while one of B's
@@ -252,10 +287,11 @@ def test_a_burst_of_4000_connections_is_all_relayed_or_reset_with_a_record_and_b
     print(
         f"\nburst of {BURST} in {ended - started:.1f} s: {counts}; "
         f"{sum(records.values())} records; listen overflows {overflows} (somaxconn {somaxconn})"
-        f"; the next hop stand-in gave up on {len(hop_errors)}"
+        f"; the next hop stand-in gave up on {len(hop_errors)}; held per listening socket "
+        f"{per_socket}, the deepest accept queue {queued[0]}"
         f"\nneighbour during the burst: relayed echo {figures(relayed)}; "
         f"refusal {figures(refused)}; the most of A's decided ahead of one of B's "
-        f"{max(ahead)}; B's SYNs sent again "
+        f"{max(ahead, default=None)}; B's SYNs sent again "
         f"{b_after['TCPSynRetrans'] - b_before['TCPSynRetrans']}"
     )
     assert len(fate) == BURST
@@ -274,6 +310,18 @@ def test_a_burst_of_4000_connections_is_all_relayed_or_reset_with_a_record_and_b
     # B is served promptly: none of its SYNs was dropped on the way (a retry waits 1 s,
     # then 3 s, ...), and none of its connections queued behind A's burst.
     assert b_after["TCPSynRetrans"] == b_before["TCPSynRetrans"]
+    assert ahead, (
+        "none of B's refused connections was established during the burst: "
+        "nothing says whether B waited behind A"
+    )
     assert max(ahead) <= FAIR_AHEAD
+    # Steering: A's burst outgrew what the dialer holds of its socket and waited in that
+    # socket's kernel queue, deeper than B could have waited behind; B, steered to
+    # another socket of the group, did not (the assertion above).
+    assert 4 * per_socket < BURST, per_socket
+    assert queued[0] > FAIR_AHEAD, (
+        f"A's connections never queued in the kernel (deepest {queued[0]}): the burst did "
+        "not test the steering"
+    )
     assert statistics.median(relayed) < NEIGHBOUR_MEDIAN_BOUND
     assert statistics.median(refused) < NEIGHBOUR_MEDIAN_BOUND
