@@ -84,3 +84,13 @@ def policies():
 
 def gateway_policy():
     return policies().gateways[GATEWAY]
+
+
+class Records:
+    """A record writer that keeps what the dialer emits, for the test to read."""
+
+    def __init__(self) -> None:
+        self.emitted: list = []
+
+    def emit(self, record) -> None:
+        self.emitted.append(record)

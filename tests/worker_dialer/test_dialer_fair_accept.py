@@ -20,7 +20,7 @@ from clrk_worker_dialer.fair_accept import (
 from clrk_worker_dialer.source_steering import listen_socket, steered_listeners
 from clrk_worker_dialer.state import DialerState
 from clrk_worker_dialer.tcp_front import admit_transparent
-from tests.worker_dialer.dialer_policy import POLICY_YAML
+from tests.worker_dialer.dialer_policy import POLICY_YAML, Records
 
 BURST = 60
 
@@ -132,14 +132,6 @@ def test_closing_resets_the_connections_accepted_but_not_started():
     assert asyncio.run(run()) == b"reset"
 
 
-class _Records:
-    def __init__(self) -> None:
-        self.emitted: list = []
-
-    def emit(self, record) -> None:
-        self.emitted.append(record)
-
-
 def test_a_connection_its_agent_reset_before_its_turn_ends_without_an_error(tmp_path, monkeypatch):
     # As REDIRECT would say (conntrack outlives the reset); loopback has no NAT.
     monkeypatch.setattr(
@@ -147,7 +139,7 @@ def test_a_connection_its_agent_reset_before_its_turn_ends_without_an_error(tmp_
     )
     manifests = tmp_path / "policy.yaml"
     manifests.write_text(POLICY_YAML)
-    records = _Records()
+    records = Records()
     state = DialerState(DialerConfig(manifests=[str(manifests)], gateway="default/gw"), records)
     state.load()
 

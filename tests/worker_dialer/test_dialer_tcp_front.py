@@ -18,15 +18,7 @@ from clrk.records.schema import (
 from clrk_worker_dialer.config import DialerConfig
 from clrk_worker_dialer.state import DialerState
 from clrk_worker_dialer.tcp_front import admit_transparent
-from tests.worker_dialer.dialer_policy import POLICY_YAML
-
-
-class _Records:
-    def __init__(self) -> None:
-        self.emitted: list = []
-
-    def emit(self, record) -> None:
-        self.emitted.append(record)
+from tests.worker_dialer.dialer_policy import POLICY_YAML, Records
 
 
 @pytest.fixture
@@ -36,7 +28,7 @@ def state(tmp_path) -> DialerState:
     config = DialerConfig(
         manifests=[str(manifests)], gateway="default/gw", sources={"127.0.0.1": "agent-a"}
     )
-    state = DialerState(config, _Records())
+    state = DialerState(config, Records())
     state.load()
     return state
 
