@@ -51,6 +51,11 @@ def install() -> None:
         betterproto2.Message.__bytes__ = _bytes_with_memo  # type: ignore[method-assign]
 
 
+def installed() -> bool:
+    """True once `install()` ran in this process (until then `freeze` does nothing)."""
+    return betterproto2.Message.__bytes__ is _bytes_with_memo
+
+
 # --- wire bytes of unchanging sub-messages -----------------------------------------------
 
 _WIRE = "_clrk_wire"
@@ -146,7 +151,7 @@ def freeze(message) -> None:
     """Remember `message`'s wire bytes: the translator never changes a message it built,
     and a 1,000-route listener reuses nearly all of its route parts from the last run.
     Does nothing before `install()`: betterproto2's own validation refuses the memo."""
-    if betterproto2.Message.__bytes__ is _bytes_with_memo:
+    if installed():
         message.__dict__[_WIRE] = _serialize(message)
 
 
