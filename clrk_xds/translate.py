@@ -51,7 +51,6 @@ from envoy_data_plane.envoy.extensions.filters.network.direct_response.v3 import
 )
 from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import (
     TcpProxy,
-    TcpProxyTcpAccessLogOptions,
 )
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
 from envoy_data_plane.google.protobuf import Any
@@ -155,10 +154,10 @@ def _proxy_chain(name: str, access_log: AccessLog) -> FilterChain:
     proxy = TcpProxy(
         stat_prefix=_stat_name(name),
         cluster=ORIGINAL_DST_CLUSTER,
+        # One entry, when the connection ends: the record is written from it, with the
+        # byte counts and duration (an entry when the upstream connects, which nobody
+        # reads, cost clrk_extproc a third of its CPU per connection, Envoy a tenth).
         access_log=[access_log],
-        # One entry when the upstream connects and one when the connection ends (the
-        # record is written from the end entry, with the byte counts and duration).
-        access_log_options=TcpProxyTcpAccessLogOptions(flush_access_log_on_connected=True),
     )
     return FilterChain(name=name, filters=[_filter("envoy.filters.network.tcp_proxy", proxy)])
 

@@ -212,7 +212,7 @@ def test_defaults_under_allow_all() -> None:
     assert f.name == "envoy.filters.network.tcp_proxy"
 
 
-def test_every_tcp_proxy_logs_to_extproc_on_connect_and_close() -> None:
+def test_every_tcp_proxy_logs_to_extproc_once_when_the_connection_ends() -> None:
     res = _translate("allow-all")
     chains, tcp = _chains(res, "tcp")
     for chain in [*chains.values(), tcp.default_filter_chain]:
@@ -228,7 +228,7 @@ def test_every_tcp_proxy_logs_to_extproc_on_connect_and_close() -> None:
             tags = {t.tag: t.value for t in common.custom_tags}
             assert set(tags) == {*map(tlv_tag, TAGGED_TLVS), LISTENER_TAG}
             assert tags[LISTENER_TAG] == "tcp"
-            assert proxy.access_log_options.flush_access_log_on_connected
+            assert proxy.access_log_options is None  # not flushed when the upstream connects
 
 
 def test_extproc_address_option() -> None:
