@@ -39,6 +39,7 @@ def _cached_validate(self) -> None:  # same contract as betterproto2.Message._va
     del fields["_unknown_fields"]
     fields.pop(_WIRE, None)
     fields.pop(_NESTED, None)
+    fields.pop(_DERIVED, None)
     validator.validate_python(fields)
 
 
@@ -60,6 +61,7 @@ def installed() -> bool:
 
 _WIRE = "_clrk_wire"
 _NESTED = "_clrk_nested"
+_DERIVED = "_clrk_derived"
 _plain_bytes = betterproto2.Message.__bytes__
 
 
@@ -168,3 +170,14 @@ def nested(message, walk: Callable[[object], Iterable]) -> list:
     if found is None:
         found = message.__dict__[_NESTED] = list(walk(message))
     return found
+
+
+def derived(message, compute: Callable[[object], object]) -> object:
+    """`compute(message)`, kept on a frozen message (one per `compute`), so that what a
+    reload asks of an unchanged chain again is computed once."""
+    if not is_frozen(message):
+        return compute(message)
+    memo = message.__dict__.setdefault(_DERIVED, {})
+    if compute not in memo:
+        memo[compute] = compute(message)
+    return memo[compute]

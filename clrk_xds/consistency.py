@@ -75,13 +75,20 @@ def _walk(value: object) -> Iterator[betterproto2.Message]:
 def referenced_clusters(msg: betterproto2.Message) -> set[str]:
     """Clusters named by tcp_proxy filters and HTTP route actions inside `msg`."""
     names: set[str] = set()
-    for m in _nested(_reference_holders(msg)):
+    for holder in _reference_holders(msg):
+        names |= betterproto_speed.derived(holder, _clusters_in)
+    return names
+
+
+def _clusters_in(holder: object) -> frozenset[str]:
+    names: set[str] = set()
+    for m in betterproto_speed.nested(holder, _walk):
         if isinstance(m, TcpProxy | RouteAction):
             if m.cluster:
                 names.add(m.cluster)
             if m.weighted_clusters is not None:
                 names.update(c.name for c in m.weighted_clusters.clusters)
-    return names
+    return frozenset(names)
 
 
 def referenced_secrets(msg: betterproto2.Message) -> set[str]:
@@ -90,11 +97,18 @@ def referenced_secrets(msg: betterproto2.Message) -> set[str]:
     An SdsSecretConfig without sds_config names a static bootstrap secret, which the
     snapshot need not carry.
     """
-    return {
+    names: set[str] = set()
+    for holder in _reference_holders(msg):
+        names |= betterproto_speed.derived(holder, _secrets_in)
+    return names
+
+
+def _secrets_in(holder: object) -> frozenset[str]:
+    return frozenset(
         m.name
-        for m in _nested(_reference_holders(msg))
+        for m in betterproto_speed.nested(holder, _walk)
         if isinstance(m, SdsSecretConfig) and m.sds_config is not None
-    }
+    )
 
 
 def _bind_key(listener: Listener) -> tuple[int, str, int, int] | None:
@@ -120,16 +134,11 @@ def _clash(a: tuple[int, str, int, int], b: tuple[int, str, int, int]) -> bool:
 
 def _reference_holders(msg: betterproto2.Message) -> list[object]:
     """The parts of a resource that can name a cluster or secret.  A listener's filter
-    chain matcher (the bulk of a large listener) names neither, so it is not walked."""
+    chain matcher (the bulk of a large listener) names neither, so it is not walked.
+    A message the translator froze never changes: what it names is found once."""
     if isinstance(msg, Listener):
         return [*msg.filter_chains, msg.default_filter_chain, msg.access_log]
     return [msg]
-
-
-def _nested(holders: list[object]) -> Iterator[betterproto2.Message]:
-    # A message the translator froze never changes: its nested messages are walked once.
-    for holder in holders:
-        yield from betterproto_speed.nested(holder, _walk)
 
 
 def check(

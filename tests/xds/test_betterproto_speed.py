@@ -88,3 +88,22 @@ def test_the_planned_serializer_writes_betterproto2s_own_bytes_for_every_transla
     plain = digests("plain")
     assert plain.count("\n") > 50
     assert digests("installed") == plain
+
+
+def test_a_derived_value_is_computed_once_only_for_a_frozen_message():
+    betterproto_speed.install()
+    calls = []
+
+    def names(message):
+        calls.append(message)
+        return frozenset({message.name})
+
+    listener = Listener(name="x")
+    assert betterproto_speed.derived(listener, names) == {"x"}
+    assert betterproto_speed.derived(listener, names) == {"x"}
+    assert len(calls) == 2  # not frozen: it may change
+    betterproto_speed.freeze(listener)
+    assert betterproto_speed.derived(listener, names) == {"x"}
+    assert betterproto_speed.derived(listener, names) == {"x"}
+    assert len(calls) == 3
+    listener._validate()  # the memo is not a field
