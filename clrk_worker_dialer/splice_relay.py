@@ -70,9 +70,8 @@ def connect_unix_now(path: str) -> socket.socket | None:
     once.  None when the listener's accept queue is full (EAGAIN, where TCP would retry
     its SYN; the socket would then look writable to a loop that waits for the connect to
     complete, though it is not connected)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
         # A Unix socket's send buffer is all it holds in flight (the default ~208 KB):
         # as large as a bulk pipe, one splice empties the pipe instead of a few with
         # EAGAIN and epoll changes between them (capped by net.core.wmem_max).
@@ -264,7 +263,8 @@ class SpliceRelay:
         self.loop = asyncio.get_running_loop()
         self.agent, self.upstream = agent, upstream
         for sock in (agent, upstream):
-            sock.setblocking(False)
+            if sock.getblocking():  # no system call for one that is not
+                sock.setblocking(False)
         self.on_close = on_close
         self.closed = False
         self.error: OSError | None = None
