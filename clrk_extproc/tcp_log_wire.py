@@ -117,72 +117,52 @@ def _signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
-def _seconds_nanos(buf: bytes, span: tuple[int, int]) -> tuple[int, int]:
-    seconds = nanos = 0
-    seen: set[int] = set()
+def _singular(buf: bytes, span: tuple[int, int], wanted: dict[int, int]) -> dict:
+    """The fields of `wanted` (number -> wire type) a message has, each at most once."""
+    found: dict = {}
     for number, kind, value in _fields(buf, *span):
-        if number == SECONDS:
-            _once(seen, number, kind, VARINT)
-            seconds = _signed(value, 64)
-        elif number == NANOS:
-            _once(seen, number, kind, VARINT)
-            nanos = _signed(value, 32)
-    return seconds, nanos
+        if number in wanted:
+            if kind != wanted[number] or number in found:
+                raise Unexpected(f"field {number}")
+            found[number] = value
+    return found
+
+
+def _seconds_nanos(buf: bytes, span: tuple[int, int]) -> tuple[int, int]:
+    got = _singular(buf, span, {SECONDS: VARINT, NANOS: VARINT})
+    return _signed(got.get(SECONDS, 0), 64), _signed(got.get(NANOS, 0), 32)
 
 
 def _socket(buf: bytes, span: tuple[int, int]) -> tuple[str, int] | None:
     """An Address's socket address, None without one; as envoy_data_plane reads it."""
-    found = None
-    seen: set[int] = set()
-    for number, kind, value in _fields(buf, *span):
+    for number, _kind, _value in _fields(buf, *span):
         if number in (ADDRESS_PIPE, ADDRESS_INTERNAL):
             raise Unexpected("not a socket address")  # a oneof: the last one set counts
-        if number != ADDRESS_SOCKET:
-            continue
-        _once(seen, number, kind, LENGTH)
-        address, port = "", 0
-        inner: set[int] = set()
-        for field, wire, got in _fields(buf, *value):
-            if field == SOCKET_ADDRESS:
-                _once(inner, field, wire, LENGTH)
-                address = _text(buf, got)
-            elif field == SOCKET_PORT:
-                _once(inner, field, wire, VARINT)
-                port = got & 0xFFFFFFFF
-        found = (address, port)
-    return found
+    address = _singular(buf, span, {ADDRESS_SOCKET: LENGTH})
+    if ADDRESS_SOCKET not in address:
+        return None
+    got = _singular(buf, address[ADDRESS_SOCKET], {SOCKET_ADDRESS: LENGTH, SOCKET_PORT: VARINT})
+    text = _text(buf, got[SOCKET_ADDRESS]) if SOCKET_ADDRESS in got else ""
+    return text, got.get(SOCKET_PORT, 0) & 0xFFFFFFFF
 
 
 def _tag(buf: bytes, span: tuple[int, int]) -> tuple[str, str]:
-    key = value = ""
-    seen: set[int] = set()
-    for number, kind, got in _fields(buf, *span):
-        if number == 1:
-            _once(seen, number, kind, LENGTH)
-            key = _text(buf, got)
-        elif number == 2:
-            _once(seen, number, kind, LENGTH)
-            value = _text(buf, got)
+    """A custom_tags map entry: key 1, value 2."""
+    got = _singular(buf, span, {1: LENGTH, 2: LENGTH})
+    key, value = (_text(buf, got[n]) if n in got else "" for n in (1, 2))
     return key, value
 
 
 def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
     """A TCP entry's facts when it is a connection end, else None."""
-    common = connection = None
-    seen: set[int] = set()
-    for number, kind, value in _fields(buf, *span):
-        if number in (ENTRY_COMMON, ENTRY_CONNECTION):
-            _once(seen, number, kind, LENGTH)
-            if number == ENTRY_COMMON:
-                common = value
-            else:
-                connection = value
-    if common is None:
+    parts = _singular(buf, span, {ENTRY_COMMON: LENGTH, ENTRY_CONNECTION: LENGTH})
+    if ENTRY_COMMON not in parts:
         return None
+    common = parts[ENTRY_COMMON]
     tags: dict[str, str] = {}
     kind_of = 0
     local = remote = start = duration = None
-    seen.clear()
+    seen: set[int] = set()
     for number, kind, value in _fields(buf, *common):
         if number == COMMON_TAGS:
             if kind != LENGTH:
@@ -208,32 +188,22 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
             duration = datetime.timedelta(seconds=seconds, microseconds=nanos / 1e3)
     if kind_of != END:
         return None
-    received = sent = 0
-    if connection is not None:
-        seen.clear()
-        for number, kind, value in _fields(buf, *connection):
-            if number in (CONNECTION_RECEIVED, CONNECTION_SENT):
-                _once(seen, number, kind, VARINT)
-                if number == CONNECTION_RECEIVED:
-                    received = value
-                else:
-                    sent = value
+    connection = parts.get(ENTRY_CONNECTION)
+    counts = (
+        {}
+        if connection is None
+        else _singular(buf, connection, {CONNECTION_RECEIVED: VARINT, CONNECTION_SENT: VARINT})
+    )
+    received, sent = (counts.get(n, 0) for n in (CONNECTION_RECEIVED, CONNECTION_SENT))
     return EndFacts(tags, received, sent, local, remote, start, duration)
 
 
 def _node_id(buf: bytes, span: tuple[int, int]) -> str | None:
-    node = None
-    seen: set[int] = set()
-    for number, kind, value in _fields(buf, *span):
-        if number == IDENTIFIER_NODE:
-            _once(seen, number, kind, LENGTH)
-            node = ""
-            inner: set[int] = set()
-            for field, wire, got in _fields(buf, *value):
-                if field == NODE_ID:
-                    _once(inner, field, wire, LENGTH)
-                    node = _text(buf, got)
-    return node
+    identifier = _singular(buf, span, {IDENTIFIER_NODE: LENGTH})
+    if IDENTIFIER_NODE not in identifier:
+        return None
+    node = _singular(buf, identifier[IDENTIFIER_NODE], {NODE_ID: LENGTH})
+    return _text(buf, node[NODE_ID]) if NODE_ID in node else ""
 
 
 def scan(raw: bytes) -> Scanned | None:
