@@ -30,9 +30,11 @@ run: $(STAMP)
 	$(PY) -m clrk_cli.demo
 
 # The layer contracts first: an upward or sideways import fails the suite like a test.
+# -X faulthandler: a crash, also one while the interpreter shuts down after the last
+# test, prints every thread's stack instead of a bare "Aborted".
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -X faulthandler -m pytest
 
 bench: $(STAMP)
 	$(PY) -m bench
