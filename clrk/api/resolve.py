@@ -248,6 +248,16 @@ class _Resolver:
                 "plane's --provider kubernetes); with manifest files use source.file or "
                 "source.env",
             )
+        if self.secret_refs and spec.source.secret_ref is None:
+            # A tenant's credential must not read the control plane's own files or
+            # environment (its service-account token) and send them upstream.
+            return (
+                "SourceUnsupported",
+                f"spec.source.{spec.source.kind}",
+                "under the Kubernetes provider a credential reads a Secret of its own "
+                "namespace (source.secretRef) only, never the control plane's files or "
+                "environment",
+            )
         matches = [m for rule in route.spec.rules for m in rule.matches]
         allowed = [h for m in matches for h in m.destination_hostnames]
         any_name = any(not m.destination_hostnames for m in matches)

@@ -135,6 +135,19 @@ def test_a_secret_ref_needs_the_kubernetes_provider_and_is_accepted_under_it() -
     assert (compiled.source, compiled.source_ref) == ("secretRef", "s/k")
 
 
+def test_under_the_kubernetes_provider_a_file_or_env_source_is_not_accepted() -> None:
+    """A tenant must not send the control plane's service-account token upstream."""
+    spec = "targetRef: {name: llm}\n  header: x-key\n  placeholder: clrk-placeholder-"
+    token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    docs = credential("f", spec + "f\n  source: {file: " + token + "}")
+    docs += credential("e", spec + "e\n  source: {env: HOME}")
+    loaded = compile_loaded(replace(load_text(SET + docs, "c.yaml"), secret_refs=True))
+    got = {k: (c.status, c.reason) for k, (c, *_) in loaded.compiled.conditions.items()}
+    assert got[("EgressCredential", "default", "f")] == (False, "SourceUnsupported")
+    assert got[("EgressCredential", "default", "e")] == (False, "SourceUnsupported")
+    assert not loaded.compiled.gateways[("default", "gw")].credentials
+
+
 def test_placeholders_that_contain_each_other_cannot_both_be_accepted() -> None:
     other = (
         "targetRef: {name: llm}\n  header: x-other\n  placeholder: clrk-placeholder-key-2\n"
