@@ -102,6 +102,11 @@ def _refuse_what_defeats_the_sandbox(where: str, spec: dict) -> None:
             raise InjectError(f"{where}: container {name} allows privilege escalation")
         if (sc.get("capabilities") or {}).get("add"):
             raise InjectError(f"{where}: container {name} adds capabilities")
+        # A mount of a volume injection adds would hand the agent Envoy's sockets, the
+        # gateway's key or its records once the volume exists.
+        for mount in c.get("volumeMounts") or []:
+            if mount.get("name") in VOLUMES:
+                raise InjectError(f"{where}: container {name} mounts clrk's {mount['name']}")
         uid = sc.get("runAsUser", pod_uid)
         if uid == 0:
             raise InjectError(f"{where}: container {name} runs as root")

@@ -78,6 +78,10 @@ def test_a_deployment_gets_the_init_container_and_native_sidecars_before_its_own
         ),
         ({"initContainers": [{"name": "clrk-dialer"}]}, "injected already"),
         ({"volumes": [{"name": "clrk-tls", "emptyDir": {}}]}, "clrk's"),
+        (
+            {"containers": [{"name": "a", "volumeMounts": [{"name": "clrk-envoy"}]}]},
+            "mounts clrk's clrk-envoy",
+        ),
     ],
 )
 def test_what_would_defeat_the_sandbox_is_refused(change, message):
