@@ -46,6 +46,7 @@ RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 GROUPS = RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
 SETTLE = 0.05  # seconds: a burst of announcements (an interface going up) makes one dump
+RETRY = 1.0  # seconds between tries when the addresses cannot be read
 
 
 def _align(n: int) -> int:
@@ -152,8 +153,15 @@ class HostAddresses:
         loop = asyncio.get_running_loop()
         sock = _subscribe()
         try:
-            await self._refresh(changed)
             while True:
+                # A failed read (EMFILE: a flood holds descriptors) must not end the
+                # following for good: a stale list would leave a new address open.
+                try:
+                    await self._refresh(changed)
+                except OSError as exc:
+                    log.error("cannot read own addresses; retrying", extra=fields(error=str(exc)))
+                    await asyncio.sleep(RETRY)
+                    continue
                 try:
                     await loop.sock_recv(sock, 1 << 16)
                 except OSError as exc:  # ENOBUFS: announcements were lost; dump anyway
@@ -162,7 +170,6 @@ class HostAddresses:
                 with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
                     while sock.recv(1 << 16):  # drain the burst; the dump covers it
                         pass
-                await self._refresh(changed)
         finally:
             sock.close()
 

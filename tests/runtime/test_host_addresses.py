@@ -144,3 +144,30 @@ def test_an_address_added_or_removed_at_run_time_is_reported():
     assert {"198.18.7.1", "fd00:77::1", "192.0.2.99", "10.9.0.0/16"} <= last
     assert "203.0.113.5" not in last
     assert host_addresses.dump()  # this namespace still has its own
+
+
+def test_a_failed_read_is_retried_and_following_goes_on(monkeypatch):
+    """EMFILE while reading (a flood holds the descriptors) must not end the following:
+    the list would stay stale and a new address of the gateway open."""
+    answers = iter([("192.0.2.1",), OSError(24, "Too many open files"), ("192.0.2.2",)])
+
+    def dump():
+        answer = next(answers, ("192.0.2.2",))
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(host_addresses, "dump", dump)
+    monkeypatch.setattr(host_addresses, "RETRY", 0.01)
+
+    async def follow() -> tuple[str, ...]:
+        host = HostAddresses()
+        changed = asyncio.Event()
+        task = asyncio.create_task(host.follow(lambda now: changed.set()))
+        try:
+            await asyncio.wait_for(changed.wait(), 10)
+        finally:
+            task.cancel()
+        return host.current
+
+    assert asyncio.run(follow()) == ("192.0.2.2",)
