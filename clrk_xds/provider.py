@@ -145,6 +145,10 @@ class Provider:
     _blocked: bool = field(default=False, init=False)
     _nodes: set[str] = field(default_factory=set, init=False)
     reloads: int = field(default=0, init=False)
+    # Reloads come from the source, leaf renewal, address changes and credential files:
+    # one at a time, so the caches are never shared between threads and the newest read
+    # is applied last.
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def __post_init__(self) -> None:
         if self.translator is None:
@@ -192,9 +196,6 @@ class FileProvider(Provider):
     paths: Sequence[str | Path] = ()
     debounce_ms: int = 50
     _manifests: ManifestCache = field(default_factory=ManifestCache, init=False)
-    # Reloads come from the files, leaf renewal and address changes: one at a time, so
-    # the caches are never shared between threads and the newest read is applied last.
-    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     async def reload(self) -> bool:
         """Read the files and install them if valid; True if a new set is in force."""

@@ -140,31 +140,33 @@ class KubernetesProvider(Provider):
     def synced(self) -> bool:
         return self._listed >= set(self.kinds)
 
-    async def reload(self) -> bool:
+    async def reload(self, *, only_if_changed: bool = False) -> bool:
         """Plan the objects held now and install them if valid; True if a new set is
-        in force.  Nothing happens before every kind has been listed once."""
+        in force.  Nothing happens before every kind has been listed once.
+        `only_if_changed`: skip when neither the documents nor the Secrets changed (the
+        watch loop: a status write comes back as an event).  Leaf renewal, address
+        changes and credential files replan the same documents, so they never skip."""
         if not self.synced:
             return False
-        documents = {key: policy_document(obj) for key, obj in sorted(self._objects.items())}
-        version = self.secrets.version if self.secrets is not None else 0
-        if self._plan is not None and (documents, version) == (
-            self._documents,
-            self._secrets_version,
-        ):
-            return False
-        assert self.translator is not None
-        load = load_documents(
-            ((source_of(key), doc) for key, doc in documents.items()),
-            secret_refs=self.secrets is not None,
-        )
-        if self.secrets is not None:
-            await asyncio.to_thread(self.secrets.want, secret_refs(load.resources))
-            version = self.secrets.version
-        new = await asyncio.to_thread(plan, load, self.translator)
-        applied = self.apply(new)
-        self._documents, self._plan, self._secrets_version = documents, new, version
-        if not new.blocked:
-            self._in_force = documents
+        async with self._reloading:
+            documents = {key: policy_document(obj) for key, obj in sorted(self._objects.items())}
+            version = self.secrets.version if self.secrets is not None else 0
+            unchanged = (documents, version) == (self._documents, self._secrets_version)
+            if only_if_changed and self._plan is not None and unchanged:
+                return False
+            assert self.translator is not None
+            load = load_documents(
+                ((source_of(key), doc) for key, doc in documents.items()),
+                secret_refs=self.secrets is not None,
+            )
+            if self.secrets is not None:
+                await asyncio.to_thread(self.secrets.want, secret_refs(load.resources))
+                version = self.secrets.version
+            new = await asyncio.to_thread(plan, load, self.translator)
+            applied = self.apply(new)
+            self._documents, self._plan, self._secrets_version = documents, new, version
+            if not new.blocked:
+                self._in_force = documents
         self.poke()
         return applied
 
@@ -379,7 +381,7 @@ class KubernetesProvider(Provider):
                 while not queue.empty():
                     self._handle(queue.get_nowait())
                 try:
-                    await self.reload()
+                    await self.reload(only_if_changed=True)
                 except Exception:  # a bug must not stop the watch: the last set stays
                     log.exception("k8s.reload_failed")
                 self.poke()  # a status edited by someone else is set right again

@@ -395,3 +395,17 @@ def test_an_ack_seen_by_another_replica_makes_the_writer_report_programmed(serve
             return cond["reason"] == "Rejected" and "bad listener" in cond["message"]
 
         wait_for(rejected)
+
+
+def test_a_replan_of_unchanged_objects_is_skipped_only_for_watch_events():
+    """Leaf renewal, own-address changes and credential files replan the same objects:
+    only the watch loop's reload may skip them as unchanged."""
+    provider = KubernetesProvider(SnapshotCache(), PolicyHub(), default_translator())
+    for kind in provider.kinds:
+        provider._handle(("LIST", kind, [gateway()] if kind == "EgressGateway" else []))
+    assert asyncio.run(provider.reload(only_if_changed=True))
+    planned = provider.reloads
+    assert not asyncio.run(provider.reload(only_if_changed=True))
+    assert provider.reloads == planned
+    asyncio.run(provider.reload())
+    assert provider.reloads == planned + 1
