@@ -122,7 +122,7 @@ class Shipper:
     def _sync(self) -> None:
         try:
             self.spool.sync()
-            self.spool.write_metrics(self.shipped, self.failures)
+            self.spool.write_metrics(self.shipped, self.refused, self.failures)
         except OSError as exc:
             log.warning("records spool %s: %s", self.spool.dir, exc)
 
@@ -137,7 +137,9 @@ class Shipper:
 
     def _deliver(self, traces: bytes, logs: bytes, records: int) -> bool:
         """Both requests accepted, or refused for good (then dropped): True.  Traces
-        already accepted are not sent again while the logs are retried."""
+        already accepted are not sent again while the logs are retried.  Records refused
+        count as refused, never as shipped."""
+        refused = False
         for name, call, request, response_type in (
             ("traces", self._traces, traces, ExportTraceServiceResponse),
             ("logs", self._logs, logs, ExportLogsServiceResponse),
@@ -163,7 +165,7 @@ class Shipper:
                         "records collector %s refused %d %s for good (%s): dropped",
                         self.endpoint, records, name, code,
                     )  # fmt: skip
-                    self.refused += records
+                    refused = True
                     break
                 rejected = (
                     reply.partial_success.rejected_spans
@@ -176,5 +178,8 @@ class Shipper:
                         self.endpoint, rejected, records, name, reply.partial_success.error_message,
                     )  # fmt: skip
                 break
-        self.shipped += records
+        if refused:
+            self.refused += records
+        else:
+            self.shipped += records
         return True

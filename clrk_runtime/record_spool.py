@@ -231,7 +231,7 @@ class Spool:
         with self._mutex:
             return pos.seq == self._seq and pos.offset >= self._sizes[self._seq]
 
-    def write_metrics(self, shipped: int, failed_batches: int) -> None:
+    def write_metrics(self, shipped: int, refused: int, failed_batches: int) -> None:
         with self._mutex:
             values = {
                 "clrk_records_spool_bytes": self.bytes,
@@ -240,6 +240,7 @@ class Spool:
                 "clrk_records_spool_dropped_total": self.dropped,
                 "clrk_records_spool_written_total": self.written,
                 "clrk_records_shipped_total": shipped,
+                "clrk_records_refused_total": refused,
                 "clrk_records_ship_failures_total": failed_batches,
             }
         text = "".join(f"{k} {v}\n" for k, v in values.items())

@@ -64,26 +64,30 @@ class RecordFile:
         self._fd, self._inode = fd, (st.st_dev, st.st_ino)
 
     def _current(self) -> int:
+        """The descriptor of the file at `path` now (reopened after a rotation); the
+        caller holds the lock."""
         try:
             st = os.stat(self.path)
             if (st.st_dev, st.st_ino) == self._inode:
                 return self._fd
         except FileNotFoundError:
             pass
-        with self._lock:
-            self._open()
+        self._open()
         return self._fd
 
     def append(self, data: bytes) -> bool:
-        try:
-            fd = self._current()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            return True
-        except OSError as exc:
-            log.warning("cannot append records to %s: %s", self.path, exc)
-            return False
+        # Under the lock: another thread's reopen or close must not free the descriptor
+        # this write uses (its number could be a socket's by then).
+        with self._lock:
+            try:
+                fd = self._current()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                return True
+            except OSError as exc:
+                log.warning("cannot append records to %s: %s", self.path, exc)
+                return False
 
     def close(self) -> None:
         with self._lock:

@@ -258,6 +258,38 @@ def test_with_an_endpoint_the_span_and_log_arrive_over_otlp_grpc(collector, tmp_
     assert (log.trace_id, log.span_id) == (span.trace_id, span.span_id)
 
 
+class RefusingLogs(Collector):
+    """Takes the traces, refuses the logs for good (INVALID_ARGUMENT)."""
+
+    def Export(self, request, context):
+        if isinstance(request, logs_service_pb2.ExportLogsServiceRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no")
+        return super().Export(request, context)
+
+
+def test_records_the_collector_refuses_for_good_count_refused_never_shipped(tmp_path):
+    servicer = RefusingLogs()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    spool = tmp_path / "s"
+    writer = RecordWriter("clrk-dialer", otlp_endpoint=f"127.0.0.1:{port}", spool_dir=str(spool))
+    try:
+        writer.emit(denial(443))
+        assert writer.flush()  # dropped for good is delivered as far as the spool goes
+        shipper = writer.shipper
+        assert shipper is not None and (shipper.shipped, shipper.refused) == (0, 1)
+        shipper._sync()
+        metrics = (spool / "metrics.prom").read_text()
+    finally:
+        writer.shutdown()
+        server.stop(grace=None).wait()
+    assert "clrk_records_refused_total 1\n" in metrics
+    assert "clrk_records_shipped_total 0\n" in metrics
+
+
 def test_a_unix_socket_endpoint_exports_in_plaintext(tmp_path):
     servicer = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
