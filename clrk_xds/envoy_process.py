@@ -7,7 +7,6 @@ Envoys (tests, gateways) never share shared-memory state or files.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ from pathlib import Path
 from string import Template
 
 import yaml
+
+from clrk.api.grammar import is_ip_literal
 
 # envoy/bootstrap.yaml: in a wheel it sits in the package (setup.py puts it there).
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "_envoy" / "bootstrap.yaml"
@@ -96,26 +97,18 @@ def render_bootstrap(
         config["admin"]["address"] = envoy_address(f"unix:{admin_socket}")
     ads_cluster = config["static_resources"]["clusters"][0]
     host = ads.rpartition(":")[0].strip("[]")
-    if not ads.startswith("unix:") and not _is_ip(host):
+    if not ads.startswith("unix:") and not is_ip_literal(host):
         ads_cluster["type"] = "STRICT_DNS"  # e.g. the control plane's Service
     if tls_dir is not None:
         ads_cluster["transport_socket"] = ads_tls_socket(tls_dir, server_name or host)
     return config
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def ads_tls_socket(tls_dir: str, server_name: str) -> dict:
     """Envoy's side of the ADS connection's mutual TLS: its certificate and key, the
     control plane verified against ca.crt and by the name it must carry."""
     directory = Path(tls_dir)
-    by_ip = _is_ip(server_name)
+    by_ip = is_ip_literal(server_name)
     san = {"san_type": "IP_ADDRESS" if by_ip else "DNS", "matcher": {"exact": server_name}}
     return {
         "name": "envoy.transport_sockets.tls",

@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from clrk_runtime.logs import fields
-from clrk_xds.k8s_lease import TIMEOUT
+from clrk_xds.k8s_lease import TIMEOUT, micro_now
 
 log = logging.getLogger("clrk_xds.k8s_acks")
 
@@ -41,11 +41,6 @@ def report_of(statuses: Mapping[str, Mapping]) -> Report:
         for node, by_type in sorted(statuses.items())
         if by_type
     }
-
-
-def _now() -> datetime.datetime:
-    now = datetime.datetime.now(datetime.UTC)
-    return now.replace(microsecond=now.microsecond or 1)
 
 
 class AckBoard:
@@ -71,7 +66,7 @@ class AckBoard:
             labels={LABEL: "true"},
             annotations={ANNOTATION: json.dumps(report, sort_keys=True)},
         )
-        spec = client.V1LeaseSpec(holder_identity=self.identity, renew_time=_now())
+        spec = client.V1LeaseSpec(holder_identity=self.identity, renew_time=micro_now())
         try:
             current = self.coordination.read_namespaced_lease(self.name, self.namespace, **TIMEOUT)
         except ApiException as exc:

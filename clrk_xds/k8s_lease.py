@@ -27,7 +27,8 @@ log = logging.getLogger("clrk_xds.k8s_lease")
 TIMEOUT = {"_request_timeout": (5.0, 10.0)}
 
 
-def _now() -> datetime.datetime:
+def micro_now() -> datetime.datetime:
+    """Now, for a MicroTime field."""
     now = datetime.datetime.now(datetime.UTC)
     # A MicroTime is read with six fractional digits, which Python leaves out at zero.
     return now.replace(microsecond=now.microsecond or 1)
@@ -98,7 +99,7 @@ class LeaseElector:
         return time.monotonic() - self._renewed < self.duration * 2 / 3
 
     def _round(self) -> bool:
-        now = _now()
+        now = micro_now()
         try:
             lease = self.coordination.read_namespaced_lease(self.name, self.namespace, **TIMEOUT)
         except ApiException as exc:

@@ -21,7 +21,6 @@ Pure: builds Envoy messages only.  An L7 chain runs `http_connection_manager` wi
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from collections.abc import Sequence
 
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
@@ -111,6 +110,7 @@ from envoy_data_plane.xds.type.matcher.v3 import (
     StringMatcher,
 )
 
+from clrk.api.grammar import is_ip_literal
 from clrk.policy.compiled import CompiledCredential
 from clrk.wire import (
     CHAIN_ROUTE_TAG,
@@ -350,14 +350,6 @@ def _protocol_options(message) -> dict[str, Any]:
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(message)}
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def extproc_cluster(address: tuple[str, int] | str) -> Cluster:
     """clrk_extproc at (host, port), or at the path of a Unix socket."""
     by_name = False
@@ -365,7 +357,7 @@ def extproc_cluster(address: tuple[str, int] | str) -> Cluster:
         where = Address(pipe=Pipe(path=address))
     else:
         where = Address(socket_address=SocketAddress(address=address[0], port_value=address[1]))
-        by_name = not _is_ip(address[0])  # a Service's name: resolved by Envoy
+        by_name = not is_ip_literal(address[0])  # a Service's name: resolved by Envoy
     endpoint = LbEndpoint(endpoint=Endpoint(address=where))
     return Cluster(
         name=EXTPROC_CLUSTER,

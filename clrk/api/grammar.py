@@ -18,13 +18,17 @@ _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 _MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-def _looks_like_ip(text: str) -> bool:
-    candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+def is_ip_literal(text: str) -> bool:
+    """'192.0.2.7' or '2001:db8::1' (no brackets), not a name."""
     try:
-        ipaddress.ip_address(candidate)
+        ipaddress.ip_address(text)
     except ValueError:
         return False
     return True
+
+
+def _looks_like_ip(text: str) -> bool:
+    return is_ip_literal(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
 
 
 def _punycode(name: str) -> str | None:

@@ -39,7 +39,7 @@ from clrk.records.schema import (
     TRANSPORT,
 )
 
-SUGGESTED = frozenset({Reason.POLICY, Reason.NO_LISTENER, "sni_unverified"})
+SUGGESTED = frozenset({Reason.POLICY, Reason.NO_LISTENER, Reason.SNI_UNVERIFIED})
 
 
 @dataclass(frozen=True, order=True)
