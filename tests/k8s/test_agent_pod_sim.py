@@ -305,7 +305,9 @@ def test_the_injected_pod_enforces_the_policy_with_its_sidecars_from_the_manifes
         denied = _wait(lambda: [r for r in _records(records) if r["name"] == "egress.dial.denied"
                                 and r.get("clrk.dst.name") == "pastebin.com"],
                        "the dialer records the denial", logs=logs)  # fmt: skip
-        assert denied[0].get("clrk.agent.name") in (None, "example-agent")
+        # The pod's downward API names the agent: its namespace and its agent label.
+        agent_of = (denied[0].get("agent.namespace"), denied[0].get("agent.name"))
+        assert agent_of == ("agents", "example-agent"), denied[0]
         # The sidecars' own traffic is not sent back into the dialer: none of the denials
         # is of theirs (the control plane's address was only ever asked for by the agent).
         assert not [r for r in _records(records) if r["name"] == "egress.dial.denied"
