@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 
 # As root, the system tools the network tests and the transparent dialer use.  Not
 # root: nothing is installed and those tests skip, saying why.
-SYSTEM_TOOLS := iptables dnsmasq dig nc curl openssl ip squid
-SYSTEM_PKGS := iptables dnsmasq-base bind9-dnsutils netcat-openbsd curl openssl iproute2 squid
+SYSTEM_TOOLS := iptables dnsmasq dig nc curl openssl ip
+SYSTEM_PKGS := iptables dnsmasq-base bind9-dnsutils netcat-openbsd curl openssl iproute2
 
 $(STAMP): pyproject.toml clrk_runtime/protos.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,11 +30,9 @@ run: $(STAMP)
 	$(PY) -m clrk_cli.demo
 
 # The layer contracts first: an upward or sideways import fails the suite like a test.
-# -X faulthandler: a crash, also one while the interpreter shuts down after the last
-# test, prints every thread's stack instead of a bare "Aborted".
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -X faulthandler -m pytest
+	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) -m bench
