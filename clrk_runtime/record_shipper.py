@@ -5,6 +5,10 @@ their log requests as raw bytes over one gRPC channel, and commits the offset on
 after the collector accepted both.  An unreachable collector is retried with backoff
 for as long as it takes (the spool holds the records meanwhile); a batch the collector
 refuses for good (a non-retryable status, OTLP's rule) is dropped and counted.
+
+A second thread syncs the spool to disk once a second.  It must not wait on the first,
+which sits in retries, or in calls to a collector that does not answer, for as long as
+an outage lasts.
 """
 
 from __future__ import annotations
@@ -68,9 +72,13 @@ class Shipper:
         self._stopping = threading.Event()
         self._progress = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="clrk-records-shipper", daemon=True)
+        self._syncer = threading.Thread(
+            target=self._sync_loop, name="clrk-records-sync", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
+        self._syncer.start()
 
     def stop(self, drain_s: float = 2.0) -> None:
         """Ship what is spooled for up to `drain_s`, then stop; the rest waits on disk."""
@@ -80,6 +88,8 @@ class Shipper:
             self.spool.appended.notify_all()
         if self._thread.is_alive():
             self._thread.join(self.timeout_s + 1)
+        if self._syncer.is_alive():
+            self._syncer.join(self.timeout_s + 1)
         self._channel.close()
 
     def wait_until_shipped(self, timeout_s: float) -> bool:
@@ -95,14 +105,14 @@ class Shipper:
 
     # --- the thread ------------------------------------------------------------------
 
+    def _sync_loop(self) -> None:
+        while not self._stopping.wait(SYNC_INTERVAL):
+            self._sync()
+        self._sync()  # the last metrics; the spool's close syncs the segment itself
+
     def _run(self) -> None:
-        last_sync = time.monotonic()
         backoff = BACKOFF[0]
         while not self._stopping.is_set():
-            now = time.monotonic()
-            if now - last_sync >= SYNC_INTERVAL:
-                self._sync()
-                last_sync = now
             batch = self.spool.read(self.position, BATCH_RECORDS, BATCH_BYTES)
             if batch.records == 0:
                 if batch.end != self.position:

@@ -15,7 +15,9 @@ record's serialized ExportTraceServiceRequest and ExportLogsServiceRequest.
 
 Durability: every frame is handed to the kernel with one write(2) before `append`
 returns, so a killed process loses nothing.  The shipper fdatasyncs the active segment
-at least once a second while it grows, so a power loss loses at most the last second.
+once a second from a thread of its own (also while the collector is down or slow), and a
+finished segment is synced before it is closed, so a power loss loses at most the last
+second.
 Delivery is at least once: a crash between the collector's answer and the offset's
 update sends that batch again.
 
@@ -101,11 +103,16 @@ class Spool:
 
     def _roll(self) -> None:
         if self._fd >= 0:
+            # The periodic sync only ever reaches the active segment: what this one got
+            # since then would otherwise stay in the page cache for good.
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fd)
             os.close(self._fd)
         self._seq += 1
         path = self.dir / _name(self._seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._sizes[self._seq] = 0
+        _sync_directory(self.dir)  # the new segment's name must outlive a power loss too
 
     @property
     def active(self) -> int:
@@ -140,10 +147,16 @@ class Spool:
             return True
 
     def sync(self) -> None:
+        """fdatasync the active segment without holding up appends meanwhile (a copy of
+        the descriptor, so a roll may close the original)."""
         with self._mutex:
-            fd = self._fd
-            if fd >= 0:
-                os.fdatasync(fd)
+            if self._fd < 0:
+                return
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._mutex:
@@ -247,6 +260,19 @@ class Spool:
         tmp = self.dir / "metrics.prom.tmp"
         tmp.write_text(text)
         os.replace(tmp, self.dir / "metrics.prom")
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _name(seq: int) -> str:

@@ -106,3 +106,38 @@ def test_a_full_spool_refuses_and_counts_but_keeps_a_reserve(tmp_path):
 
 def test_positions_order_by_segment_then_offset():
     assert Position(1, 900) < Position(2, 0) < Position(2, 1)
+
+
+def test_a_finished_segment_is_synced_before_it_is_closed(tmp_path, monkeypatch):
+    """The periodic sync reaches only the active segment: a roll must sync the old one."""
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def spy(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    spool = Spool(str(tmp_path), max_bytes=1 << 20)  # segments of 128 KiB
+    first = spool.active
+    monkeypatch.setattr(os, "fdatasync", spy)
+    while spool.active == first:
+        assert spool.append(frames(1, size=1000)[0])
+    assert f"{first:012d}.seg" in synced
+    monkeypatch.undo()
+    spool.close()
+
+
+def test_sync_does_not_hold_up_appends_or_trip_over_a_roll(tmp_path, monkeypatch):
+    spool = Spool(str(tmp_path), max_bytes=1 << 20)
+    appended = []
+
+    def slow_sync(fd: int) -> None:  # an append while the disk is busy syncing
+        if not appended:
+            appended.append(spool.append(frames(1)[0]))
+            spool._roll()  # and a roll closing the descriptor being synced
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    spool.sync()
+    monkeypatch.undo()
+    assert appended == [True]
+    spool.close()
