@@ -27,17 +27,14 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 
+from clrk_runtime import netlink
 from clrk_runtime.logs import fields
 
 log = logging.getLogger("clrk.host_addresses")
 
-_NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTATTR = struct.Struct("=HH")  # length, type
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 RTA_DST, RTA_TABLE = 1, 15
 RT_TABLE_LOCAL = 255
 RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST = 1, 2, 3, 4
@@ -47,10 +44,6 @@ RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 GROUPS = RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
 SETTLE = 0.05  # seconds: a burst of announcements (an interface going up) makes one dump
 RETRY = 1.0  # seconds between tries when the addresses cannot be read
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
 
 
 def _network(family: int, raw: bytes, prefix: int) -> str | None:
@@ -68,31 +61,17 @@ def parse_messages(data: bytes) -> tuple[list[str], bool]:
     NLMSG_DONE was seen): routes of the local table of type local, broadcast or
     anycast.  OSError for a netlink error message."""
     out: list[str] = []
-    offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size or offset + length > len(data):
-            break  # truncated: the kernel never sends that; stop rather than misread
-        body = data[offset + _NLMSG.size : offset + length]
-        offset += _align(length)
-        if kind == NLMSG_DONE:
+    for kind, body in netlink.messages(data):
+        if kind == netlink.NLMSG_DONE:
             return out, True
-        if kind == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", body)
-            if code:
-                raise OSError(-code, os.strerror(-code))
+        if kind == netlink.NLMSG_ERROR:
+            if code := netlink.error_code(body):
+                raise OSError(code, os.strerror(code))
             continue
         if kind != RTM_NEWROUTE or len(body) < _RTMSG.size:
             continue
         family, dst_len, _src, _tos, table, _proto, _scope, rtype, _fl = _RTMSG.unpack_from(body)
-        attrs: dict[int, bytes] = {}
-        at = _RTMSG.size
-        while at + _RTATTR.size <= len(body):
-            alen, atype = _RTATTR.unpack_from(body, at)
-            if alen < _RTATTR.size:
-                break
-            attrs[atype] = body[at + _RTATTR.size : at + alen]
-            at += _align(alen)
+        attrs = netlink.attributes(body, _RTMSG.size)
         if len(attrs.get(RTA_TABLE, b"")) == 4:
             (table,) = struct.unpack("=I", attrs[RTA_TABLE])
         if table != RT_TABLE_LOCAL or rtype not in OWN_TYPES or RTA_DST not in attrs:
@@ -107,10 +86,9 @@ def dump() -> tuple[str, ...]:
     """Every own destination of this network namespace, sorted, each once."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        header = _NLMSG.pack(
-            _NLMSG.size + _RTMSG.size, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
-        )
-        sock.send(header + _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0))
+        request = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+        flags = netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP
+        sock.send(netlink.message(RTM_GETROUTE, flags, 1, request))
         found: list[str] = []
         done = False
         while not done:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from clrk.policy import Decision, Reason
+from clrk_runtime import netlink
 from clrk_runtime.logs import fields
 
 log = logging.getLogger("clrk.dialer.spoof")
@@ -42,12 +43,6 @@ NFULNL_CFG_CMD_BIND = 1
 NFULNL_COPY_PACKET = 2
 NFULA_PAYLOAD = 9
 NFULA_PREFIX = 10
-NLMSG_ERROR = 2
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host byte order)
-_NLA = struct.Struct("=HH")  # len, type
 
 COPY_RANGE = 128  # bytes of each packet: the IP header, extension headers and ports
 TCP, UDP = 6, 17
@@ -77,17 +72,12 @@ class SpoofedPacket:
 # --- netlink messages (pure) -----------------------------------------------------------------
 
 
-def _attribute(kind: int, value: bytes) -> bytes:
-    length = _NLA.size + len(value)
-    return _NLA.pack(length, kind) + value + b"\0" * (-length % 4)
-
-
 def config_message(group: int, attributes: list[tuple[int, bytes]], seq: int) -> bytes:
     """An NFULNL_MSG_CONFIG request for `group`, asking for an acknowledgement."""
     body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(group))
-    body += b"".join(_attribute(kind, value) for kind, value in attributes)
+    body += b"".join(netlink.attribute(kind, value) for kind, value in attributes)
     kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return netlink.message(kind, netlink.NLM_F_REQUEST | netlink.NLM_F_ACK, seq, body)
 
 
 def bind_messages(group: int, copy_range: int = COPY_RANGE) -> list[bytes]:
@@ -101,34 +91,11 @@ def bind_messages(group: int, copy_range: int = COPY_RANGE) -> list[bytes]:
     ]
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, payload) of each netlink message in one datagram; stops at anything
-    malformed."""
-    offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size or offset + length > len(data):
-            return
-        yield kind, data[offset + _NLMSG.size : offset + length]
-        offset += (length + 3) & ~3
-
-
-def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while offset + _NLA.size <= len(data):
-        length, kind = _NLA.unpack_from(data, offset)
-        if length < _NLA.size or offset + length > len(data):
-            break
-        out.setdefault(kind & NLA_TYPE_MASK, data[offset + _NLA.size : offset + length])
-        offset += (length + 3) & ~3
-    return out
-
-
 def acknowledgement(data: bytes) -> int | None:
     """The errno of the first NLMSG_ERROR in `data` (0: success), or None if none."""
-    for kind, payload in _messages(data):
-        if kind == NLMSG_ERROR and len(payload) >= 4:
-            return -struct.unpack_from("=i", payload)[0]
+    for kind, payload in netlink.messages(data):
+        if kind == netlink.NLMSG_ERROR and (code := netlink.error_code(payload)) is not None:
+            return code
     return None
 
 
@@ -176,10 +143,10 @@ def parse_ip(packet: bytes) -> tuple[int, str, int, str, int] | None:
 def parse_datagram(data: bytes) -> Iterator[SpoofedPacket]:
     """The logged packets of one netlink datagram from nfnetlink_log."""
     packet_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
-    for kind, payload in _messages(data):
+    for kind, payload in netlink.messages(data):
         if kind != packet_type or len(payload) < 4:
             continue
-        attributes = _attributes(payload, 4)  # after struct nfgenmsg
+        attributes = netlink.attributes(payload, 4)  # after struct nfgenmsg
         ip = parse_ip(attributes.get(NFULA_PAYLOAD, b""))
         if ip is None:
             continue

@@ -14,10 +14,8 @@ import uuid
 
 import pytest
 
-from clrk_runtime import host_addresses
+from clrk_runtime import host_addresses, netlink
 from clrk_runtime.host_addresses import (
-    NLMSG_DONE,
-    NLMSG_ERROR,
     RTA_DST,
     RTA_TABLE,
     RTM_NEWROUTE,
@@ -29,14 +27,12 @@ from clrk_runtime.host_addresses import (
 )
 from tests.netns_helpers import scratch_netns
 
-
-def attr(kind: int, value: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(value), kind) + value
-    return raw + b"\0" * (-len(raw) % 4)
+NLMSG_DONE, NLMSG_ERROR = netlink.NLMSG_DONE, netlink.NLMSG_ERROR
+attr = netlink.attribute
 
 
 def message(kind: int, body: bytes) -> bytes:
-    return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
+    return netlink.message(kind, 2, 1, body)
 
 
 def route(family: int, dst: str, plen: int, rtype: int = RTN_LOCAL, table: int = 255) -> bytes:
