@@ -12,12 +12,12 @@ span (kind INTERNAL, status ERROR with the deny reason for a denial) and log rec
 from __future__ import annotations
 
 import json
-import os
 import struct
 import time
 from dataclasses import dataclass
 
 from clrk.records.schema import DENY_REASON, AttrValue, Record
+from clrk_runtime import random_bytes
 
 SCOPE = "clrk.records"
 SEVERITY_NUMBER = {"WARN": 13, "INFO": 9}  # OTLP: 9 INFO, 13 WARN
@@ -44,7 +44,7 @@ class Ids:
         now = time.time_ns()
         start = record.start_ns if record.start_ns is not None else now
         end = record.end_ns if record.end_ns is not None else start
-        random = os.urandom(24)  # one call for both ids
+        random = random_bytes.take(24)  # one call for both ids
         return cls(random[:16], random[16:], start, end, now)
 
 

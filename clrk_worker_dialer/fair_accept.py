@@ -10,8 +10,9 @@ Here the listener is drained as connections come (accept(2) is cheap), the accep
 sockets wait in one queue per source address, and each loop iteration starts at most
 `per_turn` of them, one from each agent in turn.  So an agent's connection waits behind
 at most a turn or two of the others', and the loop gets back to its I/O between turns.
-Nothing is dropped here: what is not accepted yet (descriptors exhausted, the budget
-held) stays in the kernel's accept queue.
+(A readiness that brings one connection while none waits starts it at once: there is
+nobody to take turns with.)  Nothing is dropped here: what is not accepted yet
+(descriptors exhausted, the budget held) stays in the kernel's accept queue.
 
 The turns hold while the dialer decides faster than connections come.  A flood faster
 than that for longer fills its listener's share of the dialer's `PendingBudget` (one for
@@ -79,10 +80,11 @@ def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
 class _Listener:
     """One listening socket of the group and what it holds: accepted, not started."""
 
-    __slots__ = ("pending", "reading", "sock")
+    __slots__ = ("pending", "port", "reading", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.port: int = sock.getsockname()[1]  # every connection it accepts has it
         self.pending = 0
         self.reading = False
 
@@ -98,16 +100,17 @@ class FairAcceptor:
         socks: socket.socket | list[socket.socket],
         factory: Callable[[], asyncio.Protocol] | None,
         *,
-        admit: Callable[[socket.socket], asyncio.Protocol | None] | None = None,
+        admit: Callable[[socket.socket, int], asyncio.Protocol | None] | None = None,
         per_turn: int = PER_TURN,
         max_pending: int | None = None,
         budget: PendingBudget | None = None,
     ) -> None:
-        """`admit(conn)`, when given, is asked in the connection's turn instead of
-        `factory`: the protocol to serve it with, or None when it has dealt with the
-        connection itself (the transparent dialer refuses there, before any transport
-        and its loop iterations exist).  `budget` is shared with the dialer's other
-        acceptors; without one, this acceptor has its own of `max_pending`."""
+        """`admit(conn, port)` (`port`: the listening socket's), when given, is asked in
+        the connection's turn instead of `factory`: the protocol to serve it with, or
+        None when it has dealt with the connection itself (the transparent dialer
+        refuses there, before any transport and its loop iterations exist).  `budget`
+        is shared with the dialer's other acceptors; without one, this acceptor has its
+        own of `max_pending`."""
         self.loop = asyncio.get_running_loop()
         socks = [socks] if isinstance(socks, socket.socket) else socks
         self.listeners = [_Listener(sock) for sock in socks]
@@ -133,14 +136,35 @@ class FairAcceptor:
     def _read(self, listener: _Listener) -> None:
         if not listener.reading and not self._closed:
             listener.reading = True
-            self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
+            self.loop.add_reader(listener.sock.fileno(), self._ready, listener)
+
+    def _ready(self, listener: _Listener) -> None:
+        """A readiness: drain the listener; a lone connection starts at once.
+
+        When the drain took one connection and nothing else waits, no agent is passed
+        over by starting it now rather than in a turn one loop iteration later (that
+        iteration and its poll of the loop's I/O were a third of a lone denial's time
+        in the dialer).  Anything more waits for the turns, so connections other
+        listeners bring in the same iteration still take turns with it."""
+        if self._drain(listener) == 1 and self._turn is None and len(self._queues) == 1:
+            self._start_some()
+        elif self._queues and self._turn is None:
+            self._turn = self.loop.call_soon(self._start_some)
+
+    def _accept(self, listener: _Listener) -> None:
+        """Drain the listener; what it took starts in a later loop iteration's turn."""
+        self._drain(listener)
+        if self._queues and self._turn is None:
+            self._turn = self.loop.call_soon(self._start_some)
 
     def _pause(self, listener: _Listener) -> None:
         if listener.reading:
             listener.reading = False
             self.loop.remove_reader(listener.sock.fileno())
 
-    def _accept(self, listener: _Listener) -> None:
+    def _drain(self, listener: _Listener) -> int:
+        """Take what the listener holds, up to its share; how many were taken."""
+        taken = 0
         for _ in range(min(ACCEPT_BATCH, self.share - listener.pending)):
             try:
                 conn, peer = listener.sock.accept()
@@ -161,13 +185,14 @@ class FairAcceptor:
                 if self._retry is None:
                     self._retry = self.loop.call_later(RETRY_DELAY, self._resume)
                 break
-            conn.setblocking(False)
+            # Left blocking: a refusal never waits on it, and whoever keeps it (a
+            # transport, the splice relay) makes it non-blocking, one ioctl(2) less.
             self._queues.setdefault(peer[0], deque()).append((conn, listener))
             listener.pending += 1
+            taken += 1
         if listener.pending >= self.share:
             self._pause(listener)
-        if self._queues and self._turn is None:
-            self._turn = self.loop.call_soon(self._start_some)
+        return taken
 
     def _resume(self) -> None:
         self._retry = None
@@ -193,7 +218,7 @@ class FairAcceptor:
                 self._read(listener)  # held to its share, then half started: go on
             factory = self.factory
             if self.admit is not None:
-                protocol = self._admitted(conn)
+                protocol = self._admitted(conn, listener.port)
                 if protocol is None:
                     continue
                 factory = functools.partial(_same, protocol)
@@ -203,9 +228,9 @@ class FairAcceptor:
         if self._queues:
             self._turn = self.loop.call_soon(self._start_some)
 
-    def _admitted(self, conn: socket.socket) -> asyncio.Protocol | None:
+    def _admitted(self, conn: socket.socket, port: int) -> asyncio.Protocol | None:
         try:
-            return self.admit(conn)
+            return self.admit(conn, port)
         except Exception:  # fail closed: a connection nothing decided is reset
             # (only a backstop: the transparent dialer's admit records and resets its
             # own failures, so each refusal the agent sees has its record)

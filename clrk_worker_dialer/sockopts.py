@@ -31,7 +31,7 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int] | None:
     family = struct.unpack_from("=H", raw)[0]
     port = struct.unpack_from("!H", raw, 2)[0]
     if family == socket.AF_INET:
-        return str(ipaddress.IPv4Address(raw[4:8])), port
+        return socket.inet_ntoa(raw[4:8]), port  # as str(IPv4Address), a tenth of the time
     if family == socket.AF_INET6 and len(raw) >= 24:
         address = ipaddress.IPv6Address(raw[8:24])
         if address.ipv4_mapped:
@@ -105,9 +105,12 @@ def spoofed_reply_socket(src_ip: str, src_port: int) -> socket.socket:
     return sock
 
 
+_LINGER_NONE = struct.pack("ii", 1, 0)  # l_onoff 1, l_linger 0
+
+
 def reset_on_close(sock: socket.socket) -> None:
     """SO_LINGER 0: closing sends a TCP RST (SPEC 5.3) instead of a graceful FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
 
 
 def enable_orig_dst(sock: socket.socket) -> None:

@@ -9,7 +9,6 @@ they started with.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 
@@ -19,6 +18,7 @@ from clrk.nexthops import NextHop, envoy_listener_addresses
 from clrk.policy import Agent, Decision, GatewayPolicy, OwnAddresses
 from clrk.policy.loaded import blocking, compile_loaded
 from clrk.records.schema import dial_denied, dns_denied
+from clrk_runtime import random_bytes
 from clrk_runtime.logs import fields
 from clrk_runtime.policy_messages import PolicyDecodeError, pb2, policy_from_update
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
@@ -137,7 +137,7 @@ class DialerState:
             dst[1],
             agent,
             self.names(agent, dst[0]),
-            secrets.token_hex(8),
+            random_bytes.take(8).hex(),
             requested_name,
         )
 

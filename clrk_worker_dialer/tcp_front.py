@@ -284,6 +284,11 @@ def _record_undecided(
     return True
 
 
+def _local(conn: socket.socket) -> tuple[str, int]:
+    local = conn.getsockname()
+    return local[0], local[1]
+
+
 def _reset_now(conn: socket.socket) -> None:
     """SPEC 5.3: an RST right after the decision, on a socket no transport owns."""
     with contextlib.suppress(OSError):
@@ -352,11 +357,12 @@ class TransparentTcp(AgentSide):
 
 def admit_transparent(
     state: DialerState, confirmer: SniConfirmer | None
-) -> Callable[[socket.socket], TransparentTcp | None]:
-    """What the acceptor asks of each accepted transparent connection: decide it now;
-    None once it was refused (recorded, then reset: the record exists before the agent
-    sees the reset) or handed to the next hop (dialed after the decision, never before),
-    else the protocol that reads what the decision still needs."""
+) -> Callable[[socket.socket, int], TransparentTcp | None]:
+    """What the acceptor asks of each accepted transparent connection (and the port of
+    the socket that accepted it): decide it now; None once it was refused (recorded,
+    then reset: the record exists before the agent sees the reset) or handed to the next
+    hop (dialed after the decision, never before), else the protocol that reads what the
+    decision still needs."""
     loop = asyncio.get_running_loop()
     dialing: set[asyncio.Task] = set()  # a task the loop holds only weakly
 
@@ -378,9 +384,9 @@ def admit_transparent(
         dialing.add(task)
         task.add_done_callback(dialing.discard)
 
-    def admit(conn: socket.socket) -> TransparentTcp | None:
+    def admit(conn: socket.socket, port: int) -> TransparentTcp | None:
         try:
-            peer, local = conn.getpeername(), conn.getsockname()
+            peer = conn.getpeername()
         except OSError:  # no peer: the agent reset it while it waited; nothing refused
             _reset_now(conn)
             return None
@@ -389,11 +395,12 @@ def admit_transparent(
             dst = original_destination(conn)
             if dst is None:
                 # Not REDIRECTed: sent to the dialer's own address, the gateway's.
-                recorded = _record_undecided(state, src, (local[0], local[1]))
+                recorded = _record_undecided(state, src, _local(conn))
                 _reset_now(conn)
                 return None
             own = None
-            if dst == (local[0], local[1]):
+            # (Its local port is always `port`: its local address is asked only then.)
+            if dst[1] == port and dst == _local(conn):
                 # The dialer's own port, by one of the gateway's addresses (REDIRECT
                 # keeps it as the original destination): blocked_address, recorded,
                 # whether or not that address is known as the gateway's yet.
@@ -411,7 +418,7 @@ def admit_transparent(
             log.exception("cannot decide a connection; refused")
             if not recorded:
                 with contextlib.suppress(Exception):
-                    _record_undecided(state, src, dst or (local[0], local[1]), agent)
+                    _record_undecided(state, src, dst or _local(conn), agent)
             _reset_now(conn)
             return None
         # Allowed (or waiting for what the decision still needs): no refusal from here.

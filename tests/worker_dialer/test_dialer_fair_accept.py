@@ -172,7 +172,7 @@ def test_admit_serves_with_the_protocol_it_returns_or_leaves_the_connection_to_i
     """The transparent dialer's path: `admit` decides on the socket; None means it dealt
     with it (a refusal: reset, no transport); an admit that fails resets (fail closed)."""
 
-    def admit(conn: socket.socket) -> asyncio.Protocol | None:
+    def admit(conn: socket.socket, _port: int) -> asyncio.Protocol | None:
         port = conn.getpeername()[1]
         if port == ports["greet"]:
             return Greets()
@@ -281,3 +281,28 @@ def test_a_dialer_divides_one_budget_between_all_its_listeners():
     assert budget.share == 2
     budget.sockets = 1000  # more sockets than the budget: each still takes one
     assert budget.share == 1
+
+
+def test_a_lone_connection_starts_in_the_readiness_that_brought_it_a_burst_in_turns():
+    async def run(connections: int) -> tuple[int, int]:
+        admitted: list[socket.socket] = []
+
+        def admit(conn: socket.socket, _port: int) -> None:
+            admitted.append(conn)
+            conn.close()
+
+        listener = listen_socket(("127.0.0.1", 0), 16)
+        clients = [_connect(listener.getsockname()[1], "127.0.0.1") for _ in range(connections)]
+        acceptor = FairAcceptor(listener, None, admit=admit)
+        acceptor._ready(acceptor.listeners[0])  # the loop's readiness callback
+        at_once = len(admitted)
+        for _ in range(10):  # the turns, not time
+            await asyncio.sleep(0)
+        acceptor.close()
+        await acceptor.wait_closed()
+        for client in clients:
+            client.close()
+        return at_once, len(admitted)
+
+    assert asyncio.run(run(1)) == (1, 1)
+    assert asyncio.run(run(2)) == (0, 2)  # more than one: the turns decide the order

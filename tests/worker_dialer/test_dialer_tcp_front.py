@@ -46,7 +46,7 @@ def _admit(state: DialerState) -> tuple[object, bytes, tuple[str, int], tuple[st
         with socket.create_server(("127.0.0.1", 0)) as listener:
             client = socket.create_connection(listener.getsockname())
             conn, _peer = listener.accept()
-            result = admit_transparent(state, None)(conn)
+            result = admit_transparent(state, None)(conn, listener.getsockname()[1])
             client.settimeout(5)
             try:
                 seen = client.recv(1)
@@ -141,7 +141,8 @@ def test_an_allowed_connection_is_spliced_to_its_unix_next_hop_header_first(unix
             client = socket.create_connection(listener.getsockname())
             conn, _peer = listener.accept()
             conn.setblocking(False)
-            assert admit_transparent(unix_state, None)(conn) is None  # no transport
+            port = listener.getsockname()[1]
+            assert admit_transparent(unix_state, None)(conn, port) is None  # no transport
             upstream, _ = await loop.sock_accept(envoy)
             client.sendall(b"hi")
             got = b""
