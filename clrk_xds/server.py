@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -59,6 +60,9 @@ class ControlPlane:
     # This namespace's addresses, followed: every change is translated again (the
     # translator reads them), so Envoy's guard chain blocks a new one without a restart.
     host_addresses: HostAddresses | None = None
+    # The process's own control plane (`main`): what the first load built is kept out of
+    # the cyclic collector's walks (`gc.freeze`).  Not for one inside a test process.
+    freeze_first_load: bool = False
 
     def __post_init__(self) -> None:
         self.listens = [self.listen] if isinstance(self.listen, str) else list(self.listen)
@@ -114,6 +118,11 @@ class ControlPlane:
         servers = self._servers()
         # Load before serving so that the first Envoy request already finds a snapshot.
         await self.provider.reload()
+        if self.freeze_first_load:
+            # The chain and manifest caches (about 240,000 objects at 1,000 routes) live as
+            # long as the process; a full collection walked them all in the middle of
+            # every few reloads (about 160 ms each time).  Frozen, it walks what is new.
+            gc.freeze()
         status_server = None
         if self.status_listen is not None:  # bound before serving: a busy port fails early
             status_server = await serve_status(self.status_listen, self.status)
@@ -238,5 +247,6 @@ async def main(
         provider_factory=provider_factory,
         credentials=credentials,
         host_addresses=host,
+        freeze_first_load=True,
     )
     await plane.serve(stop)
