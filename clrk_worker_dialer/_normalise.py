@@ -13,7 +13,7 @@ from clrk.policy.addresses import normalise_name
 
 # Evidence is lenient where policy patterns are strict: '_' occurs in real DNS names and
 # can never match a pattern, so accepting it only avoids refusing odd but honest names.
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")  # labels of 1..63
 MAX_NAME_LENGTH = 253
 
 
@@ -22,9 +22,7 @@ def evidence_name(raw: str) -> str | None:
     name = normalise_name(raw)
     if not name or len(name) > MAX_NAME_LENGTH or not name.isascii():
         return None
-    if all(_LABEL.fullmatch(label) for label in name.split(".")):
-        return name
-    return None
+    return name if _NAME.fullmatch(name) else None
 
 
 @functools.lru_cache(maxsize=4096)  # on every connection; addresses repeat

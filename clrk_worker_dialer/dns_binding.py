@@ -7,9 +7,8 @@ the queries each agent has outstanding and passes the matching one with each ans
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from clrk_worker_dialer import dns_wire
@@ -25,8 +24,7 @@ _ADDRESS_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class DnsQuery:
+class DnsQuery(NamedTuple):
     """The identity of a query: what its answer must echo. name is lower-case text
     without the final dot (dnspython's escaped form when it is not a plain hostname)."""
 
@@ -69,29 +67,37 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
     exactly that query (ID and question). Never raises."""
     if not isinstance(query, DnsQuery):
         query = parse_query(query)
+    if query is None or query.rdclass != IN:
+        return []
     message = _parse(answer)
     if (
-        query is None
-        or message is None
+        message is None
         or not message.flags & QR
         or message.rcode != NOERROR
-        or _question(message) != query
-        or query.rdclass != IN
+        or message.id != query.id
+        or message.opcode != QUERY
+        or len(message.questions) != 1
     ):
+        return []
+    question = message.questions[0]
+    if question.rdtype != query.rdtype or question.rdclass != IN:
+        return []
+    # name_text of lower-cased labels is the lower-cased text: the question's name.
+    owner = key(question.labels)
+    if name_text(owner) != query.name:
         return []
     wanted = _ADDRESS_TYPES.get(query.rdtype, frozenset())
     # Each record on its own: several CNAMEs for one owner is an ambiguous chain that
     # must not be followed.
-    records: dict[tuple[Labels, int], list[dns_wire.AnswerRecord]] = defaultdict(list)
+    records: dict[tuple[Labels, int], list[dns_wire.AnswerRecord]] = {}
     for rr in message.answers:
         if rr.rdclass == IN:
-            records[key(rr.owner), rr.rdtype].append(rr)
+            records.setdefault((key(rr.owner), rr.rdtype), []).append(rr)
 
     # Walk the CNAME chain from the question name. chain[i] is the i-th owner's name;
     # link_ttls[i] is the TTL of the CNAME from chain[i] to chain[i + 1]. An address at
     # owner k is bound to every chain[j <= k] for as long as the links j..k all live.
-    owner = key(message.questions[0].labels)
-    chain, link_ttls, seen = [name_text(owner)], [], {owner}
+    chain, link_ttls, seen = [query.name], [], {owner}
     found: dict[tuple[str, str], int] = {}
     for hop in range(MAX_CNAME_HOPS + 1):
         if evidence_name(chain[-1]) is None:
@@ -103,10 +109,12 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
                 for j, name in enumerate(chain):
                     lifetime = min([rr.ttl, *link_ttls[j:]])
                     found[ip, name] = max(lifetime, found.get((ip, name), lifetime))
-        cnames = records.get((owner, CNAME), [])
+        cnames = records.get((owner, CNAME))
+        if not cnames or hop == MAX_CNAME_HOPS:
+            break
         # An owner has at most one CNAME target; several is not a chain to trust.
         targets = {key(rr.target or ()) for rr in cnames}
-        if hop == MAX_CNAME_HOPS or len(targets) != 1:
+        if len(targets) != 1:
             break
         (owner,) = targets
         if owner in seen:
@@ -150,9 +158,14 @@ class BindingCache:
         normal = evidence_name(name)
         if normal is None:
             return
-        ips = self._agents.setdefault(agent, OrderedDict())
-        names = ips.pop(ip, {})
-        ips[ip] = names
+        ips = self._agents.get(agent)
+        if ips is None:
+            ips = self._agents[agent] = OrderedDict()
+        names = ips.get(ip)
+        if names is None:
+            names = ips[ip] = {}
+        else:
+            ips.move_to_end(ip)
         self._drop_expired(names, now)
         names.pop(normal, None)  # re-insert: the latest answer is the freshest
         names[normal] = now + min(max(ttl, self.min_ttl), self.max_ttl)

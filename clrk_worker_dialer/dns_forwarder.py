@@ -12,6 +12,7 @@ anything is bound: unsolicited answers bind nothing.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import secrets
 import socket
@@ -33,6 +34,7 @@ from clrk_worker_dialer.state import DialerState, agent_key
 log = logging.getLogger("clrk.dialer.dns")
 
 MAX_TCP_MESSAGE = 65535
+_ID = _IDS = struct.Struct("!H")
 
 
 def _truncated(answer: bytes) -> bool:
@@ -57,27 +59,129 @@ async def _udp_exchange(wire: bytes, server: tuple[str, int], timeout: float) ->
             return None
 
 
+class _Pending:
+    """A query out on a shared socket: what its answer must echo, who takes it."""
+
+    __slots__ = ("agent", "deliver", "ident", "pending", "question")
+
+    def __init__(self, question: bytes, deliver, agent, pending: dict, ident: int) -> None:
+        self.question = question  # the agent's header and question, as it sent them
+        self.deliver = deliver
+        self.agent = agent
+        self.pending = pending
+        self.ident = ident
+
+
 class SharedUdp:
     """One connected UDP socket per upstream resolver for every query (no socket per
-    query); pending queries by the ID they went out under."""
+    query); pending queries by the ID they went out under.
+
+    Callbacks, not a task per query: `send` registers `deliver`, which the socket's
+    reader calls with the answer, or one timer for all queries with None.
+    """
 
     MAX_PENDING = 16_384  # of 65,536 IDs: a fresh one is always found quickly
+    # One agent's flood of queries to a resolver that does not answer holds at most this
+    # many: the others keep room (16 agents' floods fill the shared table).
+    MAX_PENDING_PER_AGENT = MAX_PENDING // 16
 
     def __init__(self) -> None:
         self.sockets: dict[tuple[str, int], socket.socket] = {}
-        self.pending: dict[tuple[str, int], dict[int, tuple[asyncio.Future, bytes]]] = {}
+        self.pending: dict[tuple[str, int], dict[int, _Pending]] = {}
+        self.per_agent: dict[str, int] = {}
+        self._deadlines: list[tuple[float, int, _Pending]] = []  # a heap
+        self._order = 0  # ties in the heap never compare entries
+        self._timer: asyncio.TimerHandle | None = None
+        self._ids: list[tuple[int]] = []
 
     def _socket(self, server: tuple[str, int]) -> socket.socket:
         sock = self.sockets.get(server)
         if sock is None:
             family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            sock.connect(server)
+            try:
+                sock.setblocking(False)
+                sock.connect(server)
+            except OSError:
+                sock.close()
+                raise
             self.sockets[server] = sock
             self.pending[server] = {}
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, server)
         return sock
+
+    def _random_id(self) -> int:
+        # Unpredictable IDs from the system's CSPRNG, read 512 at a time: one system
+        # call per query (and another for every other query, as randbelow rejects half
+        # its 17-bit draws) was a tenth of the forwarder's time.
+        if not self._ids:
+            self._ids = list(_IDS.iter_unpack(secrets.token_bytes(1024)))
+        return self._ids.pop()[0]
+
+    def full(self, agent: str | None) -> bool:
+        """Whether the agent (None: a query of the dialer's own) may not add a query."""
+        return agent is not None and self.per_agent.get(agent, 0) >= self.MAX_PENDING_PER_AGENT
+
+    def send(
+        self,
+        wire: bytes,
+        server: tuple[str, int],
+        timeout: float,
+        deliver: Callable[[bytes | None], None],
+        agent: str | None = None,
+    ) -> _Pending | None:
+        """Send `wire` to `server` under a fresh random ID. `deliver` is called once,
+        with the answer under the agent's own ID, or with None after `timeout`. None
+        (and `deliver` never called) when it cannot go: a limit, a socket error."""
+        try:
+            sock = self._socket(server)
+            question = wire[: dns_wire.question_end(wire)]
+        except (OSError, dns_wire.WireError):
+            return None
+        pending = self.pending[server]
+        if len(pending) >= self.MAX_PENDING or self.full(agent):
+            return None
+        ident = self._random_id()
+        while ident in pending:
+            ident = self._random_id()
+        try:
+            sock.send(_ID.pack(ident) + wire[2:])
+        except OSError:
+            return None
+        entry = pending[ident] = _Pending(question, deliver, agent, pending, ident)
+        if agent is not None:
+            self.per_agent[agent] = self.per_agent.get(agent, 0) + 1
+        loop = asyncio.get_running_loop()
+        self._order += 1
+        heapq.heappush(self._deadlines, (loop.time() + timeout, self._order, entry))
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadlines[0][0], self._expire)
+        return entry
+
+    def cancel(self, entry: _Pending) -> None:
+        """Forget a query whose answer nobody waits for any more."""
+        if entry.pending.get(entry.ident) is entry:
+            self._forget(entry)
+
+    def _forget(self, entry: _Pending) -> None:
+        del entry.pending[entry.ident]
+        agent = entry.agent
+        if agent is not None:
+            left = self.per_agent[agent] - 1
+            if left:
+                self.per_agent[agent] = left
+            else:
+                del self.per_agent[agent]
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadlines, now = self._deadlines, loop.time()
+        while deadlines and deadlines[0][0] <= now:
+            entry = heapq.heappop(deadlines)[2]
+            if entry.pending.get(entry.ident) is entry:  # not answered
+                self._forget(entry)
+                _deliver(entry, None)
+        self._timer = loop.call_at(deadlines[0][0], self._expire) if deadlines else None
 
     def _readable(self, server: tuple[str, int]) -> None:
         sock, pending = self.sockets[server], self.pending[server]
@@ -91,37 +195,36 @@ class SharedUdp:
             if len(answer) < 12:
                 continue
             entry = pending.get((answer[0] << 8) | answer[1])
-            if entry is None or entry[0].done():
+            if entry is None:
                 continue
-            future, query = entry
-            end = len(query)
-            if answer[12:end] != query[12:end]:
+            query = entry.question
+            if answer[12 : len(query)] != query[12:]:
                 continue  # not the question asked under this ID
-            future.set_result(query[:2] + answer[2:])  # the agent's own ID back
+            self._forget(entry)
+            _deliver(entry, query[:2] + answer[2:])  # the agent's own ID back
 
     async def exchange(self, wire: bytes, server: tuple[str, int], timeout: float):
         """The answer to `wire` from `server`, or None after `timeout`."""
-        try:
-            sock = self._socket(server)
-            question = wire[: dns_wire.question_end(wire)]
-        except (OSError, dns_wire.WireError):
-            return None
-        pending = self.pending[server]
-        if len(pending) >= self.MAX_PENDING:
-            return None
-        ident = secrets.randbelow(65536)
-        while ident in pending:
-            ident = secrets.randbelow(65536)
         future = asyncio.get_running_loop().create_future()
-        pending[ident] = (future, question)
-        try:
-            sock.send(struct.pack("!H", ident) + wire[2:])
-            async with asyncio.timeout(timeout):
-                return await future
-        except (TimeoutError, OSError):
+
+        def deliver(answer: bytes | None) -> None:
+            if not future.done():
+                future.set_result(answer)
+
+        entry = self.send(wire, server, timeout, deliver)
+        if entry is None:
             return None
+        try:
+            return await future
         finally:
-            del pending[ident]
+            self.cancel(entry)
+
+
+def _deliver(entry: _Pending, answer: bytes | None) -> None:
+    try:
+        entry.deliver(answer)
+    except Exception:  # one query's failure is not the reader's
+        log.exception("dns answer handling failed")
 
 
 UdpExchange = Callable[[bytes, tuple[str, int], float], Awaitable[bytes | None]]
@@ -165,11 +268,13 @@ class Forwarder:
     def __init__(self, state: DialerState) -> None:
         self.state = state
         self.udp = SharedUdp()
+        self.tasks: set[asyncio.Task] = set()  # queries on the slow path (TCP, retries)
 
-    async def handle(
-        self, wire: bytes, src: tuple[str, int], agent: Agent | None, tcp: bool
-    ) -> bytes | None:
-        """The answer for the agent, or None to send nothing."""
+    def _verdict(
+        self, wire: bytes, src: tuple[str, int], agent: Agent | None
+    ) -> Forward | bytes | None:
+        """What to do with a query: forward it, answer it locally (the wire), or drop it
+        (None). Denials are recorded here."""
         state = self.state
         if state.policy is None:
             return None
@@ -186,8 +291,17 @@ class Forwarder:
                 src=src,
             )
             return verdict.wire
-        assert isinstance(verdict, Forward)
         self._record_reported(verdict, agent, src)
+        return verdict
+
+    async def handle(
+        self, wire: bytes, src: tuple[str, int], agent: Agent | None, tcp: bool
+    ) -> bytes | None:
+        """The answer for the agent, or None to send nothing."""
+        verdict = self._verdict(wire, src, agent)
+        if not isinstance(verdict, Forward):
+            return verdict
+        state = self.state
         answer = await exchange(
             wire, state.resolvers, state.config.dns_timeout, tcp, self.udp.exchange
         )
@@ -195,6 +309,62 @@ class Forwarder:
             return None
         self.snoop(agent, verdict.query, answer)
         return answer
+
+    def handle_udp(
+        self,
+        wire: bytes,
+        src: tuple[str, int],
+        agent: Agent | None,
+        reply: Callable[[bytes], None],
+    ) -> None:
+        """`handle` for a query over UDP, as callbacks: `reply` gets the answer, if any.
+
+        The first resolver is asked over the shared socket with no task in between;
+        only a truncated answer or none at all goes on as `exchange` does (TCP, then
+        the next resolvers) in a task. A query over the agent's share of pending queries
+        is dropped, as an overloaded resolver would: the agent asks again.
+        """
+        verdict = self._verdict(wire, src, agent)
+        if not isinstance(verdict, Forward):
+            if verdict is not None:
+                reply(verdict)
+            return
+        state = self.state
+        servers, timeout, key = state.resolvers, state.config.dns_timeout, agent_key(agent)
+        if not servers:
+            return
+        if self.udp.full(key):
+            log.debug("dropped query", extra=fields(src=src[0], why="too many pending"))
+            return
+        query = verdict.query
+
+        def answered(answer: bytes | None) -> None:
+            if answer is None or _truncated(answer):
+                self._slow(wire, servers, timeout, answer, agent, query, reply)
+            else:
+                self.snoop(agent, query, answer)
+                reply(answer)
+
+        if self.udp.send(wire, servers[0], timeout, answered, key) is None:
+            self._slow(wire, servers, timeout, None, agent, query, reply)
+
+    def _slow(self, wire, servers, timeout, udp_answer, agent, query, reply) -> None:
+        async def rest() -> None:
+            # exchange() from its TCP step for the first resolver on.
+            answer = await _tcp_exchange(wire, servers[0], timeout) or udp_answer
+            if answer is None:
+                answer = await exchange(wire, servers[1:], timeout, udp=self.udp.exchange)
+            if answer is not None:
+                self.snoop(agent, query, answer)
+                reply(answer)
+
+        task = asyncio.get_running_loop().create_task(rest())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
 
     def _record_reported(self, verdict: Forward, agent: Agent | None, src) -> None:
         if verdict.reported is not None:

@@ -51,14 +51,13 @@ def on_query(policy: GatewayPolicy, agent: Agent | None, wire: bytes) -> Verdict
     query = parse_query(wire)
     if query is None:
         return Drop("malformed query")
-    agent_ref = f"{agent.namespace}/{agent.name}" if agent else None
     if agent is None:
         reason, rcode = Reason.UNKNOWN_AGENT, dns.rcode.REFUSED
     elif policy.dns.mode == "Filtered" and not name_could_match(policy, agent, query.name):
         reason, rcode = Reason.DNS_FILTERED, dns.rcode.NXDOMAIN
         if policy.mode == "Report":
             decision = Decision(
-                reason, policy.ref, agent_ref, policy.default_policy, hostname=query.name
+                reason, policy.ref, agent.ref, policy.default_policy, hostname=query.name
             )
             return Forward(query, decision)
     else:
@@ -66,5 +65,6 @@ def on_query(policy: GatewayPolicy, agent: Agent | None, wire: bytes) -> Verdict
     answer = local_answer(wire, rcode)
     if answer is None:
         return Drop("malformed query")
+    agent_ref = agent.ref if agent else None
     decision = Decision(reason, policy.ref, agent_ref, policy.default_policy, hostname=query.name)
     return Answer(answer, decision, query)

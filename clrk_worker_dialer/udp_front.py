@@ -45,8 +45,8 @@ class UdpFront:
         # original destination -> socket that sends from it (and, as TPROXY prefers a
         # socket bound to the destination, also receives the agent's next datagrams)
         self.replies: OrderedDict[tuple[str, int], socket.socket] = OrderedDict()
-        self.tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self.closed = False
 
     # --- sockets ---------------------------------------------------------------------
 
@@ -111,6 +111,7 @@ class UdpFront:
             self._close(upstream)
 
     def close(self) -> None:
+        self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         for flow in list(self.flows):
@@ -119,8 +120,7 @@ class UdpFront:
             self._close(sock)
         self.listening.clear()
         self.replies.clear()
-        for task in self.tasks:
-            task.cancel()
+        self.forwarder.close()  # the DNS queries still on their way
 
     # --- DNS -------------------------------------------------------------------------
 
@@ -128,14 +128,11 @@ class UdpFront:
         if self.state.policy is None:
             return
         agent = self.state.agent_for_source(src[0])
-        task = self.loop.create_task(self._dns(data, src, dst, agent))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.forwarder.handle_udp(data, src, agent, lambda answer: self._reply(answer, src, dst))
 
-    async def _dns(self, data, src, dst, agent) -> None:
-        answer = await self.forwarder.handle(data, src, agent, tcp=False)
-        if answer is None:
-            return
+    def _reply(self, answer: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        if self.closed:
+            return  # an answer after the end: no new reply socket
         sock = self.reply_socket(dst, self.on_dns)
         if sock is not None:
             try:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 
 import dns.flags
 import dns.message
+import dns.rcode
 import pytest
 
+from clrk.policy import Agent
+from clrk_worker_dialer.config import DialerConfig
 from clrk_worker_dialer.dns_binding import parse_query
-from clrk_worker_dialer.dns_forwarder import SharedUdp, exchange
+from clrk_worker_dialer.dns_forwarder import Forwarder, SharedUdp, exchange
+from clrk_worker_dialer.state import DialerState
+from tests.conftest import compile_yaml
+from tests.worker_dialer.dialer_policy import GATEWAY, POLICY_YAML, Records
 from tests.worker_dialer.loopback_dns import loopback_dnsmasq
 
 pytestmark = pytest.mark.skipif(not shutil.which("dnsmasq"), reason="needs dnsmasq")
@@ -99,3 +106,129 @@ def test_the_shared_socket_takes_no_answer_to_another_question():
             server.close()
 
     assert asyncio.run(run()) is None
+
+
+# --- the UDP path as callbacks (no task per query) ----------------------------------------
+
+A = Agent("default", "agent-a")
+
+
+def forwarder_for(resolvers, mode: str = "Forward", timeout: float = 2.0) -> Forwarder:
+    state = DialerState(
+        DialerConfig(manifests=[], gateway="default/gw", resolvers=resolvers, dns_timeout=timeout),
+        Records(),
+    )
+    policies = compile_yaml(POLICY_YAML.replace("mode: Filtered", f"mode: {mode}"))
+    state.apply(policies.gateways[GATEWAY])
+    return Forwarder(state)
+
+
+def ask_udp(forwarder: Forwarder, wire: bytes, agent=A, wait: float = 3.0) -> list[bytes]:
+    """What handle_udp replies within `wait` (it ends early on the first reply)."""
+
+    async def run():
+        replies: list[bytes] = []
+        done = asyncio.Event()
+
+        def reply(answer: bytes) -> None:
+            replies.append(answer)
+            done.set()
+
+        forwarder.handle_udp(wire, ("10.0.0.2", 5353), agent, reply)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await done.wait()
+        await asyncio.sleep(0.05)  # a second reply would be a bug
+        return replies
+
+    return asyncio.run(run())
+
+
+def a_query(name: str, qid: int = 777) -> bytes:
+    query = dns.message.make_query(name, "A")
+    query.id = qid
+    query.flags |= dns.flags.RD
+    return query.to_wire()
+
+
+def test_a_udp_query_is_answered_under_its_own_id_and_snooped_for_its_agent(resolver):
+    forwarder = forwarder_for([resolver])
+    (answer,) = ask_udp(forwarder, a_query("c.test", qid=777))
+    assert answer[:2] == (777).to_bytes(2, "big")
+    assert "192.0.2.10" in dns.message.from_wire(answer).to_text()
+    assert forwarder.state.names(A, "192.0.2.10") == {"a.test", "c.test"}
+    assert forwarder.udp.pending[resolver] == {} and forwarder.udp.per_agent == {}
+
+
+def test_a_truncated_udp_answer_is_taken_again_over_tcp_on_the_udp_path(resolver):
+    forwarder = forwarder_for([resolver])
+    (answer,) = ask_udp(forwarder, a_query("big.test"))
+    message = dns.message.from_wire(answer)
+    assert not message.flags & dns.flags.TC
+    assert sum(len(rrset) for rrset in message.answer) == 59
+    assert len(forwarder.state.names(A, "192.0.2.59")) == 1
+
+
+def test_a_resolver_that_does_not_answer_is_passed_over_for_the_next_on_the_udp_path(resolver):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # takes queries, never answers (nor TCP)
+        forwarder = forwarder_for([silent.getsockname(), resolver], timeout=0.3)
+        (answer,) = ask_udp(forwarder, a_query("a.test"))
+    assert "192.0.2.10" in dns.message.from_wire(answer).to_text()
+
+
+def test_filtered_and_unknown_sources_are_answered_locally_on_the_udp_path():
+    forwarder = forwarder_for([("127.0.0.1", 9)], mode="Filtered")
+    (answer,) = ask_udp(forwarder, a_query("secret.attacker.test"))
+    assert dns.message.from_wire(answer).rcode() == dns.rcode.NXDOMAIN
+    (answer,) = ask_udp(forwarder, a_query("api.example.com"), agent=None)
+    assert dns.message.from_wire(answer).rcode() == dns.rcode.REFUSED
+    names = [r.attributes["dns.question.name"] for r in forwarder.state.writer.emitted]
+    assert names == ["secret.attacker.test", "api.example.com"]  # one denial record each
+    assert ask_udp(forwarder, b"\x00\x01garbage", wait=0.1) == []  # malformed: dropped
+
+
+def test_one_agent_over_its_share_of_pending_queries_is_dropped_while_another_still_asks(
+    monkeypatch,
+):
+    """A flood from one agent to a resolver that does not answer cannot take the room
+    of another agent's queries."""
+    monkeypatch.setattr(SharedUdp, "MAX_PENDING_PER_AGENT", 2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        server = silent.getsockname()
+
+        async def run():
+            udp, delivered = SharedUdp(), []
+            sent = [
+                udp.send(a_query(f"q{i}.test"), server, 0.2, delivered.append, "default/a")
+                for i in range(3)
+            ]
+            other = udp.send(a_query("b.test"), server, 0.2, delivered.append, "default/b")
+            full = udp.full("default/a"), udp.full("default/b")
+            await asyncio.sleep(0.4)
+            return sent, other, full, delivered, udp.per_agent, udp.pending[server]
+
+        sent, other, full, delivered, per_agent, pending = asyncio.run(run())
+    assert [entry is not None for entry in sent] == [True, True, False]
+    assert other is not None and full == (True, False)
+    # Nobody answered: each query that went out is told so once, and its room is free.
+    assert delivered == [None, None, None] and per_agent == {} and pending == {}
+
+
+def test_an_answer_to_a_query_given_up_is_delivered_to_nobody():
+    async def run():
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        udp, delivered = SharedUdp(), []
+        entry = udp.send(a_query("a.test"), server.getsockname(), 2.0, delivered.append, "x/y")
+        query, client = await asyncio.get_running_loop().sock_recvfrom(server, 512)
+        udp.cancel(entry)
+        answer = dns.message.make_response(dns.message.from_wire(query))
+        server.sendto(answer.to_wire(), client)
+        await asyncio.sleep(0.1)
+        server.close()
+        return delivered, udp.per_agent
+
+    assert asyncio.run(run()) == ([], {})
