@@ -30,6 +30,7 @@ from clrk.api.loader import MANIFEST_SUFFIXES, ManifestCache, load_paths
 from clrk.policy import PolicySet
 from clrk.policy.loaded import Loaded, compile_loaded
 from clrk_runtime.logs import fields
+from clrk_xds import gc_pause
 from clrk_xds.consistency import CLUSTER, LISTENER, SECRET, check
 from clrk_xds.policy_stream import PolicyHub
 from clrk_xds.snapshot import EMPTY, InconsistentSnapshot, Snapshot, SnapshotCache
@@ -71,6 +72,11 @@ def _snapshot(node: str, res) -> tuple[Snapshot | None, list[str]]:
 
 def plan(load: LoadResult, translator: Translator) -> Plan:
     """Compile, translate and consistency-check one validated set; no side effects."""
+    with gc_pause.paused():
+        return _plan(load, translator)
+
+
+def _plan(load: LoadResult, translator: Translator) -> Plan:
     loaded = compile_loaded(load)
     errors = [f.line() for f in loaded.findings if f.is_error]
     blocked = loaded.blocked
@@ -100,7 +106,8 @@ def prepare(
     paths: Sequence[str | Path], translator: Translator, cache: ManifestCache | None = None
 ) -> Plan:
     """`plan` of the files at `paths`."""
-    return plan(read_manifests(paths, cache), translator)
+    with gc_pause.paused():
+        return plan(read_manifests(paths, cache), translator)
 
 
 def default_translator(

@@ -75,6 +75,7 @@ from clrk.wire import TLV_FIELDS, ChainFacts
 from clrk_xds import betterproto_speed
 from clrk_xds import translate_l7 as l7
 from clrk_xds import translate_matchers as tm
+from clrk_xds.betterproto_speed import build, pack
 from clrk_xds.translate_blocked import (
     Network,
     always_blocked_networks,
@@ -142,7 +143,7 @@ def to_plain(res: GatewayResources) -> dict:
 
 
 def _filter(name: str, message) -> Filter:
-    return Filter(name=name, typed_config=Any.pack(message))
+    return build(Filter, name=name, typed_config=pack(message))
 
 
 def _stat_name(chain: str) -> str:
@@ -151,7 +152,8 @@ def _stat_name(chain: str) -> str:
 
 def _proxy_chain(name: str, access_log: AccessLog) -> FilterChain:
     """`access_log`: the listener's one L4 access log (`_shared_access_log`)."""
-    proxy = TcpProxy(
+    proxy = build(
+        TcpProxy,
         stat_prefix=_stat_name(name),
         cluster=ORIGINAL_DST_CLUSTER,
         # One entry, when the connection ends: the record is written from it, with the
@@ -159,7 +161,9 @@ def _proxy_chain(name: str, access_log: AccessLog) -> FilterChain:
         # reads, cost clrk_extproc a third of its CPU per connection, Envoy a tenth).
         access_log=[access_log],
     )
-    return FilterChain(name=name, filters=[_filter("envoy.filters.network.tcp_proxy", proxy)])
+    return build(
+        FilterChain, name=name, filters=[_filter("envoy.filters.network.tcp_proxy", proxy)]
+    )
 
 
 def _shared_access_log(listener: CompiledListener) -> AccessLog:
@@ -173,9 +177,8 @@ def _shared_access_log(listener: CompiledListener) -> AccessLog:
 
 def _closing_chain(name: str) -> FilterChain:
     # direct_response with no body: accept, then close at once without any upstream.
-    return FilterChain(
-        name=name, filters=[_filter("envoy.filters.network.direct_response", DirectResponse())]
-    )
+    closing = _filter("envoy.filters.network.direct_response", build(DirectResponse))
+    return build(FilterChain, name=name, filters=[closing])
 
 
 def _listener_filters(tls: bool) -> list[ListenerFilter]:

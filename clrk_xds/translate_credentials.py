@@ -118,9 +118,9 @@ def injector_filter(
 ) -> HttpFilter:
     """The credential's injector for requests to `hosts` ("*": any).  No secret (an
     unreadable source) fails the request with 401 rather than sending it without."""
-    generic = Generic(credential=sds, header=credential.header)
-    if credential.prefix:
-        generic.header_value_prefix = credential.prefix
+    generic = Generic(
+        credential=sds, header=credential.header, header_value_prefix=credential.prefix or ""
+    )
     injector = CredentialInjector(
         overwrite=True,
         allow_request_without_credential=False,
@@ -220,15 +220,13 @@ def misuse_routes(credentials: Sequence[CompiledCredential]) -> list[Route]:
 
 
 def _forward(cluster: str, injected: Sequence[CompiledCredential]) -> Route:
-    route = Route(
+    return Route(
+        name=INJECTED_ROUTE_PREFIX + ",".join(c.ref for c in injected) if injected else "",
         match=RouteMatch(prefix="/"),
         route=RouteAction(cluster=cluster),
         # An upstream cannot speak for the gateway in ext_proc's record.
         response_headers_to_remove=[DENY_REASON_HEADER],
     )
-    if injected:
-        route.name = INJECTED_ROUTE_PREFIX + ",".join(c.ref for c in injected)
-    return route
 
 
 def _covered(domains: Sequence[str], name: str) -> bool:

@@ -21,7 +21,7 @@ from envoy_data_plane.envoy.extensions.matching.common_inputs.network.v3 import 
     ServerNameInput,
 )
 from envoy_data_plane.envoy.extensions.matching.input_matchers.ip.v3 import Ip
-from envoy_data_plane.google.protobuf import Any, StringValue
+from envoy_data_plane.google.protobuf import StringValue
 from envoy_data_plane.xds.core.v3 import TypedExtensionConfig
 from envoy_data_plane.xds.type.matcher.v3 import (
     MatcherMatcherListFieldMatcher,
@@ -36,14 +36,19 @@ from envoy_data_plane.xds.type.matcher.v3 import (
 
 from clrk.wire import TLV_FIELDS, TLV_FILTER_STATE_KEY, TlvType
 from clrk_xds import betterproto_speed
+from clrk_xds.betterproto_speed import build, pack
 from clrk_xds.translate_regex import hostname_regex
 
 Predicate = MatcherMatcherListPredicate
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Every message of a predicate is made by `build`: one or two dozen per route, validated
+# once, as they are serialized (betterproto_speed).
+
+
 def _input(name: str, message) -> TypedExtensionConfig:
-    return TypedExtensionConfig(name=name, typed_config=Any.pack(message))
+    return build(TypedExtensionConfig, name=name, typed_config=pack(message))
 
 
 def _constant_input(name: str) -> TypedExtensionConfig:
@@ -82,26 +87,28 @@ def _shared_tlv_input(tlv: TlvType, frozen: bool) -> TypedExtensionConfig:
 
 
 def _regex(pattern: str) -> StringMatcher:
-    return StringMatcher(safe_regex=RegexMatcher(google_re2=RegexMatcherGoogleRe2(), regex=pattern))
+    regex = build(RegexMatcher, google_re2=build(RegexMatcherGoogleRe2), regex=pattern)
+    return build(StringMatcher, safe_regex=regex)
 
 
 def _single(input_: TypedExtensionConfig, value: StringMatcher) -> Predicate:
-    return Predicate(
-        single_predicate=MatcherMatcherListPredicateSinglePredicate(input=input_, value_match=value)
-    )
+    single = build(MatcherMatcherListPredicateSinglePredicate, input=input_, value_match=value)
+    return build(Predicate, single_predicate=single)
 
 
 def all_of(predicates: Sequence[Predicate]) -> Predicate:
     """AND; a single predicate stays as it is (the API wants 2+ in a list)."""
     if len(predicates) == 1:
         return predicates[0]
-    return Predicate(and_matcher=MatcherMatcherListPredicatePredicateList(list(predicates)))
+    both = build(MatcherMatcherListPredicatePredicateList, predicate=list(predicates))
+    return build(Predicate, and_matcher=both)
 
 
 def any_of(predicates: Sequence[Predicate]) -> Predicate:
     if len(predicates) == 1:
         return predicates[0]
-    return Predicate(or_matcher=MatcherMatcherListPredicatePredicateList(list(predicates)))
+    either = build(MatcherMatcherListPredicatePredicateList, predicate=list(predicates))
+    return build(Predicate, or_matcher=either)
 
 
 def authority_in(hostnames: Sequence[str]) -> Predicate:
@@ -118,20 +125,20 @@ def sni_absent_or_in(hostnames: Sequence[str]) -> Predicate:
     """No SNI, or an SNI that matches the patterns (a TLS client naming another host is
     refused even when the dialer's hostname evidence matched)."""
     present = _single(_constant_input("sni"), _regex(".+"))
-    return any_of([Predicate(not_matcher=present), sni_in(hostnames)])
+    return any_of([build(Predicate, not_matcher=present), sni_in(hostnames)])
 
 
 def destination_in(networks: Sequence[Network], stat_prefix: str) -> Predicate:
     ranges = [
-        CidrRange(address_prefix=str(net.network_address), prefix_len=net.prefixlen)
+        build(CidrRange, address_prefix=str(net.network_address), prefix_len=net.prefixlen)
         for net in networks
     ]
-    return Predicate(
-        single_predicate=MatcherMatcherListPredicateSinglePredicate(
-            input=_constant_input("destination_ip"),
-            custom_match=_input("ip", Ip(cidr_ranges=ranges, stat_prefix=stat_prefix)),
-        )
+    single = build(
+        MatcherMatcherListPredicateSinglePredicate,
+        input=_constant_input("destination_ip"),
+        custom_match=_input("ip", build(Ip, cidr_ranges=ranges, stat_prefix=stat_prefix)),
     )
+    return build(Predicate, single_predicate=single)
 
 
 def port_matches(pattern: str) -> Predicate:
@@ -152,7 +159,9 @@ def agent_in(agents: Sequence[tuple[str, str]]) -> Predicate:
         options.append(
             all_of(
                 [
-                    _single(_tlv_input(TlvType.AGENT_NAMESPACE), StringMatcher(exact=namespace)),
+                    _single(
+                        _tlv_input(TlvType.AGENT_NAMESPACE), build(StringMatcher, exact=namespace)
+                    ),
                     _single(_tlv_input(TlvType.AGENT_NAME), _regex(pattern)),
                 ]
             )
@@ -162,7 +171,11 @@ def agent_in(agents: Sequence[tuple[str, str]]) -> Predicate:
 
 def field_matcher(predicate: Predicate, chain: str) -> MatcherMatcherListFieldMatcher:
     """On match, use the filter chain named `chain`."""
-    action = TypedExtensionConfig(name=chain, typed_config=Any.pack(StringValue(value=chain)))
-    return MatcherMatcherListFieldMatcher(
-        predicate=predicate, on_match=MatcherOnMatch(action=action)
+    action = build(
+        TypedExtensionConfig, name=chain, typed_config=pack(build(StringValue, value=chain))
+    )
+    return build(
+        MatcherMatcherListFieldMatcher,
+        predicate=predicate,
+        on_match=build(MatcherOnMatch, action=action),
     )
