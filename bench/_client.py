@@ -8,6 +8,7 @@ differ only in the path.
   cps HOST PORT SECONDS THREADS    connect / 1-byte echo / close, THREADS at once
   bulk HOST PORT MIB               one connection sends MIB MiB; the sink counts them
   dns HOST PORT COUNT WINDOW       A queries, WINDOW in flight, one UDP socket
+  dnslat HOST PORT COUNT           A queries one at a time: round trips in µs
 """
 
 from __future__ import annotations
@@ -170,6 +171,30 @@ def dns(host: str, port: int, count: int, window: int) -> dict:
     return {"answered": answered, "lost": lost, "seconds": elapsed}
 
 
+def dns_latency(host: str, port: int, count: int) -> dict:
+    """One query at a time (a new name each): the path's own latency, no queueing."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    sock.settimeout(SETTLE_S)
+    sock.send(_query(0, "warm.bench.example"))
+    sock.recv(512)
+    sock.settimeout(1.0)
+    samples, lost = [], 0
+    clock = time.perf_counter_ns
+    for n in range(count):
+        qid = 1 + n % 65000
+        start = clock()
+        sock.send(_query(qid, f"l{n}.bench.example"))
+        try:
+            while int.from_bytes(sock.recv(512)[:2], "big") != qid:
+                pass  # a late answer to an earlier query
+        except TimeoutError:
+            lost += 1
+            continue
+        samples.append((clock() - start) / 1000)
+    return {"samples_us": samples, "lost": lost}
+
+
 def main(argv: list[str]) -> None:
     mode, host, port, *rest = argv
     if mode == "deny":
@@ -180,6 +205,8 @@ def main(argv: list[str]) -> None:
         result = bulk(host, int(port), int(rest[0]))
     elif mode == "dns":
         result = dns(host, int(port), int(rest[0]), int(rest[1]))
+    elif mode == "dnslat":
+        result = dns_latency(host, int(port), int(rest[0]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(result))

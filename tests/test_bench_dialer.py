@@ -36,7 +36,26 @@ def test_target_lines_name_the_issue_targets():
         {"measure": "deny", "path": "dialer", "value": 0.25, "ratio": None},
         {"measure": "dns", "path": "dialer", "value": 9e3, "ratio": 0.3, "lost": 2},
     ]
+    goal = "goal >= 0.25x, added p50 <= 0.2 ms, none lost"
     assert target_lines(rows) == [
         "target denial-latency: met (p50 0.250 ms vs goal <= 0.3 ms)",
-        "target dns-qps: MISSED (0.30x direct, 2 lost vs goal >= 0.25x, none lost)",
+        f"target dns-qps: MISSED (0.30x direct, 2 lost vs {goal})",
+    ]
+
+
+def test_the_dns_target_counts_the_latency_the_dialer_adds_one_query_at_a_time():
+    from bench.dialer_bench import target_lines
+
+    rows = [
+        {"measure": "dns", "path": "dialer", "value": 9e3, "ratio": 0.3, "lost": 0},
+        {"measure": "dnslat", "path": "dialer", "value": 0.35, "lost": 0},
+        {"measure": "dnslat", "path": "direct", "value": 0.05, "lost": 0},
+    ]
+    goal = "goal >= 0.25x, added p50 <= 0.2 ms, none lost"
+    assert target_lines(rows) == [
+        f"target dns-qps: MISSED (0.30x direct, added p50 0.300 ms, 0 lost vs {goal})"
+    ]
+    rows[1]["value"] = 0.2
+    assert target_lines(rows) == [
+        f"target dns-qps: met (0.30x direct, added p50 0.150 ms, 0 lost vs {goal})"
     ]
