@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import secrets
 import socket
 import struct
@@ -62,14 +63,15 @@ async def _udp_exchange(wire: bytes, server: tuple[str, int], timeout: float) ->
 class _Pending:
     """A query out on a shared socket: what its answer must echo, who takes it."""
 
-    __slots__ = ("agent", "deliver", "ident", "pending", "question")
+    __slots__ = ("agent", "deliver", "ident", "pending", "question", "tick")
 
-    def __init__(self, question: bytes, deliver, agent, pending: dict, ident: int) -> None:
+    def __init__(self, question: bytes, deliver, agent, pending: dict, ident: int, tick) -> None:
         self.question = question  # the agent's header and question, as it sent them
         self.deliver = deliver
         self.agent = agent
         self.pending = pending
         self.ident = ident
+        self.tick = tick  # the queries whose wait ends in the same tick as this one's
 
 
 class SharedUdp:
@@ -77,8 +79,12 @@ class SharedUdp:
     query); pending queries by the ID they went out under.
 
     Callbacks, not a task per query: `send` registers `deliver`, which the socket's
-    reader calls with the answer, or one timer for all queries with None.
+    reader calls with the answer, or one timer for all queries with None. Waits end on
+    a grid of TICK seconds (rounded up): a set of queries per tick, which an answered
+    query leaves at once, so nothing of it outlives its answer.
     """
+
+    TICK = 0.05
 
     MAX_PENDING = 16_384  # of 65,536 IDs: a fresh one is always found quickly
     # One agent's flood of queries to a resolver that does not answer holds at most this
@@ -89,9 +95,10 @@ class SharedUdp:
         self.sockets: dict[tuple[str, int], socket.socket] = {}
         self.pending: dict[tuple[str, int], dict[int, _Pending]] = {}
         self.per_agent: dict[str, int] = {}
-        self._deadlines: list[tuple[float, int, _Pending]] = []  # a heap
-        self._order = 0  # ties in the heap never compare entries
+        self._ticks: dict[int, set[_Pending]] = {}
+        self._tick_heap: list[int] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_tick = 0
         self._ids: list[tuple[int]] = []
 
     def _socket(self, server: tuple[str, int]) -> socket.socket:
@@ -148,14 +155,18 @@ class SharedUdp:
             sock.send(_ID.pack(ident) + wire[2:])
         except OSError:
             return None
-        entry = pending[ident] = _Pending(question, deliver, agent, pending, ident)
+        loop = asyncio.get_running_loop()
+        tick = math.ceil((loop.time() + timeout) / self.TICK)
+        bucket = self._ticks.get(tick)
+        if bucket is None:
+            bucket = self._ticks[tick] = set()
+            heapq.heappush(self._tick_heap, tick)
+            if self._timer is None or tick < self._timer_tick:
+                self._schedule(loop)
+        entry = pending[ident] = _Pending(question, deliver, agent, pending, ident, bucket)
+        bucket.add(entry)
         if agent is not None:
             self.per_agent[agent] = self.per_agent.get(agent, 0) + 1
-        loop = asyncio.get_running_loop()
-        self._order += 1
-        heapq.heappush(self._deadlines, (loop.time() + timeout, self._order, entry))
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadlines[0][0], self._expire)
         return entry
 
     def cancel(self, entry: _Pending) -> None:
@@ -165,6 +176,7 @@ class SharedUdp:
 
     def _forget(self, entry: _Pending) -> None:
         del entry.pending[entry.ident]
+        entry.tick.discard(entry)
         agent = entry.agent
         if agent is not None:
             left = self.per_agent[agent] - 1
@@ -173,15 +185,23 @@ class SharedUdp:
             else:
                 del self.per_agent[agent]
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        if self._tick_heap:
+            self._timer_tick = self._tick_heap[0]
+            self._timer = loop.call_at(self._timer_tick * self.TICK, self._expire)
+
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
-        deadlines, now = self._deadlines, loop.time()
-        while deadlines and deadlines[0][0] <= now:
-            entry = heapq.heappop(deadlines)[2]
-            if entry.pending.get(entry.ident) is entry:  # not answered
+        self._timer = None
+        heap, now = self._tick_heap, loop.time() + 0.001  # the loop may wake a bit early
+        while heap and heap[0] * self.TICK <= now:
+            for entry in list(self._ticks.pop(heapq.heappop(heap))):  # not answered
                 self._forget(entry)
                 _deliver(entry, None)
-        self._timer = loop.call_at(deadlines[0][0], self._expire) if deadlines else None
+        self._schedule(loop)
 
     def _readable(self, server: tuple[str, int]) -> None:
         sock, pending = self.sockets[server], self.pending[server]
