@@ -181,11 +181,13 @@ class BindingCache:
     def names_for(self, agent: Hashable, ip: str, now: float) -> frozenset[str]:
         """The names bound to ip for agent that are unexpired at now."""
         ips = self._agents.get(agent)
+        if ips is None:  # no answer bound anything for this agent: no need to parse ip
+            return frozenset()
         try:
             ip = normalise_ip(ip)
         except ValueError:
             return frozenset()
-        names = None if ips is None else ips.get(ip)
+        names = ips.get(ip)
         if names is None:
             return frozenset()
         self._drop_expired(names, now)

@@ -10,8 +10,8 @@ Here the listener is drained as connections come (accept(2) is cheap), the accep
 sockets wait in one queue per source address, and each loop iteration starts at most
 `per_turn` of them, one from each agent in turn.  So an agent's connection waits behind
 at most a turn or two of the others', and the loop gets back to its I/O between turns.
-(A readiness that brings one connection while none waits starts it at once: there is
-nobody to take turns with.)  Nothing is dropped here: what is not accepted yet
+(A readiness while none waits starts its first connection at once: there is nobody
+to take turns with yet.)  Nothing is dropped here: what is not accepted yet
 (descriptors exhausted, the budget held) stays in the kernel's accept queue.
 
 The turns hold while the dialer decides faster than connections come.  A flood faster
@@ -121,6 +121,7 @@ class FairAcceptor:
         self.budget.sockets += len(socks)
         self._queues: OrderedDict[str, deque[tuple[socket.socket, _Listener]]] = OrderedDict()
         self._turn: asyncio.Handle | None = None
+        self._went: str | None = None  # a source started at once, since the last turn
         self._retry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
@@ -139,16 +140,16 @@ class FairAcceptor:
             self.loop.add_reader(listener.sock.fileno(), self._ready, listener)
 
     def _ready(self, listener: _Listener) -> None:
-        """A readiness: drain the listener; a lone connection starts at once.
+        """A readiness: drain the listener, its first connection started at once when
+        nothing waits.
 
-        When the drain took one connection and nothing else waits, no agent is passed
-        over by starting it now rather than in a turn one loop iteration later (that
-        iteration and its poll of the loop's I/O were a third of a lone denial's time
-        in the dialer).  Anything more waits for the turns, so connections other
-        listeners bring in the same iteration still take turns with it."""
-        if self._drain(listener) == 1 and self._turn is None and len(self._queues) == 1:
-            self._start_some()
-        elif self._queues and self._turn is None:
+        Nobody is passed over by starting it now rather than in a turn one loop
+        iteration later (that iteration, its poll of the loop's I/O and the rest of
+        the drain were a third of a lone denial's time in the dialer), and its source
+        then counts as having had its turn: the sources drained after it, from this
+        listener or others ready in the same iteration, go first in the next turn."""
+        self._drain(listener, first_now=self._turn is None and not self._queues)
+        if self._queues and self._turn is None:
             self._turn = self.loop.call_soon(self._start_some)
 
     def _accept(self, listener: _Listener) -> None:
@@ -162,9 +163,9 @@ class FairAcceptor:
             listener.reading = False
             self.loop.remove_reader(listener.sock.fileno())
 
-    def _drain(self, listener: _Listener) -> int:
-        """Take what the listener holds, up to its share; how many were taken."""
-        taken = 0
+    def _drain(self, listener: _Listener, first_now: bool = False) -> None:
+        """Take what the listener holds, up to its share; `first_now`: start the first
+        at once (nothing waits)."""
         for _ in range(min(ACCEPT_BATCH, self.share - listener.pending)):
             try:
                 conn, peer = listener.sock.accept()
@@ -187,12 +188,17 @@ class FairAcceptor:
                 break
             # Left blocking: a refusal never waits on it, and whoever keeps it (a
             # transport, the splice relay) makes it non-blocking, one ioctl(2) less.
+            if first_now:
+                first_now = False
+                self._went = peer[0]
+                self._start(conn, listener)
+                continue
             self._queues.setdefault(peer[0], deque()).append((conn, listener))
             listener.pending += 1
-            taken += 1
         if listener.pending >= self.share:
             self._pause(listener)
-        return taken
+        if self._went is not None and self._went in self._queues:
+            self._queues.move_to_end(self._went)  # it had its turn: behind the others
 
     def _resume(self) -> None:
         self._retry = None
@@ -203,7 +209,7 @@ class FairAcceptor:
     def _start_some(self) -> None:
         """One turn: up to per_turn connections, one per agent round-robin; the rest in
         the next iteration, after the loop has polled its I/O."""
-        self._turn = None
+        self._turn = self._went = None
         for _ in range(self.per_turn):
             if not self._queues:
                 break
@@ -216,17 +222,20 @@ class FairAcceptor:
             listener.pending -= 1
             if self._retry is None and listener.pending <= self.share // 2:
                 self._read(listener)  # held to its share, then half started: go on
-            factory = self.factory
-            if self.admit is not None:
-                protocol = self._admitted(conn, listener.port)
-                if protocol is None:
-                    continue
-                factory = functools.partial(_same, protocol)
-            task = self.loop.create_task(self._serve(conn, factory))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(conn, listener)
         if self._queues:
             self._turn = self.loop.call_soon(self._start_some)
+
+    def _start(self, conn: socket.socket, listener: _Listener) -> None:
+        factory = self.factory
+        if self.admit is not None:
+            protocol = self._admitted(conn, listener.port)
+            if protocol is None:
+                return
+            factory = functools.partial(_same, protocol)
+        task = self.loop.create_task(self._serve(conn, factory))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _admitted(self, conn: socket.socket, port: int) -> asyncio.Protocol | None:
         try:

@@ -113,7 +113,6 @@ class TcpSession:
         "_buffer",
         "_decide",
         "_first",
-        "_listeners",
         "_own",
         "_unverified",
         "_wait",
@@ -140,7 +139,6 @@ class TcpSession:
         self.next_hops = next_hops
         self._wait = client_hello_wait
         self._decide = decide_fn
-        self._listeners = {lst.name: lst for lst in policy.listeners}
         self._buffer = b""
         self._first: Decision | None = None
         self._unverified: Decision | None = None  # waiting for the SNI's confirmation
@@ -222,7 +220,7 @@ class TcpSession:
     def _needs_client_hello(self, first: Decision) -> bool:
         first = first.effective  # Report mode: where a reported denial goes through
         if first.allowed:
-            listener = self._listeners.get(first.listener or "")
+            listener = self.policy.listener(first.listener or "")
             return listener is not None and listener.protocol == "TLS"
         # Only a connection without any DNS binding can be opened by its SNI (SPEC 4).
         return (
@@ -236,7 +234,7 @@ class TcpSession:
         # answers it with the policy's HTTP response.
         if decision.reason is not Reason.DENY_POLICY or decision.listener is None:
             return False
-        lst = self._listeners.get(decision.listener)
+        lst = self.policy.listener(decision.listener)
         return lst is not None and (lst.protocol, lst.tls_mode) in L7_LISTENERS
 
     def _finish(self, decision: Decision) -> Action:
