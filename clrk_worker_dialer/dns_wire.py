@@ -110,14 +110,12 @@ def _name(wire: bytes, at: int, end: int) -> tuple[Labels, int]:
             at += 1
             break
         if count < 64:
-            label = wire[at + 1 : at + 1 + count]
-            if at + 1 + count > end:
+            after_label = at + 1 + count
+            if after_label > end:
                 raise WireError("label runs past its end")
-            labels.append(label)
+            labels.append(wire[at + 1 : after_label])
             length += count + 1
-            if length > MAX_NAME:
-                raise WireError("name longer than 255 bytes")
-            at += 1 + count
+            at = after_label
         elif count >= 192:
             if at + 2 > end:
                 raise WireError("pointer runs past its end")
@@ -129,6 +127,8 @@ def _name(wire: bytes, at: int, end: int) -> tuple[Labels, int]:
             lowest = at = target
         else:
             raise WireError("unknown label type")
+    if length > MAX_NAME:  # checked once: pointers only go backwards, so the loop ends
+        raise WireError("name longer than 255 bytes")
     return tuple(labels), (after if after >= 0 else at)
 
 
@@ -178,20 +178,20 @@ def parse(wire: bytes) -> Message:
             elif section == 1 and rdtype == A and rdclass == IN:
                 if rdlength != 4:
                     raise WireError("A rdata is not 4 bytes")
-                address = socket.inet_ntop(socket.AF_INET, wire[at:rdend])
-                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, address=address))
+                address = socket.inet_ntoa(wire[at:rdend])
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, address, None))
             elif section == 1 and rdtype == AAAA and rdclass == IN:
                 if rdlength != 16:
                     raise WireError("AAAA rdata is not 16 bytes")
                 address = socket.inet_ntop(socket.AF_INET6, wire[at:rdend])
-                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, address=address))
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, address, None))
             elif section == 1 and rdtype == CNAME:
                 target, after = _name(wire, at, rdend)
                 if after != rdend:
                     raise WireError("CNAME rdata longer than its name")
-                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, target=target))
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, None, target))
             elif section == 1:
-                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl))
+                answers.append(AnswerRecord(owner, rdtype, rdclass, ttl, None, None))
             at = rdend
     if at != end:
         raise WireError("trailing bytes after the message")
