@@ -71,6 +71,17 @@ TAGGED_TLVS = (
     TlvType.ROUTE,
 )
 LISTENER_TAG = "listener"
+# A TCP or TLS Passthrough listener logs at the listener, not in each chain's tcp_proxy:
+# Envoy hashes and compares every chain's whole configuration on each listener update,
+# and the log was most of it.  Envoy writes the listener's log when any connection of
+# it ends, without a log type, so the entry also names the filter chain that took the
+# connection: only a proxying chain's connection is a record; one a closing chain (a
+# deny route, a blocked address, deny-all) or no chain took is not.
+CHAIN_TAG = "chain"
+CHAIN_NAME_FORMAT = "%FILTER_CHAIN_NAME%"
+ROUTE_CHAIN_PREFIX = "route/"  # an allow route's chain; a deny route's is "deny/..."
+ALLOW_ALL_CHAIN = "default/allow-all"
+
 # The HTTP access log (L7 chains without ext_proc) also tags each entry with the chain's
 # route and rule (literals), the request's method as the agent sent it, and the deny
 # policy TLV: an entry with one was recorded by ext_proc (see clrk.policy.l7_chains).
@@ -88,6 +99,11 @@ def tlv_tag(tlv: TlvType) -> str:
 def tlv_format(field: str) -> str:
     """Envoy's formatter for one TLV field (writes "-" when the connection had none)."""
     return f"%FILTER_STATE({TLV_FILTER_STATE_KEY}:FIELD:{field})%"
+
+
+def proxying_chain(name: str | None) -> bool:
+    """True for the chains of a TCP or TLS Passthrough listener that proxy."""
+    return name is not None and (name.startswith(ROUTE_CHAIN_PREFIX) or name == ALLOW_ALL_CHAIN)
 
 
 @dataclass(frozen=True)

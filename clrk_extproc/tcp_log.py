@@ -1,7 +1,9 @@
 """`egress.tcp` records from Envoy's TCP access-log entries (SPEC 8), pure.
 
-tcp_proxy logs once when the upstream connects and once when the connection ends; only
-the end entry has the final byte counts and duration, so only it makes a record.  The
+One entry per connection, when it ends, makes its record (with the final byte counts
+and duration): a TCP or TLS Passthrough listener's own log names the chain that took
+the connection, and only a proxying chain's connection counts (`clrk.wire.CHAIN_TAG`);
+on an L7 listener, the proxying chain's tcp_proxy logs it (type TcpConnectionEnd).  The
 PROXY TLVs and the chain's listener arrive as custom tags (`clrk.wire.TAGGED_TLVS`,
 `LISTENER_TAG`); Envoy writes "-" for a TLV the connection did not carry.
 """
@@ -11,14 +13,12 @@ from __future__ import annotations
 import datetime
 
 from envoy_data_plane.envoy.config.core.v3 import Address
-from envoy_data_plane.envoy.data.accesslog.v3 import AccessLogType, TcpAccessLogEntry
+from envoy_data_plane.envoy.data.accesslog.v3 import TcpAccessLogEntry
 
 from clrk.policy import Agent
 from clrk.records.schema import Record, tcp_allowed
 from clrk.wire import LISTENER_TAG, TlvType, tlv_tag
-from clrk_extproc.tcp_log_wire import EndFacts
-
-END_TYPES = frozenset({AccessLogType.TcpConnectionEnd})
+from clrk_extproc.tcp_log_wire import EndFacts, counted
 
 
 def tag(tags: dict[str, str], name: str) -> str | None:
@@ -42,8 +42,11 @@ def ns(moment: datetime.datetime | None) -> int | None:
 
 
 def is_end(entry: TcpAccessLogEntry) -> bool:
+    """A connection's last entry, the one its record is written from (`counted`)."""
     common = entry.common_properties
-    return common is not None and common.access_log_type in END_TYPES
+    if common is None:
+        return False
+    return counted(int(common.access_log_type), dict(common.custom_tags or {}))
 
 
 def end_facts(entry: TcpAccessLogEntry) -> EndFacts | None:

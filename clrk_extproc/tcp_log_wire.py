@@ -21,7 +21,10 @@ from typing import NamedTuple
 
 from envoy_data_plane.envoy.data.accesslog.v3 import AccessLogType
 
+from clrk.wire import CHAIN_TAG, proxying_chain
+
 END = int(AccessLogType.TcpConnectionEnd)
+LISTENER_LOG = int(AccessLogType.NotSet)  # a listener's log: Envoy gives it no type
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 # Field numbers (envoy/service/accesslog/v3/als.proto, envoy/data/accesslog/v3/accesslog.proto,
@@ -186,7 +189,7 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
             _once(seen, number, kind, LENGTH)
             seconds, nanos = _seconds_nanos(buf, value)
             duration = datetime.timedelta(seconds=seconds, microseconds=nanos / 1e3)
-    if kind_of != END:
+    if not counted(kind_of, tags):
         return None
     connection = parts.get(ENTRY_CONNECTION)
     counts = (
@@ -196,6 +199,15 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
     )
     received, sent = (counts.get(n, 0) for n in (CONNECTION_RECEIVED, CONNECTION_SENT))
     return EndFacts(tags, received, sent, local, remote, start, duration)
+
+
+def counted(kind: int, tags: dict[str, str]) -> bool:
+    """Whether an entry of this log type and these tags is a connection's record: a
+    chain's connection-end entry, or a listener's entry for a connection a proxying
+    chain took (clrk.wire.CHAIN_TAG)."""
+    if kind == END:
+        return True
+    return kind == LISTENER_LOG and proxying_chain(tags.get(CHAIN_TAG))
 
 
 def _node_id(buf: bytes, span: tuple[int, int]) -> str | None:

@@ -71,7 +71,7 @@ from clrk.policy import GatewayPolicy, PolicySet
 from clrk.policy.compiled import CompiledCredential, CompiledListener, MatchEntry
 from clrk.policy.l7_chains import needs_ext_proc
 from clrk.policy.selectors import Selector, selects
-from clrk.wire import TLV_FIELDS, ChainFacts
+from clrk.wire import ALLOW_ALL_CHAIN, ROUTE_CHAIN_PREFIX, TLV_FIELDS, ChainFacts, proxying_chain
 from clrk_xds import betterproto_speed
 from clrk_xds import translate_l7 as l7
 from clrk_xds import translate_matchers as tm
@@ -150,8 +150,10 @@ def _stat_name(chain: str) -> str:
     return chain.replace("/", ".")
 
 
-def _proxy_chain(name: str, access_log: AccessLog) -> FilterChain:
-    """`access_log`: the listener's one L4 access log (`_shared_access_log`)."""
+def _proxy_chain(name: str, access_log: AccessLog | None) -> FilterChain:
+    """`access_log`: the L4 access log of a proxying chain on an L7 listener
+    (`_chain_access_log`); None on a TCP or TLS Passthrough listener, which logs every
+    connection itself (`_listener_access_log`)."""
     proxy = build(
         TcpProxy,
         stat_prefix=_stat_name(name),
@@ -159,20 +161,33 @@ def _proxy_chain(name: str, access_log: AccessLog) -> FilterChain:
         # One entry, when the connection ends: the record is written from it, with the
         # byte counts and duration (an entry when the upstream connects, which nobody
         # reads, cost clrk_extproc a third of its CPU per connection, Envoy a tenth).
-        access_log=[access_log],
+        access_log=[] if access_log is None else [access_log],
     )
     return build(
         FilterChain, name=name, filters=[_filter("envoy.filters.network.tcp_proxy", proxy)]
     )
 
 
-def _shared_access_log(listener: CompiledListener) -> AccessLog:
-    """The L4 access log every proxying chain of `listener` carries, built and serialized
-    once per listener: it is the same for all of them, and building it per chain was
-    most of a cold translation (10,000 routes)."""
+def _chain_access_log(listener: CompiledListener) -> AccessLog | None:
+    """The L4 access log every proxying chain of an L7 `listener` carries (its other
+    chains log each request), built and serialized once per listener: building it per
+    chain was most of a cold translation (10,000 routes).  None on other listeners:
+    see `_listener_access_log`."""
+    if not listener.l7:
+        return None
     access_log = l7.tcp_access_log(listener.name)
     betterproto_speed.freeze(access_log)
     return access_log
+
+
+def _listener_access_log(listener: CompiledListener, chains: Sequence[FilterChain]) -> list:
+    """A TCP or TLS Passthrough listener's L4 access log, once for all its chains: in
+    each chain's tcp_proxy it was about half of what Envoy hashes and compares on every
+    listener update.  Only where a chain proxies (`clrk.wire.proxying_chain`, which the
+    log's reader uses too)."""
+    if listener.l7 or not any(proxying_chain(c.name) for c in chains):
+        return []
+    return [l7.tcp_access_log(listener.name, of_listener=True)]
 
 
 def _closing_chain(name: str) -> FilterChain:
@@ -266,7 +281,7 @@ def _entry(destination: tm.Predicate | None, parts: list[tm.Predicate], chain: s
 
 def chain_name(route: str, rule: int, deny: bool) -> str:
     """`route/NAMESPACE/NAME/rule/N` (or `deny/...`): the chain of one rule of a route."""
-    return f"{'deny' if deny else 'route'}/{route}/rule/{rule}"
+    return f"{'deny/' if deny else ROUTE_CHAIN_PREFIX}{route}/rule/{rule}"
 
 
 # --- listeners ------------------------------------------------------------------------
@@ -328,7 +343,7 @@ def _route_parts(
     listener: CompiledListener,
     selected: Callable[[Selector | None], tuple[Key, ...] | None],
     blocked: Sequence[Network],
-    access_log: AccessLog,
+    access_log: AccessLog | None,
 ) -> tuple[_Entries, list[FilterChain]]:
     """The matcher entries and filter chains of one route's TCP matches on `listener`."""
     deny = route[0].deny_policy is not None
@@ -466,7 +481,7 @@ def _gateway_listener(
     any route's cache key: a new address rebuilds this guard alone."""
     entries = _Entries()
     chains: list[FilterChain] = []
-    access_log = _shared_access_log(listener)
+    access_log = _chain_access_log(listener)
     if cache is not None:
         creds = policy.credentials if listener.l7 else ()
         context = cache.context((policy.ref, listener, blocked, creds))
@@ -503,7 +518,7 @@ def _gateway_listener(
     if allow_all and listener.protocol == "HTTP":
         facts = ChainFacts(gateway=policy.ref, listener=listener.name)
         default = l7.l7_chain(
-            "default/allow-all",
+            ALLOW_ALL_CHAIN,
             facts,
             domains=["*"],
             terminate_secret=None,
@@ -513,7 +528,7 @@ def _gateway_listener(
     elif allow_all:
         # TLS Terminate too: no one certificate can cover every name, so traffic that no
         # route names passes through (still re-checked and logged as L4).
-        default = _proxy_chain("default/allow-all", access_log)
+        default = _proxy_chain(ALLOW_ALL_CHAIN, access_log)
     elif not chains:
         # Envoy refuses a listener without filter chains; this one only closes.
         default = _closing_chain("default/deny-all")
@@ -530,6 +545,7 @@ def _gateway_listener(
             Matcher(matcher_list=MatcherMatcherList(matchers=matchers)) if matchers else None
         ),
         default_filter_chain=default,
+        access_log=_listener_access_log(listener, [*chains, *([default] if default else [])]),
     )
 
 

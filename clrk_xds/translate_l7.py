@@ -113,8 +113,10 @@ from envoy_data_plane.xds.type.matcher.v3 import (
 from clrk.api.grammar import is_ip_literal
 from clrk.policy.compiled import CompiledCredential
 from clrk.wire import (
+    CHAIN_NAME_FORMAT,
     CHAIN_ROUTE_TAG,
     CHAIN_RULE_TAG,
+    CHAIN_TAG,
     HEADER_DENY_POLICY,
     HTTP_TAGGED_TLVS,
     LISTENER_TAG,
@@ -303,17 +305,21 @@ def domains_for(hostnames: Sequence[str] | None) -> list[str]:
 # --- L4 access log -------------------------------------------------------------------
 
 
-def tcp_access_log(listener: str) -> AccessLog:
+def tcp_access_log(listener: str, of_listener: bool = False) -> AccessLog:
     """gRPC access log to clrk_extproc; the TLVs travel as custom tags, and the gateway
-    listener of the chain as a literal one."""
+    listener of the chain as a literal one.  `of_listener`: the listener's own log, which
+    also names the chain that took the connection (`clrk.wire.CHAIN_TAG`)."""
     tags = [CustomTag(tag=tlv_tag(t), value=tlv_format(TLV_FIELDS[t])) for t in TAGGED_TLVS]
+    tags.append(CustomTag(tag=LISTENER_TAG, value=listener))
+    if of_listener:
+        tags.append(CustomTag(tag=CHAIN_TAG, value=CHAIN_NAME_FORMAT))
     config = TcpGrpcAccessLogConfig(
         common_config=CommonGrpcAccessLogConfig(
             log_name=ACCESS_LOG_NAME,
             grpc_service=_envoy_grpc(),
             transport_api_version=ApiVersion.V3,
             buffer_flush_interval=ACCESS_LOG_FLUSH,
-            custom_tags=[*tags, CustomTag(tag=LISTENER_TAG, value=listener)],
+            custom_tags=tags,
         )
     )
     return AccessLog(name="envoy.access_loggers.tcp_grpc", typed_config=Any.pack(config))

@@ -386,6 +386,48 @@ def test_tcp_record_counts_bytes_each_way(l7) -> None:
     assert attrs["clrk.egress.gateway"] == "default/egress"
 
 
+# Runs in gw: one connection straight to Envoy's `tcp` listener behind a PROXY v2 header
+# (the dialer's TLVs); prints what came back before Envoy or the echo closed it.
+PROXIED_CLIENT = textwrap.dedent("""
+    import socket, sys
+    from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
+    authority, dst, port, cid, envoy_port = sys.argv[1:6]
+    tlvs = clrk_tlvs(authority=authority, agent_namespace="default", agent_name="agent-a",
+                     connection_id=cid)
+    s = socket.create_connection(("127.0.0.1", int(envoy_port)), timeout=5)
+    data = b""
+    try:  # Envoy may have closed it already
+        s.sendall(encode(ProxyHeader("10.0.0.9", 40000, dst, int(port), tlvs)) + b"ping")
+        s.shutdown(socket.SHUT_WR)
+        while chunk := s.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    print(data.decode() or "-")
+""")
+
+
+def test_a_connection_envoy_closes_makes_no_tcp_record(l7, topology: Topology) -> None:
+    """The `tcp` listener logs every connection it ends; only one a proxying chain took
+    is a record: not one its deny route's chain or its blocked-address guard closed."""
+    tcp = envoy_listener_addresses([("tcp", "TCP"), ("tls-term", "TLS"), ("web", "HTTP")])["tcp"]
+    ids = {}
+    for case, authority, dst, echoed in [
+        ("deny", "pastebin.com", PASTE, "-"),
+        ("blocked", "bulk.test", "127.0.0.1", "-"),
+        ("allowed", "bulk.test", API, "ping"),  # last: its record shows the others are read
+    ]:
+        ids[case] = uuid.uuid4().hex
+        argv = [sys.executable, "-c", PROXIED_CLIENT, authority, dst, "7", ids[case], str(tcp[1])]
+        out = topology.run_in_gw(argv)
+        assert (out.returncode, out.stdout.strip()) == (0, echoed), (case, out.stderr)
+    found = records(l7["records"], "egress.tcp", {"clrk.connection.id": ids["allowed"]})
+    assert len([r for r in found if r["signal"] == "span"]) == 1, found
+    assert found[0]["attributes"]["clrk.egress.bytes_up"] == 4
+    for case in ("deny", "blocked"):
+        assert records(l7["records"], "egress.tcp", {"clrk.connection.id": ids[case]}, wait=0) == []
+
+
 # --- a deny the dialer forwards to an allow chain (Envoy's policy lags) ------------------------
 
 # Runs in gw: a PROXY v2 header (the dialer's TLVs) and one HTTP request straight to

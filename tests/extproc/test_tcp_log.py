@@ -13,7 +13,7 @@ from envoy_data_plane.envoy.data.accesslog.v3 import (
 )
 
 from clrk.records.schema import TCP_ALLOWED
-from clrk.wire import LISTENER_TAG, TAGGED_TLVS, TlvType, tlv_tag
+from clrk.wire import CHAIN_TAG, LISTENER_TAG, TAGGED_TLVS, TlvType, tlv_tag
 from clrk_extproc.tcp_log import is_end, tcp_record
 
 START = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -71,6 +71,22 @@ def test_connected_and_periodic_entries_make_none() -> None:
         assert not is_end(entry(kind))
         assert tcp_record(entry(kind), "default/gw") is None
     assert tcp_record(TcpAccessLogEntry(), "default/gw") is None
+
+
+def test_a_listener_entry_makes_the_record_of_a_connection_a_proxying_chain_took() -> None:
+    """A TCP listener's own log has no type; the chain it names says whether the
+    connection was proxied (a record) or closed (none: the dialer's denial says it)."""
+    for chain in ("route/team/db/rule/0", "default/allow-all"):
+        listener_entry = entry(AccessLogType.NotSet, received_bytes=10, sent_bytes=20)
+        listener_entry.common_properties.custom_tags[CHAIN_TAG] = chain
+        record = tcp_record(listener_entry, "default/gw")
+        assert record == tcp_record(entry(received_bytes=10, sent_bytes=20), "default/gw")
+    for chain in ("deny/team/db/rule/0", "blocked_address", "default/deny-all", "-", None):
+        listener_entry = entry(AccessLogType.NotSet)
+        if chain is not None:
+            listener_entry.common_properties.custom_tags[CHAIN_TAG] = chain
+        assert not is_end(listener_entry)
+        assert tcp_record(listener_entry, "default/gw") is None
 
 
 def test_absent_tlvs_are_dashes() -> None:

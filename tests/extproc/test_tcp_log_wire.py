@@ -22,6 +22,7 @@ from envoy_data_plane.envoy.service.accesslog.v3 import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clrk.wire import CHAIN_TAG
 from clrk_extproc.tcp_log import end_facts
 from clrk_extproc.tcp_log_wire import Scanned, scan
 
@@ -39,6 +40,9 @@ durations = st.none() | st.timedeltas(
     min_value=datetime.timedelta(0), max_value=datetime.timedelta(days=30)
 )
 kinds = st.sampled_from(list(AccessLogType))
+chain_names = st.sampled_from(
+    ["route/team/db/rule/0", "default/allow-all", "deny/team/db/rule/0", "blocked_address", "-"]
+)
 commons = st.none() | st.builds(
     AccessLogCommon,
     access_log_type=kinds,
@@ -47,7 +51,8 @@ commons = st.none() | st.builds(
     upstream_remote_address=addresses,
     start_time=moments,
     duration=durations,
-    custom_tags=st.dictionaries(texts, texts, max_size=8),
+    # The chain tag decides whether a listener's entry counts: often a chain name.
+    custom_tags=st.dictionaries(texts | st.just(CHAIN_TAG), texts | chain_names, max_size=8),
     upstream_cluster=texts,
     sample_rate=st.floats(allow_nan=False),
     downstream_wire_bytes_sent=st.integers(min_value=0, max_value=2**64 - 1),
@@ -142,6 +147,23 @@ def test_a_connection_end_entry_is_read_with_everything_its_record_uses() -> Non
     assert (facts.received, facts.sent) == (10, 20)
     assert (facts.local, facts.remote) == (("192.0.2.10", 8080), ("198.18.0.2", 40000))
     assert (facts.start, facts.duration) == (start, datetime.timedelta(milliseconds=1500))
+
+
+def test_a_listener_entry_counts_only_for_a_connection_a_proxying_chain_took() -> None:
+    def listener_entry(chain: str | None) -> TcpAccessLogEntry:
+        tags = {"route": "team/db"} | ({CHAIN_TAG: chain} if chain is not None else {})
+        return TcpAccessLogEntry(
+            common_properties=AccessLogCommon(custom_tags=tags),  # Envoy sets no type
+            connection_properties=ConnectionProperties(received_bytes=3, sent_bytes=4),
+        )
+
+    counted = ["route/team/db/rule/0", "default/allow-all"]
+    passed = ["deny/team/db/rule/0", "blocked_address", "default/deny-all", "-", "", None]
+    raw = bytes(_tcp(*map(listener_entry, counted + passed)))
+    got = scan(raw)
+    assert got is not None and got.entries == len(counted + passed)
+    assert [f.tags[CHAIN_TAG] for f in got.ends] == counted
+    assert got == reference(raw)
 
 
 def _tcp(*entries: TcpAccessLogEntry) -> StreamAccessLogsMessage:

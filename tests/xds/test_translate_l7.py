@@ -16,12 +16,14 @@ from clrk.policy.loaded import compile_loaded
 from clrk.wire import (
     CHAIN_ROUTE_TAG,
     CHAIN_RULE_TAG,
+    CHAIN_TAG,
     HEADER_DENY_POLICY,
     HTTP_TAGGED_TLVS,
     LISTENER_TAG,
     METHOD_TAG,
     TAGGED_TLVS,
     ChainFacts,
+    proxying_chain,
     tlv_tag,
 )
 from clrk_xds import translate_l7 as l7
@@ -212,23 +214,58 @@ def test_defaults_under_allow_all() -> None:
     assert f.name == "envoy.filters.network.tcp_proxy"
 
 
-def test_every_tcp_proxy_logs_to_extproc_once_when_the_connection_ends() -> None:
+def _tcp_log_tags(log) -> dict[str, str]:
+    assert log.name == "envoy.access_loggers.tcp_grpc"
+    common = log.typed_config.unpack().common_config
+    assert common.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
+    return {t.tag: t.value for t in common.custom_tags}
+
+
+def _proxies(chain) -> list[TcpProxy]:
+    return [
+        f.typed_config.unpack()
+        for f in chain.filters
+        if f.name == "envoy.filters.network.tcp_proxy"
+    ]
+
+
+def test_a_tcp_listener_logs_each_connection_once_naming_its_chain() -> None:
+    """The log is the listener's, not each chain's: Envoy hashes every chain's config on
+    each update.  The reader counts a connection of a proxying chain only, so every
+    proxying chain must be one `proxying_chain` says is, and no closing chain."""
+    for policy in ("allow-all", "deny-all"):
+        res = _translate(policy)
+        chains, tcp = _chains(res, "tcp")
+        (log,) = tcp.access_log
+        tags = _tcp_log_tags(log)
+        assert set(tags) == {*map(tlv_tag, TAGGED_TLVS), LISTENER_TAG, CHAIN_TAG}
+        assert tags[LISTENER_TAG] == "tcp" and tags[CHAIN_TAG] == "%FILTER_CHAIN_NAME%"
+        everything = [*chains.values(), tcp.default_filter_chain]
+        for chain in [c for c in everything if c is not None]:
+            proxies = _proxies(chain)
+            assert proxying_chain(chain.name) == bool(proxies), chain.name
+            assert all(p.access_log == [] and p.access_log_options is None for p in proxies)
+        assert any(proxying_chain(name) for name in chains)
+        assert any(not proxying_chain(name) for name in chains)  # the deny route closes
+
+
+def test_a_proxying_chain_of_an_l7_listener_logs_once_when_the_connection_ends() -> None:
     res = _translate("allow-all")
-    chains, tcp = _chains(res, "tcp")
-    for chain in [*chains.values(), tcp.default_filter_chain]:
-        for f in chain.filters:
-            if f.name != "envoy.filters.network.tcp_proxy":
-                continue
-            proxy = f.typed_config.unpack()
-            assert isinstance(proxy, TcpProxy)
-            (log,) = proxy.access_log
-            assert log.name == "envoy.access_loggers.tcp_grpc"
-            common = log.typed_config.unpack().common_config
-            assert common.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
-            tags = {t.tag: t.value for t in common.custom_tags}
-            assert set(tags) == {*map(tlv_tag, TAGGED_TLVS), LISTENER_TAG}
-            assert tags[LISTENER_TAG] == "tcp"
-            assert proxy.access_log_options is None  # not flushed when the upstream connects
+    _, term = _chains(res, "term")
+    assert term.access_log == []  # its other chains log each request
+    (proxy,) = _proxies(term.default_filter_chain)
+    (log,) = proxy.access_log
+    tags = _tcp_log_tags(log)
+    assert set(tags) == {*map(tlv_tag, TAGGED_TLVS), LISTENER_TAG}
+    assert tags[LISTENER_TAG] == "term"
+    assert proxy.access_log_options is None  # not flushed when the upstream connects
+
+
+def test_a_listener_where_nothing_proxies_has_no_l4_log() -> None:
+    loaded = load_text(GATEWAY.replace("POLICY", "deny-all"), "t.yaml")
+    res = translate(compile_loaded(loaded).compiled)["default/gw"]
+    _, tcp = _chains(res, "tcp")
+    assert tcp.access_log == []
 
 
 def test_extproc_address_option() -> None:
