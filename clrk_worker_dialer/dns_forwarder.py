@@ -7,6 +7,11 @@ The forwarder sends UDP queries over one connected socket per upstream resolver
 ID of its own (agents' IDs may collide) and only the answer with that ID and the same
 question is taken, its ID given back, and checked again by bindings_from_answer before
 anything is bound: unsolicited answers bind nothing.
+
+A query over UDP is a chain of callbacks (datagram in, policy, out under its own ID,
+answer in, snoop, reply), no task of its own; only a truncated answer or none goes on in
+a task (TCP, then the next resolvers).  Each agent holds at most a sixteenth of the
+pending queries, so one agent's flood leaves the others room.
 """
 
 from __future__ import annotations
