@@ -12,9 +12,9 @@ and `build`, a constructor that leaves the validation to serialization.
   writes the same bytes (tests compare it with betterproto2's own on translated
   listeners); with the validation kept, it halves a cold translation.
 - A message the translator will never change can be `freeze`d: its wire bytes (and,
-  for `consistency`, its nested messages) are kept on the message itself, so a
-  reload that reuses it does not serialize or walk it again.
-
+  for `consistency`, what it names) are kept on the message itself, so a reload that
+  reuses it does not serialize or look into it again.  `pack` keeps the message it
+  packed on the Any, so that looking into it needs no parsing.
 - `build(cls, **fields)` makes a message without pydantic's validation at construction:
   a 10,000-route translation makes ~300,000 messages, and validating each when it is
   made and again when it is serialized was most of its cost.  The one validation kept
@@ -28,7 +28,7 @@ them on import: `clrk_xds.translate.ChainCache` does when a control plane create
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeVar
 
 import betterproto2
@@ -51,8 +51,8 @@ def _cached_validate(self) -> None:  # same contract as betterproto2.Message._va
     fields = self.__dict__.copy()
     del fields["_unknown_fields"]
     fields.pop(_WIRE, None)
-    fields.pop(_NESTED, None)
     fields.pop(_DERIVED, None)
+    fields.pop(_PACKED, None)
     validator.validate_python(fields)
 
 
@@ -73,8 +73,8 @@ def installed() -> bool:
 # --- wire bytes of unchanging sub-messages -----------------------------------------------
 
 _WIRE = "_clrk_wire"
-_NESTED = "_clrk_nested"
 _DERIVED = "_clrk_derived"
+_PACKED = "_clrk_packed"
 _plain_bytes = betterproto2.Message.__bytes__
 
 
@@ -175,16 +175,6 @@ def is_frozen(message) -> bool:
     return _WIRE in getattr(message, "__dict__", {})
 
 
-def nested(message, walk: Callable[[object], Iterable]) -> list:
-    """`list(walk(message))`, kept on a frozen message so that it is walked once."""
-    if not is_frozen(message):
-        return list(walk(message))
-    found = message.__dict__.get(_NESTED)
-    if found is None:
-        found = message.__dict__[_NESTED] = list(walk(message))
-    return found
-
-
 def derived(message, compute: Callable[[object], object]) -> object:
     """`compute(message)`, kept on a frozen message (one per `compute`), so that what a
     reload asks of an unchanged chain again is computed once."""
@@ -229,6 +219,21 @@ def build(cls: type[M], **fields: object) -> M:
 
 def pack(message: betterproto2.Message) -> Any:
     """`Any.pack(message)`, built as `build` builds (the bytes of `message` are
-    validated as they are written)."""
+    validated as they are written).  With the shortcuts installed, `message` is frozen
+    with those bytes and kept on the Any, so `packed` hands it back without parsing."""
     type_url = default_message_pool.type_to_url[type(message)]
-    return build(Any, type_url=type_url, value=bytes(message))
+    value = bytes(message)
+    packed = build(Any, type_url=type_url, value=value)
+    if installed():
+        message.__dict__[_WIRE] = value
+        packed.__dict__[_PACKED] = message
+    return packed
+
+
+def packed(value: Any) -> betterproto2.Message | None:
+    """The message `pack` put into `value`, while `value` still holds its very bytes
+    (None otherwise: then only parsing the bytes says what they hold)."""
+    inner = value.__dict__.get(_PACKED)
+    if inner is not None and inner.__dict__.get(_WIRE) is value.value:
+        return inner
+    return None

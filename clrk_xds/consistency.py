@@ -7,7 +7,6 @@ forever waiting for a cluster).  Checking first keeps the last good snapshot in 
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -39,7 +38,11 @@ _UNPACKED_LIMIT = 100_000
 
 
 def _unpack(value: Any) -> betterproto2.Message | None:
-    """Any.unpack, remembered by content: a reload re-checks the same filter configs."""
+    """Any.unpack, remembered by content: a reload re-checks the same filter configs.
+    What the translator packed is handed back as it was packed, not parsed again."""
+    inner = betterproto_speed.packed(value)
+    if inner is not None:
+        return inner
     key = (value.type_url, bytes(value.value))
     if key in _UNPACKED:
         _UNPACKED.move_to_end(key)
@@ -54,41 +57,12 @@ def _unpack(value: Any) -> betterproto2.Message | None:
     return inner
 
 
-def _walk(value: object) -> Iterator[betterproto2.Message]:
-    """Every message nested in `value`, with google.protobuf.Any unpacked where known."""
-    if isinstance(value, Any):
-        inner = _unpack(value)
-        if inner is not None:
-            yield from _walk(inner)
-    elif isinstance(value, betterproto2.Message):
-        yield value
-        for f in dataclasses.fields(value):
-            yield from _walk(getattr(value, f.name))
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _walk(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _walk(item)
-
-
 def referenced_clusters(msg: betterproto2.Message) -> set[str]:
     """Clusters named by tcp_proxy filters and HTTP route actions inside `msg`."""
     names: set[str] = set()
     for holder in _reference_holders(msg):
-        names |= betterproto_speed.derived(holder, _clusters_in)
+        names |= _references(holder)[0]
     return names
-
-
-def _clusters_in(holder: object) -> frozenset[str]:
-    names: set[str] = set()
-    for m in betterproto_speed.nested(holder, _walk):
-        if isinstance(m, TcpProxy | RouteAction):
-            if m.cluster:
-                names.add(m.cluster)
-            if m.weighted_clusters is not None:
-                names.update(c.name for c in m.weighted_clusters.clusters)
-    return frozenset(names)
 
 
 def referenced_secrets(msg: betterproto2.Message) -> set[str]:
@@ -99,16 +73,71 @@ def referenced_secrets(msg: betterproto2.Message) -> set[str]:
     """
     names: set[str] = set()
     for holder in _reference_holders(msg):
-        names |= betterproto_speed.derived(holder, _secrets_in)
+        names |= _references(holder)[1]
     return names
 
 
-def _secrets_in(holder: object) -> frozenset[str]:
-    return frozenset(
-        m.name
-        for m in betterproto_speed.nested(holder, _walk)
-        if isinstance(m, SdsSecretConfig) and m.sds_config is not None
-    )
+References = tuple[frozenset[str], frozenset[str]]  # (clusters, secrets)
+
+
+def _references(message: object) -> References:
+    """What `message` and every message inside it name, found once for a frozen one:
+    what many chains share (their access log) is looked into once, and an unchanged
+    chain is not looked into again on a reload."""
+    return betterproto_speed.derived(message, _find_references)  # type: ignore[return-value]
+
+
+def _find_references(message: object) -> References:
+    clusters: set[str] = set()
+    secrets: set[str] = set()
+    if isinstance(message, TcpProxy | RouteAction):
+        if message.cluster:
+            clusters.add(message.cluster)
+        if message.weighted_clusters is not None:
+            clusters.update(c.name for c in message.weighted_clusters.clusters)
+    elif isinstance(message, SdsSecretConfig) and message.sds_config is not None:
+        secrets.add(message.name)
+    for child in _children(message):
+        inner_clusters, inner_secrets = _references(child)
+        clusters |= inner_clusters
+        secrets |= inner_secrets
+    return frozenset(clusters), frozenset(secrets)
+
+
+def _children(message: object) -> Iterator[betterproto2.Message]:
+    """The messages directly inside `message` (an Any's unpacked where known), from
+    the fields that can hold one: strings and numbers are not looked at."""
+    for name in _message_fields(type(message)):
+        value = getattr(message, name)
+        if isinstance(value, dict):
+            items = list(value.values())
+        else:
+            items = value if isinstance(value, list | tuple) else (value,)
+        for item in items:
+            if isinstance(item, Any):
+                inner = _unpack(item)
+                if inner is not None:
+                    yield inner
+            elif isinstance(item, betterproto2.Message):
+                yield item
+
+
+_fields_by_class: dict[type, tuple[str, ...]] = {}
+
+
+def _message_fields(cls: type) -> tuple[str, ...]:
+    """The fields of `cls` whose values can be messages (singly, repeated or as map
+    values); the others (strings, numbers, enums, unwrapped well-known types) hold none."""
+    names = _fields_by_class.get(cls)
+    if names is None:
+        meta = cls._betterproto.meta_by_field_name  # type: ignore[attr-defined]
+        names = _fields_by_class[cls] = tuple(
+            name
+            for name, field in meta.items()
+            if field.proto_type == betterproto2.TYPE_MESSAGE
+            or (field.map_meta and field.map_meta[1].proto_type == betterproto2.TYPE_MESSAGE)
+        )
+    return names
 
 
 def _bind_key(listener: Listener) -> tuple[int, str, int, int] | None:
@@ -137,7 +166,8 @@ def _reference_holders(msg: betterproto2.Message) -> list[object]:
     chain matcher (the bulk of a large listener) names neither, so it is not walked.
     A message the translator froze never changes: what it names is found once."""
     if isinstance(msg, Listener):
-        return [*msg.filter_chains, msg.default_filter_chain, msg.access_log]
+        default = [msg.default_filter_chain] if msg.default_filter_chain is not None else []
+        return [*msg.filter_chains, *default, *msg.access_log]
     return [msg]
 
 
