@@ -191,6 +191,7 @@ class Dialer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        self.state.pipes.close()
         self.writer.shutdown()
 
     async def run_until_signalled(self, ready_file: str | None = None) -> None:

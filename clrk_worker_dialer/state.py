@@ -26,6 +26,7 @@ from clrk_worker_dialer.dns_binding import BindingCache
 from clrk_worker_dialer.identity import Identity
 from clrk_worker_dialer.proxy_credentials import ProxyCredentials
 from clrk_worker_dialer.session import Flow
+from clrk_worker_dialer.splice_relay import PipePool
 
 log = logging.getLogger("clrk.dialer")
 
@@ -53,6 +54,7 @@ class DialerState:
         self.next_hops: dict[str, NextHop] = {}
         self.version = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
+        self.pipes = PipePool()  # what ended relays leave for the next ones
 
     def set_own_addresses(self, addresses: Sequence[str]) -> None:
         """This namespace's addresses changed (clrk_runtime.host_addresses): they and the

@@ -34,7 +34,7 @@ from clrk_worker_dialer.session import (
     best_name,
 )
 from clrk_worker_dialer.sockopts import original_destination, reset_on_close
-from clrk_worker_dialer.splice_relay import SpliceRelay, connect, connect_unix_now, open_pipes
+from clrk_worker_dialer.splice_relay import SpliceRelay, connect, connect_unix_now
 from clrk_worker_dialer.state import DialerState
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class AgentSide(asyncio.Protocol):
         self._pending.clear()
         pipes = agent = None
         try:
-            pipes = open_pipes()  # before promising anything: this is what can run out
+            pipes = self.state.pipes.pipes()  # before promising anything: what can run out
             agent = await self._take_socket()
         except OSError as exc:  # out of descriptors or of the pipe quota
             log.error("cannot relay", extra=fields(error=str(exc)))
@@ -162,7 +162,13 @@ class AgentSide(asyncio.Protocol):
                 self.reset()
             return
         relay = SpliceRelay(
-            agent, upstream, to_upstream=to_upstream, to_agent=self.tunnel_reply(), pipes=pipes
+            agent,
+            upstream,
+            to_upstream=to_upstream,
+            to_agent=self.tunnel_reply(),
+            pipes=pipes,
+            pool=self.state.pipes,
+            loop=self.loop,
         )
         relay.start()
 
@@ -303,11 +309,17 @@ def _unreachable(action: Dial, exc: OSError) -> None:
     )
 
 
-def _relay_accepted(conn: socket.socket, upstream: socket.socket, preamble: bytes) -> None:
+def _relay_accepted(
+    state: DialerState,
+    loop: asyncio.AbstractEventLoop,
+    conn: socket.socket,
+    upstream: socket.socket,
+    preamble: bytes,
+) -> None:
     """Splice an accepted agent socket no transport owns to its connected next hop,
     `preamble` (the PROXY v2 header) first; reset both when the relay cannot exist."""
     try:
-        pipes = open_pipes()
+        pipes = state.pipes.pipes()
     except OSError as exc:  # out of descriptors or of the pipe quota
         log.error("cannot relay", extra=fields(error=str(exc)))
         upstream.close()
@@ -317,11 +329,13 @@ def _relay_accepted(conn: socket.socket, upstream: socket.socket, preamble: byte
     # when it comes, not after the agent's next ACK.
     with contextlib.suppress(OSError):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    SpliceRelay(conn, upstream, to_upstream=preamble, pipes=pipes).start()
+    SpliceRelay(
+        conn, upstream, to_upstream=preamble, pipes=pipes, pool=state.pipes, loop=loop
+    ).start()
 
 
 async def _dial_accepted(
-    loop: asyncio.AbstractEventLoop, conn: socket.socket, action: Dial
+    state: DialerState, loop: asyncio.AbstractEventLoop, conn: socket.socket, action: Dial
 ) -> None:
     """The next hop when it cannot be connected at once (a TCP hop; a Unix listener
     whose accept queue is full), within the connect timeout."""
@@ -331,7 +345,7 @@ async def _dial_accepted(
         _unreachable(action, exc)
         _reset_now(conn)
         return
-    _relay_accepted(conn, upstream, action.preamble)
+    _relay_accepted(state, loop, conn, upstream, action.preamble)
 
 
 class TransparentTcp(AgentSide):
@@ -378,9 +392,9 @@ def admit_transparent(
                 _reset_now(conn)
                 return
             if upstream is not None:
-                _relay_accepted(conn, upstream, action.preamble)
+                _relay_accepted(state, loop, conn, upstream, action.preamble)
                 return
-        task = loop.create_task(_dial_accepted(loop, conn, action))
+        task = loop.create_task(_dial_accepted(state, loop, conn, action))
         dialing.add(task)
         task.add_done_callback(dialing.discard)
 

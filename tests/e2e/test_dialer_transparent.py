@@ -5,6 +5,7 @@ addresses; the real dialer in gw; a PROXY-v2-decoding next hop standing in for E
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 
 from clrk.nexthops import DEFAULT_BASE_PORT
 from clrk_worker_dialer.proxy_credentials import ensure_token
+from clrk_worker_dialer.splice_relay import PipePool
 from tests.e2e.dialer_proc import DialerProcess
 from tests.e2e.topology import DEFAULT_ZONE, Topology, sources
 
@@ -391,17 +393,29 @@ def sockets_and_pipes(pid: int) -> list[str]:
     return sorted(out)
 
 
+def _kept_apart(fds: list[str]) -> tuple[list[str], collections.Counter]:
+    """(the sockets, how many ends of each pipe are open)."""
+    sockets = [fd for fd in fds if fd.startswith("socket:")]
+    return sockets, collections.Counter(fd for fd in fds if fd.startswith("pipe:"))
+
+
 def test_connection_churn_keeps_bytes_intact_and_leaks_no_descriptor(world):
     """Eighty connections at once through the splice relay, a quarter of them reset by
     the agent mid-transfer: every checked echo is intact, and afterwards the dialer holds
-    exactly the descriptors it held before (each relayed connection takes six)."""
+    exactly the sockets it held before (each relayed connection takes two, and four pipe
+    ends) and, besides its pipes from before, only whole empty pipes its pool keeps for
+    the next relays, at most PipePool.keep of them."""
     pid = world["dialer"].proc.pid
-    before = sockets_and_pipes(pid)
+    sockets_before, pipes_before = _kept_apart(sockets_and_pipes(pid))
     out = world["a"].run(["python3", "-c", CHURN], timeout=60)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got == {"ok": 60, "bad": []}, got
     deadline = time.monotonic() + 10
-    while sockets_and_pipes(pid) != before and time.monotonic() < deadline:
+    while _kept_apart(sockets_and_pipes(pid))[0] != sockets_before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert sockets_and_pipes(pid) == before
+    sockets, pipes = _kept_apart(sockets_and_pipes(pid))
+    assert sockets == sockets_before
+    kept = pipes - pipes_before  # (kept ones from before may have been used meanwhile)
+    assert set(kept.values()) <= {2}  # whole pipes
+    assert len(pipes) <= len(pipes_before) + PipePool().keep

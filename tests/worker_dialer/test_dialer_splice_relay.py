@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import gc
 import hashlib
 import os
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from clrk_worker_dialer.splice_relay import (
     BULK_PIPE_SIZE,
     SHRINK_AFTER_SMALL_READS,
+    PipePool,
     SpliceRelay,
     connect,
 )
@@ -271,6 +273,84 @@ def test_an_immediate_eof_from_both_peers_closes_the_relay_cleanly(tmp_path):
             w.close_peers()
 
     run(main())
+
+
+# --- the pipe pool --------------------------------------------------------------------
+
+
+async def one_exchange(w: Wiring, pool: PipePool, request: bytes, answer: bytes) -> SpliceRelay:
+    """A relay with `pool`'s pipes: the agent sends `request` and finishes, the next
+    hop answers and finishes; each side checks what it got."""
+    loop = asyncio.get_running_loop()
+    relay, closed = start(w, pipes=pool.pipes(), pool=pool)
+    await send_and_finish(w.agent_peer, request)
+    assert await recv_until_eof(w.upstream_peer) == request
+    await loop.sock_sendall(w.upstream_peer, answer)
+    w.upstream_peer.shutdown(socket.SHUT_WR)
+    assert await recv_until_eof(w.agent_peer) == answer
+    assert await closed is relay
+    return relay
+
+
+def test_a_relay_that_ends_cleanly_leaves_its_pipes_to_the_next_carrying_nothing_of_its_own(
+    tmp_path,
+):
+    async def main():
+        pool = PipePool()
+        first = await wire("unix", tmp_path)
+        try:
+            relay = await one_exchange(first, pool, b"first request", b"first answer")
+            pipes = {relay.outbound.pipe, relay.inbound.pipe}
+            assert all(pipe.r >= 0 for pipe in pipes)  # kept open, in the pool
+        finally:
+            first.close_peers()
+        (tmp_path / "up.sock").unlink()
+        second = await wire("unix", tmp_path)
+        try:
+            relay = await one_exchange(second, pool, b"second", b"reply")
+            assert {relay.outbound.pipe, relay.inbound.pipe} == pipes  # the same pipes
+        finally:
+            second.close_peers()
+        pool.close()
+        assert all(pipe.r == -1 for pipe in pipes)
+
+    run(main())
+
+
+def test_a_reset_relay_closes_its_pipes_rather_than_leave_them_to_another(tmp_path):
+    async def main():
+        pool = PipePool()
+        w = await wire("tcp", tmp_path)
+        try:
+            relay, closed = start(w, pipes=pool.pipes(), pool=pool)
+            await asyncio.get_running_loop().sock_sendall(w.agent_peer, b"unread by anyone")
+            w.upstream_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+            w.upstream_peer.close()
+            assert await closed is relay and relay.error is not None
+            assert (relay.outbound.pipe.r, relay.inbound.pipe.r) == (-1, -1)
+            fresh = pool.pipes()
+            assert not {*fresh} & {relay.outbound.pipe, relay.inbound.pipe}
+            for pipe in fresh:
+                pipe.close()
+        finally:
+            w.close_peers()
+            pool.close()
+
+    run(main())
+
+
+def test_the_pool_keeps_only_first_size_pipes_and_at_most_its_count():
+    pool = PipePool(keep=1)
+    grown, small = pool.pipes()
+    extra, spare = pool.pipes()
+    spare.close()
+    grown.capacity = fcntl.fcntl(grown.w, fcntl.F_SETPIPE_SZ, BULK_PIPE_SIZE)
+    pool.give(grown)
+    pool.give(small)
+    pool.give(extra)
+    assert grown.r == -1 and extra.r == -1 and small.r >= 0
+    pool.close()
+    assert small.r == -1
 
 
 # --- back-pressure --------------------------------------------------------------------
