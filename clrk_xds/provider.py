@@ -88,7 +88,11 @@ def _plan(load: LoadResult, translator: Translator) -> Plan:
             log.exception("provider.translate_failed")
             return Plan(load.digest, loaded, {}, (*errors, f"translation failed: {exc}"), True)
         for node, res in sorted(translated.items()):
-            snap, problems = _snapshot(node, res)
+            try:
+                snap, problems = _snapshot(node, res)
+            except Exception as exc:  # messages built unvalidated are checked only here
+                log.exception("provider.translate_failed")
+                snap, problems = None, [f"gateway {node}: translation failed: {exc}"]
             errors += problems
             blocked = blocked or bool(problems)
             if snap is not None:

@@ -176,6 +176,37 @@ def test_translator_failure_keeps_last_good(tmp_path):
     assert plan.blocked and plan.errors == ("translation failed: boom",)
 
 
+def test_a_message_the_translator_built_wrong_blocks_the_set_when_it_is_serialized(tmp_path):
+    """Messages are built unvalidated and checked as they are serialized: a translator
+    bug found there blocks the set like one raised while translating."""
+    from envoy_data_plane.envoy.config.listener.v3 import FilterChain, Listener
+
+    from clrk_xds.betterproto_speed import build
+
+    write_set(tmp_path)
+
+    def wrong(policies):
+        res = translate(policies)["default/gw"]
+        bad = build(Listener, name="l", filter_chains=[build(FilterChain, name=7)])
+        return {"default/gw": type(res)(res.gateway, (bad,), res.clusters)}
+
+    plan = prepare([tmp_path], wrong)
+    assert plan.blocked and not plan.snapshots
+    (error,) = plan.errors
+    assert error.startswith("gateway default/gw: translation failed:") and "name" in error
+
+    async def go():
+        p, cache, _ = provider(tmp_path)
+        assert await p.reload()
+        version = cache.get("default/gw").version
+        p.translator = wrong
+        write_set(tmp_path, host="changed.example.com")
+        assert not await p.reload()
+        assert cache.get("default/gw").version == version
+
+    asyncio.run(go())
+
+
 def test_inconsistent_translation_is_refused_whole(tmp_path):
     """Two gateways translated onto one port of one Envoy would be rejected by it."""
     write_set(tmp_path)
