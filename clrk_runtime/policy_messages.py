@@ -88,7 +88,57 @@ def _match(entry: MatchEntry) -> pb2.Match:
     return msg
 
 
-def encode_policy(policy: GatewayPolicy) -> pb2.GatewayPolicy:
+def _match_key(entry: MatchEntry) -> tuple:
+    """Everything `_match` reads of an entry (MatchEntry compares by identity)."""
+    return (
+        entry.route,
+        entry.rule,
+        entry.match,
+        entry.order[0],
+        entry.protocol,
+        entry.hostnames,
+        entry.networks,
+        entry.ports,
+        entry.selector,
+        tuple(lst.name for lst in entry.listeners),
+        entry.deny_policy,
+    )
+
+
+class MatchBytes:
+    """The wire bytes of the matches one gateway's last update held, by content, kept
+    by the caller across updates: a reload changes few matches, and encoding every one
+    again was most of an update's cost (1,000 matches: ~8 of ~10 ms)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple, bytes] = {}
+
+    def of(self, entries: tuple[MatchEntry, ...]) -> list[bytes]:
+        """Each entry's bytes; only those of `entries` are kept for the next call."""
+        now: dict[tuple, bytes] = {}
+        out = []
+        for entry in entries:
+            key = _match_key(entry)
+            raw = self._last.get(key)
+            if raw is None:
+                raw = _match(entry).SerializeToString(deterministic=True)
+            now[key] = raw
+            out.append(raw)
+        self._last = now
+        return out
+
+
+def encode_policy(policy: GatewayPolicy, matches: MatchBytes | None = None) -> pb2.GatewayPolicy:
+    """The message of `policy`; `matches`: reuse the bytes of unchanged matches (the
+    message is the same)."""
+    msg = _encode_policy(policy, [] if matches is not None else policy.matches)
+    if matches is not None:
+        for raw in matches.of(policy.matches):
+            msg.matches.add().MergeFromString(raw)
+    return msg
+
+
+def _encode_policy(policy: GatewayPolicy, entries) -> pb2.GatewayPolicy:
     dns = policy.dns
     return pb2.GatewayPolicy(
         ref=policy.ref,
@@ -102,7 +152,7 @@ def encode_policy(policy: GatewayPolicy) -> pb2.GatewayPolicy:
             )
             for lst in policy.listeners
         ],
-        matches=[_match(e) for e in policy.matches],
+        matches=[_match(e) for e in entries],
         agents=[
             pb2.Agent(namespace=a.namespace, name=a.name, labels=dict(a.labels))
             for a in policy.agents
@@ -138,11 +188,14 @@ def encode_policy(policy: GatewayPolicy) -> pb2.GatewayPolicy:
     )
 
 
-def policy_update(gateway: str, policy: GatewayPolicy | None) -> pb2.PolicyUpdate:
-    """The update for `gateway` ("namespace/name"); None: it does not exist (anymore)."""
+def policy_update(
+    gateway: str, policy: GatewayPolicy | None, matches: MatchBytes | None = None
+) -> pb2.PolicyUpdate:
+    """The update for `gateway` ("namespace/name"); None: it does not exist (anymore).
+    `matches`: as `encode_policy`'s."""
     update = pb2.PolicyUpdate(gateway=gateway, schema=SCHEMA)
     if policy is not None:
-        update.policy.CopyFrom(encode_policy(policy))
+        update.policy.CopyFrom(encode_policy(policy, matches))
     body = update.policy.SerializeToString(deterministic=True) if policy is not None else b""
     update.version = hashlib.sha256(f"{SCHEMA}\0".encode() + body).hexdigest()[:16]
     return update

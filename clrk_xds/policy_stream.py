@@ -14,7 +14,7 @@ import grpc
 from clrk.policy import PolicySet
 from clrk_runtime import grpc_auth
 from clrk_runtime.logs import fields
-from clrk_runtime.policy_messages import METHOD, SERVICE, pb2, policy_update
+from clrk_runtime.policy_messages import METHOD, SERVICE, MatchBytes, pb2, policy_update
 
 log = logging.getLogger("clrk_xds.policy_stream")
 
@@ -34,6 +34,9 @@ class PolicyHub:
         self._policies: PolicySet | None = None
         self._changed = asyncio.Event()
         self._cache: dict[str, pb2.PolicyUpdate] = {}  # gateway -> update, this generation
+        # gateway -> its matches' bytes: the update is encoded on the event loop, ahead of
+        # the Envoy snapshot's send, so only the matches that changed are encoded again.
+        self._matches: dict[str, MatchBytes] = {}
 
     def publish(self, policies: PolicySet) -> None:
         self._policies = policies
@@ -47,7 +50,8 @@ class PolicyHub:
             return None
         if gateway not in self._cache:
             policy = self._policies.gateways.get(_key(gateway))
-            self._cache[gateway] = policy_update(gateway, policy)
+            matches = self._matches.setdefault(gateway, MatchBytes())
+            self._cache[gateway] = policy_update(gateway, policy, matches)
         return self._cache[gateway]
 
     async def updates(self, gateway: str) -> AsyncIterator[pb2.PolicyUpdate]:

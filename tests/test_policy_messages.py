@@ -16,6 +16,7 @@ from clrk.policy.compiled import DenyResponse
 from clrk.policy.loaded import compile_loaded
 from clrk_runtime.policy_messages import (
     SCHEMA,
+    MatchBytes,
     PolicyDecodeError,
     decode_policy,
     encode_policy,
@@ -149,6 +150,18 @@ def test_random_policies_decide_the_same_after_the_trip(docs, conns, labels):
     agent = Agent("default", "a", labels)
     for conn in conns:
         assert decide(back, agent, conn) == decide(original, agent, conn)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=policy_with_modes(), after=policy_with_modes())
+def test_an_update_reusing_the_last_ones_match_bytes_is_the_same_update(before, after):
+    """The hub keeps the bytes of the matches it sent last: a reload encodes only the
+    changed ones, and what the dialer receives is what encoding all of them gives."""
+    matches = MatchBytes()
+    for docs in (before, after, before):
+        policy = compile_loaded(load_objects(docs)).compiled.gateways[("default", "gw")]
+        reused = policy_update("default/gw", policy, matches)
+        assert reused.SerializeToString() == policy_update("default/gw", policy).SerializeToString()
 
 
 def test_the_version_is_a_content_hash():
