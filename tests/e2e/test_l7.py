@@ -409,12 +409,14 @@ PROXIED_CLIENT = textwrap.dedent("""
 
 def test_a_connection_envoy_closes_makes_no_tcp_record(l7, topology: Topology) -> None:
     """The `tcp` listener logs every connection it ends; only one a proxying chain took
-    is a record: not one its deny route's chain or its blocked-address guard closed."""
+    (a route's or the default allow-all) is a record: not one its deny route's chain or
+    its blocked-address guard closed."""
     tcp = envoy_listener_addresses([("tcp", "TCP"), ("tls-term", "TLS"), ("web", "HTTP")])["tcp"]
     ids = {}
     for case, authority, dst, echoed in [
         ("deny", "pastebin.com", PASTE, "-"),
         ("blocked", "bulk.test", "127.0.0.1", "-"),
+        ("unrouted", "unrouted.test", API, "ping"),  # no route names it: allow-all
         ("allowed", "bulk.test", API, "ping"),  # last: its record shows the others are read
     ]:
         ids[case] = uuid.uuid4().hex
@@ -424,6 +426,8 @@ def test_a_connection_envoy_closes_makes_no_tcp_record(l7, topology: Topology) -
     found = records(l7["records"], "egress.tcp", {"clrk.connection.id": ids["allowed"]})
     assert len([r for r in found if r["signal"] == "span"]) == 1, found
     assert found[0]["attributes"]["clrk.egress.bytes_up"] == 4
+    unrouted = records(l7["records"], "egress.tcp", {"clrk.connection.id": ids["unrouted"]})
+    assert len([r for r in unrouted if r["signal"] == "span"]) == 1, unrouted
     for case in ("deny", "blocked"):
         assert records(l7["records"], "egress.tcp", {"clrk.connection.id": ids[case]}, wait=0) == []
 

@@ -41,7 +41,7 @@ from envoy_data_plane.envoy.extensions.matching.input_matchers.ip.v3 import Ip
 from envoy_data_plane.google.protobuf import StringValue
 from envoy_data_plane.xds.type.matcher.v3 import MatcherMatcherListPredicate, StringMatcher
 
-from clrk.wire import HEADER_DENY_POLICY, TLV_FILTER_STATE_KEY, ChainFacts
+from clrk.wire import HEADER_DENY_POLICY, TLV_FILTER_STATE_KEY, ChainFacts, proxying_chain
 from clrk_extproc.exchange import Exchange
 
 # Any -> its message, by the Any's identity (kept alive here, so an id is never reused):
@@ -243,9 +243,18 @@ def evaluate(listener: Listener, arrival: Arrival) -> Verdict:
     if chain is None:
         return Verdict(Outcome.CLOSED, None)
     kinds = [f.name for f in chain.filters]
+    # A TCP or TLS Passthrough listener's one access log makes a record of a connection
+    # by its chain's name (`proxying_chain`), not by what the chain runs; a proxying chain
+    # of an L7 listener logs in its own tcp_proxy.  Exactly one of them, and never both.
+    by_listener = bool(listener.access_log) and proxying_chain(chain.name)
     if kinds == ["envoy.filters.network.tcp_proxy"]:
+        by_chain = bool(_unpack(chain.filters[0].typed_config).access_log)
+        if by_listener + by_chain != 1:
+            raise AssertionError(f"chain {chain.name} proxies with {by_listener + by_chain} logs")
         return Verdict(Outcome.FORWARDED, chain.name)
     if kinds == ["envoy.filters.network.direct_response"]:
+        if by_listener:
+            raise AssertionError(f"chain {chain.name} closes but would make a record")
         return Verdict(Outcome.CLOSED, chain.name)
     if kinds == ["envoy.filters.network.http_connection_manager"]:
         return Verdict(_http_outcome(chain, _filter_state(listener, arrival)), chain.name)
