@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from clrk.wire import CHAIN_TAG
 from clrk_extproc.tcp_log import end_facts
-from clrk_extproc.tcp_log_wire import Scanned, scan
+from clrk_extproc.tcp_log_wire import END, Scanned, scan
 
 texts = st.text(max_size=12)
 ports = st.integers(min_value=0, max_value=65535)
@@ -199,3 +199,24 @@ def test_a_group_or_a_truncated_field_is_left_to_the_full_parse() -> None:
     assert scan(b"\x0b") is None  # field 1, wire type 3 (start group)
     assert scan(b"\x1a\x05\x0a") is None  # tcp_logs says 5 bytes, 1 follows
     assert scan(b"\x08\xff") is None  # a varint cut short
+
+
+def test_tags_of_any_length_and_in_any_order_read_as_the_full_parse_reads_them() -> None:
+    def entry(tags: dict[str, str]) -> TcpAccessLogEntry:
+        return TcpAccessLogEntry(
+            common_properties=AccessLogCommon(
+                access_log_type=AccessLogType.TcpConnectionEnd, custom_tags=tags
+            )
+        )
+
+    long_tags = {"k" * 200: "v" * 127, "short": "x" * 128, "": "", "empty": ""}
+    raw = bytes(_tcp(entry(long_tags)))
+    assert scan(raw) == reference(raw)
+    assert scan(raw).ends[0].tags == long_tags
+    # A map entry written value first, or with a field of its own: the general way.
+    for odd in (b"\x12\x01v\x0a\x01k", b"\x0a\x01k\x12\x01v\x18\x01"):
+        common = b"\x88\x02" + bytes([END]) + b"\xb2\x01" + bytes([len(odd)]) + odd  # type, tag
+        log_entry = b"\x0a" + bytes([len(common)]) + common
+        raw = b"\x1a" + bytes([len(log_entry) + 2]) + b"\x0a" + bytes([len(log_entry)]) + log_entry
+        assert scan(raw) == reference(raw)
+        assert scan(raw).ends[0].tags == {"k": "v"}
