@@ -62,11 +62,14 @@ def listen_socket(
     addr: tuple[str, int], backlog: int | None, *, reuseport: bool = False
 ) -> socket.socket:
     """A non-blocking TCP listener on addr (IPv6 only for an IPv6 address); bound only,
-    not listening, without a backlog."""
+    not listening, without a backlog.  Its connections come with Nagle off (Linux
+    copies TCP_NODELAY to what a listener accepts), as a relay or transport wants them:
+    a setsockopt(2) once here rather than on each."""
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:

@@ -325,10 +325,9 @@ def _relay_accepted(
         upstream.close()
         _reset_now(conn)
         return
-    # As asyncio's transport would have: what the next hop answers reaches the agent
-    # when it comes, not after the agent's next ACK.
-    with contextlib.suppress(OSError):
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # (Nagle is off, as asyncio's transport would have it: what the next hop answers
+    # reaches the agent when it comes, not after the agent's next ACK; the listener
+    # passed TCP_NODELAY on, source_steering.listen_socket.)
     SpliceRelay(
         conn, upstream, to_upstream=preamble, pipes=pipes, pool=state.pipes, loop=loop
     ).start()

@@ -54,6 +54,19 @@ def test_each_sources_connections_wait_in_one_socket_and_sandbox_neighbours_in_o
     assert queues == [["127.0.0.14"], ["127.0.0.10"] * 2, ["127.0.0.6"] * 3, ["127.0.0.2"] * 7]
 
 
+def test_what_a_listener_accepts_comes_with_nagle_off():
+    listeners = steered_listeners(("127.0.0.1", 0), 16, buckets=1)
+    try:
+        with socket.create_connection(listeners[0].getsockname()):
+            listeners[0].setblocking(True)
+            conn, _peer = listeners[0].accept()
+            with conn:
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
 def test_ipv6_listeners_take_their_program_too():
     socks = steered_listeners(("::1", 0), 64)
     try:
