@@ -109,6 +109,16 @@ def test_a_flood_beyond_its_share_waits_in_its_own_kernel_queue_not_in_the_other
     assert order.index(neighbour) >= 39
 
 
+async def _turns_then_close(acceptor: FairAcceptor, clients: list[socket.socket]) -> None:
+    """Let the queued turns run (loop iterations, not time), then close it all."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+    acceptor.close()
+    await acceptor.wait_closed()
+    for client in clients:
+        client.close()
+
+
 def _outcome(client: socket.socket) -> bytes:
     """The first byte the client reads, or b"reset"; closes it."""
     client.settimeout(5)
@@ -235,12 +245,7 @@ def test_an_unexpected_accept_error_is_logged_and_the_connections_taken_still_st
         acceptor = FairAcceptor(listener, lambda: Started(order))
         acceptor.listeners[0].sock = _FailingAfter(listener, 2)  # type: ignore[assignment]
         acceptor._accept(acceptor.listeners[0])
-        for _ in range(10):  # the queued turn, not time
-            await asyncio.sleep(0)
-        acceptor.close()
-        await acceptor.wait_closed()
-        for client in clients:
-            client.close()
+        await _turns_then_close(acceptor, clients)
         return order, errors
 
     order, errors = asyncio.run(run())
@@ -297,12 +302,7 @@ def test_when_nothing_waits_a_readiness_starts_its_first_connection_at_once():
         acceptor = FairAcceptor(listener, None, admit=admit, per_turn=1)
         acceptor._ready(acceptor.listeners[0])  # the loop's readiness callback
         at_once = list(admitted)
-        for _ in range(10):  # the turns, not time
-            await asyncio.sleep(0)
-        acceptor.close()
-        await acceptor.wait_closed()
-        for client in clients:
-            client.close()
+        await _turns_then_close(acceptor, clients)
         return at_once, admitted
 
     a, b = "127.0.0.1", "127.0.0.2"
