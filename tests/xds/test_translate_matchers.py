@@ -1,0 +1,33 @@
+"""Predicates many routes have alike are shared only as frozen messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+_SHARING = """
+import sys
+from clrk_xds import betterproto_speed, translate_matchers as tm
+if sys.argv[1] == "installed":
+    betterproto_speed.install()
+a, b = tm.port_matches("^443$"), tm.port_matches("^443$")
+x, y = tm.sni_absent_or_in(["a.example"]), tm.sni_absent_or_in(["b.example"])
+no_sni = [p.or_matcher.predicate[0] for p in (x, y)]
+print(a is b, betterproto_speed.is_frozen(a), no_sni[0] is no_sni[1], a == tm.port_matches("^443$"))
+"""
+
+
+def _sharing(mode: str) -> str:
+    run = subprocess.run(
+        [sys.executable, "-c", _SHARING, mode], capture_output=True, text=True, check=True
+    )
+    return run.stdout.strip()
+
+
+def test_a_port_predicate_and_the_no_sni_predicate_are_shared_once_frozen():
+    assert _sharing("installed") == "True True True True"
+
+
+def test_without_the_shortcuts_every_route_gets_a_predicate_of_its_own():
+    """Nothing frozen: a caller may change what it got, so nothing is shared."""
+    assert _sharing("plain") == "False False False True"
