@@ -30,5 +30,6 @@ def test_quick_reload_bench_measures_every_stage_and_cleans_up(capsys):
         assert all(run[key] is not None and run[key] > 0 for key, _ in reload_bench.COLUMNS)
         assert run["both"] == max(run["dialer"], run["envoy"])
     assert set(result["steps"]) >= {"load+validate", "compile", "translate", "serialize"}
+    assert set(result["hot_steps"]) == {"read", "compile", "translate", "snapshot+check", "cpu"}
     assert "\ntarget reload: " in capsys.readouterr().out
     assert _our_namespaces() == set()
