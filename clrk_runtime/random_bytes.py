@@ -31,8 +31,10 @@ class RandomBytes:
             return self._buffer[at : at + n]
 
     def drop(self) -> None:
-        with self._lock:
-            self._buffer, self._at = b"", 0
+        """In a forked child: forget the parent's bytes.  A new lock, not the old one: a
+        thread of the parent may have held it at the fork, and it never lets go here."""
+        self._lock = threading.Lock()
+        self._buffer, self._at = b"", 0
 
 
 _shared = RandomBytes()

@@ -11,7 +11,8 @@ anything is bound: unsolicited answers bind nothing.
 A query over UDP is a chain of callbacks (datagram in, policy, out under its own ID,
 answer in, snoop, reply), no task of its own; only a truncated answer or none goes on in
 a task (TCP, then the next resolvers).  Each agent holds at most a sixteenth of the
-pending queries, so one agent's flood leaves the others room.
+pending queries, so one agent's flood leaves the others room: a query counts against its
+agent from the moment it goes out until it is answered or given up, on the slow path too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import heapq
 import logging
 import math
-import secrets
 import socket
 import struct
 import time
@@ -31,6 +31,7 @@ import dns.message
 import dns.rdatatype
 
 from clrk.policy import Agent
+from clrk_runtime import random_bytes
 from clrk_runtime.logs import fields
 from clrk_worker_dialer import dns_wire
 from clrk_worker_dialer.dns_binding import DnsQuery, bindings_from_answer
@@ -40,7 +41,7 @@ from clrk_worker_dialer.state import DialerState, agent_key
 log = logging.getLogger("clrk.dialer.dns")
 
 MAX_TCP_MESSAGE = 65535
-_ID = _IDS = struct.Struct("!H")
+_ID = struct.Struct("!H")
 
 
 def _truncated(answer: bytes) -> bool:
@@ -105,6 +106,8 @@ class SharedUdp:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
         self._ids: list[tuple[int]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the sockets' readers' loop
+        self.closed = False
 
     def _socket(self, server: tuple[str, int]) -> socket.socket:
         sock = self.sockets.get(server)
@@ -119,20 +122,34 @@ class SharedUdp:
                 raise
             self.sockets[server] = sock
             self.pending[server] = {}
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, server)
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(sock.fileno(), self._readable, server)
         return sock
 
     def _random_id(self) -> int:
-        # Unpredictable IDs from the system's CSPRNG, read 512 at a time: one system
-        # call per query (and another for every other query, as randbelow rejects half
-        # its 17-bit draws) was a tenth of the forwarder's time.
+        # Unpredictable IDs from the system's CSPRNG, 512 at a time: one system call per
+        # query (and another for every other query, as randbelow rejects half its 17-bit
+        # draws) was a tenth of the forwarder's time.
         if not self._ids:
-            self._ids = list(_IDS.iter_unpack(secrets.token_bytes(1024)))
+            self._ids = list(_ID.iter_unpack(random_bytes.take(1024)))
         return self._ids.pop()[0]
 
     def full(self, agent: str | None) -> bool:
         """Whether the agent (None: a query of the dialer's own) may not add a query."""
         return agent is not None and self.per_agent.get(agent, 0) >= self.MAX_PENDING_PER_AGENT
+
+    def hold(self, agent: str | None) -> None:
+        """Count a query of `agent` that waits elsewhere (TCP, the next resolvers)."""
+        if agent is not None:
+            self.per_agent[agent] = self.per_agent.get(agent, 0) + 1
+
+    def release(self, agent: str | None) -> None:
+        if agent is not None:
+            left = self.per_agent.get(agent, 0) - 1
+            if left > 0:
+                self.per_agent[agent] = left
+            else:
+                self.per_agent.pop(agent, None)
 
     def send(
         self,
@@ -145,13 +162,15 @@ class SharedUdp:
         """Send `wire` to `server` under a fresh random ID. `deliver` is called once,
         with the answer under the agent's own ID, or with None after `timeout`. None
         (and `deliver` never called) when it cannot go: a limit, a socket error."""
+        if self.closed:
+            return None
         try:
             sock = self._socket(server)
             question = wire[: dns_wire.question_end(wire)]
         except (OSError, dns_wire.WireError):
             return None
         pending = self.pending[server]
-        if len(pending) >= self.MAX_PENDING or self.full(agent):
+        if self.closed or len(pending) >= self.MAX_PENDING or self.full(agent):
             return None
         ident = self._random_id()
         while ident in pending:
@@ -170,8 +189,7 @@ class SharedUdp:
                 self._schedule(loop)
         entry = pending[ident] = _Pending(question, deliver, agent, pending, ident, bucket)
         bucket.add(entry)
-        if agent is not None:
-            self.per_agent[agent] = self.per_agent.get(agent, 0) + 1
+        self.hold(agent)
         return entry
 
     def cancel(self, entry: _Pending) -> None:
@@ -182,13 +200,24 @@ class SharedUdp:
     def _forget(self, entry: _Pending) -> None:
         del entry.pending[entry.ident]
         entry.tick.discard(entry)
-        agent = entry.agent
-        if agent is not None:
-            left = self.per_agent[agent] - 1
-            if left:
-                self.per_agent[agent] = left
-            else:
-                del self.per_agent[agent]
+        self.release(entry.agent)
+
+    def close(self) -> None:
+        """Stop for good: no socket, reader or timer is left, and nothing pending is
+        delivered any more (nor sent: `send` refuses from now on)."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sock in self.sockets.values():
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self.sockets.clear()
+        self.pending.clear()
+        self.per_agent.clear()
+        self._ticks.clear()
+        self._tick_heap.clear()
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
@@ -294,6 +323,7 @@ class Forwarder:
         self.state = state
         self.udp = SharedUdp()
         self.tasks: set[asyncio.Task] = set()  # queries on the slow path (TCP, retries)
+        self.closed = False
 
     def _verdict(
         self, wire: bytes, src: tuple[str, int], agent: Agent | None
@@ -326,10 +356,16 @@ class Forwarder:
         verdict = self._verdict(wire, src, agent)
         if not isinstance(verdict, Forward):
             return verdict
-        state = self.state
-        answer = await exchange(
-            wire, state.resolvers, state.config.dns_timeout, tcp, self.udp.exchange
-        )
+        state, key = self.state, agent_key(agent)
+        if self.closed or self.udp.full(key):  # over its share, as on UDP: dropped
+            return None
+        self.udp.hold(key)
+        try:
+            answer = await exchange(
+                wire, state.resolvers, state.config.dns_timeout, tcp, self.udp.exchange
+            )
+        finally:
+            self.udp.release(key)
         if answer is None:
             return None
         self.snoop(agent, verdict.query, answer)
@@ -349,6 +385,8 @@ class Forwarder:
         the next resolvers) in a task. A query over the agent's share of pending queries
         is dropped, as an overloaded resolver would: the agent asks again.
         """
+        if self.closed:
+            return
         verdict = self._verdict(wire, src, agent)
         if not isinstance(verdict, Forward):
             if verdict is not None:
@@ -374,6 +412,12 @@ class Forwarder:
             self._slow(wire, servers, timeout, None, agent, query, reply)
 
     def _slow(self, wire, servers, timeout, udp_answer, agent, query, reply) -> None:
+        """Go on in a task, which counts against the agent's share until it ends (its
+        UDP queries to the next resolvers do not count again)."""
+        if self.closed:
+            return
+        key = agent_key(agent)
+
         async def rest() -> None:
             # exchange() from its TCP step for the first resolver on.
             answer = await _tcp_exchange(wire, servers[0], timeout) or udp_answer
@@ -383,13 +427,20 @@ class Forwarder:
                 self.snoop(agent, query, answer)
                 reply(answer)
 
+        def done(task: asyncio.Task) -> None:
+            self.tasks.discard(task)
+            self.udp.release(key)
+
+        self.udp.hold(key)
         task = asyncio.get_running_loop().create_task(rest())
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(done)
 
     def close(self) -> None:
+        self.closed = True
         for task in self.tasks:
             task.cancel()
+        self.udp.close()
 
     def _record_reported(self, verdict: Forward, agent: Agent | None, src) -> None:
         if verdict.reported is not None:
@@ -419,6 +470,19 @@ class Forwarder:
         Returns the bound addresses (IPv4 first) and, when the query was answered
         locally (filtered), that Answer.
         """
+        key = agent_key(agent)
+        if self.udp.full(key):  # its share is taken: as if the resolvers were silent
+            log.debug("unresolved", extra=fields(src=src[0], why="too many pending"))
+            return [], None
+        self.udp.hold(key)
+        try:
+            return await self._resolve(agent, name, src)
+        finally:
+            self.udp.release(key)
+
+    async def _resolve(
+        self, agent: Agent | None, name: str, src: tuple[str, int]
+    ) -> tuple[list[str], Answer | None]:
         addresses: list[str] = []
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             query = dns.message.make_query(name, rdtype)

@@ -232,3 +232,55 @@ def test_an_answer_to_a_query_given_up_is_delivered_to_nobody():
         return delivered, udp.per_agent
 
     assert asyncio.run(run()) == ([], {})
+
+
+def test_an_agents_share_holds_on_the_slow_path_after_a_timeout_too(monkeypatch):
+    """Queries that time out go on in a task (TCP, the next resolvers): they still count
+    against their agent, so a flood of names that never resolve cannot hold more."""
+    monkeypatch.setattr(SharedUdp, "MAX_PENDING_PER_AGENT", 2)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second,
+    ):
+        for silent in (first, second):
+            silent.bind(("127.0.0.1", 0))  # takes queries, never answers (nor TCP)
+            silent.setblocking(False)
+        forwarder = forwarder_for([first.getsockname(), second.getsockname()], timeout=0.2)
+        key = "default/agent-a"
+
+        async def run():
+            loop = asyncio.get_running_loop()
+            for i in range(2):
+                forwarder.handle_udp(a_query(f"q{i}.test"), ("10.0.0.2", 5353), A, print)
+            for _ in range(2):  # both time out on the first, go on to the second
+                await asyncio.wait_for(loop.sock_recv(second, 512), 5)
+            still_full = forwarder.udp.full(key)
+            forwarder.handle_udp(a_query("q2.test"), ("10.0.0.2", 5353), A, print)
+            await asyncio.sleep(0.05)
+            reached = []
+            for silent in (first, second):
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        reached.append(silent.recv(512))
+            forwarder.close()
+            return still_full, reached
+
+        still_full, reached = asyncio.run(run())
+    first_names = [parse_query(w).name for w in reached]
+    assert still_full and "q2.test" not in first_names
+
+
+def test_a_closed_forwarder_leaves_no_socket_task_or_pending_query():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        forwarder = forwarder_for([silent.getsockname()], timeout=0.1)
+
+        async def run():
+            forwarder.handle_udp(a_query("a.test"), ("10.0.0.2", 5353), A, print)
+            forwarder.close()
+            await asyncio.sleep(0.3)  # past the timeout: nothing may go on
+            forwarder.handle_udp(a_query("b.test"), ("10.0.0.2", 5353), A, print)
+            await asyncio.sleep(0.05)
+            return forwarder.tasks, forwarder.udp.sockets, forwarder.udp.pending
+
+        assert asyncio.run(run()) == (set(), {}, {})
