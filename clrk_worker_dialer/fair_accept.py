@@ -139,22 +139,17 @@ class FairAcceptor:
             listener.reading = True
             self.loop.add_reader(listener.sock.fileno(), self._ready, listener)
 
-    def _ready(self, listener: _Listener) -> None:
+    def _ready(self, listener: _Listener, start_first: bool = True) -> None:
         """A readiness: drain the listener, its first connection started at once when
-        nothing waits.
+        nothing waits (and `start_first`; the tests drain without starting anything).
 
         Nobody is passed over by starting it now rather than in a turn one loop
         iteration later (that iteration, its poll of the loop's I/O and the rest of
         the drain were a third of a lone denial's time in the dialer), and its source
         then counts as having had its turn: the sources drained after it, from this
         listener or others ready in the same iteration, go first in the next turn."""
-        self._drain(listener, first_now=self._turn is None and not self._queues)
-        if self._queues and self._turn is None:
-            self._turn = self.loop.call_soon(self._start_some)
-
-    def _accept(self, listener: _Listener) -> None:
-        """Drain the listener; what it took starts in a later loop iteration's turn."""
-        self._drain(listener)
+        first_now = start_first and self._turn is None and not self._queues
+        self._drain(listener, first_now=first_now)
         if self._queues and self._turn is None:
             self._turn = self.loop.call_soon(self._start_some)
 

@@ -135,7 +135,8 @@ def test_closing_resets_the_connections_accepted_but_not_started():
         listener = listen_socket(("127.0.0.1", 0), 16)
         client = _connect(listener.getsockname()[1], "127.0.0.1")
         acceptor = FairAcceptor(listener, asyncio.Protocol)
-        acceptor._accept(acceptor.listeners[0])  # taken from the kernel; its turn has not come
+        # Taken from the kernel; its turn has not come.
+        acceptor._ready(acceptor.listeners[0], start_first=False)
         acceptor.close()
         await acceptor.wait_closed()
         return _outcome(client)
@@ -160,7 +161,8 @@ def test_a_connection_its_agent_reset_before_its_turn_ends_without_an_error(tmp_
         listener = listen_socket(("127.0.0.1", 0), 16)
         client = _connect(listener.getsockname()[1], "127.0.0.1")
         acceptor = FairAcceptor(listener, None, admit=admit_transparent(state, None))
-        acceptor._accept(acceptor.listeners[0])  # taken from the kernel; then the agent resets it
+        # Taken from the kernel; then the agent resets it.
+        acceptor._ready(acceptor.listeners[0], start_first=False)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
         for _ in range(10):  # its turn, where it is decided
@@ -244,7 +246,7 @@ def test_an_unexpected_accept_error_is_logged_and_the_connections_taken_still_st
         order: list[str] = []
         acceptor = FairAcceptor(listener, lambda: Started(order))
         acceptor.listeners[0].sock = _FailingAfter(listener, 2)  # type: ignore[assignment]
-        acceptor._accept(acceptor.listeners[0])
+        acceptor._ready(acceptor.listeners[0], start_first=False)
         await _turns_then_close(acceptor, clients)
         return order, errors
 
@@ -267,7 +269,8 @@ def test_acceptors_sharing_a_budget_hold_together_no_more_than_it():
         acceptors = [FairAcceptor(socks, asyncio.Protocol, budget=budget) for socks in groups]
         for acceptor in acceptors:
             for listener in acceptor.listeners:
-                acceptor._accept(listener)  # what each takes; no turn has started one yet
+                # What each takes; no turn has started one yet.
+                acceptor._ready(listener, start_first=False)
         held = [listener.pending for acceptor in acceptors for listener in acceptor.listeners]
         for acceptor in acceptors:
             acceptor.close()
