@@ -160,6 +160,7 @@ class PipePool:
     def __init__(self, keep: int = 64) -> None:
         self.keep = keep
         self._free: list[Pipe] = []
+        self._closed = False
 
     def pipes(self) -> tuple[Pipe, Pipe]:
         """Two pipes for a relay, kept ones first (as `open_pipes`: none when they
@@ -178,8 +179,10 @@ class PipePool:
 
     def give(self, pipe: Pipe) -> None:
         """Keep `pipe`, which its pump emptied, for the next relay; or close it (no
-        room, or grown for bulk)."""
-        if len(self._free) < self.keep and pipe.capacity == pipe.small and pipe.r >= 0:
+        room, or grown for bulk, or the pool closed: a relay may end after the dialer's
+        stop closed it)."""
+        keep = not self._closed and len(self._free) < self.keep
+        if keep and pipe.capacity == pipe.small and pipe.r >= 0:
             pipe.small_reads = 0
             pipe.may_grow = True
             self._free.append(pipe)
@@ -187,6 +190,7 @@ class PipePool:
             pipe.close()
 
     def close(self) -> None:
+        self._closed = True
         for pipe in self._free:
             pipe.close()
         self._free.clear()

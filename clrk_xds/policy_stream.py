@@ -50,7 +50,13 @@ class PolicyHub:
             return None
         if gateway not in self._cache:
             policy = self._policies.gateways.get(_key(gateway))
-            matches = self._matches.setdefault(gateway, MatchBytes())
+            # Only a gateway that exists keeps its matches' bytes: a deleted one, or any
+            # name a client asks for, must not hold memory for the server's lifetime.
+            if policy is None:
+                self._matches.pop(gateway, None)
+                matches = MatchBytes()
+            else:
+                matches = self._matches.setdefault(gateway, MatchBytes())
             self._cache[gateway] = policy_update(gateway, policy, matches)
         return self._cache[gateway]
 

@@ -771,3 +771,13 @@ def test_any_chunking_of_the_traffic_arrives_as_the_same_bytes(up, down, to_upst
     _, at_upstream, at_agent = run(main())
     assert at_upstream == to_upstream + b"".join(up)
     assert at_agent == to_agent + b"".join(down)
+
+
+def test_a_pipe_given_back_after_the_pool_closed_is_closed_not_kept():
+    """A relay may end after the dialer's stop closed the pool: its pipes must not leak."""
+    pool = PipePool()
+    first, second = pool.pipes()
+    pool.close()
+    pool.give(first)
+    pool.give(second)
+    assert first.r == -1 and second.r == -1

@@ -143,3 +143,13 @@ def test_unknown_gateway_gets_an_empty_update():
             await server.stop(grace=None)
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_gateway_gone_from_the_set_keeps_no_match_bytes():
+    hub = PolicyHub()
+    hub.publish(compiled())
+    assert hub.current("default/gw").HasField("policy")
+    hub.current("ns/asked-for-by-nobody-real")
+    hub.publish(compile_yaml(""))
+    assert not hub.current("default/gw").HasField("policy")
+    assert hub._matches == {}
