@@ -329,7 +329,9 @@ class Forwarder:
         self, wire: bytes, src: tuple[str, int], agent: Agent | None
     ) -> Forward | bytes | None:
         """What to do with a query: forward it, answer it locally (the wire), or drop it
-        (None). Denials are recorded here."""
+        (None). Denials are recorded here; a query to forward over its agent's share of
+        pending queries is dropped first, as an overloaded resolver would (the agent asks
+        again), so a Report gateway never records one as let through that was not."""
         state = self.state
         if state.policy is None:
             return None
@@ -346,6 +348,9 @@ class Forwarder:
                 src=src,
             )
             return verdict.wire
+        if self.closed or self.udp.full(agent_key(agent)):
+            log.debug("dropped query", extra=fields(src=src[0], why="too many pending"))
+            return None
         self._record_reported(verdict, agent, src)
         return verdict
 
@@ -357,8 +362,6 @@ class Forwarder:
         if not isinstance(verdict, Forward):
             return verdict
         state, key = self.state, agent_key(agent)
-        if self.closed or self.udp.full(key):  # over its share, as on UDP: dropped
-            return None
         self.udp.hold(key)
         try:
             answer = await exchange(
@@ -382,8 +385,7 @@ class Forwarder:
 
         The first resolver is asked over the shared socket with no task in between;
         only a truncated answer or none at all goes on as `exchange` does (TCP, then
-        the next resolvers) in a task. A query over the agent's share of pending queries
-        is dropped, as an overloaded resolver would: the agent asks again.
+        the next resolvers) in a task.
         """
         if self.closed:
             return
@@ -395,9 +397,6 @@ class Forwarder:
         state = self.state
         servers, timeout, key = state.resolvers, state.config.dns_timeout, agent_key(agent)
         if not servers:
-            return
-        if self.udp.full(key):
-            log.debug("dropped query", extra=fields(src=src[0], why="too many pending"))
             return
         query = verdict.query
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import socket
 
@@ -284,3 +285,21 @@ def test_a_closed_forwarder_leaves_no_socket_task_or_pending_query():
             return forwarder.tasks, forwarder.udp.sockets, forwarder.udp.pending
 
         assert asyncio.run(run()) == (set(), {}, {})
+
+
+def test_a_report_gateway_records_no_query_it_drops_for_the_agents_share(monkeypatch):
+    """Over its share the query goes nowhere: no "let through" record may say otherwise."""
+    monkeypatch.setattr(SharedUdp, "MAX_PENDING_PER_AGENT", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        forwarder = forwarder_for([silent.getsockname()], mode="Filtered", timeout=2.0)
+        forwarder.state.policy = dataclasses.replace(forwarder.state.policy, mode="Report")
+
+        async def run():
+            for name in ("evil-1.attacker.test", "evil-2.attacker.test"):
+                forwarder.handle_udp(a_query(name), ("10.0.0.2", 5353), A, print)
+            forwarder.close()
+
+        asyncio.run(run())
+    names = [r.attributes["dns.question.name"] for r in forwarder.state.writer.emitted]
+    assert names == ["evil-1.attacker.test"]
