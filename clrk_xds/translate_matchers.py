@@ -86,6 +86,16 @@ def _shared_tlv_input(tlv: TlvType, frozen: bool) -> TypedExtensionConfig:
     return shared
 
 
+def _port_value(pattern: str) -> StringMatcher:
+    """One port (`^443$`) as an exact string, a set of them as the pattern: Envoy
+    compiles every regex of every chain again on each listener update, an exact string
+    costs nothing."""
+    digits = pattern.removeprefix("^").removesuffix("$")
+    if digits.isascii() and digits.isdigit():
+        return build(StringMatcher, exact=digits)
+    return _regex(pattern)
+
+
 def _regex(pattern: str) -> StringMatcher:
     regex = build(RegexMatcher, google_re2=_google_re2(), regex=pattern)
     return build(StringMatcher, safe_regex=regex)
@@ -175,12 +185,12 @@ def destination_in(networks: Sequence[Network], stat_prefix: str) -> Predicate:
 def port_matches(pattern: str) -> Predicate:
     if betterproto_speed.installed():
         return _frozen_port_matches(pattern)
-    return _single(_constant_input("destination_port"), _regex(pattern))
+    return _single(_constant_input("destination_port"), _port_value(pattern))
 
 
 @functools.lru_cache(maxsize=SHARED_PREDICATES)
 def _frozen_port_matches(pattern: str) -> Predicate:
-    shared = _single(_constant_input("destination_port"), _regex(pattern))
+    shared = _single(_constant_input("destination_port"), _port_value(pattern))
     betterproto_speed.freeze(shared)
     return shared
 
@@ -195,14 +205,19 @@ def agent_in(agents: Sequence[tuple[str, str]]) -> Predicate:
     for namespace in sorted(by_namespace):
         names = sorted(set(by_namespace[namespace]))
         alternation = "|".join(n.replace(".", r"\.") for n in names)
-        pattern = f"^{alternation}$" if len(names) == 1 else f"^(?:{alternation})$"
+        # One name (the common case) is an exact string: no regex for Envoy to compile.
+        name = (
+            build(StringMatcher, exact=names[0])
+            if len(names) == 1
+            else _regex(f"^(?:{alternation})$")
+        )
         options.append(
             all_of(
                 [
                     _single(
                         _tlv_input(TlvType.AGENT_NAMESPACE), build(StringMatcher, exact=namespace)
                     ),
-                    _single(_tlv_input(TlvType.AGENT_NAME), _regex(pattern)),
+                    _single(_tlv_input(TlvType.AGENT_NAME), name),
                 ]
             )
         )
