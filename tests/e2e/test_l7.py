@@ -409,25 +409,21 @@ PROXIED_CLIENT = textwrap.dedent("""
 
 def test_a_connection_envoy_closes_makes_no_tcp_record(l7, topology: Topology) -> None:
     """The `tcp` listener logs every connection it ends; only one a proxying chain took
-    (a route's or the default allow-all) is a record: not one its deny route's chain or
-    its blocked-address guard closed."""
+    is a record (`test_tcp_record_counts_bytes_each_way`: exactly one), not one its deny
+    route's chain or its blocked-address guard closed."""
     tcp = envoy_listener_addresses([("tcp", "TCP"), ("tls-term", "TLS"), ("web", "HTTP")])["tcp"]
     ids = {}
-    for case, authority, dst, echoed in [
-        ("deny", "pastebin.com", PASTE, "-"),
-        ("blocked", "bulk.test", "127.0.0.1", "-"),
-        ("unrouted", "unrouted.test", API, "ping"),  # no route names it: allow-all
-        ("allowed", "bulk.test", API, "ping"),  # last: its record shows the others are read
+    for case, authority, dst in [
+        ("deny", "pastebin.com", PASTE),
+        ("blocked", "bulk.test", "127.0.0.1"),
     ]:
         ids[case] = uuid.uuid4().hex
         argv = [sys.executable, "-c", PROXIED_CLIENT, authority, dst, "7", ids[case], str(tcp[1])]
         out = topology.run_in_gw(argv)
-        assert (out.returncode, out.stdout.strip()) == (0, echoed), (case, out.stderr)
-    found = records(l7["records"], "egress.tcp", {"clrk.connection.id": ids["allowed"]})
-    assert len([r for r in found if r["signal"] == "span"]) == 1, found
-    assert found[0]["attributes"]["clrk.egress.bytes_up"] == 4
-    unrouted = records(l7["records"], "egress.tcp", {"clrk.connection.id": ids["unrouted"]})
-    assert len([r for r in unrouted if r["signal"] == "span"]) == 1, unrouted
+        assert (out.returncode, out.stdout.strip()) == (0, "-"), (case, out.stderr)
+    # Envoy flushes its access log at least every second and ext_proc writes each entry
+    # as it comes: by then an entry for a closed connection would be a record.
+    time.sleep(2.5)
     for case in ("deny", "blocked"):
         assert records(l7["records"], "egress.tcp", {"clrk.connection.id": ids[case]}, wait=0) == []
 
