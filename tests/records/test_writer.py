@@ -7,6 +7,7 @@ logs collector services, so the writer's shipper talks real gRPC over loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from concurrent import futures
@@ -221,18 +222,25 @@ class Collector(
         return reply
 
 
-@pytest.fixture
-def collector():
-    servicer = Collector()
+@contextlib.contextmanager
+def serving(servicer: Collector):
+    """A real OTLP trace and logs collector on loopback: its endpoint."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        yield servicer, f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def collector():
+    servicer = Collector()
+    with serving(servicer) as endpoint:
+        yield servicer, endpoint
 
 
 def test_with_an_endpoint_the_span_and_log_arrive_over_otlp_grpc(collector, tmp_path):
@@ -268,24 +276,18 @@ class RefusingLogs(Collector):
 
 
 def test_records_the_collector_refuses_for_good_count_refused_never_shipped(tmp_path):
-    servicer = RefusingLogs()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     spool = tmp_path / "s"
-    writer = RecordWriter("clrk-dialer", otlp_endpoint=f"127.0.0.1:{port}", spool_dir=str(spool))
-    try:
-        writer.emit(denial(443))
-        assert writer.flush()  # dropped for good is delivered as far as the spool goes
-        shipper = writer.shipper
-        assert shipper is not None and (shipper.shipped, shipper.refused) == (0, 1)
-        shipper._sync()
-        metrics = (spool / "metrics.prom").read_text()
-    finally:
-        writer.shutdown()
-        server.stop(grace=None).wait()
+    with serving(RefusingLogs()) as endpoint:
+        writer = RecordWriter("clrk-dialer", otlp_endpoint=endpoint, spool_dir=str(spool))
+        try:
+            writer.emit(denial(443))
+            assert writer.flush()  # dropped for good is delivered as far as the spool goes
+            shipper = writer.shipper
+            assert shipper is not None and (shipper.shipped, shipper.refused) == (0, 1)
+            shipper._sync()
+            metrics = (spool / "metrics.prom").read_text()
+        finally:
+            writer.shutdown()
     assert "clrk_records_refused_total 1\n" in metrics
     assert "clrk_records_shipped_total 0\n" in metrics
 
