@@ -9,6 +9,7 @@ Topology (removed at the end, also on failure or Ctrl-C):
     sandbox a3 (agent) --veth--+-- dialer2 :15011 -------+-- sink 127.0.0.1:15100 (a
       TCP REDIRECT -> :15011   |                             loopback-port Envoy listener)
     sandbox a2 (direct) -veth--+-- TCP REDIRECT -> sink :15201 (no dialer)
+    sandbox a4 (naive) --veth--+-- DNS TPROXY -> naive relay :15054 -> dnsmasq
 
 Measured with one client program (`_client.py`) run inside the namespaces:
 1. denial latency: connect() to a denied destination until the reset, p50/p99;
@@ -16,7 +17,9 @@ Measured with one client program (`_client.py`) run inside the namespaces:
    (next hop a Unix socket; and a loopback port) vs agent -> sink (same veth + REDIRECT,
    no dialer) vs loopback inside gw;
 3. bulk MB/s on one connection, same four paths;
-4. DNS queries/s: agent -> TPROXY -> dialer -> dnsmasq vs gw -> dnsmasq;
+4. DNS queries/s: agent -> TPROXY -> dialer -> dnsmasq vs gw -> dnsmasq, and the
+   naive baseline: the same TPROXY path through a Python relay that does nothing but
+   relay (`_naive_dns.py`), the floor of any forwarder written like the dialer;
 5. DNS latency, one query at a time, same two paths: what the dialer adds (p50).
 """
 
@@ -35,6 +38,7 @@ from clrk.nexthops import describe, envoy_listener_addresses
 from clrk_worker_dialer.redirect_rules import spec_for_index
 
 HERE = Path(__file__).resolve().parent
+NAIVE_DNS_PORT = 15054
 CLIENT = str(HERE / "_client.py")
 SINK = str(HERE / "_sink.py")
 
@@ -136,6 +140,16 @@ def build(top: Topology, work: Path) -> dict:
     # Same interception, but TCP lands on the sink itself: the path minus the dialer.
     direct = _sandbox(top, gw, 2, DIRECT_PORT)
     agent_tcp_hop = _sandbox(top, gw, 3, TCP_PORT_2)
+    naive = top.add_sandbox(
+        spec_for_index(
+            4,
+            f"{top.prefix}-a4",
+            tcp_port=DIRECT_PORT,
+            udp_port=UDP_PORT,
+            dns_port=NAIVE_DNS_PORT,
+            host_netns=gw,
+        )
+    )
     sockets = work / "sockets"
     sockets.mkdir(mode=0o700)
     listeners = [("tcp-out", "TCP")]
@@ -160,6 +174,16 @@ def build(top: Topology, work: Path) -> dict:
             f"--address=/bench.example/{ALLOWED[0]}",
         ],
         log=dns_log,
+    )
+    naive_log = work / "naive-dns.log"
+    naive_dns = top.start(
+        gw,
+        [
+            *(sys.executable, str(HERE / "_naive_dns.py")),
+            *(f"0.0.0.0:{NAIVE_DNS_PORT}", f"{RESOLVER[0]}:{RESOLVER[1]}"),
+        ],
+        log=naive_log,
+        stdout=subprocess.PIPE,
     )
     (work / "bench.yaml").write_text(
         MANIFEST.replace("ALLOWED_IP", ALLOWED[0]).replace("ALLOWED_PORT", str(ALLOWED[1]))
@@ -191,6 +215,7 @@ def build(top: Topology, work: Path) -> dict:
         ),
     ]
     wait_ready(sink, line_ready(sink), "sink", sink_log)
+    wait_ready(naive_dns, line_ready(naive_dns), "naive DNS relay", naive_log)
     for proc, ready_file, log in dialers:
         wait_ready(proc, ready_file.exists, log.stem, log)
     if dnsmasq.poll() is not None:
@@ -200,6 +225,7 @@ def build(top: Topology, work: Path) -> dict:
         "agent": agent.name,
         "agent_tcp_hop": agent_tcp_hop.name,
         "direct": direct.name,
+        "naive": naive.name,
     }
 
 
@@ -263,7 +289,14 @@ def measure(names: dict, p: dict) -> list[dict]:
                 "value": statistics.median(values),
             }
         )
-    rows += _dns_rows((("dialer", agent, ANY_DNS_SERVER), ("direct", gw, RESOLVER)), p)
+    rows += _dns_rows(
+        (
+            ("dialer", agent, ANY_DNS_SERVER),
+            ("direct", gw, RESOLVER),
+            ("naive", names["naive"], ANY_DNS_SERVER),
+        ),
+        p,
+    )
     base = {r["measure"]: r["value"] for r in rows if r["path"] in ("direct-veth", "direct")}
     for r in rows:
         r["ratio"] = r["value"] / base[r["measure"]] if r["measure"] in base else None
@@ -331,8 +364,10 @@ LABELS = {
     ("bulk", "direct-loopback"): ("", "gw loopback -> sink"),
     ("dns", "dialer"): ("DNS queries/s", "agent -> TPROXY -> dialer -> dnsmasq"),
     ("dns", "direct"): ("", "gw -> dnsmasq"),
+    ("dns", "naive"): ("", "agent -> TPROXY -> naive relay -> dnsmasq"),
     ("dnslat", "dialer"): ("DNS, 1 at a time", "agent -> TPROXY -> dialer -> dnsmasq"),
     ("dnslat", "direct"): ("", "gw -> dnsmasq"),
+    ("dnslat", "naive"): ("", "agent -> TPROXY -> naive relay -> dnsmasq"),
 }
 
 
@@ -371,11 +406,15 @@ def print_table(rows: list[dict], params: dict) -> None:
             f"{measure:<19} {path:<37} {value:>15} {unit:<10} {r['samples']:>6,} "
             f"{ratio:>9}  {_verdict(r, rows)}"
         )
-    lost = sum(r.get("lost", 0) for r in rows)
+    lost = sum(r.get("lost", 0) for r in rows if r["path"] != "naive")
     print(
         "vs direct: value / the same measure without the dialer (veth+REDIRECT for TCP, "
         f"gw -> dnsmasq for DNS); DNS queries lost: {lost}; DNS 1 at a time: "
         f"{params['dns_latency']} queries per path, each a new name"
+    )
+    print(
+        "naive relay: the dialer's TPROXY path for DNS with none of its work (no parsing, "
+        "policy, snooping, shares or timeouts): the floor of a Python forwarder on one loop"
     )
     print(
         "the dialer's next hop (the sink stands in for Envoy) is a Unix socket as `clrk up` "
