@@ -2,11 +2,16 @@
 address they were sent to, go to the gateway's upstream resolvers; answers are relayed
 and snooped into the agent's bindings.  dns_policy decides; this module does the I/O.
 
-The forwarder sends UDP queries over one connected socket per upstream resolver
+The forwarder sends UDP queries over connected sockets to each upstream resolver
 (`SharedUdp`), so only the resolver can answer; each query goes out under a fresh random
-ID of its own (agents' IDs may collide) and only the answer with that ID and the same
-question is taken, its ID given back, and checked again by bindings_from_answer before
-anything is bound: unsolicited answers bind nothing.
+ID of its own (agents' IDs may collide) and only the answer with that ID, on the socket
+it went out on, and with the same question is taken, its ID given back, and checked again
+by bindings_from_answer before anything is bound: unsolicited answers bind nothing.
+
+A spoofed answer that binds a name to an address of the spoofer's is what an agent and
+an accomplice outside would aim for (RFC 5452): the sockets' ports are random (the
+kernel's) and each socket is replaced after a hundred or so queries, so guessing takes the
+port as well as the ID, and a port learned is soon gone.
 
 A query over UDP is a chain of callbacks (datagram in, policy, out under its own ID,
 answer in, snoop, reply), no task of its own; only a truncated answer or none goes on in
@@ -66,23 +71,42 @@ async def _udp_exchange(wire: bytes, server: tuple[str, int], timeout: float) ->
             return None
 
 
+class _Upstream:
+    """One connected socket to a resolver: how many queries went out on it, how many
+    still wait for their answer, and whether it takes new ones."""
+
+    __slots__ = ("retired", "sent", "sock", "waiting")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sent = 0
+        self.waiting = 0
+        self.retired = False
+
+
 class _Pending:
     """A query out on a shared socket: what its answer must echo, who takes it."""
 
-    __slots__ = ("agent", "deliver", "ident", "pending", "question", "tick")
+    __slots__ = ("agent", "deliver", "ident", "pending", "question", "tick", "upstream")
 
-    def __init__(self, question: bytes, deliver, agent, pending: dict, ident: int, tick) -> None:
+    def __init__(
+        self, question: bytes, deliver, agent, pending: dict, ident: int, tick, upstream
+    ) -> None:
         self.question = question  # the agent's header and question, as it sent them
         self.deliver = deliver
         self.agent = agent
         self.pending = pending
         self.ident = ident
         self.tick = tick  # the queries whose wait ends in the same tick as this one's
+        self.upstream = upstream  # the socket it went out on: only that one answers it
 
 
 class SharedUdp:
-    """One connected UDP socket per upstream resolver for every query (no socket per
-    query); pending queries by the ID they went out under.
+    """A pool of POOL connected UDP sockets per upstream resolver (one by default),
+    taken in turn: no socket per query.  Pending queries by the ID they went out under,
+    one ID space per resolver.  A socket that has sent ROTATE_AFTER queries takes no
+    more: a new one (a new random port) takes its place, and it is closed once its last
+    query is answered or given up.
 
     Callbacks, not a task per query: `send` registers `deliver`, which the socket's
     reader calls with the answer, or one timer for all queries with None. Waits end on
@@ -91,6 +115,11 @@ class SharedUdp:
     """
 
     TICK = 0.05
+    # The port's entropy comes from rotation more than from the pool's size (4 sockets
+    # add 2 bits), and each socket more costs a failed read whenever the loop wakes: so
+    # one socket at a time, and a new one (and port) every ROTATE_AFTER queries.
+    POOL = 1
+    ROTATE_AFTER = 128
 
     MAX_PENDING = 16_384  # of 65,536 IDs: a fresh one is always found quickly
     # One agent's flood of queries to a resolver that does not answer holds at most this
@@ -98,7 +127,10 @@ class SharedUdp:
     MAX_PENDING_PER_AGENT = MAX_PENDING // 16
 
     def __init__(self) -> None:
-        self.sockets: dict[tuple[str, int], socket.socket] = {}
+        # resolver -> the sockets that take new queries, in turn
+        self.sockets: dict[tuple[str, int], list[_Upstream]] = {}
+        self._turn = 0
+        self._retired: set[_Upstream] = set()  # replaced; open while queries wait on them
         self.pending: dict[tuple[str, int], dict[int, _Pending]] = {}
         self.per_agent: dict[str, int] = {}
         self._ticks: dict[int, set[_Pending]] = {}
@@ -109,22 +141,55 @@ class SharedUdp:
         self._loop: asyncio.AbstractEventLoop | None = None  # the sockets' readers' loop
         self.closed = False
 
-    def _socket(self, server: tuple[str, int]) -> socket.socket:
-        sock = self.sockets.get(server)
-        if sock is None:
-            family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.connect(server)
-            except OSError:
-                sock.close()
-                raise
-            self.sockets[server] = sock
+    def _upstream(self, server: tuple[str, int]) -> _Upstream:
+        """The socket the next query to `server` goes out on (the pool's next in turn,
+        a new one while the pool is not full)."""
+        pool = self.sockets.get(server)
+        if pool is None:
+            pool = self.sockets[server] = []
             self.pending[server] = {}
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(sock.fileno(), self._readable, server)
-        return sock
+        if len(pool) < self.POOL:
+            upstream = self._open(server)
+            pool.append(upstream)
+            return upstream
+        self._turn = (self._turn + 1) % self.POOL
+        upstream = pool[self._turn]
+        if upstream.sent >= self.ROTATE_AFTER:
+            try:
+                fresh = self._open(server)
+            except OSError:  # no socket now (out of descriptors?): the old one goes on
+                return upstream
+            pool[self._turn] = fresh
+            self._retire(upstream)
+            return fresh
+        return upstream
+
+    def _open(self, server: tuple[str, int]) -> _Upstream:
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(server)  # binds a random port of the kernel's
+        except OSError:
+            sock.close()
+            raise
+        upstream = _Upstream(sock)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable, server, upstream)
+        return upstream
+
+    def _retire(self, upstream: _Upstream) -> None:
+        upstream.retired = True
+        if upstream.waiting:
+            self._retired.add(upstream)
+        else:
+            self._close_socket(upstream)
+
+    def _close_socket(self, upstream: _Upstream) -> None:
+        self._retired.discard(upstream)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(upstream.sock.fileno())
+        upstream.sock.close()
 
     def _random_id(self) -> int:
         # Unpredictable IDs from the system's CSPRNG, 512 at a time: one system call per
@@ -165,7 +230,7 @@ class SharedUdp:
         if self.closed:
             return None
         try:
-            sock = self._socket(server)
+            upstream = self._upstream(server)
             question = wire[: dns_wire.question_end(wire)]
         except (OSError, dns_wire.WireError):
             return None
@@ -176,9 +241,11 @@ class SharedUdp:
         while ident in pending:
             ident = self._random_id()
         try:
-            sock.send(_ID.pack(ident) + wire[2:])
+            upstream.sock.send(_ID.pack(ident) + wire[2:])
         except OSError:
             return None
+        upstream.sent += 1
+        upstream.waiting += 1
         loop = asyncio.get_running_loop()
         tick = math.ceil((loop.time() + timeout) / self.TICK)
         bucket = self._ticks.get(tick)
@@ -187,7 +254,9 @@ class SharedUdp:
             heapq.heappush(self._tick_heap, tick)
             if self._timer is None or tick < self._timer_tick:
                 self._schedule(loop)
-        entry = pending[ident] = _Pending(question, deliver, agent, pending, ident, bucket)
+        entry = pending[ident] = _Pending(
+            question, deliver, agent, pending, ident, bucket, upstream
+        )
         bucket.add(entry)
         self.hold(agent)
         return entry
@@ -201,6 +270,10 @@ class SharedUdp:
         del entry.pending[entry.ident]
         entry.tick.discard(entry)
         self.release(entry.agent)
+        upstream = entry.upstream
+        upstream.waiting -= 1
+        if upstream.retired and not upstream.waiting:
+            self._close_socket(upstream)
 
     def close(self) -> None:
         """Stop for good: no socket, reader or timer is left, and nothing pending is
@@ -209,10 +282,8 @@ class SharedUdp:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for sock in self.sockets.values():
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(sock.fileno())
-            sock.close()
+        for upstream in [*(u for pool in self.sockets.values() for u in pool), *self._retired]:
+            self._close_socket(upstream)
         self.sockets.clear()
         self.pending.clear()
         self.per_agent.clear()
@@ -237,8 +308,8 @@ class SharedUdp:
                 _deliver(entry, None)
         self._schedule(loop)
 
-    def _readable(self, server: tuple[str, int]) -> None:
-        sock, pending = self.sockets[server], self.pending[server]
+    def _readable(self, server: tuple[str, int], upstream: _Upstream) -> None:
+        sock, pending = upstream.sock, self.pending[server]
         for _ in range(64):  # a burst, then let the loop run others
             try:
                 answer = sock.recv(65535)
@@ -249,7 +320,7 @@ class SharedUdp:
             if len(answer) < 12:
                 continue
             entry = pending.get((answer[0] << 8) | answer[1])
-            if entry is None:
+            if entry is None or entry.upstream is not upstream:
                 continue
             query = entry.question
             if answer[12 : len(query)] != query[12:]:

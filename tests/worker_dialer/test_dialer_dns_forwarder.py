@@ -235,6 +235,101 @@ def test_an_answer_to_a_query_given_up_is_delivered_to_nobody():
     assert asyncio.run(run()) == ([], {})
 
 
+def _answer_to(query: bytes) -> bytes:
+    return dns.message.make_response(dns.message.from_wire(query)).to_wire()
+
+
+def test_queries_go_out_from_several_ports_and_a_socket_is_replaced_after_its_share(
+    monkeypatch,
+):
+    """RFC 5452: a spoofed answer must guess the port as well as the ID, and a port
+    learned is soon gone: each socket of the pool takes ROTATE_AFTER queries, then a
+    new one (a new random port) takes its place; the old one closes once its queries
+    are answered."""
+    monkeypatch.setattr(SharedUdp, "POOL", 2)
+    monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 2)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        udp, delivered, ports = SharedUdp(), [], []
+        for i in range(10):
+            udp.send(a_query(f"q{i}.test"), server.getsockname(), 2.0, delivered.append)
+            query, client = await loop.sock_recvfrom(server, 512)
+            ports.append(client[1])
+            server.sendto(_answer_to(query), client)
+            await asyncio.sleep(0.02)
+        open_now = [u.sock.fileno() for u in udp.sockets[server.getsockname()]]
+        retired, pending = set(udp._retired), udp.pending[server.getsockname()]
+        udp.close()
+        server.close()
+        return delivered, ports, open_now, retired, pending
+
+    delivered, ports, open_now, retired, pending = asyncio.run(run())
+    assert len(delivered) == 10 and all(d is not None for d in delivered)
+    assert len(set(ports)) >= 4  # 2 first sockets, then one new every 2 queries
+    assert max(ports.count(p) for p in set(ports)) <= 2
+    assert len(open_now) == 2 and all(fd >= 0 for fd in open_now)
+    assert retired == set() and pending == {}  # answered: the replaced ones are closed
+
+
+def test_an_answer_on_another_socket_of_the_pool_is_not_taken(monkeypatch):
+    """Only the socket a query went out on may bring its answer: the right ID and
+    question sent to another port of the pool is ignored."""
+    monkeypatch.setattr(SharedUdp, "POOL", 2)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        udp, first, second = SharedUdp(), [], []
+        udp.send(a_query("a.test"), server.getsockname(), 0.3, first.append)
+        query_a, port_a = await loop.sock_recvfrom(server, 512)
+        udp.send(a_query("b.test"), server.getsockname(), 0.3, second.append)
+        _query_b, port_b = await loop.sock_recvfrom(server, 512)
+        assert port_a != port_b
+        server.sendto(_answer_to(query_a), port_b)  # a's answer to b's socket
+        await asyncio.sleep(0.5)
+        udp.close()
+        server.close()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == [None] and second == [None]  # both timed out; nothing bound
+
+
+def test_a_replaced_socket_stays_open_for_the_query_still_waiting_on_it(monkeypatch):
+    monkeypatch.setattr(SharedUdp, "POOL", 1)
+    monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 1)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        udp, delivered = SharedUdp(), []
+        udp.send(a_query("a.test"), server.getsockname(), 2.0, delivered.append)
+        query_a, port_a = await loop.sock_recvfrom(server, 512)
+        udp.send(a_query("b.test"), server.getsockname(), 2.0, delivered.append)
+        query_b, port_b = await loop.sock_recvfrom(server, 512)
+        waiting = len(udp._retired)
+        server.sendto(_answer_to(query_a), port_a)  # the old socket still answers
+        server.sendto(_answer_to(query_b), port_b)
+        await asyncio.sleep(0.1)
+        left = len(udp._retired)
+        udp.close()
+        server.close()
+        return port_a != port_b, waiting, delivered, left
+
+    replaced, waiting, delivered, left = asyncio.run(run())
+    assert replaced and waiting == 1 and left == 0
+    names = [dns.message.from_wire(d).question[0].name.to_text() for d in delivered]
+    assert names == ["a.test.", "b.test."]
+
+
 def test_an_agents_share_holds_on_the_slow_path_after_a_timeout_too(monkeypatch):
     """Queries that time out go on in a task (TCP, the next resolvers): they still count
     against their agent, so a flood of names that never resolve cannot hold more."""
