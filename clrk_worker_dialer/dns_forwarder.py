@@ -72,16 +72,19 @@ async def _udp_exchange(wire: bytes, server: tuple[str, int], timeout: float) ->
 
 
 class _Upstream:
-    """One connected socket to a resolver: how many queries went out on it, how many
-    still wait for their answer, and whether it takes new ones."""
+    """One connected socket to a resolver: when it was opened, how many queries went
+    out on it, how many still wait for their answer, and whether it was replaced."""
 
-    __slots__ = ("retired", "sent", "sock", "waiting")
+    __slots__ = ("opened", "retired", "sent", "server", "sock", "stuck", "waiting")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, server: tuple[str, int], opened: float) -> None:
         self.sock = sock
+        self.server = server
+        self.opened = opened
         self.sent = 0
         self.waiting = 0
         self.retired = False
+        self.stuck = False  # due for replacement, and no new socket could be opened
 
 
 class _Pending:
@@ -102,11 +105,12 @@ class _Pending:
 
 
 class SharedUdp:
-    """A pool of POOL connected UDP sockets per upstream resolver (one by default),
-    taken in turn: no socket per query.  Pending queries by the ID they went out under,
-    one ID space per resolver.  A socket that has sent ROTATE_AFTER queries takes no
-    more: a new one (a new random port) takes its place, and it is closed once its last
-    query is answered or given up.
+    """One connected UDP socket per upstream resolver at a time for every query (no
+    socket per query); pending queries by the ID they went out under.  A socket that has
+    sent ROTATE_AFTER queries or is ROTATE_AGE seconds old takes no more: a new one (a
+    new random port) takes its place, and the old one is closed once its last query is
+    answered or given up.  At most MAX_REPLACED replaced sockets stay open: past that,
+    the oldest one's queries are given up (they go on over TCP) and it is closed.
 
     Callbacks, not a task per query: `send` registers `deliver`, which the socket's
     reader calls with the answer, or one timer for all queries with None. Waits end on
@@ -115,11 +119,12 @@ class SharedUdp:
     """
 
     TICK = 0.05
-    # The port's entropy comes from rotation more than from the pool's size (4 sockets
-    # add 2 bits), and each socket more costs a failed read whenever the loop wakes: so
-    # one socket at a time, and a new one (and port) every ROTATE_AFTER queries.
-    POOL = 1
+    # The port's entropy comes from replacing the socket (a pool of 4 at once would add
+    # only 2 bits, each costing a read per readiness); by age too, so that a port learned
+    # while the dialer is quiet is gone by the time it is busy again.
     ROTATE_AFTER = 128
+    ROTATE_AGE = 10.0
+    MAX_REPLACED = 32
 
     MAX_PENDING = 16_384  # of 65,536 IDs: a fresh one is always found quickly
     # One agent's flood of queries to a resolver that does not answer holds at most this
@@ -127,10 +132,9 @@ class SharedUdp:
     MAX_PENDING_PER_AGENT = MAX_PENDING // 16
 
     def __init__(self) -> None:
-        # resolver -> the sockets that take new queries, in turn
-        self.sockets: dict[tuple[str, int], list[_Upstream]] = {}
-        self._turn = 0
-        self._retired: set[_Upstream] = set()  # replaced; open while queries wait on them
+        self.sockets: dict[tuple[str, int], _Upstream] = {}  # each resolver's current one
+        # Replaced, oldest first, while queries still wait on them.
+        self._retired: dict[_Upstream, None] = {}
         self.pending: dict[tuple[str, int], dict[int, _Pending]] = {}
         self.per_agent: dict[str, int] = {}
         self._ticks: dict[int, set[_Pending]] = {}
@@ -141,30 +145,32 @@ class SharedUdp:
         self._loop: asyncio.AbstractEventLoop | None = None  # the sockets' readers' loop
         self.closed = False
 
-    def _upstream(self, server: tuple[str, int]) -> _Upstream:
-        """The socket the next query to `server` goes out on (the pool's next in turn,
-        a new one while the pool is not full)."""
-        pool = self.sockets.get(server)
-        if pool is None:
-            pool = self.sockets[server] = []
-            self.pending[server] = {}
-        if len(pool) < self.POOL:
-            upstream = self._open(server)
-            pool.append(upstream)
-            return upstream
-        self._turn = (self._turn + 1) % self.POOL
-        upstream = pool[self._turn]
-        if upstream.sent >= self.ROTATE_AFTER:
-            try:
-                fresh = self._open(server)
-            except OSError:  # no socket now (out of descriptors?): the old one goes on
-                return upstream
-            pool[self._turn] = fresh
-            self._retire(upstream)
-            return fresh
-        return upstream
+    def _upstream(self, server: tuple[str, int], now: float) -> _Upstream:
+        """The socket the next query to `server` goes out on: OSError when there is
+        none (the query goes on over TCP)."""
+        current = self.sockets.get(server)
+        if current is None:
+            self.pending.setdefault(server, {})
+            current = self.sockets[server] = self._open(server, now)
+            return current
+        if current.sent < self.ROTATE_AFTER and now - current.opened < self.ROTATE_AGE:
+            return current
+        try:
+            fresh = self._open(server, now)
+        except OSError as exc:
+            # Out of descriptors, say: the old port goes on a while, then not at all
+            # rather than for good.
+            if current.sent >= 2 * self.ROTATE_AFTER or now - current.opened >= 2 * self.ROTATE_AGE:
+                raise
+            if not current.stuck:
+                current.stuck = True
+                log.warning("cannot replace the resolver socket", extra=fields(error=str(exc)))
+            return current
+        self.sockets[server] = fresh
+        self._retire(current)
+        return fresh
 
-    def _open(self, server: tuple[str, int]) -> _Upstream:
+    def _open(self, server: tuple[str, int], now: float) -> _Upstream:
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -173,20 +179,27 @@ class SharedUdp:
         except OSError:
             sock.close()
             raise
-        upstream = _Upstream(sock)
+        upstream = _Upstream(sock, server, now)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable, server, upstream)
         return upstream
 
     def _retire(self, upstream: _Upstream) -> None:
         upstream.retired = True
-        if upstream.waiting:
-            self._retired.add(upstream)
-        else:
+        if not upstream.waiting:
             self._close_socket(upstream)
+            return
+        self._retired[upstream] = None
+        while len(self._retired) > self.MAX_REPLACED:
+            oldest = next(iter(self._retired))
+            for entry in [e for e in self.pending[oldest.server].values() if e.upstream is oldest]:
+                self._forget(entry)  # the last one closes it
+                _deliver(entry, None)
 
     def _close_socket(self, upstream: _Upstream) -> None:
-        self._retired.discard(upstream)
+        self._retired.pop(upstream, None)
+        if upstream.sock.fileno() < 0:
+            return  # closed already
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(upstream.sock.fileno())
         upstream.sock.close()
@@ -229,9 +242,11 @@ class SharedUdp:
         (and `deliver` never called) when it cannot go: a limit, a socket error."""
         if self.closed:
             return None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         try:
-            upstream = self._upstream(server)
             question = wire[: dns_wire.question_end(wire)]
+            upstream = self._upstream(server, now)
         except (OSError, dns_wire.WireError):
             return None
         pending = self.pending[server]
@@ -246,8 +261,7 @@ class SharedUdp:
             return None
         upstream.sent += 1
         upstream.waiting += 1
-        loop = asyncio.get_running_loop()
-        tick = math.ceil((loop.time() + timeout) / self.TICK)
+        tick = math.ceil((now + timeout) / self.TICK)
         bucket = self._ticks.get(tick)
         if bucket is None:
             bucket = self._ticks[tick] = set()
@@ -282,9 +296,11 @@ class SharedUdp:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for upstream in [*(u for pool in self.sockets.values() for u in pool), *self._retired]:
+        for upstream in [*self.sockets.values(), *self._retired]:
             self._close_socket(upstream)
         self.sockets.clear()
+        for pending in self.pending.values():
+            pending.clear()  # an entry's own reference to it: cancel() finds nothing
         self.pending.clear()
         self.per_agent.clear()
         self._ticks.clear()
@@ -327,6 +343,8 @@ class SharedUdp:
                 continue  # not the question asked under this ID
             self._forget(entry)
             _deliver(entry, query[:2] + answer[2:])  # the agent's own ID back
+            if sock.fileno() < 0:
+                return  # that was the last query of a replaced socket: closed
 
     async def exchange(self, wire: bytes, server: tuple[str, int], timeout: float):
         """The answer to `wire` from `server`, or None after `timeout`."""

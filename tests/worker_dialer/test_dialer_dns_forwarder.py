@@ -239,95 +239,184 @@ def _answer_to(query: bytes) -> bytes:
     return dns.message.make_response(dns.message.from_wire(query)).to_wire()
 
 
-def test_queries_go_out_from_several_ports_and_a_socket_is_replaced_after_its_share(
-    monkeypatch,
-):
+@contextlib.asynccontextmanager
+async def _resolver_socket():
+    """A UDP socket on loopback that the test answers from by hand."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _open_sockets(udp: SharedUdp) -> int:
+    return sum(u.sock.fileno() >= 0 for u in [*udp.sockets.values(), *udp._retired])
+
+
+def test_queries_go_out_from_a_new_port_every_rotate_after_queries(monkeypatch):
     """RFC 5452: a spoofed answer must guess the port as well as the ID, and a port
-    learned is soon gone: each socket of the pool takes ROTATE_AFTER queries, then a
-    new one (a new random port) takes its place; the old one closes once its queries
-    are answered."""
-    monkeypatch.setattr(SharedUdp, "POOL", 2)
+    learned is soon gone; a replaced socket closes once its queries are answered."""
     monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 2)
 
     async def run():
         loop = asyncio.get_running_loop()
-        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        server.bind(("127.0.0.1", 0))
-        server.setblocking(False)
-        udp, delivered, ports = SharedUdp(), [], []
-        for i in range(10):
-            udp.send(a_query(f"q{i}.test"), server.getsockname(), 2.0, delivered.append)
-            query, client = await loop.sock_recvfrom(server, 512)
-            ports.append(client[1])
-            server.sendto(_answer_to(query), client)
-            await asyncio.sleep(0.02)
-        open_now = [u.sock.fileno() for u in udp.sockets[server.getsockname()]]
-        retired, pending = set(udp._retired), udp.pending[server.getsockname()]
-        udp.close()
-        server.close()
-        return delivered, ports, open_now, retired, pending
+        async with _resolver_socket() as server:
+            udp, delivered, ports = SharedUdp(), [], []
+            for i in range(10):
+                udp.send(a_query(f"q{i}.test"), server.getsockname(), 2.0, delivered.append)
+                query, client = await loop.sock_recvfrom(server, 512)
+                ports.append(client[1])
+                server.sendto(_answer_to(query), client)
+                await asyncio.sleep(0.02)
+            left = _open_sockets(udp), dict(udp._retired), udp.pending[server.getsockname()]
+            udp.close()
+            return delivered, ports, left
 
-    delivered, ports, open_now, retired, pending = asyncio.run(run())
-    assert len(delivered) == 10 and all(d is not None for d in delivered)
-    assert len(set(ports)) >= 4  # 2 first sockets, then one new every 2 queries
-    assert max(ports.count(p) for p in set(ports)) <= 2
-    assert len(open_now) == 2 and all(fd >= 0 for fd in open_now)
-    assert retired == set() and pending == {}  # answered: the replaced ones are closed
+    delivered, ports, left = asyncio.run(run())
+    assert len(delivered) == 10 and None not in delivered
+    assert len(set(ports)) == 5 and all(ports.count(p) == 2 for p in ports)
+    assert left == (1, {}, {})
 
 
-def test_an_answer_on_another_socket_of_the_pool_is_not_taken(monkeypatch):
-    """Only the socket a query went out on may bring its answer: the right ID and
-    question sent to another port of the pool is ignored."""
-    monkeypatch.setattr(SharedUdp, "POOL", 2)
+def test_a_socket_is_replaced_by_age_too(monkeypatch):
+    """A port learned while the dialer is quiet is gone by its next query."""
+    monkeypatch.setattr(SharedUdp, "ROTATE_AGE", 0.1)
 
     async def run():
         loop = asyncio.get_running_loop()
-        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        server.bind(("127.0.0.1", 0))
-        server.setblocking(False)
-        udp, first, second = SharedUdp(), [], []
-        udp.send(a_query("a.test"), server.getsockname(), 0.3, first.append)
-        query_a, port_a = await loop.sock_recvfrom(server, 512)
-        udp.send(a_query("b.test"), server.getsockname(), 0.3, second.append)
-        _query_b, port_b = await loop.sock_recvfrom(server, 512)
-        assert port_a != port_b
-        server.sendto(_answer_to(query_a), port_b)  # a's answer to b's socket
-        await asyncio.sleep(0.5)
-        udp.close()
-        server.close()
-        return first, second
+        async with _resolver_socket() as server:
+            udp, ports = SharedUdp(), []
+            for name in ("a.test", "b.test", "c.test"):
+                udp.send(a_query(name), server.getsockname(), 2.0, lambda _answer: None)
+                query, client = await loop.sock_recvfrom(server, 512)
+                ports.append(client[1])
+                server.sendto(_answer_to(query), client)
+                await asyncio.sleep(0.06)
+            udp.close()
+            return ports
 
-    first, second = asyncio.run(run())
-    assert first == [None] and second == [None]  # both timed out; nothing bound
+    first, second, third = asyncio.run(run())
+    assert first == second != third
 
 
-def test_a_replaced_socket_stays_open_for_the_query_still_waiting_on_it(monkeypatch):
-    monkeypatch.setattr(SharedUdp, "POOL", 1)
+def test_an_answer_for_a_replaced_sockets_query_is_taken_only_on_that_socket(monkeypatch):
+    """The right ID and question sent to the new port is ignored; the replaced socket
+    stays open for its query and takes the answer, then closes."""
     monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 1)
 
     async def run():
         loop = asyncio.get_running_loop()
-        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        server.bind(("127.0.0.1", 0))
-        server.setblocking(False)
-        udp, delivered = SharedUdp(), []
-        udp.send(a_query("a.test"), server.getsockname(), 2.0, delivered.append)
-        query_a, port_a = await loop.sock_recvfrom(server, 512)
-        udp.send(a_query("b.test"), server.getsockname(), 2.0, delivered.append)
-        query_b, port_b = await loop.sock_recvfrom(server, 512)
-        waiting = len(udp._retired)
-        server.sendto(_answer_to(query_a), port_a)  # the old socket still answers
-        server.sendto(_answer_to(query_b), port_b)
-        await asyncio.sleep(0.1)
-        left = len(udp._retired)
-        udp.close()
-        server.close()
-        return port_a != port_b, waiting, delivered, left
+        async with _resolver_socket() as server:
+            udp, delivered = SharedUdp(), []
+            udp.send(a_query("a.test"), server.getsockname(), 2.0, delivered.append)
+            query_a, port_a = await loop.sock_recvfrom(server, 512)
+            udp.send(a_query("b.test"), server.getsockname(), 2.0, delivered.append)
+            query_b, port_b = await loop.sock_recvfrom(server, 512)
+            server.sendto(_answer_to(query_a), port_b)  # a's answer to b's socket
+            await asyncio.sleep(0.1)
+            misdelivered, open_then = list(delivered), _open_sockets(udp)
+            server.sendto(_answer_to(query_a), port_a)
+            server.sendto(_answer_to(query_b), port_b)
+            await asyncio.sleep(0.1)
+            open_after = _open_sockets(udp)
+            udp.close()
+            return port_a != port_b, misdelivered, open_then, open_after, delivered
 
-    replaced, waiting, delivered, left = asyncio.run(run())
-    assert replaced and waiting == 1 and left == 0
+    replaced, misdelivered, open_then, open_after, delivered = asyncio.run(run())
+    assert replaced and misdelivered == [] and open_then == 2 and open_after == 1
     names = [dns.message.from_wire(d).question[0].name.to_text() for d in delivered]
     assert names == ["a.test.", "b.test."]
+
+
+def test_a_replaced_socket_closes_when_its_query_times_out_or_is_cancelled(monkeypatch):
+    monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 1)
+
+    async def run():
+        async with _resolver_socket() as server:
+            udp, delivered = SharedUdp(), []
+            udp.send(a_query("a.test"), server.getsockname(), 0.1, delivered.append)
+            b = udp.send(a_query("b.test"), server.getsockname(), 2.0, delivered.append)
+            udp.send(a_query("c.test"), server.getsockname(), 2.0, delivered.append)
+            opened = _open_sockets(udp)
+            await asyncio.sleep(0.25)  # a times out: its socket closes
+            after_timeout = _open_sockets(udp)
+            udp.cancel(b)  # b is given up: its socket closes
+            after_cancel = _open_sockets(udp)
+            udp.close()
+            return opened, after_timeout, after_cancel, delivered
+
+    assert asyncio.run(run()) == (3, 2, 1, [None])
+
+
+def test_close_closes_replaced_sockets_and_a_later_cancel_is_quiet(monkeypatch):
+    """Forwarder.close() closes the UDP side, then its tasks' exchanges end."""
+    monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 1)
+
+    async def run():
+        async with _resolver_socket() as server:
+            udp = SharedUdp()
+            task = asyncio.create_task(udp.exchange(a_query("a.test"), server.getsockname(), 2))
+            await asyncio.sleep(0.01)
+            udp.send(a_query("b.test"), server.getsockname(), 2.0, lambda _answer: None)
+            retired = list(udp._retired)
+            udp.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return retired, _open_sockets(udp), udp._retired
+
+    retired, still_open, left = asyncio.run(run())
+    assert len(retired) == 1 and retired[0].sock.fileno() == -1
+    assert still_open == 0 and left == {}
+
+
+def test_past_max_replaced_the_oldest_replaced_sockets_queries_are_given_up(monkeypatch):
+    """Queries that are never answered cannot hold replaced sockets open without bound:
+    past MAX_REPLACED the oldest is closed and its query delivered as unanswered."""
+    monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 1)
+    monkeypatch.setattr(SharedUdp, "MAX_REPLACED", 2)
+
+    async def run():
+        async with _resolver_socket() as server:
+            udp, delivered = SharedUdp(), {}
+            for name in ("a.test", "b.test", "c.test", "d.test"):
+                udp.send(
+                    a_query(name), server.getsockname(), 2.0,
+                    lambda answer, name=name: delivered.setdefault(name, answer),
+                )  # fmt: skip
+            left = _open_sockets(udp), len(udp._retired), len(udp.pending[server.getsockname()])
+            udp.close()
+            return delivered, left
+
+    assert asyncio.run(run()) == ({"a.test": None}, (3, 2, 3))
+
+
+def test_when_no_new_socket_opens_the_old_port_goes_on_a_while_then_not_at_all(monkeypatch):
+    """Out of descriptors, say: rotation is tried on every query; past twice its share
+    the socket takes no more (the query goes on over TCP) rather than keep its port."""
+    monkeypatch.setattr(SharedUdp, "ROTATE_AFTER", 2)
+    real_open = SharedUdp._open
+
+    def first_only(self, server, now):
+        if self.sockets:
+            raise OSError(24, "Too many open files")
+        return real_open(self, server, now)
+
+    monkeypatch.setattr(SharedUdp, "_open", first_only)
+
+    async def run():
+        async with _resolver_socket() as server:
+            udp = SharedUdp()
+            sent = [
+                udp.send(a_query(f"q{i}.test"), server.getsockname(), 2.0, lambda _a: None)
+                for i in range(6)
+            ]
+            udp.close()
+            return [entry is not None for entry in sent]
+
+    assert asyncio.run(run()) == [True, True, True, True, False, False]
 
 
 def test_an_agents_share_holds_on_the_slow_path_after_a_timeout_too(monkeypatch):
