@@ -4,7 +4,9 @@ socket, so the payload never enters Python (nor user space) on its way through.
 Each direction is a `Pump` driven by the loop's readiness callbacks on non-blocking
 descriptors.  Back-pressure is the pipe itself: a pump stops reading its source while
 its pipe holds bytes the destination would not take.  Half-close is carried over (EOF
-on one side becomes shutdown(SHUT_WR) on the other, the other direction keeps going).
+on one side becomes shutdown(SHUT_WR) on the other, the other direction keeps going);
+the agent's reaches the next hop only once it has read what came before (Envoy drops a
+connection whose FIN is there before it has read the PROXY header).
 Any error on either side resets both.  (Ending only the failed direction, to let an
 answer the next hop sent before closing mid-upload through, needs the abandoned side
 drained and a lingering close, or it deadlocks and truncates silently: not done.)
@@ -30,10 +32,15 @@ import socket
 from collections.abc import Callable
 
 from clrk.nexthops import NextHop
+from clrk_worker_dialer.peer_unread import unread
 
 BULK_PIPE_SIZE = 1 << 20  # the default fs.pipe-max-size: the most an unprivileged call gets
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 SHRINK_AFTER_SMALL_READS = 16
+# A held FIN (`Pump._hold_fin`) looks again after FIN_RECHECK_FIRST seconds, then twice as
+# long each time up to FIN_RECHECK_MAX: few looks at a next hop slow to connect upstream.
+FIN_RECHECK_FIRST = 0.001
+FIN_RECHECK_MAX = 0.1
 
 
 async def connect(loop: asyncio.AbstractEventLoop, hop: NextHop) -> socket.socket:
@@ -197,7 +204,11 @@ class PipePool:
 
 
 class Pump:
-    """One direction: `src` -> pipe -> `dst`, `head` bytes first."""
+    """One direction: `src` -> pipe -> `dst`, `head` bytes first.  With `fin_after_read`,
+    `src`'s EOF reaches `dst` only once `dst`'s peer has read all that went before it
+    or has sent something (see `peer_unread`: Envoy drops a connection whose FIN comes
+    before it has read the PROXY header, as an agent that half-closes right after its
+    request makes it)."""
 
     def __init__(
         self,
@@ -208,6 +219,7 @@ class Pump:
         pipe: Pipe,
         on_done: Callable[[], None],
         on_error: Callable[[OSError], None],
+        fin_after_read: bool = False,
     ) -> None:
         self.loop = loop
         self.src, self.dst = src, dst
@@ -220,8 +232,12 @@ class Pump:
         self.eof = False
         self.done = False  # EOF passed on
         self.moved = 0  # bytes delivered to dst, head included
+        self.got = False  # a byte came from src
         self.reading = self.writing = False
         self.partner: Pump | None = None  # the other direction
+        self.fin_after_read = fin_after_read
+        self.fin_recheck = FIN_RECHECK_FIRST
+        self.fin_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._flush()
@@ -232,6 +248,9 @@ class Pump:
         belong to the relay."""
         self._read(False)
         self._write(False)
+        if self.fin_timer is not None:
+            self.fin_timer.cancel()
+            self.fin_timer = None
         if pool is not None and self.done and not self.in_pipe:
             pool.give(self.pipe)
         else:
@@ -265,6 +284,7 @@ class Pump:
         if n == 0:
             self.eof = True
         else:
+            self.got = True
             pipe.after_read(n)
         self.last_read = n
         self.in_pipe += n
@@ -296,11 +316,30 @@ class Pump:
         partner = self.partner
         if partner is None or not partner.done:
             # (When the other direction is done too, the relay closes both sockets now,
-            # and close(2) sends the same FIN: nothing is left unread on either.)
+            # and close(2) sends the same FIN: nothing is left unread on either.  The
+            # next hop's EOF also shows it had taken the connection: no FIN to hold.)
+            if self._hold_fin():
+                return
             with contextlib.suppress(OSError):
                 self.dst.shutdown(socket.SHUT_WR)
         self.done = True
         self.on_done()
+
+    def _hold_fin(self) -> bool:
+        """True (and a look again later) while `dst`'s peer has not read all it was sent
+        and has not answered (an answer shows it took the connection)."""
+        self.fin_timer = None
+        if not self.fin_after_read or (self.partner is not None and self.partner.got):
+            return False
+        try:
+            left = unread(self.dst)
+        except OSError:  # not connected any more: nothing to wait for
+            return False
+        if not left:
+            return False
+        self.fin_timer = self.loop.call_later(self.fin_recheck, self._flush)
+        self.fin_recheck = min(self.fin_recheck * 2, FIN_RECHECK_MAX)
+        return True
 
 
 class SpliceRelay:
@@ -332,7 +371,9 @@ class SpliceRelay:
         self.error: OSError | None = None
         out_pipe, in_pipe = pipes if pipes is not None else open_pipes()
         done, failed = self._done, self._failed
-        self.outbound = Pump(self.loop, agent, upstream, to_upstream, out_pipe, done, failed)
+        self.outbound = Pump(
+            self.loop, agent, upstream, to_upstream, out_pipe, done, failed, fin_after_read=True
+        )
         self.inbound = Pump(self.loop, upstream, agent, to_agent, in_pipe, done, failed)
         self.outbound.partner, self.inbound.partner = self.inbound, self.outbound
 

@@ -28,6 +28,7 @@ from clrk_xds.translate import to_plain, translate
 from tests.e2e.dialer_proc import DialerProcess
 from tests.e2e.topology import (
     DEFAULT_ZONE,
+    HALF_CLOSING_ECHO_CLIENT,
     JsonLog,
     Topology,
     TopologyError,
@@ -386,10 +387,23 @@ def test_tcp_record_counts_bytes_each_way(l7) -> None:
     assert attrs["clrk.egress.gateway"] == "default/egress"
 
 
+def test_an_agent_that_half_closes_right_after_its_request_gets_the_answer(l7) -> None:
+    """test_envoy_e2e's over Envoy's Unix sockets, here over its loopback ports: the
+    dialer holds the agent's FIN until Envoy has read the PROXY header before it."""
+    out = l7["agent"].run(
+        ["python3", "-c", HALF_CLOSING_ECHO_CLIENT, "bulk.test", "7", "200"], timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"failed": 0, "first": []}
+
+
 # Runs in gw: one connection straight to Envoy's `tcp` listener behind a PROXY v2 header
-# (the dialer's TLVs); prints what came back before Envoy or the echo closed it.
+# (the dialer's TLVs) and "ping", half-closed once Envoy has read them, as the dialer
+# does (Envoy closes a connection whose FIN is there before it read the header); prints
+# what came back before Envoy or the echo closed it.
 PROXIED_CLIENT = textwrap.dedent("""
-    import socket, sys
+    import socket, sys, time
+    from clrk_worker_dialer.peer_unread import unread
     from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
     authority, dst, port, cid, envoy_port = sys.argv[1:6]
     tlvs = clrk_tlvs(authority=authority, agent_namespace="default", agent_name="agent-a",
@@ -398,6 +412,9 @@ PROXIED_CLIENT = textwrap.dedent("""
     data = b""
     try:  # Envoy may have closed it already
         s.sendall(encode(ProxyHeader("10.0.0.9", 40000, dst, int(port), tlvs)) + b"ping")
+        deadline = time.monotonic() + 5
+        while unread(s) and time.monotonic() < deadline:
+            time.sleep(0.001)
         s.shutdown(socket.SHUT_WR)
         while chunk := s.recv(65536):
             data += chunk
@@ -409,21 +426,25 @@ PROXIED_CLIENT = textwrap.dedent("""
 
 def test_a_connection_envoy_closes_makes_no_tcp_record(l7, topology: Topology) -> None:
     """The `tcp` listener logs every connection it ends; only one a proxying chain took
-    is a record (`test_tcp_record_counts_bytes_each_way`: exactly one), not one its deny
-    route's chain or its blocked-address guard closed."""
+    (a route's or the default allow-all) is a record: not one its deny route's chain or
+    its blocked-address guard closed."""
     tcp = envoy_listener_addresses([("tcp", "TCP"), ("tls-term", "TLS"), ("web", "HTTP")])["tcp"]
     ids = {}
-    for case, authority, dst in [
-        ("deny", "pastebin.com", PASTE),
-        ("blocked", "bulk.test", "127.0.0.1"),
+    for case, authority, dst, echoed in [
+        ("deny", "pastebin.com", PASTE, "-"),
+        ("blocked", "bulk.test", "127.0.0.1", "-"),
+        ("unrouted", "unrouted.test", API, "ping"),  # no route names it: allow-all
+        ("allowed", "bulk.test", API, "ping"),  # last: its record shows the others are read
     ]:
         ids[case] = uuid.uuid4().hex
         argv = [sys.executable, "-c", PROXIED_CLIENT, authority, dst, "7", ids[case], str(tcp[1])]
         out = topology.run_in_gw(argv)
-        assert (out.returncode, out.stdout.strip()) == (0, "-"), (case, out.stderr)
-    # Envoy flushes its access log at least every second and ext_proc writes each entry
-    # as it comes: by then an entry for a closed connection would be a record.
-    time.sleep(2.5)
+        assert (out.returncode, out.stdout.strip()) == (0, echoed), (case, out.stderr)
+    found = records(l7["records"], "egress.tcp", {"clrk.connection.id": ids["allowed"]})
+    assert len([r for r in found if r["signal"] == "span"]) == 1, found
+    assert found[0]["attributes"]["clrk.egress.bytes_up"] == 4
+    unrouted = records(l7["records"], "egress.tcp", {"clrk.connection.id": ids["unrouted"]})
+    assert len([r for r in unrouted if r["signal"] == "span"]) == 1, unrouted
     for case in ("deny", "blocked"):
         assert records(l7["records"], "egress.tcp", {"clrk.connection.id": ids[case]}, wait=0) == []
 

@@ -20,6 +20,7 @@ import select
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,28 @@ DEFAULT_ZONE: dict[str, dict[str, Any]] = {
     "www.example.test": {"CNAME": "example.test", "ttl": 120},
     "*.wild.test": {"A": ["203.0.113.6"]},
 }
+
+# Runs in an agent: COUNT connections to HOST PORT (an echo server) that each send "ping"
+# and half-close at once, as `printf ping | nc -N` does, then read to EOF.  Prints how
+# many did not get "ping" back and the first few of what they got instead.
+HALF_CLOSING_ECHO_CLIENT = textwrap.dedent("""
+    import json, socket, sys
+    host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    failed = []
+    for i in range(count):
+        with socket.create_connection((host, port), timeout=5) as s:
+            got = b""
+            try:
+                s.sendall(b"ping")
+                s.shutdown(socket.SHUT_WR)
+                while chunk := s.recv(65536):
+                    got += chunk
+            except OSError as exc:
+                got = repr(exc).encode()
+        if got != b"ping":
+            failed.append(got.decode(errors="replace"))
+    print(json.dumps({"failed": len(failed), "first": failed[:3]}))
+""")
 
 PROCESS_READY_TIMEOUT = 5.0
 STOP_GRACE = 2.0

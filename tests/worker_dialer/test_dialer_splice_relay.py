@@ -12,6 +12,7 @@ import gc
 import hashlib
 import os
 import resource
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -249,6 +250,79 @@ def test_a_half_close_is_carried_over_and_the_other_direction_keeps_going(
             assert w.relay_agent.fileno() == -1 and w.relay_upstream.fileno() == -1
             assert open_fds() == before - 2  # both relay sockets and all pipe ends gone
             assert (relay.outbound.pipe.r, relay.inbound.pipe.w) == (-1, -1)
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+def fin_arrived(sock: socket.socket) -> bool:
+    """The peer's FIN is there (EPOLLRDHUP: what Envoy's listener filters watch)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    return bool(poller.poll(0))
+
+
+async def until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_an_agents_fin_reaches_the_next_hop_only_once_it_read_all_before_it(upstream, tmp_path):
+    """Envoy closes a connection whose FIN is there before its listener filters read the
+    PROXY header: an agent that half-closes right after its request would lose it."""
+
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            relay, closed = start(w, to_upstream=b"header")
+            await send_and_finish(w.agent_peer, b"request")
+            await until(lambda: relay.outbound.eof)  # the relay has the agent's EOF
+            assert not fin_arrived(w.upstream_peer)
+            assert await recv_exactly(w.upstream_peer, 13) == b"headerrequest"
+            assert await recv_until_eof(w.upstream_peer) == b""  # read all: the FIN came
+            await asyncio.get_running_loop().sock_sendall(w.upstream_peer, b"answer")
+            assert await recv_exactly(w.agent_peer, 6) == b"answer"
+            w.upstream_peer.shutdown(socket.SHUT_WR)
+            assert await closed is relay and relay.error is None
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_once_the_next_hop_answered_the_agents_fin_goes_at_once(upstream, tmp_path):
+    """An answer shows the next hop took the connection: nothing left to wait for."""
+
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            relay, _ = start(w, to_upstream=b"header")
+            await asyncio.get_running_loop().sock_sendall(w.upstream_peer, b"banner")
+            assert await recv_exactly(w.agent_peer, 6) == b"banner"
+            await send_and_finish(w.agent_peer, b"request")
+            await until(lambda: relay.outbound.done)
+            assert fin_arrived(w.upstream_peer)  # though it read nothing yet
+            assert await recv_until_eof(w.upstream_peer) == b"headerrequest"
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_a_next_hop_that_closes_unread_while_the_fin_waits_ends_the_relay(upstream, tmp_path):
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            relay, closed = start(w, to_upstream=b"header")
+            await send_and_finish(w.agent_peer, b"request")
+            await until(lambda: relay.outbound.eof)
+            w.upstream_peer.close()
+            assert await closed is relay
+            assert relay.outbound.fin_timer is None
         finally:
             w.close_peers()
 
