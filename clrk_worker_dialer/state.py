@@ -16,6 +16,7 @@ from clrk.api import load_paths
 from clrk.api.loader import ManifestCache
 from clrk.nexthops import NextHop, envoy_listener_addresses
 from clrk.policy import Agent, Decision, GatewayPolicy, OwnAddresses
+from clrk.policy.compile import CompileCache
 from clrk.policy.loaded import blocking, compile_loaded
 from clrk.records.schema import dial_denied, dns_denied
 from clrk_runtime import random_bytes
@@ -54,6 +55,7 @@ class DialerState:
         self.next_hops: dict[str, NextHop] = {}
         self.version = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
+        self._compiled = CompileCache()  # ... and compiles only the routes that changed
         self.pipes = PipePool()  # what ended relays leave for the next ones
 
     def set_own_addresses(self, addresses: Sequence[str]) -> None:
@@ -65,7 +67,7 @@ class DialerState:
 
     def load(self) -> None:
         """Load and compile the manifests; raise PolicyError and keep the last good."""
-        loaded = compile_loaded(load_paths(self.config.manifests, self._manifests))
+        loaded = compile_loaded(load_paths(self.config.manifests, self._manifests), self._compiled)
         if loaded.blocked:
             raise PolicyError([f.line() for f in blocking(loaded.findings)])
         policy = loaded.compiled.gateways.get(self.config.gateway_key)

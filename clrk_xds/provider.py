@@ -28,6 +28,7 @@ import watchfiles
 from clrk.api import LoadResult
 from clrk.api.loader import MANIFEST_SUFFIXES, ManifestCache, load_paths
 from clrk.policy import PolicySet
+from clrk.policy.compile import CompileCache
 from clrk.policy.loaded import Loaded, compile_loaded
 from clrk_runtime.logs import fields
 from clrk_xds import gc_pause
@@ -70,14 +71,15 @@ def _snapshot(node: str, res) -> tuple[Snapshot | None, list[str]]:
     return snap, [f"gateway {node}: {p}" for p in check(snap.resources, messages)]
 
 
-def plan(load: LoadResult, translator: Translator) -> Plan:
-    """Compile, translate and consistency-check one validated set; no side effects."""
+def plan(load: LoadResult, translator: Translator, compiled: CompileCache | None = None) -> Plan:
+    """Compile, translate and consistency-check one validated set; no side effects but
+    on `compiled`, the last compile of the same source, whose unchanged parts it reuses."""
     with gc_pause.paused():
-        return _plan(load, translator)
+        return _plan(load, translator, compiled)
 
 
-def _plan(load: LoadResult, translator: Translator) -> Plan:
-    loaded = compile_loaded(load)
+def _plan(load: LoadResult, translator: Translator, compiled: CompileCache | None) -> Plan:
+    loaded = compile_loaded(load, compiled)
     errors = [f.line() for f in loaded.findings if f.is_error]
     blocked = loaded.blocked
     snapshots: dict[str, Snapshot] = {}
@@ -107,11 +109,14 @@ def read_manifests(paths: Sequence[str | Path], cache: ManifestCache | None = No
 
 
 def prepare(
-    paths: Sequence[str | Path], translator: Translator, cache: ManifestCache | None = None
+    paths: Sequence[str | Path],
+    translator: Translator,
+    cache: ManifestCache | None = None,
+    compiled: CompileCache | None = None,
 ) -> Plan:
     """`plan` of the files at `paths`."""
     with gc_pause.paused():
-        return plan(read_manifests(paths, cache), translator)
+        return plan(read_manifests(paths, cache), translator, compiled)
 
 
 def default_translator(
@@ -207,12 +212,16 @@ class FileProvider(Provider):
     paths: Sequence[str | Path] = ()
     debounce_ms: int = 50
     _manifests: ManifestCache = field(default_factory=ManifestCache, init=False)
+    # Resource objects of unchanged documents stay the same, so their compile is reused.
+    _compiled: CompileCache = field(default_factory=CompileCache, init=False)
 
     async def reload(self) -> bool:
         """Read the files and install them if valid; True if a new set is in force."""
         assert self.translator is not None
         async with self._reloading:
-            plan = await asyncio.to_thread(prepare, self.paths, self.translator, self._manifests)
+            plan = await asyncio.to_thread(
+                prepare, self.paths, self.translator, self._manifests, self._compiled
+            )
             return self.apply(plan)
 
     def _watch_roots(self) -> list[Path]:

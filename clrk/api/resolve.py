@@ -48,6 +48,48 @@ def _key(res: Resource) -> Key:
     return (res.namespace, res.name)
 
 
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    """One route's part of `attach`, and the objects it was computed from."""
+
+    route: Resource
+    deny_policy: Resource | None
+    parents: tuple[tuple[Key, Resource | None, bool], ...]  # gateway, its object, rejected
+    attachments: tuple[tuple[Key, Attachment], ...]
+    condition: Condition
+    findings: tuple[Finding, ...]
+
+    def holds(
+        self,
+        route: Resource,
+        deny_policy: Resource | None,
+        gateways: dict[Key, Resource],
+        rejected: frozenset[tuple[str, str, str]],
+    ) -> bool:
+        """Still the result for these objects (resources are immutable: the same object
+        is the same content)."""
+        return (
+            self.route is route
+            and self.deny_policy is deny_policy
+            and all(
+                gateways.get(gkey) is gateway
+                and (gateway is not None or (("EgressGateway", *gkey) in rejected) is was)
+                for gkey, gateway, was in self.parents
+            )
+        )
+
+
+class AttachCache:
+    """Each route's attachments and findings from the last resolution, reused while the
+    route, its deny policy and its parent gateways are the same objects (a manifest
+    cache keeps an unchanged document's object): a reload that changed one route of a
+    thousand attaches one.  Holds only the routes of the last set.  Not thread-safe:
+    one resolution at a time."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, _Attached] = {}  # id(route) -> its result; holds the route
+
+
 @dataclass
 class _Resolver:
     resources: Sequence[Resource]
@@ -122,52 +164,78 @@ class _Resolver:
         gateways: dict[Key, Resource],
         routes: dict[Key, Resource],
         denied: dict[Key, Resource],
+        cache: AttachCache | None = None,
     ) -> dict[Key, tuple[Attachment, ...]]:
+        last = cache.last if cache is not None else {}
+        now: dict[int, _Attached] = {}
         per_gateway: dict[Key, list[Attachment]] = {}
         for rkey in sorted(routes):
             route = routes[rkey]
             deny_policy = denied.get(rkey)
-            wanted: dict[Key, set[str]] = {}
-            for i, ref in enumerate(route.spec.parent_refs):
-                gkey = (ref.namespace or route.namespace, ref.name)
-                gateway = gateways.get(gkey)
-                if gateway is None:
-                    self.report(
-                        route,
-                        f"spec.parentRefs[{i}].name",
-                        self.missing("EgressGateway", gkey),
-                    )
-                    continue
-                names = [lst.name for lst in gateway.spec.listeners]
-                if ref.section_name is None:
-                    wanted.setdefault(gkey, set()).update(names)
-                elif ref.section_name in names:
-                    wanted.setdefault(gkey, set()).add(ref.section_name)
-                else:
-                    note = (
-                        "; as a deny policy target it still denies on the whole gateway"
-                        if deny_policy
-                        else ""
-                    )
-                    self.report(
-                        route,
-                        f"spec.parentRefs[{i}].sectionName",
-                        f"EgressGateway {gateway.ref} has no listener {ref.section_name!r} "
-                        f"(it has {', '.join(names)}){note}",
-                    )
-                    if deny_policy:
-                        wanted.setdefault(gkey, set()).update(names)
-            for gkey, chosen in wanted.items():
-                order = [lst.name for lst in gateways[gkey].spec.listeners]
-                listeners = tuple(n for n in order if n in chosen)
-                per_gateway.setdefault(gkey, []).append(Attachment(route, listeners, deny_policy))
-            accepted = bool(wanted)
-            self.condition(
-                route,
-                Condition("Accepted", accepted, "Accepted" if accepted else "NoMatchingParent"),
-            )
-            self.lint_matches(route)
+            done = last.get(id(route))
+            if done is None or not done.holds(route, deny_policy, gateways, self.rejected):
+                done = self._attach_route(route, deny_policy, gateways)
+            else:
+                self.findings.extend(done.findings)
+            now[id(route)] = done
+            for gkey, att in done.attachments:
+                per_gateway.setdefault(gkey, []).append(att)
+            self.condition(route, done.condition)
+        if cache is not None:
+            cache.last = now  # only the routes of this set: a deleted one keeps nothing
         return {k: tuple(v) for k, v in per_gateway.items()}
+
+    def _attach_route(
+        self, route: Resource, deny_policy: Resource | None, gateways: dict[Key, Resource]
+    ) -> _Attached:
+        first_finding = len(self.findings)
+        wanted: dict[Key, set[str]] = {}
+        parents = []
+        for i, ref in enumerate(route.spec.parent_refs):
+            gkey = (ref.namespace or route.namespace, ref.name)
+            gateway = gateways.get(gkey)
+            parents.append((gkey, gateway, ("EgressGateway", *gkey) in self.rejected))
+            if gateway is None:
+                self.report(
+                    route,
+                    f"spec.parentRefs[{i}].name",
+                    self.missing("EgressGateway", gkey),
+                )
+                continue
+            names = [lst.name for lst in gateway.spec.listeners]
+            if ref.section_name is None:
+                wanted.setdefault(gkey, set()).update(names)
+            elif ref.section_name in names:
+                wanted.setdefault(gkey, set()).add(ref.section_name)
+            else:
+                note = (
+                    "; as a deny policy target it still denies on the whole gateway"
+                    if deny_policy
+                    else ""
+                )
+                self.report(
+                    route,
+                    f"spec.parentRefs[{i}].sectionName",
+                    f"EgressGateway {gateway.ref} has no listener {ref.section_name!r} "
+                    f"(it has {', '.join(names)}){note}",
+                )
+                if deny_policy:
+                    wanted.setdefault(gkey, set()).update(names)
+        attachments = []
+        for gkey, chosen in wanted.items():
+            order = [lst.name for lst in gateways[gkey].spec.listeners]
+            listeners = tuple(n for n in order if n in chosen)
+            attachments.append((gkey, Attachment(route, listeners, deny_policy)))
+        accepted = bool(wanted)
+        self.lint_matches(route)
+        return _Attached(
+            route,
+            deny_policy,
+            tuple(parents),
+            tuple(attachments),
+            Condition("Accepted", accepted, "Accepted" if accepted else "NoMatchingParent"),
+            tuple(self.findings[first_finding:]),
+        )
 
     def lint_matches(self, route: Resource) -> None:
         for r, rule in enumerate(route.spec.rules):
@@ -300,14 +368,16 @@ def resolve(
     resources: Sequence[Resource],
     rejected: frozenset[tuple[str, str, str]] = frozenset(),
     secret_refs: bool = False,
+    cache: AttachCache | None = None,
 ) -> Resolution:
     """`rejected`: (kind, namespace, name) of documents that failed validation;
-    `secret_refs`: the provider reads Kubernetes Secrets (else a secretRef is a finding)."""
+    `secret_refs`: the provider reads Kubernetes Secrets (else a secretRef is a finding);
+    `cache`: the attachments of the last resolution of the same source, to reuse."""
     r = _Resolver(resources, rejected, secret_refs)
     gateways = r.of_kind("EgressGateway")
     routes = r.of_kind("EgressL4Route")
     denied = r.deny_targets(routes)
-    attachments = r.attach(gateways, routes, denied)
+    attachments = r.attach(gateways, routes, denied, cache)
     agents = r.agents(gateways)
     credentials = r.credentials(gateways, routes, attachments)
     return Resolution(

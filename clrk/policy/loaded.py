@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from clrk.api import LoadResult, load_paths
 from clrk.api.findings import Finding, Scope
-from clrk.policy.compile import compile_policies
+from clrk.policy.compile import CompileCache, compile_policies
 from clrk.policy.compiled import PolicySet
 
 
@@ -38,9 +38,10 @@ class Loaded:
         return sorted(merged, key=lambda f: (f.file, f.document))
 
 
-def compile_loaded(load: LoadResult) -> Loaded:
+def compile_loaded(load: LoadResult, cache: CompileCache | None = None) -> Loaded:
+    """`cache`: the last compile of the same source, to reuse (see CompileCache)."""
     compiled = compile_policies(
-        load.resources, rejected=load.rejected, secret_refs=load.secret_refs
+        load.resources, rejected=load.rejected, secret_refs=load.secret_refs, cache=cache
     )
     return Loaded(load, compiled, blocks_the_set(load.findings))
 
