@@ -21,7 +21,12 @@ from clrk.policy.loaded import blocking, compile_loaded
 from clrk.records.schema import dial_denied, dns_denied
 from clrk_runtime import random_bytes
 from clrk_runtime.logs import fields
-from clrk_runtime.policy_messages import PolicyDecodeError, pb2, policy_from_update
+from clrk_runtime.policy_messages import (
+    DecodedMatches,
+    PolicyDecodeError,
+    pb2,
+    policy_from_update,
+)
 from clrk_worker_dialer.config import DialerConfig, system_resolvers
 from clrk_worker_dialer.dns_binding import BindingCache
 from clrk_worker_dialer.identity import Identity
@@ -56,6 +61,7 @@ class DialerState:
         self.version = 0
         self._manifests = ManifestCache()  # a reload re-parses only the files that changed
         self._compiled = CompileCache()  # ... and compiles only the routes that changed
+        self._decoded = DecodedMatches()  # an update decodes only the matches that changed
         self.pipes = PipePool()  # what ended relays leave for the next ones
 
     def set_own_addresses(self, addresses: Sequence[str]) -> None:
@@ -79,7 +85,7 @@ class DialerState:
         """Apply the control plane's compiled policy; raise PolicyError and keep the last
         good when the update carries none this dialer can enforce."""
         try:
-            policy = policy_from_update(update)
+            policy = policy_from_update(update, self._decoded)
         except PolicyDecodeError as exc:
             raise PolicyError([str(exc)]) from None
         wanted = "/".join(self.config.gateway_key)

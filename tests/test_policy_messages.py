@@ -3,7 +3,6 @@ a policy that decides the same, and a malformed or newer message is refused whol
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import pytest
@@ -16,6 +15,7 @@ from clrk.policy.compiled import DenyResponse
 from clrk.policy.loaded import compile_loaded
 from clrk_runtime.policy_messages import (
     SCHEMA,
+    DecodedMatches,
     MatchBytes,
     PolicyDecodeError,
     decode_policy,
@@ -164,6 +164,47 @@ def test_an_update_reusing_the_last_ones_match_bytes_is_the_same_update(before, 
         assert reused.SerializeToString() == policy_update("default/gw", policy).SerializeToString()
 
 
+def _decoded(policy, matches: DecodedMatches | None = None):
+    wire = pb2.GatewayPolicy.FromString(encode_policy(policy).SerializeToString())
+    return decode_policy(wire, matches)
+
+
+def _same_policy(mine, theirs) -> None:
+    assert to_plain(mine) == to_plain(theirs)
+    assert mine.listeners == theirs.listeners
+    for a, b in zip(mine.matches, theirs.matches, strict=True):
+        assert all(getattr(a, n) == getattr(b, n) for n in MatchFields)
+        assert all(any(lst is own for own in mine.listeners) for lst in a.listeners)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=policy_with_modes(), after=policy_with_modes(), conns=st.lists(connection()))
+def test_a_dialer_reusing_the_last_updates_entries_decodes_what_decoding_all_gives(
+    before, after, conns
+):
+    """The dialer keeps the entries of the matches it decoded last: an update decodes
+    only the changed ones, and the policy is the one decoding every match gives."""
+    matches = DecodedMatches()
+    agent = Agent("default", "a", {"team": "a"})
+    for docs in (before, after, after, before):
+        policy = compile_loaded(load_objects(docs)).compiled.gateways[("default", "gw")]
+        reused, fresh = _decoded(policy, matches), _decoded(policy)
+        _same_policy(reused, fresh)
+        for conn in conns:
+            assert decide(reused, agent, conn) == decide(fresh, agent, conn)
+
+
+def test_a_kept_entry_is_checked_again_when_its_listeners_or_deny_policies_change():
+    matches = DecodedMatches()
+    _decoded(_policy(), matches)
+    for edit, says in [
+        (lambda m: m.ClearField("deny_responses"), "no deny response"),
+        (lambda m: setattr(m.listeners[0], "name", "renamed"), "no TCP listener 'tcp'"),
+    ]:
+        with pytest.raises(PolicyDecodeError, match=says):
+            decode_policy(_broken(edit), matches)
+
+
 def test_the_version_is_a_content_hash():
     first = policy_update("default/gw", _policy())
     assert first.schema == SCHEMA
@@ -222,6 +263,9 @@ def test_an_update_of_another_schema_or_without_a_policy_is_refused():
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_damaged_bytes_decode_to_a_policy_or_a_refusal_never_a_crash(data):
+    """... and to the same one with the entries of the undamaged policy at hand."""
+    matches = DecodedMatches()
+    _decoded(_policy(), matches)
     wire = bytearray(encode_policy(_policy()).SerializeToString())
     for _ in range(data.draw(st.integers(1, 8))):
         wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
@@ -229,5 +273,10 @@ def test_damaged_bytes_decode_to_a_policy_or_a_refusal_never_a_crash(data):
         msg = pb2.GatewayPolicy.FromString(bytes(wire))
     except Exception:
         return
-    with contextlib.suppress(PolicyDecodeError):
-        decode_policy(msg)
+    try:
+        fresh = decode_policy(msg)
+    except PolicyDecodeError:
+        with pytest.raises(PolicyDecodeError):
+            decode_policy(msg, matches)
+        return
+    _same_policy(decode_policy(msg, matches), fresh)
