@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count, groupby
+from operator import itemgetter
 
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
 from envoy_data_plane.envoy.config.cluster.v3 import (
@@ -451,18 +452,28 @@ def _attached(entry: MatchEntry, listener: CompiledListener) -> bool:
     return any(lst.name == listener.name for lst in entry.listeners)
 
 
-def _tcp_routes(policy: GatewayPolicy, listener: CompiledListener) -> list[list[MatchEntry]]:
+def _tcp_routes(
+    policy: GatewayPolicy, listener: CompiledListener
+) -> list[tuple[list[MatchEntry], bool]]:
     """The TCP match entries `listener` checks, per route, in the compiled order: deny
     routes attached to it (on an L7 listener, their chains answer with the deny
     response), then every other deny route (decide() applies them on the whole
-    gateway; they only close), then the allow routes attached to it."""
-    checked = [
-        e
-        for e in policy.matches
-        if e.protocol == "TCP" and (e.deny_policy is not None or _attached(e, listener))
-    ]
-    checked.sort(key=lambda e: (e.deny_policy is None, not _attached(e, listener), e.order))
-    return [list(group) for _route, group in groupby(checked, key=lambda e: e.route)]
+    gateway; they only close), then the allow routes attached to it.  Each route comes
+    with whether it is attached to `listener`, found once per entry (a reload
+    translates every route, most of them from the chain cache)."""
+    checked = []
+    for e in policy.matches:
+        if e.protocol != "TCP":
+            continue
+        attached = _attached(e, listener)
+        if e.deny_policy is not None or attached:
+            checked.append((e.deny_policy is None, not attached, e.order, e))
+    checked.sort(key=itemgetter(0, 1, 2))  # `order` is unique: entries are never compared
+    routes = []
+    for _route, group in groupby(checked, key=lambda t: t[3].route):
+        items = list(group)
+        routes.append(([t[3] for t in items], not items[0][1]))
+    return routes
 
 
 def _gateway_listener(
@@ -485,13 +496,12 @@ def _gateway_listener(
     if cache is not None:
         creds = policy.credentials if listener.l7 else ()
         context = cache.context((policy.ref, listener, blocked, creds))
-    for route in _tcp_routes(policy, listener):
+    for route, attached in _tcp_routes(policy, listener):
         key = None
         part = None
         if cache is not None:
             agents = tuple(selected(e.selector) for e in route)
             deny = policy.deny_responses.get(route[0].deny_policy or "")
-            attached = _attached(route[0], listener)
             key = (context, attached, deny, agents, _route_key(route))
             part = cache.get(key)
         if part is None:
