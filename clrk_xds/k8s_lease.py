@@ -23,8 +23,9 @@ from clrk_runtime.logs import fields
 
 log = logging.getLogger("clrk_xds.k8s_lease")
 
-# connect, read (seconds): a call that hangs must not hold the Lease's turn for long
-TIMEOUT = {"_request_timeout": (5.0, 10.0)}
+# connect, read (seconds) of one call, which the client does not retry (`api_client`):
+# a call that hangs must not hold the Lease's turn, nor a stop, for long
+TIMEOUT = {"_request_timeout": (3.0, 5.0)}
 
 
 def micro_now() -> datetime.datetime:
@@ -50,8 +51,9 @@ class LeaseElector:
         self._renewed: float | None = None  # monotonic time of the last renewal
         # A round still running in a thread when the replica stops must not renew the
         # Lease after `release`: rounds and the release take turns, and none follows it.
+        # `release` says so at once, so that a round in hand writes nothing more.
         self._turn = threading.Lock()
-        self._released = False
+        self._released = threading.Event()
 
     def _spec(self, now: datetime.datetime, transitions: int, acquired=None) -> client.V1LeaseSpec:
         return client.V1LeaseSpec(
@@ -65,7 +67,7 @@ class LeaseElector:
     def campaign(self) -> bool:
         """One round; True if this replica holds the Lease afterwards."""
         with self._turn:
-            if self._released:
+            if self._released.is_set():
                 return False
             return self._campaign()
 
@@ -105,6 +107,8 @@ class LeaseElector:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            if self._released.is_set():
+                return False
             body = client.V1Lease(
                 metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=self._spec(now, 0),
@@ -124,14 +128,22 @@ class LeaseElector:
                 if now < renewed + datetime.timedelta(seconds=duration):
                     return False  # held and not expired
             lease.spec = self._spec(now, (spec.lease_transitions or 0) + 1)
+        if self._released.is_set():
+            return False
         # resourceVersion from the read: a concurrent writer makes this a 409
         self.coordination.replace_namespaced_lease(self.name, self.namespace, lease, **TIMEOUT)
         return True
 
+    def stopping(self) -> None:
+        """No round renews or takes the Lease any more: one in hand ends after the call
+        it is in (`TIMEOUT`) without writing."""
+        self._released.set()
+
     def release(self) -> None:
-        """Give the Lease up on a clean stop, so another replica need not wait."""
+        """Give the Lease up on a clean stop, so another replica need not wait (after a
+        round in hand, which `stopping` cut short)."""
+        self.stopping()
         with self._turn:
-            self._released = True
             self.leader = False
             self._release()
 

@@ -16,10 +16,12 @@ backoff and jitter, then resumes from where it was.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import random
+import socket
 import threading
 from collections.abc import Callable
 
@@ -58,7 +60,11 @@ class ListWatcher:
         self.lists = 0  # how many times it listed: 1 + relists after 410
         self.error: str | None = None  # the last error, until a list or watch succeeds
         self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
+        # The response being read (a list's or a watch's): `signal` shuts its socket down.
+        self._response: object | None = None
+        self._responding = threading.Lock()
+        # what a watch makes of the lister's items: found by its docstring, not `_open`'s
+        self._return_type = watch.Watch().get_return_type(lister)
         self._thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
 
     def start(self) -> None:
@@ -67,11 +73,15 @@ class ListWatcher:
     def signal(self) -> None:
         """Ask the thread to end, without waiting for it."""
         self._stop.set()
-        if (w := self._watch) is not None:
-            w.stop()  # shuts the socket down: the blocked read returns
+        with self._responding:
+            response = self._response
+        _shut(response)  # the blocked read returns
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self.signal()
@@ -81,12 +91,28 @@ class ListWatcher:
         # connect, read: a read may wait a whole watch, and a little more
         return (5.0, self.watch_timeout + 15.0)
 
+    def _open(self, *args: object, **kwargs: object) -> object:
+        """The list or watch request.  A `signal` while it was being made found no
+        response to shut down: its stop is seen here, before anything is read."""
+        response = self.lister(*args, **kwargs)
+        with self._responding:
+            self._response = response
+            stopped = self._stop.is_set()
+        if stopped:
+            _shut(response)
+        return response
+
+    def _closed(self) -> None:
+        with self._responding:
+            self._response = None
+
     def _list(self) -> None:
         # The JSON as the server sent it: the client's models would rename its fields.
-        response = self.lister(_preload_content=False, _request_timeout=self._timeout())
+        response = self._open(_preload_content=False, _request_timeout=self._timeout())
         try:
             listed = json.loads(response.data)
         finally:
+            self._closed()
             response.release_conn()  # back to the pool, as a preloaded call does
         self.resource_version = listed["metadata"]["resourceVersion"]
         self.lists += 1
@@ -94,10 +120,10 @@ class ListWatcher:
         self.emit(("LIST", self.kind, listed.get("items") or []))
 
     def _watch_once(self) -> None:
-        w = self._watch = watch.Watch()
+        w = watch.Watch(return_type=self._return_type)
         try:
             for event in w.stream(
-                self.lister,
+                self._open,
                 resource_version=self.resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=self.watch_timeout,
@@ -110,7 +136,7 @@ class ListWatcher:
                 if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                     self.emit((event["type"], self.kind, event["raw_object"]))
         finally:
-            self._watch = None
+            self._closed()
 
     def _run(self) -> None:
         delay = BACKOFF_FIRST
@@ -122,6 +148,8 @@ class ListWatcher:
                 self._watch_once()
                 delay = BACKOFF_FIRST
             except ApiException as exc:
+                if self._stop.is_set():
+                    return
                 if exc.status == 410:
                     log.info("k8s.relist", extra=fields(kind=self.kind, reason="410 Gone"))
                     self.resource_version = None
@@ -141,6 +169,16 @@ class ListWatcher:
         log.warning("k8s.watch_error", extra=fields(kind=self.kind, error=error, retry_in=delay))
         self._stop.wait(delay * random.uniform(0.8, 1.2))
         return min(delay * 2, self.backoff_max)
+
+
+def _shut(response: object) -> None:
+    """Shut the socket of a response being read down (not closed: the reading thread
+    owns it), so that a read blocked on it returns at once."""
+    connection = getattr(response, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class KindWatcher(ListWatcher):

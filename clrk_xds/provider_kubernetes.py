@@ -29,15 +29,16 @@ kinds accordingly).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
+from urllib3.util.retry import Retry
 
 from clrk.api import load_documents
 from clrk.api.crds import VERSION, plural
@@ -55,6 +56,9 @@ from clrk_xds.provider import Plan, Provider, plan
 log = logging.getLogger("clrk_xds.provider_kubernetes")
 
 LEASE_RETRY_SECONDS = 2.0
+# How long a stop waits for the status and Lease loops to finish the calls in hand (at
+# most two of `TIMEOUT` each) before it cancels them.
+LOOPS_END_SECONDS = 20.0
 
 
 def _meta(obj: Mapping) -> Mapping:
@@ -272,10 +276,15 @@ class KubernetesProvider(Provider):
             return written
         return None
 
-    def _write_all(self, due: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
-        """(object written from, object the server returned) of each write done."""
+    def _write_all(
+        self, due: list[tuple[dict, dict]], halted: Callable[[], bool]
+    ) -> list[tuple[dict, dict]]:
+        """(object written from, object the server returned) of each write done; none
+        after `halted()` (a stop waits for this thread)."""
         out = []
         for obj, status in due:
+            if halted():
+                break
             try:
                 written = self._write(obj, status)
             except Exception as exc:  # the next change or ACK tries again
@@ -288,36 +297,37 @@ class KubernetesProvider(Provider):
     def writes_status(self) -> bool:
         return self.elector is None or self.elector.leader
 
-    async def _status_loop(self) -> None:
+    async def _status_loop(self, halt: asyncio.Event) -> None:
         assert self._dirty is not None
-        while True:
+        while not halt.is_set():
             # Also every `resync` seconds: a write that failed (the API server away, a
             # missing permission) is tried again without waiting for the next change.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.resync)
-            await asyncio.sleep(self.debounce_ms / 1000)  # a burst of ACKs: one pass
+            await _until_set(self._dirty, halt, self.resync)
+            await _until_set(halt, timeout=self.debounce_ms / 1000)  # a burst of ACKs
+            if halt.is_set():
+                return
             self._dirty.clear()
             try:
-                await self._share_acks()
-                if self.writes_status():
-                    await self._write_due()
+                await self._share_acks(halt)
+                if self.writes_status() and not halt.is_set():
+                    await self._write_due(halt)
             except Exception:  # status must not stop serving; the resync retries
                 log.exception("k8s.status_failed")
 
-    async def _share_acks(self) -> None:
+    async def _share_acks(self, halt: asyncio.Event) -> None:
         """Publish this replica's ACKs; the writer also reads the others'."""
         if self.acks is None or self.ads_status is None:
             return
         own = report_of({node: self.ads_status(node) for node in sorted(self._nodes)})
         await asyncio.to_thread(self.acks.publish, own)
-        if self.writes_status():
+        if self.writes_status() and not halt.is_set():
             self._peer_reports = await asyncio.to_thread(self.acks.others)
 
-    async def _write_due(self) -> None:
+    async def _write_due(self, halt: asyncio.Event) -> None:
         due = self.due_statuses()
         if not due:
             return
-        for before, written in await asyncio.to_thread(self._write_all, due):
+        for before, written in await asyncio.to_thread(self._write_all, due, halt.is_set):
             key = key_of(before)
             held = self._objects.get(key)
             # Unless a watch event came meanwhile (ours, or a newer edit), hold what
@@ -325,13 +335,13 @@ class KubernetesProvider(Provider):
             if held is not None and _rv(held) == _rv(before) and isinstance(written, dict):
                 self._objects[key] = {**written, "kind": key[0]}
 
-    async def _lease_loop(self) -> None:
+    async def _lease_loop(self, halt: asyncio.Event) -> None:
         assert self.elector is not None
-        while True:
+        while not halt.is_set():
             was = self.elector.leader
             if await asyncio.to_thread(self.elector.campaign) and not was:
                 self.poke()  # a new writer checks every object once
-            await asyncio.sleep(self.lease_retry)
+            await _until_set(halt, timeout=self.lease_retry)
 
     # --- running ---------------------------------------------------------------------
 
@@ -363,9 +373,12 @@ class KubernetesProvider(Provider):
         ]
         for watcher in self.watchers:
             watcher.start()
-        tasks = [asyncio.create_task(self._status_loop())]
+        # The loops end at `halt`, after the call in hand: cancelled, a call in a thread
+        # would run on after `run` returned (and a Lease round renew after the release).
+        halt = asyncio.Event()
+        tasks = [asyncio.create_task(self._status_loop(halt))]
         if self.elector is not None:
-            tasks.append(asyncio.create_task(self._lease_loop()))
+            tasks.append(asyncio.create_task(self._lease_loop(halt)))
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -386,20 +399,31 @@ class KubernetesProvider(Provider):
                     log.exception("k8s.reload_failed")
                 self.poke()  # a status edited by someone else is set right again
         finally:
+            halt.set()
             stopping.cancel()
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            for watcher in self.watchers:
-                watcher.signal()
-            # First the Lease, so that another replica writes status at once; then the
-            # watch threads, joined together (not one executor thread each).
-            if self.elector is not None:
-                await asyncio.to_thread(self.elector.release)
-            await asyncio.to_thread(_join_all, self.watchers, 5.0)
-            if self.secrets is not None:
-                await asyncio.to_thread(self.secrets.stop)
+            # To its end even if `run` is cancelled meanwhile (the server's stop does):
+            # the Lease released, no thread left behind.
+            await _to_the_end(self._shutdown(tasks))
+
+    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
+        for watcher in self.watchers:
+            watcher.signal()
+        if self.elector is not None:
+            self.elector.stopping()  # a round in hand writes nothing more
+        _done, late = await asyncio.wait(tasks, timeout=LOOPS_END_SECONDS)
+        for task in late:  # a call that outlived its timeout: say so, and go on
+            log.warning("k8s.stop_overdue", extra=fields(task=task.get_name()))
+            task.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("k8s.loop_failed", exc_info=task.exception())
+        # First the Lease, so that another replica writes status at once; then the
+        # watch threads, joined together (not one executor thread each).
+        if self.elector is not None:
+            await asyncio.to_thread(self.elector.release)
+        await asyncio.to_thread(_join_all, self.watchers, 5.0)
+        if self.secrets is not None:
+            await asyncio.to_thread(self.secrets.stop)
 
 
 def secret_refs(resources) -> set[tuple[str, str]]:
@@ -410,6 +434,36 @@ def secret_refs(resources) -> set[tuple[str, str]]:
         for res in resources
         if res.kind == "EgressCredential" and res.spec.source.secret_ref is not None
     }
+
+
+async def _until_set(
+    event: asyncio.Event, also: asyncio.Event | None = None, timeout: float | None = None
+) -> None:
+    """Until `event` (or `also`) is set, or `timeout` seconds passed.  Not
+    `asyncio.wait_for(event.wait(), timeout)`: on Python 3.11 that returns, instead of
+    raising, when its task is cancelled just as the event is set, and the loop it is in
+    runs on: that made a stop wait for ever."""
+    waits = [asyncio.ensure_future(e.wait()) for e in (event, also) if e is not None]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def _to_the_end(work: Coroutine[object, object, None]) -> None:
+    """Await `work` to its end even if the awaiting task is cancelled meanwhile; then
+    raise the cancellation."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
 
 
 def _join_all(watchers: list[KindWatcher], timeout: float) -> None:
@@ -434,7 +488,23 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
         config.load_incluster_config()
     else:
         config.load_kube_config(config_file=kubeconfig)
-    return client.ApiClient()
+    return client_of(client.Configuration.get_default_copy())
+
+
+def client_of(configuration: client.Configuration) -> client.ApiClient:
+    """An ApiClient that does not try a timed-out call again: every call here has a
+    timeout and a loop of its own that tries again, and the client's retries (three by
+    default, read timeouts included) would make a hung call hold a stop four times as
+    long.  A kept-alive connection the server had closed is still tried once more."""
+    configuration.retries = _NoRetryAfterTimeout(total=1)
+    return client.ApiClient(configuration)
+
+
+class _NoRetryAfterTimeout(Retry):
+    def increment(self, method=None, url=None, response=None, error=None, *args, **kw):
+        if isinstance(error, ConnectTimeoutError | ReadTimeoutError):
+            raise error  # its timeout is all a hung call gets
+        return super().increment(method, url, response, error, *args, **kw)
 
 
 def provider_factory(

@@ -17,6 +17,8 @@ and the official client rely on, over real HTTP/1.1:
   delete;
 - `restart()`: the listener and every open watch go away and come back on the same
   port, the objects stay (etcd would keep them);
+- `stall()`: the next requests of a method and path get no answer (a hung API server)
+  until the server stops;
 - RBAC for bearer tokens in `restricted` (403 Forbidden), so the provider runs with
   exactly the rights deploy/ grants the control plane; a grant limited to
   `resourceNames` allows a list or watch only with a `metadata.name` field selector
@@ -177,6 +179,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self.server.requests.append((method, self.path))
+        if self.server.stalled(method, self.path):
+            self.server.stopped.wait()  # no answer; the connection goes with the server
+            self.close_connection = True
+            return
         route = self._route()
         if route is None or self._refused(method, route):
             self.close_connection = True  # its body is left unread
@@ -488,7 +494,17 @@ class _HTTPServer(ThreadingHTTPServer):
         self.forbidden: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()  # kept-alive ones too
+        self.stalls: list[list] = []  # [method, path, how many more]
+        self.stopped = threading.Event()
         super().__init__(address, _Handler)
+
+    def stalled(self, method: str, path: str) -> bool:
+        with self.store.cond:
+            for stall in self.stalls:
+                if stall[0] == method and path.split("?")[0] == stall[1] and stall[2] > 0:
+                    stall[2] -= 1
+                    return True
+        return False
 
     def close_connections(self) -> None:
         with self.lock:
@@ -506,6 +522,7 @@ class FakeApiServer:
         # bearer token -> what it may do (RBAC); any other client may do anything
         self.restricted: dict[str, frozenset[Grant]] = {}
         self.forbidden: list[tuple[str, str, str | None]] = []  # refused (verb, resource, ns)
+        self.stalls: list[list] = []
         self.port = 0
         self._http: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -519,6 +536,7 @@ class FakeApiServer:
             ("127.0.0.1", self.port), self.store, self.requests, self.restricted
         )
         self._http.forbidden = self.forbidden
+        self._http.stalls = self.stalls
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
         self._thread.start()
@@ -530,6 +548,7 @@ class FakeApiServer:
         with self.store.cond:
             self.store.epoch += 1  # every open watch ends, abruptly
             self.store.cond.notify_all()
+        self._http.stopped.set()  # stalled requests end without an answer
         self._http.shutdown()
         self._http.server_close()
         self._http.close_connections()
@@ -567,6 +586,17 @@ class FakeApiServer:
             self.store.epoch += 1
             self.store.cond.notify_all()
 
+    def stall(self, method: str, path: str, times: int = 1) -> None:
+        """Answer the next `times` requests of `method` to `path` (the query aside) not
+        at all (they are held until the server stops), as a hung API server."""
+        with self.store.cond:
+            self.stalls.append([method, path, times])
+
+    def stalls_left(self) -> int:
+        """How many requests stalls are still waiting for."""
+        with self.store.cond:
+            return sum(stall[2] for stall in self.stalls)
+
     def bookmark(self) -> None:
         with self.store.cond:
             self.store.bookmarks += 1
@@ -599,12 +629,14 @@ def api_client(server: FakeApiServer, token: str | None = None):
     rights `server.restricted` gives it)."""
     from kubernetes import client
 
+    from clrk_xds.provider_kubernetes import client_of
+
     config = client.Configuration()
     config.host = server.url
     if token is not None:
         config.api_key = {"authorization": token}
         config.api_key_prefix = {"authorization": "Bearer"}
-    return client.ApiClient(config)
+    return client_of(config)
 
 
 def control_plane_client(server: FakeApiServer, *rbac: dict):

@@ -3,13 +3,15 @@ nothing lost or doubled, the server restarting mid-watch, bookmarks honoured."""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
+from kubernetes import client
 
 from clrk.api.crds import VERSION
 from clrk.api.resources import GROUP
-from clrk_xds.k8s_watch import KindWatcher
+from clrk_xds.k8s_watch import KindWatcher, ListWatcher
 from tests.k8s.fake_apiserver import FakeApiServer, api_client
 from tests.k8s.objects import Cluster, route, wait_for
 
@@ -169,3 +171,25 @@ def test_a_bookmark_moves_the_version_on_so_a_resume_needs_no_relist(server, wat
     cluster.create(route("b"))
     wait_for(lambda: "b" in mirror.specs())
     assert watcher.lists == 1
+
+
+def test_a_signal_while_the_watch_is_being_requested_still_ends_the_thread(server):
+    """There was no response to shut down yet; the thread then read a watch with no
+    events for its whole timeout (minutes), and outlived the stop of its owner."""
+    custom = client.CustomObjectsApi(api_client(server))
+    requesting, gate = threading.Event(), threading.Event()
+
+    @functools.wraps(custom.list_cluster_custom_object)  # its docstring types the items
+    def lister(*args, **kwargs):
+        if kwargs.get("watch"):
+            requesting.set()
+            gate.wait()  # the request is on its way
+        return custom.list_cluster_custom_object(*ROUTES, *args, **kwargs)
+
+    watcher = ListWatcher(lister, "EgressL4Route", lambda _item: None, name="routes")
+    watcher.start()
+    assert requesting.wait(10)
+    watcher.signal()
+    gate.set()
+    watcher.join(10)
+    assert not watcher.alive()

@@ -1,7 +1,8 @@
 """The Kubernetes provider, driven by the official client against the fake API server:
 every kind's create/update/delete reaches the snapshot and the policy stream, an invalid
 object changes nothing and says why in its status, status is written once per change,
-and of two replicas one writes."""
+of two replicas one writes, and a stop ends a replica (Lease released, watches ended)
+whatever it was doing."""
 
 from __future__ import annotations
 
@@ -65,9 +66,18 @@ class Running:
         # as `python -m clrk_xds --provider kubernetes` wires them
         self.secrets = SecretStore(api, backoff_max=0.5)
         self.credentials = CredentialSecrets({}, self.secrets)
-        translator = default_translator(credential_secret=self.credentials)
+        translator = one_at_a_time(default_translator(credential_secret=self.credentials))
+        # A test closes the gate to hold a plan in hand (a large set, a slow machine).
+        self.gate, self.planning = threading.Event(), threading.Event()
+        self.gate.set()
+
+        def translate(policies):
+            self.planning.set()
+            self.gate.wait()
+            return translator(policies)
+
         self.provider = KubernetesProvider(
-            self.cache, self.hub, one_at_a_time(translator), api=api,
+            self.cache, self.hub, translate, api=api,
             elector=elector, acks=acks,
             ads_status=None if ads is None else lambda node: dict(ads.get(node, {})),
             debounce_ms=20, lease_retry=0.1, backoff_max=0.5, resync=0.2,
@@ -86,18 +96,46 @@ class Running:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._running = asyncio.create_task(self.provider.run(self._stop))
         self._ready.set()
-        await self.provider.run(self._stop)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._running
+
+    def cancel(self) -> None:
+        """Cancel the provider's run, as the control plane's stop does after a grace."""
+        self._loop.call_soon_threadsafe(self._running.cancel)
 
     def __enter__(self) -> Running:
         self._thread.start()
         self._ready.wait(10)
         return self
 
-    def stop(self) -> None:
+    def ask_to_stop(self) -> None:
+        """Set the provider's stop (done when this returns); do not wait for its end."""
         if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
+            asyncio.run_coroutine_threadsafe(self._set_stop(), self._loop).result(10)
+
+    async def _set_stop(self) -> None:
+        assert self._stop is not None
+        self._stop.set()
+
+    def stop(self) -> None:
+        self.ask_to_stop()
+        if self._thread.is_alive():
             self._thread.join(20)
+
+    def state(self) -> str:
+        """For a failure message: whether it runs, and where each task of its loop is."""
+        if not self.running():
+            return "ended"
+        tasks = []
+        with contextlib.suppress(RuntimeError):  # the loop changed its set meanwhile
+            for task in asyncio.all_tasks(self._loop):
+                frames = task.get_stack(limit=1)
+                where = f"{frames[0].f_code.co_name}:{frames[0].f_lineno}" if frames else "?"
+                tasks.append(f"{task.get_name()} at {where}")
+        watching = [w.kind for w in self.provider.watchers if w.alive()]
+        return f"running; tasks: {sorted(tasks)}; watch threads: {watching}"
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -306,13 +344,73 @@ def test_of_two_replicas_both_serve_and_only_the_lease_holder_writes_status(serv
         a.stop()
         try:
             wait_for(lambda: b.provider.elector.leader, timeout=45)  # a loaded machine
-        except AssertionError:  # say who holds the Lease and whether a is still running
-            leases = {k: v.get("spec") for k, v in server.objects("leases").items()}
-            raise AssertionError(f"b never led; a running: {a.running()}; {leases}") from None
+        except AssertionError:  # say who holds the Lease and where a is, if still running
+            raise AssertionError(f"b never led; a {a.state()}; {holders(server)}") from None
         cluster.replace(route(host="changed.example.com"))
         wait_for(lambda: cluster.get("EgressL4Route", "r1")["status"]["observedGeneration"] == 2)
         assert writes(server, "egressl4routes", "r1") == 2
         assert b.provider.status_writes >= 1
+
+
+def holders(server) -> dict:
+    return {key: lease.get("spec") for key, lease in server.objects("leases").items()}
+
+
+def held_by(server) -> object:
+    return (server.objects("leases")[("clrk-system", "clrk")].get("spec") or {}).get(
+        "holderIdentity"
+    )
+
+
+def test_a_stop_while_a_change_is_planned_ends_the_provider_and_releases_the_lease(server, cluster):
+    """The status loop was cancelled just as the change's plan woke it: on Python 3.11
+    `asyncio.wait_for` swallowed that, so the stop waited for it for ever while the
+    Lease loop renewed on and the watches ran."""
+    cluster.create(gateway())
+    with Running(server, "replica-a") as a:
+        wait_for(lambda: a.provider.elector.leader and a.cache.get(GW))
+        a.gate.clear()
+        a.planning.clear()
+        cluster.create(route())
+        assert a.planning.wait(10)  # the change is being planned
+        a.ask_to_stop()
+        a.gate.set()
+        a.stop()
+        assert not a.running(), f"a {a.state()}; {holders(server)}"
+        assert held_by(server) is None  # released: another replica leads at once
+        assert not [w.kind for w in a.provider.watchers if w.alive()]
+
+
+def test_a_lease_call_hung_when_the_replica_stops_holds_the_stop_only_its_timeout(server):
+    """Not the client's three retries after each read timeout (a stop four times as
+    long): each hung call is sent once, and no thread outlives the run."""
+    lease = "/apis/coordination.k8s.io/v1/namespaces/clrk-system/leases/clrk"
+    with Running(server, "replica-a") as a:
+        wait_for(lambda: a.provider.elector.leader)
+        before = len(server.requests)
+        server.stall("PUT", lease, times=100)  # the API server hangs on the Lease's writes
+        wait_for(lambda: server.stalls_left() == 99)  # a renewal is in hand, unanswered
+        a.stop()
+        assert not a.running(), f"a {a.state()}; {holders(server)}"
+        puts = server.requests[before:].count(("PUT", lease))
+        assert puts == 2  # the renewal in hand and the release, once each
+        assert a.provider.elector.leader is False  # the Lease expires, as a replica lost
+        assert not [w.kind for w in a.provider.watchers if w.alive()]
+
+
+def test_a_run_cancelled_while_it_stops_still_releases_the_lease_and_ends_its_watches(server):
+    lease = "/apis/coordination.k8s.io/v1/namespaces/clrk-system/leases/clrk"
+    with Running(server, "replica-a") as a:
+        wait_for(lambda: a.provider.elector.leader)
+        server.stall("PUT", lease)  # the stop waits for this renewal's timeout
+        wait_for(lambda: server.stalls_left() == 0)
+        a.ask_to_stop()
+        wait_for(lambda: not any(w.alive() for w in a.provider.watchers))  # stopping
+        a.cancel()  # while the stop waits for the renewal in hand
+        a.stop()
+        assert not a.running(), f"a {a.state()}; {holders(server)}"
+        assert held_by(server) is None
+        assert not [w.kind for w in a.provider.watchers if w.alive()]
 
 
 def test_the_api_server_restarting_and_a_410_lose_no_change(server, cluster):
