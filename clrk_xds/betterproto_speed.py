@@ -3,24 +3,27 @@ and `build`, a constructor that leaves the validation to serialization.
 
 - betterproto2 (0.9) validates a pydantic message on every serialization by building a
   fresh `SchemaValidator` from the class schema - for every nested message, every
-  time.  For a 1,000-route listener that is half of the serialization time.  The
-  validator depends only on the class, so building it once per class keeps the
-  validation and drops the cost.
+  time.  `_serialize` checks each message with `betterproto_check.check` instead, a
+  type check planned once per class that refuses whatever that validation refuses (and
+  the coercions it would have let through); `_validate`, which parsing still runs, builds
+  its validator once per class.
 - betterproto2 (0.9) looks up how to serialize each field on every serialization:
   whether the class is a pydantic one, each field's default (built afresh, under a
   `warnings` context), its tag.  `_serialize` reads a plan made once per class and
   writes the same bytes (tests compare it with betterproto2's own on translated
-  listeners); with the validation kept, it halves a cold translation.
+  listeners); with the check, it halves a cold translation.
 - A message the translator will never change can be `freeze`d: its wire bytes (and,
   for `consistency`, what it names) are kept on the message itself, so a reload that
   reuses it does not serialize or look into it again.  `pack` keeps the message it
   packed on the Any, so that looking into it needs no parsing.
 - `build(cls, **fields)` makes a message without pydantic's validation at construction:
   a 10,000-route translation makes ~300,000 messages, and validating each when it is
-  made and again when it is serialized was most of its cost.  The one validation kept
-  is the one at serialization (betterproto2's and `_serialize` alike validate every
-  message they write), so what is checked is what is sent, even if a message changed
-  after it was made; a value of the wrong type fails there, before any snapshot.
+  made and again when it is serialized was most of its cost.  The one check kept is the
+  one at serialization (betterproto2's `__bytes__` validates every message it writes,
+  `_serialize` checks it), so what is checked is what is sent, even if a message
+  changed after it was made; a value of the wrong type fails there, before any snapshot.
+  Nor does `build` ask pydantic for anything: a class whose messages are only built
+  never has its validation schema made (the first construction of a class does it).
 
 The first three patch `betterproto2.Message` for the whole process, so nothing installs
 them on import: `clrk_xds.translate.ChainCache` does when a control plane creates one.
@@ -28,32 +31,31 @@ them on import: `clrk_xds.translate.ChainCache` does when a control plane create
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
 import betterproto2
-import pydantic_core
+import pydantic.dataclasses
 from envoy_data_plane.google.protobuf import Any
 from envoy_data_plane.message_pool import default_message_pool
 
-M = TypeVar("M", bound=betterproto2.Message)
+from clrk_xds.betterproto_check import MEMOS, check
 
-_validators: dict[type, pydantic_core.SchemaValidator] = {}
+M = TypeVar("M", bound=betterproto2.Message)
 
 
 def _cached_validate(self) -> None:  # same contract as betterproto2.Message._validate
-    cls = type(self)
-    validator = _validators.get(cls)
-    if validator is None:
-        if not self._is_pydantic():
-            raise TypeError("Validation is only available for pydantic dataclasses.")
-        validator = _validators[cls] = pydantic_core.SchemaValidator(self.__pydantic_core_schema__)
+    """betterproto2's validation with the class's own validator, which pydantic builds
+    once (and rebuilds from its schema if the class was only ever `build`-made)."""
+    if not self._is_pydantic():
+        raise TypeError("Validation is only available for pydantic dataclasses.")
     fields = self.__dict__.copy()
     del fields["_unknown_fields"]
     fields.pop(_WIRE, None)
     fields.pop(_DERIVED, None)
     fields.pop(_PACKED, None)
-    validator.validate_python(fields)
+    type(self).__pydantic_validator__.validate_python(fields)
 
 
 def install() -> None:
@@ -72,9 +74,7 @@ def installed() -> bool:
 
 # --- wire bytes of unchanging sub-messages -----------------------------------------------
 
-_WIRE = "_clrk_wire"
-_DERIVED = "_clrk_derived"
-_PACKED = "_clrk_packed"
+_WIRE, _DERIVED, _PACKED = MEMOS
 _plain_bytes = betterproto2.Message.__bytes__
 
 
@@ -91,7 +91,11 @@ _plans: dict[type, tuple[bool, list[tuple]]] = {}
 
 
 def _length(n: int) -> bytes:
-    return bytes((n,)) if n < 0x80 else betterproto2.encode_varint(n)
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:  # most nested messages: two bytes, without the general encoder
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    return betterproto2.encode_varint(n)
 
 
 def _plan(message) -> tuple[bool, list[tuple]]:
@@ -117,7 +121,7 @@ def _serialize(self) -> bytes:
     """betterproto2.Message.__bytes__ (0.9.1), field by field, from the class's plan."""
     validate, fields = _plan(self)
     if validate:
-        self._validate()
+        check(self)
     out = []
     for name, meta, default, kind, tag in fields:
         value = getattr(self, name)
@@ -193,7 +197,14 @@ _blanks: dict[type, tuple[dict[str, object], tuple[str, ...]]] = {}
 
 
 def _blank(cls: type) -> tuple[dict[str, object], tuple[str, ...]]:
-    values = dict(cls().__dict__)
+    """`cls().__dict__` without constructing (which would make pydantic's schema, which
+    only betterproto2's own serializer needs: not installed, it still gets it)."""
+    if not installed():
+        pydantic.dataclasses.rebuild_dataclass(cls)
+    with warnings.catch_warnings():  # as betterproto2's defaults of deprecated fields
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        values = {name: make() for name, make in cls._betterproto.default_gen.items()}
+    values["_unknown_fields"] = b""
     fresh = tuple(name for name, value in values.items() if isinstance(value, list | dict))
     return values, fresh
 

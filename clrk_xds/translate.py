@@ -54,7 +54,6 @@ from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3 import (
     TcpProxy,
 )
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
-from envoy_data_plane.google.protobuf import Any
 from envoy_data_plane.xds.type.matcher.v3 import (
     Matcher,
     MatcherMatcherList,
@@ -199,26 +198,37 @@ def _closing_chain(name: str) -> FilterChain:
 
 def _listener_filters(tls: bool) -> list[ListenerFilter]:
     rules = [
-        ProxyProtocolRule(tlv_type=t, on_tlv_present=ProxyProtocolKeyValuePair(key=field))
+        build(
+            ProxyProtocolRule,
+            tlv_type=int(t),  # an IntEnum member: the field takes a plain int
+            on_tlv_present=build(ProxyProtocolKeyValuePair, key=field),
+        )
         for t, field in TLV_FIELDS.items()
     ]
-    proxy_protocol = ProxyProtocol(rules=rules, tlv_location=ProxyProtocolTlvLocation.FILTER_STATE)
+    proxy_protocol = build(
+        ProxyProtocol, rules=rules, tlv_location=ProxyProtocolTlvLocation.FILTER_STATE
+    )
     out = [
-        ListenerFilter(
-            name="envoy.filters.listener.proxy_protocol", typed_config=Any.pack(proxy_protocol)
+        build(
+            ListenerFilter,
+            name="envoy.filters.listener.proxy_protocol",
+            typed_config=pack(proxy_protocol),
         )
     ]
     if tls:
         out.append(
-            ListenerFilter(
-                name="envoy.filters.listener.tls_inspector", typed_config=Any.pack(TlsInspector())
+            build(
+                ListenerFilter,
+                name="envoy.filters.listener.tls_inspector",
+                typed_config=pack(build(TlsInspector)),
             )
         )
     return out
 
 
 def original_dst_cluster() -> Cluster:
-    return Cluster(
+    return build(
+        Cluster,
         name=ORIGINAL_DST_CLUSTER,
         type=ClusterDiscoveryType.ORIGINAL_DST,
         lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
@@ -444,8 +454,8 @@ def _route_key(route: Sequence[MatchEntry]) -> tuple:
 
 def _listener_address(hop: NextHop) -> Address:
     if isinstance(hop, str):
-        return Address(pipe=Pipe(path=hop, mode=SOCKET_MODE))
-    return Address(socket_address=SocketAddress(address=hop[0], port_value=hop[1]))
+        return build(Address, pipe=build(Pipe, path=hop, mode=SOCKET_MODE))
+    return build(Address, socket_address=build(SocketAddress, address=hop[0], port_value=hop[1]))
 
 
 def _attached(entry: MatchEntry, listener: CompiledListener) -> bool:
@@ -542,7 +552,8 @@ def _gateway_listener(
     elif not chains:
         # Envoy refuses a listener without filter chains; this one only closes.
         default = _closing_chain("default/deny-all")
-    return Listener(
+    return build(
+        Listener,
         name=listener.name,
         stat_prefix=listener.name,
         address=_listener_address(address),
@@ -552,7 +563,9 @@ def _gateway_listener(
         continue_on_listener_filters_timeout=False,
         filter_chains=chains,
         filter_chain_matcher=(
-            Matcher(matcher_list=MatcherMatcherList(matchers=matchers)) if matchers else None
+            build(Matcher, matcher_list=build(MatcherMatcherList, matchers=matchers))
+            if matchers
+            else None
         ),
         default_filter_chain=default,
         access_log=_listener_access_log(listener, [*chains, *([default] if default else [])]),

@@ -129,6 +129,7 @@ from clrk.wire import (
     tlv_tag,
 )
 from clrk_xds import translate_credentials as tc
+from clrk_xds.betterproto_speed import build, pack
 
 EXTPROC_CLUSTER = "clrk_extproc"
 ORIGINAL_DST_TLS_CLUSTER = "original_dst_tls"
@@ -149,8 +150,9 @@ def _http_filter(name: str, message) -> HttpFilter:
 
 
 def _envoy_grpc(initial_metadata: Sequence[HeaderValue] = ()) -> GrpcService:
-    return GrpcService(
-        envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=EXTPROC_CLUSTER),
+    return build(
+        GrpcService,
+        envoy_grpc=build(GrpcServiceEnvoyGrpc, cluster_name=EXTPROC_CLUSTER),
         timeout=EXTPROC_TIMEOUT,
         initial_metadata=list(initial_metadata),
     )
@@ -309,20 +311,22 @@ def tcp_access_log(listener: str, of_listener: bool = False) -> AccessLog:
     """gRPC access log to clrk_extproc; the TLVs travel as custom tags, and the gateway
     listener of the chain as a literal one.  `of_listener`: the listener's own log, which
     also names the chain that took the connection (`clrk.wire.CHAIN_TAG`)."""
-    tags = [CustomTag(tag=tlv_tag(t), value=tlv_format(TLV_FIELDS[t])) for t in TAGGED_TLVS]
-    tags.append(CustomTag(tag=LISTENER_TAG, value=listener))
+    tags = [build(CustomTag, tag=tlv_tag(t), value=tlv_format(TLV_FIELDS[t])) for t in TAGGED_TLVS]
+    tags.append(build(CustomTag, tag=LISTENER_TAG, value=listener))
     if of_listener:
-        tags.append(CustomTag(tag=CHAIN_TAG, value=CHAIN_NAME_FORMAT))
-    config = TcpGrpcAccessLogConfig(
-        common_config=CommonGrpcAccessLogConfig(
+        tags.append(build(CustomTag, tag=CHAIN_TAG, value=CHAIN_NAME_FORMAT))
+    config = build(
+        TcpGrpcAccessLogConfig,
+        common_config=build(
+            CommonGrpcAccessLogConfig,
             log_name=ACCESS_LOG_NAME,
             grpc_service=_envoy_grpc(),
             transport_api_version=ApiVersion.V3,
             buffer_flush_interval=ACCESS_LOG_FLUSH,
             custom_tags=tags,
-        )
+        ),
     )
-    return AccessLog(name="envoy.access_loggers.tcp_grpc", typed_config=Any.pack(config))
+    return build(AccessLog, name="envoy.access_loggers.tcp_grpc", typed_config=pack(config))
 
 
 def http_access_log(facts: ChainFacts) -> AccessLog:
@@ -360,23 +364,31 @@ def extproc_cluster(address: tuple[str, int] | str) -> Cluster:
     """clrk_extproc at (host, port), or at the path of a Unix socket."""
     by_name = False
     if isinstance(address, str):
-        where = Address(pipe=Pipe(path=address))
+        where = build(Address, pipe=build(Pipe, path=address))
     else:
-        where = Address(socket_address=SocketAddress(address=address[0], port_value=address[1]))
+        where = build(
+            Address,
+            socket_address=build(SocketAddress, address=address[0], port_value=address[1]),
+        )
         by_name = not is_ip_literal(address[0])  # a Service's name: resolved by Envoy
-    endpoint = LbEndpoint(endpoint=Endpoint(address=where))
-    return Cluster(
+    endpoint = build(LbEndpoint, endpoint=build(Endpoint, address=where))
+    return build(
+        Cluster,
         name=EXTPROC_CLUSTER,
         type=ClusterDiscoveryType.STRICT_DNS if by_name else ClusterDiscoveryType.STATIC,
         connect_timeout=datetime.timedelta(seconds=1),
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=EXTPROC_CLUSTER, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        load_assignment=build(
+            ClusterLoadAssignment,
+            cluster_name=EXTPROC_CLUSTER,
+            endpoints=[build(LocalityLbEndpoints, lb_endpoints=[endpoint])],
         ),
         typed_extension_protocol_options=_protocol_options(
-            HttpProtocolOptions(
-                explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                    http2_protocol_options=Http2ProtocolOptions()
-                )
+            build(
+                HttpProtocolOptions,
+                explicit_http_config=build(
+                    HttpProtocolOptionsExplicitHttpConfig,
+                    http2_protocol_options=build(Http2ProtocolOptions),
+                ),
             )
         ),
     )

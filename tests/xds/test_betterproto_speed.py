@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import betterproto2
 import pydantic
 import pytest
 from envoy_data_plane.envoy.config.listener.v3 import FilterChain, Listener
@@ -18,6 +19,7 @@ from bench.decide_bench import policy_documents
 from clrk.api import load_objects
 from clrk.policy.loaded import compile_loaded
 from clrk_xds import betterproto_speed
+from clrk_xds.betterproto_check import InvalidMessage
 from clrk_xds.translate import ChainCache, serialize, translate
 
 
@@ -122,8 +124,9 @@ def test_built_messages_never_share_a_list():
 
 
 def test_a_built_message_of_a_wrong_value_fails_when_it_is_serialized():
-    """`build` leaves the validation to serialization: with or without the shortcuts,
-    a wrong type, a field the class lacks or two members of a oneof never reach Envoy."""
+    """`build` leaves the validation to serialization: with or without the shortcuts
+    (pydantic's validation, or the check that stands for it), a wrong type, a field the
+    class lacks or two members of a oneof never reach Envoy."""
     wrong = [
         betterproto_speed.build(Listener, name=7),
         betterproto_speed.build(Listener, nmae="x"),
@@ -134,10 +137,15 @@ def test_a_built_message_of_a_wrong_value_fails_when_it_is_serialized():
             betterproto_speed._plain_bytes(message)
     betterproto_speed.install()
     for message in wrong:
-        with pytest.raises(pydantic.ValidationError):
+        with pytest.raises(InvalidMessage):
             bytes(message)
-        with pytest.raises(pydantic.ValidationError):
+        with pytest.raises(InvalidMessage):
             betterproto_speed.freeze(message)
+
+
+def test_a_length_is_written_as_betterproto2_writes_its_varint():
+    for n in (*range(0x4100), 2**21 - 1, 2**21, 2**28, 2**35):
+        assert betterproto_speed._length(n) == betterproto2.encode_varint(n)
 
 
 def test_a_packed_message_is_the_any_of_its_bytes():
