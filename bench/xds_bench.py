@@ -12,10 +12,13 @@ timed by the reload benchmark.  The cold translation runs as the control plane's
 with the cyclic collector held off (`clrk_xds.gc_pause`).
 `envoy --mode validate` of the 1,000-route config runs once (informational).
 
-Then the whole cold start at 10,000 routes, each run in a fresh interpreter: from the
-process's start to the first snapshot ready (imports, read the manifest file, validate,
-compile, translate, build and check the snapshot: `bench/_cold_start.py`), and issue
-15's line `target cold-start` on the median of the runs.
+Then the control plane's cold start at 10,000 routes, each run in a fresh interpreter
+(`bench/_cold_start.py`), medians of 3: issue 15's line `target cold-start` on the cold
+translation (the process's first `translate()`: no class plan made yet, an empty chain
+cache, as the control plane's first load runs it), and `target cold-start-whole` on the
+wall time from the process's start to the first snapshot ready, with its parts: the
+interpreter's start and imports, load (read the manifest file, parse, validate),
+compile, translate, snapshot (build and check it).  Both have the issue's goal, 2 s.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ VALIDATED_SIZE = 1_000
 COLD_START_ROUTES = 10_000
 COLD_START_RUNS = 3
 COLD_START_GOAL_MS = 2_000
+COLD_START_STEPS = ("imports", "load", "compile", "translate", "snapshot")
 
 
 def policy_documents(routes: int) -> list[dict]:
@@ -127,7 +131,7 @@ def validate_once(gateway) -> tuple[float | None, bool | None, str]:
 
 def cold_start(routes: int, runs: int) -> list[dict]:
     """`runs` control plane cold starts at `routes` routes, each in a fresh interpreter:
-    the wall time from its start to the first snapshot ready, the CPU time it took."""
+    the wall time from its start to the first snapshot ready, and its parts."""
     out = []
     with tempfile.TemporaryDirectory(prefix="clrk-cold-") as directory:
         manifests = Path(directory) / "policy.yaml"
@@ -141,26 +145,44 @@ def cold_start(routes: int, runs: int) -> list[dict]:
             )  # fmt: skip
             ready_ms = _ms(started)
             line = json.loads(child.stdout.strip().splitlines()[-1])
-            out.append({"routes": routes, "ready_ms": ready_ms, **line})
+            # What the child's clock does not see: the interpreter's start, its imports.
+            steps = sum(line[f"{step}_ms"] for step in COLD_START_STEPS[1:])
+            out.append(
+                {"routes": routes, "ready_ms": ready_ms, **line, "imports_ms": ready_ms - steps}
+            )
     return out
 
 
-def cold_start_line(runs: list[dict]) -> str:
-    """Prints the cold start's figures; returns issue 15's `target cold-start` line."""
-    ready = statistics.median(r["ready_ms"] for r in runs)
-    cpu = statistics.median(r["cpu_ms"] for r in runs)
-    prepare = statistics.median(r["prepare_ms"] for r in runs)
+def cold_start_lines(runs: list[dict]) -> list[str]:
+    """Prints the cold start's figures; returns issue 15's `target cold-start` (the cold
+    translation) and `target cold-start-whole` (start -> first snapshot) lines."""
+    routes = f"{runs[0]['routes']:,} routes"
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    ready, translate_ms = median("ready_ms"), median("translate_ms")
+    parts = ", ".join(f"{step} {median(f'{step}_ms'):,.0f}" for step in COLD_START_STEPS)
     print(
-        f"cold start at {runs[0]['routes']:,} routes, medians of {len(runs)} fresh "
-        f"processes: start -> first snapshot ready {ready:,.0f} ms wall ({cpu:,.0f} ms "
-        f"CPU), of which read + validate + compile + translate + snapshot + check "
-        f"{prepare:,.0f} ms (the rest: interpreter start and imports)"
+        f"cold start at {routes}, medians of {len(runs)} fresh processes: the first "
+        f"translation {translate_ms:,.0f} ms wall ({median('translate_cpu_ms'):,.0f} ms "
+        f"CPU); start -> first snapshot ready {ready:,.0f} ms wall ({median('cpu_ms'):,.0f} "
+        f"ms CPU): {parts} ms (imports: the interpreter's start and imports; load: read, "
+        f"parse, validate; snapshot: build and check)"
     )
-    return targets.target_line(
-        "cold-start", ready <= COLD_START_GOAL_MS,
-        f"median of {len(runs)}: {ready:,.0f} ms at {runs[0]['routes']:,} routes",
-        f"goal <= {COLD_START_GOAL_MS:,} ms",
-    )  # fmt: skip
+    return [
+        targets.target_line(
+            "cold-start", translate_ms <= COLD_START_GOAL_MS,
+            f"first translation, median of {len(runs)} fresh processes: "
+            f"{translate_ms:,.0f} ms at {routes}",
+            f"goal <= {COLD_START_GOAL_MS:,} ms",
+        ),
+        targets.target_line(
+            "cold-start-whole", ready <= COLD_START_GOAL_MS,
+            f"start -> first snapshot, median of {len(runs)}: {ready:,.0f} ms at {routes}",
+            f"goal <= {COLD_START_GOAL_MS:,} ms",
+        ),
+    ]  # fmt: skip
 
 
 def main(quick: bool = False) -> list[dict]:
@@ -176,7 +198,8 @@ def main(quick: bool = False) -> list[dict]:
         rows.append(row)
     print_table(rows)
     if not quick:
-        print(cold_start_line(cold_start(COLD_START_ROUTES, COLD_START_RUNS)))
+        for line in cold_start_lines(cold_start(COLD_START_ROUTES, COLD_START_RUNS)):
+            print(line)
     return rows
 
 

@@ -16,3 +16,15 @@ def test_the_xds_benchmark_reports_every_size_and_validates_with_envoy(capsys):
     validated = [r for r in rows if r["routes"] == xds_bench.VALIDATED_SIZE]
     assert validated[0]["valid"] is True
     assert "reload ms" in capsys.readouterr().out
+
+
+def test_the_cold_start_lines_give_the_first_translation_and_the_whole_start(capsys):
+    runs = xds_bench.cold_start(10, 3)
+    for r in runs:
+        parts = sum(r[f"{step}_ms"] for step in xds_bench.COLD_START_STEPS)
+        assert r["translate_ms"] > 0 and abs(parts - r["ready_ms"]) < 1e-6
+    first, whole = xds_bench.cold_start_lines(runs)
+    assert first.startswith("target cold-start: ") and "first translation, median of 3" in first
+    assert whole.startswith("target cold-start-whole: ") and "start -> first snapshot" in whole
+    printed = capsys.readouterr().out
+    assert all(f"{step} " in printed for step in xds_bench.COLD_START_STEPS)
