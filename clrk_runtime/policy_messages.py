@@ -70,12 +70,14 @@ def _selector(selector: Selector) -> pb2.Selector:
     )
 
 
-def _match(entry: MatchEntry) -> pb2.Match:
+def _match(entry: MatchEntry, route_order: bool = True) -> pb2.Match:
+    """`route_order`: False leaves it out (unset), for bytes that hold wherever the
+    route moves."""
     msg = pb2.Match(
         route=entry.route,
         rule=entry.rule,
         match=entry.match,
-        route_order=entry.order[0],
+        route_order=entry.order[0] if route_order else 0,
         protocol=PROTOCOLS[entry.protocol],
         hostnames=entry.hostnames,
         cidrs=[str(net) for net in entry.networks],
@@ -89,12 +91,12 @@ def _match(entry: MatchEntry) -> pb2.Match:
 
 
 def _match_key(entry: MatchEntry) -> tuple:
-    """Everything `_match` reads of an entry (MatchEntry compares by identity)."""
+    """Everything `_match` reads of an entry but the route's order (MatchEntry compares
+    by identity)."""
     return (
         entry.route,
         entry.rule,
         entry.match,
-        entry.order[0],
         entry.protocol,
         entry.hostnames,
         entry.networks,
@@ -108,7 +110,8 @@ def _match_key(entry: MatchEntry) -> tuple:
 class MatchBytes:
     """The wire bytes of the matches one gateway's last update held, by content, kept
     by the caller across updates: a reload changes few matches, and encoding every one
-    again was most of an update's cost (1,000 matches: ~8 of ~10 ms)."""
+    again was most of an update's cost (1,000 matches: ~8 of ~10 ms).  Kept without the
+    route's order, which a route added before moves: the message sets it."""
 
     def __init__(self) -> None:
         self._last: dict[tuple, bytes] = {}
@@ -121,7 +124,7 @@ class MatchBytes:
             key = _match_key(entry)
             raw = self._last.get(key)
             if raw is None:
-                raw = _match(entry).SerializeToString(deterministic=True)
+                raw = _match(entry, route_order=False).SerializeToString(deterministic=True)
             now[key] = raw
             out.append(raw)
         self._last = now
@@ -133,8 +136,10 @@ def encode_policy(policy: GatewayPolicy, matches: MatchBytes | None = None) -> p
     message is the same)."""
     msg = _encode_policy(policy, [] if matches is not None else policy.matches)
     if matches is not None:
-        for raw in matches.of(policy.matches):
-            msg.matches.add().MergeFromString(raw)
+        for entry, raw in zip(policy.matches, matches.of(policy.matches), strict=True):
+            match = msg.matches.add()
+            match.MergeFromString(raw)
+            match.route_order = entry.order[0]
     return msg
 
 
@@ -346,8 +351,9 @@ class DecodedMatches:
     """The matches of the last update decoded, by their wire bytes, kept by the dialer
     across updates: a reload changes few matches, and decoding every one again was most
     of applying an update (1,000 matches: ~15 ms).  An entry is reused only when the
-    listeners and deny policies it was checked against are the same; only the entries
-    of the last update are kept."""
+    listeners and deny policies it was checked against are the same, and keyed without
+    its route's order, which a route added before moves; only the entries of the last
+    update are kept."""
 
     def __init__(self) -> None:
         self._listeners: tuple[CompiledListener, ...] = ()
@@ -372,11 +378,16 @@ class DecodedMatches:
         now: dict[bytes, MatchEntry] = {}
         out = []
         for i, m in enumerate(msg.matches):
+            order = m.route_order
+            m.route_order = 0  # the key without it; put back at once
             raw = m.SerializeToString(deterministic=True)
+            m.route_order = order
             # A repeated match is decoded again: each is its own entry, as without this.
             entry = None if raw in now else last.get(raw)
             if entry is None:
                 entry = _decode_match(m, i, by_name, denies)
+            elif entry.order[0] != order:
+                entry = entry.reordered(order)
             now.setdefault(raw, entry)
             out.append(entry)
         # Only after every match decoded: a malformed update changes nothing here.

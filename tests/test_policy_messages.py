@@ -13,6 +13,7 @@ from clrk.api import load_objects
 from clrk.policy import Agent, decide
 from clrk.policy.compiled import DenyResponse
 from clrk.policy.loaded import compile_loaded
+from clrk_runtime import policy_messages
 from clrk_runtime.policy_messages import (
     SCHEMA,
     DecodedMatches,
@@ -203,6 +204,44 @@ def test_a_kept_entry_is_checked_again_when_its_listeners_or_deny_policies_chang
     ]:
         with pytest.raises(PolicyDecodeError, match=says):
             decode_policy(_broken(edit), matches)
+
+
+FIRST = """---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: a-first}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{destinationHostnames: [first.example.com]}]}]
+"""
+
+
+def test_a_route_added_before_the_others_encodes_and_decodes_only_its_own_match(
+    monkeypatch,
+):
+    """Every other match moves one place down the route order: its bytes and its entry
+    are kept all the same, and only the order changes."""
+    before = _policy()
+    after = compile_yaml(GW + FIRST).gateways[("default", "gw")]
+    assert [e.order[0] for e in after.matches] == [0, 1, 1]
+    encoder, decoder = MatchBytes(), DecodedMatches()
+    wire = pb2.GatewayPolicy.FromString(encode_policy(before, encoder).SerializeToString())
+    decode_policy(wire, decoder)
+    fresh, expected = encode_policy(after).SerializeToString(deterministic=True), _decoded(after)
+    encoded, decoded = [], []
+    real_match, real_decode = policy_messages._match, policy_messages._decode_match
+    monkeypatch.setattr(
+        policy_messages, "_match", lambda e, **kw: encoded.append(e) or real_match(e, **kw)
+    )
+    monkeypatch.setattr(
+        policy_messages, "_decode_match", lambda m, *a: decoded.append(m) or real_decode(m, *a)
+    )
+    msg = encode_policy(after, encoder)
+    assert msg.SerializeToString(deterministic=True) == fresh
+    back = decode_policy(pb2.GatewayPolicy.FromString(msg.SerializeToString()), decoder)
+    assert [e.route for e in encoded] == ["default/a-first"]
+    assert [m.route for m in decoded] == ["default/a-first"]
+    _same_policy(back, expected)
 
 
 def test_the_version_is_a_content_hash():

@@ -8,7 +8,7 @@ and the findings and conditions of the pass collected for status.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from clrk.api.findings import Finding, Scope, Severity
 from clrk.api.resolve import AttachCache, Attachment, agent_gateways, resolve
@@ -160,7 +160,7 @@ def _route_entries(
 
 def _reordered(done: _RouteEntries, order: int) -> _RouteEntries:
     """The same entries at another route position (a route added or removed before)."""
-    entries = tuple(replace(e, order=(order, e.rule, e.match)) for e in done.entries)
+    entries = tuple(e.reordered(order) for e in done.entries)
     return _RouteEntries(done.attachment, done.listeners, order, entries, done.findings)
 
 

@@ -90,6 +90,15 @@ class MatchEntry:
     def any_destination(self) -> bool:
         return not self.hostnames and not self.networks
 
+    def reordered(self, route_order: int) -> MatchEntry:
+        """This entry with its route at another position (a route added or removed
+        before it): built directly, as a reload may move a thousand of them."""
+        return MatchEntry(
+            self.route, self.rule, self.match, (route_order, self.rule, self.match),
+            self.protocol, self.hostnames, self.networks, self.ports, self.selector,
+            self.listeners, self.deny_policy,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class DnsSettings:

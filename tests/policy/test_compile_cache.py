@@ -118,24 +118,29 @@ def test_a_cached_compile_equals_one_from_scratch_after_every_edit(first, extra,
         assert len(cache.entries) <= sum(len(p.matches) for p in fresh.gateways.values())
 
 
-def test_an_unchanged_route_keeps_its_match_entries_and_a_changed_one_does_not():
-    def route(name: str, host: str) -> dict:
-        return {
-            "apiVersion": API,
-            "kind": "EgressL4Route",
-            "metadata": {"name": name},
-            "spec": {
-                "parentRefs": [{"name": "gw"}],
-                "rules": [{"matches": [{"destinationHostnames": [host]}]}],
-            },
-        }
-
-    gateway = {
+def route(name: str, host: str) -> dict:
+    return {
         "apiVersion": API,
-        "kind": "EgressGateway",
-        "metadata": {"name": "gw"},
-        "spec": {"listeners": [{"name": "tcp", "protocol": "TCP"}]},
+        "kind": "EgressL4Route",
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "rules": [{"matches": [{"destinationHostnames": [host]}]}],
+        },
     }
+
+
+GATEWAY = {
+    "apiVersion": API,
+    "kind": "EgressGateway",
+    "metadata": {"name": "gw"},
+    "spec": {"listeners": [{"name": "tcp", "protocol": "TCP"}]},
+}
+ROUTE = route("a", "a.example.com")
+
+
+def test_an_unchanged_route_keeps_its_match_entries_and_a_changed_one_does_not():
+    gateway = GATEWAY
     source, cache = OneFile(), CompileCache()
 
     def entries(*docs):
@@ -168,3 +173,16 @@ def test_a_route_whose_missing_gateway_was_invalid_and_is_gone_says_so_anew():
         loaded = source.load(docs, keep=True)
         compiled = compile_policies(loaded.resources, frozenset(loaded.rejected), cache=cache)
         assert message in [f.message for f in compiled.findings]
+
+
+def test_a_reordered_entry_differs_from_its_original_in_the_route_order_only():
+    entry = (
+        compile_policies(OneFile().load([GATEWAY, ROUTE], keep=True).resources)
+        .gateways[("default", "gw")]
+        .matches[0]
+    )
+    moved = entry.reordered(7)
+    assert moved.order == (7, entry.rule, entry.match)
+    for field in dataclasses.fields(entry):
+        if field.name != "order":
+            assert getattr(moved, field.name) == getattr(entry, field.name), field.name
