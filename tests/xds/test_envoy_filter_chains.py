@@ -23,6 +23,7 @@ from clrk.policy.loaded import compile_loaded
 from clrk_worker_dialer.proxy_v2 import ProxyHeader, clrk_tlvs, encode
 from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap
 from clrk_xds.translate import to_plain, translate
+from tests.xds.xds_messages import free_port_block
 
 GREETING = b"upstream says hi"
 
@@ -51,29 +52,6 @@ def _serve(host: str, family: int) -> _Upstream:
     server = _Upstream((host, 0), family)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def _free_port_block(count: int) -> int:
-    """A base port with `count` free consecutive ports on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +192,7 @@ def gateways(upstreams) -> Iterator[dict[str, dict[str, tuple[str, int]]]]:
             blocked = None if ref == "default/guarded" else ()
             res = translate(
                 compile_loaded(loaded).compiled,
-                base_port=_free_port_block(2),
+                base_port=free_port_block(2),
                 always_blocked=blocked,
             )
             res = res[ref]

@@ -19,7 +19,7 @@ from clrk_worker_dialer.policy_client import watch_policy
 from clrk_xds.envoy_process import EnvoyProcess, render_bootstrap
 from clrk_xds.server import ControlPlane
 from tests.tls_dirs import TestCA
-from tests.xds.xds_messages import free_port
+from tests.xds.xds_messages import free_port, free_port_block
 
 GATEWAY = """\
 apiVersion: clrk.apoxy.dev/v1alpha1
@@ -68,7 +68,7 @@ def test_control_plane_process_serves_envoy_and_dialers(tmp_path):
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "gw.yaml").write_text(GATEWAY)
-    base = free_port()
+    base = free_port_block(2)  # SECOND adds a listener at base + 1
     listen = f"unix:{tmp_path / 'run' / 'control-plane.socket'}"
     log = tmp_path / "server.log"
     with log.open("w") as out:
@@ -188,7 +188,7 @@ def test_remote_parts_over_mtls_get_only_the_gateway_their_certificate_names(tmp
     ca = TestCA(tmp_path / "pki")
     server_dir = ca.server("control-plane", dns=("clrk-control-plane.test",), ips=("127.0.0.1",))
     gw_dir, operator_dir = ca.gateway("gw", "default/gw"), ca.operator()
-    port, base = free_port(), free_port()
+    port, base = free_port(), free_port_block(2)
     log = tmp_path / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

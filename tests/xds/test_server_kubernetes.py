@@ -25,7 +25,7 @@ from tests.k8s.objects import Cluster, credential, gateway, obj, route, wait_for
 from tests.k8s.rbac import RBAC, control_plane_grants, credential_secrets_binding
 from tests.xds.test_ads import Client as AdsClient
 from tests.xds.test_server import first_update
-from tests.xds.xds_messages import free_port
+from tests.xds.xds_messages import free_port, free_port_block
 
 
 def kubeconfig(path, server: FakeApiServer, *rbac: dict) -> str:
@@ -66,6 +66,14 @@ def control_plane(tmp_path, server: FakeApiServer, base: int, base_id: int, *rba
     )
     try:
         yield proc, listen, log, envoy
+    except BaseException:
+        # What the control plane and Envoy said, in the failure's report.
+        print("--- control plane log (tail) ---")
+        print("\n".join(log.read_text(errors="replace").splitlines()[-60:]))
+        print("--- Envoy log (tail) ---")
+        with contextlib.suppress(OSError):
+            print("\n".join(envoy.log_path.read_text(errors="replace").splitlines()[-40:]))
+        raise
     finally:
         envoy.stop()
         if proc.poll() is None:
@@ -88,7 +96,7 @@ def test_the_control_plane_on_kubernetes_programs_envoy_and_reports_its_ack(tmp_
         cluster = Cluster(api_client(server))
         cluster.create(gateway())
         cluster.create(route())
-        base = free_port()
+        base = free_port_block(2)  # a second listener comes
         with control_plane(tmp_path, server, base, 98) as (proc, listen, log, envoy):
             wait_for(lambda: "server.listening" in log.read_text())
             # Before Envoy: accepted, in force, not yet programmed
