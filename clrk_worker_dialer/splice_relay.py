@@ -5,8 +5,9 @@ Each direction is a `Pump` driven by the loop's readiness callbacks on non-block
 descriptors.  Back-pressure is the pipe itself: a pump stops reading its source while
 its pipe holds bytes the destination would not take.  Half-close is carried over (EOF
 on one side becomes shutdown(SHUT_WR) on the other, the other direction keeps going);
-the agent's reaches the next hop only once it has read what came before (Envoy drops a
-connection whose FIN is there before it has read the PROXY header).
+the agent's reaches the next hop only once it has read what came before, or answered, or
+after `FIN_HOLD_MAX` (Envoy drops a connection whose FIN is there before it has read the
+PROXY header).
 Any error on either side resets both.  (Ending only the failed direction, to let an
 answer the next hop sent before closing mid-upload through, needs the abandoned side
 drained and a lingering close, or it deadlocks and truncates silently: not done.)
@@ -32,15 +33,20 @@ import socket
 from collections.abc import Callable
 
 from clrk.nexthops import NextHop
-from clrk_worker_dialer.peer_unread import unread
+from clrk_worker_dialer.peer_unread import PeerUnread
 
 BULK_PIPE_SIZE = 1 << 20  # the default fs.pipe-max-size: the most an unprivileged call gets
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 SHRINK_AFTER_SMALL_READS = 16
 # A held FIN (`Pump._hold_fin`) looks again after FIN_RECHECK_FIRST seconds, then twice as
-# long each time up to FIN_RECHECK_MAX: few looks at a next hop slow to connect upstream.
+# long each time up to FIN_RECHECK_MAX (how late the FIN may reach a next hop that waited
+# for it to answer), and goes anyway after FIN_HOLD_MAX: Envoy has read the header long
+# before unless it is overloaded, and its tcp_proxy reads nothing more until its upstream
+# connects (or, when that upstream stops reading, ever): an agent must not keep a FIN,
+# and its looks, waiting that long.
 FIN_RECHECK_FIRST = 0.001
-FIN_RECHECK_MAX = 0.1
+FIN_RECHECK_MAX = 0.02
+FIN_HOLD_MAX = 2.0
 
 
 async def connect(loop: asyncio.AbstractEventLoop, hop: NextHop) -> socket.socket:
@@ -206,9 +212,9 @@ class PipePool:
 class Pump:
     """One direction: `src` -> pipe -> `dst`, `head` bytes first.  With `fin_after_read`,
     `src`'s EOF reaches `dst` only once `dst`'s peer has read all that went before it
-    or has sent something (see `peer_unread`: Envoy drops a connection whose FIN comes
-    before it has read the PROXY header, as an agent that half-closes right after its
-    request makes it)."""
+    or has sent something, or after FIN_HOLD_MAX (see `peer_unread`: Envoy drops a
+    connection whose FIN comes before it has read the PROXY header, as an agent that
+    half-closes right after its request makes it)."""
 
     def __init__(
         self,
@@ -237,7 +243,9 @@ class Pump:
         self.partner: Pump | None = None  # the other direction
         self.fin_after_read = fin_after_read
         self.fin_recheck = FIN_RECHECK_FIRST
-        self.fin_timer: asyncio.TimerHandle | None = None
+        self.fin_deadline = 0.0  # set when the FIN is first held
+        self.fin_timer: asyncio.Handle | None = None
+        self.peer: PeerUnread | None = None  # `dst`'s, once a FIN is held
 
     def start(self) -> None:
         self._flush()
@@ -283,8 +291,11 @@ class Pump:
             return
         if n == 0:
             self.eof = True
+            self._answered()
         else:
-            self.got = True
+            if not self.got:
+                self.got = True
+                self._answered()
             pipe.after_read(n)
         self.last_read = n
         self.in_pipe += n
@@ -325,14 +336,30 @@ class Pump:
         self.done = True
         self.on_done()
 
+    def _answered(self) -> None:
+        """`src` sent its first byte, or its EOF: it took the connection, so the other
+        direction's held FIN goes now."""
+        partner = self.partner
+        if partner is not None and partner.fin_timer is not None:
+            partner.fin_timer.cancel()
+            partner.fin_timer = self.loop.call_soon(partner._flush)
+
     def _hold_fin(self) -> bool:
         """True (and a look again later) while `dst`'s peer has not read all it was sent
-        and has not answered (an answer shows it took the connection)."""
+        and has not answered (an answer shows it took the connection), for at most
+        FIN_HOLD_MAX."""
         self.fin_timer = None
         if not self.fin_after_read or (self.partner is not None and self.partner.got):
             return False
+        now = self.loop.time()
+        if not self.fin_deadline:
+            self.fin_deadline = now + FIN_HOLD_MAX
+        elif now >= self.fin_deadline:
+            return False
+        if self.peer is None:
+            self.peer = PeerUnread(self.dst)
         try:
-            left = unread(self.dst)
+            left = self.peer.left()
         except OSError:  # not connected any more: nothing to wait for
             return False
         if not left:

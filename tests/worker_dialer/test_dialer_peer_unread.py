@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 from pathlib import Path
 
 import pytest
 
-from clrk_worker_dialer.peer_unread import tcp_receive_queue, unread
+from clrk_worker_dialer import peer_unread
+from clrk_worker_dialer.peer_unread import (
+    SOCK_DIAG_BY_FAMILY,
+    ask_sock_diag,
+    tcp_diag_request,
+    tcp_receive_queue,
+    unread,
+)
 
 
 def unix_pair(tmp_path: Path) -> tuple[socket.socket, socket.socket, socket.socket]:
@@ -79,7 +88,74 @@ def test_no_tcp_socket_with_those_addresses_is_none(host):
     with socket.socket(family, socket.SOCK_STREAM) as unused:
         unused.bind((host, 0))  # a port no connected socket has
         port = unused.getsockname()[1]
-        assert tcp_receive_queue(family, (host, port), (host, port)) is None
+        assert tcp_receive_queue(tcp_diag_request(family, (host, port), (host, port))) is None
+
+
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE = 19, 20, 2
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_what_the_peer_has_not_even_received_is_unread(host):
+    """A peer whose accept queue is full drops what we send, and its half-open socket
+    reports an empty queue: our own unacknowledged bytes count.  (Here they are queued
+    in repair mode, which sends nothing.)"""
+    listener, ours, theirs = tcp_pair(host)
+    try:
+        try:
+            ours.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        except PermissionError:
+            pytest.skip("repair mode needs CAP_NET_ADMIN")
+        ours.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        ours.send(b"ping")
+        peer = tcp_receive_queue(
+            tcp_diag_request(ours.family, ours.getpeername(), ours.getsockname())
+        )
+        assert peer == 0
+        assert unread(ours) == 4
+    finally:
+        for sock in (listener, ours, theirs):
+            sock.close()  # (in repair mode: silently)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_listener_on_the_address_is_not_taken_for_the_peer(host):
+    """With no connected socket from `local` to `remote`, the kernel answers with the
+    listener on `local`, whose queue counts waiting connections, not unread bytes."""
+    listener, ours, theirs = tcp_pair(host)
+    try:
+        with socket.socket(listener.family, socket.SOCK_STREAM) as unused:
+            unused.bind((host, 0))  # a port no connection comes from
+            request = tcp_diag_request(
+                listener.family, listener.getsockname()[:2], unused.getsockname()[:2]
+            )
+            assert tcp_receive_queue(request) is None
+    finally:
+        for sock in (listener, ours, theirs):
+            sock.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_message_the_kernel_does_not_answer_is_no_answer_without_waiting():
+    """(No NLM_F_REQUEST flag: the kernel takes it and answers nothing.)"""
+    message = struct.pack("=IHHII", 16, SOCK_DIAG_BY_FAMILY, 0, 1, 0)
+    assert ask_sock_diag(message) is None
+
+
+def test_a_forked_child_asks_on_a_netlink_socket_of_its_own():
+    """Else an answer would go to whichever of the two reads first."""
+    listener, ours, theirs = tcp_pair("127.0.0.1")
+    try:
+        assert unread(ours) == 0  # asked on the parent's netlink socket
+        parents = peer_unread._netlink
+        assert parents is not None
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            os._exit(0 if peer_unread._netlink is None and unread(ours) == 0 else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert peer_unread._netlink is parents
+    finally:
+        for sock in (listener, ours, theirs):
+            sock.close()
 
 
 def test_an_unconnected_socket_raises():

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clrk_worker_dialer import splice_relay
 from clrk_worker_dialer.splice_relay import (
     BULK_PIPE_SIZE,
     SHRINK_AFTER_SMALL_READS,
@@ -268,6 +269,12 @@ async def until(predicate) -> None:
         await asyncio.sleep(0.001)
 
 
+async def fin_held(relay: SpliceRelay) -> None:
+    """Until the relay has the agent's EOF and holds it back from the next hop."""
+    await until(lambda: relay.outbound.eof)
+    assert not relay.outbound.done and relay.outbound.fin_timer is not None
+
+
 @pytest.mark.parametrize("upstream", ["tcp", "unix"])
 def test_an_agents_fin_reaches_the_next_hop_only_once_it_read_all_before_it(upstream, tmp_path):
     """Envoy closes a connection whose FIN is there before its listener filters read the
@@ -323,6 +330,58 @@ def test_a_next_hop_that_closes_unread_while_the_fin_waits_ends_the_relay(upstre
             w.upstream_peer.close()
             assert await closed is relay
             assert relay.outbound.fin_timer is None
+            assert [pump.pipe.r for pump in (relay.outbound, relay.inbound)] == [-1, -1]
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_a_fin_the_next_hop_leaves_unread_goes_after_the_longest_hold(
+    upstream, tmp_path, monkeypatch
+):
+    """A next hop that reads nothing (Envoy's tcp_proxy until its upstream connects, or
+    ever once that upstream stops reading) holds no FIN, and its looks, for long."""
+    monkeypatch.setattr(splice_relay, "FIN_HOLD_MAX", 0.05)
+
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            relay, _ = start(w, to_upstream=b"header")
+            await send_and_finish(w.agent_peer, b"request")
+            await fin_held(relay)
+            await until(lambda: relay.outbound.done)
+            assert fin_arrived(w.upstream_peer)
+            assert await recv_until_eof(w.upstream_peer) == b"headerrequest"
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+@pytest.mark.parametrize("answer", [b"answer", b""], ids=["data", "eof"])
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_a_held_fin_goes_as_soon_as_the_next_hop_answers(answer, upstream, tmp_path, monkeypatch):
+    """Not at the next look (here an hour away): a server that answers as it reads, or
+    closes, shows it took the connection."""
+    monkeypatch.setattr(splice_relay, "FIN_RECHECK_FIRST", 3600.0)
+
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            relay, _ = start(w, to_upstream=b"header")
+            await send_and_finish(w.agent_peer, b"request")
+            await fin_held(relay)
+            if answer:
+                await asyncio.get_running_loop().sock_sendall(w.upstream_peer, answer)
+                assert await recv_exactly(w.agent_peer, len(answer)) == answer
+            else:
+                w.upstream_peer.shutdown(socket.SHUT_WR)
+                assert await recv_until_eof(w.agent_peer) == b""
+            await until(lambda: relay.outbound.done)
+            assert fin_arrived(w.upstream_peer)
+            assert await recv_until_eof(w.upstream_peer) == b"headerrequest"
         finally:
             w.close_peers()
 
