@@ -40,9 +40,12 @@ class Binding(NamedTuple):
     ttl: int  # seconds, as the answer gave it (the cache clamps it)
 
 
-def _parse(wire: bytes) -> dns_wire.Message | None:
+_new = tuple.__new__  # builds a named tuple without its Python-level constructor (faster)
+
+
+def _parse(wire: bytes, asked: tuple[Labels, int] | None = None) -> dns_wire.Message | None:
     try:
-        return dns_wire.parse(bytes(wire))
+        return dns_wire.parse(bytes(wire), asked)
     except (dns_wire.WireError, TypeError):
         return None  # agents control these bytes: "not a message", never a crash
 
@@ -51,11 +54,25 @@ def _question(message: dns_wire.Message) -> DnsQuery | None:
     if len(message.questions) != 1 or message.opcode != QUERY:
         return None
     q = message.questions[0]
-    return DnsQuery(message.id, name_text(q.labels).lower(), q.rdtype, q.rdclass)
+    return _new(DnsQuery, (message.id, name_text(q.labels).lower(), q.rdtype, q.rdclass))
 
 
 def parse_query(wire: bytes) -> DnsQuery | None:
     """The query an agent sent, or None when it is not a single-question query."""
+    try:
+        lone = dns_wire.lone_question(bytes(wire))
+    except (dns_wire.WireError, TypeError):
+        return None
+    if lone is None:  # not the usual shape
+        return _parse_query_whole(wire)
+    ident, flags, labels, rdtype, rdclass = lone
+    if flags & QR or (flags >> 11) & 0xF != QUERY:
+        return None
+    return _new(DnsQuery, (ident, name_text(labels).lower(), rdtype, rdclass))
+
+
+def _parse_query_whole(wire: bytes) -> DnsQuery | None:
+    """parse_query by way of the whole message: any shape of query."""
     message = _parse(wire)
     if message is None or message.flags & QR:
         return None
@@ -86,13 +103,57 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
     owner = key(question.labels)
     if name_text(owner) != query.name:
         return []
+    return _walk(query, message, owner)
+
+
+def bindings_from_echo(query: DnsQuery, wire: bytes, answer: bytes) -> list[Binding]:
+    """bindings_from_answer(query, answer) for query = parse_query(wire), without reading
+    the answer's question again when its ID and question are wire's very bytes (as the
+    forwarder's answers are) and that question is a plain hostname (the only kind that
+    binds) with no pointer."""
+    end, name = len(wire), query.name
+    if (
+        # A name of n plain labels takes len(name) + 2 bytes; with a pointer it takes
+        # one more (a pointer to the root) or at least one fewer.
+        end != 12 + len(name) + 6
+        or not dns_wire.lone_counts(wire)  # so the question ends the query
+        or answer[12:end] != wire[12:end]
+        or answer[:2] != wire[:2]
+        or evidence_name(name) != name
+    ):
+        return bindings_from_answer(query, answer)
+    if query.rdclass != IN:
+        return []
+    # No label of a plain hostname holds a dot (name_text would escape it): its labels
+    # are the lower-cased wire labels, key(question.labels) of the answer.
+    owner = tuple(name.encode().split(b"."))
+    message = _parse(answer, (owner, end))
+    if (
+        message is None
+        or not message.flags & QR
+        or message.rcode != NOERROR
+        or message.opcode != QUERY
+        or len(message.questions) != 1
+    ):
+        return []
+    return _walk(query, message, owner, named=True)
+
+
+def _walk(
+    query: DnsQuery, message: dns_wire.Message, owner: Labels, named: bool = False
+) -> list[Binding]:
+    """The bindings of an answer to query whose question's name, lower-cased, is owner
+    (`named`: query.name is known to be a hostname already)."""
+    question = message.questions[0]
     wanted = _ADDRESS_TYPES.get(query.rdtype, frozenset())
     # Each record on its own: several CNAMEs for one owner is an ambiguous chain that
     # must not be followed.
     records: dict[tuple[Labels, int], list[dns_wire.AnswerRecord]] = {}
     for rr in message.answers:
         if rr.rdclass == IN:
-            records.setdefault((key(rr.owner), rr.rdtype), []).append(rr)
+            # Most owners are the question's name (a pointer to it): its key is known.
+            rr_key = owner if rr.owner == question.labels else key(rr.owner)
+            records.setdefault((rr_key, rr.rdtype), []).append(rr)
 
     # Walk the CNAME chain from the question name. chain[i] is the i-th owner's name;
     # link_ttls[i] is the TTL of the CNAME from chain[i] to chain[i + 1]. An address at
@@ -100,7 +161,7 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
     chain, link_ttls, seen = [query.name], [], {owner}
     found: dict[tuple[str, str], int] = {}
     for hop in range(MAX_CNAME_HOPS + 1):
-        if evidence_name(chain[-1]) is None:
+        if (hop or not named) and evidence_name(chain[-1]) is None:
             break  # not a hostname: it could never match a pattern, so bind nothing
         for rdtype in wanted:
             for rr in records.get((owner, rdtype), ()):
@@ -122,7 +183,7 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
         seen.add(owner)
         chain.append(name_text(owner))
         link_ttls.append(min(rr.ttl for rr in cnames))
-    return [Binding(ip, name, ttl) for (ip, name), ttl in found.items()]
+    return [_new(Binding, (ip, name, ttl)) for (ip, name), ttl in found.items()]
 
 
 class BindingCache:
@@ -158,6 +219,20 @@ class BindingCache:
         normal = evidence_name(name)
         if normal is None:
             return
+        self._put(agent, ip, normal, ttl, now)
+
+    def add(self, agent: Hashable, bindings: Iterable[Binding], now: float) -> None:
+        for binding in bindings:
+            self.bind(agent, binding.ip, binding.name, binding.ttl, now)
+
+    def add_snooped(self, agent: Hashable, bindings: Iterable[Binding], now: float) -> None:
+        """add() for what bindings_from_answer returned: its addresses and names are in
+        normal form already (its tests hold it to that), so they are not normalised again
+        on every answer."""
+        for ip, name, ttl in bindings:
+            self._put(agent, ip, name, ttl, now)
+
+    def _put(self, agent: Hashable, ip: str, normal: str, ttl: float, now: float) -> None:
         ips = self._agents.get(agent)
         if ips is None:
             ips = self._agents[agent] = OrderedDict()
@@ -166,17 +241,13 @@ class BindingCache:
             names = ips[ip] = {}
         else:
             ips.move_to_end(ip)
-        self._drop_expired(names, now)
+            self._drop_expired(names, now)
         names.pop(normal, None)  # re-insert: the latest answer is the freshest
         names[normal] = now + min(max(ttl, self.min_ttl), self.max_ttl)
         while len(names) > self.max_names_per_ip:
             del names[next(iter(names))]
         while len(ips) > self.max_ips:
             ips.popitem(last=False)
-
-    def add(self, agent: Hashable, bindings: Iterable[Binding], now: float) -> None:
-        for binding in bindings:
-            self.bind(agent, binding.ip, binding.name, binding.ttl, now)
 
     def names_for(self, agent: Hashable, ip: str, now: float) -> frozenset[str]:
         """The names bound to ip for agent that are unexpired at now."""

@@ -6,7 +6,7 @@ The forwarder sends UDP queries over connected sockets to each upstream resolver
 (`SharedUdp`), so only the resolver can answer; each query goes out under a fresh random
 ID of its own (agents' IDs may collide) and only the answer with that ID, on the socket
 it went out on, and with the same question is taken, its ID given back, and checked again
-by bindings_from_answer before anything is bound: unsolicited answers bind nothing.
+by the snoop (dns_binding) before anything is bound: unsolicited answers bind nothing.
 
 A spoofed answer that binds a name to an address of the spoofer's is what an agent and
 an accomplice outside would aim for (RFC 5452): the sockets' ports are random (the
@@ -39,7 +39,7 @@ from clrk.policy import Agent
 from clrk_runtime import random_bytes
 from clrk_runtime.logs import fields
 from clrk_worker_dialer import dns_wire
-from clrk_worker_dialer.dns_binding import DnsQuery, bindings_from_answer
+from clrk_worker_dialer.dns_binding import DnsQuery, bindings_from_echo
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
 from clrk_worker_dialer.state import DialerState, agent_key
 
@@ -236,16 +236,22 @@ class SharedUdp:
         timeout: float,
         deliver: Callable[[bytes | None], None],
         agent: str | None = None,
+        question_end: int | None = None,
     ) -> _Pending | None:
         """Send `wire` to `server` under a fresh random ID. `deliver` is called once,
         with the answer under the agent's own ID, or with None after `timeout`. None
-        (and `deliver` never called) when it cannot go: a limit, a socket error."""
+        (and `deliver` never called) when it cannot go: a limit, a socket error.
+        `question_end`: dns_wire.question_end(wire) when the caller knows it already."""
         if self.closed:
             return None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # get_running_loop() costs a getpid(2)
+            loop = asyncio.get_running_loop()
         now = loop.time()
         try:
-            question = wire[: dns_wire.question_end(wire)]
+            if question_end is None:
+                question_end = dns_wire.question_end(wire)
+            question = wire[:question_end]
             upstream = self._upstream(server, now)
         except (OSError, dns_wire.WireError):
             return None
@@ -460,7 +466,7 @@ class Forwarder:
             self.udp.release(key)
         if answer is None:
             return None
-        self.snoop(agent, verdict.query, answer)
+        self.snoop(agent, verdict.query, answer, wire)
         return answer
 
     def handle_udp(
@@ -493,10 +499,12 @@ class Forwarder:
             if answer is None or _truncated(answer):
                 self._slow(wire, servers, timeout, answer, agent, query, reply)
             else:
-                self.snoop(agent, query, answer)
+                self.snoop(agent, query, answer, wire)
                 reply(answer)
 
-        if self.udp.send(wire, servers[0], timeout, answered, key) is None:
+        # parse_query read the query (verdict): one question and nothing else ends with it.
+        asked = len(wire) if dns_wire.lone_counts(wire) else None
+        if self.udp.send(wire, servers[0], timeout, answered, key, asked) is None:
             self._slow(wire, servers, timeout, None, agent, query, reply)
 
     def _slow(self, wire, servers, timeout, udp_answer, agent, query, reply) -> None:
@@ -512,7 +520,7 @@ class Forwarder:
             if answer is None:
                 answer = await exchange(wire, servers[1:], timeout, udp=self.udp.exchange)
             if answer is not None:
-                self.snoop(agent, query, answer)
+                self.snoop(agent, query, answer, wire)
                 reply(answer)
 
         def done(task: asyncio.Task) -> None:
@@ -541,12 +549,13 @@ class Forwarder:
                 enforced=False,
             )
 
-    def snoop(self, agent: Agent | None, query: DnsQuery, answer: bytes) -> list:
+    def snoop(self, agent: Agent | None, query: DnsQuery, answer: bytes, wire: bytes) -> list:
+        """Bind what `answer` proves for the agent that sent `wire` (its `query`)."""
         key = agent_key(agent)
         if key is None:
             return []
-        bindings = bindings_from_answer(query, answer)
-        self.state.bindings.add(key, bindings, time.monotonic())
+        bindings = bindings_from_echo(query, wire, answer)
+        self.state.bindings.add_snooped(key, bindings, time.monotonic())
         return bindings
 
     async def resolve(
@@ -586,7 +595,7 @@ class Forwarder:
             answer = await exchange(wire, self.state.resolvers, timeout, udp=self.udp.exchange)
             if answer is None:
                 continue
-            for binding in self.snoop(agent, verdict.query, answer):
+            for binding in self.snoop(agent, verdict.query, answer, wire):
                 if binding.ip not in addresses:
                     addresses.append(binding.ip)
         return addresses, None

@@ -137,18 +137,34 @@ def _name(wire: bytes, at: int, end: int) -> tuple[Labels, int]:
 _HEADER = struct.Struct("!HHHHHH")
 _QUESTION = struct.Struct("!HH")
 _RR = struct.Struct("!HHIH")
+# A pointer to the first question's name: most answers' owners are just that, and _name
+# reads there exactly what it read for the question (from the same offset, to the same end).
+_TO_FIRST = bytes([0xC0, _HEADER.size])
 
 
-def parse(wire: bytes) -> Message:
-    """The message in `wire`; WireError when it is not one (see the module's notes)."""
+def parse(wire: bytes, asked: tuple[Labels, int] | None = None) -> Message:
+    """The message in `wire`; WireError when it is not one (see the module's notes).
+
+    `asked`: (name, end) when the caller knows the message's question, if it has one
+    question, to be a name without a pointer (these labels, or their lower-case form)
+    followed by its type and class, ending at `end`: it is not read again.
+    """
     end = len(wire)
     if end < _HEADER.size:
         raise WireError("shorter than a header")
     ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
     at = _HEADER.size
     questions = []
+    first: Labels | None = None  # the first question's name
+    if asked is not None and qdcount == 1:
+        first, at = asked
+        rdtype, rdclass = _QUESTION.unpack_from(wire, at - 4)
+        questions.append(_new(Question, (first, rdtype, rdclass)))
+        qdcount = 0
     for _ in range(qdcount):
         labels, at = _name(wire, at, end)
+        if first is None:
+            first = labels
         if at + 4 > end:
             raise WireError("question runs past the end")
         rdtype, rdclass = _QUESTION.unpack_from(wire, at)
@@ -159,7 +175,10 @@ def parse(wire: bytes) -> Message:
     seen_opt = False
     for section, count in ((1, ancount), (2, nscount), (3, arcount)):
         for _ in range(count):
-            owner, at = _name(wire, at, end)
+            if first is not None and wire[at : at + 2] == _TO_FIRST:
+                owner, at = first, at + 2  # what _name reads there, without reading it again
+            else:
+                owner, at = _name(wire, at, end)
             if at + 10 > end:
                 raise WireError("record runs past the end")
             rdtype, rdclass, ttl, rdlength = _RR.unpack_from(wire, at)
@@ -199,6 +218,30 @@ def parse(wire: bytes) -> Message:
         raise WireError("trailing bytes after the message")
     opcode = (flags >> 11) & 0xF
     return _new(Message, (ident, flags, opcode, rcode, tuple(questions), tuple(answers)))
+
+
+_LONE = b"\x00\x01" + bytes(6)  # the counts of one question and no records
+_ID_FLAGS = struct.Struct("!HH")
+
+
+def lone_counts(wire: bytes) -> bool:
+    """Whether the header counts one question and no records: a valid message of those
+    counts ends with its question (question_end(wire) == len(wire))."""
+    return wire[4:12] == _LONE
+
+
+def lone_question(wire: bytes) -> tuple[int, int, Labels, int, int] | None:
+    """(id, flags, labels, rdtype, rdclass) of a message of one question and no records
+    (most queries), as parse() reads them but without building its Message; None for
+    every other message, which parse() reads. WireError where parse() raises it."""
+    if wire[4:12] != _LONE:
+        return None
+    labels, at = _name(wire, _HEADER.size, len(wire))
+    if at + 4 != len(wire):
+        raise WireError("the question does not end the message")
+    ident, flags = _ID_FLAGS.unpack_from(wire)
+    rdtype, rdclass = _QUESTION.unpack_from(wire, at)
+    return ident, flags, labels, rdtype, rdclass
 
 
 def question_end(wire: bytes) -> int:

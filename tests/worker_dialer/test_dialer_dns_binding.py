@@ -10,12 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clrk_worker_dialer._normalise import evidence_name, normalise_ip
 from clrk_worker_dialer.dns_binding import (
     MAX_CNAME_HOPS,
     Binding,
     BindingCache,
     DnsQuery,
+    _parse_query_whole,
     bindings_from_answer,
+    bindings_from_echo,
     parse_query,
 )
 
@@ -672,3 +675,107 @@ def test_the_cache_never_exceeds_its_bounds_nor_returns_expired_or_foreign_names
             assert len(bound) <= 3
             for name in bound:
                 assert live[agent, ip, name] > probe_at
+
+
+# --- the fast paths: the same as the whole reading, for any bytes ---------------------------
+
+ODD_LABEL = st.binary(min_size=1, max_size=6) | st.sampled_from(
+    [b"Www", b"EXAMPLE", b"a.b", b"x_y", b"-", b"\\", b"\x00", b"\xff", b"a b"]
+)
+QUERY_NAMES = names | st.lists(ODD_LABEL, min_size=0, max_size=4).map(
+    lambda labels: dns.name.Name([*labels, b""])
+)
+FLIPS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3)
+
+
+@st.composite
+def query_wires(draw) -> bytes:
+    """Queries as agents send them: any name, case and type, EDNS or not, an ID of theirs;
+    sometimes the name is cut short by a pointer into the header."""
+    query = dns.message.make_query(
+        draw(QUERY_NAMES), draw(st.sampled_from(["A", "AAAA", "ANY", "MX", "TXT"]))
+    )
+    query.id = draw(st.integers(0, 65535))
+    if draw(st.booleans()):
+        query.use_edns(0, payload=1232)
+    wire = query.to_wire()
+    if draw(st.integers(0, 4)) == 0:  # hostile: a pointer into the header ends the name
+        cut = draw(st.integers(13, max(13, len(wire) - 6)))
+        wire = wire[:cut] + bytes([0xC0, draw(st.integers(0, 11))]) + wire[-4:]
+    return wire
+
+
+def flipped(wire: bytes, flips, start: int = 0) -> bytes:
+    if len(wire) <= start:
+        return wire
+    mutated = bytearray(wire)
+    for at, value in flips:
+        mutated[start + at % (len(wire) - start)] = value
+    return bytes(mutated)
+
+
+@settings(max_examples=600, deadline=None)
+@given(query_wires() | st.binary(max_size=60), FLIPS)
+def test_parse_query_reads_every_query_as_the_whole_message_reads_it(wire, flips):
+    wire = flipped(wire, flips)
+    assert parse_query(wire) == _parse_query_whole(wire)
+
+
+def echoed_answers(query_wire: bytes, data) -> bytes:
+    """What the forwarder takes as the answer to query_wire: its ID and question bytes,
+    then a real answer's records (of the agent's asking, so maybe any), sometimes hostile."""
+    end = len(query_wire) if query_wire[4:12] == b"\x00\x01" + bytes(6) else 12
+    try:
+        query = dns.message.from_wire(query_wire)
+        response = dns.message.make_response(query)
+        qname = query.question[0].name
+    except Exception:
+        return query_wire[:2] + data.draw(st.binary(max_size=80))
+    chain = [qname, *(dns.name.from_text(n) for n in data.draw(st.lists(names, max_size=3)))]
+    for owner, target in itertools.pairwise(chain):
+        response.answer.append(dns.rrset.from_text(owner, 60, "IN", "CNAME", target.to_text()))
+    for _ in range(data.draw(st.integers(0, 3))):
+        owner = data.draw(st.sampled_from(chain))
+        rdtype = data.draw(st.sampled_from(["A", "AAAA"]))
+        value = data.draw(ipv4 if rdtype == "A" else st.just("2001:db8::1"))
+        response.answer.append(
+            dns.rrset.from_text(owner, data.draw(st.integers(0, 2**32 - 1)), "IN", rdtype, value)
+        )
+    if data.draw(st.booleans()):
+        response.set_rcode(data.draw(st.sampled_from([0, 0, 3, 16])))
+    wire = response.to_wire()
+    how = data.draw(st.integers(0, 5))
+    if how == 1:  # anything at all behind the echoed ID and question
+        wire = wire[:12] + query_wire[12:end] + data.draw(st.binary(max_size=60))
+    elif how == 2:  # bytes flipped behind the question (the header too: counts, flags)
+        flips = data.draw(FLIPS)
+        head = flipped(wire[2:12], flips)
+        wire = wire[:2] + head + flipped(wire[12:], flips, end - 12)
+    elif how == 3:  # cut short
+        wire = wire[: data.draw(st.integers(12, len(wire)))]
+    elif how == 4:  # the question's case changed, as a 0x20-randomising resolver would not
+        wire = wire[:12] + wire[12:end].swapcase() + wire[end:]
+    return query_wire[:2] + wire[2:]
+
+
+@settings(max_examples=800, deadline=None)
+@given(query_wires(), st.data())
+def test_an_echoed_answer_binds_what_the_whole_reading_binds(wire, data):
+    query = parse_query(wire)
+    if query is None:
+        return
+    answer = echoed_answers(wire, data)
+    assert bindings_from_echo(query, wire, answer) == bindings_from_answer(query, answer)
+
+
+@settings(max_examples=300, deadline=None)
+@given(answers(), st.integers(0, 2**32 - 1))
+def test_snooped_bindings_are_in_normal_form_so_the_cache_need_not_normalise_them(case, ttl):
+    q, wire, *_ = case
+    bindings = bindings_from_answer(q.to_wire(), wire)
+    for ip, name, _ttl in bindings:
+        assert normalise_ip(ip) == ip and evidence_name(name) == name
+    by_add, by_snooped = BindingCache(), BindingCache()
+    by_add.add("a", bindings, 100.0)
+    by_snooped.add_snooped("a", bindings, 100.0)
+    assert by_add._agents == by_snooped._agents

@@ -167,3 +167,90 @@ def test_names_are_written_as_dnspython_writes_them():
     name = dns.name.Name([b"a.b", b"c@d", b"\x00\xff", b"E", b""])
     assert dns_wire.name_text(tuple(name.labels[:-1])) == name.to_text(omit_final_dot=True)
     assert dns_wire.name_text(()) == dns.name.root.to_text(omit_final_dot=True)
+
+
+# --- the shortcuts: what they read is what the whole parse reads -------------------------
+
+
+def parse_or_error(wire: bytes):
+    try:
+        return dns_wire.parse(wire)
+    except dns_wire.WireError:
+        return dns_wire.WireError
+
+
+def lone_or_error(wire: bytes):
+    try:
+        return dns_wire.lone_question(wire)
+    except dns_wire.WireError:
+        return dns_wire.WireError
+
+
+def mutations(wire: bytes, flips, cut: int) -> bytes:
+    if not wire:
+        return wire
+    mutated = bytearray(wire)
+    for at, value in flips:
+        mutated[at % len(mutated)] = value
+    return bytes(mutated[: max(0, len(mutated) - cut % 8)])
+
+
+FLIPS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(messages() | st.binary(max_size=80), FLIPS, st.integers(0, 10_000))
+def test_a_lone_question_is_read_as_the_whole_parse_reads_it(wire, flips, cut):
+    wire = mutations(wire, flips, cut)
+    lone, whole = lone_or_error(wire), parse_or_error(wire)
+    if lone is None:
+        assert not dns_wire.lone_counts(wire)
+    elif lone is dns_wire.WireError:
+        assert whole is dns_wire.WireError
+    else:
+        assert dns_wire.lone_counts(wire) and dns_wire.question_end(wire) == len(wire)
+        (question,) = whole.questions
+        assert lone == (whole.id, whole.flags, *question)
+        assert whole.answers == ()
+
+
+def plain_question(wire: bytes) -> tuple[dns_wire.Labels, int] | None:
+    """The first question's name and end, when it is at offset 12 with no pointer."""
+    try:
+        labels, at = dns_wire._name(wire, 12, len(wire))
+    except dns_wire.WireError:
+        return None
+    if at != 12 + sum(len(label) + 1 for label in labels) + 1 or at + 4 > len(wire):
+        return None
+    return labels, at + 4
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(messages(), FLIPS, st.integers(0, 10_000), st.booleans())
+def test_a_known_question_is_not_read_again_and_the_rest_reads_the_same(wire, flips, cut, lower):
+    asked = plain_question(wire)
+    if asked is None:
+        return
+    labels, end = asked
+    # The question stays as it is; what follows it (and the header) may be anything.
+    wire = mutations(wire, [(at, v) for at, v in flips if not 12 <= at % len(wire) < end], cut)
+    if len(wire) < end:
+        return
+    given_labels = dns_wire.key(labels) if lower else labels
+    whole = parse_or_error(wire)
+    try:
+        known = dns_wire.parse(wire, (given_labels, end))
+    except dns_wire.WireError:
+        assert whole is dns_wire.WireError
+        return
+    assert whole is not dns_wire.WireError
+    if len(whole.questions) == 1:  # the shortcut is taken: the name is the one given
+
+        def lowered(message):
+            answers = [(dns_wire.key(r.owner), *r[1:]) for r in message.answers]
+            questions = [(dns_wire.key(q.labels), *q[1:]) for q in message.questions]
+            return (*message[:4], questions, answers)
+
+        assert lowered(known) == lowered(whole)
+    else:
+        assert known == whole
