@@ -348,17 +348,21 @@ def _credentials(msg: pb2.GatewayPolicy, routes: set[str]) -> tuple[CompiledCred
 
 
 class DecodedMatches:
-    """The matches of the last update decoded, by their wire bytes, kept by the dialer
-    across updates: a reload changes few matches, and decoding every one again was most
-    of applying an update (1,000 matches: ~15 ms).  An entry is reused only when the
+    """The matches of the last accepted update decoded, by their wire bytes, kept by the
+    dialer across updates: a reload changes few matches, and decoding every one again was
+    most of applying an update (1,000 matches: ~15 ms).  An entry is reused only when the
     listeners and deny policies it was checked against are the same, and keyed without
-    its route's order, which a route added before moves; only the entries of the last
-    update are kept."""
+    its route's order, which a route added before moves.
+
+    `decode_policy` only decodes with it; the caller `keep`s the policy once it has
+    accepted it, so a refused update, wherever it is refused, leaves it as it was."""
 
     def __init__(self) -> None:
         self._listeners: tuple[CompiledListener, ...] = ()
         self._denies: frozenset[str] = frozenset()
         self._last: dict[bytes, MatchEntry] = {}
+        # The last decode's entries by their bytes, until kept or decoded over.
+        self._decoded: tuple[tuple[MatchEntry, ...], dict[bytes, MatchEntry]] | None = None
 
     def decode(
         self,
@@ -366,11 +370,11 @@ class DecodedMatches:
         listeners: tuple[CompiledListener, ...],
         denies: Mapping[str, DenyResponse],
     ) -> tuple[tuple[CompiledListener, ...], tuple[MatchEntry, ...]]:
-        """(listeners, matches) of `msg`: the listeners are the last update's objects
+        """(listeners, matches) of `msg`: the listeners are the last kept policy's objects
         when they are equal, so the entries kept refer to the policy's own."""
-        refs = frozenset(denies)
+        self._decoded = None
         last = self._last
-        if listeners == self._listeners and refs == self._denies:
+        if listeners == self._listeners and frozenset(denies) == self._denies:
             listeners = self._listeners
         else:
             last = {}
@@ -390,14 +394,24 @@ class DecodedMatches:
                 entry = entry.reordered(order)
             now.setdefault(raw, entry)
             out.append(entry)
-        # Only after every match decoded: a malformed update changes nothing here.
-        self._listeners, self._denies, self._last = listeners, refs, now
-        return listeners, tuple(out)
+        entries = tuple(out)
+        self._decoded = (entries, now)
+        return listeners, entries
+
+    def keep(self, policy: GatewayPolicy) -> None:
+        """Reuse `policy`'s entries from the next update on: call once it is accepted.  A
+        policy the last decode did not give (decoded without this) changes nothing."""
+        decoded, self._decoded = self._decoded, None
+        if decoded is None or decoded[0] is not policy.matches:
+            return
+        self._listeners, self._denies = policy.listeners, frozenset(policy.deny_responses)
+        self._last = decoded[1]
 
 
 def decode_policy(msg: pb2.GatewayPolicy, matches: DecodedMatches | None = None) -> GatewayPolicy:
     """The compiled policy the message carries; PolicyDecodeError if it is malformed.
-    `matches`: reuse the entries of unchanged matches (the policy is the same)."""
+    `matches`: reuse the entries of unchanged matches (the policy is the same); the
+    caller `matches.keep`s the policy once it accepts it."""
     listeners = _listeners(msg)
     denies: dict[str, DenyResponse] = {}
     for r in msg.deny_responses:

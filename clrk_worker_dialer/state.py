@@ -92,6 +92,7 @@ class DialerState:
         if policy.ref != wanted:
             raise PolicyError([f"the update is for gateway {policy.ref}, not {wanted}"])
         self.apply(policy)
+        self._decoded.keep(policy)  # only now: a refused update leaves it as it was
 
     def apply(self, policy: GatewayPolicy) -> None:
         listeners = [(lst.name, lst.protocol) for lst in policy.listeners]

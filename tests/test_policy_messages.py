@@ -4,6 +4,7 @@ a policy that decides the same, and a malformed or newer message is refused whol
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -166,8 +167,12 @@ def test_an_update_reusing_the_last_ones_match_bytes_is_the_same_update(before, 
 
 
 def _decoded(policy, matches: DecodedMatches | None = None):
+    """`policy` through the wire, and accepted: `matches` keeps its entries."""
     wire = pb2.GatewayPolicy.FromString(encode_policy(policy).SerializeToString())
-    return decode_policy(wire, matches)
+    back = decode_policy(wire, matches)
+    if matches is not None:
+        matches.keep(back)
+    return back
 
 
 def _same_policy(mine, theirs) -> None:
@@ -206,6 +211,46 @@ def test_a_kept_entry_is_checked_again_when_its_listeners_or_deny_policies_chang
             decode_policy(_broken(edit), matches)
 
 
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda m: setattr(m, "ref", "gw"), "ref"),
+        (lambda m: setattr(m, "default_policy", 99), "default_policy"),
+        (lambda m: setattr(m.dns, "min_ttl_seconds", math.nan), "TTL bounds"),
+        (lambda m: setattr(m.dns.upstream[0], "address", "resolver"), "dns.upstream"),
+        (lambda m: m.credentials.add(route="default/nowhere"), "has no match"),
+        (lambda m: setattr(m, "mode", 9), "mode"),
+    ],
+)
+def test_an_update_refused_after_its_matches_decoded_leaves_the_kept_entries_as_they_were(
+    edit, says
+):
+    """Its matches differ (one changed, one added), and decoded well: the next update
+    with the kept ones' matches reuses them all the same."""
+    matches = DecodedMatches()
+    kept = _decoded(_policy(), matches).matches
+
+    def changed(m):
+        m.matches[0].hostnames.append("new.example.com")
+        m.matches.add().CopyFrom(m.matches[1])
+        m.matches[2].cidrs[:] = ["198.51.100.0/24"]
+        edit(m)
+
+    with pytest.raises(PolicyDecodeError, match=says):
+        decode_policy(_broken(changed), matches)
+    again = _decoded(_policy(), matches).matches
+    assert all(mine is theirs for mine, theirs in zip(again, kept, strict=True))
+
+
+def test_only_the_policy_the_last_decode_gave_is_kept():
+    matches = DecodedMatches()
+    kept = _decoded(_policy(), matches).matches
+    decode_policy(_broken(lambda m: m.matches[0].hostnames.append("new.example.com")), matches)
+    matches.keep(_round_trip(_policy()))  # not what it decoded: nothing changes
+    again = _decoded(_policy(), matches).matches
+    assert all(mine is theirs for mine, theirs in zip(again, kept, strict=True))
+
+
 FIRST = """---
 apiVersion: clrk.apoxy.dev/v1alpha1
 kind: EgressL4Route
@@ -226,7 +271,7 @@ def test_a_route_added_before_the_others_encodes_and_decodes_only_its_own_match(
     assert [e.order[0] for e in after.matches] == [0, 1, 1]
     encoder, decoder = MatchBytes(), DecodedMatches()
     wire = pb2.GatewayPolicy.FromString(encode_policy(before, encoder).SerializeToString())
-    decode_policy(wire, decoder)
+    decoder.keep(decode_policy(wire, decoder))
     fresh, expected = encode_policy(after).SerializeToString(deterministic=True), _decoded(after)
     encoded, decoded = [], []
     real_match, real_decode = policy_messages._match, policy_messages._decode_match

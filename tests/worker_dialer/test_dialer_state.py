@@ -3,11 +3,13 @@ routes, decoded matches) never makes the policy differ from a fresh dialer's."""
 
 from __future__ import annotations
 
+import pytest
+
 from clrk.api import load_text
 from clrk.policy.compile import compile_policies
 from clrk_runtime.policy_messages import policy_update, to_plain
 from clrk_worker_dialer.config import DialerConfig
-from clrk_worker_dialer.state import DialerState
+from clrk_worker_dialer.state import DialerState, PolicyError
 
 GW = """apiVersion: clrk.apoxy.dev/v1alpha1
 kind: EgressGateway
@@ -62,9 +64,29 @@ def test_updates_from_the_control_plane_decode_what_a_fresh_dialer_decodes():
         GW + route("a", "a.example.com") + route("b", "b.example.com"),
         GW + route("b", "c.example.com"),
     ):
-        policy = compile_policies(load_text(text).resources).gateways[("default", "gw")]
+        policy = _compiled(text)
         update = policy_update("default/gw", policy)
         dialer.apply_update(update)
         fresh = state([])
         fresh.apply_update(update)
         assert to_plain(dialer.policy) == to_plain(fresh.policy) == to_plain(policy)
+
+
+def test_an_update_for_another_gateway_leaves_the_decoded_matches_as_they_were():
+    """It is refused after its matches decoded: the next update with the last good
+    policy's matches reuses their entries all the same."""
+    dialer = state([])
+    good = policy_update("default/gw", _compiled(GW + route("b", "b.example.com")))
+    dialer.apply_update(good)
+    kept = dialer.policy
+    other = policy_update("default/gw", _compiled(GW + route("c", "c.example.com")))
+    other.policy.ref = "default/other"
+    with pytest.raises(PolicyError, match="for gateway default/other"):
+        dialer.apply_update(other)
+    assert dialer.policy is kept
+    dialer.apply_update(good)
+    assert all(a is b for a, b in zip(dialer.policy.matches, kept.matches, strict=True))
+
+
+def _compiled(text: str):
+    return compile_policies(load_text(text).resources).gateways[("default", "gw")]
