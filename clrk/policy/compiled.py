@@ -92,7 +92,8 @@ class MatchEntry:
 
     def reordered(self, route_order: int) -> MatchEntry:
         """This entry with its route at another position (a route added or removed
-        before it): built directly, as a reload may move a thousand of them."""
+        before it): built directly, as a reload may move a thousand of them
+        (dataclasses.replace takes twice as long); a test checks every field is kept."""
         return MatchEntry(
             self.route, self.rule, self.match, (route_order, self.rule, self.match),
             self.protocol, self.hostnames, self.networks, self.ports, self.selector,

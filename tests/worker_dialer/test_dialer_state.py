@@ -45,16 +45,19 @@ def test_a_manifest_reload_compiles_what_a_fresh_dialer_compiles(tmp_path):
     dialer = state([str(path)])
     dialer.load()
     kept = dialer.policy.matches[0]
-    # A route added first moves the others; one changes.
+    # A route added that sorts first moves the others; one changes.  Added at the end of
+    # the file: the others' documents stay where they were, so `b` is parsed and
+    # compiled once, and only moved.
     path.write_text(
-        GW + route("a", "a.example.com") + route("b", "b.example.com") + route("c", "x.org")
+        GW + route("b", "b.example.com") + route("c", "x.org") + route("a", "a.example.com")
     )
     dialer.load()
     fresh = state([str(path)])
     fresh.load()
     assert to_plain(dialer.policy) == to_plain(fresh.policy)
     assert [e.order[0] for e in dialer.policy.matches] == [0, 1, 2]
-    assert dialer.policy.matches[1].hostnames == kept.hostnames == ("b.example.com",)
+    assert [e.route for e in dialer.policy.matches] == ["default/a", "default/b", "default/c"]
+    assert dialer.policy.matches[1].hostnames is kept.hostnames
 
 
 def test_updates_from_the_control_plane_decode_what_a_fresh_dialer_decodes():
