@@ -5,12 +5,13 @@ Messages are built unvalidated (`betterproto_speed.build`), so this is the one c
 what reaches Envoy.  It is planned once per class from betterproto2's field metadata and
 accepts only values of a field's own Python type: a message of exactly the declared class
 (serialization alone would write one of any class), a list of such for a repeated field,
-str, bytes, bool, an int in the proto type's range, a float, the field's own enum, a dict
-of typed keys and values for a map, the unwrapped type of a wrapper (timedelta for a
-Duration, ...), None only where the field may be unset, at most one member of a oneof,
-and no attribute that is not a field.  That is stricter than pydantic (which coerces
-"7" or 7.0 to an int, a dict to a message, a tuple to a list); the tests hold it to
-refusing whatever pydantic refuses, and to accepting what the translator builds.
+str, bytes, bool, an int in the proto type's range, a float (or an int a double holds), a
+named member of the field's own enum, a dict of typed keys and values for a map, the
+unwrapped type of a wrapper (timedelta for a Duration, ...), None only where the field
+may be unset, at most one member of a oneof, and no attribute that is not a field.
+That is stricter than pydantic (which coerces "7" or 7.0 to an int, a dict to a message,
+a tuple to a list, and takes an enum's unknown numbers); the tests hold it to refusing
+whatever pydantic refuses, and to accepting what the translator builds.
 
 A field of a kind the plan does not know (none of envoy_data_plane's) fails its class's
 every check: a translation that makes one fails closed.
@@ -76,6 +77,26 @@ def _int_range(low: int, high: int) -> Callable[[object], None]:
     return within
 
 
+def _double(value) -> None:
+    if type(value) is int:  # an int the wire's double cannot hold would fail to pack
+        try:
+            float(value)
+        except OverflowError:
+            _fail(f"{value} is not a double")
+
+
+def _named(enum: type) -> Callable[[object], None]:
+    values = frozenset(int(member) for member in enum)
+
+    def named(value) -> None:
+        # An enum built from an unknown number serializes, and Envoy reads a value past
+        # int32 as another one: only the enum's own members are taken.
+        if int(value) not in values:
+            _fail(f"{int(value)} is no member of {enum.__name__}")
+
+    return named
+
+
 def _float32(value) -> None:
     try:
         struct.pack("!f", value)
@@ -93,12 +114,14 @@ def _single(proto_type: str, cls: type | None, unwrap: Callable[[], type] | None
         if meta is None or meta.repeated or meta.proto_type == betterproto2.TYPE_MESSAGE:
             _fail(f"no check for a field of wrapper {wrapper.__name__}")
         return _single(meta.proto_type, None, None)
-    if proto_type in (betterproto2.TYPE_MESSAGE, betterproto2.TYPE_ENUM):
+    if proto_type == betterproto2.TYPE_MESSAGE:
         return frozenset((cls,)), None
+    if proto_type == betterproto2.TYPE_ENUM:
+        return frozenset((cls,)), _named(cls)
     if proto_type in _INT_RANGES:
         return frozenset((int,)), _int_range(*_INT_RANGES[proto_type])
     if proto_type == betterproto2.TYPE_DOUBLE:
-        return frozenset((float, int)), None
+        return frozenset((float, int)), _double
     if proto_type == betterproto2.TYPE_FLOAT:
         return frozenset((float, int)), _float32
     if proto_type in _SCALARS:

@@ -27,7 +27,7 @@ from clrk_xds.envoy_process import EnvoyProcess, static_bootstrap
 from clrk_xds.translate import to_plain, translate, translate_gateway
 from tests.conftest import compile_yaml
 from tests.xds.chain_matcher import Arrival, Outcome, Unsupported, Verdict, evaluate
-from tests.xds.test_envoy_filter_chains import _free_port_block
+from tests.xds.xds_messages import free_port_block
 
 API = "apiVersion: clrk.apoxy.dev/v1alpha1"
 BLOCKED = (ipaddress.ip_network("127.9.0.0/16"),)
@@ -244,7 +244,7 @@ def _expected(verdict: Verdict) -> tuple[str, str | None]:
 @pytest.fixture(scope="module")
 def envoys() -> Iterator[dict]:
     # Destination ports nothing listens on: Envoy's upstream connect is refused at once.
-    block = _free_port_block(3)
+    block = free_port_block(3)
     p, q, dead = block, block + 1, block + 2
     out = {}
     running = []
@@ -252,7 +252,7 @@ def envoys() -> Iterator[dict]:
         for gateway, default in (("gw", "deny-all"), ("open", "allow-all")):
             text = _manifests(p, q, gateway, default)
             policies = compile_loaded(compile_yaml_load(text)).compiled
-            base = _free_port_block(3)
+            base = free_port_block(3)
             res = translate(policies, base_port=base, always_blocked=BLOCKED)[f"default/{gateway}"]
             envoy = EnvoyProcess(static_bootstrap(to_plain(res)), log_level="warning").start()
             running.append(envoy)
