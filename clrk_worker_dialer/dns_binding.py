@@ -7,6 +7,7 @@ the queries each agent has outstanding and passes the matching one with each ans
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import NamedTuple
@@ -110,23 +111,26 @@ def bindings_from_echo(query: DnsQuery, wire: bytes, answer: bytes) -> list[Bind
     """bindings_from_answer(query, answer) for query = parse_query(wire), without reading
     the answer's question again when its ID and question are wire's very bytes (as the
     forwarder's answers are) and that question is a plain hostname (the only kind that
-    binds) with no pointer."""
+    binds) with no pointer.  That `query` is wire's question is checked against its
+    bytes, not taken on trust: anything else is read the whole way."""
     end, name = len(wire), query.name
+    # No label of a plain hostname holds a dot (name_text would escape it): its labels
+    # are the lower-cased wire labels, key(question.labels) of the answer.
+    owner = tuple(name.encode().split(b"."))
     if (
-        # A name of n plain labels takes len(name) + 2 bytes; with a pointer it takes
-        # one more (a pointer to the root) or at least one fewer.
-        end != 12 + len(name) + 6
+        end != 12 + len(name) + 6  # cheap first: the length of a name with no pointer
         or not dns_wire.lone_counts(wire)  # so the question ends the query
+        or evidence_name(name) != name
+        # `query` is wire's question, written without a pointer (a pointer would
+        # differ from these length bytes): checked, not trusted.
+        or wire[12 : end - 4].lower() != _encoded(owner)
+        or wire[end - 4 : end] != _QTYPE_CLASS.pack(query.rdtype, query.rdclass)
         or answer[12:end] != wire[12:end]
         or answer[:2] != wire[:2]
-        or evidence_name(name) != name
     ):
         return bindings_from_answer(query, answer)
     if query.rdclass != IN:
         return []
-    # No label of a plain hostname holds a dot (name_text would escape it): its labels
-    # are the lower-cased wire labels, key(question.labels) of the answer.
-    owner = tuple(name.encode().split(b"."))
     message = _parse(answer, (owner, end))
     if (
         message is None
@@ -137,6 +141,14 @@ def bindings_from_echo(query: DnsQuery, wire: bytes, answer: bytes) -> list[Bind
     ):
         return []
     return _walk(query, message, owner, named=True)
+
+
+_QTYPE_CLASS = struct.Struct("!HH")
+
+
+def _encoded(labels: Labels) -> bytes:
+    """A name as written with no compression: its labels, then the root."""
+    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
 
 
 def _walk(

@@ -779,3 +779,77 @@ def test_snooped_bindings_are_in_normal_form_so_the_cache_need_not_normalise_the
     by_add.add("a", bindings, 100.0)
     by_snooped.add_snooped("a", bindings, 100.0)
     assert by_add._agents == by_snooped._agents
+
+
+# --- the echo fast path: each guard, one case -----------------------------------------------
+
+
+def _with_edns(query: dns.message.Message) -> dns.message.Message:
+    query.use_edns(0)
+    return query
+
+
+def _guard_cases() -> dict[str, tuple[DnsQuery | None, bytes, bytes]]:
+    """(query, the query's wire, an answer) that the fast path must read as the whole
+    path does: each would bind, or bind wrongly, if its guard were left out."""
+    q_wire = Q.to_wire()
+    ok = answer(Q, A_RECORD)
+    ch = dns.message.make_query("www.example.com", "A", "CH")
+    ch_answer = dns.message.make_response(ch)
+    ch_answer.answer.append(rr("www.example.com.", 60, "A", "192.0.2.1"))
+    notify = dns.message.make_response(Q)
+    notify.set_opcode(dns.opcode.NOTIFY)
+    notify.answer.append(A_RECORD)
+    nx = dns.message.make_response(Q)
+    nx.set_rcode(dns.rcode.NXDOMAIN)
+    nx.answer.append(A_RECORD)
+    two = dns.message.make_response(Q)
+    two.question.append(rr("evil.example.com.", 0, "A", "192.0.2.9"))
+    two.answer.append(A_RECORD)
+    odd = dns.name.Name([b"a.b", b"test", b""])
+    odd_q = make_query(odd)
+    edns = _with_edns(make_query("www.example.com"))
+    # A label "a.b" then a pointer to the header's last byte (0: the root): as long as
+    # the plain name "a\.b" would be.
+    pointer_q = q_wire[:12] + b"\x03a.b\xc0\x0b" + b"\x00\x01\x00\x01"
+    pointer_a = pointer_q[:2] + b"\x81\x80" + pointer_q[4:6] + b"\x00\x01" + pointer_q[8:]
+    pointer_a += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
+    other = make_query("evilxx.example.com")
+    other_a = answer(other, rr("evilxx.example.com.", 60, "A", "192.0.2.4"))
+    odd_a = answer(odd_q, dns.rrset.from_text(odd, 60, "IN", "A", "192.0.2.1"))
+    same_length = make_query("evl.example.com")
+    evil = answer(same_length, rr("evl.example.com.", 60, "A", "203.0.113.66"))
+    plus = make_query("a+b.test")  # printable, not escaped, yet no hostname
+    plus_a = answer(plus, rr("a+b.test.", 60, "A", "192.0.2.1"))
+    aaaa = make_query("www.example.com", "AAAA")
+    return {
+        "binds": (None, q_wire, ok),
+        "not a plain hostname": (None, plus.to_wire(), plus_a),
+        "query of another type": (parse_query(q_wire), aaaa.to_wire(), answer(aaaa, A_RECORD)),
+        "another id": (None, q_wire, answer(make_query("www.example.com", qid=1), A_RECORD)),
+        "another name": (None, q_wire, other_a),
+        "another type": (None, q_wire, answer(make_query("www.example.com", "AAAA"), A_RECORD)),
+        "another class": (None, ch.to_wire(), ch_answer.to_wire()),
+        "no response flag": (None, q_wire, answer(Q, A_RECORD, flags=dns.flags.RD)),
+        "another opcode": (None, q_wire, notify.to_wire()),
+        "an error": (None, q_wire, nx.to_wire()),
+        "two questions": (None, q_wire, two.to_wire()),
+        "not a hostname": (None, odd_q.to_wire(), odd_a),
+        "edns query": (None, edns.to_wire(), answer(edns, A_RECORD)),
+        "a pointer in the question": (None, pointer_q, pointer_a),
+        "trailing junk": (None, q_wire, ok + b"\x00"),
+        "query of another wire": (parse_query(q_wire), same_length.to_wire(), evil),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_guard_cases()))
+def test_the_echo_fast_path_reads_each_guard_case_as_the_whole_reading_does(case):
+    query, wire, response = _guard_cases()[case]
+    if query is None:
+        query = parse_query(wire)
+    assert query is not None
+    assert bindings_from_echo(query, wire, response) == bindings_from_answer(query, response)
+    if case == "binds":
+        assert pairs(bindings_from_echo(query, wire, response)) == {
+            ("192.0.2.1", "www.example.com")
+        }
