@@ -27,7 +27,13 @@ from envoy_data_plane.envoy.config.core.v3 import (
 )
 from envoy_data_plane.envoy.config.listener.v3 import FilterChain, Listener
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
-from envoy_data_plane.envoy.type.v3 import Int32Range, Int64Range, Percent
+from envoy_data_plane.envoy.type.v3 import (
+    HttpStatus,
+    Int32Range,
+    Int64Range,
+    Percent,
+    StatusCode,
+)
 from envoy_data_plane.google.protobuf import Any, DescriptorProtoExtensionRange, FloatValue
 from envoy_data_plane.xds.type.matcher.v3 import StringMatcher as XdsStringMatcher
 from hypothesis import given, settings
@@ -244,13 +250,15 @@ def test_every_field_refuses_every_odd_value_pydantic_refuses(cls):
     assert pydantic_refuses(extra) and check_refuses(extra)
 
 
-def test_a_double_too_large_for_the_wire_and_an_unknown_enum_number_are_refused():
+def test_a_double_too_large_for_the_wire_and_an_enum_number_past_int32_are_refused():
     """pydantic refuses the first; the second it takes, and Envoy would read another
-    member (a number past int32) or one it does not know."""
+    number.  A number the enum does not name is taken, as pydantic does: a deny
+    response's HTTP status may be one StatusCode does not list."""
     assert check_refuses(build(Percent, value=10**400))
-    assert check_refuses(build(SocketAddress, protocol=SocketAddressProtocol(99)))
     assert check_refuses(build(SocketAddress, protocol=SocketAddressProtocol(2**40)))
+    assert check_refuses(build(SocketAddress, protocol=SocketAddressProtocol(-(2**31) - 1)))
     check(build(SocketAddress, protocol=SocketAddressProtocol.UDP))
+    check(build(HttpStatus, code=StatusCode(451)))
     check(build(Percent, value=10**300))
 
 
