@@ -195,6 +195,7 @@ class SharedUdp:
             for entry in [e for e in self.pending[oldest.server].values() if e.upstream is oldest]:
                 self._forget(entry)  # the last one closes it
                 _deliver(entry, None)
+            self._close_socket(oldest)  # closed already; this loop must end whatever its count said
 
     def _close_socket(self, upstream: _Upstream) -> None:
         self._retired.pop(upstream, None)
