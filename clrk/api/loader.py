@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from clrk.api import yaml_plain
 from clrk.api.findings import Finding, field_path
 from clrk.api.resources import (
     AGENT_KINDS,
@@ -94,6 +95,9 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
 
 def parse_yaml(text: str, file: str) -> tuple[list[tuple[Source, object]], list[Finding]]:
     """Split a YAML stream into (source, document) pairs; empty documents are skipped."""
+    plain = yaml_plain.documents(text, _StrictLoader)
+    if plain is not None:
+        return [(Source(file, i), d) for i, d in enumerate(plain, start=1) if d is not None], []
     docs: list[tuple[Source, object]] = []
     index = 0
     try:
@@ -357,7 +361,11 @@ class ManifestCache:
 
 def _parse_piece(piece: str, name: str, first: int) -> tuple[list[Checked], int] | None:
     """(checked documents, how many documents including empty ones), None on any error."""
-    docs: list[tuple[Source, object]] = []
+    plain = yaml_plain.documents(piece, _StrictLoader)
+    if plain is not None:
+        docs = [(Source(name, first + i), d) for i, d in enumerate(plain, start=1) if d is not None]
+        return check_documents(docs), len(plain)
+    docs = []
     count = 0
     try:
         for count, data in enumerate(yaml.load_all(piece, Loader=_StrictLoader), start=1):
