@@ -31,7 +31,8 @@ def main(directory: str) -> None:
         finally:
             marks["translate_to"], marks["cpu_to"] = time.perf_counter(), time.process_time()
 
-    with gc_pause.paused():  # as `clrk_xds.provider.prepare`
+    # As `clrk_xds.provider.prepare` in a control plane's first load (`clrk_xds.server`).
+    with gc_pause.freezing(), gc_pause.paused():
         load = read_manifests([directory])
         loaded = time.perf_counter()
         result = plan(load, timed)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ import grpc
 from clrk_runtime import grpc_auth
 from clrk_runtime.host_addresses import HostAddresses
 from clrk_runtime.logs import fields
+from clrk_xds import gc_pause
 from clrk_xds.admin import AdminServer, with_applied_dir
 from clrk_xds.ads import AdsServer
 from clrk_xds.ca import GatewayCA
@@ -117,12 +117,11 @@ class ControlPlane:
         """Run until `stop` is set, then stop accepting and close open streams."""
         servers = self._servers()
         # Load before serving so that the first Envoy request already finds a snapshot.
-        await self.provider.reload()
-        if self.freeze_first_load:
-            # The chain and manifest caches (about 240,000 objects at 1,000 routes) live as
-            # long as the process; a full collection walked them all in the middle of
-            # every few reloads (about 160 ms each time).  Frozen, it walks what is new.
-            gc.freeze()
+        # The chain and manifest caches (about 240,000 objects at 1,000 routes) live as
+        # long as the process; a full collection walked them all in the middle of every
+        # few reloads (about 160 ms each time).  Frozen, it walks what is new.
+        with gc_pause.freezing() if self.freeze_first_load else contextlib.nullcontext():
+            await self.provider.reload()
         status_server = None
         if self.status_listen is not None:  # bound before serving: a busy port fails early
             status_server = await serve_status(self.status_listen, self.status)

@@ -54,3 +54,35 @@ def test_a_collector_the_process_turned_off_stays_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_what_a_freezing_load_builds_is_frozen_as_its_pause_ends_without_a_walk():
+    walks = []
+
+    def walked(phase: str, info: dict) -> None:
+        walks.append(info["generation"])
+
+    try:
+        with gc_pause.freezing():
+            with gc_pause.paused():
+                built = [[] for _ in range(50_000)]  # far past the collector's threshold
+                gc.callbacks.append(walked)
+            frozen = gc.get_freeze_count()
+            assert frozen >= len(built) and gc.get_count()[0] < 1_000
+            assert walks == []  # the pause's end froze them before any walk
+        assert gc.get_freeze_count() <= frozen  # nothing more at the block's end
+        with gc_pause.paused():
+            later = [[] for _ in range(1_000)]
+        assert gc.get_freeze_count() <= frozen and later  # a later load is not frozen
+    finally:
+        gc.callbacks.remove(walked)
+        gc.unfreeze()
+
+
+def test_a_freezing_block_without_a_pause_freezes_at_its_end():
+    try:
+        with gc_pause.freezing():
+            built = [[] for _ in range(1_000)]
+        assert gc.get_freeze_count() >= len(built)
+    finally:
+        gc.unfreeze()
