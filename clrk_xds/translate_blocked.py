@@ -64,6 +64,8 @@ def split_by_blocked(
     Teredo range opens for no CIDR: decide() opens a Teredo address for 2001::/32 only
     when its client is blocked, which Envoy cannot tell."""
     ordinary, inside = [], []
+    if not networks:  # most routes name hosts only: spare the comparisons below
+        return ordinary, inside
     openable = [b for b in blocked if b != _TEREDO]
     for net in networks:
         within = any(net.version == b.version and net.subnet_of(b) for b in openable)
