@@ -22,6 +22,7 @@ from clrk.api.grammar import (
     check_label_key,
     check_label_value,
     check_object_name,
+    is_ip_literal,
     normalise_hostname,
     parse_cidr,
     parse_duration,
@@ -696,3 +697,18 @@ def test_parse_host_port_raises_only_value_error(raw):
         return
     assert 1 <= port <= 65535
     assert ipaddress.ip_address(host)
+
+
+@PROPERTY
+@given(
+    st.text(alphabet="0123456789.:abcdefx%[]٣ ", max_size=24)
+    | st.ip_addresses().map(str)
+    | st.ip_addresses(v=4).map(lambda a: str(a).replace(".", ". ", 1))
+)
+def test_an_ip_literal_is_exactly_what_ipaddress_reads_as_an_address(text):
+    try:
+        ipaddress.ip_address(text)
+        reads = True
+    except ValueError:
+        reads = False
+    assert is_ip_literal(text) is reads
