@@ -6,6 +6,7 @@ findings, so one run reports everything an operator has to fix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -53,6 +54,9 @@ class LoadResult:
 
 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
+# A scalar's tag (YAML 1.1's implicit resolution: `yes` is a bool, `0x1f` an int) depends
+# on its text alone, and the same keys and values come back in every document.
+_resolve = functools.lru_cache(maxsize=4096)(yaml.resolver.Resolver().resolve)
 
 
 class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
@@ -63,6 +67,9 @@ class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
     checks live in the constructor (pure Python even on top of libyaml's parser): an
     alias is the same node reached a second time.
     """
+
+    def resolve(self, kind, value, implicit):  # type: ignore[no-untyped-def]
+        return _resolve(kind, value, implicit)
 
     def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
         if node in self.constructed_objects or node in self.recursive_objects:

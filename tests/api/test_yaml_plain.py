@@ -19,7 +19,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def general(text: str) -> list[object]:
-    return list(yaml.load_all(text, Loader=_StrictLoader))
+    """The strict loader's documents; where it takes the text, they are PyYAML's own
+    (the pure Python SafeLoader's: no libyaml, no cached tag resolution)."""
+    docs = list(yaml.load_all(text, Loader=_StrictLoader))
+    assert same(docs, list(yaml.load_all(text, Loader=yaml.SafeLoader)))
+    return docs
 
 
 def same(a: object, b: object) -> bool:
