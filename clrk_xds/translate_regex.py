@@ -7,6 +7,7 @@ syntax that RE2 and Python's `re` read the same way, so tests check them with `r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from clrk.policy.index import merge_intervals
@@ -75,7 +76,12 @@ def port_regex(ranges: Iterable[tuple[int, int]]) -> str:
     ValueError for an empty set (a match that can never hold must be dropped by the
     caller, not turned into a pattern) or a port outside 0..65535.
     """
-    merged = merge_intervals(ranges)
+    return _port_regex(merge_intervals(ranges))
+
+
+@functools.lru_cache(maxsize=1024)
+def _port_regex(merged: tuple[tuple[int, int], ...]) -> str:
+    # Routes share port sets (443; 8000-8100): each set's pattern is made once.
     if not merged:
         raise ValueError("no ports")
     for low, high in merged:
