@@ -68,8 +68,7 @@ class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
     alias is the same node reached a second time.
     """
 
-    def resolve(self, kind, value, implicit):  # type: ignore[no-untyped-def]
-        return _resolve(kind, value, implicit)
+    resolve = staticmethod(_resolve)
 
     def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
         if node in self.constructed_objects or node in self.recursive_objects:

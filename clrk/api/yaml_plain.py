@@ -75,6 +75,12 @@ def _build(loader: object, node: object, seen: set[int]) -> object:
             if key in mapping or id(key_node) in seen:  # a duplicate or an alias
                 raise _NotPlain
             seen.add(id(key_node))
-            mapping[key] = _build(loader, value_node, seen)
+            if value_node.__class__ is ScalarNode and value_node.tag == _STR:
+                if id(value_node) in seen:
+                    raise _NotPlain
+                seen.add(id(value_node))
+                mapping[key] = value_node.value  # most values: as `_build` would, inline
+            else:
+                mapping[key] = _build(loader, value_node, seen)
         return mapping
     raise _NotPlain
