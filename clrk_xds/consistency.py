@@ -109,6 +109,8 @@ def _children(message: object) -> Iterator[betterproto2.Message]:
     the fields that can hold one: strings and numbers are not looked at."""
     for name in _message_fields(type(message)):
         value = getattr(message, name)
+        if value is None:  # most message fields are unset
+            continue
         if isinstance(value, dict):
             items = list(value.values())
         else:
