@@ -99,6 +99,14 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     return f"invalid YAML: {exc}"
 
 
+# What PyYAML's safe constructors raise for a value its explicit tag cannot read
+# (`!!bool maybe`: KeyError, `!!timestamp soon`: AttributeError), not a YAMLError.
+_UNREADABLE_TAGGED = (KeyError, AttributeError)
+_UNREADABLE_TAGGED_MESSAGE = (
+    "invalid YAML: a value does not read as its explicit tag says (such as !!bool or !!timestamp)"
+)
+
+
 def parse_yaml(text: str, file: str) -> tuple[list[tuple[Source, object]], list[Finding]]:
     """Split a YAML stream into (source, document) pairs; empty documents are skipped."""
     plain = yaml_plain.documents(text, _StrictLoader)
@@ -115,6 +123,10 @@ def parse_yaml(text: str, file: str) -> tuple[list[tuple[Source, object]], list[
     except (RecursionError, ValueError, TypeError) as exc:  # pathological nesting/scalars
         return docs, [
             Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", f"invalid YAML: {exc}")
+        ]
+    except _UNREADABLE_TAGGED:
+        return docs, [
+            Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", _UNREADABLE_TAGGED_MESSAGE)
         ]
     return docs, []
 
@@ -377,7 +389,7 @@ def _parse_piece(piece: str, name: str, first: int) -> tuple[list[Checked], int]
         for count, data in enumerate(yaml.load_all(piece, Loader=_StrictLoader), start=1):
             if data is not None:
                 docs.append((Source(name, first + count), data))
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError):
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, *_UNREADABLE_TAGGED):
         return None
     return check_documents(docs), count
 

@@ -137,3 +137,13 @@ def test_documents_from_any_source_are_validated_like_files_and_named_by_their_s
     assert (finding.file, finding.field) == ("k8s:x", "spec.listeners")
     assert load.digest == load_documents(docs).digest
     assert load.digest != load_documents(docs[:1]).digest
+
+
+def test_a_value_its_explicit_tag_cannot_read_is_a_finding_not_a_crash(tmp_path):
+    for value in ("!!bool maybe", "!!timestamp soon"):
+        text = GW + f"  mode: {value}\n"
+        (finding,) = load_text(text, "p.yaml").findings
+        assert finding.document == 1 and "does not read as its explicit tag" in finding.message
+        (tmp_path / "p.yaml").write_text(GW + "---\n" + text)
+        (finding,) = load_paths([tmp_path]).findings
+        assert finding.document == 2 and "does not read as its explicit tag" in finding.message
