@@ -198,6 +198,19 @@ def _frozen_port_matches(pattern: str) -> Predicate:
 def agent_in(agents: Sequence[tuple[str, str]]) -> Predicate:
     """The agent TLVs name one of `agents` ((namespace, name), non-empty), grouped by
     namespace so that each namespace costs one name pattern."""
+    if betterproto_speed.installed():
+        return _frozen_agent_in(tuple(agents))  # routes selecting the same agents share it
+    return _agent_in(agents)
+
+
+@functools.lru_cache(maxsize=SHARED_PREDICATES)
+def _frozen_agent_in(agents: tuple[tuple[str, str], ...]) -> Predicate:
+    shared = _agent_in(agents)
+    betterproto_speed.freeze(shared)
+    return shared
+
+
+def _agent_in(agents: Sequence[tuple[str, str]]) -> Predicate:
     by_namespace: dict[str, list[str]] = {}
     for namespace, name in agents:
         by_namespace.setdefault(namespace, []).append(name)

@@ -14,6 +14,9 @@ a, b = tm.port_matches("^443$"), tm.port_matches("^443$")
 x, y = tm.sni_absent_or_in(["a.example"]), tm.sni_absent_or_in(["b.example"])
 no_sni = [p.or_matcher.predicate[0] for p in (x, y)]
 print(a is b, betterproto_speed.is_frozen(a), no_sni[0] is no_sni[1], a == tm.port_matches("^443$"))
+bots = [("default", "bot"), ("team", "x")]
+c, d = tm.agent_in(bots), tm.agent_in(list(bots))
+print(c is d, betterproto_speed.is_frozen(c), c == tm.agent_in(bots))
 """
 
 
@@ -24,13 +27,13 @@ def _sharing(mode: str) -> str:
     return run.stdout.strip()
 
 
-def test_a_port_predicate_and_the_no_sni_predicate_are_shared_once_frozen():
-    assert _sharing("installed") == "True True True True"
+def test_port_agent_and_no_sni_predicates_are_shared_once_frozen():
+    assert _sharing("installed") == "True True True True\nTrue True True"
 
 
 def test_without_the_shortcuts_every_route_gets_a_predicate_of_its_own():
     """Nothing frozen: a caller may change what it got, so nothing is shared."""
-    assert _sharing("plain") == "False False False True"
+    assert _sharing("plain") == "False False False True\nFalse False True"
 
 
 def _value(predicate):
