@@ -26,6 +26,10 @@ upstream:
 Measured: requests/s and p50/p99 latency of GET requests over a few keep-alive
 connections (handshakes not timed), runs interleaved across the paths so a noisy moment
 hits every path alike.  requests/s is the median of the runs; latencies are pooled.
+A records run ends when clrk_extproc has written its records (one per request Envoy
+took, checked at the end): records not yet written would otherwise take their CPU from
+the next path's run.
+Also shown: the CPU per request of Envoy and of clrk_extproc on each path.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ AGENT = "default/bot"
 EXTPROC_FILTERS = ("envoy.filters.http.ext_proc", "clrk.ext_proc_when_tagged")
 L7_RECORDS_GOAL = 0.8  # issue 15: terminate+records >= 0.8x terminate
 
+RECORDS_TIMEOUT = 60.0  # seconds for clrk_extproc to write a run's records
 FULL = {"seconds": 3.0, "runs": 4, "connections": 4}
 QUICK = {"seconds": 1.0, "runs": 1, "connections": 2}
 
@@ -239,6 +244,8 @@ class Rig(GatewayRig):
         ], log=dns_log)  # fmt: skip
         gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
                                      sockets=self.sockets, env=env, resolver=RESOLVER)  # fmt: skip
+        self.extproc_pid = gateway.extproc.pid
+        self.records = HttpRecordCount(work / "envoy-records.jsonl")
         # Translating (and minting) in this process overlaps with the children starting.
         config, self.gateway_ca = envoy_config(manifest.read_text(), work / "state", self.sockets)
         self.start_envoy(config)
@@ -272,6 +279,46 @@ class Rig(GatewayRig):
         return out
 
 
+class HttpRecordCount:
+    """The `egress.http` records in clrk_extproc's records file, read as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.count, self.rest = path, 0, 0, b""
+
+    def update(self) -> int:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.count
+        self.offset += len(data)
+        *lines, self.rest = (self.rest + data).split(b"\n")
+        self.count += sum(1 for line in lines if is_http_span(line))
+        return self.count
+
+    def wait_for(self, expected: int, *, exact: bool = False) -> None:
+        """Until there are `expected` records (exactly that many, when `exact`)."""
+        deadline = time.monotonic() + RECORDS_TIMEOUT
+        while self.update() < expected:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if self.count < expected or (exact and self.count > expected):
+            raise BenchError(f"{self.count} egress.http records of {expected} requests")
+
+
+def is_http_span(line: bytes) -> bool:
+    """The span line of an `egress.http` record (each record is a span and a log line)."""
+    return line.startswith(b'{"resourceSpans"') and b'"name":"egress.http"' in line
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(sorted_samples: list[int], q: float) -> float:
     index = min(len(sorted_samples) - 1, round(q * (len(sorted_samples) - 1)))
     return sorted_samples[index]
@@ -301,14 +348,28 @@ def measure(rig: Rig, p: dict) -> list[dict]:
     samples: dict[str, list[int]] = {path: [] for path in PATHS}
     requests = dict.fromkeys(PATHS, 0)
     opened = dict.fromkeys(PATHS, 0)
+    cpu = {path: {"envoy": 0.0, "extproc": 0.0} for path in PATHS}
+    pids = {"envoy": rig.envoy.pid, "extproc": rig.extproc_pid}
     for run in range(p["runs"]):  # interleaved: a noisy moment hits every path alike
         for path in rotated(PATHS, run):
+            before = {part: cpu_seconds(pid) for part, pid in pids.items()}
             got = rig.client(path, p["seconds"], p["connections"])
             per_s[path].append(got["requests"] / got["seconds"])
             samples[path] += got["latency_us"]
             requests[path] += got["requests"] + got["connections"]  # + the warm-ups
             opened[path] += got["connections"]
-    check_paths(rig.stats(), requests, opened)
+            if path == "terminate+records":
+                rig.records.wait_for(requests[path])  # this run's records, all written
+            for part, pid in pids.items():
+                cpu[path][part] += cpu_seconds(pid) - before[part]
+    stats = rig.stats()
+    check_paths(stats, requests, opened)
+    # Every request Envoy took on the records chain (the client's retried warm-ups
+    # too), one record each.
+    route = PATHS["terminate+records"][1]
+    rig.records.wait_for(
+        stats[f"http.route.default.{route}.rule.0.downstream_rq_total"], exact=True
+    )
     rows = []
     for path in PATHS:
         ordered = sorted(samples[path])
@@ -319,6 +380,7 @@ def measure(rig: Rig, p: dict) -> list[dict]:
                 "rps": statistics.median(per_s[path]),
                 "p50_ms": _percentile(ordered, 0.50) / 1000,
                 "p99_ms": _percentile(ordered, 0.99) / 1000,
+                **{f"{part}_us": used / requests[path] * 1e6 for part, used in cpu[path].items()},
             }
         )
     base = next(r["rps"] for r in rows if r["path"] == "passthrough")
@@ -353,17 +415,22 @@ def print_table(rows: list[dict], params: dict, seconds: float) -> None:
         f"connections (handshakes not timed); median of {params['runs']} x "
         f"{params['seconds']:g} s per path; {seconds:.0f} s in all"
     )
-    header = f"{'path':<41} {'requests/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'n':>7} {'vs pass':>8}"
+    header = (
+        f"{'path':<41} {'requests/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'n':>7} {'vs pass':>8}"
+        f" {'Envoy us':>8} {'extproc us':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{LABELS[r['path']]:<41} {r['rps']:>10,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
-            f"{r['requests']:>7,} {r['ratio']:>7.2f}x"
+            f"{r['requests']:>7,} {r['ratio']:>7.2f}x {r['envoy_us']:>8.0f} "
+            f"{r['extproc_us']:>10.0f}"
         )
     print(
         "vs pass: requests/s / TLS Passthrough's; latencies pooled over the runs; Terminate "
-        "re-originates TLS to the upstream (verified), Passthrough carries the agent's TLS"
+        "re-originates TLS to the upstream (verified), Passthrough carries the agent's TLS; "
+        "Envoy us, extproc us: CPU per request (a records run includes writing its records)"
     )
     if rows:
         by = {r["path"]: r["rps"] for r in rows}

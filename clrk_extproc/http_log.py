@@ -31,6 +31,7 @@ from clrk.wire import (
     TlvType,
     tlv_tag,
 )
+from clrk_extproc.access_log_wire import HttpFacts
 from clrk_extproc.exchange import MAX_VALUE
 from clrk_extproc.tcp_log import ns, tag
 
@@ -43,19 +44,38 @@ def _method(value: RequestMethod | int) -> str:
     return "" if method == RequestMethod.METHOD_UNSPECIFIED else method.name
 
 
-def _shared(entry: HttpAccessLogEntry, tags: dict[str, str], until) -> dict:
-    """The record fields both kinds read alike; the record ends `until` after the start."""
+def entry_facts(entry: HttpAccessLogEntry) -> HttpFacts | None:
+    """What a parsed entry says that its record uses (what `access_log_wire.scan` reads
+    off the wire); None for an entry without common properties."""
     common, request, response = entry.common_properties, entry.request, entry.response
+    if common is None:
+        return None
+    return HttpFacts(
+        tags=dict(common.custom_tags or {}),
+        route_name=common.route_name,
+        start=common.start_time,
+        first_tx=common.time_to_first_downstream_tx_byte,
+        duration=common.duration,
+        method=int(request.request_method) if request else 0,
+        authority=request.authority if request else "",
+        path=request.path if request else "",
+        status=int(response.response_code or 0) if response else 0,
+    )
+
+
+def _shared(facts: HttpFacts, until) -> dict:
+    """The record fields both kinds read alike; the record ends `until` after the start."""
+    tags = facts.tags
     namespace = tag(tags, tlv_tag(TlvType.AGENT_NAMESPACE)) or ""
     name = tag(tags, tlv_tag(TlvType.AGENT_NAME)) or ""
-    start = ns(common.start_time) if common is not None else None
+    start = ns(facts.start)
     end = start + int(until.total_seconds() * 1e9) if start is not None and until else start
     return {
         "agent": Agent(namespace, name) if namespace or name else None,
         "listener": tag(tags, LISTENER_TAG),
-        "authority": (request.authority if request else "")[:MAX_VALUE],
-        "path": (request.path if request else "")[:MAX_VALUE],
-        "status": int(response.response_code or 0) if response else 0,
+        "authority": facts.authority[:MAX_VALUE],
+        "path": facts.path[:MAX_VALUE],
+        "status": facts.status,
         "dst_name": tag(tags, tlv_tag(TlvType.AUTHORITY)),
         "start_ns": start,
         "end_ns": end,
@@ -63,44 +83,48 @@ def _shared(entry: HttpAccessLogEntry, tags: dict[str, str], until) -> dict:
     }
 
 
-def misuse_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
-    """The deny record of a request the tripwire answered; None for any other entry."""
-    common = entry.common_properties
-    if common is None or not common.route_name.startswith(MISUSE_ROUTE_PREFIX):
+def _misuse(facts: HttpFacts, gateway: str) -> Record | None:
+    if not facts.route_name.startswith(MISUSE_ROUTE_PREFIX):
         return None
-    tags = dict(common.custom_tags or {})
-    request = entry.request
     return http_request(
         gateway=gateway,
-        route=tag(tags, tlv_tag(TlvType.ROUTE)),
+        route=tag(facts.tags, tlv_tag(TlvType.ROUTE)),
         rule=None,
-        method=_method(request.request_method) if request else "",
-        misused=common.route_name.removeprefix(MISUSE_ROUTE_PREFIX),
-        **_shared(entry, tags, common.duration),
+        method=_method(facts.method),
+        misused=facts.route_name.removeprefix(MISUSE_ROUTE_PREFIX),
+        **_shared(facts, facts.duration),
     )
 
 
-def http_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
-    """The allow record of one request; None for a request ext_proc recorded, and for
-    an entry of a chain that records through ext_proc (no chain route tag)."""
-    common = entry.common_properties
-    if common is None:
-        return None
-    tags = dict(common.custom_tags or {})
+def _allow(facts: HttpFacts, gateway: str) -> Record | None:
+    tags = facts.tags
     if CHAIN_ROUTE_TAG not in tags or tag(tags, tlv_tag(TlvType.DENY_POLICY)):
         return None
     rule = tag(tags, CHAIN_RULE_TAG)
     # ext_proc's record ended when the response headers came back: the first byte to
     # the agent here; a request that got no response ends with the stream.
-    until = common.time_to_first_downstream_tx_byte or common.duration
+    until = facts.first_tx or facts.duration
     return http_request(
         gateway=gateway,
         route=tag(tags, CHAIN_ROUTE_TAG),
         rule=int(rule) if rule is not None and rule.isdigit() else None,
         method=(tag(tags, METHOD_TAG) or "")[:MAX_VALUE],
-        credential=_injected(common.route_name),
-        **_shared(entry, tags, until),
+        credential=_injected(facts.route_name),
+        **_shared(facts, until),
     )
+
+
+def misuse_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
+    """The deny record of a request the tripwire answered; None for any other entry."""
+    facts = entry_facts(entry)
+    return None if facts is None else _misuse(facts, gateway)
+
+
+def http_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
+    """The allow record of one request; None for a request ext_proc recorded, and for
+    an entry of a chain that records through ext_proc (no chain route tag)."""
+    facts = entry_facts(entry)
+    return None if facts is None else _allow(facts, gateway)
 
 
 def _injected(route_name: str) -> str | None:
@@ -110,6 +134,13 @@ def _injected(route_name: str) -> str | None:
     return route_name.removeprefix(INJECTED_ROUTE_PREFIX)[:MAX_VALUE] or None
 
 
-def entry_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
+def facts_record(facts: HttpFacts | None, gateway: str) -> Record | None:
     """The one record of an entry: the tripwire's deny record, else an allow record."""
-    return misuse_record(entry, gateway) or http_record(entry, gateway)
+    if facts is None:
+        return None
+    return _misuse(facts, gateway) or _allow(facts, gateway)
+
+
+def entry_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
+    """`facts_record` of a parsed entry."""
+    return facts_record(entry_facts(entry), gateway)

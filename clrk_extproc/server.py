@@ -30,11 +30,11 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus
 
 from clrk.records.schema import Record
 from clrk.wire import ChainFacts
+from clrk_extproc.access_log_wire import scan
 from clrk_extproc.deny import DenyAnswer
 from clrk_extproc.exchange import Exchange
-from clrk_extproc.http_log import entry_record
+from clrk_extproc.http_log import entry_record, facts_record
 from clrk_extproc.tcp_log import end_record, is_end, tcp_record
-from clrk_extproc.tcp_log_wire import scan
 from clrk_runtime.logs import fields
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -151,12 +151,17 @@ class ExtProcService:
     ) -> bytes:
         gateway = ""
         async for raw in requests:
-            # Envoy's TCP entries straight off the wire; anything else (HTTP entries,
-            # what the reader does not expect, debugging) the full parse reads.
+            # Envoy's entries straight off the wire; anything else (what the reader does
+            # not expect, debugging) the full parse reads.
             scanned = None if log.isEnabledFor(logging.DEBUG) else scan(raw)
             if scanned is not None:
                 if scanned.node_id is not None:
                     gateway = scanned.node_id
+                for http_facts in scanned.http:
+                    try:
+                        self._emit(facts_record(http_facts, gateway))
+                    except (ValueError, TypeError, OverflowError) as exc:
+                        log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
                 for facts in scanned.ends:
                     try:
                         self._emit(end_record(facts, gateway))

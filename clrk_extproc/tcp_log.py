@@ -18,7 +18,7 @@ from envoy_data_plane.envoy.data.accesslog.v3 import TcpAccessLogEntry
 from clrk.policy import Agent
 from clrk.records.schema import Record, tcp_allowed
 from clrk.wire import LISTENER_TAG, TlvType, tlv_tag
-from clrk_extproc.tcp_log_wire import EndFacts, counted
+from clrk_extproc.access_log_wire import EndFacts, counted
 
 
 def tag(tags: dict[str, str], name: str) -> str | None:

@@ -91,3 +91,20 @@ def test_target_line_names_the_issue_target_and_its_verdict():
     assert l7_bench.target_line(0.85).startswith("target l7-records: met (0.85x")
     assert l7_bench.target_line(0.5).startswith("target l7-records: MISSED (0.50x")
     assert l7_bench.target_line(0.5).endswith("vs goal >= 0.8x)")
+
+
+def test_the_record_count_reads_the_file_as_it_grows_and_counts_http_spans_only(tmp_path):
+    path = tmp_path / "records.jsonl"
+    count = l7_bench.HttpRecordCount(path)
+    assert count.update() == 0  # no file yet
+    span = b'{"resourceSpans":[{"spans":[{"name":"egress.http"}]}]}\n'
+    log = b'{"resourceLogs":[{"body":"egress.http"}]}\n'
+    tcp = b'{"resourceSpans":[{"spans":[{"name":"egress.tcp"}]}]}\n'
+    path.write_bytes(span + log + tcp + span[:10])  # the last line half written
+    assert count.update() == 1
+    with path.open("ab") as f:
+        f.write(span[10:] + log)
+    assert count.update() == 2
+    count.wait_for(2, exact=True)
+    with pytest.raises(BenchError):
+        count.wait_for(1, exact=True)

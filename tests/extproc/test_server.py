@@ -4,13 +4,22 @@ protocols (ext_proc Process, AccessLogService StreamAccessLogs) as Envoy would."
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
+import pytest
 from envoy_data_plane.envoy.config.core.v3 import HeaderMap, HeaderValue, Node
-from envoy_data_plane.envoy.data.accesslog.v3 import AccessLogCommon, AccessLogType
+from envoy_data_plane.envoy.data.accesslog.v3 import (
+    AccessLogCommon,
+    AccessLogType,
+    HttpAccessLogEntry,
+    HttpRequestProperties,
+    HttpResponseProperties,
+)
 from envoy_data_plane.envoy.data.accesslog.v3 import TcpAccessLogEntry as Entry
 from envoy_data_plane.envoy.service.accesslog.v3 import (
     StreamAccessLogsMessage,
+    StreamAccessLogsMessageHttpAccessLogEntries,
     StreamAccessLogsMessageIdentifier,
     StreamAccessLogsMessageTcpAccessLogEntries,
 )
@@ -20,7 +29,14 @@ from envoy_data_plane.envoy.service.ext_proc.v3 import (
     ProcessingResponse,
 )
 
-from clrk.wire import DENY_REASON_HEADER, ChainFacts
+from clrk.wire import (
+    CHAIN_ROUTE_TAG,
+    DENY_REASON_HEADER,
+    MISUSE_ROUTE_PREFIX,
+    ChainFacts,
+    TlvType,
+    tlv_tag,
+)
 from clrk_extproc.server import ACCESS_LOG_SERVICE, EXT_PROC_SERVICE, ExtProcService
 
 PROCESS = f"/{EXT_PROC_SERVICE}/Process"
@@ -146,6 +162,42 @@ def test_access_log_stream_end_entries_become_records() -> None:
     (ok, bad), records = run(body)
     assert ok == b"" and bad == grpc.StatusCode.INVALID_ARGUMENT
     assert [r.attributes["clrk.egress.gateway"] for r in records] == ["team/gw", "team/gw"]
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])  # off the wire; parsed
+def test_access_log_stream_http_entries_make_one_record_each_of_theirs(level, caplog) -> None:
+    caplog.set_level(level, logger="clrk_extproc")
+
+    def http(route_name: str = "", **tags: str) -> HttpAccessLogEntry:
+        return HttpAccessLogEntry(
+            common_properties=AccessLogCommon(route_name=route_name, custom_tags=tags),
+            request=HttpRequestProperties(authority="a.test", path="/x"),
+            response=HttpResponseProperties(response_code=200),
+        )
+
+    deny = tlv_tag(TlvType.DENY_POLICY)
+    entries = [
+        http(**{CHAIN_ROUTE_TAG: "team/a", deny: "-"}),  # allowed: its record
+        http(**{CHAIN_ROUTE_TAG: "team/a", deny: "team/no"}),  # ext_proc recorded it
+        http(MISUSE_ROUTE_PREFIX + "team/key"),  # the tripwire: its deny record
+        http(),  # a chain with ext_proc: recorded there
+        HttpAccessLogEntry(),  # no common properties
+    ]
+    message = StreamAccessLogsMessage(
+        identifier=StreamAccessLogsMessageIdentifier(node=Node(id="team/gw")),
+        http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=entries),
+    )
+
+    async def body(channel):
+        return await channel.stream_unary(ACCESS_LOGS, request_serializer=_bytes)(iter([message]))
+
+    ok, records = run(body)
+    assert ok == b""
+    assert [(r.attributes.get("clrk.egress.route"), r.severity) for r in records] == [
+        ("team/a", "INFO"),
+        (None, "WARN"),
+    ]
+    assert all(r.attributes["clrk.egress.gateway"] == "team/gw" for r in records)
 
 
 def test_the_deny_record_is_in_the_records_file_when_envoy_gets_the_answer(tmp_path) -> None:

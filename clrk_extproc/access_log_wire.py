@@ -1,12 +1,13 @@
-"""What an `egress.tcp` record needs from Envoy's TCP access-log stream messages, read
-straight off the protobuf wire (pure).
+"""What `egress.tcp` and `egress.http` records need from Envoy's access-log stream
+messages, read straight off the protobuf wire (pure).
 
 Parsing a `StreamAccessLogsMessage` into envoy_data_plane's classes costs about a
 millisecond of CPU per entry here, more than the dialer and Envoy spend on the
-connection itself, and each connection sends two entries; its record needs a dozen
-fields of the connection-end entry.  `scan` reads just those.  Whatever it does not
-expect (HTTP entries, a singular field sent twice, which protobuf would merge, a group,
-a wrong wire type, bytes that are not UTF-8, a truncated field) makes it answer None,
+connection or the request itself, on the two cores Envoy shares with clrk_extproc; a
+record needs a dozen fields of an entry.  `scan` reads just those: of a TCP
+connection-end entry, and of every HTTP entry.  Whatever it does not expect (a
+singular field sent twice, which protobuf would merge, a group, a wrong wire type,
+bytes that are not UTF-8, a truncated field, a time out of range) makes it answer None,
 and the caller parses the message the full way: what each record says, and whether a
 message is refused, stay what the full parse gives.  (Fields it does not read it only
 skips: a value the full parse would refuse there, say a string that is not UTF-8, is
@@ -33,13 +34,23 @@ MSG_IDENTIFIER, MSG_HTTP_LOGS, MSG_TCP_LOGS = 1, 2, 3
 IDENTIFIER_NODE, NODE_ID = 1, 1
 ENTRIES_LOG_ENTRY = 1
 ENTRY_COMMON, ENTRY_CONNECTION = 1, 2
-COMMON_REMOTE, COMMON_LOCAL, COMMON_START = 2, 3, 5
-COMMON_TAGS, COMMON_DURATION, COMMON_TYPE = 22, 23, 33
+HTTP_COMMON, HTTP_REQUEST, HTTP_RESPONSE = 1, 3, 4
+REQUEST_METHOD, REQUEST_AUTHORITY, REQUEST_PATH = 1, 3, 5
+RESPONSE_CODE, WRAPPED_VALUE = 1, 1  # a google.protobuf.UInt32Value
+COMMON_REMOTE, COMMON_LOCAL, COMMON_START, COMMON_FIRST_TX = 2, 3, 5, 11
+COMMON_ROUTE_NAME, COMMON_TAGS, COMMON_DURATION, COMMON_TYPE = 19, 22, 23, 33
 CONNECTION_RECEIVED, CONNECTION_SENT = 1, 2
 ADDRESS_SOCKET, ADDRESS_PIPE, ADDRESS_INTERNAL = 1, 2, 3
 SOCKET_ADDRESS, SOCKET_PORT = 2, 3
 SECONDS, NANOS = 1, 2
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
+# The common properties' fields each kind of entry reads.
+TCP_COMMON_READ = frozenset(
+    {COMMON_TAGS, COMMON_TYPE, COMMON_REMOTE, COMMON_LOCAL, COMMON_START, COMMON_DURATION}
+)
+HTTP_COMMON_READ = frozenset(
+    {COMMON_TAGS, COMMON_START, COMMON_FIRST_TX, COMMON_DURATION, COMMON_ROUTE_NAME}
+)
 
 
 class Unexpected(ValueError):
@@ -58,10 +69,26 @@ class EndFacts(NamedTuple):
     duration: datetime.timedelta | None
 
 
+class HttpFacts(NamedTuple):
+    """What an HTTP entry with common properties says that its record uses (a request's
+    or a response's field that is absent reads as protobuf's default)."""
+
+    tags: dict[str, str]
+    route_name: str
+    start: datetime.datetime | None
+    first_tx: datetime.timedelta | None  # to the first byte sent to the agent
+    duration: datetime.timedelta | None
+    method: int  # envoy.config.core.v3.RequestMethod, perhaps no member of it
+    authority: str
+    path: str
+    status: int
+
+
 class Scanned(NamedTuple):
     node_id: str | None  # None: the message names no node
     ends: list[EndFacts]  # the connection-end entries, in order
     entries: int  # all TCP entries, connection-end or not
+    http: list[HttpFacts | None]  # every HTTP entry, in order; None: no common properties
 
 
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -77,15 +104,20 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes, start: int, end: int):
-    """(field number, wire type, value or (start, end) of a length-delimited field)."""
+def _fields(buf: bytes, start: int, end: int, only=None):
+    """(field number, wire type, value or (start, end) of a length-delimited field); of
+    the field numbers in `only` when given (the others are checked alike, not yielded:
+    an entry has some thirty fields and a record reads a few)."""
     pos = start
     while pos < end:
         # A one-byte varint (most keys, lengths and values here) read in line: what
-        # `_varint` reads, without a call per byte of the hundred or so in an entry.
+        # `_varint` reads, without a call per byte of the hundred or so in an entry;
+        # and a two-byte key (fields 16 to 2047: most of an HTTP entry's common ones).
         key = buf[pos]
         if key < 0x80:
             pos += 1
+        elif pos + 1 < end and buf[pos + 1] < 0x80:
+            key, pos = (key & 0x7F) | (buf[pos + 1] << 7), pos + 2
         else:
             key, pos = _varint(buf, pos, end)
         number, kind = key >> 3, key & 7
@@ -111,7 +143,8 @@ def _fields(buf: bytes, start: int, end: int):
             value = None
         else:
             raise Unexpected(f"wire type {kind}")
-        yield number, kind, value
+        if only is None or number in only:
+            yield number, kind, value
 
 
 def _once(seen: set[int], number: int, kind: int, expected: int) -> None:
@@ -135,17 +168,37 @@ def _signed(value: int, bits: int) -> int:
 def _singular(buf: bytes, span: tuple[int, int], wanted: dict[int, int]) -> dict:
     """The fields of `wanted` (number -> wire type) a message has, each at most once."""
     found: dict = {}
-    for number, kind, value in _fields(buf, *span):
-        if number in wanted:
-            if kind != wanted[number] or number in found:
-                raise Unexpected(f"field {number}")
-            found[number] = value
+    for number, kind, value in _fields(buf, *span, wanted):
+        if kind != wanted[number] or number in found:
+            raise Unexpected(f"field {number}")
+        found[number] = value
     return found
 
 
 def _seconds_nanos(buf: bytes, span: tuple[int, int]) -> tuple[int, int]:
-    got = _singular(buf, span, {SECONDS: VARINT, NANOS: VARINT})
-    return _signed(got.get(SECONDS, 0), 64), _signed(got.get(NANOS, 0), 32)
+    # As protobuf writes one: seconds, then nanos, each if not 0; else the general way.
+    pos, end = span
+    seconds = nanos = 0
+    if pos < end and buf[pos] == 0x08:  # field 1, varint
+        seconds, pos = _varint(buf, pos + 1, end)
+    if pos < end and buf[pos] == 0x10:  # field 2, varint
+        nanos, pos = _varint(buf, pos + 1, end)
+    if pos != end:
+        got = _singular(buf, span, {SECONDS: VARINT, NANOS: VARINT})
+        seconds, nanos = got.get(SECONDS, 0), got.get(NANOS, 0)
+    return _signed(seconds, 64), _signed(nanos, 32)
+
+
+def _moment(buf: bytes, span: tuple[int, int]) -> datetime.datetime:
+    """A google.protobuf.Timestamp, as envoy_data_plane reads it."""
+    seconds, nanos = _seconds_nanos(buf, span)
+    return EPOCH + datetime.timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def _duration(buf: bytes, span: tuple[int, int]) -> datetime.timedelta:
+    """A google.protobuf.Duration, as envoy_data_plane reads it."""
+    seconds, nanos = _seconds_nanos(buf, span)
+    return datetime.timedelta(seconds=seconds, microseconds=nanos / 1e3)
 
 
 def _socket(buf: bytes, span: tuple[int, int]) -> tuple[str, int] | None:
@@ -190,7 +243,7 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
     kind_of = 0
     local = remote = start = duration = None
     seen: set[int] = set()
-    for number, kind, value in _fields(buf, *common):
+    for number, kind, value in _fields(buf, *common, TCP_COMMON_READ):
         if number == COMMON_TAGS:
             if kind != LENGTH:
                 raise Unexpected("custom_tags")
@@ -207,12 +260,10 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
                 local = _socket(buf, value)
         elif number == COMMON_START:
             _once(seen, number, kind, LENGTH)
-            seconds, nanos = _seconds_nanos(buf, value)
-            start = EPOCH + datetime.timedelta(seconds=seconds, microseconds=nanos // 1000)
+            start = _moment(buf, value)
         elif number == COMMON_DURATION:
             _once(seen, number, kind, LENGTH)
-            seconds, nanos = _seconds_nanos(buf, value)
-            duration = datetime.timedelta(seconds=seconds, microseconds=nanos / 1e3)
+            duration = _duration(buf, value)
     if not counted(kind_of, tags):
         return None
     connection = parts.get(ENTRY_CONNECTION)
@@ -223,6 +274,52 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
     )
     received, sent = (counts.get(n, 0) for n in (CONNECTION_RECEIVED, CONNECTION_SENT))
     return EndFacts(tags, received, sent, local, remote, start, duration)
+
+
+def _http_entry(buf: bytes, span: tuple[int, int]) -> HttpFacts | None:
+    """An HTTP entry's facts; None when it has no common properties."""
+    parts = _singular(buf, span, {HTTP_COMMON: LENGTH, HTTP_REQUEST: LENGTH, HTTP_RESPONSE: LENGTH})
+    if HTTP_COMMON not in parts:
+        return None
+    tags: dict[str, str] = {}
+    route_name, start, first_tx, duration = "", None, None, None
+    seen: set[int] = set()
+    for number, kind, value in _fields(buf, *parts[HTTP_COMMON], HTTP_COMMON_READ):
+        if number == COMMON_TAGS:
+            if kind != LENGTH:
+                raise Unexpected("custom_tags")
+            key, text = _tag(buf, value)
+            tags[key] = text
+        elif number == COMMON_START:
+            _once(seen, number, kind, LENGTH)
+            start = _moment(buf, value)
+        elif number == COMMON_FIRST_TX:
+            _once(seen, number, kind, LENGTH)
+            first_tx = _duration(buf, value)
+        elif number == COMMON_DURATION:
+            _once(seen, number, kind, LENGTH)
+            duration = _duration(buf, value)
+        elif number == COMMON_ROUTE_NAME:
+            _once(seen, number, kind, LENGTH)
+            route_name = _text(buf, value)
+    method, authority, path, status = 0, "", "", 0
+    if HTTP_REQUEST in parts:
+        request = _singular(
+            buf,
+            parts[HTTP_REQUEST],
+            {REQUEST_METHOD: VARINT, REQUEST_AUTHORITY: LENGTH, REQUEST_PATH: LENGTH},
+        )
+        method = _signed(request.get(REQUEST_METHOD, 0), 32)
+        if REQUEST_AUTHORITY in request:
+            authority = _text(buf, request[REQUEST_AUTHORITY])
+        if REQUEST_PATH in request:
+            path = _text(buf, request[REQUEST_PATH])
+    if HTTP_RESPONSE in parts:
+        response = _singular(buf, parts[HTTP_RESPONSE], {RESPONSE_CODE: LENGTH})
+        if RESPONSE_CODE in response:
+            code = _singular(buf, response[RESPONSE_CODE], {WRAPPED_VALUE: VARINT})
+            status = code.get(WRAPPED_VALUE, 0) & 0xFFFFFFFF
+    return HttpFacts(tags, route_name, start, first_tx, duration, method, authority, path, status)
 
 
 def counted(kind: int, tags: dict[str, str]) -> bool:
@@ -243,19 +340,20 @@ def _node_id(buf: bytes, span: tuple[int, int]) -> str | None:
 
 
 def scan(raw: bytes) -> Scanned | None:
-    """The node and the connection-end entries of a TCP access-log stream message;
-    None when only the full parse may say what it is (see the module docstring)."""
+    """The node, the TCP connection-end entries and the HTTP entries of an access-log
+    stream message; None when only the full parse may say what it is (see the module
+    docstring)."""
     try:
-        node_id, ends, count = None, [], 0
+        node_id, ends, count, http = None, [], 0, []
         seen: set[int] = set()
         for number, kind, value in _fields(raw, 0, len(raw)):
-            if number == MSG_HTTP_LOGS:
-                raise Unexpected("HTTP entries")
             if number == MSG_IDENTIFIER:
                 _once(seen, number, kind, LENGTH)
                 node_id = _node_id(raw, value)
             elif number == MSG_TCP_LOGS:
                 _once(seen, number, kind, LENGTH)
+                if MSG_HTTP_LOGS in seen:
+                    raise Unexpected("both kinds of entries")
                 for field, wire, entry in _fields(raw, *value):
                     if field != ENTRIES_LOG_ENTRY:
                         continue
@@ -264,6 +362,16 @@ def scan(raw: bytes) -> Scanned | None:
                     count += 1
                     if (facts := _entry(raw, entry)) is not None:
                         ends.append(facts)
-        return Scanned(node_id, ends, count)
-    except Unexpected:
+            elif number == MSG_HTTP_LOGS:
+                _once(seen, number, kind, LENGTH)
+                if MSG_TCP_LOGS in seen:
+                    raise Unexpected("both kinds of entries")  # a oneof: the last counts
+                for field, wire, entry in _fields(raw, *value):
+                    if field != ENTRIES_LOG_ENTRY:
+                        continue
+                    if wire != LENGTH:
+                        raise Unexpected("log_entry")
+                    http.append(_http_entry(raw, entry))
+        return Scanned(node_id, ends, count, http)
+    except (Unexpected, OverflowError):  # OverflowError: a time past datetime's range
         return None

@@ -1,17 +1,27 @@
-"""TCP access-log messages read off the wire, fuzzed against envoy_data_plane's full parse
-(the reference: whatever the reader answers must be what the full parse gives)."""
+"""TCP and HTTP access-log messages read off the wire, fuzzed against envoy_data_plane's
+full parse (the reference: whatever the reader answers must be what the full parse
+gives, and so must the records made from it)."""
 
 from __future__ import annotations
 
 import datetime
 
-from envoy_data_plane.envoy.config.core.v3 import Address, Node, Pipe, SocketAddress
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    Node,
+    Pipe,
+    RequestMethod,
+    SocketAddress,
+)
 from envoy_data_plane.envoy.data.accesslog.v3 import (
     AccessLogCommon,
     AccessLogType,
     ConnectionProperties,
     HttpAccessLogEntry,
+    HttpRequestProperties,
+    HttpResponseProperties,
     TcpAccessLogEntry,
+    TlsProperties,
 )
 from envoy_data_plane.envoy.service.accesslog.v3 import (
     StreamAccessLogsMessage,
@@ -22,9 +32,18 @@ from envoy_data_plane.envoy.service.accesslog.v3 import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clrk.wire import CHAIN_TAG
+from clrk.wire import (
+    CHAIN_ROUTE_TAG,
+    CHAIN_RULE_TAG,
+    CHAIN_TAG,
+    METHOD_TAG,
+    MISUSE_ROUTE_PREFIX,
+    TlvType,
+    tlv_tag,
+)
+from clrk_extproc.access_log_wire import END, Scanned, scan
+from clrk_extproc.http_log import entry_facts, entry_record, facts_record
 from clrk_extproc.tcp_log import end_facts
-from clrk_extproc.tcp_log_wire import END, Scanned, scan
 
 texts = st.text(max_size=12)
 ports = st.integers(min_value=0, max_value=65535)
@@ -71,7 +90,54 @@ identifiers = st.none() | st.builds(
 tcp_logs = st.builds(
     StreamAccessLogsMessageTcpAccessLogEntries, log_entry=st.lists(entries, max_size=4)
 )
-messages = st.builds(StreamAccessLogsMessage, identifier=identifiers, tcp_logs=st.none() | tcp_logs)
+# HTTP entries: the tags and route names a record reads often, any other value too.
+http_tag_names = st.sampled_from(
+    [CHAIN_ROUTE_TAG, CHAIN_RULE_TAG, METHOD_TAG, tlv_tag(TlvType.DENY_POLICY),
+     tlv_tag(TlvType.AGENT_NAME), tlv_tag(TlvType.AUTHORITY), tlv_tag(TlvType.ROUTE)]
+)  # fmt: skip
+route_names = texts | st.sampled_from(
+    [MISUSE_ROUTE_PREFIX + "team/key", "injected/team/key", "injected/", "route/team/api"]
+)
+http_commons = st.builds(
+    AccessLogCommon,
+    access_log_type=kinds,
+    downstream_remote_address=addresses,
+    downstream_direct_remote_address=st.none() | st.just(Address(pipe=Pipe(path="/x.sock"))),
+    tls_properties=st.none() | st.builds(TlsProperties, tls_sni_hostname=texts),
+    start_time=moments,
+    time_to_first_downstream_tx_byte=durations,
+    duration=durations,
+    route_name=route_names,
+    custom_tags=st.dictionaries(texts | http_tag_names, texts | st.just("-"), max_size=10),
+    upstream_cluster=texts,
+    stream_id=texts,
+)
+requests = st.builds(
+    HttpRequestProperties,
+    request_method=st.sampled_from(list(RequestMethod)),
+    authority=texts,
+    path=texts,
+    scheme=texts,
+    request_headers_bytes=st.integers(min_value=0, max_value=2**64 - 1),
+)
+responses = st.builds(
+    HttpResponseProperties,
+    response_code=st.none() | st.integers(min_value=0, max_value=2**32 - 1),
+    response_code_details=texts,
+)
+http_entries = st.builds(
+    HttpAccessLogEntry,
+    common_properties=st.none() | http_commons,
+    request=st.none() | requests,
+    response=st.none() | responses,
+)
+http_logs = st.builds(
+    StreamAccessLogsMessageHttpAccessLogEntries, log_entry=st.lists(http_entries, max_size=4)
+)
+messages = st.one_of(
+    st.builds(StreamAccessLogsMessage, identifier=identifiers, tcp_logs=st.none() | tcp_logs),
+    st.builds(StreamAccessLogsMessage, identifier=identifiers, http_logs=http_logs),
+)
 
 
 def reference(raw: bytes) -> Scanned:
@@ -81,7 +147,25 @@ def reference(raw: bytes) -> Scanned:
         node = msg.identifier.node.id
     got = msg.tcp_logs.log_entry if msg.tcp_logs is not None else []
     ends = [facts for entry in got if (facts := end_facts(entry)) is not None]
-    return Scanned(node, ends, len(got))
+    http = msg.http_logs.log_entry if msg.http_logs is not None else []
+    return Scanned(node, ends, len(got), [entry_facts(entry) for entry in http])
+
+
+def records(raw: bytes) -> list:
+    """The HTTP records of a message the full way, or None where it cannot make them."""
+    msg = StreamAccessLogsMessage.parse(raw)
+    http = msg.http_logs.log_entry if msg.http_logs is not None else []
+    try:
+        return [entry_record(entry, "team/gw") for entry in http]
+    except (ValueError, TypeError, OverflowError):  # the server logs such an entry
+        return None
+
+
+def scanned_records(scanned: Scanned) -> list:
+    try:
+        return [facts_record(facts, "team/gw") for facts in scanned.http]
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 @settings(max_examples=300, deadline=None)
@@ -89,6 +173,7 @@ def reference(raw: bytes) -> Scanned:
 def test_what_envoy_could_send_reads_as_the_full_parse_reads_it(msg) -> None:
     raw = bytes(msg)
     assert scan(raw) == reference(raw)
+    assert scanned_records(scan(raw)) == records(raw)
 
 
 @settings(max_examples=300, deadline=None)
@@ -112,6 +197,7 @@ def test_cut_or_altered_bytes_are_read_as_the_full_parse_reads_them_or_left_to_i
     except Exception:  # the full parse refuses what the reader only skipped over
         return
     assert got == expected
+    assert scanned_records(got) == records(raw)
 
 
 def test_a_connection_end_entry_is_read_with_everything_its_record_uses() -> None:
@@ -172,11 +258,65 @@ def _tcp(*entries: TcpAccessLogEntry) -> StreamAccessLogsMessage:
     )
 
 
-def test_http_entries_are_left_to_the_full_parse() -> None:
-    msg = StreamAccessLogsMessage(
-        http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=[HttpAccessLogEntry()])
+def test_an_http_entry_is_read_with_everything_its_record_uses() -> None:
+    start = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC)
+    tags = {CHAIN_ROUTE_TAG: "team/api", CHAIN_RULE_TAG: "1", METHOD_TAG: "get"}
+    entry = HttpAccessLogEntry(
+        common_properties=AccessLogCommon(
+            start_time=start,
+            time_to_first_downstream_tx_byte=datetime.timedelta(microseconds=626),
+            duration=datetime.timedelta(microseconds=641),
+            route_name="injected/team/key",
+            custom_tags=tags,
+        ),
+        request=HttpRequestProperties(
+            request_method=RequestMethod.GET, authority="api.test", path="/v1"
+        ),
+        response=HttpResponseProperties(response_code=451),
     )
-    assert scan(bytes(msg)) is None
+    raw = bytes(
+        StreamAccessLogsMessage(
+            identifier=StreamAccessLogsMessageIdentifier(node=Node(id="team/gw")),
+            http_logs=StreamAccessLogsMessageHttpAccessLogEntries(
+                log_entry=[entry, HttpAccessLogEntry()]
+            ),
+        )
+    )
+    got = scan(raw)
+    assert got is not None and got.node_id == "team/gw" and got.ends == []
+    facts, no_common = got.http
+    assert no_common is None
+    assert (facts.tags, facts.route_name, facts.start) == (tags, "injected/team/key", start)
+    assert (facts.first_tx, facts.duration) == (
+        datetime.timedelta(microseconds=626),
+        datetime.timedelta(microseconds=641),
+    )
+    assert (facts.method, facts.authority, facts.path, facts.status) == (
+        int(RequestMethod.GET), "api.test", "/v1", 451,
+    )  # fmt: skip
+    assert got == reference(raw)
+    assert facts_record(facts, "team/gw") == entry_record(entry, "team/gw") is not None
+
+
+def test_a_message_with_both_kinds_of_entries_which_protobuf_keeps_one_of_is_left_to_it() -> None:
+    http = bytes(
+        StreamAccessLogsMessage(
+            http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=[HttpAccessLogEntry()])
+        )
+    )
+    tcp = bytes(_tcp(TcpAccessLogEntry()))
+    assert scan(http) == Scanned(None, [], 0, [None])
+    assert scan(http + tcp) is None and scan(tcp + http) is None
+
+
+def test_a_time_past_what_a_datetime_holds_is_left_to_the_full_parse() -> None:
+    def field(key: bytes, body: bytes) -> bytes:
+        return key + bytes([len(body)]) + body
+
+    duration = b"\x08" + b"\x80" * 8 + b"\x40"  # Duration.seconds = 2**62
+    common = field(b"\xba\x01", duration)  # AccessLogCommon.duration (23)
+    raw = field(b"\x12", field(b"\x0a", field(b"\x0a", common)))  # http_logs, entry, common
+    assert scan(raw) is None
 
 
 def test_a_pipe_address_is_left_to_the_full_parse() -> None:
@@ -191,7 +331,7 @@ def test_a_pipe_address_is_left_to_the_full_parse() -> None:
 
 def test_a_singular_message_sent_twice_which_protobuf_merges_is_left_to_the_full_parse() -> None:
     raw = bytes(_tcp(TcpAccessLogEntry()))
-    assert scan(raw) == Scanned(None, [], 1)
+    assert scan(raw) == Scanned(None, [], 1, [])
     assert scan(raw + raw) is None
 
 
