@@ -180,6 +180,16 @@ spec:
     assert last.endswith(", 1 warning(s)")
 
 
+@pytest.mark.parametrize("value", ["!!int ''", "!!float ''", "!!int '-'", "1" + ":00" * 200 + ".5"])
+def test_a_value_its_tag_cannot_read_is_printed_as_a_finding(capsys, tmp_path, value):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"kind: X\nspec: {value}\n")
+    code, out, err = run(capsys, "validate", "-f", str(path))
+    assert code == 1
+    assert out.startswith(f"{path}: document 1: ?/?: <document>: invalid YAML: line 2, column 7: ")
+    assert "cannot read" in out and err.strip() == "invalid: 1 error(s), 0 warning(s)"
+
+
 def test_a_missing_path_is_an_error(capsys, tmp_path):
     code, out, _ = run(capsys, "validate", "-f", str(tmp_path / "nope.yaml"))
     assert code == 1 and "no such file or directory" in out

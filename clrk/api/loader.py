@@ -54,9 +54,20 @@ class LoadResult:
 
 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
+_RESOLVER = yaml.resolver.Resolver()
 # A scalar's tag (YAML 1.1's implicit resolution: `yes` is a bool, `0x1f` an int) depends
-# on its text alone, and the same keys and values come back in every document.
-_resolve = functools.lru_cache(maxsize=4096)(yaml.resolver.Resolver().resolve)
+# on its text alone, and the same keys and values come back in every document.  The cache
+# lives as long as the process: it keeps collections' tags (no text) and short plain
+# scalars' only, not a file's long values (a block scalar of megabytes).  Quoted and block
+# scalars are strings without a look at their text.
+_resolve_cached = functools.lru_cache(maxsize=4096)(_RESOLVER.resolve)
+_CACHED_SCALAR_CHARS = 128
+
+
+def _resolve(kind, value, implicit):  # type: ignore[no-untyped-def]
+    if value is None or (implicit[0] and len(value) <= _CACHED_SCALAR_CHARS):
+        return _resolve_cached(kind, value, implicit)
+    return _RESOLVER.resolve(kind, value, implicit)
 
 
 class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
@@ -75,7 +86,17 @@ class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
             raise yaml.MarkedYAMLError(
                 None, None, "YAML aliases (*name) are not allowed in policy files", node.start_mark
             )
-        return super().construct_object(node, deep=deep)
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:
+            # A value its tag cannot read (`!!bool maybe`, `!!int ''`, an untagged YAML 1.1
+            # sexagesimal float too large for a float): PyYAML's constructors raise
+            # KeyError, IndexError, OverflowError...  Named here, where the node is known.
+            raise yaml.constructor.ConstructorError(
+                None, None, _unreadable(node), node.start_mark
+            ) from exc
 
     def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
         seen: set[object] = set()
@@ -91,20 +112,18 @@ class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
         return super().construct_mapping(node, deep=deep)
 
 
+def _unreadable(node: yaml.Node) -> str:
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    what = _shown(node.value) if isinstance(node, yaml.ScalarNode) else "the value"
+    return f"cannot read {what} as {tag}"
+
+
 def _yaml_message(exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         return f"invalid YAML: {where}{exc.problem or exc.context}"
     return f"invalid YAML: {exc}"
-
-
-# What PyYAML's safe constructors raise for a value its explicit tag cannot read
-# (`!!bool maybe`: KeyError, `!!timestamp soon`: AttributeError), not a YAMLError.
-_UNREADABLE_TAGGED = (KeyError, AttributeError)
-_UNREADABLE_TAGGED_MESSAGE = (
-    "invalid YAML: a value does not read as its explicit tag says (such as !!bool or !!timestamp)"
-)
 
 
 def parse_yaml(text: str, file: str) -> tuple[list[tuple[Source, object]], list[Finding]]:
@@ -119,16 +138,12 @@ def parse_yaml(text: str, file: str) -> tuple[list[tuple[Source, object]], list[
             if data is not None:
                 docs.append((Source(file, index), data))
     except yaml.YAMLError as exc:
-        return docs, [Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", _yaml_message(exc))]
-    except (RecursionError, ValueError, TypeError) as exc:  # pathological nesting/scalars
-        return docs, [
-            Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", f"invalid YAML: {exc}")
-        ]
-    except _UNREADABLE_TAGGED:
-        return docs, [
-            Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", _UNREADABLE_TAGGED_MESSAGE)
-        ]
-    return docs, []
+        message = _yaml_message(exc)
+    except Exception as exc:  # any other bad input: text libyaml cannot take, deep nesting
+        message = f"invalid YAML: {exc}"
+    else:
+        return docs, []
+    return docs, [Finding(file, index + 1, UNKNOWN, UNKNOWN, "<document>", message)]
 
 
 def _pydantic_message(err: dict) -> str:
@@ -146,9 +161,13 @@ def _pydantic_message(err: dict) -> str:
         return msg[len("Value error, ") :]
     if msg.startswith("Assertion failed, "):
         return msg[len("Assertion failed, ") :]
-    got = repr(err.get("input"))
-    got = got if len(got) <= 60 else got[:57] + "..."
-    return f"{msg[:1].lower()}{msg[1:]} (got {got})"
+    return f"{msg[:1].lower()}{msg[1:]} (got {_shown(err.get('input'))})"
+
+
+def _shown(value: object) -> str:
+    """A value in a message: its repr, cut short."""
+    got = repr(value)
+    return got if len(got) <= 60 else got[:57] + "..."
 
 
 def _validation_findings(exc: ValidationError, prefix: str, src: Source, kind: str, name: str):
@@ -389,7 +408,7 @@ def _parse_piece(piece: str, name: str, first: int) -> tuple[list[Checked], int]
         for count, data in enumerate(yaml.load_all(piece, Loader=_StrictLoader), start=1):
             if data is not None:
                 docs.append((Source(name, first + count), data))
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError, *_UNREADABLE_TAGGED):
+    except Exception:  # whatever it is, the whole file's parse reports it
         return None
     return check_documents(docs), count
 

@@ -37,8 +37,11 @@ class _NotPlain(Exception):
 def documents(text: str, loader_class: type) -> list[object] | None:
     """Every document of `text` (None for an empty one), if all are plain; else None.
     `loader_class` parses and resolves tags (the strict loader: same nodes)."""
-    loader = loader_class(text)
+    loader = None
     try:
+        # Inside the try: libyaml's loader encodes the text at once, and text it cannot
+        # encode (a lone surrogate) is for the general loader to report.
+        loader = loader_class(text)
         out = []
         while loader.check_node():
             out.append(_build(loader, loader.get_node(), set()))
@@ -46,7 +49,8 @@ def documents(text: str, loader_class: type) -> list[object] | None:
     except Exception:  # not plain, or invalid: the general loader decides what it is
         return None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _build(loader: object, node: object, seen: set[int]) -> object:

@@ -7,12 +7,14 @@ a value of the wrong type or shape, an unknown field), and arbitrary YAML text.
 from __future__ import annotations
 
 import copy
+import json
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clrk.api import load_objects, load_text
+from clrk.api.loader import ManifestCache
 from clrk.policy import compile_policies
 from tests.conftest import EXAMPLES
 
@@ -95,6 +97,48 @@ def test_arbitrary_text_is_never_more_than_findings(text):
 )
 def test_yaml_shaped_noise_is_never_more_than_findings(prefix, body):
     load_text(prefix + body)
+
+
+def never_more_than_findings(text: str) -> None:
+    """The loader's promise on any text, through both of its ways of reading a file."""
+    for findings in (load_text(text).findings, ManifestCache().file("f", text).problems):
+        for finding in findings:
+            assert finding.line()
+
+
+# Text a scalar tag's constructor may choke on: numbers, signs, separators, words.
+numberish = st.text(alphabet="0123456789+-_.:eExXoObBn ~yYtTfF", max_size=16)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tag=st.sampled_from(["!!int", "!!float", "!!bool", "!!timestamp", "!!binary", "!!null"]),
+    value=st.text(max_size=20) | numberish,
+    style=st.sampled_from(["double", "single", "plain"]),
+)
+def test_any_text_under_a_scalar_tag_is_never_more_than_findings(tag, value, style):
+    if style == "double":
+        scalar = json.dumps(value)  # every JSON string is a YAML double-quoted scalar
+    elif style == "single":
+        scalar = "'" + value.replace("'", "''") + "'"
+    else:
+        scalar = value
+    never_more_than_findings(f"kind: X\nspec: {tag} {scalar}\n---\n- [{tag} {scalar}]\n")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sign=st.sampled_from(["", "-", "+"]),
+    head=st.integers(0, 10**6),
+    groups=st.lists(st.integers(0, 59), min_size=1, max_size=400),
+    fraction=st.sampled_from(["", ".", ".5", ".5_0"]),
+)
+@example(sign="", head=1, groups=[0] * 200, fraction=".5")
+def test_a_long_untagged_sexagesimal_number_is_never_more_than_findings(
+    sign, head, groups, fraction
+):
+    number = sign + str(head) + "".join(f":{g:02d}" for g in groups) + fraction
+    never_more_than_findings(f"kind: X\nspec: {number}\n")
 
 
 def test_a_mutation_that_breaks_a_field_is_reported_not_swallowed():

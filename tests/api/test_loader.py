@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
+import pytest
+
 from clrk.api import Scope, load_documents, load_paths, load_text
+from clrk.api.loader import ManifestCache
 from clrk.api.resources import Source
 
 GW = """apiVersion: clrk.apoxy.dev/v1alpha1
@@ -139,11 +145,52 @@ def test_documents_from_any_source_are_validated_like_files_and_named_by_their_s
     assert load.digest != load_documents(docs[:1]).digest
 
 
-def test_a_value_its_explicit_tag_cannot_read_is_a_finding_not_a_crash(tmp_path):
-    for value in ("!!bool maybe", "!!timestamp soon"):
-        text = GW + f"  mode: {value}\n"
-        (finding,) = load_text(text, "p.yaml").findings
-        assert finding.document == 1 and "does not read as its explicit tag" in finding.message
-        (tmp_path / "p.yaml").write_text(GW + "---\n" + text)
-        (finding,) = load_paths([tmp_path]).findings
-        assert finding.document == 2 and "does not read as its explicit tag" in finding.message
+SEXAGESIMAL = "1" + ":00" * 200 + ".5"  # YAML 1.1's base 60 float: too large for a float
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("!!bool maybe", "cannot read 'maybe' as !!bool"),
+        ("!!timestamp soon", "cannot read 'soon' as !!timestamp"),
+        ("!!int ''", "cannot read '' as !!int"),
+        ("!!float ''", "cannot read '' as !!float"),
+        ("!!int '-'", "cannot read '-' as !!int"),
+        (SEXAGESIMAL, f"cannot read '{SEXAGESIMAL[:56]}... as !!float"),
+    ],
+)
+def test_a_value_its_tag_cannot_read_is_a_finding_at_its_place_not_a_crash(
+    tmp_path, value, message
+):
+    text = GW + f"  mode: {value}\n"
+    (finding,) = load_text(text, "p.yaml").findings
+    assert finding.document == 1
+    assert finding.message == f"invalid YAML: line 6, column 9: {message}"
+    (tmp_path / "p.yaml").write_text(GW + "---\n" + text)  # each document parsed on its own
+    (finding,) = load_paths([tmp_path]).findings
+    assert finding.document == 2
+    assert finding.message == f"invalid YAML: line 12, column 9: {message}"
+
+
+@pytest.mark.parametrize("text", ["a: \udc80\n", "a: b\n---\nc: \ud800\n"])
+def test_text_with_a_lone_surrogate_is_a_finding_not_a_crash(text):
+    # Text from a client (apply) need not be valid Unicode; libyaml takes UTF-8 only.
+    for problems in (load_text(text).findings, ManifestCache().file("f", text).problems):
+        (finding,) = problems
+        assert finding.message.startswith("invalid YAML: 'utf-8' codec can't encode")
+
+
+def test_the_tag_cache_keeps_no_long_text_after_a_load():
+    long = "x" * 1_000_000
+    texts = [f"a: |\n  {long}\n", f"a: '{long}'\n", f"a: {long}\n", f"a: {long}1\n"]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for text in texts:
+            load_text(text)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < len(long)

@@ -72,6 +72,10 @@ NOT_PLAIN = {
     "invalid": "a: [unclosed\n",
     "tab": "a:\n\t- b\n",
     "deep": "[" * 20000 + "]" * 20000,
+    "lone surrogate": "a: \udc80\n",
+    "lone surrogate in a later document": "a: b\n---\nc: \ud800\n",
+    "int that cannot read": "a: !!int '-'\n",
+    "sexagesimal float too large": "a: 1" + ":00" * 200 + ".5\n",
 }
 
 
