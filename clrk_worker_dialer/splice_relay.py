@@ -1,10 +1,11 @@
 """Relaying an allowed connection's bytes both ways with splice(2): socket -> pipe ->
 socket, so the payload never enters Python (nor user space) on its way through.
 
-Each direction is a `Pump` driven by the loop's readiness callbacks on non-blocking
-descriptors.  Back-pressure is the pipe itself: a pump stops reading its source while
-its pipe holds bytes the destination would not take.  Half-close is carried over (EOF
-on one side becomes shutdown(SHUT_WR) on the other, the other direction keeps going);
+Each direction is a `Pump` driven by readiness callbacks on non-blocking descriptors
+(`Readiness`: the relays' own epoll set, one reader of the loop).  Back-pressure is the
+pipe itself: a pump stops reading its source while its pipe holds bytes the destination
+would not take.  Half-close is carried over (EOF on one side becomes shutdown(SHUT_WR)
+on the other, the other direction keeps going);
 the agent's reaches the next hop only once it has read what came before, or answered, or
 after `FIN_HOLD_MAX` (Envoy drops a connection whose FIN is there before it has read the
 PROXY header).
@@ -29,7 +30,9 @@ import errno
 import fcntl
 import ipaddress
 import os
+import select
 import socket
+import weakref
 from collections.abc import Callable
 
 from clrk.nexthops import NextHop
@@ -209,6 +212,79 @@ class PipePool:
         self._free.clear()
 
 
+def _nothing() -> None:
+    pass
+
+
+class Readiness:
+    """The relays' descriptors in an epoll set of their own, which the loop watches as
+    one reader.  A relay's sockets are (un)watched about four times per connection:
+    here each is one epoll_ctl, without the handle, key and lookups asyncio's
+    add_reader and remove_reader make for each, nor its ready queue per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # (weakly: the loop is the key of `_readiness`, which must not keep it, and with
+        # it this epoll descriptor, once nothing else does)
+        self.loop = weakref.ref(loop)
+        self.epoll = select.epoll()
+        self.watched: dict[int, tuple[int, Callable[[], None], Callable[[], None]]] = {}
+        loop.add_reader(self.epoll.fileno(), self._ready)
+
+    def watch(
+        self, fd: int, mask: int, on_read: Callable[[], None], on_write: Callable[[], None]
+    ) -> None:
+        """Call `on_read` while `fd` is readable and `on_write` while it is writable, as
+        `mask` (EPOLLIN, EPOLLOUT, both, 0: neither) asks."""
+        watched = self.watched
+        old = watched.get(fd)
+        if mask:
+            if old is None:
+                self.epoll.register(fd, mask)
+            elif old[0] != mask:
+                self.epoll.modify(fd, mask)
+            watched[fd] = (mask, on_read, on_write)
+        elif old is not None:
+            del watched[fd]
+            with contextlib.suppress(OSError):  # as asyncio's: the fd was closed meanwhile
+                self.epoll.unregister(fd)
+
+    def _ready(self) -> None:
+        watched = self.watched
+        for fd, events in self.epoll.poll(0):
+            entry = watched.get(fd)
+            if entry is None:
+                continue  # unwatched by a callback before it
+            try:
+                if entry[0] & _READ and events & _READ_EVENTS:
+                    entry[1]()
+                    entry = watched.get(fd)  # what that callback left
+                if entry is not None and entry[0] & _WRITE and events & _WRITE_EVENTS:
+                    entry[2]()
+            except Exception as exc:  # as the loop would: reported, the others still run
+                loop = self.loop()
+                if loop is not None:
+                    loop.call_exception_handler(
+                        {"message": "splice relay callback failed", "exception": exc}
+                    )
+
+
+_READ, _WRITE = select.EPOLLIN, select.EPOLLOUT
+# (as asyncio's selector: a hang-up or error wakes both a reader and a writer)
+_READ_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+_WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+_readiness: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Readiness] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def readiness(loop: asyncio.AbstractEventLoop) -> Readiness:
+    """The loop's `Readiness`, made at its first relay."""
+    found = _readiness.get(loop)
+    if found is None:
+        found = _readiness[loop] = Readiness(loop)
+    return found
+
+
 class Pump:
     """One direction: `src` -> pipe -> `dst`, `head` bytes first.  With `fin_after_read`,
     `src`'s EOF reaches `dst` only once `dst`'s peer has read all that went before it
@@ -246,6 +322,7 @@ class Pump:
         self.fin_deadline = 0.0  # set when the FIN is first held
         self.fin_timer: asyncio.Handle | None = None
         self.peer: PeerUnread | None = None  # `dst`'s, once a FIN is held
+        self.readiness = readiness(loop)
 
     def start(self) -> None:
         self._flush()
@@ -267,28 +344,43 @@ class Pump:
     def _read(self, on: bool) -> None:
         if on != self.reading:
             self.reading = on
-            if on:
-                self.loop.add_reader(self.src_fd, self._readable)
-            else:
-                self.loop.remove_reader(self.src_fd)
+            self._watch_src()
 
     def _write(self, on: bool) -> None:
         if on != self.writing:
             self.writing = on
-            if on:
-                self.loop.add_writer(self.dst_fd, self._flush)
+            partner = self.partner
+            if partner is not None:
+                partner._watch_src()
             else:
-                self.loop.remove_writer(self.dst_fd)
+                self.readiness.watch(
+                    self.dst_fd, select.EPOLLOUT if on else 0, _nothing, self._flush
+                )
+
+    def _watch_src(self) -> None:
+        """`src` is read by this pump and written by the other: what both wait for."""
+        partner = self.partner
+        writing = partner is not None and partner.writing
+        mask = (select.EPOLLIN if self.reading else 0) | (select.EPOLLOUT if writing else 0)
+        self.readiness.watch(
+            self.src_fd, mask, self._readable, partner._flush if partner else _nothing
+        )
 
     def _readable(self) -> None:
+        if self._fill():
+            self._flush()
+
+    def _fill(self) -> bool:
+        """One splice from `src` into the pipe: False when nothing came (or it failed:
+        the relay is reset then)."""
         pipe = self.pipe
         try:
             n = os.splice(self.src_fd, pipe.w, pipe.capacity, flags=SPLICE_FLAGS)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             self.on_error(exc)
-            return
+            return False
         if n == 0:
             self.eof = True
             self._answered()
@@ -299,7 +391,7 @@ class Pump:
             pipe.after_read(n)
         self.last_read = n
         self.in_pipe += n
-        self._flush()
+        return True
 
     def _flush(self) -> None:
         try:
@@ -405,7 +497,13 @@ class SpliceRelay:
         self.outbound.partner, self.inbound.partner = self.inbound, self.outbound
 
     def start(self) -> None:
-        self.outbound.start()
+        """The agent has usually sent its first bytes by now (the dialer accepted after
+        the handshake): they are read at once, to follow the head in the same turn rather
+        than a loop iteration later, in a second wake-up of the next hop."""
+        outbound = self.outbound
+        outbound._fill()
+        if not self.closed:
+            outbound.start()
         if not self.closed:
             self.inbound.start()
 

@@ -15,6 +15,7 @@ import resource
 import select
 import socket
 import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +231,7 @@ def test_a_half_close_is_carried_over_and_the_other_direction_keeps_going(
                 if first == "agent"
                 else (w.upstream_peer, w.agent_peer)
             )
+            splice_relay.readiness(loop)  # the loop's epoll set: made once, not per relay
             before = open_fds()
             relay, closed = start(w)
             assert open_fds() == before + 4  # a pipe per direction
@@ -406,6 +408,119 @@ def test_an_immediate_eof_from_both_peers_closes_the_relay_cleanly(tmp_path):
             w.close_peers()
 
     run(main())
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_what_the_agent_sent_before_the_relay_started_follows_the_head_within_the_start(
+    upstream, tmp_path
+):
+    """Not a loop iteration later, when the next hop may already have woken up for the
+    head alone."""
+
+    async def main():
+        w = await wire(upstream, tmp_path)
+        try:
+            w.agent_peer.send(b"first bytes")
+            assert select.select([w.relay_agent], [], [], TIMEOUT)[0]  # arrived
+            relay, closed = start(w, to_upstream=b"HEAD ")
+            # (no await since: what the next hop has now, the start sent)
+            assert select.select([w.upstream_peer], [], [], TIMEOUT)[0]
+            assert w.upstream_peer.recv(100) == b"HEAD first bytes"
+            assert relay.outbound.reading  # and it goes on reading
+            w.agent_peer.shutdown(socket.SHUT_WR)
+            w.upstream_peer.shutdown(socket.SHUT_WR)
+            assert await recv_until_eof(w.upstream_peer) == b""
+            assert await closed is relay and relay.error is None
+        finally:
+            w.close_peers()
+
+    run(main())
+
+
+# --- the relays' own readiness --------------------------------------------------------
+
+
+def test_a_descriptor_unwatched_by_an_earlier_callback_of_the_same_wake_is_not_called():
+    async def main():
+        loop = asyncio.get_running_loop()
+        readiness = splice_relay.Readiness(loop)
+        pairs = [socket.socketpair() for _ in range(2)]
+        called = []
+        try:
+            fds = [ours.fileno() for ours, _ in pairs]
+
+            def on_read(mine: int, other: int) -> None:
+                called.append(mine)
+                readiness.watch(mine, 0, on_read, on_read)
+                readiness.watch(other, 0, on_read, on_read)
+
+            for mine, other in (fds, fds[::-1]):
+                readiness.watch(mine, select.EPOLLIN, lambda m=mine, o=other: on_read(m, o), None)
+            for _, theirs in pairs:  # both readable before the loop looks
+                theirs.send(b"x")
+            await until(lambda: called)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert len(called) == 1 and not readiness.watched
+        finally:
+            loop.remove_reader(readiness.epoll.fileno())
+            readiness.epoll.close()
+            for pair in pairs:
+                for sock in pair:
+                    sock.close()
+
+    run(main())
+
+
+def test_a_relay_callback_that_raises_is_reported_and_the_others_still_run():
+    async def main():
+        loop = asyncio.get_running_loop()
+        reported = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+        readiness = splice_relay.Readiness(loop)
+        pairs = [socket.socketpair() for _ in range(2)]
+        called = []
+        try:
+
+            def failing() -> None:
+                called.append("failing")
+                readiness.watch(pairs[0][0].fileno(), 0, failing, None)
+                raise RuntimeError("a bug")
+
+            def fine() -> None:
+                called.append("fine")
+                readiness.watch(pairs[1][0].fileno(), 0, fine, None)
+
+            readiness.watch(pairs[0][0].fileno(), select.EPOLLIN, failing, None)
+            readiness.watch(pairs[1][0].fileno(), select.EPOLLIN, fine, None)
+            for _, theirs in pairs:
+                theirs.send(b"x")
+            await until(lambda: len(called) == 2)
+            assert sorted(called) == ["failing", "fine"]
+            assert [type(exc) for exc in reported] == [RuntimeError]
+        finally:
+            loop.remove_reader(readiness.epoll.fileno())
+            readiness.epoll.close()
+            for pair in pairs:
+                for sock in pair:
+                    sock.close()
+
+    run(main())
+
+
+def test_the_relays_epoll_set_goes_with_its_loop():
+    """A process that runs many loops (a test suite does) must not keep a descriptor per
+    loop it ever relayed on."""
+
+    async def main():
+        found = splice_relay.readiness(asyncio.get_running_loop())
+        return weakref.ref(found), found.epoll.fileno()
+
+    found, fd = asyncio.run(main())
+    gc.collect()
+    assert found() is None
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 # --- the pipe pool --------------------------------------------------------------------
@@ -623,6 +738,7 @@ def test_a_next_hop_that_closes_mid_upload_resets_the_agent_and_frees_everything
         loop = asyncio.get_running_loop()
         w = await wire(upstream, tmp_path)
         try:
+            splice_relay.readiness(loop)  # the loop's epoll set: made once, not per relay
             before = open_fds()
             relay, closed = start(w)
             uploading = asyncio.ensure_future(loop.sock_sendall(w.agent_peer, bytes(32 << 20)))
