@@ -146,16 +146,23 @@ def _address_block(header: ProxyHeader) -> tuple[int, bytes]:
         return _UNSPEC, b""
     if header.source_ip is None or header.destination_ip is None:
         raise ProxyHeaderError("give both addresses or neither")
-    src = _parse_ip(header.source_ip, "source")
-    dst = _parse_ip(header.destination_ip, "destination")
+    family, addresses = _addresses(
+        header.source_ip, header.source_port, header.destination_ip, header.destination_port
+    )
+    return (family << 4) | header.transport, addresses
+
+
+def _addresses(src_ip: str, src_port: int, dst_ip: str, dst_port: int) -> tuple[int, bytes]:
+    """(family, address bytes) of both ends."""
+    src = _parse_ip(src_ip, "source")
+    dst = _parse_ip(dst_ip, "destination")
     if src.version != dst.version:
         raise ProxyHeaderError(f"mixed address families: {src} and {dst}")
-    for role, port in (("source", header.source_port), ("destination", header.destination_port)):
+    for role, port in (("source", src_port), ("destination", dst_port)):
         if not 0 <= port <= 0xFFFF:
             raise ProxyHeaderError(f"{role} port {port} is out of range 0..65535")
-    ports = header.source_port.to_bytes(2, "big") + header.destination_port.to_bytes(2, "big")
-    family = 1 if src.version == 4 else 2
-    return (family << 4) | header.transport, src.packed + dst.packed + ports
+    ports = src_port.to_bytes(2, "big") + dst_port.to_bytes(2, "big")
+    return 1 if src.version == 4 else 2, src.packed + dst.packed + ports
 
 
 def _tlv_block(tlvs: tuple[Tlv, ...]) -> bytes:
@@ -186,6 +193,57 @@ def encode(header: ProxyHeader) -> bytes:
         + bytes(((_VERSION << 4) | header.command, family_transport))
         + len(body).to_bytes(2, "big")
         + body
+    )
+
+
+def encode_clrk(
+    source_ip: str,
+    source_port: int,
+    destination_ip: str,
+    destination_port: int,
+    *,
+    authority: str | None = None,
+    agent_namespace: str | None = None,
+    agent_name: str | None = None,
+    route: str | None = None,
+    deny_policy: str | None = None,
+    connection_id: str | None = None,
+) -> bytes:
+    """`encode` of a TCP PROXY header with `clrk_tlvs`, byte for byte, for the dialer's
+    every allowed connection: the TLVs before the connection id are the same for all of
+    an agent's connections on a route, so they are built (and checked) once."""
+    family, addresses = _addresses(source_ip, source_port, destination_ip, destination_port)
+    body = addresses + _clrk_tlv_block(authority, agent_namespace, agent_name, route, deny_policy)
+    if connection_id:
+        body += _tlv_block(clrk_tlvs(connection_id=connection_id))
+    if len(body) > 0xFFFF:
+        raise ProxyHeaderError(f"header body is {len(body)} bytes; the length field allows 65535")
+    return (
+        SIGNATURE
+        + bytes(((_VERSION << 4) | Command.PROXY, (family << 4) | Transport.STREAM))
+        + len(body).to_bytes(2, "big")
+        + body
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _clrk_tlv_block(
+    authority: str | None,
+    agent_namespace: str | None,
+    agent_name: str | None,
+    route: str | None,
+    deny_policy: str | None,
+) -> bytes:
+    """The clrk TLVs but the connection id (the last of them), encoded.  (A value that
+    cannot be encoded raises, and is not kept.)"""
+    return _tlv_block(
+        clrk_tlvs(
+            authority=authority,
+            agent_namespace=agent_namespace,
+            agent_name=agent_name,
+            route=route,
+            deny_policy=deny_policy,
+        )
     )
 
 

@@ -89,21 +89,18 @@ def proxy_header(flow: Flow, decision: Decision) -> bytes:
         # destination.  A v4 source maps into v6; a v6 source cannot map into v4.
         src_ip = f"::ffff:{src_ip}" if ":" in flow.dst_ip else "0.0.0.0"
     agent = flow.agent
-    header = proxy_v2.ProxyHeader(
-        source_ip=src_ip,
-        source_port=flow.src_port,
-        destination_ip=flow.dst_ip,
-        destination_port=flow.dst_port,
-        tlvs=proxy_v2.clrk_tlvs(
-            authority=decision.hostname,
-            agent_namespace=agent.namespace if agent else None,
-            agent_name=agent.name if agent else None,
-            route=decision.route,
-            deny_policy=decision.deny_policy,
-            connection_id=flow.connection_id,
-        ),
+    return proxy_v2.encode_clrk(
+        src_ip,
+        flow.src_port,
+        flow.dst_ip,
+        flow.dst_port,
+        authority=decision.hostname,
+        agent_namespace=agent.namespace if agent else None,
+        agent_name=agent.name if agent else None,
+        route=decision.route,
+        deny_policy=decision.deny_policy,
+        connection_id=flow.connection_id,
     )
-    return proxy_v2.encode(header)
 
 
 class TcpSession:

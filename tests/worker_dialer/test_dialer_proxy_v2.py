@@ -17,6 +17,7 @@ from clrk_worker_dialer.proxy_v2 import (
     clrk_tlvs,
     decode,
     encode,
+    encode_clrk,
 )
 
 ALL_CLRK = clrk_tlvs(
@@ -434,3 +435,56 @@ def test_mutated_headers_only_raise_proxy_header_error(header, data):
         wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 0xFF))
     with contextlib.suppress(ProxyHeaderError):
         decode(bytes(wire))
+
+
+# --- the dialer's header, built from its cached TLVs -------------------------------------
+
+texts = st.none() | st.sampled_from(["", "api.example.com", "agents"]) | st.text(max_size=12)
+ips = st.sampled_from(["10.1.0.7", "203.0.113.5", "fd00::7", "2001:db8::5", "::ffff:10.0.0.1"])
+
+
+def encoded_or_error(encoding):
+    try:
+        return encoding()
+    except ProxyHeaderError:
+        return ProxyHeaderError
+
+
+@settings(max_examples=300)
+@given(
+    src=ips,
+    dst=ips,
+    ports=st.tuples(st.integers(-1, 0x10000), st.integers(-1, 0x10000)),
+    values=st.tuples(texts, texts, texts, texts, texts, texts),
+    long_value=st.integers(0, 5),
+)
+def test_the_dialers_header_is_the_generic_encoding_byte_for_byte(
+    src, dst, ports, values, long_value
+):
+    """Same bytes for every connection of an agent on a route, or the same refusal,
+    whether its TLVs came from the cache or not (asked twice: the second from it)."""
+    values = list(values)
+    if long_value < len(values):  # now and then a value beyond what a TLV holds
+        values[long_value] = (values[long_value] or "") + "x" * 0x10000
+    names = ("authority", "agent_namespace", "agent_name", "route", "deny_policy")
+    fields = dict(zip(names, values, strict=False)) | {"connection_id": values[5]}
+    generic = encoded_or_error(
+        lambda: encode(ProxyHeader(src, ports[0], dst, ports[1], clrk_tlvs(**fields)))
+    )
+    for _ in range(2):
+        assert encoded_or_error(lambda: encode_clrk(src, ports[0], dst, ports[1], **fields)) == (
+            generic
+        )
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["fits", "one-beyond"])
+def test_the_dialers_header_refuses_a_body_beyond_the_length_field_as_encode_does(extra):
+    # v4 addresses (12) + the authority's TLV (3 + its length) + the id's (3 + 16)
+    fields = {"authority": "a" * (0xFFFF - 34 + extra), "connection_id": "c" * 16}
+    generic = encoded_or_error(
+        lambda: encode(ProxyHeader("10.1.0.7", 1, "203.0.113.5", 2, clrk_tlvs(**fields)))
+    )
+    assert (generic is ProxyHeaderError) == bool(extra)
+    assert encoded_or_error(lambda: encode_clrk("10.1.0.7", 1, "203.0.113.5", 2, **fields)) == (
+        generic
+    )
