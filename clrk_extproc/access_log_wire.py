@@ -54,7 +54,7 @@ HTTP_COMMON_READ = frozenset(
 
 
 class Unexpected(ValueError):
-    """Not what Envoy sends for a TCP access log: leave it to the full parse."""
+    """Not what Envoy sends for an access log: leave it to the full parse."""
 
 
 class EndFacts(NamedTuple):
@@ -165,6 +165,16 @@ def _signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
+def _enum(value: int) -> int:
+    """An enum's number, which protobuf writes as a sign-extended int32.  A varint past
+    that is one no writer makes; protobuf would keep its low 32 bits, the full parse the
+    whole number, so it is left to the full parse rather than read as another value."""
+    value &= (1 << 64) - 1
+    if (1 << 31) <= value < (1 << 64) - (1 << 31):
+        raise Unexpected("enum past int32")
+    return _signed(value, 32)
+
+
 def _singular(buf: bytes, span: tuple[int, int], wanted: dict[int, int]) -> dict:
     """The fields of `wanted` (number -> wire type) a message has, each at most once."""
     found: dict = {}
@@ -251,7 +261,7 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
             tags[key] = text
         elif number == COMMON_TYPE:
             _once(seen, number, kind, VARINT)
-            kind_of = _signed(value, 32)
+            kind_of = _enum(value)
         elif number in (COMMON_REMOTE, COMMON_LOCAL):
             _once(seen, number, kind, LENGTH)
             if number == COMMON_REMOTE:
@@ -309,7 +319,7 @@ def _http_entry(buf: bytes, span: tuple[int, int]) -> HttpFacts | None:
             parts[HTTP_REQUEST],
             {REQUEST_METHOD: VARINT, REQUEST_AUTHORITY: LENGTH, REQUEST_PATH: LENGTH},
         )
-        method = _signed(request.get(REQUEST_METHOD, 0), 32)
+        method = _enum(request.get(REQUEST_METHOD, 0))
         if REQUEST_AUTHORITY in request:
             authority = _text(buf, request[REQUEST_AUTHORITY])
         if REQUEST_PATH in request:

@@ -35,6 +35,7 @@ def test_quick_l7_bench_reports_every_path_and_cleans_up(capsys):
     out = capsys.readouterr().out
     for label in l7_bench.LABELS.values():
         assert label in out
+    assert "records: all written" in out  # whether clrk_extproc kept up with the run
     assert _our_namespaces() == set()
     assert child_pids() <= before  # the dialer, Envoy, extproc and upstream are gone
 

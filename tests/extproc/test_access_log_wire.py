@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 
+import pytest
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     Node,
@@ -114,7 +115,7 @@ http_commons = st.builds(
 )
 requests = st.builds(
     HttpRequestProperties,
-    request_method=st.sampled_from(list(RequestMethod)),
+    request_method=st.sampled_from(list(RequestMethod)) | st.integers(-(2**31), 2**31 - 1),
     authority=texts,
     path=texts,
     scheme=texts,
@@ -360,3 +361,32 @@ def test_tags_of_any_length_and_in_any_order_read_as_the_full_parse_reads_them()
         raw = b"\x1a" + bytes([len(log_entry) + 2]) + b"\x0a" + bytes([len(log_entry)]) + log_entry
         assert scan(raw) == reference(raw)
         assert scan(raw).ends[0].tags == {"k": "v"}
+
+
+@pytest.mark.parametrize("number", [2**31, 2**32 + 1, 2**35 + 3, 2**63 - 1])
+def test_an_enum_number_past_int32_is_left_to_the_full_parse(number) -> None:
+    """No writer makes one; protobuf would keep its low 32 bits (2**32 + 1 reading as
+    GET), the full parse the whole number: neither reading is taken as the record's."""
+    http = HttpAccessLogEntry(
+        common_properties=AccessLogCommon(custom_tags={CHAIN_ROUTE_TAG: "team/api"}),
+        request=HttpRequestProperties(request_method=number, path="/v1"),
+    )
+    tcp = TcpAccessLogEntry(common_properties=AccessLogCommon(access_log_type=number))
+    assert scan(bytes(StreamAccessLogsMessage(
+        http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=[http])
+    ))) is None  # fmt: skip
+    assert scan(bytes(_tcp(tcp))) is None
+
+
+@pytest.mark.parametrize("number", [-1, -(2**31), 2**31 - 1, int(RequestMethod.GET)])
+def test_an_enum_number_within_int32_is_read_as_the_full_parse_reads_it(number) -> None:
+    http = HttpAccessLogEntry(
+        common_properties=AccessLogCommon(custom_tags={CHAIN_ROUTE_TAG: "team/api"}),
+        request=HttpRequestProperties(request_method=number, path="/v1"),
+    )
+    raw = bytes(StreamAccessLogsMessage(
+        http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=[http])
+    ))  # fmt: skip
+    assert scan(raw) == reference(raw)
+    tcp = bytes(_tcp(TcpAccessLogEntry(common_properties=AccessLogCommon(access_log_type=number))))
+    assert scan(tcp) == reference(tcp)
