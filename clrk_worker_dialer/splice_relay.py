@@ -223,8 +223,7 @@ class Readiness:
     add_reader and remove_reader make for each, nor its ready queue per event."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        # (weakly: the loop is the key of `_readiness`, which must not keep it, and with
-        # it this epoll descriptor, once nothing else does)
+        # (weakly: only the loop keeps this, see `readiness`)
         self.loop = weakref.ref(loop)
         self.epoll = select.epoll()
         self.watched: dict[int, tuple[int, Callable[[], None], Callable[[], None]]] = {}
@@ -254,6 +253,9 @@ class Readiness:
             entry = watched.get(fd)
             if entry is None:
                 continue  # unwatched by a callback before it
+            # (an fd closed and reused by a relay a callback started in this same pass
+            # would take the old event; none does: relays start from the loop, and each
+            # callback tries its I/O rather than trusting the event)
             try:
                 if entry[0] & _READ and events & _READ_EVENTS:
                     entry[1]()
@@ -272,16 +274,18 @@ _READ, _WRITE = select.EPOLLIN, select.EPOLLOUT
 # (as asyncio's selector: a hang-up or error wakes both a reader and a writer)
 _READ_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
-_readiness: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Readiness] = (
-    weakref.WeakKeyDictionary()
-)
+_ATTRIBUTE = "_clrk_splice_readiness"
 
 
 def readiness(loop: asyncio.AbstractEventLoop) -> Readiness:
-    """The loop's `Readiness`, made at its first relay."""
-    found = _readiness.get(loop)
+    """The loop's `Readiness`, made at its first relay.  Kept on the loop itself: a
+    relay still running when its loop ends holds the loop (through its callbacks), so
+    a table outside the loop would keep all three, sockets and epoll set included, for
+    the process's life; as a cycle through the loop they go with it."""
+    found = getattr(loop, _ATTRIBUTE, None)
     if found is None:
-        found = _readiness[loop] = Readiness(loop)
+        found = Readiness(loop)
+        setattr(loop, _ATTRIBUTE, found)
     return found
 
 

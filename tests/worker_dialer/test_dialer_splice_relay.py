@@ -523,6 +523,29 @@ def test_the_relays_epoll_set_goes_with_its_loop():
         os.fstat(fd)
 
 
+def test_a_relay_still_running_when_its_loop_ends_keeps_neither_the_loop_nor_its_sockets():
+    """An abandoned relay (its peers still open) must go with its loop: its sockets
+    closed, so both ends see the connection end, and the epoll set with them."""
+
+    async def main():
+        w = await wire("tcp")
+        relay, _closed = start(w)
+        loop = asyncio.get_running_loop()
+        fds = (w.relay_agent.fileno(), splice_relay.readiness(loop).epoll.fileno())
+        return weakref.ref(relay), weakref.ref(loop), fds, (w.agent_peer, w.upstream_peer)
+
+    relay, loop, fds, peers = asyncio.run(main())
+    try:
+        gc.collect()
+        assert relay() is None and loop() is None
+        for fd in fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    finally:
+        for peer in peers:
+            peer.close()
+
+
 # --- the pipe pool --------------------------------------------------------------------
 
 
