@@ -25,6 +25,12 @@ def evidence_name(raw: str) -> str | None:
     return name if _NAME.fullmatch(name) else None
 
 
+def is_evidence_name(name: str) -> bool:
+    """Whether `name` is in evidence_name's normal form already (evidence_name(name) ==
+    name), without making that form: lower-case, no final dot, labels of the pattern."""
+    return len(name) <= MAX_NAME_LENGTH and _NAME.fullmatch(name) is not None
+
+
 @functools.lru_cache(maxsize=4096)  # on every connection; addresses repeat
 def normalise_ip(raw: str) -> str:
     """Canonical text of an address; '::ffff:192.0.2.1' -> '192.0.2.1'. ValueError if invalid."""

@@ -7,13 +7,14 @@ the queries each agent has outstanding and passes the matching one with each ans
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import NamedTuple
 
 from clrk_worker_dialer import dns_wire
-from clrk_worker_dialer._normalise import evidence_name, normalise_ip
+from clrk_worker_dialer._normalise import evidence_name, is_evidence_name, normalise_ip
 from clrk_worker_dialer.dns_wire import AAAA, CNAME, QR, A, Labels, key, name_text
 
 MAX_CNAME_HOPS = 16
@@ -58,18 +59,45 @@ def _question(message: dns_wire.Message) -> DnsQuery | None:
     return _new(DnsQuery, (message.id, name_text(q.labels).lower(), q.rdtype, q.rdclass))
 
 
-def parse_query(wire: bytes) -> DnsQuery | None:
-    """The query an agent sent, or None when it is not a single-question query."""
+class Echo(NamedTuple):
+    """A query of the usual shape as read_query read it: one question and nothing else,
+    its name a plain hostname written without a pointer.  An answer that repeats the
+    query's ID and question bytes (both kept here, from the one reading that made
+    `query`) answers exactly that query: bindings_from_reply does not read it again."""
+
+    query: DnsQuery
+    head: bytes  # the query's ID
+    question: bytes  # the query's bytes after its header: the question, which ends it
+
+
+def read_query(wire: bytes) -> tuple[DnsQuery, Echo | None] | None:
+    """parse_query(wire) and, when the query has the usual shape, its Echo; None when it
+    is not a single-question query."""
     try:
-        lone = dns_wire.lone_question(bytes(wire))
+        wire = bytes(wire)
+        lone = dns_wire.lone_question(wire)
     except (dns_wire.WireError, TypeError):
         return None
     if lone is None:  # not the usual shape
-        return _parse_query_whole(wire)
+        query = _parse_query_whole(wire)
+        return None if query is None else (query, None)
     ident, flags, labels, rdtype, rdclass = lone
     if flags & QR or (flags >> 11) & 0xF != QUERY:
         return None
-    return _new(DnsQuery, (ident, name_text(labels).lower(), rdtype, rdclass))
+    name = name_text(labels).lower()
+    query = _new(DnsQuery, (ident, name, rdtype, rdclass))
+    # A plain hostname of n bytes is written in n + 2 without a pointer; with one it
+    # never is (pointed-to labels add 2 or more bytes each, the pointer 1 more than the
+    # root): the length tells.
+    if len(wire) != 12 + len(name) + 6 or not is_evidence_name(name):
+        return query, None
+    return query, _new(Echo, (query, wire[:2], wire[12:]))
+
+
+def parse_query(wire: bytes) -> DnsQuery | None:
+    """The query an agent sent, or None when it is not a single-question query."""
+    read = read_query(wire)
+    return None if read is None else read[0]
 
 
 def _parse_query_whole(wire: bytes) -> DnsQuery | None:
@@ -114,23 +142,43 @@ def bindings_from_echo(query: DnsQuery, wire: bytes, answer: bytes) -> list[Bind
     binds) with no pointer.  That `query` is wire's question is checked against its
     bytes, not taken on trust: anything else is read the whole way."""
     end, name = len(wire), query.name
-    # No label of a plain hostname holds a dot (name_text would escape it): its labels
-    # are the lower-cased wire labels, key(question.labels) of the answer.
-    owner = tuple(name.encode().split(b"."))
+    labels = name.encode().split(b".")  # its labels, if a plain hostname (see _echoed)
     if (
         end != 12 + len(name) + 6  # cheap first: the length of a name with no pointer
         or not dns_wire.lone_counts(wire)  # so the question ends the query
-        or evidence_name(name) != name
+        or not is_evidence_name(name)
         # `query` is wire's question, written without a pointer (a pointer would
         # differ from these length bytes): checked, not trusted.
-        or wire[12 : end - 4].lower() != _encoded(owner)
+        or wire[12 : end - 4].lower() != _encoded(labels)
         or wire[end - 4 : end] != _QTYPE_CLASS.pack(query.rdtype, query.rdclass)
         or answer[12:end] != wire[12:end]
         or answer[:2] != wire[:2]
     ):
         return bindings_from_answer(query, answer)
+    return _echoed(query, answer, end)
+
+
+def bindings_from_reply(echo: Echo, answer: bytes) -> list[Binding]:
+    """bindings_from_answer(echo.query, answer), without reading the answer's question
+    again when it repeats the query's ID and question bytes (as the forwarder's answers
+    do): bindings_from_echo with what it checks known from the query's one reading."""
+    end = 12 + len(echo.question)
+    if answer[12:end] != echo.question or answer[:2] != echo.head:
+        return bindings_from_answer(echo.query, answer)
+    return _echoed(echo.query, answer, end)
+
+
+def _echoed(query: DnsQuery, answer: bytes, end: int) -> list[Binding]:
+    """The bindings of an answer whose ID and question, ending at `end`, are those of
+    `query`, a plain hostname written without a pointer."""
     if query.rdclass != IN:
         return []
+    bindings = _addresses_of_question(query, answer, end)
+    if bindings is not None:
+        return bindings
+    # No label of a plain hostname holds a dot (name_text would escape it): its labels
+    # are the lower-cased wire labels, key(question.labels) of the answer.
+    owner = tuple(query.name.encode().split(b"."))
     message = _parse(answer, (owner, end))
     if (
         message is None
@@ -144,11 +192,66 @@ def bindings_from_echo(query: DnsQuery, wire: bytes, answer: bytes) -> list[Bind
 
 
 _QTYPE_CLASS = struct.Struct("!HH")
+_ONE_ADDRESS_TYPE = frozenset({A, AAAA})
+_HEADER = struct.Struct("!HHHHHH")
+# A record owned by a pointer to the question's name (0xC00C, right after the header):
+# the pointer, type, class, TTL and rdata length.
+_RECORD_AT_QUESTION = struct.Struct("!HHHIH")
+_TO_QUESTION = 0xC00C
+_ntoa, _ntop = socket.inet_ntoa, socket.inet_ntop
 
 
-def _encoded(labels: Labels) -> bytes:
-    """A name as written with no compression: its labels, then the root."""
-    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+def _addresses_of_question(query: DnsQuery, answer: bytes, end: int) -> list[Binding] | None:
+    """What _walk binds for an answer to an A or AAAA query whose question is the query's
+    own (checked by the caller; it ends at `end`) when the answer holds nothing but A and
+    AAAA records of class IN owned by a pointer to that question's name, and no other
+    section: its addresses of the asked type, each with its longest TTL, in one pass.
+    None for every other answer (a CNAME, another type, an OPT record, any doubt), which
+    the whole reading takes."""
+    asked = query.rdtype
+    _id, flags, qdcount, count, nscount, arcount = _HEADER.unpack_from(answer)
+    if (
+        asked not in _ONE_ADDRESS_TYPE  # ANY: _walk's order is by type, not by record
+        or flags & 0xF80F != 0x8000  # a response (QR) of opcode QUERY, no error (no OPT)
+        or qdcount != 1
+        or nscount
+        or arcount
+    ):
+        return None
+    size, at = len(answer), end
+    found: dict[str, int] = {}
+    for _ in range(count):
+        rdata = at + 12
+        if rdata > size:
+            return None
+        owner, rdtype, rdclass, ttl, rdlength = _RECORD_AT_QUESTION.unpack_from(answer, at)
+        at = rdata + rdlength
+        if owner != _TO_QUESTION or rdclass != IN or at > size:
+            return None
+        if rdtype == A and rdlength == 4:
+            address = _ntoa(answer[rdata:at])
+        elif rdtype == AAAA and rdlength == 16:
+            address = _ntop(socket.AF_INET6, answer[rdata:at])
+        else:
+            return None
+        if rdtype == asked:
+            if ttl > 0x7FFFFFFF:
+                ttl = 0  # RFC 2181 8, as dns_wire reads it
+            ip = normalise_ip(address)
+            found[ip] = max(ttl, found.get(ip, ttl))
+    if at != size:
+        return None
+    name = query.name
+    return [_new(Binding, (ip, name, ttl)) for ip, ttl in found.items()]
+
+
+def _encoded(labels: Labels | list[bytes]) -> bytes:
+    """A name as written with no compression: its labels (of at most 63 bytes), then
+    the root."""
+    return b"".join([_LENGTH_BYTE[len(label)] + label for label in labels]) + b"\x00"
+
+
+_LENGTH_BYTE = [bytes((n,)) for n in range(64)]
 
 
 def _walk(
@@ -286,5 +389,7 @@ class BindingCache:
 
     @staticmethod
     def _drop_expired(names: dict[str, float], now: float) -> None:
+        if names and min(names.values()) > now:
+            return  # none expired: the common case, found without a list or a loop in Python
         for name in [n for n, expiry in names.items() if expiry <= now]:
             del names[name]

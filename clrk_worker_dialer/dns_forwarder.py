@@ -39,7 +39,7 @@ from clrk.policy import Agent
 from clrk_runtime import random_bytes
 from clrk_runtime.logs import fields
 from clrk_worker_dialer import dns_wire
-from clrk_worker_dialer.dns_binding import DnsQuery, bindings_from_echo
+from clrk_worker_dialer.dns_binding import DnsQuery, Echo, bindings_from_echo, bindings_from_reply
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
 from clrk_worker_dialer.state import DialerState, agent_key
 
@@ -422,12 +422,13 @@ class Forwarder:
         self.closed = False
 
     def _verdict(
-        self, wire: bytes, src: tuple[str, int], agent: Agent | None
+        self, wire: bytes, src: tuple[str, int], agent: Agent | None, key: str | None
     ) -> Forward | bytes | None:
         """What to do with a query: forward it, answer it locally (the wire), or drop it
         (None). Denials are recorded here; a query to forward over its agent's share of
         pending queries is dropped first, as an overloaded resolver would (the agent asks
-        again), so a Report gateway never records one as let through that was not."""
+        again), so a Report gateway never records one as let through that was not.
+        `key`: agent_key(agent)."""
         state = self.state
         if state.policy is None:
             return None
@@ -444,7 +445,7 @@ class Forwarder:
                 src=src,
             )
             return verdict.wire
-        if self.closed or self.udp.full(agent_key(agent)):
+        if self.closed or self.udp.full(key):
             log.debug("dropped query", extra=fields(src=src[0], why="too many pending"))
             return None
         self._record_reported(verdict, agent, src)
@@ -454,10 +455,11 @@ class Forwarder:
         self, wire: bytes, src: tuple[str, int], agent: Agent | None, tcp: bool
     ) -> bytes | None:
         """The answer for the agent, or None to send nothing."""
-        verdict = self._verdict(wire, src, agent)
+        key = agent_key(agent)
+        verdict = self._verdict(wire, src, agent, key)
         if not isinstance(verdict, Forward):
             return verdict
-        state, key = self.state, agent_key(agent)
+        state = self.state
         self.udp.hold(key)
         try:
             answer = await exchange(
@@ -467,7 +469,7 @@ class Forwarder:
             self.udp.release(key)
         if answer is None:
             return None
-        self.snoop(agent, verdict.query, answer, wire)
+        self._bind(key, verdict.query, answer, wire, verdict.echo)
         return answer
 
     def handle_udp(
@@ -485,35 +487,35 @@ class Forwarder:
         """
         if self.closed:
             return
-        verdict = self._verdict(wire, src, agent)
+        key = agent_key(agent)  # once per query: the share, the snoop and the slow path
+        verdict = self._verdict(wire, src, agent, key)
         if not isinstance(verdict, Forward):
             if verdict is not None:
                 reply(verdict)
             return
         state = self.state
-        servers, timeout, key = state.resolvers, state.config.dns_timeout, agent_key(agent)
+        servers, timeout = state.resolvers, state.config.dns_timeout
         if not servers:
             return
-        query = verdict.query
+        query, echo = verdict.query, verdict.echo
 
         def answered(answer: bytes | None) -> None:
             if answer is None or _truncated(answer):
-                self._slow(wire, servers, timeout, answer, agent, query, reply)
+                self._slow(wire, servers, timeout, answer, key, query, echo, reply)
             else:
-                self.snoop(agent, query, answer, wire)
+                self._bind(key, query, answer, wire, echo)
                 reply(answer)
 
         # parse_query read the query (verdict): one question and nothing else ends with it.
         asked = len(wire) if dns_wire.lone_counts(wire) else None
         if self.udp.send(wire, servers[0], timeout, answered, key, asked) is None:
-            self._slow(wire, servers, timeout, None, agent, query, reply)
+            self._slow(wire, servers, timeout, None, key, query, echo, reply)
 
-    def _slow(self, wire, servers, timeout, udp_answer, agent, query, reply) -> None:
-        """Go on in a task, which counts against the agent's share until it ends (its
-        UDP queries to the next resolvers do not count again)."""
+    def _slow(self, wire, servers, timeout, udp_answer, key, query, echo, reply) -> None:
+        """Go on in a task, which counts against the agent's share (`key`) until it ends
+        (its UDP queries to the next resolvers do not count again)."""
         if self.closed:
             return
-        key = agent_key(agent)
 
         async def rest() -> None:
             # exchange() from its TCP step for the first resolver on.
@@ -521,7 +523,7 @@ class Forwarder:
             if answer is None:
                 answer = await exchange(wire, servers[1:], timeout, udp=self.udp.exchange)
             if answer is not None:
-                self.snoop(agent, query, answer, wire)
+                self._bind(key, query, answer, wire, echo)
                 reply(answer)
 
         def done(task: asyncio.Task) -> None:
@@ -552,10 +554,18 @@ class Forwarder:
 
     def snoop(self, agent: Agent | None, query: DnsQuery, answer: bytes, wire: bytes) -> list:
         """Bind what `answer` proves for the agent that sent `wire` (its `query`)."""
-        key = agent_key(agent)
+        return self._bind(agent_key(agent), query, answer, wire)
+
+    def _bind(
+        self, key: str | None, query: DnsQuery, answer: bytes, wire: bytes, echo: Echo | None = None
+    ) -> list:
+        """snoop() for the agent of agent_key `key`; `echo`: the query's, if it has one."""
         if key is None:
             return []
-        bindings = bindings_from_echo(query, wire, answer)
+        if echo is not None:
+            bindings = bindings_from_reply(echo, answer)
+        else:
+            bindings = bindings_from_echo(query, wire, answer)
         self.state.bindings.add_snooped(key, bindings, time.monotonic())
         return bindings
 

@@ -15,12 +15,13 @@ import dns.rcode
 
 from clrk.policy import Agent, Decision, GatewayPolicy, Reason
 from clrk.policy.dnsfilter import name_could_match
-from clrk_worker_dialer.dns_binding import DnsQuery, parse_query
+from clrk_worker_dialer.dns_binding import DnsQuery, Echo, read_query
 
 
 class Forward(NamedTuple):
     query: DnsQuery
     reported: Decision | None = None  # Report mode: the denial to record, not enforce
+    echo: Echo | None = None  # the query's, when it has the usual shape (read_query)
 
 
 class Answer(NamedTuple):
@@ -34,6 +35,7 @@ class Drop(NamedTuple):
 
 
 Verdict = Forward | Answer | Drop
+_new = tuple.__new__
 
 
 def local_answer(wire: bytes, rcode: int) -> bytes | None:
@@ -48,9 +50,10 @@ def local_answer(wire: bytes, rcode: int) -> bytes | None:
 
 
 def on_query(policy: GatewayPolicy, agent: Agent | None, wire: bytes) -> Verdict:
-    query = parse_query(wire)
-    if query is None:
+    read = read_query(wire)
+    if read is None:
         return Drop("malformed query")
+    query, echo = read
     if agent is None:
         reason, rcode = Reason.UNKNOWN_AGENT, dns.rcode.REFUSED
     elif policy.dns.mode == "Filtered" and not name_could_match(policy, agent, query.name):
@@ -59,9 +62,9 @@ def on_query(policy: GatewayPolicy, agent: Agent | None, wire: bytes) -> Verdict
             decision = Decision(
                 reason, policy.ref, agent.ref, policy.default_policy, hostname=query.name
             )
-            return Forward(query, decision)
+            return Forward(query, decision, echo)
     else:
-        return Forward(query)
+        return _new(Forward, (query, None, echo))  # the most common verdict: no Python __new__
     answer = local_answer(wire, rcode)
     if answer is None:
         return Drop("malformed query")

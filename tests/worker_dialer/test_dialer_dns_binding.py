@@ -1,4 +1,5 @@
 import itertools
+import struct
 
 import dns.flags
 import dns.message
@@ -10,16 +11,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clrk_worker_dialer._normalise import evidence_name, normalise_ip
+from clrk_worker_dialer._normalise import evidence_name, is_evidence_name, normalise_ip
 from clrk_worker_dialer.dns_binding import (
     MAX_CNAME_HOPS,
     Binding,
     BindingCache,
     DnsQuery,
+    _addresses_of_question,
     _parse_query_whole,
     bindings_from_answer,
     bindings_from_echo,
+    bindings_from_reply,
     parse_query,
+    read_query,
 )
 
 # --- helpers -----------------------------------------------------------------------------
@@ -853,3 +857,243 @@ def test_the_echo_fast_path_reads_each_guard_case_as_the_whole_reading_does(case
         assert pairs(bindings_from_echo(query, wire, response)) == {
             ("192.0.2.1", "www.example.com")
         }
+
+
+# --- the address-only fast path: each guard, one case; the same as the whole reading -------
+
+
+def _raw_answer(query_wire: bytes, records: bytes, count: int = 1, **header) -> bytes:
+    """An answer to query_wire as written by hand: its ID and question, `records` behind
+    it; the header's flags and counts (qd, an, ns, ar) as given or usual (one question)."""
+    fields = [header.get("flags", 0x8180), header.get("qd", 1), header.get("an", count)]
+    fields += [header.get("ns", 0), header.get("ar", 0)]
+    return query_wire[:2] + struct.pack("!5H", *fields) + query_wire[12:] + records
+
+
+def _rr(rdtype: int, rdata: bytes, ttl=60, owner=b"\xc0\x0c", rdclass=1) -> bytes:
+    """A record owned by `owner` (a pointer to the question's name unless told)."""
+    return owner + struct.pack("!HHIH", rdtype, rdclass, ttl, len(rdata)) + rdata
+
+
+V4, V4_OTHER = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])
+V6 = bytes.fromhex("20010db8000000000000000000000001")
+MAPPED = bytes(10) + b"\xff\xff" + V4_OTHER
+A_RR, AAAA_RR = _rr(1, V4), _rr(28, V6)
+
+
+def _address_cases() -> dict[str, tuple[bytes, bytes, bool]]:
+    """(query wire, answer, whether the fast path reads it): each case binds, or binds
+    otherwise, or raises, if the guard it is named after were left out."""
+    q = Q.to_wire()
+    aaaa = make_query("www.example.com", "AAAA").to_wire()
+    any_q = make_query("www.example.com", "ANY").to_wire()
+    bad_cname = _rr(5, b"\x03www\x00\x00")  # its name runs on past its rdata
+    return {
+        "binds": (q, _raw_answer(q, A_RR), True),
+        "binds aaaa": (aaaa, _raw_answer(aaaa, AAAA_RR), True),
+        "no answer": (q, _raw_answer(q, b"", 0), True),
+        # The whole reading takes the record's first 6 bytes for a second question.
+        "two questions": (q, _raw_answer(q, A_RR, qd=2), False),
+        "counts an authority record": (q, _raw_answer(q, A_RR, ns=1), False),
+        "counts an additional record": (q, _raw_answer(q, A_RR, ar=1), False),
+        "no response flag": (q, _raw_answer(q, A_RR, flags=0x0100), False),
+        "another opcode": (q, _raw_answer(q, A_RR, flags=0x8180 | (4 << 11)), False),
+        "an error": (q, _raw_answer(q, A_RR, flags=0x8183), False),
+        "record cut short": (q, _raw_answer(q, A_RR[:8]), False),
+        # A pointer to the question's second label: example.com, not www.example.com.
+        "owner not the question": (q, _raw_answer(q, _rr(1, V4, owner=b"\xc0\x10")), False),
+        "another class": (q, _raw_answer(q, _rr(1, V4, rdclass=3)), False),
+        "rdata cut short": (q, _raw_answer(q, _rr(1, V4)[:-2]), False),
+        "a of 5 bytes": (q, _raw_answer(q, _rr(1, V4 + b"\x00")), False),
+        "aaaa of 4 bytes": (aaaa, _raw_answer(aaaa, _rr(28, V4)), False),
+        "another type first": (q, _raw_answer(q, bad_cname + A_RR, 2), False),
+        "the type not asked": (q, _raw_answer(q, AAAA_RR), True),
+        "an any query": (any_q, _raw_answer(any_q, AAAA_RR + A_RR, 2), False),
+        "ttl past 2**31": (q, _raw_answer(q, _rr(1, V4, ttl=2**31)), True),
+        "one address twice": (q, _raw_answer(q, _rr(1, V4, 300) + _rr(1, V4, 60), 2), True),
+        "a mapped aaaa": (aaaa, _raw_answer(aaaa, _rr(28, MAPPED)), True),
+        "trailing bytes": (q, _raw_answer(q, A_RR + b"\x00"), False),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_address_cases()))
+def test_the_address_fast_path_reads_each_guard_case_as_the_whole_reading_does(case):
+    wire, response, fast = _address_cases()[case]
+    query = parse_query(wire)
+    assert query is not None
+    whole = bindings_from_answer(query, response)
+    assert bindings_from_echo(query, wire, response) == whole
+    assert (_addresses_of_question(query, response, len(wire)) is not None) == fast
+    expected = {
+        "binds": [Binding("192.0.2.1", "www.example.com", 60)],
+        "binds aaaa": [Binding("2001:db8::1", "www.example.com", 60)],
+        "an any query": [
+            Binding("192.0.2.1", "www.example.com", 60),
+            Binding("2001:db8::1", "www.example.com", 60),
+        ],
+        "ttl past 2**31": [Binding("192.0.2.1", "www.example.com", 0)],
+        "one address twice": [Binding("192.0.2.1", "www.example.com", 300)],
+        "a mapped aaaa": [Binding("192.0.2.2", "www.example.com", 60)],
+    }
+    assert whole == expected.get(case, [])
+
+
+USUAL_RDATA = [(1, V4), (1, V4_OTHER), (28, V6), (28, MAPPED)]
+ODD_RDATA = [(5, b"\x03www\x00\x00"), (16, b"\x03abc"), (1, b""), (1, V4 + b"\x00"), (28, V4)]
+TTLS = st.sampled_from([60, 300, 0, 2**31 - 1, 2**31, 2**32 - 1])
+USUAL_RECORDS = st.lists(st.tuples(st.sampled_from(USUAL_RDATA), TTLS), max_size=4)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from(["A", "AAAA", "ANY", "MX"]),
+    st.sampled_from(["www.example.com", "a.test", "WWW.Example.COM"]),
+    USUAL_RECORDS,
+    st.sampled_from(
+        ["none", "flags", "qd", "an", "ns", "ar", "rdata", "class", "owner", "tail", "cut", "flips"]
+    ),
+    st.data(),
+)
+def test_address_only_answers_bind_what_the_whole_reading_binds(rdtype, name, records, odd, data):
+    """Answers of address records owned by the question's name, each with one thing odd
+    about it (flags, a count, a record's type, class, owner or rdata, bytes behind, bytes
+    flipped): the fast path reads them as the whole reading does, or leaves them to it."""
+    wire = make_query(name, rdtype).to_wire()
+    query = parse_query(wire)
+    rrs = [_rr(rtype, rdata, ttl) for (rtype, rdata), ttl in records]
+    header = {"an": len(rrs)}
+    if odd == "flags":
+        header["flags"] = data.draw(st.sampled_from([0x8580, 0x8183, 0x0100, 0x8980, 0x8380]))
+    elif odd in ("qd", "an", "ns", "ar"):
+        header[odd] = data.draw(st.integers(0, len(rrs) + 1))
+    elif odd in ("rdata", "class", "owner"):  # one record more, odd in that one way
+        (rtype, rdata), rdclass, owner = data.draw(st.sampled_from(USUAL_RDATA)), 1, b"\xc0\x0c"
+        if odd == "rdata":
+            rtype, rdata = data.draw(st.sampled_from(ODD_RDATA))
+        elif odd == "class":
+            rdclass = data.draw(st.sampled_from([3, 255]))
+        else:  # example.com, the root, www.example.com written out
+            owner = data.draw(st.sampled_from([b"\xc0\x10", b"\x00", b"\x03www\xc0\x10"]))
+        rrs.insert(data.draw(st.integers(0, len(rrs))), _rr(rtype, rdata, 60, owner, rdclass))
+        header["an"] = len(rrs)
+    tail = data.draw(st.binary(min_size=1, max_size=4)) if odd == "tail" else b""
+    response = _raw_answer(wire, b"".join(rrs) + tail, **header)
+    if odd == "cut":
+        response = response[: data.draw(st.integers(len(wire), len(response)))]
+    elif odd == "flips":
+        response = response[:2] + flipped(response[2:], data.draw(FLIPS))
+    whole = bindings_from_answer(query, response)
+    assert bindings_from_echo(query, wire, response) == whole
+    if response[: len(wire)][12:] == wire[12:]:  # what the caller checks first: the echo
+        fast = _addresses_of_question(query, response, len(wire))
+        assert fast is None or fast == whole
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.text(alphabet="ab-_.Z9é \\", max_size=12)
+    | st.from_regex(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63}){0,5}\.?", fullmatch=True)
+)
+def test_a_name_is_in_evidence_form_exactly_when_evidence_name_leaves_it_as_it_is(name):
+    assert is_evidence_name(name) == (evidence_name(name) == name)
+
+
+@pytest.mark.parametrize(
+    ("name", "plain"),
+    [("api.example.com", True), ("Api.example.com", False), ("api.example.com.", False),
+     ("a" * 63, True), ("a" * 64, False), (".".join(["a" * 63] * 4)[:253], True),
+     (".".join(["a" * 63] * 4)[:254], False), ("a..b", False), ("", False), ("x_y-z", True)],
+)  # fmt: skip
+def test_only_a_lower_case_hostname_of_at_most_253_bytes_without_a_final_dot_is_in_evidence_form(
+    name, plain
+):
+    assert is_evidence_name(name) == plain == (evidence_name(name) == name)
+
+
+# --- the query read once: its echo, each guard one case; the same as the whole reading ------
+
+
+def _echo_cases() -> dict[str, tuple[bytes, bytes, bool]]:
+    """(query wire, an answer, whether read_query gives the query an Echo): each case
+    binds, or binds otherwise, if the guard it is named after were left out."""
+    q = Q.to_wire()
+    ok = answer(Q, A_RECORD)
+    upper = make_query("WWW.Example.COM")
+    plus = make_query("a+b.test")  # printable, not escaped, yet no hostname
+    plus_a = answer(plus, rr("a+b.test.", 60, "A", "192.0.2.1"))
+    # "www" then a pointer to the header's ancount low byte: the root in the query (0
+    # answers), a label "\000" in an answer (1 answer): another name, one byte longer.
+    pointer_q = q[:12] + b"\x03www\xc0\x07" + b"\x00\x01\x00\x01"
+    same_length = make_query("evl.example.com")
+    edns = _with_edns(make_query("www.example.com"))
+    return {
+        "binds": (q, ok, True),
+        "binds, any case": (upper.to_wire(), answer(upper, A_RECORD), True),
+        "not a plain hostname": (plus.to_wire(), plus_a, False),
+        "a pointer in the question": (pointer_q, _raw_answer(pointer_q, A_RR), False),
+        "binds, edns query read whole": (edns.to_wire(), answer(edns, A_RECORD), False),
+        "answer with another id": (q, answer(make_query("www.example.com", qid=1), A_RECORD), True),
+        "answer to another question": (
+            q, answer(same_length, rr("evl.example.com.", 60, "A", "192.0.2.1")), True,
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_echo_cases()))
+def test_the_query_read_once_gives_an_echo_only_when_its_answer_reads_the_same(case):
+    wire, response, echoed = _echo_cases()[case]
+    query, echo = read_query(wire)
+    assert (echo is not None) == echoed
+    whole = bindings_from_answer(query, response)
+    if echo is not None:
+        assert echo.query == query
+        assert bindings_from_reply(echo, response) == whole
+    assert bindings_from_echo(query, wire, response) == whole
+    if case.startswith("binds"):
+        assert pairs(whole) == {("192.0.2.1", "www.example.com")}
+    else:
+        assert whole == []
+
+
+@st.composite
+def pointed_query_wires(draw) -> bytes:
+    """A hostname's query whose name ends with a pointer into the header, not the root:
+    what the header says there (in the query, then in its answer) ends the name."""
+    wire = dns.message.make_query(draw(names), draw(st.sampled_from(["A", "AAAA"]))).to_wire()
+    return wire[:-5] + bytes([0xC0, draw(st.integers(0, 11))]) + wire[-4:]
+
+
+# Printable names written as they are, some no hostname ("a+b"): as long as their text.
+PRINTABLE_QUERY_WIRES = st.builds(
+    lambda name, rdtype: dns.message.make_query(name, rdtype).to_wire(),
+    st.from_regex(r"[a-zA-Z0-9+*!=_-]{1,8}\.test", fullmatch=True),
+    st.sampled_from(["A", "AAAA"]),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    query_wires() | pointed_query_wires() | PRINTABLE_QUERY_WIRES | st.binary(max_size=60),
+    FLIPS,
+    st.data(),
+)
+def test_an_answer_to_a_query_read_once_binds_what_the_whole_reading_binds(wire, flips, data):
+    wire = flipped(wire, flips) if data.draw(st.booleans()) else wire
+    read = read_query(wire)
+    assert (read and read[0]) == parse_query(wire) == _parse_query_whole(wire)
+    if read is None or read[1] is None:
+        return
+    query, echo = read
+    assert echo.query == query
+    how = data.draw(st.sampled_from(["echoed", "written", "another id", "another question"]))
+    if how == "echoed":
+        response = echoed_answers(wire, data)
+    else:  # by hand: this ID and question (or not quite), address records at the question
+        asked = wire
+        if how == "another id":
+            asked = bytes([wire[0] ^ 1]) + wire[1:]
+        elif how == "another question":
+            asked = flipped(wire, data.draw(FLIPS), 12)
+        records = data.draw(st.lists(st.sampled_from([A_RR, AAAA_RR]), min_size=1, max_size=3))
+        response = _raw_answer(asked, b"".join(records), len(records))
+    assert bindings_from_reply(echo, response) == bindings_from_answer(query, response)

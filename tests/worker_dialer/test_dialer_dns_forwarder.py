@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import shutil
 import socket
+import time
 
 import dns.flags
 import dns.message
@@ -159,6 +160,18 @@ def test_a_udp_query_is_answered_under_its_own_id_and_snooped_for_its_agent(reso
     assert "192.0.2.10" in dns.message.from_wire(answer).to_text()
     assert forwarder.state.names(A, "192.0.2.10") == {"a.test", "c.test"}
     assert forwarder.udp.pending[resolver] == {} and forwarder.udp.per_agent == {}
+
+
+def test_a_udp_answer_of_addresses_only_binds_its_name_with_its_ttl(resolver):
+    """The usual answer (read in one pass by the snoop): its address, for its TTL."""
+    forwarder = forwarder_for([resolver])
+    before = time.monotonic()
+    (answer,) = ask_udp(forwarder, a_query("A.Test"))
+    after = time.monotonic()
+    assert answer[:2] == (777).to_bytes(2, "big")
+    assert forwarder.state.names(A, "192.0.2.10") == {"a.test"}
+    (expiry,) = forwarder.state.bindings._agents["default/agent-a"]["192.0.2.10"].values()
+    assert before + 30 <= expiry <= after + 30  # bound when it came, for the zone's 30 s
 
 
 def test_a_truncated_udp_answer_is_taken_again_over_tcp_on_the_udp_path(resolver):

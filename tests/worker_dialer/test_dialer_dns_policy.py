@@ -74,3 +74,15 @@ def test_a_report_gateway_forwards_a_filtered_name_and_hands_back_the_denial_to_
     assert verdict.reported.reason is Reason.DNS_FILTERED
     assert verdict.reported.hostname == "evil.example.com"
     assert on_query(POLICY, A, query("api.example.com")).reported is None
+
+
+def test_a_forwarded_query_of_the_usual_shape_carries_its_echo_read_with_it():
+    """The snoop takes the question its answer must repeat from this one reading."""
+    wire = query("API.Example.com")
+    verdict = on_query(POLICY, A, wire)
+    assert isinstance(verdict, Forward) and verdict.echo is not None
+    assert verdict.echo.query == verdict.query
+    assert (verdict.echo.head, verdict.echo.question) == (wire[:2], wire[12:])
+    with_edns = dns.message.make_query("api.example.com", "A", use_edns=0).to_wire()
+    verdict = on_query(POLICY, A, with_edns)
+    assert isinstance(verdict, Forward) and verdict.echo is None
