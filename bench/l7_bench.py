@@ -312,7 +312,7 @@ class Rig(GatewayRig):
         self.discarded = DiscardedCount(work / "discarded")
         gateway = self.start_gateway(manifest, gateway=GATEWAY, agent=AGENT, extproc=EXTPROC,
                                      sockets=self.sockets, env=env, resolver=RESOLVER)  # fmt: skip
-        self.extproc_pid = gateway.extproc.pid
+        self.extproc_pid, self.extproc_log = gateway.extproc.pid, gateway.extproc_log
         self.records = HttpRecordCount(work / "envoy-records.jsonl")
         # Translating (and minting) in this process overlaps with the children starting.
         config, self.gateway_ca = envoy_config(manifest.read_text(), work / "state", self.sockets)
@@ -335,6 +335,13 @@ class Rig(GatewayRig):
         if got["errors"] or not got["requests"]:
             raise BenchError(f"client on {path}: {got['errors'][:3]}, {got['requests']} requests")
         return got
+
+    def why_missing(self, route: str) -> str:
+        """What tells where missing records went: Envoy's access-log counters (written,
+        dropped, flushed, failed), its requests on `route`, clrk_extproc's log."""
+        _status, body = self.envoy.admin_get("/stats?filter=access_log")
+        taken = self.stats().get(f"http.route.default.{route}.rule.0.downstream_rq_total")
+        return f"Envoy: {body.strip()}; requests on {route}: {taken}\n{tail(self.extproc_log)}"
 
     def stats(self) -> dict[str, int]:
         status, body = self.envoy.admin_get("/stats?filter=route\\.default\\.")
@@ -438,6 +445,14 @@ def check_paths(stats: dict[str, int], requests: dict[str, int], opened: dict[st
         raise BenchError(f"passthrough: Envoy proxied {passed} connections, expected more")
 
 
+def wait_for(rig: Rig, path: str, count: _Count, expected: int, *, exact: bool = False) -> None:
+    """`count.wait_for`, and when it fails, what Envoy and clrk_extproc say about it."""
+    try:
+        count.wait_for(expected, exact=exact)
+    except BenchError as exc:
+        raise BenchError(f"{path}: {exc}\n{rig.why_missing(PATHS[path][1])}") from exc
+
+
 def measure(rig: Rig, p: dict) -> list[dict]:
     per_s: dict[str, list[float]] = {path: [] for path in PATHS}
     samples: dict[str, list[int]] = {path: [] for path in PATHS}
@@ -458,7 +473,7 @@ def measure(rig: Rig, p: dict) -> list[dict]:
             opened[path] += got["connections"]
             if path in counts:
                 ended = time.monotonic()
-                counts[path].wait_for(requests[path])  # this run's entries, all arrived
+                wait_for(rig, path, counts[path], requests[path])  # this run's, all arrived
                 if path == "terminate+records":
                     waits.append(time.monotonic() - ended)
             for part, pid in pids.items():
@@ -468,8 +483,8 @@ def measure(rig: Rig, p: dict) -> list[dict]:
     # Every request Envoy took on a logging chain (the client's retried warm-ups too),
     # one record, or one discarded entry, each: no other chain logs there.
     for path, count in counts.items():
-        route = PATHS[path][1]
-        count.wait_for(stats[f"http.route.default.{route}.rule.0.downstream_rq_total"], exact=True)
+        taken = stats[f"http.route.default.{PATHS[path][1]}.rule.0.downstream_rq_total"]
+        wait_for(rig, path, count, taken, exact=True)
     rows = []
     for path in PATHS:
         ordered = sorted(samples[path])

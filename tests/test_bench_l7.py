@@ -47,6 +47,22 @@ def test_quick_l7_bench_reports_every_path_and_cleans_up(capsys):
 @pytest.mark.root
 @needs_root
 @pytest.mark.timeout(120)
+def test_missing_records_fail_the_bench_with_what_envoy_and_clrk_extproc_say(monkeypatch):
+    """A records path that did less work must not be reported, and the failure must say
+    where the entries went (Envoy's access-log counters, clrk_extproc's log)."""
+    before = child_pids()
+    monkeypatch.setattr(l7_bench, "RECORDS_TIMEOUT", 0.2)
+    monkeypatch.setattr(l7_bench.HttpRecordCount, "update", lambda self: 0)
+    with pytest.raises(BenchError, match=r"0 egress\.http records of") as failed:
+        l7_bench.main(quick=True)
+    assert "access_logs.grpc_access_log.logs_dropped" in str(failed.value)
+    assert _our_namespaces() == set()
+    assert child_pids() <= before
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.timeout(120)
 def test_failure_midway_still_removes_everything(monkeypatch):
     before = child_pids()
 
