@@ -243,38 +243,44 @@ def _tag(buf: bytes, span: tuple[int, int]) -> tuple[str, str]:
     return key, value
 
 
-def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
-    """A TCP entry's facts when it is a connection end, else None."""
-    parts = _singular(buf, span, {ENTRY_COMMON: LENGTH, ENTRY_CONNECTION: LENGTH})
-    if ENTRY_COMMON not in parts:
-        return None
-    common = parts[ENTRY_COMMON]
+# How each singular field of AccessLogCommon a record uses is read, and its wire type.
+_COMMON_READERS = {
+    COMMON_TYPE: (VARINT, lambda buf, value: _enum(value)),
+    COMMON_REMOTE: (LENGTH, _socket),
+    COMMON_LOCAL: (LENGTH, _socket),
+    COMMON_START: (LENGTH, _moment),
+    COMMON_FIRST_TX: (LENGTH, _duration),
+    COMMON_DURATION: (LENGTH, _duration),
+    COMMON_ROUTE_NAME: (LENGTH, _text),
+}
+
+
+def _common(buf: bytes, span: tuple[int, int], read: frozenset) -> tuple[dict[str, str], dict]:
+    """The custom tags of an entry's common properties, and the fields of `read` it has
+    (field number -> value; each at most once, of its wire type)."""
     tags: dict[str, str] = {}
-    kind_of = 0
-    local = remote = start = duration = None
+    found: dict = {}
     seen: set[int] = set()
-    for number, kind, value in _fields(buf, *common, TCP_COMMON_READ):
+    for number, kind, value in _fields(buf, *span, read):
         if number == COMMON_TAGS:
             if kind != LENGTH:
                 raise Unexpected("custom_tags")
             key, text = _tag(buf, value)
             tags[key] = text
-        elif number == COMMON_TYPE:
-            _once(seen, number, kind, VARINT)
-            kind_of = _enum(value)
-        elif number in (COMMON_REMOTE, COMMON_LOCAL):
-            _once(seen, number, kind, LENGTH)
-            if number == COMMON_REMOTE:
-                remote = _socket(buf, value)
-            else:
-                local = _socket(buf, value)
-        elif number == COMMON_START:
-            _once(seen, number, kind, LENGTH)
-            start = _moment(buf, value)
-        elif number == COMMON_DURATION:
-            _once(seen, number, kind, LENGTH)
-            duration = _duration(buf, value)
-    if not counted(kind_of, tags):
+        else:
+            expected, reader = _COMMON_READERS[number]
+            _once(seen, number, kind, expected)
+            found[number] = reader(buf, value)
+    return tags, found
+
+
+def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
+    """A TCP entry's facts when it is a connection end, else None."""
+    parts = _singular(buf, span, {ENTRY_COMMON: LENGTH, ENTRY_CONNECTION: LENGTH})
+    if ENTRY_COMMON not in parts:
+        return None
+    tags, read = _common(buf, parts[ENTRY_COMMON], TCP_COMMON_READ)
+    if not counted(read.get(COMMON_TYPE, 0), tags):
         return None
     connection = parts.get(ENTRY_CONNECTION)
     counts = (
@@ -283,7 +289,13 @@ def _entry(buf: bytes, span: tuple[int, int]) -> EndFacts | None:
         else _singular(buf, connection, {CONNECTION_RECEIVED: VARINT, CONNECTION_SENT: VARINT})
     )
     received, sent = (counts.get(n, 0) for n in (CONNECTION_RECEIVED, CONNECTION_SENT))
-    return EndFacts(tags, received, sent, local, remote, start, duration)
+    return EndFacts(
+        tags,
+        received,
+        sent,
+        *(read.get(n) for n in (COMMON_LOCAL, COMMON_REMOTE, COMMON_START)),
+        read.get(COMMON_DURATION),
+    )
 
 
 def _http_entry(buf: bytes, span: tuple[int, int]) -> HttpFacts | None:
@@ -291,27 +303,7 @@ def _http_entry(buf: bytes, span: tuple[int, int]) -> HttpFacts | None:
     parts = _singular(buf, span, {HTTP_COMMON: LENGTH, HTTP_REQUEST: LENGTH, HTTP_RESPONSE: LENGTH})
     if HTTP_COMMON not in parts:
         return None
-    tags: dict[str, str] = {}
-    route_name, start, first_tx, duration = "", None, None, None
-    seen: set[int] = set()
-    for number, kind, value in _fields(buf, *parts[HTTP_COMMON], HTTP_COMMON_READ):
-        if number == COMMON_TAGS:
-            if kind != LENGTH:
-                raise Unexpected("custom_tags")
-            key, text = _tag(buf, value)
-            tags[key] = text
-        elif number == COMMON_START:
-            _once(seen, number, kind, LENGTH)
-            start = _moment(buf, value)
-        elif number == COMMON_FIRST_TX:
-            _once(seen, number, kind, LENGTH)
-            first_tx = _duration(buf, value)
-        elif number == COMMON_DURATION:
-            _once(seen, number, kind, LENGTH)
-            duration = _duration(buf, value)
-        elif number == COMMON_ROUTE_NAME:
-            _once(seen, number, kind, LENGTH)
-            route_name = _text(buf, value)
+    tags, read = _common(buf, parts[HTTP_COMMON], HTTP_COMMON_READ)
     method, authority, path, status = 0, "", "", 0
     if HTTP_REQUEST in parts:
         request = _singular(
@@ -329,7 +321,11 @@ def _http_entry(buf: bytes, span: tuple[int, int]) -> HttpFacts | None:
         if RESPONSE_CODE in response:
             code = _singular(buf, response[RESPONSE_CODE], {WRAPPED_VALUE: VARINT})
             status = code.get(WRAPPED_VALUE, 0) & 0xFFFFFFFF
-    return HttpFacts(tags, route_name, start, first_tx, duration, method, authority, path, status)
+    return HttpFacts(
+        tags, read.get(COMMON_ROUTE_NAME, ""),
+        *(read.get(n) for n in (COMMON_START, COMMON_FIRST_TX, COMMON_DURATION)),
+        method, authority, path, status,
+    )  # fmt: skip
 
 
 def counted(kind: int, tags: dict[str, str]) -> bool:
