@@ -25,8 +25,9 @@ are left out by design: agents the gateway does not know (the dialer refuses the
 Envoy checks agents only where a route selects them), ports a listener does not serve
 (the dialer never dials a listener for another port), and the DNS names behind an SNI.
 One difference is deliberate and asserted: Envoy may close any Teredo address
-(2001::/32) that decide() allows, because it cannot read the client address Teredo
-embeds (stricter, never looser; see clrk_xds/translate_blocked.py).
+(2001::/32) that decide() allows, or hands it for its deny answer, because it cannot
+read the client address Teredo embeds (stricter, never looser; see
+clrk_xds/translate_blocked.py).
 """
 
 from __future__ import annotations
@@ -100,13 +101,11 @@ def _check_forwarded(policy, listeners, agent, conn, own, decision: Decision) ->
         return  # refused by the dialer: Envoy never sees it
     verdict = evaluate(listeners[lst.name], _arrival(agent, conn, decision))
     where = f"{conn} decided {decision}; Envoy: {verdict}"
+    stricter = _teredo(conn) and verdict == Verdict(Outcome.CLOSED, "blocked_address")
     if forwarded_deny:
-        assert verdict.outcome is Outcome.HTTP_DENIED, where
-    elif _teredo(conn):
-        stricter = verdict == Verdict(Outcome.CLOSED, "blocked_address")
-        assert verdict.outcome.allows or stricter, where
+        assert verdict.outcome is Outcome.HTTP_DENIED or stricter, where
     else:
-        assert verdict.outcome.allows, where
+        assert verdict.outcome.allows or stricter, where
 
 
 def narrowed(policy: GatewayPolicy, listener: CompiledListener) -> GatewayPolicy:
@@ -289,3 +288,63 @@ def test_an_envoy_tls_listener_reads_an_sni_with_one_trailing_dot_like_decide():
     for sni, allows in (("API.Example.com.", True), ("api.example.com..", False)):
         tlvs = {0x02: "api.example.com", **agent}
         assert evaluate(listener, Arrival("198.51.100.1", 443, tlvs, sni)).outcome.allows is allows
+
+
+def test_a_deny_policy_hit_on_a_teredo_address_is_answered_or_closed_never_let_through():
+    """Found by the property above: with an IPv4 address of the gateway's own and a route
+    that opens anything, Envoy closes all of 2001::/32 ahead of every other chain (the
+    Teredo client could be that address), so a deny-policy hit there is closed rather
+    than answered."""
+    policy = compile_yaml(TEREDO_DENY).gateways[("default", "gw")]
+    own = ["192.0.2.7", "2001:db8::5"]
+    listeners = {x.name: x for x in translate_gateway(policy, own_addresses=own).listeners}
+    (agent,) = policy.agents
+    own_set = OwnAddresses.of(own)
+    for ip in ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "198.51.100.1"):
+        conn = Connection("TCP", ip, 443, frozenset(), None)
+        decision = decide(policy, agent, conn, own_set)
+        assert decision.reason is Reason.DENY_POLICY
+        verdict = evaluate(listeners["l7"], _arrival(agent, conn, decision))
+        if _teredo(conn):
+            assert verdict == Verdict(Outcome.CLOSED, "blocked_address")
+        else:
+            assert verdict.outcome is Outcome.HTTP_DENIED, verdict
+        _check_forwarded(policy, listeners, agent, conn, own_set, decision)
+
+
+TEREDO_DENY = """\
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressGateway
+metadata: {name: gw}
+spec:
+  listeners:
+  - {name: l7, protocol: TLS, tls: {mode: Terminate}}
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{protocol: TCP}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressDenyPolicy
+metadata: {name: deny}
+spec:
+  targetRefs: [{name: r}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: EgressL4Route
+metadata: {name: open}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{protocol: TCP, destinationCIDRs: [203.0.113.0/24]}]
+---
+apiVersion: clrk.apoxy.dev/v1alpha1
+kind: DaemonAgent
+metadata: {name: a}
+spec:
+  egressRefs: [{gatewayRef: gw}]
+"""
