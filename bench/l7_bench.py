@@ -338,10 +338,23 @@ class Rig(GatewayRig):
 
     def why_missing(self, route: str) -> str:
         """What tells where missing records went: Envoy's access-log counters (written,
-        dropped, flushed, failed), its requests on `route`, clrk_extproc's log."""
+        dropped, flushed, failed), its requests on `route`, its stream to clrk_extproc,
+        clrk_extproc's log (which says how far each access-log stream got)."""
+        from clrk_xds.translate_l7 import EXTPROC_CLUSTER
+
         _status, body = self.envoy.admin_get("/stats?filter=access_log")
         taken = self.stats().get(f"http.route.default.{route}.rule.0.downstream_rq_total")
-        return f"Envoy: {body.strip()}; requests on {route}: {taken}\n{tail(self.extproc_log)}"
+        # Its stream to clrk_extproc: resets, connections, HTTP/2 errors (the counters set)
+        _status, cluster = self.envoy.admin_get(f"/stats?filter=cluster\\.{EXTPROC_CLUSTER}\\.")
+        hops = [
+            s
+            for s in cluster.splitlines()
+            if s.rpartition(": ")[2] not in ("0", "No recorded values")
+        ]
+        return (
+            f"Envoy: {body.strip()}; requests on {route}: {taken}; "
+            f"cluster: {'; '.join(hops)}\n{tail(self.extproc_log)}"
+        )
 
     def stats(self) -> dict[str, int]:
         status, body = self.envoy.admin_get("/stats?filter=route\\.default\\.")

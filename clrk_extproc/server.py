@@ -149,12 +149,35 @@ class ExtProcService:
     async def access_logs(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> bytes:
+        # Envoy counts an entry flushed once it is on the stream and never ends a stream
+        # itself: one broken with entries in flight loses them without a trace on its side,
+        # so say here how far each stream got.
+        tally = [0, 0]  # messages; HTTP and connection-end entries
+        ended = "stopped"  # cancelled here: this server stops
+        try:
+            await self._access_logs(requests, context, tally)
+            ended = "ended"  # no more messages: Envoy went, or reset the stream
+        except grpc.aio.AbortError:
+            ended = "aborted"  # bad bytes
+            raise
+        finally:
+            log.info(
+                "accesslog.stream_end",
+                extra=fields(how=ended, messages=tally[0], entries=tally[1]),
+            )
+        return b""  # StreamAccessLogsResponse has no fields
+
+    async def _access_logs(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, tally: list[int]
+    ) -> None:
         gateway = ""
         async for raw in requests:
+            tally[0] += 1
             # Envoy's entries straight off the wire; anything else (what the reader does
             # not expect, debugging) the full parse reads.
             scanned = None if log.isEnabledFor(logging.DEBUG) else scan(raw)
             if scanned is not None:
+                tally[1] += len(scanned.http) + len(scanned.ends)
                 if scanned.node_id is not None:
                     gateway = scanned.node_id
                 for http_facts in scanned.http:
@@ -176,6 +199,7 @@ class ExtProcService:
             if msg.identifier is not None and msg.identifier.node is not None:
                 gateway = msg.identifier.node.id
             for http_entry in msg.http_logs.log_entry if msg.http_logs is not None else []:
+                tally[1] += 1
                 try:
                     self._emit(entry_record(http_entry, gateway))
                 except (ValueError, TypeError, OverflowError) as exc:
@@ -188,11 +212,11 @@ class ExtProcService:
                     log.debug("accesslog.entry", extra=fields(gateway=gateway, type=kind))
                 if not is_end(entry):
                     continue  # the connected entry: the end entry carries everything
+                tally[1] += 1
                 try:
                     self._emit(tcp_record(entry, gateway))
                 except (ValueError, TypeError, OverflowError) as exc:
                     log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
-        return b""  # StreamAccessLogsResponse has no fields
 
 
 async def serve(listen: str, emit: Emit, stop: asyncio.Event) -> None:

@@ -7,6 +7,7 @@ fails midway; and how each path's listener is built; never the timings."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ def test_quick_l7_bench_reports_every_path_and_cleans_up(capsys):
     for label in l7_bench.LABELS.values():
         assert label in out
     assert "records: " in out  # all written (whether clrk_extproc kept up) or missing
+    if "records: MISSING" in out:  # an open finding: show what Envoy and clrk_extproc said
+        warnings.warn(out[out.index("records: MISSING") :][:6000], stacklevel=1)
     assert "target l7-records: " in out
     assert "floor l7-records: gRPC access log with a discarding sink " in out
     assert [r["vs_terminate"] for r in rows if r["path"] == "terminate"] == [1.0]
@@ -58,6 +61,7 @@ def test_missing_records_miss_the_target_with_what_envoy_and_clrk_extproc_say(mo
     out = capsys.readouterr().out
     assert "records: MISSING: 0 egress.http records of" in out
     assert "access_logs.grpc_access_log.logs_dropped" in out
+    assert "; cluster.clrk_extproc.upstream_cx_total: " in out  # its stream to clrk_extproc
     assert "target l7-records: MISSED (" in out and "records missing" in out
     assert _our_namespaces() == set()
     assert child_pids() <= before

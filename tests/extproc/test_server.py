@@ -225,3 +225,40 @@ def test_the_deny_record_is_in_the_records_file_when_envoy_gets_the_answer(tmp_p
                 await server.stop(None)
 
     assert asyncio.run(main()) == ["egress.http", "egress.http"]  # its span and its log
+
+
+def test_each_access_log_stream_end_is_logged_with_how_it_ended_and_what_it_carried(
+    caplog,
+) -> None:
+    """Envoy counts entries flushed once they are on its stream; when a stream breaks, this
+    line is what tells how many arrived on it."""
+    caplog.set_level(logging.INFO, logger="clrk_extproc")
+    end = Entry(common_properties=AccessLogCommon(access_log_type=AccessLogType.TcpConnectionEnd))
+    message = StreamAccessLogsMessage(
+        tcp_logs=StreamAccessLogsMessageTcpAccessLogEntries(log_entry=[end, end])
+    )
+
+    def ends() -> list[tuple]:
+        lines = [r for r in caplog.records if r.msg == "accesslog.stream_end"]
+        return [(r.fields["how"], r.fields["messages"], r.fields["entries"]) for r in lines]
+
+    async def body(channel):
+        call = channel.stream_unary(ACCESS_LOGS, request_serializer=_bytes)
+        await call(iter([message, message]))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call(iter([message, TRUNCATED]))
+
+        async def held_open():
+            yield message
+            await asyncio.sleep(60)
+
+        broken = call(held_open())
+        await asyncio.sleep(0.3)  # the server reads the message
+        broken.cancel()  # a reset, as when Envoy drops the stream
+        for _ in range(300):
+            if len(ends()) == 3:
+                break
+            await asyncio.sleep(0.01)
+
+    run(body)
+    assert ends() == [("ended", 2, 4), ("aborted", 2, 2), ("ended", 1, 2)]
