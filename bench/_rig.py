@@ -103,10 +103,12 @@ class Gateway:
 
     def wait_ready(self) -> None:
         wait_ready(self.dialer, self.ready_file.exists, "dialer", self.dialer_log)
-        if self.extproc.poll() is not None:
-            raise BenchError(
-                f"clrk_extproc exited {self.extproc.returncode}:\n{tail(self.extproc_log)}"
-            )
+        # Envoy's access-log batches sent before clrk_extproc listens are lost for good
+        # (Envoy counts them flushed), as `clrk up` avoids by starting it before Envoy.
+        wait_ready(self.extproc, self._extproc_listening, "clrk_extproc", self.extproc_log)
+
+    def _extproc_listening(self) -> bool:
+        return b'"extproc.listening"' in self.extproc_log.read_bytes()
 
 
 class GatewayRig:
@@ -148,7 +150,7 @@ class GatewayRig:
         extproc_log = work / "extproc.log"
         extproc_proc = top.start(gw, [
             sys.executable, "-m", "clrk_extproc", "--listen", f"{extproc[0]}:{extproc[1]}",
-            "--records", str(work / "envoy-records.jsonl"), "--log-level", "warning",
+            "--records", str(work / "envoy-records.jsonl"), "--log-level", "info",
         ], log=extproc_log, env=env)  # fmt: skip
         ready_file, dialer_log = work / "dialer.ready", work / "dialer.log"
         dialer = top.start(gw, [
