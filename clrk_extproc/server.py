@@ -149,9 +149,9 @@ class ExtProcService:
     async def access_logs(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> bytes:
-        # Envoy counts an entry flushed once it is on the stream and never ends a stream
-        # itself: one broken with entries in flight loses them without a trace on its side,
-        # so say here how far each stream got.
+        # Envoy counts an entry flushed once it is on a stream: a stream that breaks loses
+        # what was in flight without a trace on its side (as does one whose connect fails,
+        # before it ever gets here), so say here how far each stream got.
         tally = [0, 0]  # messages; HTTP and connection-end entries
         ended = "stopped"  # cancelled here: this server stops
         try:
