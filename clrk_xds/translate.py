@@ -495,11 +495,15 @@ def _gateway_listener(
     cache: ChainCache | None,
     own: tuple[Network, ...] = (),
 ) -> Listener:
-    """Matcher order follows decide(): the gateway's own addresses are closed; deny
-    routes; allow routes' CIDRs that explicitly open an always-blocked range; any other
-    always-blocked destination is closed; then allow routes; then the default
-    (allow-all proxies, deny-all closes).  `own` changes at run time and is not part of
-    any route's cache key: a new address rebuilds this guard alone."""
+    """Matcher order: deny routes; the gateway's own addresses are closed; allow routes'
+    CIDRs that explicitly open an always-blocked range; any other always-blocked
+    destination is closed; then allow routes; then the default (allow-all proxies,
+    deny-all closes).  decide() checks own addresses before deny routes, but a deny chain
+    only closes or answers, so it may go first: the own guard is wider than decide() on
+    Teredo (2001::/32, whose client part no CIDR describes), and ahead of the deny
+    routes it would close a deny decide() forwards, without its answer and its record.
+    `own` changes at run time and is not part of any route's cache key: a new address
+    rebuilds this guard alone."""
     entries = _Entries()
     chains: list[FilterChain] = []
     access_log = _chain_access_log(listener)
@@ -532,7 +536,7 @@ def _gateway_listener(
         own_guard = [tm.field_matcher(tm.destination_in(own, "own_address"), BLOCKED_CHAIN)]
     if guard or own_guard:
         chains.append(_closing_chain(BLOCKED_CHAIN))
-    matchers = [*own_guard, *entries.deny, *entries.opened, *guard, *entries.allow]
+    matchers = [*entries.deny, *own_guard, *entries.opened, *guard, *entries.allow]
 
     default = None
     if allow_all and listener.protocol == "HTTP":

@@ -25,9 +25,9 @@ are left out by design: agents the gateway does not know (the dialer refuses the
 Envoy checks agents only where a route selects them), ports a listener does not serve
 (the dialer never dials a listener for another port), and the DNS names behind an SNI.
 One difference is deliberate and asserted: Envoy may close any Teredo address
-(2001::/32) that decide() allows, or hands it for its deny answer, because it cannot
-read the client address Teredo embeds (stricter, never looser; see
-clrk_xds/translate_blocked.py).
+(2001::/32) that decide() allows, because it cannot read the client address Teredo
+embeds (stricter, never looser; see clrk_xds/translate_blocked.py).  A denial decide()
+hands to Envoy gets its deny answer there too: deny routes come before that guard.
 """
 
 from __future__ import annotations
@@ -101,11 +101,13 @@ def _check_forwarded(policy, listeners, agent, conn, own, decision: Decision) ->
         return  # refused by the dialer: Envoy never sees it
     verdict = evaluate(listeners[lst.name], _arrival(agent, conn, decision))
     where = f"{conn} decided {decision}; Envoy: {verdict}"
-    stricter = _teredo(conn) and verdict == Verdict(Outcome.CLOSED, "blocked_address")
     if forwarded_deny:
-        assert verdict.outcome is Outcome.HTTP_DENIED or stricter, where
-    else:
+        assert verdict.outcome is Outcome.HTTP_DENIED, where
+    elif _teredo(conn):
+        stricter = verdict == Verdict(Outcome.CLOSED, "blocked_address")
         assert verdict.outcome.allows or stricter, where
+    else:
+        assert verdict.outcome.allows, where
 
 
 def narrowed(policy: GatewayPolicy, listener: CompiledListener) -> GatewayPolicy:
@@ -290,11 +292,11 @@ def test_an_envoy_tls_listener_reads_an_sni_with_one_trailing_dot_like_decide():
         assert evaluate(listener, Arrival("198.51.100.1", 443, tlvs, sni)).outcome.allows is allows
 
 
-def test_a_deny_policy_hit_on_a_teredo_address_is_answered_or_closed_never_let_through():
+def test_a_deny_policy_hit_on_a_teredo_address_gets_its_deny_answer_not_the_own_guard():
     """Found by the property above: with an IPv4 address of the gateway's own and a route
-    that opens anything, Envoy closes all of 2001::/32 ahead of every other chain (the
-    Teredo client could be that address), so a deny-policy hit there is closed rather
-    than answered."""
+    that opens anything, Envoy's own-address guard closes all of 2001::/32 (a Teredo
+    client could be that address).  Ahead of the deny routes it closed a deny decide()
+    forwards, so the agent got no deny answer and nothing recorded the denial."""
     policy = compile_yaml(TEREDO_DENY).gateways[("default", "gw")]
     own = ["192.0.2.7", "2001:db8::5"]
     listeners = {x.name: x for x in translate_gateway(policy, own_addresses=own).listeners}
@@ -305,11 +307,7 @@ def test_a_deny_policy_hit_on_a_teredo_address_is_answered_or_closed_never_let_t
         decision = decide(policy, agent, conn, own_set)
         assert decision.reason is Reason.DENY_POLICY
         verdict = evaluate(listeners["l7"], _arrival(agent, conn, decision))
-        if _teredo(conn):
-            assert verdict == Verdict(Outcome.CLOSED, "blocked_address")
-        else:
-            assert verdict.outcome is Outcome.HTTP_DENIED, verdict
-        _check_forwarded(policy, listeners, agent, conn, own_set, decision)
+        assert verdict.outcome is Outcome.HTTP_DENIED, verdict
 
 
 TEREDO_DENY = """\
