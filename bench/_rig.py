@@ -108,6 +108,7 @@ class Gateway:
         wait_ready(self.extproc, self._extproc_listening, "clrk_extproc", self.extproc_log)
 
     def _extproc_listening(self) -> bool:
+        # Logged at info, the level start_gateway gives it.
         return b'"extproc.listening"' in self.extproc_log.read_bytes()
 
 

@@ -43,6 +43,7 @@ import contextlib
 import copy
 import datetime
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,11 @@ AGENT = "default/bot"
 EXTPROC_FILTERS = ("envoy.filters.http.ext_proc", "clrk.ext_proc_when_tagged")
 L7_RECORDS_GOAL = 0.8  # issue 15: terminate+records >= 0.8x terminate
 
+# The counters of the clrk_extproc cluster that tell where access-log entries went.
+WHY_MISSING_STATS = re.compile(
+    r"\.(upstream_cx_(total|connect_fail|destroy\w*)|upstream_rq_(total|\w*reset\w*)"
+    r"|upstream_rq_pending_failure_eject|retry_or_shadow_abandoned|http2\.\w+): \d+$"
+)
 RECORDS_TIMEOUT = 60.0  # seconds for clrk_extproc to write a run's records
 RECORDS_KEPT_UP = 1.5  # seconds: Envoy's 1 s access-log flush, and some slack
 FULL = {"seconds": 3.0, "runs": 4, "connections": 4}
@@ -344,12 +350,13 @@ class Rig(GatewayRig):
 
         _status, body = self.envoy.admin_get("/stats?filter=access_log")
         taken = self.stats().get(f"http.route.default.{route}.rule.0.downstream_rq_total")
-        # Its stream to clrk_extproc: resets, connections, HTTP/2 errors (the counters set)
+        # Its connections to clrk_extproc (ext_proc's streams share them): failed connects,
+        # ends, resets, HTTP/2 errors; only the counters that are set.
         _status, cluster = self.envoy.admin_get(f"/stats?filter=cluster\\.{EXTPROC_CLUSTER}\\.")
         hops = [
-            s
-            for s in cluster.splitlines()
-            if s.rpartition(": ")[2] not in ("0", "No recorded values")
+            line
+            for line in cluster.splitlines()
+            if WHY_MISSING_STATS.search(line) and line.rpartition(": ")[2] not in ("", "0")
         ]
         return (
             f"Envoy: {body.strip()}; requests on {route}: {taken}; "

@@ -153,12 +153,15 @@ class ExtProcService:
         # what was in flight without a trace on its side (as does one whose connect fails,
         # before it ever gets here), so say here how far each stream got.
         tally = [0, 0]  # messages; HTTP and connection-end entries
-        ended = "stopped"  # cancelled here: this server stops
+        ended = "failed"
         try:
             await self._access_logs(requests, context, tally)
             ended = "ended"  # no more messages: Envoy went, or reset the stream
         except grpc.aio.AbortError:
             ended = "aborted"  # bad bytes
+            raise
+        except asyncio.CancelledError:
+            ended = "stopped"  # this server stops
             raise
         finally:
             log.info(
