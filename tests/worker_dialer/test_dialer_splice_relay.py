@@ -455,13 +455,26 @@ def test_what_the_agent_sent_before_the_relay_started_follows_the_head_within_th
 # --- the relays' own readiness --------------------------------------------------------
 
 
+@contextlib.contextmanager
+def readiness_and_pairs(loop: asyncio.AbstractEventLoop, count: int):
+    """A Readiness of its own on `loop` and `count` socket pairs, all gone afterwards."""
+    readiness = splice_relay.Readiness(loop)
+    pairs = [socket.socketpair() for _ in range(count)]
+    try:
+        yield readiness, pairs
+    finally:
+        loop.remove_reader(readiness.epoll.fileno())
+        readiness.epoll.close()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+
+
 def test_a_descriptor_unwatched_by_an_earlier_callback_of_the_same_wake_is_not_called():
     async def main():
         loop = asyncio.get_running_loop()
-        readiness = splice_relay.Readiness(loop)
-        pairs = [socket.socketpair() for _ in range(2)]
         called = []
-        try:
+        with readiness_and_pairs(loop, 2) as (readiness, pairs):
             fds = [ours.fileno() for ours, _ in pairs]
 
             def on_read(mine: int, other: int) -> None:
@@ -477,12 +490,6 @@ def test_a_descriptor_unwatched_by_an_earlier_callback_of_the_same_wake_is_not_c
             for _ in range(5):
                 await asyncio.sleep(0)
             assert len(called) == 1 and not readiness.watched
-        finally:
-            loop.remove_reader(readiness.epoll.fileno())
-            readiness.epoll.close()
-            for pair in pairs:
-                for sock in pair:
-                    sock.close()
 
     run(main())
 
@@ -492,10 +499,8 @@ def test_a_relay_callback_that_raises_is_reported_and_the_others_still_run():
         loop = asyncio.get_running_loop()
         reported = []
         loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
-        readiness = splice_relay.Readiness(loop)
-        pairs = [socket.socketpair() for _ in range(2)]
         called = []
-        try:
+        with readiness_and_pairs(loop, 2) as (readiness, pairs):
 
             def failing() -> None:
                 called.append("failing")
@@ -513,12 +518,6 @@ def test_a_relay_callback_that_raises_is_reported_and_the_others_still_run():
             await until(lambda: len(called) == 2)
             assert sorted(called) == ["failing", "fine"]
             assert [type(exc) for exc in reported] == [RuntimeError]
-        finally:
-            loop.remove_reader(readiness.epoll.fileno())
-            readiness.epoll.close()
-            for pair in pairs:
-                for sock in pair:
-                    sock.close()
 
     run(main())
 
