@@ -300,6 +300,7 @@ def test_a_deny_policy_hit_on_a_teredo_address_gets_its_deny_answer_not_the_own_
     policy = compile_yaml(TEREDO_DENY).gateways[("default", "gw")]
     own = ["192.0.2.7", "2001:db8::5"]
     listeners = {x.name: x for x in translate_gateway(policy, own_addresses=own).listeners}
+    assert "blocked_address" in {c.name for c in listeners["l7"].filter_chains}  # the guard
     (agent,) = policy.agents
     own_set = OwnAddresses.of(own)
     for ip in ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "198.51.100.1"):
