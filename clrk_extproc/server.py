@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from envoy_data_plane.envoy.config.core.v3 import HeaderValue, HeaderValueOption
@@ -116,6 +117,14 @@ class ExtProcService:
         if record is not None:
             self.emit(record)
 
+    def _record(self, build: Callable[[Any, str], Record | None], entry, gateway: str) -> None:
+        """The record `build` makes of one access-log entry; an entry it cannot read is
+        logged and skipped, never the end of the stream."""
+        try:
+            self._emit(build(entry, gateway))
+        except (ValueError, TypeError, OverflowError) as exc:
+            log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
+
     async def process(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
@@ -184,15 +193,9 @@ class ExtProcService:
                 if scanned.node_id is not None:
                     gateway = scanned.node_id
                 for http_facts in scanned.http:
-                    try:
-                        self._emit(facts_record(http_facts, gateway))
-                    except (ValueError, TypeError, OverflowError) as exc:
-                        log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
+                    self._record(facts_record, http_facts, gateway)
                 for facts in scanned.ends:
-                    try:
-                        self._emit(end_record(facts, gateway))
-                    except (ValueError, TypeError, OverflowError) as exc:
-                        log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
+                    self._record(end_record, facts, gateway)
                 continue
             try:
                 msg = StreamAccessLogsMessage.parse(raw)
@@ -203,10 +206,7 @@ class ExtProcService:
                 gateway = msg.identifier.node.id
             for http_entry in msg.http_logs.log_entry if msg.http_logs is not None else []:
                 tally[1] += 1
-                try:
-                    self._emit(entry_record(http_entry, gateway))
-                except (ValueError, TypeError, OverflowError) as exc:
-                    log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
+                self._record(entry_record, http_entry, gateway)
             entries = msg.tcp_logs.log_entry if msg.tcp_logs is not None else []
             for entry in entries:
                 if log.isEnabledFor(logging.DEBUG):
@@ -216,10 +216,7 @@ class ExtProcService:
                 if not is_end(entry):
                     continue  # the connected entry: the end entry carries everything
                 tally[1] += 1
-                try:
-                    self._emit(tcp_record(entry, gateway))
-                except (ValueError, TypeError, OverflowError) as exc:
-                    log.warning("accesslog.bad_entry", extra=fields(error=str(exc)))
+                self._record(tcp_record, entry, gateway)
 
 
 async def serve(listen: str, emit: Emit, stop: asyncio.Event) -> None:
