@@ -135,33 +135,11 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
     return _walk(query, message, owner)
 
 
-def bindings_from_echo(query: DnsQuery, wire: bytes, answer: bytes) -> list[Binding]:
-    """bindings_from_answer(query, answer) for query = parse_query(wire), without reading
-    the answer's question again when its ID and question are wire's very bytes (as the
-    forwarder's answers are) and that question is a plain hostname (the only kind that
-    binds) with no pointer.  That `query` is wire's question is checked against its
-    bytes, not taken on trust: anything else is read the whole way."""
-    end, name = len(wire), query.name
-    labels = name.encode().split(b".")  # its labels, if a plain hostname (see _echoed)
-    if (
-        end != 12 + len(name) + 6  # cheap first: the length of a name with no pointer
-        or not dns_wire.lone_counts(wire)  # so the question ends the query
-        or not is_evidence_name(name)
-        # `query` is wire's question, written without a pointer (a pointer would
-        # differ from these length bytes): checked, not trusted.
-        or wire[12 : end - 4].lower() != _encoded(labels)
-        or wire[end - 4 : end] != _QTYPE_CLASS.pack(query.rdtype, query.rdclass)
-        or answer[12:end] != wire[12:end]
-        or answer[:2] != wire[:2]
-    ):
-        return bindings_from_answer(query, answer)
-    return _echoed(query, answer, end)
-
-
 def bindings_from_reply(echo: Echo, answer: bytes) -> list[Binding]:
     """bindings_from_answer(echo.query, answer), without reading the answer's question
     again when it repeats the query's ID and question bytes (as the forwarder's answers
-    do): bindings_from_echo with what it checks known from the query's one reading."""
+    do): the query's one reading (read_query) showed its question is a plain hostname
+    written without a pointer, which ends the query."""
     end = 12 + len(echo.question)
     if answer[12:end] != echo.question or answer[:2] != echo.head:
         return bindings_from_answer(echo.query, answer)
@@ -191,7 +169,6 @@ def _echoed(query: DnsQuery, answer: bytes, end: int) -> list[Binding]:
     return _walk(query, message, owner, named=True)
 
 
-_QTYPE_CLASS = struct.Struct("!HH")
 _ONE_ADDRESS_TYPE = frozenset({A, AAAA})
 _HEADER = struct.Struct("!HHHHHH")
 # A record owned by a pointer to the question's name (0xC00C, right after the header):
@@ -243,15 +220,6 @@ def _addresses_of_question(query: DnsQuery, answer: bytes, end: int) -> list[Bin
         return None
     name = query.name
     return [_new(Binding, (ip, name, ttl)) for ip, ttl in found.items()]
-
-
-def _encoded(labels: Labels | list[bytes]) -> bytes:
-    """A name as written with no compression: its labels (of at most 63 bytes), then
-    the root."""
-    return b"".join([_LENGTH_BYTE[len(label)] + label for label in labels]) + b"\x00"
-
-
-_LENGTH_BYTE = [bytes((n,)) for n in range(64)]
 
 
 def _walk(

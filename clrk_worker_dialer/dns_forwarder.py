@@ -39,7 +39,7 @@ from clrk.policy import Agent
 from clrk_runtime import random_bytes
 from clrk_runtime.logs import fields
 from clrk_worker_dialer import dns_wire
-from clrk_worker_dialer.dns_binding import DnsQuery, Echo, bindings_from_echo, bindings_from_reply
+from clrk_worker_dialer.dns_binding import DnsQuery, Echo, bindings_from_answer, bindings_from_reply
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
 from clrk_worker_dialer.state import DialerState, agent_key
 
@@ -469,7 +469,7 @@ class Forwarder:
             self.udp.release(key)
         if answer is None:
             return None
-        self._bind(key, verdict.query, answer, wire, verdict.echo)
+        self._bind(key, verdict.query, answer, verdict.echo)
         return answer
 
     def handle_udp(
@@ -503,7 +503,7 @@ class Forwarder:
             if answer is None or _truncated(answer):
                 self._slow(wire, servers, timeout, answer, key, query, echo, reply)
             else:
-                self._bind(key, query, answer, wire, echo)
+                self._bind(key, query, answer, echo)
                 reply(answer)
 
         # parse_query read the query (verdict): one question and nothing else ends with it.
@@ -523,7 +523,7 @@ class Forwarder:
             if answer is None:
                 answer = await exchange(wire, servers[1:], timeout, udp=self.udp.exchange)
             if answer is not None:
-                self._bind(key, query, answer, wire, echo)
+                self._bind(key, query, answer, echo)
                 reply(answer)
 
         def done(task: asyncio.Task) -> None:
@@ -552,20 +552,15 @@ class Forwarder:
                 enforced=False,
             )
 
-    def snoop(self, agent: Agent | None, query: DnsQuery, answer: bytes, wire: bytes) -> list:
-        """Bind what `answer` proves for the agent that sent `wire` (its `query`)."""
-        return self._bind(agent_key(agent), query, answer, wire)
-
-    def _bind(
-        self, key: str | None, query: DnsQuery, answer: bytes, wire: bytes, echo: Echo | None = None
-    ) -> list:
-        """snoop() for the agent of agent_key `key`; `echo`: the query's, if it has one."""
+    def _bind(self, key: str | None, query: DnsQuery, answer: bytes, echo: Echo | None) -> list:
+        """Bind what `answer` proves for the agent of agent_key `key` that asked `query`
+        (`echo`: the query's, when it has the usual shape)."""
         if key is None:
             return []
         if echo is not None:
             bindings = bindings_from_reply(echo, answer)
         else:
-            bindings = bindings_from_echo(query, wire, answer)
+            bindings = bindings_from_answer(query, answer)
         self.state.bindings.add_snooped(key, bindings, time.monotonic())
         return bindings
 
@@ -584,12 +579,12 @@ class Forwarder:
             return [], None
         self.udp.hold(key)
         try:
-            return await self._resolve(agent, name, src)
+            return await self._resolve(agent, key, name, src)
         finally:
             self.udp.release(key)
 
     async def _resolve(
-        self, agent: Agent | None, name: str, src: tuple[str, int]
+        self, agent: Agent | None, key: str | None, name: str, src: tuple[str, int]
     ) -> tuple[list[str], Answer | None]:
         addresses: list[str] = []
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
@@ -606,7 +601,7 @@ class Forwarder:
             answer = await exchange(wire, self.state.resolvers, timeout, udp=self.udp.exchange)
             if answer is None:
                 continue
-            for binding in self.snoop(agent, verdict.query, answer, wire):
+            for binding in self._bind(key, verdict.query, answer, verdict.echo):
                 if binding.ip not in addresses:
                     addresses.append(binding.ip)
         return addresses, None
