@@ -160,6 +160,13 @@ def _text(buf: bytes, span: tuple[int, int]) -> str:
         raise Unexpected("not UTF-8") from exc
 
 
+def _agents_text(buf: bytes, span: tuple[int, int]) -> str:
+    """Text the agent wrote (Host, path): bytes that are not UTF-8 are replaced, as other
+    readers of what agents send do, rather than costing the whole batch its records (the
+    full parse refuses the message, and the stream ends)."""
+    return buf[span[0] : span[1]].decode("utf-8", errors="replace")
+
+
 def _signed(value: int, bits: int) -> int:
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) else value
@@ -313,9 +320,9 @@ def _http_entry(buf: bytes, span: tuple[int, int]) -> HttpFacts | None:
         )
         method = _enum(request.get(REQUEST_METHOD, 0))
         if REQUEST_AUTHORITY in request:
-            authority = _text(buf, request[REQUEST_AUTHORITY])
+            authority = _agents_text(buf, request[REQUEST_AUTHORITY])
         if REQUEST_PATH in request:
-            path = _text(buf, request[REQUEST_PATH])
+            path = _agents_text(buf, request[REQUEST_PATH])
     if HTTP_RESPONSE in parts:
         response = _singular(buf, parts[HTTP_RESPONSE], {RESPONSE_CODE: LENGTH})
         if RESPONSE_CODE in response:

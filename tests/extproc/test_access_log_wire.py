@@ -411,3 +411,17 @@ def test_an_enum_number_within_int32_is_read_as_the_full_parse_reads_it(number) 
     for raw in (_with_method(number), _with_log_type(number)):
         assert scan(raw) is not None
         assert scan(raw) == reference(raw)
+
+
+def test_a_path_or_host_that_is_not_utf8_keeps_the_batch_and_its_records() -> None:
+    """The agent writes Host and path.  The full parse refuses a message with such bytes,
+    which would end the stream and cost every entry of the batch its record."""
+    common = bytes(AccessLogCommon(custom_tags={CHAIN_ROUTE_TAG: "team/api"}))
+    request = _field(1, int(RequestMethod.GET)) + _field(3, b"h\xffst") + _field(5, b"/a\xfe")
+    good = _field(1, _field(1, common) + _field(3, _field(1, 1) + _field(5, b"/ok")))
+    raw = _field(2, _field(1, _field(1, common) + _field(3, request)) + good)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the full parse raises
+        StreamAccessLogsMessage.parse(raw)
+    scanned = scan(raw)
+    assert scanned is not None
+    assert [(h.authority, h.path) for h in scanned.http] == [("h\ufffdst", "/a\ufffd"), ("", "/ok")]
