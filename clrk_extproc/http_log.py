@@ -10,7 +10,7 @@
 - `credential_misuse`: the tripwire is answered by Envoy alone (a direct 403 route,
   `translate_credentials`); the route's name, `credential_misuse/<namespace>/<name>`,
   says whose placeholder was caught.  A chain with ext_proc logs only direct responses
-  here; one without logs every request, and `http_records` gives each entry its one
+  here; one without logs every request, and `facts_record` gives each entry its one
   record.
 """
 
@@ -112,19 +112,6 @@ def _allow(facts: HttpFacts, gateway: str) -> Record | None:
         credential=_injected(facts.route_name),
         **_shared(facts, until),
     )
-
-
-def misuse_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
-    """The deny record of a request the tripwire answered; None for any other entry."""
-    facts = entry_facts(entry)
-    return None if facts is None else _misuse(facts, gateway)
-
-
-def http_record(entry: HttpAccessLogEntry, gateway: str) -> Record | None:
-    """The allow record of one request; None for a request ext_proc recorded, and for
-    an entry of a chain that records through ext_proc (no chain route tag)."""
-    facts = entry_facts(entry)
-    return None if facts is None else _allow(facts, gateway)
 
 
 def _injected(route_name: str) -> str | None:
