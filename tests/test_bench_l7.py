@@ -120,12 +120,7 @@ def _listeners_and_clusters(tmp_path) -> tuple[dict, dict]:
 
 
 def _managers(listener: dict) -> list[dict]:
-    return [
-        nf["typedConfig"]
-        for chain in listener["filterChains"]
-        for nf in chain["filters"]
-        if "httpFilters" in nf.get("typedConfig", {})
-    ]
+    return list(l7_bench._http_managers(listener))
 
 
 def _without(config: dict, *keys) -> dict:
