@@ -185,12 +185,16 @@ def encode(header: ProxyHeader) -> bytes:
     if header.command not in _COMMANDS or header.transport not in _TRANSPORTS:
         raise ProxyHeaderError(f"unknown command {header.command} or transport {header.transport}")
     family_transport, addresses = _address_block(header)
-    body = addresses + _tlv_block(header.tlvs)
+    return _framed(header.command, family_transport, addresses + _tlv_block(header.tlvs))
+
+
+def _framed(command: int, family_transport: int, body: bytes) -> bytes:
+    """The signature, version and command, family and transport, length, then `body`."""
     if len(body) > 0xFFFF:
         raise ProxyHeaderError(f"header body is {len(body)} bytes; the length field allows 65535")
     return (
         SIGNATURE
-        + bytes(((_VERSION << 4) | header.command, family_transport))
+        + bytes(((_VERSION << 4) | command, family_transport))
         + len(body).to_bytes(2, "big")
         + body
     )
@@ -216,14 +220,7 @@ def encode_clrk(
     body = addresses + _clrk_tlv_block(authority, agent_namespace, agent_name, route, deny_policy)
     if connection_id:
         body += _tlv_block(clrk_tlvs(connection_id=connection_id))
-    if len(body) > 0xFFFF:
-        raise ProxyHeaderError(f"header body is {len(body)} bytes; the length field allows 65535")
-    return (
-        SIGNATURE
-        + bytes(((_VERSION << 4) | Command.PROXY, (family << 4) | Transport.STREAM))
-        + len(body).to_bytes(2, "big")
-        + body
-    )
+    return _framed(Command.PROXY, (family << 4) | Transport.STREAM, body)
 
 
 @functools.lru_cache(maxsize=1024)
