@@ -4,9 +4,9 @@ each to the resolver under a new ID over one connected socket, and sends the ans
 back from the address the agent asked. There is no parsing, no policy, no snooping,
 no per-agent share and no timeouts: a lost query is simply forgotten.
 
-What it costs per query is the floor of a Python forwarder on one event loop here. The
-dialer's rate against it shows how much of the gap to direct is the dialer's own work,
-and how much is the relay itself.
+It sends each datagram the moment it has it, as the naive way is; the dialer sends a
+turn of its loop's datagrams together, so the resolver and the agent are woken once for
+them. The dialer's rate against it shows what its own work costs beside a plain relay.
 
 Run as `ip netns exec NS python _naive_dns.py HOST:PORT RESOLVER:PORT`. It prints
 `ready` once it listens and stops on SIGTERM.

@@ -19,7 +19,7 @@ Measured with one client program (`_client.py`) run inside the namespaces:
 3. bulk MB/s on one connection, same four paths;
 4. DNS queries/s: agent -> TPROXY -> dialer -> dnsmasq vs gw -> dnsmasq, and the
    naive baseline: the same TPROXY path through a Python relay that does nothing but
-   relay (`_naive_dns.py`), the floor of any forwarder written like the dialer;
+   relay (`_naive_dns.py`), each datagram sent as it comes;
 5. DNS latency, one query at a time, same two paths: what the dialer adds (p50).
 """
 
@@ -414,7 +414,7 @@ def print_table(rows: list[dict], params: dict) -> None:
     )
     print(
         "naive relay: the dialer's TPROXY path for DNS with none of its work (no parsing, "
-        "policy, snooping, shares or timeouts): the floor of a Python forwarder on one loop"
+        "policy, snooping, shares or timeouts), each datagram sent as it comes"
     )
     print(
         "the dialer's next hop (the sink stands in for Envoy) is a Unix socket as `clrk up` "

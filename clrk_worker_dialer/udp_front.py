@@ -46,6 +46,7 @@ class UdpFront:
         # socket bound to the destination, also receives the agent's next datagrams)
         self.replies: OrderedDict[tuple[str, int], socket.socket] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._answers: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []  # DNS, to send
         self.closed = False
 
     # --- sockets ---------------------------------------------------------------------
@@ -133,12 +134,23 @@ class UdpFront:
     def _reply(self, answer: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         if self.closed:
             return  # an answer after the end: no new reply socket
-        sock = self.reply_socket(dst, self.on_dns)
-        if sock is not None:
-            try:
-                sock.sendto(answer, src)
-            except OSError as exc:
-                log.debug("dns reply failed: %s", exc)
+        if not self._answers:
+            self.loop.call_soon(self._send_answers)
+        self._answers.append((answer, src, dst))
+
+    def _send_answers(self) -> None:
+        """The answers of one turn of the loop, back to back: an agent woken by the
+        first finds the rest waiting (as the forwarder sends its queries)."""
+        answers, self._answers = self._answers, []
+        for answer, src, dst in answers:
+            if self.closed:
+                return
+            sock = self.reply_socket(dst, self.on_dns)
+            if sock is not None:
+                try:
+                    sock.sendto(answer, src)
+                except OSError as exc:
+                    log.debug("dns reply failed: %s", exc)
 
     # --- other UDP -------------------------------------------------------------------
 

@@ -268,6 +268,65 @@ def _open_sockets(udp: SharedUdp) -> int:
     return sum(u.sock.fileno() >= 0 for u in [*udp.sockets.values(), *udp._retired])
 
 
+def _arrived(server: socket.socket) -> int:
+    """How many datagrams wait on `server` (which does not block)."""
+    count = 0
+    with contextlib.suppress(BlockingIOError):
+        while server.recv(512):
+            count += 1
+    return count
+
+
+def test_the_queries_of_one_turn_of_the_loop_go_out_together_when_it_ends():
+    """Back to back, not each between the others' work: the resolver is woken once for
+    them all, not once each."""
+
+    async def run():
+        async with _resolver_socket() as server:
+            udp = SharedUdp()
+            for name in ("a.test", "b.test", "c.test"):
+                udp.send(a_query(name), server.getsockname(), 2.0, lambda _answer: None)
+            during = _arrived(server)
+            await asyncio.sleep(0)
+            after = _arrived(server)
+            udp.close()
+            return during, after
+
+    assert asyncio.run(run()) == (0, 3)
+
+
+def test_a_query_that_cannot_go_out_is_given_up_at_once_and_frees_its_room():
+    async def run():
+        async with _resolver_socket() as server:
+            udp, delivered = SharedUdp(), []
+            too_big = a_query("a.test") + bytes(70_000)  # past UDP's limit: the send fails
+            entry = udp.send(too_big, server.getsockname(), 2.0, delivered.append, "x/y")
+            await asyncio.sleep(0)
+            left = udp.per_agent, udp.pending[server.getsockname()], _open_sockets(udp)
+            udp.close()
+            return entry is not None, delivered, left
+
+    assert asyncio.run(run()) == (True, [None], ({}, {}, 1))
+
+
+def test_a_query_given_up_before_the_turn_ends_never_goes_out():
+    async def run():
+        async with _resolver_socket() as server:
+            udp = SharedUdp()
+            entry = udp.send(a_query("a.test"), server.getsockname(), 2.0, lambda _a: None)
+            udp.cancel(entry)
+            udp.send(a_query("b.test"), server.getsockname(), 2.0, lambda _a: None)
+            await asyncio.sleep(0)
+            names = []
+            with contextlib.suppress(BlockingIOError):
+                while wire := server.recv(512):
+                    names.append(parse_query(wire).name)
+            udp.close()
+            return names
+
+    assert asyncio.run(run()) == ["b.test"]
+
+
 def test_queries_go_out_from_a_new_port_every_rotate_after_queries(monkeypatch):
     """RFC 5452: a spoofed answer must guess the port as well as the ID, and a port
     learned is soon gone; a replaced socket closes once its queries are answered."""
