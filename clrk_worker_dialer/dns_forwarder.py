@@ -15,12 +15,12 @@ port as well as the ID, and a port learned is soon gone.
 
 A query over UDP is a chain of callbacks (datagram in, policy, out under its own ID,
 answer in, snoop, reply), no task of its own; only a truncated answer or none goes on in
-a task (TCP, then the next resolvers).  The queries one turn of the loop sends go out
-together at its end (`SharedUdp._flush`), as the UDP front's answers do.
+a task (TCP, then the next resolvers).  The queries go out together at the end of the
+loop's turn (send_batch), as the UDP front's answers do.
 
 Each agent holds at most a sixteenth of the pending queries, so one agent's flood leaves
-the others room: a query counts against its agent from the moment it goes out until it
-is answered or given up, on the slow path too.
+the others room: a query counts against its agent from the moment it is sent until it is
+answered or given up, on the slow path too.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from clrk_runtime.logs import fields
 from clrk_worker_dialer import dns_wire
 from clrk_worker_dialer.dns_binding import DnsQuery, Echo, bindings_from_answer, bindings_from_reply
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
+from clrk_worker_dialer.send_batch import SendBatch
 from clrk_worker_dialer.state import DialerState, agent_key
 
 log = logging.getLogger("clrk.dialer.dns")
@@ -116,7 +117,8 @@ class SharedUdp:
     the oldest one's queries are given up (they go on over TCP) and it is closed.
 
     Callbacks, not a task per query: `send` registers `deliver`, which the socket's
-    reader calls with the answer, or one timer for all queries with None. Waits end on
+    reader calls with the answer, or one timer for all queries with None (or the end of
+    the loop's turn, when the datagram cannot go out: send_batch). Waits end on
     a grid of TICK seconds (rounded up): a set of queries per tick, which an answered
     query leaves at once, so nothing of it outlives its answer.
     """
@@ -145,7 +147,7 @@ class SharedUdp:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
         self._ids: list[tuple[int]] = []
-        self._outbox: list[tuple[socket.socket, bytes, _Pending]] = []  # see _flush
+        self._outbox: SendBatch[tuple[socket.socket, bytes, _Pending]] = SendBatch(self._send_all)
         self._loop: asyncio.AbstractEventLoop | None = None  # the sockets' readers' loop
         self.closed = False
 
@@ -243,9 +245,10 @@ class SharedUdp:
         agent: str | None = None,
         question_end: int | None = None,
     ) -> _Pending | None:
-        """Send `wire` to `server` under a fresh random ID. `deliver` is called once,
-        with the answer under the agent's own ID, or with None after `timeout`. None
-        (and `deliver` never called) when it cannot go: a limit, a socket error.
+        """Send `wire` to `server` under a fresh random ID, at the end of the loop's
+        turn. `deliver` is called once, with the answer under the agent's own ID, or
+        with None after `timeout` or when the datagram cannot go out. None (and
+        `deliver` never called) when it cannot go at all: a limit, no socket.
         `question_end`: dns_wire.question_end(wire) when the caller knows it already."""
         if self.closed:
             return None
@@ -280,21 +283,15 @@ class SharedUdp:
         )
         bucket.add(entry)
         self.hold(agent)
-        if not self._outbox:
-            loop.call_soon(self._flush)
-        self._outbox.append((upstream.sock, _ID.pack(ident) + wire[2:], entry))
+        self._outbox.add(loop, (upstream.sock, _ID.pack(ident) + wire[2:], entry))
         return entry
 
-    def _flush(self) -> None:
-        """Send the queries of one turn of the loop back to back: the resolver, woken by
-        the first, finds the rest waiting. Sent one by one between the other queries'
-        policy and snoop work, each woke it on its own, a wake-up on another CPU that
-        cost the dialer an eighth of its time under load. A query that cannot go out is
+    def _send_all(self, outbox: list[tuple[socket.socket, bytes, _Pending]]) -> None:
+        """The queries of a turn of the loop (send_batch); one that cannot go out is
         given up at once (it goes on over TCP)."""
-        outbox, self._outbox = self._outbox, []
         for sock, datagram, entry in outbox:
             if entry.pending.get(entry.ident) is not entry:
-                continue  # given up meanwhile (its socket closed, or close())
+                continue  # given up meanwhile: cancelled, its socket closed, or close()
             try:
                 sock.send(datagram)
             except OSError:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from clrk.policy import Connection, decide
 from clrk_worker_dialer.dns_forwarder import Forwarder
 from clrk_worker_dialer.flows import FlowTable, UdpFlow
+from clrk_worker_dialer.send_batch import SendBatch
 from clrk_worker_dialer.session import best_name
 from clrk_worker_dialer.sockopts import (
     CMSG_SPACE,
@@ -46,7 +47,9 @@ class UdpFront:
         # socket bound to the destination, also receives the agent's next datagrams)
         self.replies: OrderedDict[tuple[str, int], socket.socket] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._answers: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []  # DNS, to send
+        self._answers: SendBatch[tuple[bytes, tuple[str, int], tuple[str, int]]] = SendBatch(
+            self._send_answers
+        )
         self.closed = False
 
     # --- sockets ---------------------------------------------------------------------
@@ -121,6 +124,7 @@ class UdpFront:
             self._close(sock)
         self.listening.clear()
         self.replies.clear()
+        self._answers.clear()
         self.forwarder.close()  # the DNS queries still on their way
 
     # --- DNS -------------------------------------------------------------------------
@@ -134,17 +138,13 @@ class UdpFront:
     def _reply(self, answer: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         if self.closed:
             return  # an answer after the end: no new reply socket
-        if not self._answers:
-            self.loop.call_soon(self._send_answers)
-        self._answers.append((answer, src, dst))
+        self._answers.add(self.loop, (answer, src, dst))
 
-    def _send_answers(self) -> None:
-        """The answers of one turn of the loop, back to back: an agent woken by the
-        first finds the rest waiting (as the forwarder sends its queries)."""
-        answers, self._answers = self._answers, []
+    def _send_answers(self, answers: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+        """The DNS answers of a turn of the loop (send_batch)."""
+        if self.closed:
+            return
         for answer, src, dst in answers:
-            if self.closed:
-                return
             sock = self.reply_socket(dst, self.on_dns)
             if sock is not None:
                 try:

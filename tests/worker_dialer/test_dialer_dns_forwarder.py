@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import shutil
 import socket
 import time
@@ -309,6 +310,15 @@ def test_a_query_that_cannot_go_out_is_given_up_at_once_and_frees_its_room():
     assert asyncio.run(run()) == (True, [None], ({}, {}, 1))
 
 
+def _names_arrived(server: socket.socket) -> list[str]:
+    """The names asked in the queries that wait on `server` (which does not block)."""
+    names = []
+    with contextlib.suppress(BlockingIOError):
+        while wire := server.recv(512):
+            names.append(parse_query(wire).name)
+    return names
+
+
 def test_a_query_given_up_before_the_turn_ends_never_goes_out():
     async def run():
         async with _resolver_socket() as server:
@@ -317,14 +327,48 @@ def test_a_query_given_up_before_the_turn_ends_never_goes_out():
             udp.cancel(entry)
             udp.send(a_query("b.test"), server.getsockname(), 2.0, lambda _a: None)
             await asyncio.sleep(0)
-            names = []
-            with contextlib.suppress(BlockingIOError):
-                while wire := server.recv(512):
-                    names.append(parse_query(wire).name)
+            names = _names_arrived(server)
             udp.close()
             return names
 
     assert asyncio.run(run()) == ["b.test"]
+
+
+def test_a_query_still_to_send_when_the_shared_socket_closes_never_goes_out():
+    async def run():
+        async with _resolver_socket() as server:
+            udp, delivered = SharedUdp(), []
+            udp.send(a_query("a.test"), server.getsockname(), 2.0, delivered.append)
+            udp.close()
+            await asyncio.sleep(0)
+            return _names_arrived(server), delivered
+
+    assert asyncio.run(run()) == ([], [])
+
+
+class _Refusing(socket.socket):
+    """A socket whose every send fails, as one with a full buffer does."""
+
+    def send(self, *_args, **_kwargs) -> int:
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+def test_a_udp_query_whose_datagram_cannot_go_out_goes_on_over_tcp_at_once(resolver, monkeypatch):
+    opened = SharedUdp._open
+
+    def refusing(self, server, now):
+        upstream = opened(self, server, now)
+        sock = upstream.sock
+        upstream.sock = _Refusing(sock.family, sock.type, fileno=sock.detach())
+        return upstream
+
+    monkeypatch.setattr(SharedUdp, "_open", refusing)
+    forwarder = forwarder_for([resolver], timeout=5.0)  # a timeout would fail ask_udp
+    started = time.monotonic()
+    (answer,) = ask_udp(forwarder, a_query("a.test"), wait=2.0)
+    assert time.monotonic() - started < 2.0
+    assert "192.0.2.10" in dns.message.from_wire(answer).to_text()
+    assert forwarder.udp.per_agent == {} and forwarder.tasks == set()
 
 
 def test_queries_go_out_from_a_new_port_every_rotate_after_queries(monkeypatch):
@@ -463,10 +507,13 @@ def test_past_max_replaced_the_oldest_replaced_sockets_queries_are_given_up(monk
                     lambda answer, name=name: delivered.setdefault(name, answer),
                 )  # fmt: skip
             left = _open_sockets(udp), len(udp._retired), len(udp.pending[server.getsockname()])
+            await asyncio.sleep(0)
+            arrived = _names_arrived(server)
             udp.close()
-            return delivered, left
+            return delivered, left, arrived
 
-    assert asyncio.run(run()) == ({"a.test": None}, (3, 2, 3))
+    # a's socket was closed before the turn ended: a never went out.
+    assert asyncio.run(run()) == ({"a.test": None}, (3, 2, 3), ["b.test", "c.test", "d.test"])
 
 
 def test_when_no_new_socket_opens_the_old_port_goes_on_a_while_then_not_at_all(monkeypatch):
