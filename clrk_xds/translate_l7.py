@@ -139,6 +139,13 @@ ACCESS_LOG_NAME = "clrk.tcp"
 EXTPROC_TIMEOUT = datetime.timedelta(seconds=2)
 CONNECT_TIMEOUT = datetime.timedelta(seconds=5)
 ACCESS_LOG_FLUSH = datetime.timedelta(seconds=1)
+# Envoy sends a batch of access-log entries when this many bytes wait (or at the flush
+# interval).  Its default, 16 KiB, is some 40 HTTP entries: clrk_extproc's gRPC receipt of
+# each message cost it about 10 us per record on top of the record's own 45, and the L7
+# records path measured 0.59x of Terminate against 0.63-0.68x with 128-256 KiB.  A
+# batch stays far under clrk_extproc's 4 MiB message limit, and a record at most the
+# flush interval late.
+ACCESS_LOG_BUFFER = 256 * 1024
 
 
 def _pack(name: str, message) -> Filter:
@@ -323,6 +330,7 @@ def tcp_access_log(listener: str, of_listener: bool = False) -> AccessLog:
             grpc_service=_envoy_grpc(),
             transport_api_version=ApiVersion.V3,
             buffer_flush_interval=ACCESS_LOG_FLUSH,
+            buffer_size_bytes=ACCESS_LOG_BUFFER,
             custom_tags=tags,
         ),
     )
@@ -343,6 +351,7 @@ def http_access_log(facts: ChainFacts) -> AccessLog:
             grpc_service=_envoy_grpc(),
             transport_api_version=ApiVersion.V3,
             buffer_flush_interval=ACCESS_LOG_FLUSH,
+            buffer_size_bytes=ACCESS_LOG_BUFFER,
             custom_tags=[
                 *tags,
                 *(CustomTag(tag=k, value=v) for k, v in chain),

@@ -38,6 +38,7 @@ from clrk.wire import (
     tlv_tag,
 )
 from clrk_extproc.server import ACCESS_LOG_SERVICE, EXT_PROC_SERVICE, ExtProcService
+from clrk_xds.translate_l7 import ACCESS_LOG_BUFFER
 
 PROCESS = f"/{EXT_PROC_SERVICE}/Process"
 ACCESS_LOGS = f"/{ACCESS_LOG_SERVICE}/StreamAccessLogs"
@@ -198,6 +199,31 @@ def test_access_log_stream_http_entries_make_one_record_each_of_theirs(level, ca
         (None, "WARN"),
     ]
     assert all(r.attributes["clrk.egress.gateway"] == "team/gw" for r in records)
+
+
+def test_a_batch_as_large_as_envoy_sends_is_taken_whole() -> None:
+    """Envoy sends up to ACCESS_LOG_BUFFER bytes of entries in one message, with the entry
+    that passed it: a path as long as its request headers may be (60 KiB)."""
+    route = {CHAIN_ROUTE_TAG: "team/a", tlv_tag(TlvType.DENY_POLICY): "-"}
+
+    def entry(path: str) -> HttpAccessLogEntry:
+        return HttpAccessLogEntry(
+            common_properties=AccessLogCommon(custom_tags=route),
+            request=HttpRequestProperties(authority="a.test", path=path),
+        )
+
+    entries = [entry("/" + "x" * 1000) for _ in range(ACCESS_LOG_BUFFER // 1000)]
+    entries.append(entry("/" + "y" * 60 * 1024))
+    message = StreamAccessLogsMessage(
+        http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=entries)
+    )
+    assert len(bytes(message)) > ACCESS_LOG_BUFFER + 60 * 1024
+
+    async def body(channel):
+        return await channel.stream_unary(ACCESS_LOGS, request_serializer=_bytes)(iter([message]))
+
+    ok, records = run(body)
+    assert ok == b"" and len(records) == len(entries)
 
 
 def test_the_deny_record_is_in_the_records_file_when_envoy_gets_the_answer(tmp_path) -> None:

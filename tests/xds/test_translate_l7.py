@@ -111,6 +111,8 @@ def test_allow_chain_logs_requests_and_runs_ext_proc_only_when_tagged() -> None:
     assert log.name == "envoy.access_loggers.http_grpc"
     common = log.typed_config.unpack().common_config
     assert common.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
+    # many entries a message: Envoy's default batch (16 KiB) cost clrk_extproc a tenth more
+    assert common.buffer_size_bytes == l7.ACCESS_LOG_BUFFER >= 128 * 1024
     tags = {t.tag: t.value for t in common.custom_tags}
     assert set(tags) == {*map(tlv_tag, HTTP_TAGGED_TLVS), LISTENER_TAG, CHAIN_ROUTE_TAG,
                          CHAIN_RULE_TAG, METHOD_TAG}  # fmt: skip
@@ -218,6 +220,7 @@ def _tcp_log_tags(log) -> dict[str, str]:
     assert log.name == "envoy.access_loggers.tcp_grpc"
     common = log.typed_config.unpack().common_config
     assert common.grpc_service.envoy_grpc.cluster_name == l7.EXTPROC_CLUSTER
+    assert common.buffer_size_bytes == l7.ACCESS_LOG_BUFFER
     return {t.tag: t.value for t in common.custom_tags}
 
 
