@@ -185,38 +185,51 @@ class ExtProcService:
         gateway = ""
         async for raw in requests:
             tally[0] += 1
-            # Envoy's entries straight off the wire; anything else (what the reader does
-            # not expect, debugging) the full parse reads.
-            scanned = None if log.isEnabledFor(logging.DEBUG) else scan(raw)
-            if scanned is not None:
-                tally[1] += len(scanned.http) + len(scanned.ends)
-                if scanned.node_id is not None:
-                    gateway = scanned.node_id
-                for http_facts in scanned.http:
-                    self._record(facts_record, http_facts, gateway)
-                for facts in scanned.ends:
-                    self._record(end_record, facts, gateway)
-                continue
-            try:
-                msg = StreamAccessLogsMessage.parse(raw)
-            except Exception as exc:
-                log.warning("accesslog.bad_message", extra=fields(error=str(exc)))
+            # A message is a batch of up to some 256 KiB (hundreds of entries), read and
+            # recorded in a thread: on the loop it would hold up the ext_proc answers
+            # for tens of milliseconds, in a thread no longer than a switch interval.
+            read = await asyncio.to_thread(self._message, raw, gateway)
+            if read is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad StreamAccessLogsMessage")
-            if msg.identifier is not None and msg.identifier.node is not None:
-                gateway = msg.identifier.node.id
-            for http_entry in msg.http_logs.log_entry if msg.http_logs is not None else []:
-                tally[1] += 1
-                self._record(entry_record, http_entry, gateway)
-            entries = msg.tcp_logs.log_entry if msg.tcp_logs is not None else []
-            for entry in entries:
-                if log.isEnabledFor(logging.DEBUG):
-                    common = entry.common_properties
-                    kind = str(common.access_log_type) if common is not None else None
-                    log.debug("accesslog.entry", extra=fields(gateway=gateway, type=kind))
-                if not is_end(entry):
-                    continue  # the connected entry: the end entry carries everything
-                tally[1] += 1
-                self._record(tcp_record, entry, gateway)
+            gateway, entries = read
+            tally[1] += entries
+
+    def _message(self, raw: bytes, gateway: str) -> tuple[str, int] | None:
+        """Record one access-log message's entries; the gateway it names (else
+        `gateway`), and how many entries it had; None when it cannot be parsed."""
+        # Envoy's entries straight off the wire; anything else (what the reader does
+        # not expect, debugging) the full parse reads.
+        scanned = None if log.isEnabledFor(logging.DEBUG) else scan(raw)
+        if scanned is not None:
+            if scanned.node_id is not None:
+                gateway = scanned.node_id
+            for http_facts in scanned.http:
+                self._record(facts_record, http_facts, gateway)
+            for facts in scanned.ends:
+                self._record(end_record, facts, gateway)
+            return gateway, len(scanned.http) + len(scanned.ends)
+        try:
+            msg = StreamAccessLogsMessage.parse(raw)
+        except Exception as exc:
+            log.warning("accesslog.bad_message", extra=fields(error=str(exc)))
+            return None
+        if msg.identifier is not None and msg.identifier.node is not None:
+            gateway = msg.identifier.node.id
+        count = 0
+        for http_entry in msg.http_logs.log_entry if msg.http_logs is not None else []:
+            count += 1
+            self._record(entry_record, http_entry, gateway)
+        entries = msg.tcp_logs.log_entry if msg.tcp_logs is not None else []
+        for entry in entries:
+            if log.isEnabledFor(logging.DEBUG):
+                common = entry.common_properties
+                kind = str(common.access_log_type) if common is not None else None
+                log.debug("accesslog.entry", extra=fields(gateway=gateway, type=kind))
+            if not is_end(entry):
+                continue  # the connected entry: the end entry carries everything
+            count += 1
+            self._record(tcp_record, entry, gateway)
+        return gateway, count
 
 
 async def serve(listen: str, emit: Emit, stop: asyncio.Event) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import grpc
 import pytest
@@ -56,10 +57,10 @@ REQUEST = ProcessingRequest(
 RESPONSE = ProcessingRequest(response_headers=headers([(":status", "200")]))
 
 
-async def _with_server(body):
+async def _with_server(body, emit=None):
     records = []
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers(ExtProcService(records.append).handlers())
+    server.add_generic_rpc_handlers(ExtProcService(emit or records.append).handlers())
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -224,6 +225,39 @@ def test_a_batch_as_large_as_envoy_sends_is_taken_whole() -> None:
 
     ok, records = run(body)
     assert ok == b"" and len(records) == len(entries)
+
+
+def test_ext_proc_answers_while_an_access_log_batch_is_being_recorded() -> None:
+    """A batch holds hundreds of entries: recording it must not hold up the deny answers
+    (here it cannot end before the answer is in)."""
+    started, answered, records = threading.Event(), threading.Event(), []
+    batch_ended_first = []
+
+    def emit(record) -> None:
+        if threading.current_thread() is not threading.main_thread():  # the batch's
+            started.set()
+            batch_ended_first.append(not answered.wait(5))
+        records.append(record)
+
+    route = {CHAIN_ROUTE_TAG: "team/a", tlv_tag(TlvType.DENY_POLICY): "-"}
+    entry = HttpAccessLogEntry(common_properties=AccessLogCommon(custom_tags=route))
+    message = StreamAccessLogsMessage(
+        http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=[entry])
+    )
+    facts = ChainFacts("default/gw", "web", "default/p", 0, "default/no", 451, "no")
+
+    async def body(channel):
+        logs = asyncio.ensure_future(
+            channel.stream_unary(ACCESS_LOGS, request_serializer=_bytes)(iter([message]))
+        )
+        assert await asyncio.to_thread(started.wait, 5)
+        (answer,) = await process(channel, [REQUEST], facts.metadata())
+        answered.set()
+        return answer, await logs
+
+    (answer, ok), _ = asyncio.run(_with_server(body, emit))
+    assert int(answer.immediate_response.status.code) == 451 and ok == b""
+    assert batch_ended_first == [False] and len(records) == 2
 
 
 def test_the_deny_record_is_in_the_records_file_when_envoy_gets_the_answer(tmp_path) -> None:
