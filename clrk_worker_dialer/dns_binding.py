@@ -135,6 +135,14 @@ def bindings_from_answer(query: DnsQuery | bytes, answer: bytes) -> list[Binding
     return _walk(query, message, owner)
 
 
+def bindings_for(query: DnsQuery, echo: Echo | None, answer: bytes) -> list[Binding]:
+    """What `answer` binds for `query`, read_query's reading of the query: through its
+    `echo` when it has the usual shape, else by the whole reading."""
+    if echo is None:
+        return bindings_from_answer(query, answer)
+    return bindings_from_reply(echo, answer)
+
+
 def bindings_from_reply(echo: Echo, answer: bytes) -> list[Binding]:
     """bindings_from_answer(echo.query, answer), without reading the answer's question
     again when it repeats the query's ID and question bytes (as the forwarder's answers

@@ -42,7 +42,7 @@ from clrk.policy import Agent
 from clrk_runtime import random_bytes
 from clrk_runtime.logs import fields
 from clrk_worker_dialer import dns_wire
-from clrk_worker_dialer.dns_binding import DnsQuery, Echo, bindings_from_answer, bindings_from_reply
+from clrk_worker_dialer.dns_binding import DnsQuery, Echo, bindings_for
 from clrk_worker_dialer.dns_policy import Answer, Drop, Forward, on_query
 from clrk_worker_dialer.send_batch import SendBatch
 from clrk_worker_dialer.state import DialerState, agent_key
@@ -147,7 +147,7 @@ class SharedUdp:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
         self._ids: list[tuple[int]] = []
-        self._outbox: SendBatch[tuple[socket.socket, bytes, _Pending]] = SendBatch(self._send_all)
+        self._outbox: SendBatch[tuple[bytes, _Pending]] = SendBatch(self._send_all)
         self._loop: asyncio.AbstractEventLoop | None = None  # the sockets' readers' loop
         self.closed = False
 
@@ -283,17 +283,17 @@ class SharedUdp:
         )
         bucket.add(entry)
         self.hold(agent)
-        self._outbox.add(loop, (upstream.sock, _ID.pack(ident) + wire[2:], entry))
+        self._outbox.add(loop, (_ID.pack(ident) + wire[2:], entry))
         return entry
 
-    def _send_all(self, outbox: list[tuple[socket.socket, bytes, _Pending]]) -> None:
-        """The queries of a turn of the loop (send_batch); one that cannot go out is
-        given up at once (it goes on over TCP)."""
-        for sock, datagram, entry in outbox:
+    def _send_all(self, outbox: list[tuple[bytes, _Pending]]) -> None:
+        """The queries of a turn of the loop (send_batch), each on the socket it was
+        given; one that cannot go out is given up at once (it goes on over TCP)."""
+        for datagram, entry in outbox:
             if entry.pending.get(entry.ident) is not entry:
                 continue  # given up meanwhile: cancelled, its socket closed, or close()
             try:
-                sock.send(datagram)
+                entry.upstream.sock.send(datagram)
             except OSError:
                 self._forget(entry)
                 _deliver(entry, None)
@@ -574,10 +574,7 @@ class Forwarder:
         (`echo`: the query's, when it has the usual shape)."""
         if key is None:
             return []
-        if echo is not None:
-            bindings = bindings_from_reply(echo, answer)
-        else:
-            bindings = bindings_from_answer(query, answer)
+        bindings = bindings_for(query, echo, answer)
         self.state.bindings.add_snooped(key, bindings, time.monotonic())
         return bindings
 

@@ -32,6 +32,7 @@ from clrk_worker_dialer.state import DialerState
 log = logging.getLogger("clrk.dialer.udp")
 
 Handler = Callable[[bytes, tuple[str, int], tuple[str, int]], None]
+DnsAnswer = tuple[bytes, tuple[str, int], tuple[str, int]]  # the wire, to whom, from where
 MAX_REPLY_SOCKETS = 1024
 READS_PER_WAKEUP = 64  # fairness between sockets on one loop
 
@@ -47,9 +48,7 @@ class UdpFront:
         # socket bound to the destination, also receives the agent's next datagrams)
         self.replies: OrderedDict[tuple[str, int], socket.socket] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._answers: SendBatch[tuple[bytes, tuple[str, int], tuple[str, int]]] = SendBatch(
-            self._send_answers
-        )
+        self._answers: SendBatch[DnsAnswer] = SendBatch(self._send_answers)
         self.closed = False
 
     # --- sockets ---------------------------------------------------------------------
@@ -140,7 +139,7 @@ class UdpFront:
             return  # an answer after the end: no new reply socket
         self._answers.add(self.loop, (answer, src, dst))
 
-    def _send_answers(self, answers: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+    def _send_answers(self, answers: list[DnsAnswer]) -> None:
         """The DNS answers of a turn of the loop (send_batch)."""
         if self.closed:
             return

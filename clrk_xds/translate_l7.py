@@ -142,9 +142,9 @@ ACCESS_LOG_FLUSH = datetime.timedelta(seconds=1)
 # Envoy sends a batch of access-log entries when this many bytes wait (or at the flush
 # interval).  Its default, 16 KiB, is some 40 HTTP entries: clrk_extproc's gRPC receipt of
 # each message cost it about 10 us per record on top of the record's own 45, and the L7
-# records path measured 0.59x of Terminate against 0.63-0.68x with 128-256 KiB.  A
-# batch stays far under clrk_extproc's 4 MiB message limit, and a record at most the
-# flush interval late.
+# records path measured 0.59x of Terminate against 0.63-0.69x with 128-256 KiB.  A
+# batch stays far under clrk_extproc's 4 MiB message limit; Envoy holds an entry at
+# most the flush interval unless clrk_extproc falls behind.
 ACCESS_LOG_BUFFER = 256 * 1024
 
 

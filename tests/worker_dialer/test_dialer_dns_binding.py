@@ -19,6 +19,7 @@ from clrk_worker_dialer.dns_binding import (
     DnsQuery,
     _addresses_of_question,
     _parse_query_whole,
+    bindings_for,
     bindings_from_answer,
     bindings_from_reply,
     parse_query,
@@ -762,12 +763,8 @@ def echoed_answers(query_wire: bytes, data) -> bytes:
 
 
 def as_forwarded(wire: bytes, answer: bytes) -> list[Binding]:
-    """What the forwarder binds of `answer` for the agent that sent `wire`: through the
-    Echo of the query's one reading when it has one, else by the whole reading."""
-    query, echo = read_query(wire)
-    if echo is not None:
-        return bindings_from_reply(echo, answer)
-    return bindings_from_answer(query, answer)
+    """What the forwarder binds of `answer` for the agent that sent `wire`."""
+    return bindings_for(*read_query(wire), answer)
 
 
 @settings(max_examples=800, deadline=None)
